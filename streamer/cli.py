@@ -1,0 +1,239 @@
+"""The command line: parse, load config, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from streamer.config import StreamerConfig, load_config, parse_config
+from streamer.errors import ConfigError
+
+log = logging.getLogger("streamer")
+
+STATUS_INTERVAL_S = 1.0
+DETECTOR_STOP_TIMEOUT_S = 5.0
+
+
+def demo_config(publish: str, tap: str, detections: str) -> StreamerConfig:
+    """The embedded demo: a synthetic 1280x720 30 fps camera, tap, detections in, crops out."""
+    return parse_config(
+        {
+            "sources": [{"id": "demo", "url": "synthetic:width=1280&height=720&fps=30"}],
+            "detections": {"bind": detections},
+            "tap": {"bind": tap, "encoding": "raw-bgr24", "width": 640},
+            "publish": [{"bind": publish, "mode": "pub", "encoding": "raw-bgr24"}],
+        }
+    )
+
+
+def _totals(stats: dict[str, Any]) -> dict[str, int]:
+    t: dict[str, int] = {
+        "decoded": 0,
+        "paired": 0,
+        "crops": 0,
+        "expired": 0,
+        "not_tapped": 0,
+        "dropped_handoff": 0,
+        "late": 0,
+        "duplicate": 0,
+    }
+    for s in stats["sources"].values():
+        for k in ("decoded", "paired", "crops", "expired", "not_tapped", "dropped_handoff"):
+            t[k] += s[k]
+        t["late"] += s["detections"].get("late", 0) + s["detections"].get("unknown_frame", 0)
+        t["duplicate"] += s["detections"].get("duplicate", 0)
+    t["malformed"] = sum(stats["malformed"].values())
+    t["sent"] = sum(p["sent"] for p in stats["publishers"])
+    t["dropped_full"] = sum(p["dropped_full"] for p in stats["publishers"])
+    return t
+
+
+def _summary(stats: dict[str, Any]) -> str:
+    t = _totals(stats)
+    return (
+        f"totals: frames {t['decoded']}, paired {t['paired']}, crops {t['crops']} "
+        f"(sent {t['sent']}), drops: expired {t['expired']}, not_tapped {t['not_tapped']}, "
+        f"handoff {t['dropped_handoff']}, late {t['late']}, duplicate {t['duplicate']}, "
+        f"malformed {t['malformed']}, publish_full {t['dropped_full']}; "
+        f"uptime {stats['uptime_s']:.1f} s"
+    )
+
+
+async def _status(pipeline: Any) -> None:
+    prev, prev_t = _totals(pipeline.stats()), time.monotonic()
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL_S)
+        cur, now = _totals(pipeline.stats()), time.monotonic()
+        dt = now - prev_t
+        rate = {k: (cur[k] - prev[k]) / dt for k in cur}
+        print(
+            f"frames {rate['decoded']:5.1f}/s  detections {rate['paired']:5.1f}/s  "
+            f"crops {rate['crops']:6.1f}/s  drops: expired {cur['expired']} "
+            f"not_tapped {cur['not_tapped']} handoff {cur['dropped_handoff']} "
+            f"late {cur['late']} malformed {cur['malformed']} "
+            f"publish_full {cur['dropped_full']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        prev, prev_t = cur, now
+
+
+async def _run_pipeline(
+    cfg: StreamerConfig, duration: float | None, status: bool
+) -> dict[str, Any]:
+    from streamer.pipeline import Pipeline
+
+    pipeline = Pipeline(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, pipeline.stop)
+    status_task = asyncio.create_task(_status(pipeline)) if status else None
+    try:
+        return await pipeline.run(duration_s=duration)
+    finally:
+        if status_task is not None:
+            status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status_task
+
+
+def _finish(stats: dict[str, Any], stats_file: str | None) -> None:
+    print(_summary(stats), file=sys.stderr, flush=True)
+    if stats_file:
+        Path(stats_file).write_text(json.dumps(stats, indent=2))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    stats = asyncio.run(_run_pipeline(cfg, args.duration, status=not args.quiet))
+    _finish(stats, args.stats_file)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cfg = demo_config(args.publish, args.tap, args.detections)
+    detector = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamer.demo_detector",
+            "--tap",
+            args.tap.replace("*", "127.0.0.1"),
+            "--detections",
+            args.detections.replace("*", "127.0.0.1"),
+        ]
+    )
+    print(
+        f"demo: synthetic camera 'demo' 1280x720@30, detector pid {detector.pid}, "
+        f"crops on {args.publish} (try: streamer crops {args.publish})",
+        file=sys.stderr,
+    )
+    try:
+        stats = asyncio.run(_run_pipeline(cfg, args.duration, status=not args.quiet))
+    finally:
+        detector.terminate()
+        try:
+            detector.wait(DETECTOR_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            detector.kill()
+            detector.wait()
+    _finish(stats, args.stats_file)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK ({len(cfg.sources)} source(s), {len(cfg.publish)} publisher(s))")
+    return 0
+
+
+def cmd_crops(args: argparse.Namespace) -> int:
+    import cv2
+
+    from streamer.client import CropSubscriber
+
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with CropSubscriber(args.endpoint, topics=[args.topic]) as sub:
+        while args.count is None or n < args.count:
+            crop = sub.recv(timeout_s=args.timeout)
+            if crop is None:
+                print(f"no crop within {args.timeout} s", file=sys.stderr)
+                return 1
+            h = crop.header
+            print(
+                f"{h['source_id']} frame {h['frame_id']} #{h['index']}/{h['count']} "
+                f"{h['class']} {h['width']}x{h['height']} conf {h['confidence']:.2f}",
+                flush=True,
+            )
+            if save_dir is not None:
+                name = f"{h['source_id']}_{h['frame_id']}_{h['index']}_{h['class']}.png"
+                cv2.imwrite(str(save_dir / name.replace("/", "_")), crop.image)
+            n += 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamer", description=__doc__)
+    ap.add_argument("--log-level", default="INFO")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add_run_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--duration", type=float, help="stop after this many seconds")
+        p.add_argument("--stats-file", help="write the final counters here as JSON")
+        p.add_argument("--quiet", action="store_true", help="no status line")
+
+    p = sub.add_parser("run", help="run the pipeline from a config file")
+    p.add_argument("-c", "--config", required=True)
+    add_run_flags(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="synthetic camera + demo detector process + crop publisher")
+    p.add_argument("--publish", default="tcp://127.0.0.1:5560")
+    p.add_argument("--tap", default="tcp://127.0.0.1:5554")
+    p.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    add_run_flags(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("config")
+    p.set_defaults(fn=cmd_check_config)
+
+    p = sub.add_parser("crops", help="subscribe to crops and print (and save) them")
+    p.add_argument("endpoint")
+    p.add_argument("--topic", default="crop/", help="topic prefix, e.g. crop/demo/plate")
+    p.add_argument("--save-dir", help="write each crop as <source>_<frame_id>_<index>_<class>.png")
+    p.add_argument("--count", type=int, help="exit after this many crops")
+    p.add_argument("--timeout", type=float, help="exit 1 if no crop arrives for this long")
+    p.set_defaults(fn=cmd_crops)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"config error:\n{e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,163 @@
+"""Typed settings: YAML in, validated models out, errors that name the field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streamer.colors import parse_color_bgr
+from streamer.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CropConfig(_Model):
+    """Background removal outside instance masks (dynamic_crop@v1 semantics)."""
+
+    mask_opacity: float = Field(0.0, ge=0.0, le=1.0, description="0 keeps crops unchanged")
+    background_color: str | list[int] = Field(
+        "#000000", description="RGB colour: '#RRGGBB', '#RGB', '(r, g, b)' or [r, g, b]"
+    )
+
+    @field_validator("background_color")
+    @classmethod
+    def _color(cls, v: str | list[int]) -> str | list[int]:
+        parse_color_bgr(v)
+        return v
+
+    @property
+    def background_bgr(self) -> tuple[int, int, int]:
+        return parse_color_bgr(self.background_color)
+
+
+class SourceConfig(_Model):
+    """A camera or stand-in: `url` is a file path, ``lavfi:<graph>`` or ``synthetic:[k=v&...]``."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="used in topics; no '/'")
+    url: str = Field(min_length=1)
+    max_fps: float | None = Field(None, gt=0, le=240, description="skip frames evenly above this")
+    realtime: bool = Field(True, description="pace files and test sources at their frame rate")
+    loop: bool = Field(False, description="restart a file at its end")
+    crop: CropConfig | None = Field(None, description="overrides the top-level crop settings")
+
+
+class RingConfig(_Model):
+    """Per-source frames waiting for their detections."""
+
+    max_frames: int = Field(64, ge=1, le=10_000)
+    max_bytes: int = Field(512 * MIB, ge=1 * MIB)
+    max_age_ms: int = Field(5_000, ge=1, le=600_000)
+
+
+class DetectionsConfig(_Model):
+    """Where detections come in: bind a PULL socket, or connect a SUB socket to detector PUBs."""
+
+    bind: str | None = None
+    connect: list[str] = Field(default_factory=list)
+    pairing: Literal["frame_id"] = "frame_id"
+    max_message_bytes: int = Field(16 * MIB, ge=1024, le=1024 * MIB)
+    max_predictions: int = Field(1_000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> DetectionsConfig:
+        if (self.bind is None) == (not self.connect):
+            raise ValueError("give exactly one of 'bind' (PULL) or 'connect' (SUB)")
+        return self
+
+
+class TapConfig(_Model):
+    """Frames published for detectors that do not open the camera themselves."""
+
+    bind: str
+    mode: Literal["pub", "push"] = "pub"
+    encoding: Literal["raw-i420", "raw-bgr24", "jpeg"] = "raw-bgr24"
+    width: int | None = Field(None, ge=16, le=8192, description="downscale to this width")
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    hwm: int = Field(4, ge=1, le=10_000, description="frames queued per detector before drops")
+
+
+class PublishConfig(_Model):
+    """A crop output socket."""
+
+    bind: str
+    mode: Literal["pub", "push"] = "pub"
+    encoding: Literal["raw-bgr24", "png", "jpeg", "webp"] = "raw-bgr24"
+    hwm: int = Field(1_000, ge=1, le=1_000_000, description="messages queued before drops")
+    classes: list[str] | None = Field(None, description="only these classes; all when absent")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class StreamerConfig(_Model):
+    sources: list[SourceConfig] = Field(min_length=1)
+    detections: DetectionsConfig
+    tap: TapConfig | None = None
+    crop: CropConfig = CropConfig()
+    ring: RingConfig = RingConfig()
+    publish: list[PublishConfig] = Field(min_length=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_ids(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for s in v:
+            if s.id in seen:
+                raise ValueError(f"duplicate source id {s.id!r}")
+            seen.add(s.id)
+        return v
+
+    def crop_for(self, source_id: str) -> CropConfig:
+        for s in self.sources:
+            if s.id == source_id and s.crop is not None:
+                return s.crop
+        return self.crop
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``sources[1].url: Field required``."""
+    lines = []
+    for e in err.errors():
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-after"))
+        lines.append(f"{_loc(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any) -> StreamerConfig:
+    """Validate a parsed YAML tree; raise ConfigError naming each bad field path."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): expected a mapping of settings")
+    try:
+        return StreamerConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_config(path: str | Path) -> StreamerConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(data)

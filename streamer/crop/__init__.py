@@ -1,0 +1,1 @@
+"""The crop stage: geometry, pixel conversion of crop regions, background removal, encoding."""

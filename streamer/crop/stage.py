@@ -1,0 +1,118 @@
+"""The crop stage: one frame and its detections in, encoded crops out. Pure and synchronous;
+the pipeline runs it in a worker thread, so OpenCV and numpy release the GIL while it works."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from streamer.crop.background import polygon_mask, remove_background
+from streamer.crop.convert import crop_bgr
+from streamer.crop.geometry import centre_to_corners, is_empty
+from streamer.types import Crop, CropParams, Detections, Frame, Prediction
+
+PROTOCOL_VERSION = 1
+PNG_COMPRESSION_LEVEL = 1
+JPEG_QUALITY = 90
+WEBP_QUALITY = 90
+
+
+@dataclass
+class CropResult:
+    crops: list[Crop] = field(default_factory=list)
+    empty_box: int = 0
+    no_mask: int = 0
+
+
+def encode_image(image: np.ndarray, encoding: str) -> bytes | memoryview:
+    """Encode a BGR crop for the wire: raw bytes (a zero-copy view), PNG, JPEG or WebP."""
+    if encoding == "raw-bgr24":
+        return np.ascontiguousarray(image).data.cast("B")
+    if encoding == "png":
+        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION_LEVEL])
+    elif encoding == "jpeg":
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    elif encoding == "webp":
+        ok, buf = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, WEBP_QUALITY])
+    else:
+        raise ValueError(f"unknown crop encoding {encoding!r}")
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {image.shape} crop as {encoding}")
+    return buf.tobytes()
+
+
+def _shift_keypoints(
+    pred: Prediction, sx: float, sy: float, x0: int, y0: int
+) -> list[dict[str, Any]] | None:
+    if pred.keypoints is None:
+        return None
+    return [{**kp, "x": kp["x"] * sx - x0, "y": kp["y"] * sy - y0} for kp in pred.keypoints]
+
+
+def make_crops(
+    frame: Frame, dets: Detections, params: CropParams, encodings: Iterable[str]
+) -> CropResult:
+    """Cut one crop per prediction out of `frame`.
+
+    Boxes are rescaled from the message's image size to the frame's, rounded and clamped; a box
+    empty after clamping yields no crop and counts in ``empty_box``. Each crop carries its wire
+    header and one payload per requested encoding.
+    """
+    result = CropResult()
+    preds = dets.predictions
+    if not preds:
+        return result
+    sx = frame.width / dets.image_width
+    sy = frame.height / dets.image_height
+    xywh = np.array([(p.x, p.y, p.width, p.height) for p in preds], dtype=np.float64)
+    corners = centre_to_corners(xywh, (sx, sy), (frame.width, frame.height))
+    empty = is_empty(corners)
+    result.empty_box = int(empty.sum())
+    count = len(preds) - result.empty_box
+    index = 0
+    encodings = tuple(encodings)
+    for pred, (x0, y0, x1, y1), is_void in zip(
+        preds, corners.tolist(), empty.tolist(), strict=True
+    ):
+        if is_void:
+            continue
+        image = crop_bgr(frame, x0, y0, x1, y1)
+        points = None
+        if pred.points is not None:
+            points = pred.points * (sx, sy) - (x0, y0)
+        if params.mask_opacity > 0:
+            if points is not None and len(points) >= 3:
+                mask = polygon_mask(points, (x1 - x0, y1 - y0))
+                image = remove_background(image, mask, params.mask_opacity, params.background_bgr)
+            else:
+                result.no_mask += 1
+        header: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "source_id": frame.source_id,
+            "frame_id": frame.frame_id,
+            "pts": frame.pts,
+            "captured_at": frame.captured_at,
+            "detection_id": pred.detection_id,
+            "class": pred.class_name,
+            "class_id": pred.class_id,
+            "confidence": pred.confidence,
+            "tracker_id": pred.tracker_id,
+            "index": index,
+            "count": count,
+            "origin": {"x": x0, "y": y0, "frame_width": frame.width, "frame_height": frame.height},
+            "width": x1 - x0,
+            "height": y1 - y0,
+        }
+        kps = _shift_keypoints(pred, sx, sy, x0, y0)
+        if kps is not None:
+            header["keypoints"] = kps
+        if points is not None:
+            header["points"] = [{"x": float(px), "y": float(py)} for px, py in points]
+        payloads = {enc: encode_image(image, enc) for enc in encodings}
+        result.crops.append(Crop(header=header, image=image, payloads=payloads))
+        index += 1
+    return result

@@ -1,0 +1,1 @@
+"""Detections in: the wire codec (pure) and the ZeroMQ receiver."""

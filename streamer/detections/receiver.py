@@ -1,0 +1,41 @@
+"""The ZeroMQ socket detections arrive on: PULL (bind; detectors PUSH) or SUB (connect to
+detector PUBs)."""
+
+from __future__ import annotations
+
+import zmq
+import zmq.asyncio
+
+from streamer.config import DetectionsConfig
+
+RECV_HWM = 1_000
+# ZeroMQ drops the connection of a peer that sends a part larger than this; messages between the
+# configured limit and this hard bound still arrive, and the codec counts them as ``oversize``.
+HARD_LIMIT_FACTOR = 4
+
+
+class DetectionReceiver:
+    """Owns the input socket; one task calls `recv()`."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, cfg: DetectionsConfig) -> None:
+        self.sock = ctx.socket(zmq.PULL if cfg.bind else zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * HARD_LIMIT_FACTOR)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        try:
+            if cfg.bind:
+                self.sock.bind(cfg.bind)
+            else:
+                self.sock.setsockopt(zmq.SUBSCRIBE, b"det/")
+                for endpoint in cfg.connect:
+                    self.sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            self.sock.close(linger=0)
+            raise OSError(f"detections socket: {e}") from None
+
+    async def recv(self) -> list[bytes]:
+        parts: list[bytes] = await self.sock.recv_multipart()
+        return parts
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,120 @@
+"""Pairing detections with frames. A plain synchronous state machine: no I/O, no clock reads;
+`now` (seconds, monotonic) is passed in so tests drive time.
+
+Each source has a ring of frames waiting for detections, bounded by count, bytes and age.
+Every frame leaves the ring exactly one way, and every detection message gets exactly one outcome,
+each counted:
+
+    frames:      paired | expired (left the ring unmatched)
+    detections:  paired | duplicate | late | unknown_frame | unknown_source
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from streamer.types import Frame
+
+Outcome = Literal["paired", "duplicate", "late", "unknown_frame", "unknown_source"]
+
+# How many paired frame ids each source remembers, to tell a duplicate from a late detection.
+PAIRED_MEMORY_FRAMES = 4096
+
+
+@dataclass
+class RingStats:
+    """Counters of one source's ring; `in_ring` and `ring_bytes` are gauges."""
+
+    added: int = 0
+    paired: int = 0
+    expired: int = 0
+    in_ring: int = 0
+    ring_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    outcome: Outcome
+    frame: Frame | None = None
+
+
+class _Ring:
+    def __init__(self) -> None:
+        self.frames: OrderedDict[int, tuple[Frame, float]] = OrderedDict()
+        self.paired_ids: OrderedDict[int, None] = OrderedDict()
+        self.newest_id = -1
+        self.stats = RingStats()
+
+    def pop_oldest(self) -> None:
+        _, (frame, _) = self.frames.popitem(last=False)
+        self.stats.ring_bytes -= frame.nbytes
+        self.stats.in_ring -= 1
+        self.stats.expired += 1
+
+
+class Pairer:
+    """Matches detection messages to frames by exact ``(source_id, frame_id)``."""
+
+    def __init__(
+        self, source_ids: list[str], *, max_frames: int, max_bytes: int, max_age_s: float
+    ) -> None:
+        self._rings = {sid: _Ring() for sid in source_ids}
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+
+    def stats(self, source_id: str) -> RingStats:
+        return self._rings[source_id].stats
+
+    def add_frame(self, frame: Frame, now: float) -> None:
+        """Put a frame in its source's ring, evicting (as expired) what no longer fits."""
+        ring = self._rings[frame.source_id]
+        ring.frames[frame.frame_id] = (frame, now)
+        ring.newest_id = max(ring.newest_id, frame.frame_id)
+        ring.stats.added += 1
+        ring.stats.in_ring += 1
+        ring.stats.ring_bytes += frame.nbytes
+        while len(ring.frames) > self.max_frames or (
+            ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
+        ):
+            ring.pop_oldest()
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        """Drop (as expired) frames older than the age bound in every ring."""
+        for ring in self._rings.values():
+            while ring.frames:
+                _, added_at = next(iter(ring.frames.values()))
+                if now - added_at <= self.max_age_s:
+                    break
+                ring.pop_oldest()
+
+    def flush(self) -> None:
+        """Expire every frame still waiting (at shutdown)."""
+        for ring in self._rings.values():
+            while ring.frames:
+                ring.pop_oldest()
+
+    def match(self, source_id: str, frame_id: int, now: float) -> Match:
+        """Take the frame a detection message names out of the ring, or say why not."""
+        ring = self._rings.get(source_id)
+        if ring is None:
+            return Match("unknown_source")
+        self.expire(now)
+        entry = ring.frames.pop(frame_id, None)
+        if entry is not None:
+            frame = entry[0]
+            ring.stats.in_ring -= 1
+            ring.stats.ring_bytes -= frame.nbytes
+            ring.stats.paired += 1
+            ring.paired_ids[frame_id] = None
+            if len(ring.paired_ids) > PAIRED_MEMORY_FRAMES:
+                ring.paired_ids.popitem(last=False)
+            return Match("paired", frame)
+        if frame_id in ring.paired_ids:
+            return Match("duplicate")
+        if frame_id > ring.newest_id:
+            return Match("unknown_frame")
+        return Match("late")

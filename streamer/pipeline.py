@@ -1,0 +1,335 @@
+"""The only module that knows every stage: sources -> ring (+ tap) -> pairing with detections ->
+crop stage (worker threads) -> publishers, wired with bounded queues.
+
+Accounting, per source, whenever the loop is between steps:
+    decoded = skipped_fps + dropped_handoff + in_handoff + not_tapped + paired + expired + in_ring
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from streamer.config import PublishConfig, StreamerConfig
+from streamer.crop.stage import CropResult, make_crops
+from streamer.detections.codec import decode_detections
+from streamer.detections.receiver import DetectionReceiver
+from streamer.errors import EndOfStream, ProtocolError
+from streamer.metrics import LogOnce, SourceCounters
+from streamer.pairing import Pairer
+from streamer.publish.wire import crop_message, dumps, frame_topic
+from streamer.publish.zmq_out import OutSocket
+from streamer.sources.base import Source
+from streamer.sources.factory import make_source
+from streamer.tap import tap_image
+from streamer.types import CropParams, Detections, Frame
+
+log = logging.getLogger(__name__)
+
+CPU_WORKERS = 2
+TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded for the tap
+CROP_QUEUE_JOBS = 8  # paired frames waiting for the crop stage; beyond this, stop reading
+EXPIRY_INTERVAL_S = 0.1
+DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
+
+
+@dataclasses.dataclass
+class _Publisher:
+    cfg: PublishConfig
+    out: OutSocket
+    classes: frozenset[str] | None
+    offered: int = 0
+
+    def wants(self, header: dict[str, Any]) -> bool:
+        return (self.classes is None or header["class"] in self.classes) and header[
+            "confidence"
+        ] >= self.cfg.min_confidence
+
+
+class Pipeline:
+    """Runs a StreamerConfig until stopped or until every (finite) source has ended."""
+
+    def __init__(self, cfg: StreamerConfig) -> None:
+        self.cfg = cfg
+        self.sources: dict[str, Source] = {s.id: make_source(s) for s in cfg.sources}
+        self.counters = {sid: SourceCounters() for sid in self.sources}
+        self.malformed: Counter[str] = Counter()
+        self.unknown_source = 0
+        self.pairer = Pairer(
+            list(self.sources),
+            max_frames=cfg.ring.max_frames,
+            max_bytes=cfg.ring.max_bytes,
+            max_age_s=cfg.ring.max_age_ms / 1000.0,
+        )
+        self._params = {
+            sid: CropParams(cfg.crop_for(sid).mask_opacity, cfg.crop_for(sid).background_bgr)
+            for sid in self.sources
+        }
+        self._encodings = tuple(sorted({p.encoding for p in cfg.publish}))
+        self._warn = LogOnce(log)
+        self._stop = asyncio.Event()
+        self._executor = ThreadPoolExecutor(CPU_WORKERS, thread_name_prefix="streamer-cpu")
+        self._publishers: list[_Publisher] = []
+        self._tap: OutSocket | None = None
+        self._tap_queue: asyncio.Queue[Frame] = asyncio.Queue(TAP_QUEUE_FRAMES * len(self.sources))
+        self._crop_queue: asyncio.Queue[tuple[Frame, Detections]] = asyncio.Queue(CROP_QUEUE_JOBS)
+        self.started_at = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask `run()` to finish (thread-unsafe; call from the loop, e.g. a signal handler)."""
+        self._stop.set()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, duration_s: float | None = None) -> dict[str, Any]:
+        """Run until `stop()`, `duration_s`, or the end of every source; return the final stats."""
+        loop = asyncio.get_running_loop()
+        zctx = zmq.asyncio.Context()
+        receiver = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            sync_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(zctx.underlying)
+            self._publishers = [
+                _Publisher(
+                    p,
+                    OutSocket(sync_ctx, p.bind, p.mode, p.hwm),
+                    frozenset(p.classes) if p.classes is not None else None,
+                )
+                for p in self.cfg.publish
+            ]
+            if self.cfg.tap is not None:
+                self._tap = OutSocket(
+                    sync_ctx, self.cfg.tap.bind, self.cfg.tap.mode, self.cfg.tap.hwm
+                )
+            receiver = DetectionReceiver(zctx, self.cfg.detections)
+            self.started_at = time.monotonic()
+            for src in self.sources.values():
+                src.start(loop)
+            feeders = [asyncio.create_task(self._feed(src)) for src in self.sources.values()]
+            tasks = [
+                asyncio.create_task(self._receive(receiver)),
+                asyncio.create_task(self._crop_worker()),
+                asyncio.create_task(self._expire()),
+            ]
+            if self._tap is not None:
+                tasks.append(asyncio.create_task(self._tap_worker()))
+            waiters: list[asyncio.Future[Any]] = [
+                # asyncio.wait, unlike gather, does not cancel the feeders when cancelled itself.
+                asyncio.ensure_future(asyncio.wait(feeders)),
+                asyncio.ensure_future(self._stop.wait()),
+            ]
+            if duration_s is not None:
+                waiters.append(asyncio.ensure_future(asyncio.sleep(duration_s)))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.sources.values()))
+            for f in feeders:
+                f.cancel()
+            await asyncio.gather(*feeders, return_exceptions=True)
+            await self._drain()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for src in self.sources.values():
+                src.stop()
+            if receiver is not None:
+                receiver.close()
+            for p in self._publishers:
+                p.out.close()
+            if self._tap is not None:
+                self._tap.close(linger_ms=0)
+            self._executor.shutdown(wait=True)
+            zctx.term()
+        return self.stats()
+
+    async def _drain(self) -> None:
+        """Give detections for frames still in the ring, and queued crops, a bounded time."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline and (
+            any(self.pairer.stats(sid).in_ring for sid in self.sources)
+            or not self._crop_queue.empty()
+        ):
+            await asyncio.sleep(0.02)
+        self.pairer.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._crop_queue.join(), max(0.0, deadline - time.monotonic()))
+
+    async def _feed(self, src: Source) -> None:
+        """Frames from one source into its ring, and to the tap when one is configured."""
+        counters = self.counters[src.source_id]
+        while True:
+            try:
+                frame = await src.recv()
+            except EndOfStream:
+                log.info("source %s: ended", src.source_id)
+                return
+            if self._tap is not None:
+                if self._tap_queue.full():
+                    counters.not_tapped += 1
+                    continue
+                self._tap_queue.put_nowait(frame)
+            self.pairer.add_frame(frame, time.monotonic())
+
+    async def _tap_worker(self) -> None:
+        assert self._tap is not None and self.cfg.tap is not None
+        tap_cfg = self.cfg.tap
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = await self._tap_queue.get()
+            fields, payload = await loop.run_in_executor(
+                self._executor,
+                tap_image,
+                frame,
+                tap_cfg.encoding,
+                tap_cfg.width,
+                tap_cfg.jpeg_quality,
+            )
+            header = {
+                "v": 1,
+                "source_id": frame.source_id,
+                "frame_id": frame.frame_id,
+                "pts": frame.pts,
+                "captured_at": frame.captured_at,
+                **fields,
+            }
+            self._tap.send([frame_topic(frame.source_id), dumps(header), payload])
+
+    async def _receive(self, receiver: DetectionReceiver) -> None:
+        limits = self.cfg.detections
+        while True:
+            parts = await receiver.recv()
+            try:
+                dets = decode_detections(
+                    parts,
+                    max_predictions=limits.max_predictions,
+                    max_bytes=limits.max_message_bytes,
+                )
+                if dets.frame_id is None:
+                    raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
+            except ProtocolError as e:
+                self.malformed[e.kind] += 1
+                self._warn(e.kind, "malformed detection message: %s", e)
+                continue
+            match = self.pairer.match(dets.source_id, dets.frame_id, time.monotonic())
+            if match.outcome == "unknown_source":
+                self.unknown_source += 1
+                self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
+                continue
+            self.counters[dets.source_id].detections[match.outcome] += 1
+            if match.frame is None:
+                self._warn(
+                    f"det-{match.outcome}",
+                    "source %s: detection for frame %s is %s",
+                    dets.source_id,
+                    dets.frame_id,
+                    match.outcome,
+                )
+                continue
+            await self._crop_queue.put((match.frame, dets))
+
+    async def _crop_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frame, dets = await self._crop_queue.get()
+            try:
+                params = self._params[frame.source_id]
+                if dets.params:
+                    params = dataclasses.replace(params, **dets.params)
+                result: CropResult = await loop.run_in_executor(
+                    self._executor, make_crops, frame, dets, params, self._encodings
+                )
+                counters = self.counters[frame.source_id]
+                counters.crops += len(result.crops)
+                counters.empty_box += result.empty_box
+                counters.no_mask += result.no_mask
+                if result.empty_box:
+                    self._warn(
+                        "empty_box",
+                        "source %s: %d box(es) empty after clamping",
+                        frame.source_id,
+                        result.empty_box,
+                    )
+                for crop in result.crops:
+                    for pub in self._publishers:
+                        if pub.wants(crop.header):
+                            pub.offered += 1
+                            enc = pub.cfg.encoding
+                            pub.out.send(crop_message(crop.header, enc, crop.payloads[enc]))
+            except Exception:
+                log.exception("crop stage failed for %s frame %s", frame.source_id, frame.frame_id)
+                self.counters[frame.source_id].detections["crop_failed"] += 1
+            finally:
+                self._crop_queue.task_done()
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            self.pairer.expire(time.monotonic())
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of every counter."""
+        sources = {}
+        for sid, src in self.sources.items():
+            ring, c = self.pairer.stats(sid), self.counters[sid]
+            sources[sid] = {
+                "state": src.stats.state,
+                "decoded": src.stats.decoded,
+                "skipped_fps": src.stats.skipped_fps,
+                "dropped_handoff": src.stats.dropped_handoff,
+                "in_handoff": src.in_handoff,
+                "not_tapped": c.not_tapped,
+                "paired": ring.paired,
+                "expired": ring.expired,
+                "in_ring": ring.in_ring,
+                "ring_bytes": ring.ring_bytes,
+                "detections": dict(c.detections),
+                "crops": c.crops,
+                "empty_box": c.empty_box,
+                "no_mask": c.no_mask,
+            }
+        return {
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "sources": sources,
+            "malformed": dict(self.malformed),
+            "unknown_source": self.unknown_source,
+            "publishers": [
+                {
+                    "endpoint": p.cfg.bind,
+                    "offered": p.offered,
+                    "sent": p.out.stats.sent,
+                    "dropped_full": p.out.stats.dropped_full,
+                }
+                for p in self._publishers
+            ],
+            "tap": None if self._tap is None else dataclasses.asdict(self._tap.stats),
+        }
+
+
+def accounting_balance(source_stats: dict[str, Any]) -> int:
+    """decoded minus every place a frame can be; 0 when the accounting invariant holds."""
+    s = source_stats
+    return int(s["decoded"]) - sum(
+        int(s[k])
+        for k in (
+            "skipped_fps",
+            "dropped_handoff",
+            "in_handoff",
+            "not_tapped",
+            "paired",
+            "expired",
+            "in_ring",
+        )
+    )

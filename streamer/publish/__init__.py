@@ -1,0 +1,1 @@
+"""Publishing: wire framing (pure) and ZeroMQ output sockets."""

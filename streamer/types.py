@@ -1,0 +1,81 @@
+"""Plain data passed between stages. Imports nothing else of streamer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+U8 = npt.NDArray[np.uint8]
+F64 = npt.NDArray[np.float64]
+
+PixelFormat = Literal["yuv420p", "gray"]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded picture, kept in the decoder's planar form until a crop needs pixels.
+
+    `planes` is ``(Y, U, V)`` for ``yuv420p`` (Y is (H, W); U and V are (ceil(H/2), ceil(W/2)))
+    or ``(Y,)`` for ``gray``. The arrays may be views into decoder buffers: treat them as
+    read-only. `nbytes` is what the frame holds in memory, for the ring's byte bound.
+    """
+
+    source_id: str
+    frame_id: int
+    pts: int | None
+    captured_at: float
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    planes: tuple[U8, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One detection in the pixel space of its message's ``image`` size (centre box)."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    confidence: float
+    class_name: str
+    class_id: int
+    detection_id: str
+    tracker_id: int | None = None
+    points: F64 | None = None  # (K, 2) polygon, x then y
+    keypoints: tuple[dict[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CropParams:
+    """Background removal settings; ``mask_opacity`` 0 means crops are plain rectangles."""
+
+    mask_opacity: float = 0.0
+    background_bgr: tuple[int, int, int] = (0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """One decoded detection message for one frame."""
+
+    source_id: str
+    frame_id: int | None
+    captured_at: float | None
+    image_width: int
+    image_height: int
+    predictions: tuple[Prediction, ...]
+    params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Crop:
+    """One crop of one detection: a BGR image (h, w, 3) and its header fields."""
+
+    header: dict[str, Any]
+    image: U8
+    payloads: dict[str, bytes | memoryview] = field(default_factory=dict)
