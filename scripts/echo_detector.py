@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""A stand-in detector for tests and benchmarks: for every tapped frame it sends back a fixed,
+reproducible set of boxes (`boxes_for`), so the receiver knows exactly which crops to expect.
+
+    python scripts/echo_detector.py --tap tcp://127.0.0.1:5554 --detections tcp://127.0.0.1:5555
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+from typing import Any
+
+from streamer.client import DetectionSender, FrameSubscriber
+
+
+def boxes_for(frame_id: int, width: int, height: int, n: int) -> list[dict[str, Any]]:
+    """`n` Roboflow-style boxes for a frame of the given size; the same every call.
+
+    Box 0 hangs over the top-left corner (clamping), box 1 lies wholly outside (empty after
+    clamping) when n > 2; the rest are plate- and person-sized boxes inside the frame.
+    """
+    rnd = random.Random(frame_id)
+    out = []
+    for i in range(n):
+        if i == 0:
+            x, y, w, h = 0.0, 0.0, width / 8, height / 8
+        elif i == 1 and n > 2:
+            x, y, w, h = width + 50.0, height / 2, 20.0, 20.0
+        else:
+            w = rnd.choice((width / 10, width / 6))
+            h = w / 2 if rnd.random() < 0.5 else w * 2
+            h = min(h, height / 2)
+            x = rnd.uniform(w / 2, width - w / 2)
+            y = rnd.uniform(h / 2, height - h / 2)
+        out.append({
+            "x": x, "y": y, "width": w, "height": h, "confidence": 0.5 + (i % 5) / 10,
+            "class": "plate" if i % 2 else "person", "class_id": i % 2,
+            "detection_id": f"{frame_id}-{i}",
+        })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tap", default="tcp://127.0.0.1:5554")
+    ap.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    ap.add_argument("--boxes", type=int, default=10)
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    frames = FrameSubscriber(args.tap)
+    sender = DetectionSender(args.detections)
+    try:
+        for frame in frames:
+            h, w = frame.image.shape[:2]
+            sender.send(frame, boxes_for(frame.frame_id, w, h, args.boxes))
+    finally:
+        frames.close()
+        sender.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Shared fixtures: free loopback endpoints, generated media, helpers to run streamer."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+
+import av
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def endpoint() -> Iterator[object]:
+    """A factory of fresh ``tcp://127.0.0.1:<port>`` endpoints."""
+    yield lambda: f"tcp://127.0.0.1:{free_port()}"
+
+
+def write_clip(path: Path, n_frames: int, size: tuple[int, int] = (640, 360), fps: int = 30) -> Path:
+    """Encode `n_frames` of FFmpeg's testsrc2 picture to an H.264 MP4 at `path`."""
+    w, h = size
+    src = av.open(f"testsrc2=size={w}x{h}:rate={fps}", format="lavfi")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "18"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= n_frames:
+                break
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    src.close()
+    return path
+
+
+def decode_bgr(path: Path) -> list[np.ndarray]:
+    """Every frame of a clip as BGR, the reference the crops are compared with."""
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("media") / "clip.mp4", 60)
+
+
+def load_script(name: str) -> ModuleType:
+    """Import a file from scripts/ as a module (they are runnable tools, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    """Start a Python process with this interpreter (stdout/stderr captured)."""
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return out.decode(errors="replace"), err.decode(errors="replace")

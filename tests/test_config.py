@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamer.cli import demo_config
+from streamer.config import load_config, parse_config
+from streamer.errors import ConfigError
+from tests.conftest import REPO
+
+BASE: dict[str, Any] = {
+    "sources": [{"id": "a", "url": "clip.mp4"}],
+    "detections": {"bind": "tcp://127.0.0.1:5555"},
+    "publish": [{"bind": "tcp://127.0.0.1:5560"}],
+}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.sources
+
+
+def test_demo_yaml_matches_embedded_demo() -> None:
+    embedded = demo_config("tcp://127.0.0.1:5560", "tcp://127.0.0.1:5554", "tcp://127.0.0.1:5555")
+    assert load_config(REPO / "configs" / "demo.yaml") == embedded
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    node = data
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node[k]
+    last = keys[-1]
+    if last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("sources.0.url", None, "sources[0].url: "),
+        ("sources.0.id", "a/b", "sources[0].id: String should match pattern"),
+        ("sources.0.speed", 3, "sources[0].speed: Extra inputs are not permitted"),
+        ("sources.0.max_fps", -1, "sources[0].max_fps: Input should be greater than 0"),
+        ("sources", [{"id": "a", "url": "x"}, {"id": "a", "url": "y"}], "duplicate source id 'a'"),
+        ("crop", {"mask_opacity": 1.5}, "crop.mask_opacity: Input should be less than or equal"),
+        ("crop", {"background_color": "#invalid"}, "crop.background_color: invalid colour"),
+        ("crop", {"background_color": [1, 2, 256]}, "channels must be in 0..255"),
+        ("detections", {}, "give exactly one of 'bind' (PULL) or 'connect' (SUB)"),
+        ("publish.0.encoding", "gif", "publish[0].encoding: Input should be"),
+        ("tap", {"bind": "x", "encoding": "png"}, "tap.encoding: Input should be"),
+        ("ring", {"max_frames": 0}, "ring.max_frames: Input should be greater than or equal to 1"),
+        ("bogus", 1, "bogus: Extra inputs are not permitted"),
+    ],
+)
+def test_errors_name_the_field_path(path: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(_with(path, value))
+    assert expected in str(exc.value)
+
+
+def test_second_source_error_is_indexed() -> None:
+    data = _with("sources", [{"id": "a", "url": "x"}, {"id": "b", "url": ""}])
+    with pytest.raises(ConfigError, match=r"sources\[1\]\.url: String should have at least 1"):
+        parse_config(data)
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(p)
+    p.write_text("sources: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_per_source_crop_overrides_top_level() -> None:
+    data = _with("sources.0.crop", {"mask_opacity": 0.5, "background_color": "(255, 0, 128)"})
+    cfg = parse_config(data)
+    assert cfg.crop_for("a").mask_opacity == 0.5
+    assert cfg.crop_for("a").background_bgr == (128, 0, 255)
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "streamer", "check-config",
+                         str(REPO / "configs" / "example.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_with("sources", [{"id": "a", "url": "x"}, {"id": "b"}])))
+    res = subprocess.run([sys.executable, "-m", "streamer", "check-config", str(bad)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "sources[1].url: Field required" in res.stderr

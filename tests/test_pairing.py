@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+
+from streamer.pairing import Pairer
+from streamer.types import Frame
+
+
+def frame(fid: int, nbytes: int = 100, source: str = "a") -> Frame:
+    y = np.zeros((2, 2), np.uint8)
+    return Frame(source, fid, fid, 0.0, 2, 2, "gray", (y,), nbytes)
+
+
+def pairer(**kw: float) -> Pairer:
+    args = {"max_frames": 4, "max_bytes": 10_000, "max_age_s": 5.0, **kw}
+    return Pairer(["a", "b"], max_frames=int(args["max_frames"]), max_bytes=int(args["max_bytes"]),
+                  max_age_s=args["max_age_s"])
+
+
+def test_exact_match_takes_the_frame_out() -> None:
+    p = pairer()
+    for i in range(3):
+        p.add_frame(frame(i), now=0.0)
+    m = p.match("a", 1, now=0.1)
+    assert m.outcome == "paired" and m.frame is not None and m.frame.frame_id == 1
+    s = p.stats("a")
+    assert (s.added, s.paired, s.in_ring, s.expired, s.ring_bytes) == (3, 1, 2, 0, 200)
+
+
+def test_out_of_order_duplicate_late_unknown() -> None:
+    p = pairer()
+    for i in range(4):
+        p.add_frame(frame(i), now=0.0)
+    assert p.match("a", 3, 0.0).outcome == "paired"
+    assert p.match("a", 0, 0.0).outcome == "paired"  # out of order is fine
+    assert p.match("a", 3, 0.0).outcome == "duplicate"
+    assert p.match("a", 9, 0.0).outcome == "unknown_frame"
+    assert p.match("zz", 1, 0.0).outcome == "unknown_source"
+    for i in range(4, 10):
+        p.add_frame(frame(i), now=0.0)  # frames 1, 2 and 4, 5 overflow the ring
+    assert p.match("a", 1, 0.0).outcome == "late"
+    s = p.stats("a")
+    assert s.expired == 4 and s.in_ring == 4 and s.paired == 2
+
+
+def test_ring_bounded_by_bytes_and_age() -> None:
+    p = pairer(max_bytes=250)
+    for i in range(3):
+        p.add_frame(frame(i), now=float(i))
+    assert p.stats("a").in_ring == 2 and p.stats("a").expired == 1
+    p.expire(now=6.5)  # frame 1 (added at 1.0) is older than 5 s, frame 2 is not
+    assert p.stats("a").in_ring == 1 and p.stats("a").expired == 2
+    assert p.match("a", 2, now=6.5).outcome == "paired"
+
+
+def test_sources_are_independent_and_flush_expires_all() -> None:
+    p = pairer()
+    p.add_frame(frame(0, source="a"), 0.0)
+    p.add_frame(frame(0, source="b"), 0.0)
+    assert p.match("b", 0, 0.0).outcome == "paired"
+    assert p.stats("a").in_ring == 1
+    p.flush()
+    assert p.stats("a").in_ring == 0 and p.stats("a").expired == 1
+    assert p.stats("b").expired == 0

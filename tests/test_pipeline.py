@@ -1,0 +1,132 @@
+"""The pipeline in-process with real sockets: bad input is counted and never stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from streamer.config import parse_config
+from streamer.detections.codec import encode_detections
+from streamer.pipeline import Pipeline, accounting_balance
+
+BOX = {"x": 40, "y": 30, "width": 20, "height": 10, "class": "car", "class_id": 0,
+       "confidence": 0.9}
+
+
+def _config(endpoint: Any, **over: Any) -> tuple[dict[str, Any], str, str, str]:
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+        "detections": {"bind": dets, "max_predictions": 5, "max_message_bytes": 4096},
+        "tap": {"bind": tap, "encoding": "raw-i420"},
+        "publish": [{"bind": pub}],
+        **over,
+    }
+    return cfg, tap, dets, pub
+
+
+async def _detector(tap: str, dets: str, pub: str, rounds: int) -> dict[str, Any]:
+    """Answer tapped frames, sending a malformed message of each kind between good ones."""
+    ctx = zmq.asyncio.Context.instance()
+    sub, push, crops = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
+        crops.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(tap)
+        push.connect(dets)
+        crops.connect(pub)
+        bad: list[list[bytes]] = [
+            [b"det/cam"],
+            [b"det/cam", b"not json"],
+            [b"det/cam", json.dumps({"v": 2}).encode()],
+            encode_detections("cam", 0, (160, 120), [dict(BOX, width=-1)]),
+            encode_detections("cam", 0, (160, 120), [BOX] * 6),
+            encode_detections("cam", 0, (160, 120), [dict(BOX, x="NaN")]),
+            [b"det/cam", b'{"v":1,"source_id":"cam","frame_id":0,"image":{"width":1,"height":1},'
+             b'"predictions":[{"x":NaN,"y":1,"width":1,"height":1,"class":"c"}]}'],
+            [b"det/cam", b" " * 5000],
+            encode_detections("nope", 0, (160, 120), [BOX]),
+        ]
+        got_crops = 0
+        sent_ids = []
+        for i in range(rounds):
+            parts = await asyncio.wait_for(sub.recv_multipart(), 5)
+            header = json.loads(parts[1])
+            assert header["encoding"] == "raw-i420"
+            assert len(parts[2]) == header["width"] * header["height"] * 3 // 2
+            await push.send_multipart(bad[i % len(bad)])
+            await push.send_multipart(
+                encode_detections("cam", header["frame_id"], (160, 120), [BOX]))
+            sent_ids.append(header["frame_id"])
+            # Pairing and cropping go on: the crop for this frame arrives.
+            crop = await asyncio.wait_for(crops.recv_multipart(), 5)
+            assert json.loads(crop[1])["frame_id"] == header["frame_id"]
+            got_crops += 1
+        # A duplicate of a paired frame, and one for a frame long gone.
+        await push.send_multipart(encode_detections("cam", sent_ids[-1], (160, 120), [BOX]))
+        await push.send_multipart(encode_detections("cam", 10**9, (160, 120), [BOX]))
+        await asyncio.sleep(0.3)
+        return {"crops": got_crops}
+    finally:
+        for s in (sub, push, crops):
+            s.close(linger=0)
+
+
+def test_malformed_messages_are_counted_and_pipeline_keeps_running(endpoint: Any) -> None:
+    cfg, tap, dets, pub = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> dict[str, Any]:
+        run = asyncio.create_task(pipeline.run())
+        await asyncio.sleep(0.3)  # let the sockets bind
+        try:
+            return await _detector(tap, dets, pub, rounds=18)
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    result = asyncio.run(asyncio.wait_for(main(), 60))
+    stats = pipeline.stats()
+    assert result["crops"] == 18
+    assert stats["malformed"] == {
+        "bad_framing": 2, "not_json": 2, "bad_version": 2, "negative_size": 2,
+        "too_many_predictions": 2, "wrong_type": 2, "non_finite": 2, "oversize": 2,
+    }
+    assert stats["unknown_source"] == 2
+    src = stats["sources"]["cam"]
+    assert src["detections"] == {"paired": 18, "duplicate": 1, "unknown_frame": 1}
+    assert src["crops"] == 18 and stats["publishers"][0]["sent"] == 18
+    assert accounting_balance(src) == 0, src
+
+
+def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
+    cfg, tap, dets, pub = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        ctx = zmq.asyncio.Context.instance()
+        sub, push = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH)
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
+            sub.connect(tap)
+            push.connect(dets)
+            for _ in range(5):
+                parts = await asyncio.wait_for(sub.recv_multipart(), 5)
+                fid = json.loads(parts[1])["frame_id"]
+                await push.send_multipart(encode_detections("cam", fid, (160, 120), []))
+            await asyncio.sleep(0.2)
+        finally:
+            sub.close(linger=0)
+            push.close(linger=0)
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    src = pipeline.stats()["sources"]["cam"]
+    assert src["detections"]["paired"] == 5 and src["crops"] == 0
+    assert accounting_balance(src) == 0
