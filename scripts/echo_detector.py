@@ -35,11 +35,18 @@ def boxes_for(frame_id: int, width: int, height: int, n: int) -> list[dict[str, 
             h = min(h, height / 2)
             x = rnd.uniform(w / 2, width - w / 2)
             y = rnd.uniform(h / 2, height - h / 2)
-        out.append({
-            "x": x, "y": y, "width": w, "height": h, "confidence": 0.5 + (i % 5) / 10,
-            "class": "plate" if i % 2 else "person", "class_id": i % 2,
-            "detection_id": f"{frame_id}-{i}",
-        })
+        out.append(
+            {
+                "x": x,
+                "y": y,
+                "width": w,
+                "height": h,
+                "confidence": 0.5 + (i % 5) / 10,
+                "class": "plate" if i % 2 else "person",
+                "class_id": i % 2,
+                "detection_id": f"{frame_id}-{i}",
+            }
+        )
     return out
 
 

@@ -30,7 +30,9 @@ def endpoint() -> Iterator[object]:
     yield lambda: f"tcp://127.0.0.1:{free_port()}"
 
 
-def write_clip(path: Path, n_frames: int, size: tuple[int, int] = (640, 360), fps: int = 30) -> Path:
+def write_clip(
+    path: Path, n_frames: int, size: tuple[int, int] = (640, 360), fps: int = 30
+) -> Path:
     """Encode `n_frames` of FFmpeg's testsrc2 picture to an H.264 MP4 at `path`."""
     w, h = size
     src = av.open(f"testsrc2=size={w}x{h}:rate={fps}", format="lavfi")

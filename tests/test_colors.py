@@ -23,8 +23,19 @@ def test_valid_colours(value: object, bgr: tuple[int, int, int]) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["#invalid", "(255, 0, a)", (1, 2, 3, 4), "#ff00", "red", (256, 0, 0), "(-1, 0, 0)",
-     [1.5, 2, 3], (True, 0, 0), None, 7],
+    [
+        "#invalid",
+        "(255, 0, a)",
+        (1, 2, 3, 4),
+        "#ff00",
+        "red",
+        (256, 0, 0),
+        "(-1, 0, 0)",
+        [1.5, 2, 3],
+        (True, 0, 0),
+        None,
+        7,
+    ],
 )
 def test_invalid_colours_quote_the_value(value: object) -> None:
     with pytest.raises(ValueError, match="invalid colour"):

@@ -95,12 +95,16 @@ def test_per_source_crop_overrides_top_level() -> None:
 
 
 def test_check_config_command(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "streamer", "check-config",
-                         str(REPO / "configs" / "example.yaml")], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "streamer", "check-config", str(REPO / "configs" / "example.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and "OK" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("sources", [{"id": "a", "url": "x"}, {"id": "b"}])))
-    res = subprocess.run([sys.executable, "-m", "streamer", "check-config", str(bad)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "streamer", "check-config", str(bad)], capture_output=True, text=True
+    )
     assert res.returncode == 2
     assert "sources[1].url: Field required" in res.stderr

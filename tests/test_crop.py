@@ -23,8 +23,14 @@ def _av_frame(w: int, h: int, fmt: str = "yuv420p") -> av.VideoFrame:
     rng = np.random.default_rng(w * 7919 + h)
     # Smooth content: a gradient plus blocks, so chroma subsampling stays near-lossless.
     yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([(xx * 255 // max(1, w - 1)), (yy * 255 // max(1, h - 1)),
-                    ((xx // 16 + yy // 16) % 2) * 200], axis=2).astype(np.uint8)
+    img = np.stack(
+        [
+            (xx * 255 // max(1, w - 1)),
+            (yy * 255 // max(1, h - 1)),
+            ((xx // 16 + yy // 16) % 2) * 200,
+        ],
+        axis=2,
+    ).astype(np.uint8)
     img[: h // 3, : w // 3] = rng.integers(0, 255, 3)
     return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format=fmt)
 
@@ -105,7 +111,8 @@ def test_gray_frames() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    w=st.integers(1, 80), h=st.integers(1, 60),
+    w=st.integers(1, 80),
+    h=st.integers(1, 60),
     box=st.tuples(st.floats(-100, 200), st.floats(-100, 200), st.floats(0, 150), st.floats(0, 150)),
 )
 def test_property_crops_inside_frame_and_equal_region(
@@ -115,7 +122,7 @@ def test_property_crops_inside_frame_and_equal_region(
     pred = Prediction(*box, confidence=0.5, class_name="c", class_id=0, detection_id="d")
     dets = Detections("s", 0, None, w, h, (pred,))
     res = make_crops(frame, dets, CropParams(), ["raw-bgr24"])
-    (x0, y0, x1, y1), = centre_to_corners(np.array([box]), (1.0, 1.0), (w, h)).tolist()
+    ((x0, y0, x1, y1),) = centre_to_corners(np.array([box]), (1.0, 1.0), (w, h)).tolist()
     if x1 <= x0 or y1 <= y0:
         assert res.crops == [] and res.empty_box == 1
         return
@@ -143,7 +150,15 @@ def test_matches_supervision_crop_image_in_bounds() -> None:
 def test_headers_shift_points_and_keypoints_into_crop() -> None:
     frame, _ = _frame(200, 100)
     pred = Prediction(
-        50, 25, 40, 20, 0.8, "car", 3, "d1", tracker_id=9,
+        50,
+        25,
+        40,
+        20,
+        0.8,
+        "car",
+        3,
+        "d1",
+        tracker_id=9,
         points=np.array([[40.0, 20.0], [60.0, 20.0], [60.0, 30.0]]),
         keypoints=({"x": 45.0, "y": 22.0, "confidence": 0.9, "class_id": 0, "class": "nose"},),
     )

@@ -45,12 +45,14 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
 
     crops: list[Crop] = []
     ready, done = threading.Event(), threading.Event()
-    streamer = spawn("-m", "streamer", "run", "-c", str(cfg_path), "--quiet",
-                     "--stats-file", str(stats_path))
+    streamer = spawn(
+        "-m", "streamer", "run", "-c", str(cfg_path), "--quiet", "--stats-file", str(stats_path)
+    )
     collector = threading.Thread(target=_collect, args=(pub, crops, ready, done))
     collector.start()
-    detector = spawn("scripts/echo_detector.py", "--tap", tap, "--detections", dets,
-                     "--boxes", str(N_BOXES))
+    detector = spawn(
+        "scripts/echo_detector.py", "--tap", tap, "--detections", dets, "--boxes", str(N_BOXES)
+    )
     try:
         assert ready.wait(5)
         streamer.wait(timeout=30)
@@ -88,8 +90,11 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
         boxes = boxes_for(frame_id, w, h, N_BOXES)
         xywh = np.array([[b["x"], b["y"], b["width"], b["height"]] for b in boxes])
         corners = centre_to_corners(xywh, (1.0, 1.0), (w, h))
-        expected = [(b, c) for b, c in zip(boxes, corners.tolist(), strict=True)
-                    if c[2] > c[0] and c[3] > c[1]]
+        expected = [
+            (b, c)
+            for b, c in zip(boxes, corners.tolist(), strict=True)
+            if c[2] > c[0] and c[3] > c[1]
+        ]
         assert [c.header["index"] for c in got] == list(range(len(expected)))
         for crop, (box, (x0, y0, x1, y1)) in zip(got, expected, strict=True):
             hd = crop.header
@@ -106,13 +111,38 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
 
 def test_demo_runs_and_publishes_crops(endpoint: Any) -> None:
     pub, tap, dets = endpoint(), endpoint(), endpoint()
-    demo = spawn("-m", "streamer", "demo", "--duration", "5", "--publish", pub, "--tap", tap,
-                 "--detections", dets)
+    demo = spawn(
+        "-m",
+        "streamer",
+        "demo",
+        "--duration",
+        "5",
+        "--publish",
+        pub,
+        "--tap",
+        tap,
+        "--detections",
+        dets,
+    )
     try:
         got = subprocess.run(
-            [sys.executable, "-m", "streamer", "crops", pub, "--count", "20", "--timeout", "8",
-             "--topic", "crop/demo/"],
-            capture_output=True, text=True, timeout=30, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "streamer",
+                "crops",
+                pub,
+                "--count",
+                "20",
+                "--timeout",
+                "8",
+                "--topic",
+                "crop/demo/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
         )
         demo.wait(timeout=20)
     finally:

@@ -13,8 +13,12 @@ def frame(fid: int, nbytes: int = 100, source: str = "a") -> Frame:
 
 def pairer(**kw: float) -> Pairer:
     args = {"max_frames": 4, "max_bytes": 10_000, "max_age_s": 5.0, **kw}
-    return Pairer(["a", "b"], max_frames=int(args["max_frames"]), max_bytes=int(args["max_bytes"]),
-                  max_age_s=args["max_age_s"])
+    return Pairer(
+        ["a", "b"],
+        max_frames=int(args["max_frames"]),
+        max_bytes=int(args["max_bytes"]),
+        max_age_s=args["max_age_s"],
+    )
 
 
 def test_exact_match_takes_the_frame_out() -> None:

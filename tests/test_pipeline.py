@@ -13,8 +13,15 @@ from streamer.config import parse_config
 from streamer.detections.codec import encode_detections
 from streamer.pipeline import Pipeline, accounting_balance
 
-BOX = {"x": 40, "y": 30, "width": 20, "height": 10, "class": "car", "class_id": 0,
-       "confidence": 0.9}
+BOX = {
+    "x": 40,
+    "y": 30,
+    "width": 20,
+    "height": 10,
+    "class": "car",
+    "class_id": 0,
+    "confidence": 0.9,
+}
 
 
 def _config(endpoint: Any, **over: Any) -> tuple[dict[str, Any], str, str, str]:
@@ -46,8 +53,11 @@ async def _detector(tap: str, dets: str, pub: str, rounds: int) -> dict[str, Any
             encode_detections("cam", 0, (160, 120), [dict(BOX, width=-1)]),
             encode_detections("cam", 0, (160, 120), [BOX] * 6),
             encode_detections("cam", 0, (160, 120), [dict(BOX, x="NaN")]),
-            [b"det/cam", b'{"v":1,"source_id":"cam","frame_id":0,"image":{"width":1,"height":1},'
-             b'"predictions":[{"x":NaN,"y":1,"width":1,"height":1,"class":"c"}]}'],
+            [
+                b"det/cam",
+                b'{"v":1,"source_id":"cam","frame_id":0,"image":{"width":1,"height":1},'
+                b'"predictions":[{"x":NaN,"y":1,"width":1,"height":1,"class":"c"}]}',
+            ],
             [b"det/cam", b" " * 5000],
             encode_detections("nope", 0, (160, 120), [BOX]),
         ]
@@ -60,7 +70,8 @@ async def _detector(tap: str, dets: str, pub: str, rounds: int) -> dict[str, Any
             assert len(parts[2]) == header["width"] * header["height"] * 3 // 2
             await push.send_multipart(bad[i % len(bad)])
             await push.send_multipart(
-                encode_detections("cam", header["frame_id"], (160, 120), [BOX]))
+                encode_detections("cam", header["frame_id"], (160, 120), [BOX])
+            )
             sent_ids.append(header["frame_id"])
             # Pairing and cropping go on: the crop for this frame arrives.
             crop = await asyncio.wait_for(crops.recv_multipart(), 5)
@@ -93,8 +104,14 @@ def test_malformed_messages_are_counted_and_pipeline_keeps_running(endpoint: Any
     stats = pipeline.stats()
     assert result["crops"] == 18
     assert stats["malformed"] == {
-        "bad_framing": 2, "not_json": 2, "bad_version": 2, "negative_size": 2,
-        "too_many_predictions": 2, "wrong_type": 2, "non_finite": 2, "oversize": 2,
+        "bad_framing": 2,
+        "not_json": 2,
+        "bad_version": 2,
+        "negative_size": 2,
+        "too_many_predictions": 2,
+        "wrong_type": 2,
+        "non_finite": 2,
+        "oversize": 2,
     }
     assert stats["unknown_source"] == 2
     src = stats["sources"]["cam"]
@@ -104,7 +121,7 @@ def test_malformed_messages_are_counted_and_pipeline_keeps_running(endpoint: Any
 
 
 def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
-    cfg, tap, dets, pub = _config(endpoint)
+    cfg, tap, dets, _ = _config(endpoint)
     pipeline = Pipeline(parse_config(cfg))
 
     async def main() -> None:
