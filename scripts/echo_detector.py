@@ -16,11 +16,15 @@ from typing import Any
 from streamer.client import DetectionSender, FrameSubscriber
 
 
-def boxes_for(frame_id: int, width: int, height: int, n: int) -> list[dict[str, Any]]:
+def boxes_for(
+    frame_id: int, width: int, height: int, n: int, masks: bool = False
+) -> list[dict[str, Any]]:
     """`n` Roboflow-style boxes for a frame of the given size; the same every call.
 
     Box 0 hangs over the top-left corner (clamping), box 1 lies wholly outside (empty after
-    clamping) when n > 2; the rest are plate- and person-sized boxes inside the frame.
+    clamping) when n > 2; the rest are plate- and person-sized boxes inside the frame. With
+    `masks`, boxes 2, 4, ... carry a diamond polygon (instance segmentation) and a keypoint at
+    their centre.
     """
     rnd = random.Random(frame_id)
     out = []
@@ -35,18 +39,27 @@ def boxes_for(frame_id: int, width: int, height: int, n: int) -> list[dict[str, 
             h = min(h, height / 2)
             x = rnd.uniform(w / 2, width - w / 2)
             y = rnd.uniform(h / 2, height - h / 2)
-        out.append(
-            {
-                "x": x,
-                "y": y,
-                "width": w,
-                "height": h,
-                "confidence": 0.5 + (i % 5) / 10,
-                "class": "plate" if i % 2 else "person",
-                "class_id": i % 2,
-                "detection_id": f"{frame_id}-{i}",
-            }
-        )
+        pred: dict[str, Any] = {
+            "x": x,
+            "y": y,
+            "width": w,
+            "height": h,
+            "confidence": 0.5 + (i % 5) / 10,
+            "class": "plate" if i % 2 else "person",
+            "class_id": i % 2,
+            "detection_id": f"{frame_id}-{i}",
+        }
+        if masks and i >= 2 and i % 2 == 0:
+            pred["points"] = [
+                {"x": x, "y": y - h / 2},
+                {"x": x + w / 2, "y": y},
+                {"x": x, "y": y + h / 2},
+                {"x": x - w / 2, "y": y},
+            ]
+            pred["keypoints"] = [
+                {"x": x, "y": y, "confidence": 0.9, "class_id": 0, "class": "centre"}
+            ]
+        out.append(pred)
     return out
 
 
@@ -55,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tap", default="tcp://127.0.0.1:5554")
     ap.add_argument("--detections", default="tcp://127.0.0.1:5555")
     ap.add_argument("--boxes", type=int, default=10)
+    ap.add_argument("--masks", action="store_true", help="add polygons and keypoints")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     frames = FrameSubscriber(args.tap)
@@ -62,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for frame in frames:
             h, w = frame.image.shape[:2]
-            sender.send(frame, boxes_for(frame.frame_id, w, h, args.boxes))
+            sender.send(frame, boxes_for(frame.frame_id, w, h, args.boxes, args.masks))
     finally:
         frames.close()
         sender.close()

@@ -35,6 +35,27 @@ class Frame:
 
 
 @dataclass(frozen=True, slots=True)
+class RleMask:
+    """A COCO run-length mask covering the whole detector image, column-major.
+
+    `counts` alternate runs of 0 and 1, starting with 0; they add up to ``height * width``.
+    """
+
+    height: int
+    width: int
+    counts: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class BitmapMask:
+    """A raw (h, w) uint8 mask, non-zero inside. ``layout`` says what it covers: the whole
+    detector image (``image``) or just the prediction's box (``box``), stretched to fit."""
+
+    data: U8
+    layout: Literal["image", "box"]
+
+
+@dataclass(frozen=True, slots=True)
 class Prediction:
     """One detection in the pixel space of its message's ``image`` size (centre box)."""
 
@@ -49,6 +70,7 @@ class Prediction:
     tracker_id: int | None = None
     points: F64 | None = None  # (K, 2) polygon, x then y
     keypoints: tuple[dict[str, Any], ...] | None = None
+    mask: RleMask | BitmapMask | None = None  # when absent, `points` (if any) is the mask
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pytest
 import yaml
+import zmq
 
 from streamer.client import Crop, CropSubscriber
 from streamer.crop.geometry import centre_to_corners
@@ -24,21 +27,30 @@ MAX_CODEC_DIFF = 4  # our crop-only I420->BGR vs FFmpeg's full-frame conversion
 
 def _collect(endpoint: str, out: list[Crop], ready: threading.Event, done: threading.Event) -> None:
     with CropSubscriber(endpoint) as sub:
-        ready.set()
+        # Ready once the ZMTP handshake with streamer's bound socket is done: the subscription
+        # goes out right after it, so crops published from then on reach us.
+        monitor = sub.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        if monitor.poll(20_000):
+            ready.set()
+        sub.sock.disable_monitor()
+        monitor.close(linger=0)
         while not done.is_set():
             crop = sub.recv(timeout_s=0.2)
             if crop is not None:
                 out.append(crop)
 
 
-def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> None:
+@pytest.mark.parametrize("masks", [False, True], ids=["boxes", "masks-keypoints"])
+def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any, masks: bool) -> None:
     tap, dets, pub = endpoint(), endpoint(), endpoint()
-    cfg = {
+    cfg: dict[str, Any] = {
         "sources": [{"id": "cam1", "url": str(clip)}],
         "detections": {"bind": dets},
         "tap": {"bind": tap, "encoding": "raw-bgr24"},
         "publish": [{"bind": pub, "encoding": "raw-bgr24"}],
     }
+    if masks:
+        cfg["crop"] = {"mask_opacity": 1.0, "background_color": "#00ff00"}
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     stats_path = tmp_path / "stats.json"
@@ -50,17 +62,26 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
     )
     collector = threading.Thread(target=_collect, args=(pub, crops, ready, done))
     collector.start()
-    detector = spawn(
-        "scripts/echo_detector.py", "--tap", tap, "--detections", dets, "--boxes", str(N_BOXES)
-    )
+    detector = None
     try:
-        assert ready.wait(5)
+        assert ready.wait(20), "no connection to streamer's crop publisher"
+        detector = spawn(
+            "scripts/echo_detector.py",
+            "--tap",
+            tap,
+            "--detections",
+            dets,
+            "--boxes",
+            str(N_BOXES),
+            *(["--masks"] if masks else []),
+        )
         streamer.wait(timeout=30)
     finally:
         done.set()
         collector.join(5)
         _, err = stop(streamer)
-        stop(detector)
+        if detector is not None:
+            stop(detector)
     assert streamer.returncode == 0, err
     stats = json.loads(stats_path.read_text())
     src = stats["sources"]["cam1"]
@@ -72,6 +93,8 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
     assert src["paired"] >= 45, src
     assert src["detections"] == {"paired": src["paired"]}
     assert src["empty_box"] == src["paired"]  # box 1 lies outside every frame
+    # With masks on, the boxes without a polygon (0, 3, 5) are counted as unmasked.
+    assert src["no_mask"] == (src["paired"] * 3 if masks else 0)
     assert src["crops"] == src["paired"] * (N_BOXES - 1)
     assert stats["publishers"][0]["sent"] == src["crops"]
     assert stats["malformed"] == {}
@@ -87,7 +110,7 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
     for frame_id, got in by_frame.items():
         ref = frames[frame_id]
         h, w = ref.shape[:2]
-        boxes = boxes_for(frame_id, w, h, N_BOXES)
+        boxes = boxes_for(frame_id, w, h, N_BOXES, masks)
         xywh = np.array([[b["x"], b["y"], b["width"], b["height"]] for b in boxes])
         corners = centre_to_corners(xywh, (1.0, 1.0), (w, h))
         expected = [
@@ -105,7 +128,24 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any) -> 
             assert hd["origin"] == {"x": x0, "y": y0, "frame_width": w, "frame_height": h}
             assert (hd["width"], hd["height"]) == (x1 - x0, y1 - y0)
             assert crop.image.shape == (y1 - y0, x1 - x0, 3)
-            diff = np.abs(crop.image.astype(int) - ref[y0:y1, x0:x1].astype(int))
+            region = ref[y0:y1, x0:x1].astype(int)
+            inside = np.ones((y1 - y0, x1 - x0), bool)
+            if "points" in box:
+                # Background removal at opacity 1: outside the polygon is exactly the colour.
+                full = np.zeros((h, w), np.uint8)
+                poly = np.rint([[p["x"], p["y"]] for p in box["points"]]).astype(np.int32)
+                cv2.fillPoly(full, [poly], 255)
+                inside = full[y0:y1, x0:x1] > 0
+                assert (crop.image[~inside] == (0, 255, 0)).all()
+                shifted = [(p["x"] - x0, p["y"] - y0) for p in box["points"]]
+                got_points = [(p["x"], p["y"]) for p in hd["points"]]
+                assert np.allclose(got_points, shifted)
+                (kp,) = hd["keypoints"]
+                assert (kp["x"] + x0, kp["y"] + y0) == pytest.approx((box["x"], box["y"]))
+                assert kp["class"] == "centre"
+            else:
+                assert "points" not in hd and "keypoints" not in hd
+            diff = np.abs(crop.image.astype(int) - region)[inside]
             assert diff.max() <= MAX_CODEC_DIFF, (frame_id, hd["index"], diff.max())
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer.crop.background import polygon_mask, remove_background
+from streamer.crop.background import remove_background
 from streamer.crop.convert import crop_bgr
 from streamer.crop.geometry import centre_to_corners, is_empty
+from streamer.crop.masks import crop_mask
 from streamer.types import Crop, CropParams, Detections, Frame, Prediction
 
 PROTOCOL_VERSION = 1
@@ -85,11 +86,11 @@ def make_crops(
         if pred.points is not None:
             points = pred.points * (sx, sy) - (x0, y0)
         if params.mask_opacity > 0:
-            if points is not None and len(points) >= 3:
-                mask = polygon_mask(points, (x1 - x0, y1 - y0))
-                image = remove_background(image, mask, params.mask_opacity, params.background_bgr)
-            else:
+            mask = crop_mask(pred, (sx, sy), (frame.width, frame.height), (x0, y0, x1, y1))
+            if mask is None:
                 result.no_mask += 1
+            else:
+                image = remove_background(image, mask, params.mask_opacity, params.background_bgr)
         header: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "source_id": frame.source_id,

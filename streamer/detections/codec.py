@@ -17,7 +17,7 @@ import numpy as np
 
 from streamer.colors import parse_color_bgr
 from streamer.errors import ProtocolError
-from streamer.types import Detections, Prediction
+from streamer.types import BitmapMask, Detections, Prediction, RleMask
 
 PROTOCOL_VERSION = 1
 TOPIC_PREFIX = b"det/"
@@ -94,7 +94,100 @@ def _keypoints(raw: Any, path: str) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _prediction(raw: Any, path: str) -> Prediction:
+def rle_string_to_counts(text: str) -> list[int]:
+    """Decode COCO's compressed RLE string (pycocotools' LEB128-like form) into run lengths."""
+    counts: list[int] = []
+    p, n = 0, len(text)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("truncated RLE string")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"invalid character {text[p]!r} in RLE string")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _rle(raw: Any, path: str) -> RleMask:
+    if not isinstance(raw, dict):
+        raise ProtocolError("wrong_type", f"{path}: expected {{size: [H, W], counts}}")
+    size = raw.get("size")
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ProtocolError("bad_value", f"{path}.size: expected [H, W] positive integers")
+    h, w = size
+    counts = raw.get("counts")
+    if isinstance(counts, str):
+        try:
+            runs = rle_string_to_counts(counts)
+        except ValueError as e:
+            raise ProtocolError("bad_value", f"{path}.counts: {e}") from None
+    elif isinstance(counts, list) and all(
+        isinstance(c, int) and not isinstance(c, bool) for c in counts
+    ):
+        runs = counts
+    else:
+        raise ProtocolError("wrong_type", f"{path}.counts: expected a string or a list of ints")
+    arr = np.asarray(runs, dtype=np.int64)
+    if arr.size and arr.min() < 0:
+        raise ProtocolError("bad_value", f"{path}.counts: negative run length")
+    if int(arr.sum()) != h * w:
+        raise ProtocolError(
+            "bad_value", f"{path}.counts: runs add up to {int(arr.sum())}, expected {h}x{w}={h * w}"
+        )
+    return RleMask(h, w, arr)
+
+
+def _bitmap(
+    raw: Mapping[str, Any], path: str, payload: Sequence[bytes | memoryview], image: tuple[int, int]
+) -> BitmapMask:
+    index = _int(raw, "mask_part", path)
+    assert index is not None
+    if not 0 <= index < len(payload):
+        raise ProtocolError(
+            "bad_value",
+            f"{path}.mask_part: {index} but the message has {len(payload)} payload part(s)",
+        )
+    layout = raw.get("mask_layout", "image")
+    if layout not in ("image", "box"):
+        raise ProtocolError(
+            "bad_value", f"{path}.mask_layout: expected 'image' or 'box', got {layout!r}"
+        )
+    size = raw.get("mask_size")
+    if size is None and layout == "image":
+        h, w = image[1], image[0]
+    elif (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        h, w = size
+    else:
+        raise ProtocolError("bad_value", f"{path}.mask_size: expected [H, W] positive integers")
+    data = payload[index]
+    if len(data) != h * w:
+        raise ProtocolError(
+            "bad_value", f"{path}.mask_part: {len(data)} bytes, expected {h}x{w}={h * w}"
+        )
+    return BitmapMask(np.frombuffer(data, np.uint8).reshape(h, w), layout)
+
+
+def _prediction(
+    raw: Any, path: str, payload: Sequence[bytes | memoryview] = (), image: tuple[int, int] = (0, 0)
+) -> Prediction:
     if not isinstance(raw, dict):
         raise ProtocolError("wrong_type", f"{path}: expected an object, got {type(raw).__name__}")
     x = _number(raw, "x", path)
@@ -123,6 +216,14 @@ def _prediction(raw: Any, path: str) -> Prediction:
     points = _points(raw["points"], f"{path}.points") if raw.get("points") is not None else None
     kps = raw.get("keypoints")
     keypoints = _keypoints(kps, f"{path}.keypoints") if kps is not None else None
+    mask: RleMask | BitmapMask | None = None
+    if raw.get("mask_part") is not None:
+        mask = _bitmap(raw, path, payload, image)
+    else:
+        for key in ("rle", "rle_mask"):
+            if raw.get(key) is not None:
+                mask = _rle(raw[key], f"{path}.{key}")
+                break
     return Prediction(
         x=x,
         y=y,
@@ -135,6 +236,7 @@ def _prediction(raw: Any, path: str) -> Prediction:
         tracker_id=tracker_id,
         points=points,
         keypoints=keypoints,
+        mask=mask,
     )
 
 
@@ -226,7 +328,10 @@ def decode_detections(
         raise ProtocolError(
             "too_many_predictions", f"predictions: {len(raw_preds)} exceeds limit {max_predictions}"
         )
-    preds = tuple(_prediction(p, f"predictions[{i}]") for i, p in enumerate(raw_preds))
+    payload = parts[2:]
+    preds = tuple(
+        _prediction(p, f"predictions[{i}]", payload, (iw, ih)) for i, p in enumerate(raw_preds)
+    )
     params = _params(header["params"]) if header.get("params") is not None else None
     return Detections(
         source_id=source_id,
@@ -247,11 +352,13 @@ def encode_detections(
     *,
     captured_at: float | None = None,
     params: Mapping[str, Any] | None = None,
+    payload: Sequence[bytes] = (),
 ) -> list[bytes]:
     """Build a detection message.
 
     `image_size` is (width, height) of the detector's input; `predictions` are Roboflow-style
-    dicts (``x, y, width, height, confidence, class, class_id``).
+    dicts (``x, y, width, height, confidence, class, class_id``); `payload` holds extra parts,
+    such as raw mask bitmaps that predictions name by ``mask_part`` index.
     """
     header: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
@@ -266,4 +373,4 @@ def encode_detections(
     if params is not None:
         header["params"] = dict(params)
     body = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
-    return [TOPIC_PREFIX + source_id.encode(), body]
+    return [TOPIC_PREFIX + source_id.encode(), body, *payload]
