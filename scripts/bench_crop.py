@@ -57,6 +57,7 @@ def predictions(n: int, w: int, h: int) -> tuple[Prediction, ...]:
     out = []
     for i in range(n):
         bw, bh = (200, 100) if i % 2 == 0 else (300, 600)
+        bw, bh = min(bw, w), min(bh, h)
         cx = float(rng.uniform(bw / 2, w - bw / 2))
         cy = float(rng.uniform(bh / 2, h - bh / 2))
         points = None
@@ -85,12 +86,12 @@ def baseline(vf: av.VideoFrame, preds: tuple[Prediction, ...]) -> list[np.ndarra
     return crops
 
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
+def median_ms(repeat: int, fn: Callable[..., object], *args: object) -> float:
+    fn(*args)  # warm-up
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        fn()
+        fn(*args)
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
 
@@ -112,8 +113,8 @@ def main() -> None:
         for n in counts:
             preds = predictions(n, min(w, 1920), min(h, 1080))  # the same boxes at every size
             dets = Detections("bench", 0, None, w, h, preds)
-            a = median_ms(lambda: make_crops(frame, dets, params, ["raw-bgr24"]), args.repeat)
-            b = median_ms(lambda: baseline(vf, preds), args.repeat)
+            a = median_ms(args.repeat, make_crops, frame, dets, params, ["raw-bgr24"])
+            b = median_ms(args.repeat, baseline, vf, preds)
             results[(w, n)] = a
             print(f"{w}x{h:<5} {n:>5} {a:>12.3f} {b:>12.3f} {b / a:>8.1f}")
     if len(sizes) > 1:
