@@ -38,7 +38,8 @@ class CropConfig(_Model):
 
 
 class SourceConfig(_Model):
-    """A camera or stand-in: `url` is a file path, ``lavfi:<graph>`` or ``synthetic:[k=v&...]``."""
+    """A camera or stand-in. `url`: ``rtsp://...`` (also rtsps, http(s) MJPEG/HLS), ``webcam:0``
+    or ``/dev/videoN``, a file path, ``lavfi:<graph>``, or ``synthetic:[k=v&...]``."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="used in topics; no '/'")
     url: str = Field(min_length=1)
@@ -46,6 +47,26 @@ class SourceConfig(_Model):
     realtime: bool = Field(True, description="pace files and test sources at their frame rate")
     loop: bool = Field(False, description="restart a file at its end")
     crop: CropConfig | None = Field(None, description="overrides the top-level crop settings")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
+    open_timeout_s: float = Field(10.0, gt=0, le=300)
+    stall_timeout_s: float = Field(5.0, ge=0.2, le=300, description="no frame this long: reconnect")
+    backoff_base_s: float = Field(0.5, gt=0, le=60, description="first retry delay")
+    backoff_cap_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay")
+    healthy_after_s: float = Field(
+        10.0, gt=0, le=3600, description="streaming this long resets back-off"
+    )
+    av_options: dict[str, str] = Field(
+        default_factory=dict, description="FFmpeg options, passed through"
+    )
+    width: int | None = Field(None, ge=16, le=8192, description="webcam capture width request")
+    height: int | None = Field(None, ge=16, le=8192, description="webcam capture height request")
+    fps: float | None = Field(None, gt=0, le=240, description="webcam capture rate request")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SourceConfig:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s must be >= backoff_base_s")
+        return self
 
 
 class RingConfig(_Model):

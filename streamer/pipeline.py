@@ -273,9 +273,13 @@ class Pipeline:
                 self._crop_queue.task_done()
 
     async def _expire(self) -> None:
+        """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes."""
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL_S)
-            self.pairer.expire(time.monotonic())
+            now = time.monotonic()
+            self.pairer.expire(now)
+            for src in self.sources.values():
+                src.check_stall(now)
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -286,6 +290,9 @@ class Pipeline:
             ring, c = self.pairer.stats(sid), self.counters[sid]
             sources[sid] = {
                 "state": src.stats.state,
+                "last_error": src.stats.last_error,
+                "reconnects": src.stats.reconnects,
+                "stalls": src.stats.stalls,
                 "decoded": src.stats.decoded,
                 "skipped_fps": src.stats.skipped_fps,
                 "dropped_handoff": src.stats.dropped_handoff,

@@ -1,24 +1,58 @@
-"""Files and FFmpeg test sources decoded with PyAV in a worker thread."""
+"""Sources decoded with PyAV: RTSP/HTTP cameras, files, and FFmpeg lavfi test graphs."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 
-from streamer.sources.base import Source
+from streamer.sources.base import RetryPolicy, Source
 
 log = logging.getLogger(__name__)
 
 LAVFI_PREFIX = "lavfi:"
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://", "udp://")
 
 
-class AvFileSource(Source):
-    """A video file, or an FFmpeg lavfi graph (``lavfi:testsrc2=size=1280x720:rate=30``).
+def is_live(url: str) -> bool:
+    return url.lower().startswith(LIVE_SCHEMES)
 
-    With `realtime`, frames are released at their presentation times, like a camera; otherwise as
-    fast as the decoder goes. With `loop`, a file starts over at its end (frame ids keep rising).
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and status."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _network_reason(url: str, err: OSError) -> str:
+    """FFmpeg reports an unresolvable host as a bare I/O error: say what it is."""
+    host = urlsplit(url).hostname
+    if host:
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as e:
+            return f"cannot resolve host {host!r} ({e.strerror})"
+    return err.strerror or str(err)
+
+
+class AvSource(Source):
+    """A network camera (``rtsp://``, ``http(s)://`` MJPEG/HLS, ...), a video file, or an FFmpeg
+    lavfi graph (``lavfi:testsrc2=size=1280x720:rate=30``).
+
+    Network streams: TCP transport for RTSP unless told otherwise, open and read timeouts always
+    set (a stalled read raises after `stall_timeout_s`), extra FFmpeg options passed through.
+    Files and lavfi: with `realtime`, frames are released at their presentation times, like a
+    camera; with `loop`, a file starts over at its end. Frame ids keep rising across reconnects
+    and loops.
     """
 
     def __init__(
@@ -29,47 +63,68 @@ class AvFileSource(Source):
         max_fps: float | None = None,
         realtime: bool = True,
         loop: bool = False,
+        transport: str = "tcp",
+        open_timeout_s: float = 10.0,
+        stall_timeout_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        av_options: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(source_id, max_fps)
+        super().__init__(source_id, max_fps=max_fps, retry=retry, stall_timeout_s=stall_timeout_s)
         self.url = url
-        self.realtime = realtime
+        self.live = is_live(url)
+        self.realtime = realtime and not self.live
         self.loop = loop
+        self.finite = not self.live and not loop
+        self.transport = transport
+        self.open_timeout_s = open_timeout_s
+        self.av_options = dict(av_options or {})
+        self._media_offset_s = 0.0
 
-    def _open(self) -> av.container.InputContainer:
+    def _open(self) -> Any:
         if self.url.startswith(LAVFI_PREFIX):
             return av.open(self.url[len(LAVFI_PREFIX) :], format="lavfi")
-        return av.open(self.url)
+        if not self.live:
+            return av.open(self.url, options=self.av_options)
+        options = {"timeout": str(int(self.stall_timeout_s * 1e6)), **self.av_options}
+        if self.url.lower().startswith(("rtsp://", "rtsps://")):
+            options.setdefault("rtsp_transport", self.transport)
+        try:
+            return av.open(
+                self.url, options=options, timeout=(self.open_timeout_s, self.stall_timeout_s)
+            )
+        except OSError as e:
+            raise OSError(f"{redact(self.url)}: {_network_reason(self.url, e)}") from None
 
-    def _run(self) -> None:
-        offset_s = 0.0  # media time of the current pass's start, when looping
-        while not self._stop.is_set():
-            self.stats.state = "connecting"
+    def _session(self) -> None:
+        while True:
             with self._open() as container:
                 stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                self.stats.state = "streaming"
-                log.info(
-                    "source %s: streaming %s (%sx%s)",
-                    self.source_id,
-                    self.url,
-                    stream.codec_context.width,
-                    stream.codec_context.height,
-                )
-                start_wall = time.monotonic()
-                first_s: float | None = None
-                last_s = 0.0
-                for vf in container.decode(stream):
-                    if self._stop.is_set():
-                        return
-                    t = float(vf.time) if vf.time is not None else last_s
-                    if first_s is None:
-                        first_s = t
-                    last_s = t
-                    if self.realtime:
-                        delay = start_wall + (t - first_s) - time.monotonic()
-                        if delay > 0 and self._stop.wait(delay):
-                            return
-                    self._offer(offset_s + t, vf)
-                offset_s += last_s + 1e-3
-            if not self.loop:
+                if not self.live:
+                    # Frame threading adds ~2 frames of delay: fine for files, not for cameras.
+                    stream.thread_type = "AUTO"
+                self._decode(container, stream)
+            if not self.loop or self._stop.is_set():
                 return
+
+    def _decode(self, container: Any, stream: Any) -> None:
+        start_wall = time.monotonic()
+        first_s: float | None = None
+        last_s = 0.0
+        for packet in container.demux(stream):
+            if self._stop.is_set():
+                return
+            for vf in packet.decode():
+                t = float(vf.time) if vf.time is not None else last_s
+                if first_s is None:
+                    first_s = t
+                last_s = t
+                if self.realtime:
+                    delay = start_wall + (t - first_s) - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        return
+                self._offer(self._media_offset_s + t, vf)
+            if self.live:
+                self._check_watchdog()
+        if self.live and not self._stop.is_set():
+            raise ConnectionError("the server closed the stream")
+        self._media_offset_s += last_s + 1e-3

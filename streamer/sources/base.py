@@ -1,4 +1,5 @@
-"""The Source interface and the bounded, drop-oldest hand-off from a decode thread to the loop."""
+"""The Source interface: a decode thread that reconnects by itself, a stall watchdog, and the
+bounded, drop-oldest hand-off from that thread to the event loop."""
 
 from __future__ import annotations
 
@@ -6,31 +7,56 @@ import abc
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import av
+import numpy as np
 
 from streamer.errors import EndOfStream
-from streamer.sources.frames import from_av
-from streamer.types import Frame
+from streamer.sources.frames import from_av, from_bgr
+from streamer.types import U8, Frame
 
 log = logging.getLogger(__name__)
 
 HANDOFF_MAX_FRAMES = 4
-THREAD_JOIN_TIMEOUT_S = 5.0
+JOIN_MARGIN_S = 2.0  # beyond the read timeout, for a blocked FFmpeg read to return
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with jitter; the attempt count resets after a healthy session."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    healthy_after_s: float = 10.0
+
+    def delay_s(self, attempt: int, rnd: random.Random) -> float:
+        """Delay before retry number `attempt` (0-based): between half and all of
+        ``min(cap, base * 2**attempt)``, so many cameras do not retry in lock-step."""
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(attempt, 30))
+        return float(ceiling * rnd.uniform(0.5, 1.0))
+
+
+class StreamStalled(Exception):
+    """No frame for longer than the stall timeout."""
 
 
 @dataclass
 class SourceStats:
-    """Counters of one source. Written by its decode thread, read by the loop."""
+    """Counters and state of one source. Written by its decode thread, read by the loop."""
 
     decoded: int = 0
     skipped_fps: int = 0
     dropped_handoff: int = 0
+    reconnects: int = 0
+    stalls: int = 0
     state: str = "starting"
+    last_error: str | None = None
+    last_frame_at: float | None = None  # monotonic
 
 
 class Handoff:
@@ -81,17 +107,39 @@ class Handoff:
 
 
 class Source(abc.ABC):
-    """A camera or stand-in. `recv()` yields frames until EndOfStream; `stop()` is idempotent."""
+    """A camera or stand-in, decoded in its own named thread.
 
-    def __init__(self, source_id: str, max_fps: float | None = None) -> None:
+    `_session()` (one connection) is retried forever with back-off, unless the source is finite
+    and ended normally. `recv()` yields frames until EndOfStream; `stop()` is idempotent.
+    """
+
+    #: A finite source (a file played once) ends for good when its session returns normally.
+    finite = False
+
+    def __init__(
+        self,
+        source_id: str,
+        *,
+        max_fps: float | None = None,
+        retry: RetryPolicy | None = None,
+        stall_timeout_s: float = 5.0,
+    ) -> None:
         self.source_id = source_id
         self.max_fps = max_fps
+        self.retry = retry or RetryPolicy()
+        self.stall_timeout_s = stall_timeout_s
         self.stats = SourceStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handoff: Handoff | None = None
         self._next_frame_id = 0
         self._next_emit_s: float | None = None
+        self._rnd = random.Random()
+        self._state_lock = threading.Lock()
+        self._session_frames = 0
+        self._watch_since = 0.0  # monotonic: the later of session start and last frame
+
+    # -- life cycle (loop side) ------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handoff = Handoff(loop, self.stats, HANDOFF_MAX_FRAMES)
@@ -108,41 +156,113 @@ class Source(abc.ABC):
     def in_handoff(self) -> int:
         return len(self._handoff) if self._handoff is not None else 0
 
+    @property
+    def join_timeout_s(self) -> float:
+        """How long a stop may take: a blocked read returns within the stall timeout."""
+        return self.stall_timeout_s + JOIN_MARGIN_S
+
     def stop(self) -> None:
-        """Ask the decode thread to stop and join it (bounded)."""
+        """Ask the decode thread to stop and join it, waiting at most `join_timeout_s`."""
         self._stop.set()
         t = self._thread
         if t is not None and t.is_alive() and t is not threading.current_thread():
-            t.join(THREAD_JOIN_TIMEOUT_S)
+            t.join(self.join_timeout_s)
             if t.is_alive():
-                log.warning(
-                    "source %s: decode thread did not stop within %.1f s",
+                log.error(
+                    "source %s: decode thread still blocked %.1f s after stop",
                     self.source_id,
-                    THREAD_JOIN_TIMEOUT_S,
+                    self.join_timeout_s,
                 )
+
+    def check_stall(self, now: float) -> None:
+        """Watchdog, called periodically from the loop: a streaming source with no frame for
+        `stall_timeout_s` is marked stalled (the reader's own read timeout then tears it down)."""
+        last = self.stats.last_frame_at
+        if (
+            self.stats.state == "streaming"
+            and last is not None
+            and now - last > self.stall_timeout_s
+        ):
+            self._set_state("stalled", f"no frame for {now - last:.1f} s")
+
+    # -- the decode thread -----------------------------------------------------------------
+
+    def _set_state(self, state: str, reason: str | None = None) -> None:
+        with self._state_lock:
+            old = self.stats.state
+            if old == state:
+                return
+            if state == "stalled":
+                self.stats.stalls += 1
+            self.stats.state = state
+            if reason is not None:
+                self.stats.last_error = reason
+        level = logging.WARNING if state in ("stalled", "backing_off", "failed") else logging.INFO
+        log.log(
+            level,
+            "source %s: %s -> %s%s",
+            self.source_id,
+            old,
+            state,
+            f" ({reason})" if reason else "",
+        )
 
     def _thread_main(self) -> None:
         assert self._handoff is not None
+        attempt = 0
         try:
-            self._run()
-        except Exception:
+            while not self._stop.is_set():
+                self._set_state("connecting")
+                self._session_frames = 0
+                session_start = self._watch_since = time.monotonic()
+                try:
+                    self._session()
+                    if self._stop.is_set():
+                        break
+                    if self.finite:
+                        self._set_state("ended")
+                        return
+                    reason = "stream ended"
+                except StreamStalled as e:
+                    if self.stats.state != "stalled":
+                        self._set_state("stalled", str(e))
+                    reason = f"stalled: {e}"
+                except Exception as e:
+                    reason = _describe(e)
+                if self._stop.is_set():
+                    break
+                healthy = time.monotonic() - session_start >= self.retry.healthy_after_s
+                if healthy and self._session_frames:
+                    attempt = 0
+                delay = self.retry.delay_s(attempt, self._rnd)
+                attempt += 1
+                self.stats.reconnects += 1
+                self._set_state("backing_off", f"{reason}; retry in {delay:.1f} s")
+                if self._stop.wait(delay):
+                    break
+            self._set_state("stopped")
+        except Exception as e:  # a bug, not a camera fault: say so and end this source
             log.exception("source %s: decode thread failed", self.source_id)
-            self.stats.state = "failed"
+            self._set_state("failed", _describe(e))
         finally:
-            if self.stats.state != "failed":
-                self.stats.state = "ended"
             self._handoff.end()
 
     @abc.abstractmethod
-    def _run(self) -> None:
-        """Decode until the stream ends or `self._stop` is set, calling `self._emit` per frame."""
+    def _session(self) -> None:
+        """One connection: open, decode and `_offer` frames until the stream ends (return), it
+        fails (raise), or `self._stop` is set (return)."""
 
-    def _offer(self, media_time_s: float, vf: av.VideoFrame) -> None:
+    def _offer(self, media_time_s: float, picture: av.VideoFrame | U8) -> None:
         """Count a decoded frame; hand it to the loop unless ``max_fps`` skips it.
 
-        `media_time_s` is the frame's presentation time in seconds.
+        `media_time_s` is the frame's presentation time in seconds; `picture` is a PyAV frame or
+        a BGR (h, w, 3) array.
         """
         self.stats.decoded += 1
+        self._session_frames += 1
+        self.stats.last_frame_at = self._watch_since = time.monotonic()
+        if self.stats.state != "streaming":
+            self._set_state("streaming")
         if self.max_fps is not None:
             period = 1.0 / self.max_fps
             if self._next_emit_s is not None and media_time_s < self._next_emit_s - 1e-6:
@@ -153,4 +273,20 @@ class Source(abc.ABC):
         assert self._handoff is not None
         frame_id = self._next_frame_id
         self._next_frame_id += 1
-        self._handoff.put(from_av(vf, self.source_id, frame_id, time.time()))
+        now = time.time()
+        if isinstance(picture, np.ndarray):
+            frame = from_bgr(picture, self.source_id, frame_id, now)
+        else:
+            frame = from_av(picture, self.source_id, frame_id, now)
+        self._handoff.put(frame)
+
+    def _check_watchdog(self) -> None:
+        """Raise StreamStalled from inside a read loop when packets come but frames do not."""
+        idle_s = time.monotonic() - self._watch_since
+        if idle_s > self.stall_timeout_s:
+            raise StreamStalled(f"no frame for {idle_s:.1f} s")
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import av
+import cv2
 import numpy as np
 
-from streamer.types import Frame, PixelFormat
+from streamer.types import U8, Frame, PixelFormat
 
 _NATIVE: dict[str, PixelFormat] = {"yuv420p": "yuv420p", "gray": "gray"}
 
@@ -37,3 +38,17 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
         planes=planes,
         nbytes=sum(p.buffer_size for p in vf.planes),
     )
+
+
+def from_bgr(image: U8, source_id: str, frame_id: int, captured_at: float) -> Frame:
+    """Convert a BGR (h, w, 3) picture (OpenCV capture) to a yuv420p Frame.
+
+    I420 needs even sizes: an odd last row or column is dropped.
+    """
+    h, w = image.shape[0] & ~1, image.shape[1] & ~1
+    yuv: U8 = np.asarray(cv2.cvtColor(image[:h, :w], cv2.COLOR_BGR2YUV_I420), np.uint8).reshape(-1)
+    n_luma = w * h
+    y = yuv[:n_luma].reshape(h, w)
+    u = yuv[n_luma : n_luma + n_luma // 4].reshape(h // 2, w // 2)
+    v = yuv[n_luma + n_luma // 4 :].reshape(h // 2, w // 2)
+    return Frame(source_id, frame_id, None, captured_at, w, h, "yuv420p", (y, u, v), yuv.nbytes)

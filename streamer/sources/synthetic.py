@@ -139,12 +139,12 @@ class SyntheticSource(Source):
     def __init__(
         self, source_id: str, url: str, *, max_fps: float | None = None, realtime: bool = True
     ) -> None:
-        super().__init__(source_id, max_fps)
+        super().__init__(source_id, max_fps=max_fps)
         self.spec = SyntheticSpec.from_url(url)
         self.scene = SyntheticScene(self.spec)
         self.realtime = realtime
 
-    def _run(self) -> None:
+    def _session(self) -> None:
         spec = self.spec
         enc = av.CodecContext.create("libx264", "w")
         enc.width, enc.height, enc.pix_fmt = spec.width, spec.height, "yuv420p"
@@ -152,7 +152,6 @@ class SyntheticSource(Source):
         enc.framerate = Fraction(spec.fps, 1)
         enc.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": "20"}
         dec = av.CodecContext.create("h264", "r")
-        self.stats.state = "streaming"
         start = time.monotonic()
         n = 0
         while not self._stop.is_set():

@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""A small RTSP server for tests and demos, on GStreamer's RTSP server (Debian packages
+gir1.2-gst-rtsp-server-1.0 and gstreamer1.0-plugins-{base,good,ugly}; run with the system
+python3, which has PyGObject).
+
+Paths:
+  /test   a generated test picture (moving ball, a running time stamp), H.264
+  /relay  relays H.264 RTP that you send to UDP 127.0.0.1:<relay-port>, e.g.
+          gst-launch-1.0 videotestsrc is-live=true ! x264enc tune=zerolatency ! rtph264pay \
+            ! udpsink host=127.0.0.1 port=<relay-port>
+          Stop (SIGSTOP) the sender and the stream stalls without closing.
+
+    /usr/bin/python3 scripts/rtsp_server.py --port 8554 [--relay-port 5600] [--size 320x240]
+
+Prints "READY rtsp://127.0.0.1:<port>" once it listens; stops on SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+H264_RTP_CAPS = "application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000"
+
+
+def factory(launch: str) -> GstRtspServer.RTSPMediaFactory:
+    f = GstRtspServer.RTSPMediaFactory()
+    f.set_launch(f"( {launch} )")
+    f.set_shared(True)
+    return f
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8554)
+    ap.add_argument("--relay-port", type=int, default=0, help="UDP port for /relay (0: no relay)")
+    ap.add_argument("--size", default="320x240")
+    ap.add_argument("--fps", type=int, default=30)
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.host)
+    server.set_service(str(args.port))
+    mounts = server.get_mount_points()
+    mounts.add_factory(
+        "/test",
+        factory(
+            f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
+            f"framerate={args.fps}/1 ! timeoverlay ! x264enc tune=zerolatency "
+            f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96"
+        ),
+    )
+    if args.relay_port:
+        mounts.add_factory(
+            "/relay",
+            factory(
+                f'udpsrc address=127.0.0.1 port={args.relay_port} caps="{H264_RTP_CAPS}" '
+                "! rtph264depay ! rtph264pay name=pay0 pt=96"
+            ),
+        )
+    if server.attach(None) == 0:
+        print(f"cannot listen on {args.host}:{args.port}", file=sys.stderr)
+        return 1
+    loop = GLib.MainLoop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    print(f"READY rtsp://{args.host}:{args.port}", flush=True)
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

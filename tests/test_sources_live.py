@@ -1,0 +1,277 @@
+"""Live sources against a real RTSP server process, with faults: kill, restart, stall, absent
+at start-up, unreachable; two cameras; a missing webcam; shutdown during a stall."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from streamer.sources.av_source import AvSource
+from streamer.sources.base import RetryPolicy
+from streamer.sources.cv_source import CvSource
+from tests.conftest import REPO, free_port, spawn, stop
+from tests.live import Consumer, RtpFeeder, RtspServer, until
+
+FAST_RETRY = RetryPolicy(base_s=0.1, cap_s=0.5, healthy_after_s=1.0)
+STALL_S = 1.0
+
+
+def rtsp_source(url: str, sid: str = "cam") -> AvSource:
+    return AvSource(sid, url, stall_timeout_s=STALL_S, open_timeout_s=3.0, retry=FAST_RETRY)
+
+
+def test_reads_frames_from_real_rtsp_server() -> None:
+    server = RtspServer().start()
+
+    async def main() -> None:
+        c = Consumer(rtsp_source(server.url())).start()
+        try:
+            await until(lambda: len(c.frames) >= 30, 15, "30 frames")
+        finally:
+            await c.stop()
+        ids = [f.frame_id for _, f in c.frames]
+        assert ids == sorted(set(ids)) and ids[0] == 0
+        frame = c.frames[-1][1]
+        assert (frame.width, frame.height, frame.pixel_format) == (320, 240, "yuv420p")
+        assert float(np.std(frame.planes[0])) > 10  # a real picture, not a flat fill
+        assert c.source.stats.state in ("streaming", "stopped")
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        server.kill()
+
+
+def test_server_killed_and_restarted_reconnects() -> None:
+    server = RtspServer().start()
+
+    async def main() -> None:
+        c = Consumer(rtsp_source(server.url())).start()
+        try:
+            await until(lambda: len(c.frames) >= 10, 15, "first frames")
+            server.kill()
+            await until(lambda: c.source.stats.state == "backing_off", 10, "backing off")
+            n_before = len(c.frames)
+            server.start()  # same port
+            took = await until(lambda: len(c.frames) > n_before + 5, 20, "frames after restart")
+            print(f"reconnect: server ready -> frames flowing again in {took:.2f} s")
+            first_after = c.frames[n_before][0]
+            print(f"reconnect: server ready -> first frame {first_after - server.ready_at:.2f} s")
+        finally:
+            await c.stop()
+        stats = c.source.stats
+        assert stats.reconnects >= 1
+        ids = [f.frame_id for _, f in c.frames]
+        assert ids == sorted(set(ids))  # frame ids keep rising across the reconnect
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        server.kill()
+
+
+def test_stalled_stream_is_detected_by_watchdog() -> None:
+    relay = free_port()
+    server = RtspServer(relay_port=relay).start()
+    feeder = RtpFeeder(relay)
+
+    async def main() -> None:
+        c = Consumer(rtsp_source(server.url("relay"))).start()
+
+        async def watchdog() -> None:
+            while True:
+                c.source.check_stall(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        wd = asyncio.create_task(watchdog())
+        try:
+            await until(lambda: len(c.frames) >= 10, 20, "relayed frames")
+            feeder.pause()
+            paused_at = time.monotonic()
+            await until(lambda: c.source.stats.stalls >= 1, STALL_S + 5, "stall detected")
+            detected_at = time.monotonic()
+            last_frame_at = c.frames[-1][0]
+            # Frames already in flight (server and client buffers) still arrive after the
+            # pause; the watchdog counts from the last one.
+            print(
+                f"stall: last frame -> stall detected in {detected_at - last_frame_at:.2f} s, "
+                f"feeder paused -> detected in {detected_at - paused_at:.2f} s "
+                f"(stall_timeout_s={STALL_S})"
+            )
+            assert STALL_S <= detected_at - last_frame_at <= STALL_S + 0.3
+            await until(
+                lambda: c.source.stats.state == "backing_off", STALL_S + 8, "reader torn down"
+            )
+            print(
+                f"stall: feeder paused -> reader torn down in {time.monotonic() - paused_at:.2f} s"
+            )
+            feeder.resume()
+            n = len(c.frames)
+            await until(lambda: len(c.frames) > n + 5, 30, "frames after the stall")
+        finally:
+            wd.cancel()
+            await c.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        feeder.kill()
+        server.kill()
+
+
+def test_server_down_at_start_then_up() -> None:
+    port = free_port()
+
+    async def main() -> RtspServer:
+        c = Consumer(rtsp_source(f"rtsp://127.0.0.1:{port}/test")).start()
+        server = RtspServer(port=port)
+        try:
+            await until(lambda: c.source.stats.reconnects >= 2, 10, "retries while down")
+            assert c.source.stats.state in ("backing_off", "connecting")
+            assert "refused" in (c.source.stats.last_error or "").lower()
+            server.start()
+            took = await until(lambda: len(c.frames) >= 5, 20, "frames once the server is up")
+            print(f"start-up: server ready -> 5 frames in {took:.2f} s")
+        finally:
+            await c.stop()
+        return server
+
+    server = None
+    try:
+        server = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        if server is not None:
+            server.kill()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("rtsp://127.0.0.1:{port}/none", "refused"),
+        ("rtsp://camera.does-not-exist.invalid:554/stream", "cannot resolve host"),
+        ("rtsp://user:secret@127.0.0.1:{port}/x", "refused"),
+    ],
+)
+def test_unreachable_urls_retry_with_a_clear_state(url: str, reason: str) -> None:
+    url = url.format(port=free_port())
+
+    async def main() -> None:
+        c = Consumer(rtsp_source(url)).start()
+        try:
+            await until(lambda: c.source.stats.reconnects >= 3, 10, "three retries")
+        finally:
+            await c.stop()
+        err = c.source.stats.last_error or ""
+        assert reason in err.lower() or reason in err
+        assert "secret" not in err  # passwords never reach logs or status
+        assert c.frames == []
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_two_cameras_one_killed_other_keeps_its_rate() -> None:
+    a, b = RtspServer().start(), RtspServer().start()
+
+    async def main() -> None:
+        ca = Consumer(rtsp_source(a.url(), "a")).start()
+        cb = Consumer(rtsp_source(b.url(), "b")).start()
+        try:
+            await until(lambda: len(ca.frames) >= 10 and len(cb.frames) >= 10, 20, "both stream")
+            t0 = time.monotonic()
+            await asyncio.sleep(3.0)  # a measuring window, not a wait for an event
+            before = ca.count_since(t0) / 3.0
+            b.kill()
+            t1 = time.monotonic()
+            await asyncio.sleep(3.0)
+            after = ca.count_since(t1) / 3.0
+            print(f"camera a: {before:.1f} fps before b died, {after:.1f} fps after")
+            assert cb.source.stats.state in ("backing_off", "stalled", "connecting")
+            assert after >= 0.85 * before and after > 20
+        finally:
+            await asyncio.gather(ca.stop(), cb.stop())
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        a.kill()
+        b.kill()
+
+
+@pytest.mark.parametrize("url", ["webcam:7", "/dev/video7", "webcam:/dev/video9"])
+def test_missing_webcam_is_a_clear_retried_error(url: str) -> None:
+    async def main() -> None:
+        c = Consumer(CvSource("cam", url, stall_timeout_s=1.0, retry=FAST_RETRY)).start()
+        try:
+            await until(lambda: c.source.stats.reconnects >= 2, 10, "webcam retries")
+            assert c.source.stats.state in ("backing_off", "connecting")
+        finally:
+            await c.stop()
+        assert "no such device" in (c.source.stats.last_error or "")
+        assert "/dev/video" in (c.source.stats.last_error or "")
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_shutdown_while_read_is_stalled_is_bounded() -> None:
+    relay = free_port()
+    server = RtspServer(relay_port=relay).start()
+    feeder = RtpFeeder(relay)
+
+    async def main() -> None:
+        c = Consumer(rtsp_source(server.url("relay"))).start()
+        try:
+            await until(lambda: len(c.frames) >= 5, 20, "relayed frames")
+            feeder.pause()
+            await asyncio.sleep(0.3)  # let the reader block inside FFmpeg's read
+        finally:
+            took = await c.stop()
+        print(f"shutdown during a stall took {took:.2f} s (bound {c.source.join_timeout_s} s)")
+        assert took <= c.source.join_timeout_s
+        assert c.source._thread is not None and not c.source._thread.is_alive()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        feeder.kill()
+        server.kill()
+
+
+def test_pipeline_on_rtsp_camera_publishes_crops(tmp_path: Path, endpoint: Any) -> None:
+    """`streamer run` on a real RTSP camera, the echo detector, and `streamer crops`."""
+    server = RtspServer().start()
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "gate", "url": server.url(), "stall_timeout_s": 2}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "jpeg", "width": 160},
+        "publish": [{"bind": pub, "encoding": "png"}],
+    }
+    cfg_path = tmp_path / "rtsp.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    streamer = spawn("-m", "streamer", "run", "-c", str(cfg_path), "--quiet")
+    detector = spawn("scripts/echo_detector.py", "--tap", tap, "--detections", dets, "--boxes", "3")
+    try:
+        got = subprocess.run(
+            [sys.executable, "-m", "streamer", "crops", pub, "--count", "12", "--timeout", "15"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    finally:
+        stop(detector)
+        _, err = stop(streamer)
+        server.kill()
+    assert got.returncode == 0, got.stderr + err
+    lines = got.stdout.splitlines()
+    assert len(lines) == 12 and all(line.startswith("gate frame ") for line in lines)
+    assert streamer.returncode == 0, err
+    assert "totals: frames" in err
