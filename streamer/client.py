@@ -1,40 +1,58 @@
-"""Helpers for the processes around streamer: detectors (receive tapped frames, send detections)
-and crop consumers (receive crops).
+"""Helpers for the processes around streamer: detectors (receive tapped frames, send detections
+back) and crop consumers (receive crops). Sync and asyncio flavours of each; ZeroMQ reconnects
+by itself, so streamer may start before or after the client.
 
-A detector in a few lines::
+A detector, synchronous::
 
-    from streamer.client import FrameSubscriber, DetectionSender
+    from streamer.client import DetectionSender, FrameSubscriber
 
-    frames = FrameSubscriber("tcp://127.0.0.1:5554")
-    sender = DetectionSender("tcp://127.0.0.1:5555")
-    for frame in frames:                    # TapFrame: .image (BGR numpy), .source_id, .frame_id
-        boxes = [{"x": 50, "y": 40, "width": 30, "height": 20, "class": "car",
-                  "class_id": 0, "confidence": 0.9}]
-        sender.send(frame, boxes)           # coordinates in frame.image's pixel space
+    with FrameSubscriber("tcp://127.0.0.1:5554") as frames, \\
+            DetectionSender("tcp://127.0.0.1:5555") as sender:
+        for frame in frames:        # TapFrame: .image (BGR numpy), .source_id, .frame_id
+            boxes = [{"x": 50, "y": 40, "width": 30, "height": 20, "class": "car",
+                      "class_id": 0, "confidence": 0.9}]
+            sender.send(frame, boxes)   # centre boxes in frame.image's pixels; [] if none
+
+The same with asyncio, and a ``supervision.Detections`` instead of dicts::
+
+    import asyncio
+    from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
+
+    async def main() -> None:
+        async with AsyncFrameSubscriber("tcp://127.0.0.1:5554") as frames, \\
+                AsyncDetectionSender("tcp://127.0.0.1:5555") as sender:
+            async for frame in frames:
+                detections = my_model(frame.image)      # -> sv.Detections
+                await sender.send(frame, detections)
+
+    asyncio.run(main())
+
+With a PUSH tap (frames shared among several detector workers) pass ``mode="pull"``.
 
 A crop consumer::
 
     from streamer.client import CropSubscriber
 
-    for crop in CropSubscriber("tcp://127.0.0.1:5560", topics=["crop/demo/plate"]):
-        print(crop.source_id, crop.frame_id, crop.header["class"], crop.image.shape)
+    with CropSubscriber("tcp://127.0.0.1:5560", topics=["crop/gate-1/plate"]) as crops:
+        for crop in crops:
+            print(crop.source_id, crop.frame_id, crop.header["class"], crop.image.shape)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, cast
+from typing import Any, Literal, Self, cast
 
 import cv2
 import numpy as np
 import zmq
+import zmq.asyncio
 
 from streamer.detections.codec import encode_detections
 
 PROTOCOL_VERSION = 1
-POLL_INTERVAL_MS = 100
 
 
 class ProtocolVersionError(ValueError):
@@ -43,7 +61,7 @@ class ProtocolVersionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TapFrame:
-    """A frame from the tap, as a BGR (h, w, 3) array (I420 is converted)."""
+    """A frame from the tap, as a BGR (h, w, 3) array (I420 and JPEG are converted)."""
 
     header: dict[str, Any]
     image: np.ndarray
@@ -56,10 +74,14 @@ class TapFrame:
     def frame_id(self) -> int:
         return int(self.header["frame_id"])
 
+    @property
+    def captured_at(self) -> float:
+        return float(self.header["captured_at"])
+
 
 @dataclass(frozen=True, slots=True)
 class Crop:
-    """One received crop: its header and the decoded BGR (h, w, 3) image."""
+    """One received crop: its header (see docs/protocol.md) and the decoded BGR (h, w, 3) image."""
 
     header: dict[str, Any]
     image: np.ndarray
@@ -98,14 +120,78 @@ def decode_image(header: Mapping[str, Any], payload: bytes) -> np.ndarray:
     raise ValueError(f"unknown image encoding {enc!r}")
 
 
-class _Subscriber:
-    def __init__(self, endpoint: str, topics: Sequence[str], hwm: int) -> None:
-        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, hwm)
-        self.sock.setsockopt(zmq.LINGER, 0)
+def _tap_frame(parts: list[bytes]) -> TapFrame:
+    header = _header(parts[1])
+    return TapFrame(header, decode_image(header, parts[2]))
+
+
+def _crop(parts: list[bytes]) -> Crop:
+    header = _header(parts[1])
+    return Crop(header, decode_image(header, parts[2]))
+
+
+def to_predictions(
+    detections: Any, image_size: tuple[int, int]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Predictions (and mask parts) from Roboflow-style dicts or a ``supervision.Detections``.
+
+    A Detections' masks (image-sized, as supervision keeps them) go as raw bitmap parts
+    (``mask_part``); class names come from ``data["class_name"]`` when present.
+    """
+    if isinstance(detections, Sequence):
+        return [dict(p) for p in detections], []
+    xyxy = np.asarray(detections.xyxy, dtype=np.float64)
+    n = len(xyxy)
+    names = detections.data.get("class_name") if hasattr(detections, "data") else None
+    class_ids = detections.class_id if detections.class_id is not None else np.full(n, -1)
+    conf = detections.confidence if detections.confidence is not None else np.ones(n)
+    preds: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    for i in range(n):
+        x0, y0, x1, y1 = (float(v) for v in xyxy[i])
+        pred: dict[str, Any] = {
+            "x": (x0 + x1) / 2,
+            "y": (y0 + y1) / 2,
+            "width": x1 - x0,
+            "height": y1 - y0,
+            "confidence": float(conf[i]),
+            "class_id": int(class_ids[i]),
+            "class": str(names[i]) if names is not None else str(int(class_ids[i])),
+        }
+        if detections.tracker_id is not None:
+            pred["tracker_id"] = int(detections.tracker_id[i])
+        if detections.mask is not None:
+            pred["mask_part"] = len(parts)
+            parts.append(np.ascontiguousarray(detections.mask[i], dtype=np.uint8).tobytes())
+        preds.append(pred)
+    return preds, parts
+
+
+def _detection_message(frame: TapFrame, detections: Any) -> list[bytes]:
+    h, w = frame.image.shape[:2]
+    preds, parts = to_predictions(detections, (w, h))
+    return encode_detections(frame.source_id, frame.frame_id, (w, h), preds, payload=parts)
+
+
+SubMode = Literal["sub", "pull"]
+
+
+def _input_socket(ctx: Any, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode) -> Any:
+    sock = ctx.socket(zmq.SUB if mode == "sub" else zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    if mode == "sub":
         for t in topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-        self.sock.connect(endpoint)
+            sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+    sock.connect(endpoint)
+    return sock
+
+
+class _Subscriber:
+    def __init__(self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode) -> None:
+        self.sock: zmq.Socket[bytes] = _input_socket(
+            zmq.Context.instance(), endpoint, topics, hwm, mode
+        )
 
     def recv_parts(self, timeout_s: float | None) -> list[bytes] | None:
         """Next message's parts, or None after `timeout_s` (None waits forever)."""
@@ -124,43 +210,49 @@ class _Subscriber:
 
 
 class CropSubscriber(_Subscriber):
-    """Subscribes to crops (``crop/<source_id>/<class>`` topics; prefixes match)."""
+    """Receives crops; `topics` are prefixes of ``crop/<source_id>/<class>``.
 
-    def __init__(self, endpoint: str, topics: Sequence[str] = ("crop/",), hwm: int = 1000) -> None:
-        super().__init__(endpoint, topics, hwm)
+    ``mode="pull"`` joins a PUSH publisher's worker pool (each crop to one worker).
+    Raises ProtocolVersionError on a message of a protocol version it does not know.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: Sequence[str] = ("crop/",),
+        hwm: int = 1000,
+        mode: SubMode = "sub",
+    ) -> None:
+        super().__init__(endpoint, topics, hwm, mode)
 
     def recv(self, timeout_s: float | None = None) -> Crop | None:
         parts = self.recv_parts(timeout_s)
-        if parts is None:
-            return None
-        header = _header(parts[1])
-        return Crop(header, decode_image(header, parts[2]))
+        return None if parts is None else _crop(parts)
 
     def __iter__(self) -> Iterator[Crop]:
         while True:
-            crop = self.recv()
-            if crop is not None:
-                yield crop
+            yield _crop(self.sock.recv_multipart())
 
 
 class FrameSubscriber(_Subscriber):
-    """Subscribes to the frame tap (``frame/<source_id>``)."""
+    """Receives tapped frames (``frame/<source_id>``); ``mode="pull"`` for a PUSH tap."""
 
-    def __init__(self, endpoint: str, topics: Sequence[str] = ("frame/",), hwm: int = 2) -> None:
-        super().__init__(endpoint, topics, hwm)
+    def __init__(
+        self,
+        endpoint: str,
+        topics: Sequence[str] = ("frame/",),
+        hwm: int = 2,
+        mode: SubMode = "sub",
+    ) -> None:
+        super().__init__(endpoint, topics, hwm, mode)
 
     def recv(self, timeout_s: float | None = None) -> TapFrame | None:
         parts = self.recv_parts(timeout_s)
-        if parts is None:
-            return None
-        header = _header(parts[1])
-        return TapFrame(header, decode_image(header, parts[2]))
+        return None if parts is None else _tap_frame(parts)
 
     def __iter__(self) -> Iterator[TapFrame]:
         while True:
-            frame = self.recv()
-            if frame is not None:
-                yield frame
+            yield _tap_frame(self.sock.recv_multipart())
 
 
 class DetectionSender:
@@ -172,12 +264,98 @@ class DetectionSender:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(endpoint)
 
-    def send(self, frame: TapFrame, predictions: Sequence[Mapping[str, Any]]) -> None:
-        """Send predictions (Roboflow dicts, centre boxes in `frame.image` pixels) for `frame`."""
-        h, w = frame.image.shape[:2]
-        self.sock.send_multipart(
-            encode_detections(frame.source_id, frame.frame_id, (w, h), predictions)
-        )
+    def send(self, frame: TapFrame, detections: Any) -> None:
+        """Send the detections for `frame`: Roboflow-style dicts (centre boxes in
+        `frame.image` pixels) or a ``supervision.Detections`` (xyxy in those pixels)."""
+        self.sock.send_multipart(_detection_message(frame, detections))
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AsyncSubscriber:
+    def __init__(self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode) -> None:
+        self.sock: zmq.asyncio.Socket = _input_socket(
+            zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode
+        )
+
+    async def recv_parts(self) -> list[bytes]:
+        parts: list[bytes] = await self.sock.recv_multipart()
+        return parts
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncFrameSubscriber(_AsyncSubscriber):
+    """asyncio twin of FrameSubscriber: ``async for frame in AsyncFrameSubscriber(...)``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: Sequence[str] = ("frame/",),
+        hwm: int = 2,
+        mode: SubMode = "sub",
+    ) -> None:
+        super().__init__(endpoint, topics, hwm, mode)
+
+    async def recv(self) -> TapFrame:
+        return _tap_frame(await self.recv_parts())
+
+    async def __aiter__(self) -> AsyncIterator[TapFrame]:
+        while True:
+            yield await self.recv()
+
+
+class AsyncCropSubscriber(_AsyncSubscriber):
+    """asyncio twin of CropSubscriber: ``async for crop in AsyncCropSubscriber(...)``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: Sequence[str] = ("crop/",),
+        hwm: int = 1000,
+        mode: SubMode = "sub",
+    ) -> None:
+        super().__init__(endpoint, topics, hwm, mode)
+
+    async def recv(self) -> Crop:
+        return _crop(await self.recv_parts())
+
+    async def __aiter__(self) -> AsyncIterator[Crop]:
+        while True:
+            yield await self.recv()
+
+
+class AsyncDetectionSender:
+    """asyncio twin of DetectionSender."""
+
+    def __init__(self, endpoint: str, hwm: int = 100) -> None:
+        self.sock: zmq.asyncio.Socket = zmq.asyncio.Context.instance().socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(endpoint)
+
+    async def send(self, frame: TapFrame, detections: Any) -> None:
+        await self.sock.send_multipart(_detection_message(frame, detections))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

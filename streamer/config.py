@@ -82,7 +82,10 @@ class DetectionsConfig(_Model):
 
     bind: str | None = None
     connect: list[str] = Field(default_factory=list)
-    pairing: Literal["frame_id"] = "frame_id"
+    pairing: Literal["frame_id", "timestamp"] = Field(
+        "frame_id", description="exact frame_id echo, or nearest captured_at within tolerance_ms"
+    )
+    tolerance_ms: float = Field(20.0, gt=0, le=10_000, description="timestamp pairing window")
     max_message_bytes: int = Field(16 * MIB, ge=1024, le=1024 * MIB)
     max_predictions: int = Field(1_000, ge=1, le=100_000)
 
@@ -99,7 +102,9 @@ class TapConfig(_Model):
     bind: str
     mode: Literal["pub", "push"] = "pub"
     encoding: Literal["raw-i420", "raw-bgr24", "jpeg"] = "raw-bgr24"
-    width: int | None = Field(None, ge=16, le=8192, description="downscale to this width")
+    width: int | None = Field(None, ge=16, le=8192, description="downscale to at most this width")
+    height: int | None = Field(None, ge=16, le=8192, description="... and at most this height")
+    max_fps: float | None = Field(None, gt=0, le=240, description="per source; others not tapped")
     jpeg_quality: int = Field(85, ge=1, le=100)
     hwm: int = Field(4, ge=1, le=10_000, description="frames queued per detector before drops")
 
@@ -111,6 +116,7 @@ class PublishConfig(_Model):
     mode: Literal["pub", "push"] = "pub"
     encoding: Literal["raw-bgr24", "png", "jpeg", "webp"] = "raw-bgr24"
     hwm: int = Field(1_000, ge=1, le=1_000_000, description="messages queued before drops")
+    send_timeout_ms: int = Field(100, ge=0, le=60_000, description="push: wait for a worker")
     classes: list[str] | None = Field(None, description="only these classes; all when absent")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
 

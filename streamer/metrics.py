@@ -14,6 +14,7 @@ REPEAT_LOG_INTERVAL_S = 60.0
 class SourceCounters:
     """Loop-side counters of one source (the decode thread keeps its own in SourceStats)."""
 
+    in_tap: int = 0  # gauge: frames queued or being encoded for the tap
     not_tapped: int = 0
     detections: Counter[str] = field(default_factory=Counter)  # outcome -> messages
     crops: int = 0

@@ -1,6 +1,9 @@
 """Pairing detections with frames. A plain synchronous state machine: no I/O, no clock reads;
 `now` (seconds, monotonic) is passed in so tests drive time.
 
+Two ways to pair: by exact ``(source_id, frame_id)`` (detectors fed by the frame tap echo the id),
+or by nearest ``captured_at`` within a tolerance (detectors that read the camera themselves).
+
 Each source has a ring of frames waiting for detections, bounded by count, bytes and age.
 Every frame leaves the ring exactly one way, and every detection message gets exactly one outcome,
 each counted:
@@ -11,6 +14,7 @@ each counted:
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +25,8 @@ Outcome = Literal["paired", "duplicate", "late", "unknown_frame", "unknown_sourc
 
 # How many paired frame ids each source remembers, to tell a duplicate from a late detection.
 PAIRED_MEMORY_FRAMES = 4096
+# Timestamp pairing looks for duplicates among this many most recently paired frames.
+PAIRED_SCAN_FRAMES = 256
 
 
 @dataclass
@@ -43,8 +49,9 @@ class Match:
 class _Ring:
     def __init__(self) -> None:
         self.frames: OrderedDict[int, tuple[Frame, float]] = OrderedDict()
-        self.paired_ids: OrderedDict[int, None] = OrderedDict()
+        self.paired_ids: OrderedDict[int, float] = OrderedDict()  # frame_id -> captured_at
         self.newest_id = -1
+        self.newest_captured_at: float | None = None
         self.stats = RingStats()
 
     def pop_oldest(self) -> None:
@@ -55,7 +62,7 @@ class _Ring:
 
 
 class Pairer:
-    """Matches detection messages to frames by exact ``(source_id, frame_id)``."""
+    """Matches detection messages to the frames waiting in per-source rings."""
 
     def __init__(
         self, source_ids: list[str], *, max_frames: int, max_bytes: int, max_age_s: float
@@ -73,6 +80,8 @@ class Pairer:
         ring = self._rings[frame.source_id]
         ring.frames[frame.frame_id] = (frame, now)
         ring.newest_id = max(ring.newest_id, frame.frame_id)
+        if ring.newest_captured_at is None or frame.captured_at > ring.newest_captured_at:
+            ring.newest_captured_at = frame.captured_at
         ring.stats.added += 1
         ring.stats.in_ring += 1
         ring.stats.ring_bytes += frame.nbytes
@@ -103,18 +112,55 @@ class Pairer:
         if ring is None:
             return Match("unknown_source")
         self.expire(now)
-        entry = ring.frames.pop(frame_id, None)
-        if entry is not None:
-            frame = entry[0]
-            ring.stats.in_ring -= 1
-            ring.stats.ring_bytes -= frame.nbytes
-            ring.stats.paired += 1
-            ring.paired_ids[frame_id] = None
-            if len(ring.paired_ids) > PAIRED_MEMORY_FRAMES:
-                ring.paired_ids.popitem(last=False)
-            return Match("paired", frame)
+        if frame_id in ring.frames:
+            return Match("paired", self._take(ring, frame_id))
         if frame_id in ring.paired_ids:
             return Match("duplicate")
         if frame_id > ring.newest_id:
             return Match("unknown_frame")
         return Match("late")
+
+    def match_time(
+        self, source_id: str, captured_at: float, tolerance_s: float, now: float
+    ) -> Match:
+        """Take the frame captured nearest to `captured_at`, if within `tolerance_s`.
+
+        For detectors that read the camera themselves and only know when a picture was taken.
+        The nearest frame is looked for among the waiting frames *and* the recently paired ones:
+        if the nearest was already paired, the message is a ``duplicate``; a time beyond every
+        frame decoded so far is ``unknown_frame``; otherwise nothing near enough is ``late``.
+        On an exact tie the earlier frame wins.
+        """
+        ring = self._rings.get(source_id)
+        if ring is None:
+            return Match("unknown_source")
+        self.expire(now)
+        best_id, best_d, best_waiting = -1, float("inf"), False
+        for fid, (frame, _) in ring.frames.items():
+            d = abs(frame.captured_at - captured_at)
+            if d < best_d:
+                best_id, best_d, best_waiting = fid, d, True
+        recent = itertools.islice(reversed(ring.paired_ids.items()), PAIRED_SCAN_FRAMES)
+        for fid, at in recent:
+            d = abs(at - captured_at)
+            if d < best_d or (d == best_d and fid < best_id):
+                best_id, best_d, best_waiting = fid, d, False
+        if best_d <= tolerance_s:
+            return (
+                Match("paired", self._take(ring, best_id)) if best_waiting else Match("duplicate")
+            )
+        newest = ring.newest_captured_at
+        if newest is None or captured_at > newest + tolerance_s:
+            return Match("unknown_frame")
+        return Match("late")
+
+    @staticmethod
+    def _take(ring: _Ring, frame_id: int) -> Frame:
+        frame, _ = ring.frames.pop(frame_id)
+        ring.stats.in_ring -= 1
+        ring.stats.ring_bytes -= frame.nbytes
+        ring.stats.paired += 1
+        ring.paired_ids[frame_id] = frame.captured_at
+        if len(ring.paired_ids) > PAIRED_MEMORY_FRAMES:
+            ring.paired_ids.popitem(last=False)
+        return frame

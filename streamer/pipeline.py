@@ -2,7 +2,10 @@
 crop stage (worker threads) -> publishers, wired with bounded queues.
 
 Accounting, per source, whenever the loop is between steps:
-    decoded = skipped_fps + dropped_handoff + in_handoff + not_tapped + paired + expired + in_ring
+    decoded = skipped_fps + dropped_handoff + in_handoff + in_tap + not_tapped + paired
+              + expired + in_ring
+and per publisher:
+    offered = sent + dropped_no_subscriber + dropped_hwm + dropped_timeout
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import zmq
 import zmq.asyncio
 
 from streamer.config import PublishConfig, StreamerConfig
@@ -97,19 +99,16 @@ class Pipeline:
         receiver = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            sync_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(zctx.underlying)
             self._publishers = [
                 _Publisher(
                     p,
-                    OutSocket(sync_ctx, p.bind, p.mode, p.hwm),
+                    OutSocket(zctx, p.bind, p.mode, p.hwm, p.send_timeout_ms),
                     frozenset(p.classes) if p.classes is not None else None,
                 )
                 for p in self.cfg.publish
             ]
             if self.cfg.tap is not None:
-                self._tap = OutSocket(
-                    sync_ctx, self.cfg.tap.bind, self.cfg.tap.mode, self.cfg.tap.hwm
-                )
+                self._tap = OutSocket(zctx, self.cfg.tap.bind, self.cfg.tap.mode, self.cfg.tap.hwm)
             receiver = DetectionReceiver(zctx, self.cfg.detections)
             self.started_at = time.monotonic()
             for src in self.sources.values():
@@ -120,8 +119,11 @@ class Pipeline:
                 asyncio.create_task(self._crop_worker()),
                 asyncio.create_task(self._expire()),
             ]
+            outs = [p.out for p in self._publishers]
             if self._tap is not None:
                 tasks.append(asyncio.create_task(self._tap_worker()))
+                outs.append(self._tap)
+            tasks += [asyncio.create_task(o.track_subscriptions()) for o in outs]
             waiters: list[asyncio.Future[Any]] = [
                 # asyncio.wait, unlike gather, does not cancel the feeders when cancelled itself.
                 asyncio.ensure_future(asyncio.wait(feeders)),
@@ -158,6 +160,7 @@ class Pipeline:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline and (
             any(self.pairer.stats(sid).in_ring for sid in self.sources)
+            or any(c.in_tap for c in self.counters.values())
             or not self._crop_queue.empty()
         ):
             await asyncio.sleep(0.02)
@@ -168,18 +171,27 @@ class Pipeline:
     async def _feed(self, src: Source) -> None:
         """Frames from one source into its ring, and to the tap when one is configured."""
         counters = self.counters[src.source_id]
+        tap_period_s = 0.0
+        if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
+            tap_period_s = 1.0 / self.cfg.tap.max_fps
+        next_tap_at = 0.0
         while True:
             try:
                 frame = await src.recv()
             except EndOfStream:
                 log.info("source %s: ended", src.source_id)
                 return
-            if self._tap is not None:
-                if self._tap_queue.full():
-                    counters.not_tapped += 1
-                    continue
-                self._tap_queue.put_nowait(frame)
-            self.pairer.add_frame(frame, time.monotonic())
+            now = time.monotonic()
+            if self._tap is None:
+                self.pairer.add_frame(frame, now)
+                continue
+            # Only frames a detector actually gets wait in the ring; the rest are not_tapped.
+            if now + 1e-3 < next_tap_at or self._tap_queue.full():
+                counters.not_tapped += 1
+                continue
+            next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
+            counters.in_tap += 1
+            self._tap_queue.put_nowait(frame)
 
     async def _tap_worker(self) -> None:
         assert self._tap is not None and self.cfg.tap is not None
@@ -193,6 +205,7 @@ class Pipeline:
                 frame,
                 tap_cfg.encoding,
                 tap_cfg.width,
+                tap_cfg.height,
                 tap_cfg.jpeg_quality,
             )
             header = {
@@ -203,10 +216,19 @@ class Pipeline:
                 "captured_at": frame.captured_at,
                 **fields,
             }
-            self._tap.send([frame_topic(frame.source_id), dumps(header), payload])
+            counters = self.counters[frame.source_id]
+            counters.in_tap -= 1
+            sent = self._tap.send_nowait([frame_topic(frame.source_id), dumps(header), payload])
+            if sent == "sent":
+                self.pairer.add_frame(frame, time.monotonic())
+            else:
+                counters.not_tapped += 1
+                self._warn(f"tap-{sent}", "frame tap: frame not sent (%s)", sent)
 
     async def _receive(self, receiver: DetectionReceiver) -> None:
         limits = self.cfg.detections
+        by_time = limits.pairing == "timestamp"
+        tolerance_s = limits.tolerance_ms / 1000.0
         while True:
             parts = await receiver.recv()
             try:
@@ -215,13 +237,23 @@ class Pipeline:
                     max_predictions=limits.max_predictions,
                     max_bytes=limits.max_message_bytes,
                 )
-                if dets.frame_id is None:
+                if by_time and dets.captured_at is None:
+                    raise ProtocolError(
+                        "missing_field", "captured_at: required for timestamp pairing"
+                    )
+                if not by_time and dets.frame_id is None:
                     raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
             except ProtocolError as e:
                 self.malformed[e.kind] += 1
                 self._warn(e.kind, "malformed detection message: %s", e)
                 continue
-            match = self.pairer.match(dets.source_id, dets.frame_id, time.monotonic())
+            now = time.monotonic()
+            if by_time:
+                assert dets.captured_at is not None
+                match = self.pairer.match_time(dets.source_id, dets.captured_at, tolerance_s, now)
+            else:
+                assert dets.frame_id is not None
+                match = self.pairer.match(dets.source_id, dets.frame_id, now)
             if match.outcome == "unknown_source":
                 self.unknown_source += 1
                 self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
@@ -265,7 +297,7 @@ class Pipeline:
                         if pub.wants(crop.header):
                             pub.offered += 1
                             enc = pub.cfg.encoding
-                            pub.out.send(crop_message(crop.header, enc, crop.payloads[enc]))
+                            await pub.out.send(crop_message(crop.header, enc, crop.payloads[enc]))
             except Exception:
                 log.exception("crop stage failed for %s frame %s", frame.source_id, frame.frame_id)
                 self.counters[frame.source_id].detections["crop_failed"] += 1
@@ -297,6 +329,7 @@ class Pipeline:
                 "skipped_fps": src.stats.skipped_fps,
                 "dropped_handoff": src.stats.dropped_handoff,
                 "in_handoff": src.in_handoff,
+                "in_tap": c.in_tap,
                 "not_tapped": c.not_tapped,
                 "paired": ring.paired,
                 "expired": ring.expired,
@@ -316,8 +349,8 @@ class Pipeline:
                 {
                     "endpoint": p.cfg.bind,
                     "offered": p.offered,
-                    "sent": p.out.stats.sent,
-                    "dropped_full": p.out.stats.dropped_full,
+                    "mode": p.cfg.mode,
+                    **dataclasses.asdict(p.out.stats),
                 }
                 for p in self._publishers
             ],
@@ -334,6 +367,7 @@ def accounting_balance(source_stats: dict[str, Any]) -> int:
             "skipped_fps",
             "dropped_handoff",
             "in_handoff",
+            "in_tap",
             "not_tapped",
             "paired",
             "expired",

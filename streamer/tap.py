@@ -11,10 +11,17 @@ import numpy as np
 from streamer.types import Frame
 
 
-def tap_size(frame_w: int, frame_h: int, width: int | None) -> tuple[int, int]:
-    """Output (width, height): at most `width` wide, aspect kept, both even (I420 needs it)."""
-    tw = frame_w if width is None or width >= frame_w else width
-    th = round(frame_h * tw / frame_w)
+def tap_size(
+    frame_w: int, frame_h: int, width: int | None, height: int | None = None
+) -> tuple[int, int]:
+    """Output (width, height): within `width` x `height` (either may be None), never upscaled,
+    aspect kept, both even (I420 needs it)."""
+    scale = 1.0
+    if width is not None:
+        scale = min(scale, width / frame_w)
+    if height is not None:
+        scale = min(scale, height / frame_h)
+    tw, th = round(frame_w * scale), round(frame_h * scale)
     return max(2, tw & ~1), max(2, th & ~1)
 
 
@@ -25,10 +32,10 @@ def _resized(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def tap_image(
-    frame: Frame, encoding: str, width: int | None, jpeg_quality: int
+    frame: Frame, encoding: str, width: int | None, height: int | None, jpeg_quality: int
 ) -> tuple[dict[str, Any], bytes | memoryview]:
     """Return the header fields (``width``, ``height``, ``encoding``) and the picture bytes."""
-    tw, th = tap_size(frame.width, frame.height, width)
+    tw, th = tap_size(frame.width, frame.height, width, height)
     buf = np.empty(tw * th * 3 // 2, dtype=np.uint8)
     n_luma, n_chroma = tw * th, tw * th // 4
     buf[:n_luma].reshape(th, tw)[:] = _resized(frame.planes[0], (tw, th))

@@ -66,3 +66,46 @@ def test_sources_are_independent_and_flush_expires_all() -> None:
     p.flush()
     assert p.stats("a").in_ring == 0 and p.stats("a").expired == 1
     assert p.stats("b").expired == 0
+
+
+def tframe(fid: int, at: float) -> Frame:
+    y = np.zeros((2, 2), np.uint8)
+    return Frame("a", fid, fid, at, 2, 2, "gray", (y,), 100)
+
+
+def test_timestamp_pairing_nearest_within_tolerance() -> None:
+    p = pairer(max_frames=10)
+    for i in range(5):
+        p.add_frame(tframe(i, 100.0 + i / 10), now=0.0)  # 100.0, 100.1, ... 100.4
+    m = p.match_time("a", 100.21, 0.02, now=0.0)
+    assert m.outcome == "paired" and m.frame is not None and m.frame.frame_id == 2
+    assert p.match_time("a", 100.205, 0.02, now=0.0).outcome == "duplicate"  # nearest is paired
+    assert p.match_time("a", 100.35, 0.02, now=0.0).outcome == "late"  # nothing within 20 ms
+    assert p.match_time("a", 100.9, 0.02, now=0.0).outcome == "unknown_frame"  # in the future
+    assert p.match_time("b", 100.0, 0.02, now=0.0).outcome == "unknown_frame"  # nothing decoded
+    assert p.match_time("zz", 100.0, 0.02, now=0.0).outcome == "unknown_source"
+
+
+def test_timestamp_pairing_exact_tie_takes_the_earlier_frame() -> None:
+    p = pairer(max_frames=10)
+    p.add_frame(tframe(0, 10.0), 0.0)
+    p.add_frame(tframe(1, 10.2), 0.0)
+    m = p.match_time("a", 10.1, 0.1, now=0.0)
+    assert m.frame is not None and m.frame.frame_id == 0
+    m = p.match_time("a", 10.1, 0.1, now=0.0)  # the tie again: the earlier is paired already
+    assert m.outcome == "duplicate"
+
+
+def test_timestamp_pairing_outside_tolerance_edges() -> None:
+    p = pairer(max_frames=10)
+    p.add_frame(tframe(0, 10.0), 0.0)
+    assert p.match_time("a", 10.0 + 0.0201, 0.02, now=0.0).outcome == "unknown_frame"
+    assert p.match_time("a", 10.0 - 0.0201, 0.02, now=0.0).outcome == "late"
+    assert p.match_time("a", 10.0 + 0.02, 0.02, now=0.0).outcome == "paired"  # inclusive bound
+
+
+def test_ring_expired_frames_and_late_detection_after_age() -> None:
+    p = pairer(max_age_s=1.0)
+    p.add_frame(frame(0), now=0.0)
+    assert p.match("a", 0, now=1.5).outcome == "late"
+    assert p.stats("a").expired == 1

@@ -1,55 +1,121 @@
-"""Non-blocking ZeroMQ output sockets (crop publishers and the frame tap)."""
+"""ZeroMQ output sockets (crop publishers and the frame tap) that never block the event loop and
+count every message they could not deliver.
+
+PUB mode is an XPUB socket: it sees its subscribers' subscriptions, so a message nobody
+subscribed to is counted (``dropped_no_subscriber``) instead of vanishing, and with XPUB_NODROP a
+message that does not fit a subscriber's queue (``hwm``) is refused and counted
+(``dropped_hwm``). The price: while one subscriber's queue is full, every subscriber of that
+socket misses the message. Give consumers that must not disturb each other their own publisher.
+
+PUSH mode load-balances over connected workers; when all of their queues are full (or none is
+connected) a send waits at most ``send_timeout_ms``, then counts ``dropped_timeout``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import zmq
+import zmq.asyncio
 
 log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # below this pyzmq copies anyway, and copying is cheaper
 CLOSE_LINGER_MS = 1_000  # time given to queued messages at shutdown
 
+Outcome = Literal["sent", "no_subscriber", "full"]
+
 
 @dataclass
 class OutStats:
     sent: int = 0
-    dropped_full: int = 0
+    dropped_no_subscriber: int = 0
+    dropped_hwm: int = 0
+    dropped_timeout: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_no_subscriber + self.dropped_hwm + self.dropped_timeout
 
 
 class OutSocket:
-    """A bound PUB or PUSH socket that never blocks the caller.
-
-    PUSH: when every peer's queue is full (or no peer is connected) a send fails at once and the
-    message is counted in ``dropped_full``. PUB: ZeroMQ drops per slow subscriber inside the
-    socket once its high-water mark is reached.
-    """
+    """A bound PUB (XPUB) or PUSH socket owned by the event loop's thread."""
 
     def __init__(
         self,
-        ctx: zmq.Context[zmq.Socket[bytes]],
+        ctx: zmq.asyncio.Context,
         endpoint: str,
         mode: Literal["pub", "push"],
         hwm: int,
+        send_timeout_ms: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.mode = mode
+        self.send_timeout_s = send_timeout_ms / 1000.0
         self.stats = OutStats()
-        self.sock = ctx.socket(zmq.PUB if mode == "pub" else zmq.PUSH)
+        self.subscriptions: Counter[bytes] = Counter()
+        self._blocked = False  # PUSH: the last send timed out; do not wait again until one passes
+        self.asock = ctx.socket(zmq.XPUB if mode == "pub" else zmq.PUSH)
+        self.sock: zmq.Socket[bytes] = zmq.Socket.shadow(self.asock.underlying)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if mode == "pub":
+            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+            self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, for counting
         try:
             self.sock.bind(endpoint)
         except zmq.ZMQError as e:
             self.sock.close(linger=0)
             raise OSError(f"cannot bind {endpoint}: {e}") from None
 
-    def send(self, parts: Sequence[bytes | memoryview]) -> bool:
-        """Queue one multipart message; False (and counted) when it had to be dropped."""
+    def has_subscriber(self, topic: bytes) -> bool:
+        return any(topic.startswith(p) for p, n in self.subscriptions.items() if n > 0)
+
+    async def track_subscriptions(self) -> None:
+        """PUB mode: keep `subscriptions` current. Run as a task for the socket's lifetime."""
+        if self.mode != "pub":
+            return
+        while True:
+            msg = await self.asock.recv()
+            if msg[:1] == b"\x01":
+                self.subscriptions[msg[1:]] += 1
+            elif msg[:1] == b"\x00" and self.subscriptions[msg[1:]] > 0:
+                self.subscriptions[msg[1:]] -= 1
+
+    def send_nowait(self, parts: Sequence[bytes | memoryview]) -> Outcome:
+        """Queue one multipart message now or say why not (and count it)."""
+        if self.mode == "pub" and not self.has_subscriber(bytes(parts[0])):
+            self.stats.dropped_no_subscriber += 1
+            return "no_subscriber"
+        if self._try_send(parts):
+            return "sent"
+        if self.mode == "pub":
+            self.stats.dropped_hwm += 1
+        return "full"
+
+    async def send(self, parts: Sequence[bytes | memoryview]) -> bool:
+        """PUSH: wait up to the send timeout for a worker with room; PUB: as `send_nowait`."""
+        outcome = self.send_nowait(parts)
+        if outcome != "full" or self.mode == "pub":
+            return outcome == "sent"
+        if not self._blocked and self.send_timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.send_timeout_s
+            while (left := deadline - loop.time()) > 0:
+                # pyzmq's stub omits the flags argument that Socket.poll has.
+                ready = await self.asock.poll(int(left * 1000) + 1, zmq.POLLOUT)  # type: ignore[call-arg]
+                if ready and self._try_send(parts):
+                    return True
+        self._blocked = True
+        self.stats.dropped_timeout += 1
+        return False
+
+    def _try_send(self, parts: Sequence[bytes | memoryview]) -> bool:
         last = len(parts) - 1
         try:
             for i, part in enumerate(parts):
@@ -57,9 +123,9 @@ class OutSocket:
                 self.sock.send(part, flags, copy=len(part) < ZERO_COPY_MIN_BYTES)
         except zmq.Again:
             # Only the first part can fail: ZeroMQ queues the rest of a started message.
-            self.stats.dropped_full += 1
             return False
         self.stats.sent += 1
+        self._blocked = False
         return True
 
     def close(self, linger_ms: int = CLOSE_LINGER_MS) -> None:
