@@ -11,9 +11,11 @@ import argparse
 import random
 import signal
 import sys
+import time
 from typing import Any
 
 from streamer.client import DetectionSender, FrameSubscriber
+from streamer.detections.codec import encode_detections
 
 
 def boxes_for(
@@ -69,17 +71,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detections", default="tcp://127.0.0.1:5555")
     ap.add_argument("--boxes", type=int, default=10)
     ap.add_argument("--masks", action="store_true", help="add polygons and keypoints")
+    ap.add_argument("--pull", action="store_true", help="the tap is PUSH: join its worker pool")
+    ap.add_argument(
+        "--timestamp",
+        action="store_true",
+        help="answer with captured_at only, as a detector reading the camera would",
+    )
+    ap.add_argument("--times", help="append 'frame_id monotonic_send_time' lines to this file")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    frames = FrameSubscriber(args.tap)
+    frames = FrameSubscriber(args.tap, mode="pull" if args.pull else "sub")
     sender = DetectionSender(args.detections)
+    times = open(args.times, "a", buffering=1) if args.times else None  # noqa: SIM115
+    handled = 0
     try:
         for frame in frames:
             h, w = frame.image.shape[:2]
-            sender.send(frame, boxes_for(frame.frame_id, w, h, args.boxes, args.masks))
+            boxes = boxes_for(frame.frame_id, w, h, args.boxes, args.masks)
+            if args.timestamp:
+                sender.sock.send_multipart(
+                    encode_detections(
+                        frame.source_id, None, (w, h), boxes, captured_at=frame.captured_at
+                    )
+                )
+            else:
+                sender.send(frame, boxes)
+            if times is not None:
+                times.write(f"{frame.frame_id} {time.monotonic()}\n")
+            handled += 1
     finally:
+        print(f"handled {handled}", flush=True)
         frames.close()
         sender.close()
+        if times is not None:
+            times.close()
     return 0
 
 
