@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Pipeline benchmark: streamer's whole path against bare decoding of the same clip, in one run.
+
+(a) bare PyAV decode of a generated H.264 clip, as fast as possible.
+(b) `streamer run` on the same clip, unpaced: tap at 640 px (raw I420), the echo detector
+    process answering 10 boxes per frame, a subscriber (this process) receiving every crop.
+    Throughput = frames fully served (paired, all 10 crops received) per second of the run.
+(c) the same paced at 30 fps: latency from the detector sending a detection message to each of
+    its crops arriving at the subscriber (p50, p99), streamer's CPU and peak RSS; with --soak S,
+    RSS sampled over S seconds to show it stays flat.
+
+    .venv/bin/python scripts/bench_pipeline.py [--sizes 1920x1080,1280x720] [--paced-s 20]
+                                               [--soak 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import yaml
+import zmq
+
+REPO = Path(__file__).resolve().parent.parent
+BOXES = 10
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def make_clip(path: Path, w: int, h: int, frames: int) -> None:
+    src = av.open(f"testsrc2=size={w}x{h}:rate=30", format="lavfi")
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=30)
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.options = {"preset": "veryfast", "b": "6M"}
+        st.codec_context.time_base = Fraction(1, 30)
+        for i, f in enumerate(src.decode(video=0)):
+            if i >= frames:
+                break
+            f.pts = i
+            out.mux(st.encode(f))
+        out.mux(st.encode())
+    src.close()
+
+
+def bare_decode_fps(path: Path) -> float:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        t = time.perf_counter()
+        n = sum(1 for _ in c.decode(stream))
+        return n / (time.perf_counter() - t)
+
+
+class Probe:
+    """CPU time and RSS of a process, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.t0 = time.monotonic()
+        self.cpu0 = self.cpu_s()
+        self.rss_samples: list[tuple[float, float]] = []
+        self.peak_mb = 0.0
+
+    def cpu_s(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def sample(self) -> None:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    self.rss_samples.append(
+                        (time.monotonic() - self.t0, int(line.split()[1]) / 1024)
+                    )
+                elif line.startswith("VmHWM:"):
+                    self.peak_mb = int(line.split()[1]) / 1024
+
+    def cpu_percent(self) -> float:
+        return 100 * (self.cpu_s() - self.cpu0) / (time.monotonic() - self.t0)
+
+
+def collect(
+    endpoint: str, arrivals: dict[int, list[float]], ready: threading.Event, done: threading.Event
+) -> None:
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    sock.connect(endpoint)
+    if monitor.poll(20_000):
+        ready.set()
+    sock.disable_monitor()
+    monitor.close(linger=0)
+    while not done.is_set():
+        if sock.poll(100):
+            parts = sock.recv_multipart()
+            now = time.monotonic()
+            arrivals.setdefault(json.loads(parts[1])["frame_id"], []).append(now)
+    sock.close(linger=0)
+
+
+def run_pipeline(
+    clip: Path, realtime: bool, duration_s: float | None, soak_s: float = 0
+) -> dict[str, Any]:
+    tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
+    tmp = Path(tempfile.mkdtemp())
+    cfg = {
+        "sources": [{"id": "bench", "url": str(clip), "realtime": realtime, "loop": soak_s > 0}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
+        "publish": [{"bind": pub, "encoding": "raw-bgr24", "hwm": 100_000}],
+    }
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    stats_file, times_file = tmp / "stats.json", tmp / "times.txt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamer",
+        "--log-level",
+        "WARNING",
+        "run",
+        "-c",
+        str(tmp / "cfg.yaml"),
+        "--quiet",
+        "--stats-file",
+        str(stats_file),
+    ]
+    run_s = soak_s or duration_s
+    if run_s:
+        cmd += ["--duration", str(run_s)]
+    arrivals: dict[int, list[float]] = {}
+    ready, done = threading.Event(), threading.Event()
+    streamer = subprocess.Popen(cmd, cwd=REPO)
+    collector = threading.Thread(target=collect, args=(pub, arrivals, ready, done))
+    collector.start()
+    ready.wait(20)
+    detector = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/echo_detector.py",
+            "--boxes",
+            str(BOXES),
+            "--tap",
+            tap,
+            "--detections",
+            dets,
+            "--times",
+            str(times_file),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    probe = Probe(streamer.pid)
+    t0 = time.monotonic()
+    next_sample = 0.0
+    while streamer.poll() is None:
+        try:
+            if time.monotonic() - t0 >= next_sample:
+                probe.sample()
+                next_sample += 10.0 if soak_s else 0.5
+            cpu = probe.cpu_percent()
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    wall = time.monotonic() - t0
+    streamer.wait()
+    detector.terminate()
+    detector.wait(10)
+    time.sleep(0.3)
+    done.set()
+    collector.join()
+    stats = json.loads(stats_file.read_text())
+    sent_at = {}
+    for line in times_file.read_text().splitlines():
+        fid, t = line.split()
+        sent_at[int(fid)] = float(t)
+    full = [
+        fid for fid, ts in arrivals.items() if len(ts) >= BOXES - 2
+    ]  # 2 boxes are clamped/empty
+    lat = sorted(
+        (t - sent_at[fid]) * 1000 for fid, ts in arrivals.items() if fid in sent_at for t in ts
+    )
+    src = stats["sources"]["bench"]
+    # Throughput over the steady state: from the first fully served frame to the last.
+    ends = sorted(max(arrivals[fid]) for fid in full)
+    span = ends[-1] - ends[0] if len(ends) > 1 else float("nan")
+    return {
+        "wall_s": wall,
+        "served": len(full),
+        "served_fps": (len(ends) - 1) / span,
+        "stats": src,
+        "cpu": cpu,
+        "peak_mb": probe.peak_mb,
+        "rss": probe.rss_samples,
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"),
+        "crops": sum(len(v) for v in arrivals.values()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="1920x1080,1280x720")
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--paced-s", type=float, default=20.0)
+    ap.add_argument("--soak", type=float, default=0.0, help="seconds of paced running for RSS")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    for size in args.sizes.split(","):
+        w, h = (int(v) for v in size.split("x"))
+        clip = tmp / f"clip{w}.mp4"
+        make_clip(clip, w, h, args.frames)
+        a = bare_decode_fps(clip)
+        b = run_pipeline(clip, realtime=False, duration_s=None)
+        s = b["stats"]
+        print(
+            f"{w}x{h}: (a) bare decode {a:.1f} fps; (b) streamer served {b['served_fps']:.1f} "
+            f"fps with {BOXES} boxes ({b['served']} of {s['decoded']} frames fully served, "
+            f"not_tapped {s['not_tapped']}, expired {s['expired']}) -> (b)/(a) = "
+            f"{b['served_fps'] / a:.2f}; CPU {b['cpu']:.0f}%, peak RSS {b['peak_mb']:.0f} MB"
+        )
+        c = run_pipeline(clip, realtime=True, duration_s=args.paced_s)
+        print(
+            f"{w}x{h} @30 fps: detection sent -> crop received p50 {c['p50_ms']:.2f} ms, "
+            f"p99 {c['p99_ms']:.2f} ms over {c['crops']} crops; streamer CPU {c['cpu']:.0f}%, "
+            f"peak RSS {c['peak_mb']:.0f} MB"
+        )
+    if args.soak:
+        w, h = (int(v) for v in args.sizes.split(",")[0].split("x"))
+        d = run_pipeline(tmp / f"clip{w}.mp4", realtime=True, duration_s=None, soak_s=args.soak)
+        rss = d["rss"]
+        warm = [r for t, r in rss if t >= 30] or [r for _, r in rss]
+        print(
+            f"soak {args.soak:.0f} s at 30 fps: RSS after warm-up {warm[0]:.0f} MB -> "
+            f"{warm[-1]:.0f} MB (max {max(warm):.0f}, {100 * (max(warm) / warm[0] - 1):.1f}% "
+            f"over the first sample); p50 {d['p50_ms']:.2f} ms, p99 {d['p99_ms']:.2f} ms, "
+            f"CPU {d['cpu']:.0f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()
