@@ -115,10 +115,31 @@ class PublishConfig(_Model):
     bind: str
     mode: Literal["pub", "push"] = "pub"
     encoding: Literal["raw-bgr24", "png", "jpeg", "webp"] = "raw-bgr24"
+    quality: int | None = Field(
+        None, ge=0, le=100, description="png: compression level 0-9 (1); jpeg/webp: 1-100 (90)"
+    )
     hwm: int = Field(1_000, ge=1, le=1_000_000, description="messages queued before drops")
     send_timeout_ms: int = Field(100, ge=0, le=60_000, description="push: wait for a worker")
     classes: list[str] | None = Field(None, description="only these classes; all when absent")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _quality_fits(self) -> PublishConfig:
+        q = self.quality
+        if q is None:
+            return self
+        if self.encoding == "raw-bgr24":
+            raise ValueError("quality does not apply to raw-bgr24")
+        if self.encoding == "png" and q > 9:
+            raise ValueError(f"png compression level must be 0..9, got {q}")
+        if self.encoding in ("jpeg", "webp") and q < 1:
+            raise ValueError(f"{self.encoding} quality must be 1..100, got {q}")
+        return self
+
+    @property
+    def encoding_key(self) -> str:
+        """What the crop stage encodes for this publisher: ``png:6``, ``jpeg``, ..."""
+        return self.encoding if self.quality is None else f"{self.encoding}:{self.quality}"
 
 
 class StreamerConfig(_Model):

@@ -76,7 +76,7 @@ class Pipeline:
             sid: CropParams(cfg.crop_for(sid).mask_opacity, cfg.crop_for(sid).background_bgr)
             for sid in self.sources
         }
-        self._encodings = tuple(sorted({p.encoding for p in cfg.publish}))
+        self._encodings = tuple(sorted({p.encoding_key for p in cfg.publish}))
         self._warn = LogOnce(log)
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(CPU_WORKERS, thread_name_prefix="streamer-cpu")
@@ -296,8 +296,9 @@ class Pipeline:
                     for pub in self._publishers:
                         if pub.wants(crop.header):
                             pub.offered += 1
-                            enc = pub.cfg.encoding
-                            await pub.out.send(crop_message(crop.header, enc, crop.payloads[enc]))
+                            payload = crop.payloads[pub.cfg.encoding_key]
+                            msg = crop_message(crop.header, pub.cfg.encoding, payload)
+                            await pub.out.send(msg)
             except Exception:
                 log.exception("crop stage failed for %s frame %s", frame.source_id, frame.frame_id)
                 self.counters[frame.source_id].detections["crop_failed"] += 1

@@ -29,16 +29,24 @@ class CropResult:
     no_mask: int = 0
 
 
-def encode_image(image: np.ndarray, encoding: str) -> bytes | memoryview:
-    """Encode a BGR crop for the wire: raw bytes (a zero-copy view), PNG, JPEG or WebP."""
+def encode_image(image: np.ndarray, key: str) -> bytes | memoryview:
+    """Encode a BGR crop for the wire: raw bytes (a zero-copy view), PNG, JPEG or WebP.
+
+    `key` is ``<encoding>`` or ``<encoding>:<quality>`` (PNG compression level 0-9, JPEG/WebP
+    quality 1-100), as PublishConfig.encoding_key gives it.
+    """
+    encoding, _, quality = key.partition(":")
     if encoding == "raw-bgr24":
         return np.ascontiguousarray(image).data.cast("B")
     if encoding == "png":
-        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION_LEVEL])
+        level = int(quality) if quality else PNG_COMPRESSION_LEVEL
+        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, level])
     elif encoding == "jpeg":
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        q = int(quality) if quality else JPEG_QUALITY
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])
     elif encoding == "webp":
-        ok, buf = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, WEBP_QUALITY])
+        q = int(quality) if quality else WEBP_QUALITY
+        ok, buf = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, q])
     else:
         raise ValueError(f"unknown crop encoding {encoding!r}")
     if not ok:
@@ -113,7 +121,7 @@ def make_crops(
             header["keypoints"] = kps
         if points is not None:
             header["points"] = [{"x": float(px), "y": float(py)} for px, py in points]
-        payloads = {enc: encode_image(image, enc) for enc in encodings}
+        payloads = {key: encode_image(image, key) for key in encodings}
         result.crops.append(Crop(header=header, image=image, payloads=payloads))
         index += 1
     return result

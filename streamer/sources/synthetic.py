@@ -101,7 +101,8 @@ class SyntheticScene:
         img = self.background.copy()
         scale = self.plate_h / 40.0
         blob_index = 0
-        for obj in self.objects(n):
+        # Blobs first, so they never hide a plate: the demo's plates must stay readable.
+        for obj in sorted(self.objects(n), key=lambda o: o.class_name == "plate"):
             x0, y0, x1, y1 = obj.box
             if obj.class_name == "plate":
                 cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), (235, 235, 235), cv2.FILLED)
