@@ -23,10 +23,18 @@ STATUS_INTERVAL_S = 1.0
 DETECTOR_STOP_TIMEOUT_S = 5.0
 
 
-def demo_config(publish: str, tap: str, detections: str) -> StreamerConfig:
-    """The embedded demo: a synthetic 1280x720 30 fps camera, tap, detections in, crops out."""
+def demo_config(
+    publish: str, tap: str, detections: str, preview: str | None = "127.0.0.1:8080"
+) -> StreamerConfig:
+    """The embedded demo: a synthetic 1280x720 30 fps camera, tap, detections in, crops out,
+    and the browser preview at `preview` (``host:port``; None for none)."""
+    extra: dict[str, Any] = {}
+    if preview is not None:
+        host, _, port = preview.rpartition(":")
+        extra["preview"] = {"host": host or "127.0.0.1", "port": int(port)}
     return parse_config(
         {
+            **extra,
             "sources": [{"id": "demo", "url": "synthetic:width=1280&height=720&fps=30"}],
             "detections": {"bind": detections},
             "tap": {"bind": tap, "encoding": "raw-bgr24", "width": 640},
@@ -123,7 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = demo_config(args.publish, args.tap, args.detections)
+    cfg = demo_config(
+        args.publish, args.tap, args.detections, None if args.no_preview else args.preview
+    )
     detector = subprocess.Popen(
         [
             sys.executable,
@@ -137,7 +147,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"demo: synthetic camera 'demo' 1280x720@30, detector pid {detector.pid}, "
-        f"crops on {args.publish} (try: streamer crops {args.publish})",
+        f"crops on {args.publish} (try: streamer crops {args.publish})"
+        + ("" if args.no_preview else f", preview on http://{args.preview}/"),
         file=sys.stderr,
     )
     try:
@@ -206,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", default="tcp://127.0.0.1:5560")
     p.add_argument("--tap", default="tcp://127.0.0.1:5554")
     p.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    p.add_argument("--preview", default="127.0.0.1:8080", help="preview HOST:PORT")
+    p.add_argument("--no-preview", action="store_true", help="no browser preview")
     add_run_flags(p)
     p.set_defaults(fn=cmd_demo)
 

@@ -142,6 +142,22 @@ class PublishConfig(_Model):
         return self.encoding if self.quality is None else f"{self.encoding}:{self.quality}"
 
 
+class PreviewConfig(_Model):
+    """The browser preview (and, later, metrics and control): an HTTP server."""
+
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8080, ge=0, le=65_535)
+    token: str | None = Field(None, min_length=8, description="bearer token for every route")
+    ice_servers: list[str] = Field(
+        default_factory=list, description="STUN/TURN URLs; none by default (loopback/LAN only)"
+    )
+    host_candidates: list[str] | None = Field(
+        None, description="only offer these local addresses as ICE candidates"
+    )
+    max_width: int = Field(960, ge=64, le=3840, description="preview picture width cap")
+    max_fps: float = Field(15.0, gt=0, le=60, description="preview frame rate cap")
+
+
 class StreamerConfig(_Model):
     sources: list[SourceConfig] = Field(min_length=1)
     detections: DetectionsConfig
@@ -149,6 +165,7 @@ class StreamerConfig(_Model):
     crop: CropConfig = CropConfig()
     ring: RingConfig = RingConfig()
     publish: list[PublishConfig] = Field(min_length=1)
+    preview: PreviewConfig | None = None
 
     @field_validator("sources")
     @classmethod

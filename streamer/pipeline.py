@@ -28,6 +28,9 @@ from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import EndOfStream, ProtocolError
 from streamer.metrics import LogOnce, SourceCounters
 from streamer.pairing import Pairer
+from streamer.preview.hub import PreviewHub
+from streamer.preview.server import PreviewServer
+from streamer.preview.server import start as start_preview
 from streamer.publish.wire import crop_message, dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.sources.base import Source
@@ -84,6 +87,12 @@ class Pipeline:
         self._tap: OutSocket | None = None
         self._tap_queue: asyncio.Queue[Frame] = asyncio.Queue(TAP_QUEUE_FRAMES * len(self.sources))
         self._crop_queue: asyncio.Queue[tuple[Frame, Detections]] = asyncio.Queue(CROP_QUEUE_JOBS)
+        self.hub: PreviewHub | None = None
+        self.preview_server: PreviewServer | None = None
+        if cfg.preview is not None:
+            self.hub = PreviewHub(
+                list(self.sources), cfg.preview.max_width, cfg.preview.max_fps, self._executor
+            )
         self.started_at = time.monotonic()
 
     def stop(self) -> None:
@@ -97,8 +106,12 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         zctx = zmq.asyncio.Context()
         receiver = None
+        web_runner = None
         tasks: list[asyncio.Task[None]] = []
         try:
+            if self.cfg.preview is not None and self.hub is not None:
+                self.preview_server = PreviewServer(self.cfg.preview, self.hub, self.stats)
+                web_runner = await start_preview(self.preview_server)
             self._publishers = [
                 _Publisher(
                     p,
@@ -145,6 +158,8 @@ class Pipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
             for src in self.sources.values():
                 src.stop()
+            if web_runner is not None:
+                await web_runner.cleanup()
             if receiver is not None:
                 receiver.close()
             for p in self._publishers:
@@ -182,6 +197,8 @@ class Pipeline:
                 log.info("source %s: ended", src.source_id)
                 return
             now = time.monotonic()
+            if self.hub is not None:
+                self.hub.sources[src.source_id].on_frame(frame, now)
             if self._tap is None:
                 self.pairer.add_frame(frame, now)
                 continue
@@ -259,6 +276,8 @@ class Pipeline:
                 self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
                 continue
             self.counters[dets.source_id].detections[match.outcome] += 1
+            if match.frame is not None and self.hub is not None:
+                self.hub.sources[dets.source_id].on_paired(match.frame, dets, now)
             if match.frame is None:
                 self._warn(
                     f"det-{match.outcome}",
@@ -293,6 +312,8 @@ class Pipeline:
                         result.empty_box,
                     )
                 for crop in result.crops:
+                    if self.hub is not None:
+                        self.hub.on_crop(crop.header, crop.image)
                     for pub in self._publishers:
                         if pub.wants(crop.header):
                             pub.offered += 1

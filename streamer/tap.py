@@ -31,10 +31,8 @@ def _resized(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(plane, size, interpolation=cv2.INTER_AREA)
 
 
-def tap_image(
-    frame: Frame, encoding: str, width: int | None, height: int | None, jpeg_quality: int
-) -> tuple[dict[str, Any], bytes | memoryview]:
-    """Return the header fields (``width``, ``height``, ``encoding``) and the picture bytes."""
+def scaled_i420(frame: Frame, width: int | None, height: int | None) -> tuple[np.ndarray, int, int]:
+    """The frame downscaled to fit `width` x `height`, as one I420 buffer; with its size."""
     tw, th = tap_size(frame.width, frame.height, width, height)
     buf = np.empty(tw * th * 3 // 2, dtype=np.uint8)
     n_luma, n_chroma = tw * th, tw * th // 4
@@ -48,6 +46,20 @@ def tap_image(
             frame.planes[1], half
         )
         buf[n_luma + n_chroma :].reshape(th // 2, tw // 2)[:] = _resized(frame.planes[2], half)
+    return buf, tw, th
+
+
+def scaled_bgr(frame: Frame, width: int | None, height: int | None) -> np.ndarray:
+    """The frame downscaled to fit `width` x `height`, as a BGR (h, w, 3) array."""
+    buf, tw, th = scaled_i420(frame, width, height)
+    return np.asarray(cv2.cvtColor(buf.reshape(th * 3 // 2, tw), cv2.COLOR_YUV2BGR_I420))
+
+
+def tap_image(
+    frame: Frame, encoding: str, width: int | None, height: int | None, jpeg_quality: int
+) -> tuple[dict[str, Any], bytes | memoryview]:
+    """Return the header fields (``width``, ``height``, ``encoding``) and the picture bytes."""
+    buf, tw, th = scaled_i420(frame, width, height)
     fields: dict[str, Any] = {"width": tw, "height": th, "encoding": encoding}
     if encoding == "raw-i420":
         return fields, buf.data

@@ -230,6 +230,7 @@ def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
         tap,
         "--detections",
         dets,
+        "--no-preview",
     )
     worker = spawn("scripts/ocr_worker.py", "--crops", pub, "--results", results)
     sub = zmq.Context.instance().socket(zmq.SUB)

@@ -19,7 +19,7 @@ import zmq
 from streamer.client import Crop, CropSubscriber
 from streamer.crop.geometry import centre_to_corners
 from streamer.pipeline import accounting_balance
-from tests.conftest import REPO, decode_bgr, load_script, spawn, stop
+from tests.conftest import REPO, decode_bgr, free_port, load_script, spawn, stop
 
 N_BOXES = 6
 MAX_CODEC_DIFF = 4  # our crop-only I420->BGR vs FFmpeg's full-frame conversion
@@ -163,6 +163,8 @@ def test_demo_runs_and_publishes_crops(endpoint: Any) -> None:
         tap,
         "--detections",
         dets,
+        "--preview",
+        f"127.0.0.1:{free_port()}",
     )
     try:
         got = subprocess.run(

@@ -1,0 +1,1 @@
+"""The WebRTC preview: annotated live video and recent crops in a browser."""

@@ -1,0 +1,197 @@
+"""What the preview shows: per source, the newest frame (with its detections once paired) and
+the newest crops. Frames are drawn and turned into video only while someone watches, at most
+`max_fps` a second, in a worker thread; all viewers of a source share one track (MediaRelay)."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import itertools
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+
+from streamer.preview.draw import annotate
+from streamer.types import Detections, Frame
+
+log = logging.getLogger(__name__)
+
+RECENT_CROPS = 12  # per source, for the crop strip
+PAIRED_FRESH_S = 1.0  # after this long without a paired frame, show plain frames
+VIDEO_CLOCK_RATE = 90_000
+CROP_JPEG_QUALITY = 80
+
+
+@dataclass
+class RecentCrop:
+    key: int
+    header: dict[str, Any]
+    image: np.ndarray
+
+
+class PreviewTrack(MediaStreamTrack):
+    """The annotated video of one source: yields each newly drawn frame (repeating the last one
+    when nothing new comes, so the browser keeps playing)."""
+
+    kind = "video"
+
+    def __init__(self, source: PreviewSource) -> None:
+        super().__init__()
+        self._source = source
+        self._start = time.monotonic()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._source.next_output(1.0 / self._source.max_fps)
+        frame.pts = int((time.monotonic() - self._start) * VIDEO_CLOCK_RATE)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        return frame
+
+
+class PreviewSource:
+    """Preview state of one source."""
+
+    def __init__(self, source_id: str, max_width: int, max_fps: float, executor: Executor) -> None:
+        self.source_id = source_id
+        self.max_width = max_width
+        self.max_fps = max_fps
+        self._executor = executor
+        self.viewers = 0
+        self.crops: deque[RecentCrop] = deque(maxlen=RECENT_CROPS)
+        self._input: tuple[Frame, Detections | None] | None = None
+        self._input_ready = asyncio.Event()
+        self._output: av.VideoFrame | None = None
+        self._output_ready = asyncio.Event()
+        self._last_paired = 0.0
+        self._render_task: asyncio.Task[None] | None = None
+        self.track: PreviewTrack | None = None
+        self.rendered = 0
+
+    # Called by the pipeline (cheap: keep references, nothing more).
+    def on_frame(self, frame: Frame, now: float) -> None:
+        if self.viewers and now - self._last_paired > PAIRED_FRESH_S:
+            self._set_input(frame, None)
+
+    def on_paired(self, frame: Frame, dets: Detections, now: float) -> None:
+        self._last_paired = now
+        if self.viewers:
+            self._set_input(frame, dets)
+
+    def on_crop(self, key: int, header: dict[str, Any], image: np.ndarray) -> None:
+        self.crops.append(RecentCrop(key, header, image))
+
+    def _set_input(self, frame: Frame, dets: Detections | None) -> None:
+        self._input = (frame, dets)
+        self._input_ready.set()
+
+    # Viewers.
+    def join(self) -> PreviewTrack:
+        self.viewers += 1
+        if self.track is None:
+            self.track = PreviewTrack(self)
+            self._render_task = asyncio.create_task(self._render_loop())
+        return self.track
+
+    def leave(self) -> None:
+        self.viewers = max(0, self.viewers - 1)
+        if self.viewers == 0:
+            if self._render_task is not None:
+                self._render_task.cancel()
+                self._render_task = None
+            if self.track is not None:
+                self.track.stop()
+                self.track = None
+            self._input = None
+            self._output = None
+
+    async def _render_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.max_fps
+        while True:
+            await self._input_ready.wait()
+            self._input_ready.clear()
+            if self._input is None:
+                continue
+            frame, dets = self._input
+            started = loop.time()
+            self._output = await loop.run_in_executor(self._executor, self._render, frame, dets)
+            self.rendered += 1
+            self._output_ready.set()
+            await asyncio.sleep(max(0.0, period - (loop.time() - started)))
+
+    def _render(self, frame: Frame, dets: Detections | None) -> av.VideoFrame:
+        img = annotate(frame, dets, self.max_width)
+        return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+
+    async def next_output(self, wait_s: float) -> av.VideoFrame:
+        """The next drawn frame, or the last one again after `wait_s`; a black frame at first."""
+        try:
+            await asyncio.wait_for(self._output_ready.wait(), wait_s)
+            self._output_ready.clear()
+        except TimeoutError:
+            pass
+        if self._output is None:
+            black = np.zeros((360, 640, 3), np.uint8)
+            return av.VideoFrame.from_ndarray(black, format="bgr24")
+        return self._output
+
+
+class PreviewHub:
+    """Every source's preview, and the relay that lets viewers share a source's track."""
+
+    def __init__(
+        self, source_ids: list[str], max_width: int, max_fps: float, executor: Executor
+    ) -> None:
+        self.sources = {s: PreviewSource(s, max_width, max_fps, executor) for s in source_ids}
+        self.relay = MediaRelay()
+        self._executor = executor
+        self._keys = itertools.count(1)
+
+    def subscribe(self, source_id: str) -> MediaStreamTrack:
+        """A new viewer of `source_id`: a relayed copy of its track."""
+        return self.relay.subscribe(self.sources[source_id].join(), buffered=False)
+
+    def unsubscribe(self, source_id: str) -> None:
+        self.sources[source_id].leave()
+
+    def on_crop(self, header: dict[str, Any], image: np.ndarray) -> None:
+        self.sources[header["source_id"]].on_crop(next(self._keys), header, image)
+
+    def recent_crops(self, source_id: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": c.key,
+                "frame_id": c.header["frame_id"],
+                "class": c.header["class"],
+                "confidence": c.header["confidence"],
+                "tracker_id": c.header["tracker_id"],
+                "width": c.header["width"],
+                "height": c.header["height"],
+            }
+            for c in reversed(self.sources[source_id].crops)
+        ]
+
+    async def crop_jpeg(self, source_id: str, key: int) -> bytes | None:
+        for c in self.sources[source_id].crops:
+            if c.key == key:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, _jpeg, c.image)
+        return None
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, CROP_JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("cannot encode a crop as JPEG")
+    return buf.tobytes()

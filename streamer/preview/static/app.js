@@ -1,0 +1,109 @@
+// streamer preview: lists sources, plays one over WebRTC, shows its newest crops.
+"use strict";
+
+const token = new URLSearchParams(location.search).get("token") || "";
+const auth = token ? { Authorization: `Bearer ${token}` } : {};
+const q = token ? `?token=${encodeURIComponent(token)}` : "";
+let current = null; // { id, pc }
+let shownCrops = "";
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...auth, ...(options.headers || {}) } });
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+function renderSources(stats) {
+  const list = document.getElementById("sources");
+  const ids = Object.keys(stats.sources);
+  if (list.dataset.ids !== ids.join(",")) {
+    list.dataset.ids = ids.join(",");
+    list.replaceChildren(...ids.map((id) => {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.dataset.source = id;
+      b.addEventListener("click", () => watch(id));
+      li.append(b);
+      return li;
+    }));
+  }
+  for (const b of list.querySelectorAll("button")) {
+    const s = stats.sources[b.dataset.source];
+    b.setAttribute("aria-pressed", String(current && current.id === b.dataset.source));
+    b.innerHTML = "";
+    const name = document.createElement("strong");
+    name.textContent = b.dataset.source;
+    const state = document.createElement("span");
+    state.className = `state ${s.state}`;
+    state.textContent = s.state.replace("_", " ");
+    const line = document.createElement("div");
+    line.className = "muted";
+    line.textContent = `${s.decoded} frames · ${s.paired} paired · ${s.crops} crops · ${s.expired} expired`;
+    b.append(name, state, line);
+  }
+  if (current) {
+    const s = stats.sources[current.id];
+    document.getElementById("counters").textContent =
+      `state ${s.state} · decoded ${s.decoded} · paired ${s.paired} · crops ${s.crops} · ` +
+      `not tapped ${s.not_tapped} · expired ${s.expired} · reconnects ${s.reconnects}` +
+      (s.last_error ? ` · last error: ${s.last_error}` : "");
+  }
+  document.getElementById("status").textContent = `up ${Math.round(stats.uptime_s)} s`;
+}
+
+async function watch(id) {
+  if (current) current.pc.close();
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  current = { id, pc };
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.ontrack = (event) => { document.getElementById("video").srcObject = event.streams[0] || new MediaStream([event.track]); };
+  document.getElementById("viewer").hidden = false;
+  document.getElementById("hint").hidden = true;
+  document.getElementById("title").textContent = id;
+  shownCrops = "";
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+  });
+  const answer = await api("/api/offer", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ source_id: id, sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+  });
+  await pc.setRemoteDescription(answer);
+}
+
+async function refreshCrops() {
+  if (!current) return;
+  const crops = await api(`/api/sources/${encodeURIComponent(current.id)}/crops`);
+  const keys = crops.map((c) => c.key).join(",");
+  if (keys === shownCrops) return;
+  shownCrops = keys;
+  document.getElementById("crops").replaceChildren(...crops.map((c) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = `/api/sources/${encodeURIComponent(current.id)}/crops/${c.key}.jpg${q}`;
+    img.alt = `${c.class} crop from frame ${c.frame_id}`;
+    const cap = document.createElement("figcaption");
+    cap.textContent = `${c.class} ${c.confidence.toFixed(2)}` + (c.tracker_id != null ? ` #${c.tracker_id}` : "");
+    fig.append(img, cap);
+    return fig;
+  }));
+}
+
+async function tick() {
+  try {
+    renderSources(await api("/api/sources"));
+    await refreshCrops();
+  } catch (e) {
+    document.getElementById("status").textContent = String(e);
+  }
+}
+
+// For tests and debugging: the current peer connection.
+window.streamerPreview = { get pc() { return current && current.pc; } };
+
+tick();
+setInterval(tick, 1000);
+setInterval(() => refreshCrops().catch(() => {}), 500);

@@ -1,0 +1,279 @@
+"""The WebRTC preview: an aiortc client sees the detections drawn, a real headless Chromium plays
+the page, the token guards everything, and viewers that come and go leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import zmq
+import zmq.asyncio
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from streamer.config import parse_config
+from streamer.detections.codec import encode_detections
+from streamer.pipeline import Pipeline
+from tests.conftest import REPO, free_port
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+FRAMES_DECODED = """async () => {
+    const pc = window.streamerPreview.pc;
+    if (!pc) return 0;
+    for (const s of (await pc.getStats()).values())
+        if (s.type === "inbound-rtp" && s.kind === "video") return s.framesDecoded || 0;
+    return 0;
+}"""
+TOKEN = "s3cret-token"
+BOX = {
+    "x": 160,
+    "y": 120,
+    "width": 100,
+    "height": 60,
+    "class": "car",
+    "class_id": 0,
+    "confidence": 0.9,
+    "tracker_id": 7,
+}  # corners (110, 90) - (210, 150); class 0 is green
+
+
+def _cfg(endpoint: Any, port: int, token: str | None = None) -> dict[str, Any]:
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    return {
+        "sources": [
+            {"id": "cam", "url": "lavfi:testsrc2=size=320x240:rate=30"},
+            {"id": "idle", "url": "lavfi:testsrc=size=160x120:rate=10"},
+        ],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap},
+        "publish": [{"bind": pub}],
+        "preview": {"port": port, "token": token, "host_candidates": ["127.0.0.1"]},
+    }
+
+
+async def _detector(cfg: dict[str, Any], stop: asyncio.Event) -> None:
+    ctx = zmq.asyncio.Context.instance()
+    sub, push = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH)
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame/cam")
+    sub.connect(cfg["tap"]["bind"])
+    push.connect(cfg["detections"]["bind"])
+    try:
+        while not stop.is_set():
+            if await sub.poll(100):
+                header = json.loads((await sub.recv_multipart())[1])
+                await push.send_multipart(
+                    encode_detections("cam", header["frame_id"], (320, 240), [BOX])
+                )
+    finally:
+        sub.close(linger=0)
+        push.close(linger=0)
+
+
+def _with_pipeline(cfg: dict[str, Any], body: Callable[[Pipeline], Awaitable[None]]) -> Pipeline:
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        stop = asyncio.Event()
+        det = asyncio.create_task(_detector(cfg, stop))
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{cfg['preview']['port']}/api/sources"
+                for _ in range(100):  # until the server listens
+                    try:
+                        async with http.get(url, headers=_auth(cfg)) as r:
+                            if r.status in (200, 401):
+                                break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.05)
+            await body(pipeline)
+        finally:
+            stop.set()
+            await det
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    return pipeline
+
+
+def _auth(cfg: dict[str, Any]) -> dict[str, str]:
+    token = cfg["preview"]["token"]
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _connect(cfg: dict[str, Any], source: str = "cam") -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{cfg['preview']['port']}/api/offer"
+        body = {"source_id": source, "sdp": pc.localDescription.sdp, "type": "offer"}
+        async with http.post(url, json=body, headers=_auth(cfg)) as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+    await pc.setRemoteDescription(RTCSessionDescription(**answer))
+    return pc
+
+
+@pytest.fixture(autouse=True)
+def _loopback_candidates() -> None:
+    from streamer.preview.server import limit_host_candidates
+
+    limit_host_candidates(["127.0.0.1"])  # the client side of these tests too
+
+
+def test_aiortc_viewer_sees_the_boxes_drawn(endpoint: Any) -> None:
+    cfg = _cfg(endpoint, free_port())
+    seen: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        pc = await _connect(cfg)
+        track = await asyncio.wait_for(_first_track(pc), 10)
+        try:
+            for _ in range(300):
+                img = (await asyncio.wait_for(track.recv(), 5)).to_ndarray(format="bgr24")
+                top = img[89:93, 120:200].reshape(-1, 3).astype(int)  # the box's top edge
+                green = (top[:, 1] > 170) & (top[:, 0] < 90) & (top[:, 2] < 90)
+                if green.mean() > 0.8:
+                    seen["frame"] = img
+                    break
+        finally:
+            await pc.close()
+        assert p.hub is not None
+        seen["rendered"] = p.hub.sources["cam"].rendered
+        seen["idle_rendered"] = p.hub.sources["idle"].rendered
+
+    _with_pipeline(cfg, body)
+    assert "frame" in seen, "never saw the green box at (110, 90)-(210, 150)"
+    img = seen["frame"]
+    inside = img[100:140, 120:200].reshape(-1, 3).astype(int)  # the picture, not the colour
+    assert not ((inside[:, 1] > 170) & (inside[:, 0] < 90) & (inside[:, 2] < 90)).all()
+    assert seen["rendered"] > 0 and seen["idle_rendered"] == 0  # nobody watched "idle"
+
+
+async def _first_track(pc: RTCPeerConnection) -> Any:
+    while True:
+        for t in pc.getReceivers():
+            if t.track is not None:
+                return t.track
+        await asyncio.sleep(0.02)
+
+
+def test_token_required_everywhere(endpoint: Any) -> None:
+    port = free_port()
+    cfg = _cfg(endpoint, port, token=TOKEN)
+    statuses: dict[str, int] = {}
+
+    async def body(p: Pipeline) -> None:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            for path in ("/", "/api/sources", "/api/sources/cam/crops", "/static/app.js"):
+                async with http.get(base + path) as r:
+                    statuses[f"GET {path}"] = r.status
+                async with http.get(base + path, headers={"Authorization": "Bearer wrong"}) as r:
+                    statuses[f"GET {path} wrong"] = r.status
+            async with http.post(base + "/api/offer", json={}) as r:
+                statuses["POST /api/offer"] = r.status
+            async with http.get(base + "/api/sources", headers=_auth(cfg)) as r:
+                statuses["GET /api/sources bearer"] = r.status
+            async with http.get(base + f"/?token={TOKEN}") as r:
+                statuses["GET / query"] = r.status
+
+    _with_pipeline(cfg, body)
+    assert statuses.pop("GET /api/sources bearer") == 200
+    assert statuses.pop("GET / query") == 200
+    assert set(statuses.values()) == {401}, statuses
+
+
+def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
+    cfg = _cfg(endpoint, free_port())
+    result: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        assert p.hub is not None
+        base_threads = threading.active_count()
+        for i in range(50):
+            pc = await _connect(cfg, "cam" if i % 2 else "idle")
+            for _ in range(200):
+                if pc.connectionState == "connected":
+                    break
+                await asyncio.sleep(0.02)
+            assert pc.connectionState == "connected"
+            await pc.close()
+        server_pcs = _server(p)
+        for _ in range(200):  # the server notices each close over DTLS/ICE
+            if not server_pcs.pcs and all(s.viewers == 0 for s in p.hub.sources.values()):
+                break
+            await asyncio.sleep(0.05)
+        result["pcs"] = len(server_pcs.pcs)
+        result["viewers"] = {k: s.viewers for k, s in p.hub.sources.items()}
+        result["tracks"] = [s.track for s in p.hub.sources.values()]
+        result["threads"] = threading.active_count() - base_threads
+
+    _with_pipeline(cfg, body)
+    assert result["pcs"] == 0
+    assert result["viewers"] == {"cam": 0, "idle": 0}
+    assert result["tracks"] == [None, None]
+    assert result["threads"] <= 2, result
+
+
+def _server(p: Pipeline) -> Any:
+    assert p.preview_server is not None
+    return p.preview_server
+
+
+def test_chromium_plays_the_preview_and_shows_crops(endpoint: Any) -> None:
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    cfg = _cfg(endpoint, port, token=TOKEN)
+    out: dict[str, Any] = {}
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+
+    async def body(p: Pipeline) -> None:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-features=WebRtcHideLocalIpsWithMdns",
+                    "--autoplay-policy=no-user-gesture-required",
+                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                ],
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                await page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+                await page.click("button[data-source=cam]", timeout=10_000)
+                frames = 0
+                for _ in range(120):  # framesDecoded, from the browser's own WebRTC stats
+                    frames = await page.evaluate(FRAMES_DECODED)
+                    if frames > 30:
+                        break
+                    await asyncio.sleep(0.25)
+                await page.wait_for_function(
+                    """() => [...document.querySelectorAll('#crops img')]
+                              .some((i) => i.complete && i.naturalWidth > 0)""",
+                    timeout=15_000,
+                )
+                out["frames"] = await page.evaluate(FRAMES_DECODED)
+                out["crops"] = await page.locator("#crops img").count()
+                await page.screenshot(path=str(artifacts / "preview.png"))
+            finally:
+                await browser.close()
+
+    _with_pipeline(cfg, body)
+    assert out["frames"] > 30 and out["crops"] >= 1
+    assert (artifacts / "preview.png").stat().st_size > 10_000
