@@ -119,17 +119,62 @@ def collect(
     sock.close(linger=0)
 
 
+def watch_preview(port: int, done: threading.Event, frames: list[int]) -> None:
+    """A WebRTC viewer of the preview (aiortc), receiving until `done`."""
+    import asyncio
+
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    from streamer.preview.server import limit_host_candidates
+
+    async def main() -> None:
+        limit_host_candidates(["127.0.0.1"])
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    body = {"source_id": "bench", "sdp": pc.localDescription.sdp, "type": "offer"}
+                    async with http.post(f"http://127.0.0.1:{port}/api/offer", json=body) as r:
+                        answer = await r.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+        await pc.setRemoteDescription(RTCSessionDescription(**answer))
+        while not pc.getReceivers() or pc.getReceivers()[0].track is None:
+            await asyncio.sleep(0.01)
+        track = pc.getReceivers()[0].track
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(track.recv(), 1)
+                frames[0] += 1
+            except TimeoutError:
+                pass
+            except MediaStreamError:
+                break  # streamer has stopped
+        await pc.close()
+
+    asyncio.run(main())
+
+
 def run_pipeline(
-    clip: Path, realtime: bool, duration_s: float | None, soak_s: float = 0
+    clip: Path, realtime: bool, duration_s: float | None, soak_s: float = 0, viewer: bool = False
 ) -> dict[str, Any]:
     tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
     tmp = Path(tempfile.mkdtemp())
-    cfg = {
+    cfg: dict[str, Any] = {
         "sources": [{"id": "bench", "url": str(clip), "realtime": realtime, "loop": soak_s > 0}],
         "detections": {"bind": dets},
         "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
         "publish": [{"bind": pub, "encoding": "raw-bgr24", "hwm": 100_000}],
     }
+    viewed = [0]
+    if viewer:
+        port = int(free_endpoint().rsplit(":", 1)[1])
+        cfg["preview"] = {"port": port, "host_candidates": ["127.0.0.1"]}
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     stats_file, times_file = tmp / "stats.json", tmp / "times.txt"
     cmd = [
@@ -170,6 +215,9 @@ def run_pipeline(
         cwd=REPO,
         stdout=subprocess.DEVNULL,
     )
+    if viewer:
+        viewer_thread = threading.Thread(target=watch_preview, args=(port, done, viewed))
+        viewer_thread.start()
     probe = Probe(streamer.pid)
     t0 = time.monotonic()
     next_sample = 0.0
@@ -189,6 +237,8 @@ def run_pipeline(
     time.sleep(0.3)
     done.set()
     collector.join()
+    if viewer:
+        viewer_thread.join()
     stats = json.loads(stats_file.read_text())
     sent_at = {}
     for line in times_file.read_text().splitlines():
@@ -215,6 +265,7 @@ def run_pipeline(
         "p50_ms": statistics.median(lat) if lat else float("nan"),
         "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"),
         "crops": sum(len(v) for v in arrivals.values()),
+        "viewer_frames": viewed[0],
     }
 
 
@@ -224,6 +275,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--paced-s", type=float, default=20.0)
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of paced running for RSS")
+    ap.add_argument("--viewer", action="store_true", help="also run with a preview viewer")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     for size in args.sizes.split(","):
@@ -239,6 +291,13 @@ def main() -> None:
             f"not_tapped {s['not_tapped']}, expired {s['expired']}) -> (b)/(a) = "
             f"{b['served_fps'] / a:.2f}; CPU {b['cpu']:.0f}%, peak RSS {b['peak_mb']:.0f} MB"
         )
+        if args.viewer:
+            v = run_pipeline(clip, realtime=False, duration_s=None, viewer=True)
+            print(
+                f"{w}x{h}: with one preview viewer attached: served {v['served_fps']:.1f} fps "
+                f"({v['served_fps'] / b['served_fps']:.2f}x of none), viewer received "
+                f"{v['viewer_frames']} video frames; CPU {v['cpu']:.0f}%"
+            )
         c = run_pipeline(clip, realtime=True, duration_s=args.paced_s)
         print(
             f"{w}x{h} @30 fps: detection sent -> crop received p50 {c['p50_ms']:.2f} ms, "

@@ -154,8 +154,8 @@ class PreviewConfig(_Model):
     host_candidates: list[str] | None = Field(
         None, description="only offer these local addresses as ICE candidates"
     )
-    max_width: int = Field(960, ge=64, le=3840, description="preview picture width cap")
-    max_fps: float = Field(15.0, gt=0, le=60, description="preview frame rate cap")
+    max_width: int = Field(640, ge=64, le=3840, description="preview picture width cap")
+    max_fps: float = Field(10.0, gt=0, le=60, description="preview frame rate cap")
 
 
 class StreamerConfig(_Model):
