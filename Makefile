@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests need (servers and engines they start for real).
 SYSTEM_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-rtsp gstreamer1.0-tools \
-  tesseract-ocr tesseract-ocr-eng
+  tesseract-ocr tesseract-ocr-eng chromium
 
 .PHONY: demo test lint typecheck pytest system-deps venv clean
 
