@@ -198,9 +198,33 @@ def cmd_crops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from streamer.security import keygen
+
+    public, secret = keygen(args.dir, args.name)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    return 0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamer", description=__doc__)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -226,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.set_defaults(fn=cmd_check_config)
 
+    p = sub.add_parser("keygen", help="make a CURVE key pair (<name>.key, <name>.key_secret)")
+    p.add_argument("dir")
+    p.add_argument("--name", default="server", help="file name stem: server, a detector's name")
+    p.set_defaults(fn=cmd_keygen)
+
     p = sub.add_parser("crops", help="subscribe to crops and print (and save) them")
     p.add_argument("endpoint")
     p.add_argument("--topic", default="crop/", help="topic prefix, e.g. crop/demo/plate")
@@ -238,11 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if args.log_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         return int(args.fn(args))
     except ConfigError as e:

@@ -27,7 +27,9 @@ The same with asyncio, and a ``supervision.Detections`` instead of dicts::
 
     asyncio.run(main())
 
-With a PUSH tap (frames shared among several detector workers) pass ``mode="pull"``.
+With a PUSH tap (frames shared among several detector workers) pass ``mode="pull"``. When
+streamer runs with CURVE, every class takes ``curve=(client_key_secret_file,
+server_public_key_file)``, files made by ``streamer keygen``.
 
 A crop consumer::
 
@@ -51,6 +53,7 @@ import zmq
 import zmq.asyncio
 
 from streamer.detections.codec import encode_detections
+from streamer.security import make_client
 
 PROTOCOL_VERSION = 1
 
@@ -176,8 +179,15 @@ def _detection_message(frame: TapFrame, detections: Any) -> list[bytes]:
 SubMode = Literal["sub", "pull"]
 
 
-def _input_socket(ctx: Any, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode) -> Any:
+Curve = tuple[str, str]  # (client .key_secret file, server public .key file)
+
+
+def _input_socket(
+    ctx: Any, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode, curve: Curve | None
+) -> Any:
     sock = ctx.socket(zmq.SUB if mode == "sub" else zmq.PULL)
+    if curve is not None:
+        make_client(sock, *curve)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)
     if mode == "sub":
@@ -188,9 +198,11 @@ def _input_socket(ctx: Any, endpoint: str, topics: Sequence[str], hwm: int, mode
 
 
 class _Subscriber:
-    def __init__(self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode) -> None:
+    def __init__(
+        self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode, curve: Curve | None
+    ) -> None:
         self.sock: zmq.Socket[bytes] = _input_socket(
-            zmq.Context.instance(), endpoint, topics, hwm, mode
+            zmq.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
     def recv_parts(self, timeout_s: float | None) -> list[bytes] | None:
@@ -222,8 +234,9 @@ class CropSubscriber(_Subscriber):
         topics: Sequence[str] = ("crop/",),
         hwm: int = 1000,
         mode: SubMode = "sub",
+        curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode)
+        super().__init__(endpoint, topics, hwm, mode, curve)
 
     def recv(self, timeout_s: float | None = None) -> Crop | None:
         parts = self.recv_parts(timeout_s)
@@ -243,8 +256,9 @@ class FrameSubscriber(_Subscriber):
         topics: Sequence[str] = ("frame/",),
         hwm: int = 2,
         mode: SubMode = "sub",
+        curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode)
+        super().__init__(endpoint, topics, hwm, mode, curve)
 
     def recv(self, timeout_s: float | None = None) -> TapFrame | None:
         parts = self.recv_parts(timeout_s)
@@ -258,8 +272,10 @@ class FrameSubscriber(_Subscriber):
 class DetectionSender:
     """PUSHes detection messages to streamer's detections endpoint."""
 
-    def __init__(self, endpoint: str, hwm: int = 100) -> None:
+    def __init__(self, endpoint: str, hwm: int = 100, curve: Curve | None = None) -> None:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
+        if curve is not None:
+            make_client(self.sock, *curve)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(endpoint)
@@ -280,9 +296,11 @@ class DetectionSender:
 
 
 class _AsyncSubscriber:
-    def __init__(self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode) -> None:
+    def __init__(
+        self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode, curve: Curve | None
+    ) -> None:
         self.sock: zmq.asyncio.Socket = _input_socket(
-            zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode
+            zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
     async def recv_parts(self) -> list[bytes]:
@@ -308,8 +326,9 @@ class AsyncFrameSubscriber(_AsyncSubscriber):
         topics: Sequence[str] = ("frame/",),
         hwm: int = 2,
         mode: SubMode = "sub",
+        curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode)
+        super().__init__(endpoint, topics, hwm, mode, curve)
 
     async def recv(self) -> TapFrame:
         return _tap_frame(await self.recv_parts())
@@ -328,8 +347,9 @@ class AsyncCropSubscriber(_AsyncSubscriber):
         topics: Sequence[str] = ("crop/",),
         hwm: int = 1000,
         mode: SubMode = "sub",
+        curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode)
+        super().__init__(endpoint, topics, hwm, mode, curve)
 
     async def recv(self) -> Crop:
         return _crop(await self.recv_parts())
@@ -342,8 +362,10 @@ class AsyncCropSubscriber(_AsyncSubscriber):
 class AsyncDetectionSender:
     """asyncio twin of DetectionSender."""
 
-    def __init__(self, endpoint: str, hwm: int = 100) -> None:
+    def __init__(self, endpoint: str, hwm: int = 100, curve: Curve | None = None) -> None:
         self.sock: zmq.asyncio.Socket = zmq.asyncio.Context.instance().socket(zmq.PUSH)
+        if curve is not None:
+            make_client(self.sock, *curve)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(endpoint)

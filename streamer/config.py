@@ -47,6 +47,7 @@ class SourceConfig(_Model):
     realtime: bool = Field(True, description="pace files and test sources at their frame rate")
     loop: bool = Field(False, description="restart a file at its end")
     crop: CropConfig | None = Field(None, description="overrides the top-level crop settings")
+    classes: list[str] | None = Field(None, description="crop only these classes; all when absent")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
     open_timeout_s: float = Field(10.0, gt=0, le=300)
     stall_timeout_s: float = Field(5.0, ge=0.2, le=300, description="no frame this long: reconnect")
@@ -142,6 +143,32 @@ class PublishConfig(_Model):
         return self.encoding if self.quality is None else f"{self.encoding}:{self.quality}"
 
 
+class SourcePatch(_Model):
+    """What `PATCH /api/sources/{id}` may change while running; validated like the config."""
+
+    mask_opacity: float | None = Field(None, ge=0.0, le=1.0)
+    background_color: str | list[int] | None = None
+    classes: list[str] | None = None
+    max_fps: float | None = Field(None, gt=0, le=240)
+
+    @field_validator("background_color")
+    @classmethod
+    def _color(cls, v: str | list[int] | None) -> str | list[int] | None:
+        if v is not None:
+            parse_color_bgr(v)
+        return v
+
+
+def parse_patch(data: Any) -> SourcePatch:
+    """Validate a control-API patch; raise ConfigError with the same messages as the config."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): expected an object of settings")
+    try:
+        return SourcePatch.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
 class PreviewConfig(_Model):
     """The browser preview (and, later, metrics and control): an HTTP server."""
 
@@ -156,6 +183,21 @@ class PreviewConfig(_Model):
     )
     max_width: int = Field(640, ge=64, le=3840, description="preview picture width cap")
     max_fps: float = Field(10.0, gt=0, le=60, description="preview frame rate cap")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65_535, description="also serve /metrics and /healthz here, without token"
+    )
+
+
+class CurveConfig(_Model):
+    """ZeroMQ CURVE on every streamer socket (detections, tap, crops); `streamer keygen` makes
+    the keys."""
+
+    server_secret_key: str = Field(description="the server's .key_secret certificate file")
+    authorized_clients: str = Field(description="directory of the clients' public .key files")
+
+
+class SecurityConfig(_Model):
+    curve: CurveConfig | None = None
 
 
 class StreamerConfig(_Model):
@@ -166,6 +208,7 @@ class StreamerConfig(_Model):
     ring: RingConfig = RingConfig()
     publish: list[PublishConfig] = Field(min_length=1)
     preview: PreviewConfig | None = None
+    security: SecurityConfig = SecurityConfig()
 
     @field_validator("sources")
     @classmethod

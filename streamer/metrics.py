@@ -1,13 +1,38 @@
-"""Counters shared by the pipeline's stages, and logging a repeated failure once per kind."""
+"""Counters shared by the pipeline's stages, their Prometheus export, and logging a repeated
+failure once per kind."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REPEAT_LOG_INTERVAL_S = 60.0
+SOURCE_STATES = (
+    "starting",
+    "connecting",
+    "streaming",
+    "stalled",
+    "backing_off",
+    "ended",
+    "stopped",
+    "failed",
+)
+FRAME_OUTCOMES = ("paired", "expired", "not_tapped", "dropped_handoff", "skipped_fps")
+GAUGES = {
+    "in_ring": "frames waiting in the ring",
+    "ring_bytes": "bytes held by the ring",
+    "in_tap": "frames queued for the tap",
+    "in_handoff": "frames in the decode hand-off",
+}
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 @dataclass
@@ -20,6 +45,7 @@ class SourceCounters:
     crops: int = 0
     empty_box: int = 0
     no_mask: int = 0
+    filtered_class: int = 0
 
 
 class LogOnce:
@@ -41,3 +67,111 @@ class LogOnce:
         suffix = f" ({repeats} more since last report)" if repeats else ""
         self._log.warning(msg + suffix, *args)
         self._last[kind] = now
+
+
+class _StatsCollector(Collector):
+    """Turns the pipeline's stats snapshot into Prometheus families at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._stats()
+        decoded = CounterMetricFamily(
+            "streamer_frames_decoded", "frames decoded", labels=["source"]
+        )
+        frames = CounterMetricFamily(
+            "streamer_frames", "where decoded frames went", labels=["source", "outcome"]
+        )
+        dets = CounterMetricFamily(
+            "streamer_detection_messages",
+            "detection messages by outcome",
+            labels=["source", "outcome"],
+        )
+        crops = CounterMetricFamily(
+            "streamer_crops", "crops produced, and boxes without a crop", labels=["source", "kind"]
+        )
+        reconnects = CounterMetricFamily(
+            "streamer_source_reconnects", "reconnect attempts", labels=["source"]
+        )
+        stalls = CounterMetricFamily("streamer_source_stalls", "stalls detected", labels=["source"])
+        state = GaugeMetricFamily(
+            "streamer_source_state", "1 for the current state", labels=["source", "state"]
+        )
+        gauges = {
+            k: GaugeMetricFamily(f"streamer_{k}", d, labels=["source"]) for k, d in GAUGES.items()
+        }
+        for sid, s in st["sources"].items():
+            decoded.add_metric([sid], s["decoded"])
+            for o in FRAME_OUTCOMES:
+                frames.add_metric([sid, o], s[o])
+            for o, n in s["detections"].items():
+                dets.add_metric([sid, o], n)
+            crops.add_metric([sid, "produced"], s["crops"])
+            crops.add_metric([sid, "empty_box"], s["empty_box"])
+            crops.add_metric([sid, "no_mask"], s["no_mask"])
+            reconnects.add_metric([sid], s["reconnects"])
+            stalls.add_metric([sid], s["stalls"])
+            for name in SOURCE_STATES:
+                state.add_metric([sid, name], 1.0 if s["state"] == name else 0.0)
+            for k, g in gauges.items():
+                g.add_metric([sid], s[k])
+        malformed = CounterMetricFamily(
+            "streamer_detection_messages_malformed",
+            "malformed detection messages by kind",
+            labels=["kind"],
+        )
+        for kind, n in st["malformed"].items():
+            malformed.add_metric([kind], n)
+        unknown = CounterMetricFamily(
+            "streamer_detection_messages_unknown_source",
+            "detection messages for sources not configured",
+        )
+        unknown.add_metric([], st["unknown_source"])
+        publish = CounterMetricFamily(
+            "streamer_publish_messages", "crop messages by outcome", labels=["endpoint", "outcome"]
+        )
+        for p in st["publishers"]:
+            for o in ("sent", "dropped_no_subscriber", "dropped_hwm", "dropped_timeout"):
+                publish.add_metric([p["endpoint"], o], p[o])
+        lag = GaugeMetricFamily("streamer_loop_lag_seconds", "event loop lag, last measured")
+        lag.add_metric([], st.get("loop_lag_s", 0.0))
+        yield from (
+            decoded,
+            frames,
+            dets,
+            crops,
+            reconnects,
+            stalls,
+            state,
+            *gauges.values(),
+            malformed,
+            unknown,
+            publish,
+            lag,
+        )
+
+
+class Metrics:
+    """A registry per pipeline: the stats collector plus latency histograms."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(stats))
+        self.crop_seconds = Histogram(
+            "streamer_crop_seconds",
+            "crop stage time per paired frame",
+            ["source"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.decode_seconds = Histogram(
+            "streamer_decode_seconds",
+            "decoder time per packet",
+            ["source"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -15,24 +15,26 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq.asyncio
 
-from streamer.config import PublishConfig, StreamerConfig
+from streamer.colors import parse_color_bgr
+from streamer.config import PublishConfig, StreamerConfig, parse_patch
 from streamer.crop.stage import CropResult, make_crops
 from streamer.detections.codec import decode_detections
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import EndOfStream, ProtocolError
-from streamer.metrics import LogOnce, SourceCounters
+from streamer.metrics import LogOnce, Metrics, SourceCounters
 from streamer.pairing import Pairer
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
 from streamer.publish.wire import crop_message, dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
+from streamer.security import load_server_keys, start_authenticator
 from streamer.sources.base import Source
 from streamer.sources.factory import make_source
 from streamer.tap import tap_image
@@ -40,6 +42,9 @@ from streamer.types import CropParams, Detections, Frame
 
 log = logging.getLogger(__name__)
 
+UNHEALTHY_STATES = ("stalled", "failed", "stopped")
+LOOP_LAG_UNHEALTHY_S = 1.0
+LAG_WINDOW_S = 5.0
 CPU_WORKERS = 2
 TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded for the tap
 CROP_QUEUE_JOBS = 8  # paired frames waiting for the crop stage; beyond this, stop reading
@@ -75,10 +80,21 @@ class Pipeline:
             max_bytes=cfg.ring.max_bytes,
             max_age_s=cfg.ring.max_age_ms / 1000.0,
         )
-        self._params = {
-            sid: CropParams(cfg.crop_for(sid).mask_opacity, cfg.crop_for(sid).background_bgr)
-            for sid in self.sources
-        }
+        self._settings: dict[str, dict[str, Any]] = {}
+        for s in cfg.sources:
+            crop = cfg.crop_for(s.id)
+            self._settings[s.id] = {
+                "mask_opacity": crop.mask_opacity,
+                "background_color": crop.background_color,
+                "classes": s.classes,
+                "max_fps": s.max_fps,
+            }
+        self._params = {sid: self._crop_params(sid) for sid in self.sources}
+        self.loop_lag_s = 0.0  # the worst lag of the last LAG_WINDOW_S
+        self._lags: deque[tuple[float, float]] = deque()
+        self.metrics = Metrics(self.stats)
+        for sid, src in self.sources.items():
+            src.decode_observer = self.metrics.decode_seconds.labels(sid).observe
         self._encodings = tuple(sorted({p.encoding_key for p in cfg.publish}))
         self._warn = LogOnce(log)
         self._stop = asyncio.Event()
@@ -99,6 +115,45 @@ class Pipeline:
         """Ask `run()` to finish (thread-unsafe; call from the loop, e.g. a signal handler)."""
         self._stop.set()
 
+    # -- control (the HTTP API calls these on the loop) -------------------------------------
+
+    def _crop_params(self, sid: str) -> CropParams:
+        s = self._settings[sid]
+        return CropParams(s["mask_opacity"], parse_color_bgr(s["background_color"]))
+
+    def source_settings(self, sid: str) -> dict[str, Any]:
+        return dict(self._settings[sid])
+
+    def patch_source(self, sid: str, data: Any) -> dict[str, Any]:
+        """Change a source's crop settings, class filter or max_fps from the next frame on.
+        Raises ConfigError (with config-style messages) on a bad value, KeyError on a bad id."""
+        if sid not in self.sources:
+            raise KeyError(sid)
+        patch = parse_patch(data)
+        changes = patch.model_dump(exclude_unset=True)
+        self._settings[sid].update(changes)
+        self._params[sid] = self._crop_params(sid)
+        if "max_fps" in changes:
+            self.sources[sid].max_fps = changes["max_fps"]
+        log.info("source %s: settings changed: %s", sid, changes)
+        return self.source_settings(sid)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when the loop is responsive and no source is stalled, failed or stopped
+        (streaming, connecting and deliberately backing off are all fine)."""
+        problems = {
+            sid: f"{src.stats.state}: {src.stats.last_error or ''}".rstrip(": ")
+            for sid, src in self.sources.items()
+            if src.stats.state in UNHEALTHY_STATES
+        }
+        if self.loop_lag_s > LOOP_LAG_UNHEALTHY_S:
+            problems["event_loop"] = f"lagging {self.loop_lag_s:.2f} s"
+        states = {sid: src.stats.state for sid, src in self.sources.items()}
+        return not problems, {"ok": not problems, "problems": problems, "states": states}
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
     # -- running ---------------------------------------------------------------------------
 
     async def run(self, duration_s: float | None = None) -> dict[str, Any]:
@@ -106,23 +161,31 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         zctx = zmq.asyncio.Context()
         receiver = None
-        web_runner = None
+        web_runners: list[Any] = []
+        authenticator = None
         tasks: list[asyncio.Task[None]] = []
         try:
             if self.cfg.preview is not None and self.hub is not None:
-                self.preview_server = PreviewServer(self.cfg.preview, self.hub, self.stats)
-                web_runner = await start_preview(self.preview_server)
+                self.preview_server = PreviewServer(self.cfg.preview, self.hub, self)
+                web_runners = await start_preview(self.preview_server)
+            keys = None
+            curve = self.cfg.security.curve
+            if curve is not None:
+                server_keys = load_server_keys(curve)
+                keys = (server_keys.public, server_keys.secret)
+                authenticator = start_authenticator(zctx, curve)
             self._publishers = [
                 _Publisher(
                     p,
-                    OutSocket(zctx, p.bind, p.mode, p.hwm, p.send_timeout_ms),
+                    OutSocket(zctx, p.bind, p.mode, p.hwm, p.send_timeout_ms, keys),
                     frozenset(p.classes) if p.classes is not None else None,
                 )
                 for p in self.cfg.publish
             ]
             if self.cfg.tap is not None:
-                self._tap = OutSocket(zctx, self.cfg.tap.bind, self.cfg.tap.mode, self.cfg.tap.hwm)
-            receiver = DetectionReceiver(zctx, self.cfg.detections)
+                tap = self.cfg.tap
+                self._tap = OutSocket(zctx, tap.bind, tap.mode, tap.hwm, curve_keys=keys)
+            receiver = DetectionReceiver(zctx, self.cfg.detections, keys)
             self.started_at = time.monotonic()
             for src in self.sources.values():
                 src.start(loop)
@@ -158,8 +221,8 @@ class Pipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
             for src in self.sources.values():
                 src.stop()
-            if web_runner is not None:
-                await web_runner.cleanup()
+            for runner in web_runners:
+                await runner.cleanup()
             if receiver is not None:
                 receiver.close()
             for p in self._publishers:
@@ -167,6 +230,8 @@ class Pipeline:
             if self._tap is not None:
                 self._tap.close(linger_ms=0)
             self._executor.shutdown(wait=True)
+            if authenticator is not None:
+                authenticator.stop()
             zctx.term()
         return self.stats()
 
@@ -297,10 +362,19 @@ class Pipeline:
                 params = self._params[frame.source_id]
                 if dets.params:
                     params = dataclasses.replace(params, **dets.params)
+                counters = self.counters[frame.source_id]
+                classes = self._settings[frame.source_id]["classes"]
+                if classes is not None:
+                    kept = tuple(p for p in dets.predictions if p.class_name in classes)
+                    counters.filtered_class += len(dets.predictions) - len(kept)
+                    dets = dataclasses.replace(dets, predictions=kept)
+                started = time.perf_counter()
                 result: CropResult = await loop.run_in_executor(
                     self._executor, make_crops, frame, dets, params, self._encodings
                 )
-                counters = self.counters[frame.source_id]
+                self.metrics.crop_seconds.labels(frame.source_id).observe(
+                    time.perf_counter() - started
+                )
                 counters.crops += len(result.crops)
                 counters.empty_box += result.empty_box
                 counters.no_mask += result.no_mask
@@ -327,10 +401,17 @@ class Pipeline:
                 self._crop_queue.task_done()
 
     async def _expire(self) -> None:
-        """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes."""
+        """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes;
+        and how late the loop wakes up (its lag, for /healthz)."""
         while True:
+            before = time.monotonic()
             await asyncio.sleep(EXPIRY_INTERVAL_S)
             now = time.monotonic()
+            lag = max(0.0, now - before - EXPIRY_INTERVAL_S)
+            self._lags.append((now, lag))
+            while self._lags and self._lags[0][0] < now - LAG_WINDOW_S:
+                self._lags.popleft()
+            self.loop_lag_s = max(lag for _, lag in self._lags)
             self.pairer.expire(now)
             for src in self.sources.values():
                 src.check_stall(now)
@@ -361,9 +442,11 @@ class Pipeline:
                 "crops": c.crops,
                 "empty_box": c.empty_box,
                 "no_mask": c.no_mask,
+                "filtered_class": c.filtered_class,
             }
         return {
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "loop_lag_s": round(self.loop_lag_s, 4),
             "sources": sources,
             "malformed": dict(self.malformed),
             "unknown_source": self.unknown_source,

@@ -17,8 +17,17 @@ HARD_LIMIT_FACTOR = 4
 class DetectionReceiver:
     """Owns the input socket; one task calls `recv()`."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, cfg: DetectionsConfig) -> None:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        cfg: DetectionsConfig,
+        curve_keys: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """`curve_keys` (public, secret) make a bound socket a CURVE server."""
         self.sock = ctx.socket(zmq.PULL if cfg.bind else zmq.SUB)
+        if curve_keys is not None and cfg.bind:
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
+            self.sock.curve_server = True
         self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * HARD_LIMIT_FACTOR)
         self.sock.setsockopt(zmq.LINGER, 0)

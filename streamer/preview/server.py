@@ -9,13 +9,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from streamer.config import PreviewConfig
+from streamer.errors import ConfigError
 from streamer.preview.hub import PreviewHub
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,18 @@ COOKIE = "streamer_token"
 STATIC = resources.files("streamer.preview") / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-StatsFn = Callable[[], dict[str, Any]]
+PROMETHEUS_TYPE = "text/plain; version=0.0.4"
+OPEN_PATHS = ("/healthz",)  # for container health checks, which carry no token
+
+
+class Control(Protocol):
+    """What the HTTP API needs from the running pipeline."""
+
+    def stats(self) -> dict[str, Any]: ...
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+    def metrics_text(self) -> bytes: ...
+    def source_settings(self, sid: str) -> dict[str, Any]: ...
+    def patch_source(self, sid: str, data: Any) -> dict[str, Any]: ...
 
 
 def limit_host_candidates(addresses: list[str]) -> None:
@@ -36,23 +48,31 @@ def limit_host_candidates(addresses: list[str]) -> None:
 
 
 class PreviewServer:
-    """Holds the peer connections; `app` is the aiohttp application."""
+    """Holds the peer connections. `app` serves the page, the API, /metrics and /healthz;
+    `metrics_app` (for its own port) only /metrics and /healthz, without a token."""
 
-    def __init__(self, cfg: PreviewConfig, hub: PreviewHub, stats: StatsFn) -> None:
+    def __init__(self, cfg: PreviewConfig, hub: PreviewHub, control: Control) -> None:
         self.cfg = cfg
         self.hub = hub
-        self.stats = stats
+        self.control = control
         self.pcs: set[RTCPeerConnection] = set()
         if cfg.host_candidates:
             limit_host_candidates(cfg.host_candidates)
         self.app = web.Application(middlewares=[self._auth], client_max_size=MAX_SDP_BYTES)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/static/{name}", self._static)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/api/sources", self._sources)
+        self.app.router.add_get("/api/sources/{sid}", self._source_get)
+        self.app.router.add_patch("/api/sources/{sid}", self._source_patch)
         self.app.router.add_get("/api/sources/{sid}/crops", self._crops)
         self.app.router.add_get("/api/sources/{sid}/crops/{key}.jpg", self._crop_jpeg)
         self.app.router.add_post("/api/offer", self._offer)
         self.app.on_shutdown.append(self._close_all)
+        self.metrics_app = web.Application()
+        self.metrics_app.router.add_get("/metrics", self._metrics)
+        self.metrics_app.router.add_get("/healthz", self._healthz)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -60,7 +80,7 @@ class PreviewServer:
         ``?token=`` (opening the page), or as the cookie the page then gets (so its scripts and
         crop images load without the token in every URL)."""
         token = self.cfg.token
-        if not token:
+        if not token or request.path in OPEN_PATHS:
             return await handler(request)
         auth = request.headers.get("Authorization", "")
         given = (
@@ -88,10 +108,39 @@ class PreviewServer:
         return web.Response(text=path.read_text(), content_type=kind)
 
     async def _sources(self, request: web.Request) -> web.Response:
-        stats = self.stats()
+        stats = self.control.stats()
         for sid, s in stats["sources"].items():
             s["viewers"] = self.hub.sources[sid].viewers
         return web.json_response(stats)
+
+    async def _source_get(self, request: web.Request) -> web.Response:
+        sid = self._source(request)
+        body = dict(self.control.stats()["sources"][sid])
+        body["id"] = sid
+        body["settings"] = self.control.source_settings(sid)
+        body["viewers"] = self.hub.sources[sid].viewers
+        return web.json_response(body)
+
+    async def _source_patch(self, request: web.Request) -> web.Response:
+        sid = self._source(request)
+        try:
+            data = await request.json()
+        except json.JSONDecodeError as e:
+            raise web.HTTPBadRequest(text=f"not JSON: {e}\n") from None
+        try:
+            settings = self.control.patch_source(sid, data)
+        except ConfigError as e:
+            raise web.HTTPBadRequest(text=f"{e}\n") from None
+        return web.json_response({"id": sid, "settings": settings})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.control.metrics_text(), headers={"Content-Type": PROMETHEUS_TYPE}
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, body = self.control.health()
+        return web.json_response(body, status=200 if ok else 503)
 
     def _source(self, request: web.Request) -> str:
         sid = request.match_info["sid"]
@@ -162,16 +211,27 @@ class PreviewServer:
         self.pcs.clear()
 
 
-async def start(server: PreviewServer) -> web.AppRunner:
-    runner = web.AppRunner(server.app, access_log=None)
+async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, server.cfg.host, server.cfg.port)
     try:
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
     except OSError as e:
         await runner.cleanup()
-        raise OSError(
-            f"preview: cannot listen on {server.cfg.host}:{server.cfg.port}: {e}"
-        ) from None
-    log.info("preview on http://%s:%s/", server.cfg.host, server.cfg.port)
+        raise OSError(f"http: cannot listen on {host}:{port}: {e}") from None
+    log.info("http on http://%s:%s/", host, port)
     return runner
+
+
+async def start(server: PreviewServer) -> list[web.AppRunner]:
+    """Listen: the main app, and the metrics app on its own port when configured."""
+    runners = [await _serve(server.app, server.cfg.host, server.cfg.port)]
+    if server.cfg.metrics_port is not None:
+        try:
+            runners.append(
+                await _serve(server.metrics_app, server.cfg.host, server.cfg.metrics_port)
+            )
+        except OSError:
+            await runners[0].cleanup()
+            raise
+    return runners

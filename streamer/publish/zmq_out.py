@@ -53,7 +53,9 @@ class OutSocket:
         mode: Literal["pub", "push"],
         hwm: int,
         send_timeout_ms: int = 0,
+        curve_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """`curve_keys` (public, secret) make the socket a CURVE server."""
         self.endpoint = endpoint
         self.mode = mode
         self.send_timeout_s = send_timeout_ms / 1000.0
@@ -64,6 +66,9 @@ class OutSocket:
         self.sock: zmq.Socket[bytes] = zmq.Socket.shadow(self.asock.underlying)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if curve_keys is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
+            self.sock.curve_server = True
         if mode == "pub":
             self.sock.setsockopt(zmq.XPUB_NODROP, 1)
             self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, for counting

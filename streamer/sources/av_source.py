@@ -113,7 +113,11 @@ class AvSource(Source):
         for packet in container.demux(stream):
             if self._stop.is_set():
                 return
-            for vf in packet.decode():
+            t0 = time.perf_counter()
+            decoded = packet.decode()
+            if self.decode_observer is not None:
+                self.decode_observer(time.perf_counter() - t0)
+            for vf in decoded:
                 t = float(vf.time) if vf.time is not None else last_s
                 if first_s is None:
                     first_s = t

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
@@ -137,7 +138,11 @@ class Source(abc.ABC):
         self._rnd = random.Random()
         self._state_lock = threading.Lock()
         self._session_frames = 0
-        self._watch_since = 0.0  # monotonic: the later of session start and last frame
+        self._watch_since = 0.0
+        #: Called from the decode thread with the seconds each decode call took.
+        self.decode_observer: Callable[[float], None] | None = (
+            None  # monotonic: the later of session start and last frame
+        )
 
     # -- life cycle (loop side) ------------------------------------------------------------
 

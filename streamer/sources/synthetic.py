@@ -165,7 +165,11 @@ class SyntheticSource(Source):
             vf.pts = n
             vf.time_base = enc.time_base
             for packet in enc.encode(vf):
-                for out in dec.decode(packet):
+                t0 = time.perf_counter()
+                outs = dec.decode(packet)
+                if self.decode_observer is not None:
+                    self.decode_observer(time.perf_counter() - t0)
+                for out in outs:
                     t = float(out.pts or 0) / spec.fps if out.pts is not None else n / spec.fps
                     self._offer(t, out)
             n += 1

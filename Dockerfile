@@ -1,0 +1,27 @@
+# streamer: run a config mounted at /config/streamer.yaml.
+#   docker build -t streamer .
+#   docker run --rm -v "$PWD/configs:/config:ro" -p 8080:8080 streamer
+# The config's preview section must listen on 0.0.0.0:8080 inside the container for the port
+# mapping and the health check below (which calls /healthz, served without a token).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY streamer ./streamer
+# The wheels of av, opencv-python-headless, pyzmq and aiortc carry their native libraries:
+# no system packages are needed at run time.
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 streamer \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin streamer
+
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+ENTRYPOINT ["streamer"]
+CMD ["run", "-c", "/config/streamer.yaml"]

