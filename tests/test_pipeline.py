@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -147,3 +148,46 @@ def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
     src = pipeline.stats()["sources"]["cam"]
     assert src["detections"]["paired"] == 5 and src["crops"] == 0
     assert accounting_balance(src) == 0
+
+
+def test_message_params_override_config_for_that_message_only(endpoint: Any) -> None:
+    cfg, tap, dets, pub = _config(
+        endpoint, crop={"mask_opacity": 1.0, "background_color": "#0000ff"}
+    )
+    pipeline = Pipeline(parse_config(cfg))
+    square = dict(
+        BOX, points=[{"x": 35, "y": 27}, {"x": 45, "y": 27}, {"x": 45, "y": 33}, {"x": 35, "y": 33}]
+    )
+    got: list[tuple[int, tuple[int, ...]]] = []
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        ctx = zmq.asyncio.Context.instance()
+        sub, push, crops = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
+            crops.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(tap)
+            push.connect(dets)
+            crops.connect(pub)
+            for i in range(6):
+                fid = json.loads((await asyncio.wait_for(sub.recv_multipart(), 5))[1])["frame_id"]
+                params = {"background_color": "#ff0000"} if i % 2 else None
+                await push.send_multipart(
+                    encode_detections("cam", fid, (160, 120), [square], params=params)
+                )
+                parts = await asyncio.wait_for(crops.recv_multipart(), 5)
+                header = json.loads(parts[1])
+                img = np.frombuffer(parts[2], np.uint8).reshape(
+                    header["height"], header["width"], 3
+                )
+                got.append((i, tuple(int(v) for v in img[0, 0])))
+        finally:
+            for s in (sub, push, crops):
+                s.close(linger=0)
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    # Config: blue (RGB #0000ff -> BGR (255, 0, 0)); odd messages ask for red, for themselves.
+    assert got == [(i, (0, 0, 255) if i % 2 else (255, 0, 0)) for i in range(6)]
