@@ -43,9 +43,9 @@ A crop consumer::
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Self, cast
+from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import cv2
 import numpy as np
@@ -56,6 +56,7 @@ from streamer.detections.codec import encode_detections
 from streamer.security import make_client
 
 PROTOCOL_VERSION = 1
+T = TypeVar("T")
 
 
 class ProtocolVersionError(ValueError):
@@ -197,10 +198,17 @@ def _input_socket(
     return sock
 
 
-class _Subscriber:
+class _Subscriber(Generic[T]):
     def __init__(
-        self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode, curve: Curve | None
+        self,
+        decode: Callable[[list[bytes]], T],
+        endpoint: str,
+        topics: Sequence[str],
+        hwm: int,
+        mode: SubMode,
+        curve: Curve | None,
     ) -> None:
+        self._decode = decode
         self.sock: zmq.Socket[bytes] = _input_socket(
             zmq.Context.instance(), endpoint, topics, hwm, mode, curve
         )
@@ -210,6 +218,15 @@ class _Subscriber:
         if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000)):
             return None
         return self.sock.recv_multipart()
+
+    def recv(self, timeout_s: float | None = None) -> T | None:
+        """The next message, decoded; None after `timeout_s` (None waits forever)."""
+        parts = self.recv_parts(timeout_s)
+        return None if parts is None else self._decode(parts)
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            yield self._decode(self.sock.recv_multipart())
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -221,7 +238,7 @@ class _Subscriber:
         self.close()
 
 
-class CropSubscriber(_Subscriber):
+class CropSubscriber(_Subscriber[Crop]):
     """Receives crops; `topics` are prefixes of ``crop/<source_id>/<class>``.
 
     ``mode="pull"`` joins a PUSH publisher's worker pool (each crop to one worker).
@@ -236,18 +253,10 @@ class CropSubscriber(_Subscriber):
         mode: SubMode = "sub",
         curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode, curve)
-
-    def recv(self, timeout_s: float | None = None) -> Crop | None:
-        parts = self.recv_parts(timeout_s)
-        return None if parts is None else _crop(parts)
-
-    def __iter__(self) -> Iterator[Crop]:
-        while True:
-            yield _crop(self.sock.recv_multipart())
+        super().__init__(_crop, endpoint, topics, hwm, mode, curve)
 
 
-class FrameSubscriber(_Subscriber):
+class FrameSubscriber(_Subscriber[TapFrame]):
     """Receives tapped frames (``frame/<source_id>``); ``mode="pull"`` for a PUSH tap."""
 
     def __init__(
@@ -258,15 +267,7 @@ class FrameSubscriber(_Subscriber):
         mode: SubMode = "sub",
         curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode, curve)
-
-    def recv(self, timeout_s: float | None = None) -> TapFrame | None:
-        parts = self.recv_parts(timeout_s)
-        return None if parts is None else _tap_frame(parts)
-
-    def __iter__(self) -> Iterator[TapFrame]:
-        while True:
-            yield _tap_frame(self.sock.recv_multipart())
+        super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve)
 
 
 class DetectionSender:
@@ -295,17 +296,28 @@ class DetectionSender:
         self.close()
 
 
-class _AsyncSubscriber:
+class _AsyncSubscriber(Generic[T]):
     def __init__(
-        self, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode, curve: Curve | None
+        self,
+        decode: Callable[[list[bytes]], T],
+        endpoint: str,
+        topics: Sequence[str],
+        hwm: int,
+        mode: SubMode,
+        curve: Curve | None,
     ) -> None:
+        self._decode = decode
         self.sock: zmq.asyncio.Socket = _input_socket(
             zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
-    async def recv_parts(self) -> list[bytes]:
+    async def recv(self) -> T:
         parts: list[bytes] = await self.sock.recv_multipart()
-        return parts
+        return self._decode(parts)
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        while True:
+            yield await self.recv()
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -317,7 +329,7 @@ class _AsyncSubscriber:
         self.close()
 
 
-class AsyncFrameSubscriber(_AsyncSubscriber):
+class AsyncFrameSubscriber(_AsyncSubscriber[TapFrame]):
     """asyncio twin of FrameSubscriber: ``async for frame in AsyncFrameSubscriber(...)``."""
 
     def __init__(
@@ -328,17 +340,10 @@ class AsyncFrameSubscriber(_AsyncSubscriber):
         mode: SubMode = "sub",
         curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode, curve)
-
-    async def recv(self) -> TapFrame:
-        return _tap_frame(await self.recv_parts())
-
-    async def __aiter__(self) -> AsyncIterator[TapFrame]:
-        while True:
-            yield await self.recv()
+        super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve)
 
 
-class AsyncCropSubscriber(_AsyncSubscriber):
+class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
     """asyncio twin of CropSubscriber: ``async for crop in AsyncCropSubscriber(...)``."""
 
     def __init__(
@@ -349,14 +354,7 @@ class AsyncCropSubscriber(_AsyncSubscriber):
         mode: SubMode = "sub",
         curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoint, topics, hwm, mode, curve)
-
-    async def recv(self) -> Crop:
-        return _crop(await self.recv_parts())
-
-    async def __aiter__(self) -> AsyncIterator[Crop]:
-        while True:
-            yield await self.recv()
+        super().__init__(_crop, endpoint, topics, hwm, mode, curve)
 
 
 class AsyncDetectionSender:

@@ -118,17 +118,20 @@ def rle_string_to_counts(text: str) -> list[int]:
     return counts
 
 
-def _rle(raw: Any, path: str) -> RleMask:
-    if not isinstance(raw, dict):
-        raise ProtocolError("wrong_type", f"{path}: expected {{size: [H, W], counts}}")
-    size = raw.get("size")
+def _size_hw(size: Any, path: str) -> tuple[int, int]:
     if (
         not isinstance(size, list)
         or len(size) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
     ):
-        raise ProtocolError("bad_value", f"{path}.size: expected [H, W] positive integers")
-    h, w = size
+        raise ProtocolError("bad_value", f"{path}: expected [H, W] positive integers")
+    return size[0], size[1]
+
+
+def _rle(raw: Any, path: str) -> RleMask:
+    if not isinstance(raw, dict):
+        raise ProtocolError("wrong_type", f"{path}: expected {{size: [H, W], counts}}")
+    h, w = _size_hw(raw.get("size"), f"{path}.size")
     counts = raw.get("counts")
     if isinstance(counts, str):
         try:
@@ -169,14 +172,8 @@ def _bitmap(
     size = raw.get("mask_size")
     if size is None and layout == "image":
         h, w = image[1], image[0]
-    elif (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-    ):
-        h, w = size
     else:
-        raise ProtocolError("bad_value", f"{path}.mask_size: expected [H, W] positive integers")
+        h, w = _size_hw(size, f"{path}.mask_size")
     data = payload[index]
     if len(data) != h * w:
         raise ProtocolError(
