@@ -455,6 +455,7 @@ class Pipeline:
                     "endpoint": p.cfg.bind,
                     "offered": p.offered,
                     "mode": p.cfg.mode,
+                    "subscriptions": sum(p.out.subscriptions.values()),
                     **dataclasses.asdict(p.out.stats),
                 }
                 for p in self._publishers

@@ -170,6 +170,11 @@ def test_message_params_override_config_for_that_message_only(endpoint: Any) -> 
             sub.connect(tap)
             push.connect(dets)
             crops.connect(pub)
+            for _ in range(200):  # until streamer's XPUB has our subscription
+                pubs = pipeline.stats()["publishers"]
+                if pubs and pubs[0]["subscriptions"]:
+                    break
+                await asyncio.sleep(0.02)
             for i in range(6):
                 fid = json.loads((await asyncio.wait_for(sub.recv_multipart(), 5))[1])["frame_id"]
                 params = {"background_color": "#ff0000"} if i % 2 else None

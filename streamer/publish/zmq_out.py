@@ -75,7 +75,7 @@ class OutSocket:
         try:
             self.sock.bind(endpoint)
         except zmq.ZMQError as e:
-            self.sock.close(linger=0)
+            self.asock.close(linger=0)
             raise OSError(f"cannot bind {endpoint}: {e}") from None
 
     def has_subscriber(self, topic: bytes) -> bool:
@@ -134,4 +134,6 @@ class OutSocket:
         return True
 
     def close(self, linger_ms: int = CLOSE_LINGER_MS) -> None:
-        self.sock.close(linger=linger_ms)
+        # Close through the owning socket: closing the shadow would leave `asock` believing it
+        # is open, and its finaliser would later close whatever socket reuses the handle.
+        self.asock.close(linger=linger_ms)
