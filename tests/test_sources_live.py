@@ -275,3 +275,50 @@ def test_pipeline_on_rtsp_camera_publishes_crops(tmp_path: Path, endpoint: Any) 
     assert len(lines) == 12 and all(line.startswith("gate frame ") for line in lines)
     assert streamer.returncode == 0, err
     assert "totals: frames" in err
+
+
+def test_hls_over_http(tmp_path: Path) -> None:
+    """An HLS stream served over real HTTP (aiohttp on loopback), read like a camera."""
+    from fractions import Fraction
+
+    import av
+    from aiohttp import web
+
+    src = av.open("testsrc2=size=320x240:rate=30", format="lavfi")
+    out = av.open(
+        str(tmp_path / "live.m3u8"),
+        "w",
+        format="hls",
+        options={"hls_time": "1", "hls_list_size": "0"},
+    )
+    st = out.add_stream("libx264", rate=30)
+    st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
+    st.codec_context.time_base = Fraction(1, 30)
+    st.options = {"preset": "ultrafast", "g": "30"}
+    for i, f in enumerate(src.decode(video=0)):
+        if i >= 90:
+            break
+        f.pts = i
+        out.mux(st.encode(f))
+    out.mux(st.encode())
+    out.close()
+    src.close()
+    port = free_port()
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_static("/", tmp_path)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        c = Consumer(rtsp_source(f"http://127.0.0.1:{port}/live.m3u8", "hls")).start()
+        try:
+            await until(lambda: len(c.frames) >= 60, 20, "60 frames over HLS")
+        finally:
+            await c.stop()
+            await runner.cleanup()
+        frame = c.frames[-1][1]
+        assert (frame.width, frame.height) == (320, 240)
+        assert float(np.std(frame.planes[0])) > 10
+
+    asyncio.run(asyncio.wait_for(main(), 60))
