@@ -61,10 +61,8 @@ def _totals(stats: dict[str, Any]) -> dict[str, int]:
         t["duplicate"] += s["detections"].get("duplicate", 0)
     t["malformed"] = sum(stats["malformed"].values())
     t["sent"] = sum(p["sent"] for p in stats["publishers"])
-    t["publish_dropped"] = sum(
-        p["dropped_no_subscriber"] + p["dropped_hwm"] + p["dropped_timeout"]
-        for p in stats["publishers"]
-    )
+    t["no_subscriber"] = sum(p["dropped_no_subscriber"] for p in stats["publishers"])
+    t["publish_full"] = sum(p["dropped_hwm"] + p["dropped_timeout"] for p in stats["publishers"])
     return t
 
 
@@ -74,7 +72,8 @@ def _summary(stats: dict[str, Any]) -> str:
         f"totals: frames {t['decoded']}, paired {t['paired']}, crops {t['crops']} "
         f"(sent {t['sent']}), drops: expired {t['expired']}, not_tapped {t['not_tapped']}, "
         f"handoff {t['dropped_handoff']}, late {t['late']}, duplicate {t['duplicate']}, "
-        f"malformed {t['malformed']}, publish_dropped {t['publish_dropped']}; "
+        f"malformed {t['malformed']}, publish full {t['publish_full']}, "
+        f"no subscriber {t['no_subscriber']}; "
         f"uptime {stats['uptime_s']:.1f} s"
     )
 
@@ -91,7 +90,7 @@ async def _status(pipeline: Any) -> None:
             f"crops {rate['crops']:6.1f}/s  drops: expired {cur['expired']} "
             f"not_tapped {cur['not_tapped']} handoff {cur['dropped_handoff']} "
             f"late {cur['late']} malformed {cur['malformed']} "
-            f"publish_dropped {cur['publish_dropped']}",
+            f"publish full {cur['publish_full']}  (no subscriber {cur['no_subscriber']})",
             file=sys.stderr,
             flush=True,
         )
