@@ -151,6 +151,15 @@ class SourcePatch(_Model):
     classes: list[str] | None = None
     max_fps: float | None = Field(None, gt=0, le=240)
 
+    @field_validator("mask_opacity", "background_color")
+    @classmethod
+    def _not_null(cls, v: Any) -> Any:
+        # Runs only on values given: null means "all" for classes and "no limit" for max_fps,
+        # but there is no such thing as a null opacity or colour.
+        if v is None:
+            raise ValueError("may not be null")
+        return v
+
     @field_validator("background_color")
     @classmethod
     def _color(cls, v: str | list[int] | None) -> str | list[int] | None:

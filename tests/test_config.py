@@ -108,3 +108,21 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "sources[1].url: Field required" in res.stderr
+
+
+def test_patch_validation_matches_the_config() -> None:
+    from streamer.config import parse_patch
+
+    assert parse_patch({"classes": None, "max_fps": None}).model_dump(exclude_unset=True) == {
+        "classes": None,
+        "max_fps": None,
+    }  # null: all classes, no limit
+    for bad, text in [
+        ({"mask_opacity": None}, "mask_opacity: may not be null"),
+        ({"background_color": None}, "background_color: may not be null"),
+        ({"max_fps": 0}, "max_fps: Input should be greater than 0"),
+        ({"background_color": [1, 2]}, "background_color: invalid colour"),
+        ([], "expected an object"),
+    ]:
+        with pytest.raises(ConfigError, match=text):
+            parse_patch(bad)
