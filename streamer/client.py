@@ -134,9 +134,7 @@ def _crop(parts: list[bytes]) -> Crop:
     return Crop(header, decode_image(header, parts[2]))
 
 
-def to_predictions(
-    detections: Any, image_size: tuple[int, int]
-) -> tuple[list[dict[str, Any]], list[bytes]]:
+def to_predictions(detections: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
     """Predictions (and mask parts) from Roboflow-style dicts or a ``supervision.Detections``.
 
     A Detections' masks (image-sized, as supervision keeps them) go as raw bitmap parts
@@ -173,7 +171,7 @@ def to_predictions(
 
 def _detection_message(frame: TapFrame, detections: Any) -> list[bytes]:
     h, w = frame.image.shape[:2]
-    preds, parts = to_predictions(detections, (w, h))
+    preds, parts = to_predictions(detections)
     return encode_detections(frame.source_id, frame.frame_id, (w, h), preds, payload=parts)
 
 

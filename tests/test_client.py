@@ -32,7 +32,7 @@ def test_supervision_detections_become_predictions_with_masks() -> None:
         mask=mask,
         data={"class_name": np.array(["car", "person"])},
     )
-    preds, parts = to_predictions(det, (60, 40))
+    preds, parts = to_predictions(det)
     assert preds[0] == {
         "x": 12.5,
         "y": 7.5,
