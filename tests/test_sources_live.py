@@ -106,7 +106,7 @@ def test_stalled_stream_is_detected_by_watchdog() -> None:
                 f"feeder paused -> detected in {detected_at - paused_at:.2f} s "
                 f"(stall_timeout_s={STALL_S})"
             )
-            assert STALL_S <= detected_at - last_frame_at <= STALL_S + 0.3
+            assert STALL_S <= detected_at - last_frame_at <= STALL_S + 0.5
             await until(
                 lambda: c.source.stats.state == "backing_off", STALL_S + 8, "reader torn down"
             )
