@@ -234,6 +234,10 @@ class Source(abc.ABC):
                     reason = f"stalled: {e}"
                 except Exception as e:
                     reason = _describe(e)
+                    idle_s = time.monotonic() - self._watch_since
+                    if self.stats.state == "streaming" and idle_s >= self.stall_timeout_s:
+                        # The read timed out before the loop's watchdog looked: a stall too.
+                        self._set_state("stalled", f"no frame for {idle_s:.1f} s")
                 if self._stop.is_set():
                     break
                 healthy = time.monotonic() - session_start >= self.retry.healthy_after_s
