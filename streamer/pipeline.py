@@ -281,15 +281,25 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         while True:
             frame = await self._tap_queue.get()
-            fields, payload = await loop.run_in_executor(
-                self._executor,
-                tap_image,
-                frame,
-                tap_cfg.encoding,
-                tap_cfg.width,
-                tap_cfg.height,
-                tap_cfg.jpeg_quality,
-            )
+            counters = self.counters[frame.source_id]
+            try:
+                fields, payload = await loop.run_in_executor(
+                    self._executor,
+                    tap_image,
+                    frame,
+                    tap_cfg.encoding,
+                    tap_cfg.width,
+                    tap_cfg.height,
+                    tap_cfg.jpeg_quality,
+                )
+            except Exception:
+                # A frame the tap cannot encode is not sent (and counted); the tap goes on.
+                log.exception(
+                    "frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id
+                )
+                counters.in_tap -= 1
+                counters.not_tapped += 1
+                continue
             header = {
                 "v": 1,
                 "source_id": frame.source_id,
@@ -298,7 +308,6 @@ class Pipeline:
                 "captured_at": frame.captured_at,
                 **fields,
             }
-            counters = self.counters[frame.source_id]
             counters.in_tap -= 1
             sent = self._tap.send_nowait([frame_topic(frame.source_id), dumps(header), payload])
             if sent == "sent":
