@@ -196,6 +196,17 @@ def _input_socket(
     return sock
 
 
+def _output_socket(ctx: Any, endpoint: str, hwm: int, curve: Curve | None) -> Any:
+    """A PUSH socket to streamer's detections endpoint (linger 1 s so the last sends go out)."""
+    sock = ctx.socket(zmq.PUSH)
+    if curve is not None:
+        make_client(sock, *curve)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    return sock
+
+
 class _Subscriber(Generic[T]):
     def __init__(
         self,
@@ -272,12 +283,7 @@ class DetectionSender:
     """PUSHes detection messages to streamer's detections endpoint."""
 
     def __init__(self, endpoint: str, hwm: int = 100, curve: Curve | None = None) -> None:
-        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
-        if curve is not None:
-            make_client(self.sock, *curve)
-        self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.connect(endpoint)
+        self.sock: zmq.Socket[bytes] = _output_socket(zmq.Context.instance(), endpoint, hwm, curve)
 
     def send(self, frame: TapFrame, detections: Any) -> None:
         """Send the detections for `frame`: Roboflow-style dicts (centre boxes in
@@ -359,12 +365,9 @@ class AsyncDetectionSender:
     """asyncio twin of DetectionSender."""
 
     def __init__(self, endpoint: str, hwm: int = 100, curve: Curve | None = None) -> None:
-        self.sock: zmq.asyncio.Socket = zmq.asyncio.Context.instance().socket(zmq.PUSH)
-        if curve is not None:
-            make_client(self.sock, *curve)
-        self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.connect(endpoint)
+        self.sock: zmq.asyncio.Socket = _output_socket(
+            zmq.asyncio.Context.instance(), endpoint, hwm, curve
+        )
 
     async def send(self, frame: TapFrame, detections: Any) -> None:
         await self.sock.send_multipart(_detection_message(frame, detections))

@@ -183,7 +183,7 @@ def _bitmap(
 
 
 def _prediction(
-    raw: Any, path: str, payload: Sequence[bytes | memoryview] = (), image: tuple[int, int] = (0, 0)
+    raw: Any, path: str, payload: Sequence[bytes | memoryview], image: tuple[int, int]
 ) -> Prediction:
     if not isinstance(raw, dict):
         raise ProtocolError("wrong_type", f"{path}: expected an object, got {type(raw).__name__}")

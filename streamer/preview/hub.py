@@ -142,8 +142,10 @@ class PreviewSource:
         except TimeoutError:
             pass
         if self._output is None:
-            black = np.zeros((360, 640, 3), np.uint8)
-            return av.VideoFrame.from_ndarray(black, format="bgr24")
+            # Nothing drawn yet: a black picture, made once per viewer session.
+            self._output = av.VideoFrame.from_ndarray(
+                np.zeros((360, 640, 3), np.uint8), format="bgr24"
+            )
         return self._output
 
 
