@@ -61,22 +61,24 @@ def make_clip(path: Path, w: int, h: int, frames: int) -> None:
     src.close()
 
 
-def bare_decode_fps(path: Path) -> float:
+def bare_decode_fps(path: Path) -> tuple[float, float]:
+    """Frames/s and CPU % of decoding the clip with PyAV, frame-threaded, as fast as it goes."""
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         n = sum(1 for _ in c.decode(stream))
-        return n / (time.perf_counter() - t)
+        wall = time.perf_counter() - t
+        return n / wall, 100 * (time.process_time() - cpu) / wall
 
 
 class Probe:
-    """CPU time and RSS of a process, from /proc."""
+    """CPU time and RSS of a process, from /proc, sampled over time."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.t0 = time.monotonic()
-        self.cpu0 = self.cpu_s()
+        self.cpu: list[tuple[float, float]] = [(self.t0, self.cpu_s())]  # (monotonic, CPU s)
         self.rss_samples: list[tuple[float, float]] = []
         self.peak_mb = 0.0
 
@@ -84,6 +86,9 @@ class Probe:
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def sample_cpu(self) -> None:
+        self.cpu.append((time.monotonic(), self.cpu_s()))
 
     def sample(self) -> None:
         with open(f"/proc/{self.pid}/status") as f:
@@ -95,13 +100,24 @@ class Probe:
                 elif line.startswith("VmHWM:"):
                     self.peak_mb = int(line.split()[1]) / 1024
 
-    def cpu_percent(self) -> float:
-        return 100 * (self.cpu_s() - self.cpu0) / (time.monotonic() - self.t0)
+    def cpu_percent(self, start: float | None = None, end: float | None = None) -> float:
+        """Mean CPU % between two monotonic times (default: the whole sampled life)."""
+
+        def at(t: float) -> float:
+            for (t0, c0), (t1, c1) in zip(self.cpu, self.cpu[1:], strict=False):
+                if t0 <= t <= t1:
+                    return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
+            return self.cpu[0][1] if t < self.cpu[0][0] else self.cpu[-1][1]
+
+        a = self.cpu[0][0] if start is None else start
+        b = self.cpu[-1][0] if end is None else end
+        return 100 * (at(b) - at(a)) / max(b - a, 1e-9)
 
 
 def collect(
     endpoint: str, arrivals: dict[int, list[float]], ready: threading.Event, done: threading.Event
 ) -> None:
+    """The crop subscriber: receives every crop (payload uncopied), notes each one's arrival."""
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
@@ -113,9 +129,9 @@ def collect(
     monitor.close(linger=0)
     while not done.is_set():
         if sock.poll(100):
-            parts = sock.recv_multipart()
+            parts = sock.recv_multipart(copy=False)
             now = time.monotonic()
-            arrivals.setdefault(json.loads(parts[1])["frame_id"], []).append(now)
+            arrivals.setdefault(json.loads(parts[1].bytes)["frame_id"], []).append(now)
     sock.close(linger=0)
 
 
@@ -218,18 +234,19 @@ def run_pipeline(
     if viewer:
         viewer_thread = threading.Thread(target=watch_preview, args=(port, done, viewed))
         viewer_thread.start()
-    probe = Probe(streamer.pid)
+    probe, det_probe, sub_probe = Probe(streamer.pid), Probe(detector.pid), Probe(os.getpid())
     t0 = time.monotonic()
     next_sample = 0.0
     while streamer.poll() is None:
         try:
+            for p in (probe, det_probe, sub_probe):
+                p.sample_cpu()
             if time.monotonic() - t0 >= next_sample:
                 probe.sample()
                 next_sample += 10.0 if soak_s else 0.5
-            cpu = probe.cpu_percent()
         except FileNotFoundError:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     wall = time.monotonic() - t0
     streamer.wait()
     detector.terminate()
@@ -251,15 +268,18 @@ def run_pipeline(
         (t - sent_at[fid]) * 1000 for fid, ts in arrivals.items() if fid in sent_at for t in ts
     )
     src = stats["sources"]["bench"]
-    # Throughput over the steady state: from the first fully served frame to the last.
+    # Throughput and CPU over the steady state: from the first fully served frame to the last.
     ends = sorted(max(arrivals[fid]) for fid in full)
     span = ends[-1] - ends[0] if len(ends) > 1 else float("nan")
+    window = (ends[0], ends[-1]) if len(ends) > 1 else (None, None)
     return {
         "wall_s": wall,
         "served": len(full),
         "served_fps": (len(ends) - 1) / span,
         "stats": src,
-        "cpu": cpu,
+        "cpu": probe.cpu_percent(*window),
+        "det_cpu": det_probe.cpu_percent(*window),
+        "sub_cpu": sub_probe.cpu_percent(*window),
         "peak_mb": probe.peak_mb,
         "rss": probe.rss_samples,
         "p50_ms": statistics.median(lat) if lat else float("nan"),
@@ -282,14 +302,21 @@ def main() -> None:
         w, h = (int(v) for v in size.split("x"))
         clip = tmp / f"clip{w}.mp4"
         make_clip(clip, w, h, args.frames)
-        a = bare_decode_fps(clip)
+        a, a_cpu = bare_decode_fps(clip)
         b = run_pipeline(clip, realtime=False, duration_s=None)
         s = b["stats"]
         print(
             f"{w}x{h}: (a) bare decode {a:.1f} fps; (b) streamer served {b['served_fps']:.1f} "
             f"fps with {BOXES} boxes ({b['served']} of {s['decoded']} frames fully served, "
             f"not_tapped {s['not_tapped']}, expired {s['expired']}) -> (b)/(a) = "
-            f"{b['served_fps'] / a:.2f}; CPU {b['cpu']:.0f}%, peak RSS {b['peak_mb']:.0f} MB"
+            f"{b['served_fps'] / a:.2f}; peak RSS {b['peak_mb']:.0f} MB"
+        )
+        fps = b["served_fps"]
+        print(
+            f"{w}x{h}: CPU while serving: streamer {b['cpu']:.0f}%, detector {b['det_cpu']:.0f}%, "
+            f"subscriber {b['sub_cpu']:.0f}% = ms per frame {10 * b['cpu'] / fps:.2f} + "
+            f"{10 * b['det_cpu'] / fps:.2f} + {10 * b['sub_cpu'] / fps:.2f}; bare decode "
+            f"{10 * a_cpu / a:.2f} ms per frame ({a_cpu:.0f}%)"
         )
         if args.viewer:
             v = run_pipeline(clip, realtime=False, duration_s=None, viewer=True)

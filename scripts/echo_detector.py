@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     handled = 0
     try:
         for frame in frames:
-            h, w = frame.image.shape[:2]
+            w, h = frame.width, frame.height
             boxes = boxes_for(frame.frame_id, w, h, args.boxes, args.masks)
             if args.timestamp:
                 sender.sock.send_multipart(

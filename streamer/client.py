@@ -8,7 +8,7 @@ A detector, synchronous::
 
     with FrameSubscriber("tcp://127.0.0.1:5554") as frames, \\
             DetectionSender("tcp://127.0.0.1:5555") as sender:
-        for frame in frames:        # TapFrame: .image (BGR numpy), .source_id, .frame_id
+        for frame in frames:        # TapFrame: .image (BGR numpy), .width, .frame_id, ...
             boxes = [{"x": 50, "y": 40, "width": 30, "height": 20, "class": "car",
                       "class_id": 0, "confidence": 0.9}]
             sender.send(frame, boxes)   # centre boxes in frame.image's pixels; [] if none
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import cv2
@@ -63,12 +62,31 @@ class ProtocolVersionError(ValueError):
     """A message carries a protocol version this client does not know."""
 
 
-@dataclass(frozen=True, slots=True)
-class TapFrame:
-    """A frame from the tap, as a BGR (h, w, 3) array (I420 and JPEG are converted)."""
+class _Received:
+    """A received message: its header, and its picture decoded to BGR on first use (a
+    detector that only needs the size, or a consumer that forwards the bytes, pays nothing)."""
 
-    header: dict[str, Any]
-    image: np.ndarray
+    __slots__ = ("_image", "header", "payload")
+
+    def __init__(self, header: dict[str, Any], payload: bytes | memoryview) -> None:
+        self.header = header
+        self.payload = payload  # the picture as sent (see header["encoding"])
+        self._image: np.ndarray | None = None
+
+    @property
+    def image(self) -> np.ndarray:
+        """The picture as a BGR (h, w, 3) array (I420, JPEG, PNG, WebP are converted)."""
+        if self._image is None:
+            self._image = decode_image(self.header, self.payload)
+        return self._image
+
+    @property
+    def width(self) -> int:
+        return int(self.header["width"])
+
+    @property
+    def height(self) -> int:
+        return int(self.header["height"])
 
     @property
     def source_id(self) -> str:
@@ -77,26 +95,22 @@ class TapFrame:
     @property
     def frame_id(self) -> int:
         return int(self.header["frame_id"])
+
+
+class TapFrame(_Received):
+    """A frame from the tap; detections for it are in its (`width`, `height`) pixels."""
+
+    __slots__ = ()
 
     @property
     def captured_at(self) -> float:
         return float(self.header["captured_at"])
 
 
-@dataclass(frozen=True, slots=True)
-class Crop:
-    """One received crop: its header (see docs/protocol.md) and the decoded BGR (h, w, 3) image."""
+class Crop(_Received):
+    """One received crop: its header (see docs/protocol.md) and its image."""
 
-    header: dict[str, Any]
-    image: np.ndarray
-
-    @property
-    def source_id(self) -> str:
-        return str(self.header["source_id"])
-
-    @property
-    def frame_id(self) -> int:
-        return int(self.header["frame_id"])
+    __slots__ = ()
 
 
 def _header(part: bytes) -> dict[str, Any]:
@@ -108,7 +122,7 @@ def _header(part: bytes) -> dict[str, Any]:
     return header
 
 
-def decode_image(header: Mapping[str, Any], payload: bytes) -> np.ndarray:
+def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.ndarray:
     """Rebuild a BGR image from a crop or tap payload according to ``header['encoding']``."""
     enc, w, h = header["encoding"], int(header["width"]), int(header["height"])
     if enc == "raw-bgr24":
@@ -124,14 +138,12 @@ def decode_image(header: Mapping[str, Any], payload: bytes) -> np.ndarray:
     raise ValueError(f"unknown image encoding {enc!r}")
 
 
-def _tap_frame(parts: list[bytes]) -> TapFrame:
-    header = _header(parts[1])
-    return TapFrame(header, decode_image(header, parts[2]))
+def _tap_frame(parts: list[zmq.Frame]) -> TapFrame:
+    return TapFrame(_header(parts[1].bytes), parts[2].buffer)
 
 
-def _crop(parts: list[bytes]) -> Crop:
-    header = _header(parts[1])
-    return Crop(header, decode_image(header, parts[2]))
+def _crop(parts: list[zmq.Frame]) -> Crop:
+    return Crop(_header(parts[1].bytes), parts[2].buffer)
 
 
 def to_predictions(detections: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -170,9 +182,10 @@ def to_predictions(detections: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
 
 
 def _detection_message(frame: TapFrame, detections: Any) -> list[bytes]:
-    h, w = frame.image.shape[:2]
     preds, parts = to_predictions(detections)
-    return encode_detections(frame.source_id, frame.frame_id, (w, h), preds, payload=parts)
+    return encode_detections(
+        frame.source_id, frame.frame_id, (frame.width, frame.height), preds, payload=parts
+    )
 
 
 SubMode = Literal["sub", "pull"]
@@ -210,7 +223,7 @@ def _output_socket(ctx: Any, endpoint: str, hwm: int, curve: Curve | None) -> An
 class _Subscriber(Generic[T]):
     def __init__(
         self,
-        decode: Callable[[list[bytes]], T],
+        decode: Callable[[list[zmq.Frame]], T],
         endpoint: str,
         topics: Sequence[str],
         hwm: int,
@@ -222,11 +235,11 @@ class _Subscriber(Generic[T]):
             zmq.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
-    def recv_parts(self, timeout_s: float | None) -> list[bytes] | None:
-        """Next message's parts, or None after `timeout_s` (None waits forever)."""
+    def recv_parts(self, timeout_s: float | None) -> list[zmq.Frame] | None:
+        """Next message's parts (uncopied), or None after `timeout_s` (None waits forever)."""
         if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000)):
             return None
-        return self.sock.recv_multipart()
+        return self.sock.recv_multipart(copy=False)
 
     def recv(self, timeout_s: float | None = None) -> T | None:
         """The next message, decoded; None after `timeout_s` (None waits forever)."""
@@ -235,7 +248,7 @@ class _Subscriber(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         while True:
-            yield self._decode(self.sock.recv_multipart())
+            yield self._decode(self.sock.recv_multipart(copy=False))
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -303,7 +316,7 @@ class DetectionSender:
 class _AsyncSubscriber(Generic[T]):
     def __init__(
         self,
-        decode: Callable[[list[bytes]], T],
+        decode: Callable[[list[zmq.Frame]], T],
         endpoint: str,
         topics: Sequence[str],
         hwm: int,
@@ -316,7 +329,7 @@ class _AsyncSubscriber(Generic[T]):
         )
 
     async def recv(self) -> T:
-        parts: list[bytes] = await self.sock.recv_multipart()
+        parts: list[zmq.Frame] = await self.sock.recv_multipart(copy=False)
         return self._decode(parts)
 
     async def __aiter__(self) -> AsyncIterator[T]:

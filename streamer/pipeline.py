@@ -1,5 +1,5 @@
-"""The only module that knows every stage: sources -> ring (+ tap) -> pairing with detections ->
-crop stage (worker threads) -> publishers, wired with bounded queues.
+"""The only module that knows every stage: sources -> ring (+ tap) on the event loop; detections
+-> pairing -> crop stage -> publishers in the crop thread; wired with bounded queues.
 
 Accounting, per source, whenever the loop is between steps:
     decoded = skipped_fps + dropped_handoff + in_handoff + in_tap + not_tapped + paired
@@ -11,28 +11,29 @@ and per publisher:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
+import threading
 import time
-from collections import Counter, deque
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import zmq
 import zmq.asyncio
 
 from streamer.colors import parse_color_bgr
-from streamer.config import PublishConfig, StreamerConfig, parse_patch
-from streamer.crop.stage import CropResult, make_crops
-from streamer.detections.codec import decode_detections
+from streamer.config import StreamerConfig, parse_patch
+from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
-from streamer.errors import EndOfStream, ProtocolError
+from streamer.errors import EndOfStream
 from streamer.metrics import LogOnce, Metrics, SourceCounters
 from streamer.pairing import Pairer
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
-from streamer.publish.wire import crop_message, dumps, frame_topic
+from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_server_keys, start_authenticator
 from streamer.sources.base import Source
@@ -46,23 +47,10 @@ UNHEALTHY_STATES = ("stalled", "failed", "stopped")
 LOOP_LAG_UNHEALTHY_S = 1.0
 LAG_WINDOW_S = 5.0
 CPU_WORKERS = 2
-TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded for the tap
-CROP_QUEUE_JOBS = 8  # paired frames waiting for the crop stage; beyond this, stop reading
+TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded and sent to the tap
 EXPIRY_INTERVAL_S = 0.1
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
-
-
-@dataclasses.dataclass
-class _Publisher:
-    cfg: PublishConfig
-    out: OutSocket
-    classes: frozenset[str] | None
-    offered: int = 0
-
-    def wants(self, header: dict[str, Any]) -> bool:
-        return (self.classes is None or header["class"] in self.classes) and header[
-            "confidence"
-        ] >= self.cfg.min_confidence
+CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
 
 
 class Pipeline:
@@ -72,8 +60,6 @@ class Pipeline:
         self.cfg = cfg
         self.sources: dict[str, Source] = {s.id: make_source(s) for s in cfg.sources}
         self.counters = {sid: SourceCounters() for sid in self.sources}
-        self.malformed: Counter[str] = Counter()
-        self.unknown_source = 0
         self.pairer = Pairer(
             list(self.sources),
             max_frames=cfg.ring.max_frames,
@@ -90,6 +76,8 @@ class Pipeline:
                 "max_fps": s.max_fps,
             }
         self._params = {sid: self._crop_params(sid) for sid in self.sources}
+        self._classes = {sid: self._class_filter(sid) for sid in self.sources}
+        self._ring_lock = threading.Lock()  # the loop adds and expires, the crop thread matches
         self.loop_lag_s = 0.0  # the worst lag of the last LAG_WINDOW_S
         self._lags: deque[tuple[float, float]] = deque()
         self.metrics = Metrics(self.stats)
@@ -99,10 +87,12 @@ class Pipeline:
         self._warn = LogOnce(log)
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(CPU_WORKERS, thread_name_prefix="streamer-cpu")
-        self._publishers: list[_Publisher] = []
+        self._publishers: list[Publisher] = []
+        self._crops: CropThread | None = None
         self._tap: OutSocket | None = None
-        self._tap_queue: asyncio.Queue[Frame] = asyncio.Queue(TAP_QUEUE_FRAMES * len(self.sources))
-        self._crop_queue: asyncio.Queue[tuple[Frame, Detections]] = asyncio.Queue(CROP_QUEUE_JOBS)
+        # Bounded by admission: each source has at most TAP_QUEUE_FRAMES in it.
+        self._tap_queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self._tap_room = {sid: asyncio.Event() for sid in self.sources}  # set: in_tap went down
         self.hub: PreviewHub | None = None
         self.preview_server: PreviewServer | None = None
         if cfg.preview is not None:
@@ -121,6 +111,13 @@ class Pipeline:
         s = self._settings[sid]
         return CropParams(s["mask_opacity"], parse_color_bgr(s["background_color"]))
 
+    def _class_filter(self, sid: str) -> frozenset[str] | None:
+        classes = self._settings[sid]["classes"]
+        return None if classes is None else frozenset(classes)
+
+    def _crop_settings(self, sid: str) -> tuple[CropParams, frozenset[str] | None]:
+        return self._params[sid], self._classes[sid]
+
     def source_settings(self, sid: str) -> dict[str, Any]:
         return dict(self._settings[sid])
 
@@ -133,6 +130,7 @@ class Pipeline:
         changes = patch.model_dump(exclude_unset=True)
         self._settings[sid].update(changes)
         self._params[sid] = self._crop_params(sid)
+        self._classes[sid] = self._class_filter(sid)
         if "max_fps" in changes:
             self.sources[sid].max_fps = changes["max_fps"]
         log.info("source %s: settings changed: %s", sid, changes)
@@ -160,6 +158,7 @@ class Pipeline:
         """Run until `stop()`, `duration_s`, or the end of every source; return the final stats."""
         loop = asyncio.get_running_loop()
         zctx = zmq.asyncio.Context()
+        plain_ctx: zmq.Context[Any] = zmq.Context.shadow(zctx.underlying)  # crop thread's sockets
         receiver = None
         web_runners: list[Any] = []
         authenticator = None
@@ -175,9 +174,9 @@ class Pipeline:
                 keys = (server_keys.public, server_keys.secret)
                 authenticator = start_authenticator(zctx, curve)
             self._publishers = [
-                _Publisher(
+                Publisher(
                     p,
-                    OutSocket(zctx, p.bind, p.mode, p.hwm, p.send_timeout_ms, keys),
+                    OutSocket(plain_ctx, p.bind, p.mode, p.hwm, p.send_timeout_ms, keys),
                     frozenset(p.classes) if p.classes is not None else None,
                 )
                 for p in self.cfg.publish
@@ -185,21 +184,29 @@ class Pipeline:
             if self.cfg.tap is not None:
                 tap = self.cfg.tap
                 self._tap = OutSocket(zctx, tap.bind, tap.mode, tap.hwm, curve_keys=keys)
-            receiver = DetectionReceiver(zctx, self.cfg.detections, keys)
+            receiver = DetectionReceiver(plain_ctx, self.cfg.detections, keys)
+            self._crops = CropThread(
+                receiver.sock,
+                self._publishers,
+                self.pairer,
+                self._ring_lock,
+                self.counters,
+                self.cfg.detections,
+                self._crop_settings,
+                self._encodings,
+                lambda sid, s: self.metrics.crop_seconds.labels(sid).observe(s),
+                self._preview_paired(loop),
+                self.hub.on_crop if self.hub is not None else None,
+            )
+            self._crops.start()
             self.started_at = time.monotonic()
             for src in self.sources.values():
                 src.start(loop)
             feeders = [asyncio.create_task(self._feed(src)) for src in self.sources.values()]
-            tasks = [
-                asyncio.create_task(self._receive(receiver)),
-                asyncio.create_task(self._crop_worker()),
-                asyncio.create_task(self._expire()),
-            ]
-            outs = [p.out for p in self._publishers]
+            tasks = [asyncio.create_task(self._expire())]
             if self._tap is not None:
                 tasks.append(asyncio.create_task(self._tap_worker()))
-                outs.append(self._tap)
-            tasks += [asyncio.create_task(o.track_subscriptions()) for o in outs]
+                tasks.append(asyncio.create_task(self._tap.track_subscriptions()))
             waiters: list[asyncio.Future[Any]] = [
                 # asyncio.wait, unlike gather, does not cancel the feeders when cancelled itself.
                 asyncio.ensure_future(asyncio.wait(feeders)),
@@ -223,30 +230,56 @@ class Pipeline:
                 src.stop()
             for runner in web_runners:
                 await runner.cleanup()
-            if receiver is not None:
-                receiver.close()
-            for p in self._publishers:
-                p.out.close()
+            crops_ended = True
+            if self._crops is not None:
+                crops_ended = await asyncio.to_thread(self._crops.stop, self._crop_join_s())
+            if crops_ended:  # else its sockets are still in use: leave them (and the context)
+                if receiver is not None:
+                    receiver.close()
+                for p in self._publishers:
+                    p.out.close()
             if self._tap is not None:
                 self._tap.close(linger_ms=0)
             self._executor.shutdown(wait=True)
             if authenticator is not None:
                 authenticator.stop()
-            zctx.term()
+            if crops_ended:
+                zctx.term()
         return self.stats()
 
+    def _crop_join_s(self) -> float:
+        timeouts = [p.send_timeout_ms / 1000.0 for p in self.cfg.publish if p.mode == "push"]
+        return CROP_THREAD_JOIN_S + max(timeouts, default=0.0)
+
+    def _preview_paired(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[Frame, Detections, float], None] | None:
+        """For the crop thread: hand a paired frame to the preview, on the loop, when watched."""
+        hub = self.hub
+        if hub is None:
+            return None
+
+        def on_paired(frame: Frame, dets: Detections, now: float) -> None:
+            preview = hub.sources[frame.source_id]
+            if preview.viewers:
+                loop.call_soon_threadsafe(preview.on_paired, frame, dets, now)
+
+        return on_paired
+
     async def _drain(self) -> None:
-        """Give detections for frames still in the ring, and queued crops, a bounded time."""
+        """Give detections for frames still in the ring, and the crops being made, a bounded
+        time; then the frames left in the ring expire."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline and (
             any(self.pairer.stats(sid).in_ring for sid in self.sources)
             or any(c.in_tap for c in self.counters.values())
-            or not self._crop_queue.empty()
         ):
             await asyncio.sleep(0.02)
-        self.pairer.flush()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._crop_queue.join(), max(0.0, deadline - time.monotonic()))
+        with self._ring_lock:
+            self.pairer.flush()
+        if self._crops is not None:
+            # Detections for frames paired just now may still be on their way through it.
+            await asyncio.to_thread(self._crops.stop, max(0.1, deadline - time.monotonic()))
 
     async def _feed(self, src: Source) -> None:
         """Frames from one source into its ring, and to the tap when one is configured."""
@@ -265,12 +298,24 @@ class Pipeline:
             if self.hub is not None:
                 self.hub.sources[src.source_id].on_frame(frame, now)
             if self._tap is None:
-                self.pairer.add_frame(frame, now)
+                with self._ring_lock:
+                    self.pairer.add_frame(frame, now)
                 continue
             # Only frames a detector actually gets wait in the ring; the rest are not_tapped.
-            if now + 1e-3 < next_tap_at or self._tap_queue.full():
+            if now + 1e-3 < next_tap_at:
                 counters.not_tapped += 1
                 continue
+            if counters.in_tap >= TAP_QUEUE_FRAMES:
+                if not src.lossless:
+                    counters.not_tapped += 1
+                    continue
+                try:
+                    while counters.in_tap >= TAP_QUEUE_FRAMES:
+                        self._tap_room[src.source_id].clear()
+                        await self._tap_room[src.source_id].wait()
+                except asyncio.CancelledError:
+                    counters.not_tapped += 1  # stopping with this frame in hand
+                    raise
             next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
             counters.in_tap += 1
             self._tap_queue.put_nowait(frame)
@@ -298,6 +343,7 @@ class Pipeline:
                     "frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id
                 )
                 counters.in_tap -= 1
+                self._tap_room[frame.source_id].set()
                 counters.not_tapped += 1
                 continue
             header = {
@@ -308,106 +354,19 @@ class Pipeline:
                 "captured_at": frame.captured_at,
                 **fields,
             }
+            message = [frame_topic(frame.source_id), dumps(header), payload]
+            if self.sources[frame.source_id].lossless:
+                sent = await self._tap.send_when_room(message)
+            else:
+                sent = self._tap.send_nowait(message)
             counters.in_tap -= 1
-            sent = self._tap.send_nowait([frame_topic(frame.source_id), dumps(header), payload])
+            self._tap_room[frame.source_id].set()
             if sent == "sent":
-                self.pairer.add_frame(frame, time.monotonic())
+                with self._ring_lock:
+                    self.pairer.add_frame(frame, time.monotonic())
             else:
                 counters.not_tapped += 1
                 self._warn(f"tap-{sent}", "frame tap: frame not sent (%s)", sent)
-
-    async def _receive(self, receiver: DetectionReceiver) -> None:
-        limits = self.cfg.detections
-        by_time = limits.pairing == "timestamp"
-        tolerance_s = limits.tolerance_ms / 1000.0
-        while True:
-            parts = await receiver.recv()
-            try:
-                dets = decode_detections(
-                    parts,
-                    max_predictions=limits.max_predictions,
-                    max_bytes=limits.max_message_bytes,
-                )
-                if by_time and dets.captured_at is None:
-                    raise ProtocolError(
-                        "missing_field", "captured_at: required for timestamp pairing"
-                    )
-                if not by_time and dets.frame_id is None:
-                    raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
-            except ProtocolError as e:
-                self.malformed[e.kind] += 1
-                self._warn(e.kind, "malformed detection message: %s", e)
-                continue
-            now = time.monotonic()
-            if by_time:
-                assert dets.captured_at is not None
-                match = self.pairer.match_time(dets.source_id, dets.captured_at, tolerance_s, now)
-            else:
-                assert dets.frame_id is not None
-                match = self.pairer.match(dets.source_id, dets.frame_id, now)
-            if match.outcome == "unknown_source":
-                self.unknown_source += 1
-                self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
-                continue
-            self.counters[dets.source_id].detections[match.outcome] += 1
-            if match.frame is not None and self.hub is not None:
-                self.hub.sources[dets.source_id].on_paired(match.frame, dets, now)
-            if match.frame is None:
-                self._warn(
-                    f"det-{match.outcome}",
-                    "source %s: detection for frame %s is %s",
-                    dets.source_id,
-                    dets.frame_id,
-                    match.outcome,
-                )
-                continue
-            await self._crop_queue.put((match.frame, dets))
-
-    async def _crop_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            frame, dets = await self._crop_queue.get()
-            try:
-                params = self._params[frame.source_id]
-                if dets.params:
-                    params = dataclasses.replace(params, **dets.params)
-                counters = self.counters[frame.source_id]
-                classes = self._settings[frame.source_id]["classes"]
-                if classes is not None:
-                    kept = tuple(p for p in dets.predictions if p.class_name in classes)
-                    counters.filtered_class += len(dets.predictions) - len(kept)
-                    dets = dataclasses.replace(dets, predictions=kept)
-                started = time.perf_counter()
-                result: CropResult = await loop.run_in_executor(
-                    self._executor, make_crops, frame, dets, params, self._encodings
-                )
-                self.metrics.crop_seconds.labels(frame.source_id).observe(
-                    time.perf_counter() - started
-                )
-                counters.crops += len(result.crops)
-                counters.empty_box += result.empty_box
-                counters.no_mask += result.no_mask
-                if result.empty_box:
-                    self._warn(
-                        "empty_box",
-                        "source %s: %d box(es) empty after clamping",
-                        frame.source_id,
-                        result.empty_box,
-                    )
-                for crop in result.crops:
-                    if self.hub is not None:
-                        self.hub.on_crop(crop.header, crop.image)
-                    for pub in self._publishers:
-                        if pub.wants(crop.header):
-                            pub.offered += 1
-                            payload = crop.payloads[pub.cfg.encoding_key]
-                            msg = crop_message(crop.header, pub.cfg.encoding, payload)
-                            await pub.out.send(msg)
-            except Exception:
-                log.exception("crop stage failed for %s frame %s", frame.source_id, frame.frame_id)
-                self.counters[frame.source_id].detections["crop_failed"] += 1
-            finally:
-                self._crop_queue.task_done()
 
     async def _expire(self) -> None:
         """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes;
@@ -421,7 +380,8 @@ class Pipeline:
             while self._lags and self._lags[0][0] < now - LAG_WINDOW_S:
                 self._lags.popleft()
             self.loop_lag_s = max(lag for _, lag in self._lags)
-            self.pairer.expire(now)
+            with self._ring_lock:
+                self.pairer.expire(now)
             for src in self.sources.values():
                 src.check_stall(now)
 
@@ -431,7 +391,9 @@ class Pipeline:
         """A JSON-ready snapshot of every counter."""
         sources = {}
         for sid, src in self.sources.items():
-            ring, c = self.pairer.stats(sid), self.counters[sid]
+            with self._ring_lock:
+                ring = dataclasses.replace(self.pairer.stats(sid))
+            c = self.counters[sid]
             sources[sid] = {
                 "state": src.stats.state,
                 "last_error": src.stats.last_error,
@@ -457,8 +419,8 @@ class Pipeline:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "loop_lag_s": round(self.loop_lag_s, 4),
             "sources": sources,
-            "malformed": dict(self.malformed),
-            "unknown_source": self.unknown_source,
+            "malformed": dict(self._crops.malformed) if self._crops else {},
+            "unknown_source": self._crops.unknown_source if self._crops else 0,
             "publishers": [
                 {
                     "endpoint": p.cfg.bind,

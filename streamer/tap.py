@@ -1,14 +1,23 @@
 """Frame tap pictures: a frame, optionally downscaled, as I420, BGR or JPEG. Pure; the pipeline
-runs it in a worker thread."""
+runs it in worker threads.
+
+Downscaling averages over each output pixel's area (anti-aliased, as detectors want). Decoded
+frames go through FFmpeg's swscale (SIMD, all three planes in one call, ~4x faster than OpenCV's
+INTER_AREA at a 3x reduction); other frames (webcams) through OpenCV.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
-from streamer.types import Frame
+from streamer.types import U8, Frame
+
+_local = threading.local()  # one swscale context per thread: a reformatter is not thread-safe
 
 
 def tap_size(
@@ -25,16 +34,32 @@ def tap_size(
     return max(2, tw & ~1), max(2, th & ~1)
 
 
-def _resized(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _resized(plane: U8, size: tuple[int, int]) -> U8:
     if (plane.shape[1], plane.shape[0]) == size:
         return plane
-    return cv2.resize(plane, size, interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.resize(plane, size, interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def scaled_i420(frame: Frame, width: int | None, height: int | None) -> tuple[np.ndarray, int, int]:
+def _fill_swscale(buf: U8, decoded: Any, tw: int, th: int) -> None:
+    scaler: VideoReformatter | None = getattr(_local, "scaler", None)
+    if scaler is None:
+        scaler = _local.scaler = VideoReformatter()
+    out = scaler.reformat(decoded, width=tw, height=th, format="yuv420p", interpolation="AREA")
+    start = 0
+    sizes = ((tw, th), (tw // 2, th // 2), (tw // 2, th // 2))
+    for plane, (w, h) in zip(out.planes, sizes, strict=True):
+        rows = np.frombuffer(memoryview(plane), np.uint8, count=plane.line_size * h)
+        buf[start : start + w * h].reshape(h, w)[:] = rows.reshape(h, plane.line_size)[:, :w]
+        start += w * h
+
+
+def scaled_i420(frame: Frame, width: int | None, height: int | None) -> tuple[U8, int, int]:
     """The frame downscaled to fit `width` x `height`, as one I420 buffer; with its size."""
     tw, th = tap_size(frame.width, frame.height, width, height)
     buf = np.empty(tw * th * 3 // 2, dtype=np.uint8)
+    if frame.decoded is not None and (tw, th) != (frame.width, frame.height):
+        _fill_swscale(buf, frame.decoded, tw, th)
+        return buf, tw, th
     n_luma, n_chroma = tw * th, tw * th // 4
     buf[:n_luma].reshape(th, tw)[:] = _resized(frame.planes[0], (tw, th))
     if frame.pixel_format == "gray":

@@ -7,18 +7,50 @@ import asyncio
 import threading
 from typing import Any
 
+import cv2
 import numpy as np
+import pytest
 import supervision as sv
+import zmq
 
 from streamer.client import (
     AsyncCropSubscriber,
     AsyncDetectionSender,
     AsyncFrameSubscriber,
+    FrameSubscriber,
     to_predictions,
 )
 from streamer.config import parse_config
 from streamer.detections.codec import decode_detections, encode_detections
 from streamer.pipeline import Pipeline, accounting_balance
+
+
+def test_tap_frames_decode_their_picture_only_when_asked(endpoint: Any) -> None:
+    """A detector that needs only the size (or forwards the bytes) never pays for conversion;
+    a bad picture fails where the picture is used, not at receipt."""
+    tap = endpoint()
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUSH)
+    pub.bind(tap)
+    i420 = np.random.default_rng(1).integers(0, 255, 48 * 64, np.uint8)
+    good = b'{"v":1,"source_id":"cam","frame_id":7,"pts":7,"captured_at":1.5,'
+    good += b'"width":64,"height":32,"encoding":"raw-i420"}'
+    try:
+        with FrameSubscriber(tap, mode="pull") as frames:
+            pub.send_multipart([b"frame/cam", good, i420.tobytes()])
+            pub.send_multipart([b"frame/cam", good.replace(b"i420", b"gif"), b"junk"])
+            frame, bad = frames.recv(5), frames.recv(5)
+    finally:
+        pub.close(linger=0)
+    assert frame is not None and bad is not None
+    assert (frame.width, frame.height, frame.frame_id, frame.captured_at) == (64, 32, 7, 1.5)
+    assert bytes(frame.payload) == i420.tobytes()
+    want = cv2.cvtColor(i420.reshape(48, 64), cv2.COLOR_YUV2BGR_I420)
+    assert np.array_equal(frame.image, want)
+    assert frame.image is frame.image  # converted once
+    assert (bad.width, bad.height) == (64, 32)
+    with pytest.raises(ValueError, match="unknown image encoding 'raw-gif'"):
+        _ = bad.image
 
 
 def test_supervision_detections_become_predictions_with_masks() -> None:

@@ -15,9 +15,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
 from streamer.config import parse_config
 from streamer.pipeline import Pipeline, accounting_balance
-from tests.conftest import spawn, stop
+from tests.conftest import spawn, stop, write_clip
 from tests.live import until
 
 SOURCE = {"id": "cam", "url": "lavfi:testsrc2=size=320x240:rate=30"}
@@ -215,3 +216,46 @@ def test_timestamp_pairing_with_a_detector_that_reads_the_camera(endpoint: Any) 
     # frame ids run in order.
     ids = [h["frame_id"] for h in got]
     assert ids == sorted(ids)
+
+
+def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_path: Any) -> None:
+    """A file read unpaced waits for the pipeline instead of dropping: a detector that connects
+    late, is slow, and pauses longer than the stall timeout still gets every frame, once."""
+    n_frames = 60
+    clip = write_clip(tmp_path / "clip.mp4", n_frames, (320, 240))
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": str(clip), "realtime": False, "stall_timeout_s": 0.5}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "mode": "push", "encoding": "raw-i420", "hwm": 1},
+        "publish": [{"bind": pub}],
+    }
+    answered: list[int] = []
+
+    async def detector() -> None:
+        async with (
+            AsyncFrameSubscriber(tap, mode="pull", hwm=1) as frames,
+            AsyncDetectionSender(dets) as sender,
+        ):
+            async for frame in frames:
+                await asyncio.sleep(1.2 if frame.frame_id == 20 else 0.01)
+                box = {"x": 20, "y": 20, "width": 10, "height": 10, "class": "a", "confidence": 1}
+                await sender.send(frame, [box])
+                answered.append(frame.frame_id)
+
+    async def body(p: Pipeline) -> None:
+        await asyncio.sleep(1.0)  # nobody takes frames yet: the decoder must wait, not drop
+        assert _src(p)["decoded"] < n_frames
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: _src(p)["paired"] == n_frames, 30, "every frame paired")
+        finally:
+            task.cancel()
+
+    stats = _run(cfg, body)
+    src = stats["sources"]["cam"]
+    assert sorted(answered) == list(range(n_frames))
+    assert src["decoded"] == src["paired"] == n_frames
+    assert src["not_tapped"] == src["dropped_handoff"] == src["expired"] == 0
+    assert src["stalls"] == 0  # waiting for the pipeline is not a stall
+    assert src["crops"] == n_frames

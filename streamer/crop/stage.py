@@ -3,7 +3,7 @@ the pipeline runs it in a worker thread, so OpenCV and numpy release the GIL whi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,16 +65,29 @@ def _shift_keypoints(
 def make_crops(
     frame: Frame, dets: Detections, params: CropParams, encodings: Iterable[str]
 ) -> CropResult:
-    """Cut one crop per prediction out of `frame`.
+    """Cut one crop per prediction out of `frame` (all of `iter_crops`, in a list)."""
+    result = CropResult()
+    result.crops.extend(iter_crops(frame, dets, params, encodings, result))
+    return result
+
+
+def iter_crops(
+    frame: Frame,
+    dets: Detections,
+    params: CropParams,
+    encodings: Iterable[str],
+    result: CropResult,
+) -> Iterator[Crop]:
+    """Cut one crop per prediction out of `frame`, yielding each as soon as it is made (so it
+    can be sent while the next is cut); `result` gets the counts (its `crops` stay empty).
 
     Boxes are rescaled from the message's image size to the frame's, rounded and clamped; a box
     empty after clamping yields no crop and counts in ``empty_box``. Each crop carries its wire
     header and one payload per requested encoding.
     """
-    result = CropResult()
     preds = dets.predictions
     if not preds:
-        return result
+        return
     sx = frame.width / dets.image_width
     sy = frame.height / dets.image_height
     xywh = np.array([(p.x, p.y, p.width, p.height) for p in preds], dtype=np.float64)
@@ -122,6 +135,5 @@ def make_crops(
         if points is not None:
             header["points"] = [{"x": float(px), "y": float(py)} for px, py in points]
         payloads = {key: encode_image(image, key) for key in encodings}
-        result.crops.append(Crop(header=header, image=image, payloads=payloads))
+        yield Crop(header=header, image=image, payloads=payloads)
         index += 1
-    return result

@@ -3,8 +3,9 @@ detector PUBs)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import zmq
-import zmq.asyncio
 
 from streamer.config import DetectionsConfig
 
@@ -15,16 +16,16 @@ HARD_LIMIT_FACTOR = 4
 
 
 class DetectionReceiver:
-    """Owns the input socket; one task calls `recv()`."""
+    """Owns the input socket (`sock`, a plain socket: the crop thread reads it)."""
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.Context[Any],
         cfg: DetectionsConfig,
         curve_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
         """`curve_keys` (public, secret) make a bound socket a CURVE server."""
-        self.sock = ctx.socket(zmq.PULL if cfg.bind else zmq.SUB)
+        self.sock: zmq.Socket[bytes] = ctx.socket(zmq.PULL if cfg.bind else zmq.SUB)
         if curve_keys is not None and cfg.bind:
             self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
             self.sock.curve_server = True
@@ -41,10 +42,6 @@ class DetectionReceiver:
         except zmq.ZMQError as e:
             self.sock.close(linger=0)
             raise OSError(f"detections socket: {e}") from None
-
-    async def recv(self) -> list[bytes]:
-        parts: list[bytes] = await self.sock.recv_multipart()
-        return parts
 
     def close(self) -> None:
         self.sock.close(linger=0)

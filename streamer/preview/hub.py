@@ -181,11 +181,11 @@ class PreviewHub:
                 "width": c.header["width"],
                 "height": c.header["height"],
             }
-            for c in reversed(self.sources[source_id].crops)
+            for c in reversed(list(self.sources[source_id].crops))  # the crop thread appends
         ]
 
     async def crop_jpeg(self, source_id: str, key: int) -> bytes | None:
-        for c in self.sources[source_id].crops:
+        for c in list(self.sources[source_id].crops):
             if c.key == key:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._executor, _jpeg, c.image)

@@ -1,5 +1,6 @@
-"""ZeroMQ output sockets (crop publishers and the frame tap) that never block the event loop and
-count every message they could not deliver.
+"""ZeroMQ output sockets (crop publishers and the frame tap) that count every message they could
+not deliver. The tap is used from the event loop (never blocking it); crop publishers from the
+crop thread.
 
 PUB mode is an XPUB socket: it sees its subscribers' subscriptions, so a message nobody
 subscribed to is counted (``dropped_no_subscriber``) instead of vanishing, and with XPUB_NODROP a
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # below this pyzmq copies anyway, and copying is cheaper
 CLOSE_LINGER_MS = 1_000  # time given to queued messages at shutdown
+ROOM_POLL_MIN_S = 0.0005  # send_when_room: first pause before retrying a full socket
+ROOM_POLL_MAX_S = 0.02  # ... and the longest (pauses double up to it)
 
 Outcome = Literal["sent", "no_subscriber", "full"]
 
@@ -44,11 +48,12 @@ class OutStats:
 
 
 class OutSocket:
-    """A bound PUB (XPUB) or PUSH socket owned by the event loop's thread."""
+    """A bound PUB (XPUB) or PUSH socket, used by one thread: the event loop's (made from an
+    asyncio context) or another (made from a plain one)."""
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.Context[Any],
         endpoint: str,
         mode: Literal["pub", "push"],
         hwm: int,
@@ -81,16 +86,28 @@ class OutSocket:
     def has_subscriber(self, topic: bytes) -> bool:
         return any(topic.startswith(p) for p, n in self.subscriptions.items() if n > 0)
 
+    def _note(self, msg: bytes) -> None:
+        if msg[:1] == b"\x01":
+            self.subscriptions[msg[1:]] += 1
+        elif msg[:1] == b"\x00" and self.subscriptions[msg[1:]] > 0:
+            self.subscriptions[msg[1:]] -= 1
+
     async def track_subscriptions(self) -> None:
-        """PUB mode: keep `subscriptions` current. Run as a task for the socket's lifetime."""
+        """PUB mode, asyncio socket: keep `subscriptions` current. Run as a task for the
+        socket's lifetime."""
         if self.mode != "pub":
             return
         while True:
-            msg = await self.asock.recv()
-            if msg[:1] == b"\x01":
-                self.subscriptions[msg[1:]] += 1
-            elif msg[:1] == b"\x00" and self.subscriptions[msg[1:]] > 0:
-                self.subscriptions[msg[1:]] -= 1
+            self._note(await self.asock.recv())
+
+    def read_subscriptions(self) -> None:
+        """PUB mode, plain socket: take the (un)subscriptions waiting now (call when the socket
+        polls readable)."""
+        while True:
+            try:
+                self._note(self.sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
 
     def send_nowait(self, parts: Sequence[bytes | memoryview]) -> Outcome:
         """Queue one multipart message now or say why not (and count it)."""
@@ -103,18 +120,30 @@ class OutSocket:
             self.stats.dropped_hwm += 1
         return "full"
 
-    async def send(self, parts: Sequence[bytes | memoryview]) -> bool:
-        """PUSH: wait up to the send timeout for a worker with room; PUB: as `send_nowait`."""
+    async def send_when_room(self, parts: Sequence[bytes | memoryview]) -> Outcome:
+        """For lossless sources: wait, however long, until the message fits the queues of every
+        subscriber (PUB) or of a worker (PUSH). Only "no subscriber" (PUB) ends the wait."""
+        pause_s = ROOM_POLL_MIN_S
+        while True:
+            if self.mode == "pub" and not self.has_subscriber(bytes(parts[0])):
+                self.stats.dropped_no_subscriber += 1
+                return "no_subscriber"
+            if self._try_send(parts):
+                return "sent"
+            # Retry after a pause (XPUB polls writable even when a NODROP subscriber is full).
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, ROOM_POLL_MAX_S)
+
+    def send(self, parts: Sequence[bytes | memoryview]) -> bool:
+        """PUSH: wait up to the send timeout for a worker with room (blocking the calling
+        thread; not for the event loop); PUB: as `send_nowait`."""
         outcome = self.send_nowait(parts)
         if outcome != "full" or self.mode == "pub":
             return outcome == "sent"
         if not self._blocked and self.send_timeout_s > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.send_timeout_s
-            while (left := deadline - loop.time()) > 0:
-                # pyzmq's stub omits the flags argument that Socket.poll has.
-                ready = await self.asock.poll(int(left * 1000) + 1, zmq.POLLOUT)  # type: ignore[call-arg]
-                if ready and self._try_send(parts):
+            deadline = time.monotonic() + self.send_timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                if self.sock.poll(int(left * 1000) + 1, zmq.POLLOUT) and self._try_send(parts):
                     return True
         self._blocked = True
         self.stats.dropped_timeout += 1

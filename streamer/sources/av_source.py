@@ -51,7 +51,8 @@ class AvSource(Source):
     Network streams: TCP transport for RTSP unless told otherwise, open and read timeouts always
     set (a stalled read raises after `stall_timeout_s`), extra FFmpeg options passed through.
     Files and lavfi: with `realtime`, frames are released at their presentation times, like a
-    camera; with `loop`, a file starts over at its end. Frame ids keep rising across reconnects
+    camera; without, as fast as the pipeline serves them, every one (lossless); with `loop`, a
+    file starts over at its end. Frame ids keep rising across reconnects
     and loops.
     """
 
@@ -75,6 +76,7 @@ class AvSource(Source):
         self.realtime = realtime and not self.live
         self.loop = loop
         self.finite = not self.live and not loop
+        self.lossless = not self.live and not self.realtime
         self.transport = transport
         self.open_timeout_s = open_timeout_s
         self.av_options = dict(av_options or {})

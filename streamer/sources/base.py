@@ -1,5 +1,6 @@
 """The Source interface: a decode thread that reconnects by itself, a stall watchdog, and the
-bounded, drop-oldest hand-off from that thread to the event loop."""
+bounded hand-off from that thread to the event loop (drop-oldest for live sources; a lossless
+source's decoder waits for room instead)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from streamer.types import U8, Frame
 log = logging.getLogger(__name__)
 
 HANDOFF_MAX_FRAMES = 4
+HANDOFF_WAIT_POLL_S = 0.1  # a decoder waiting for room looks at its stop flag this often
 JOIN_MARGIN_S = 2.0  # beyond the read timeout, for a blocked FFmpeg read to return
 
 
@@ -62,7 +64,8 @@ class SourceStats:
 
 class Handoff:
     """A bounded queue from one producer thread to the asyncio loop. When full, the oldest frame
-    is dropped (latest frames win) and counted in ``stats.dropped_handoff``."""
+    is dropped (latest frames win) and counted in ``stats.dropped_handoff`` -- or, when the
+    producer passes a stop event to `put`, the producer waits for room (lossless)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stats: SourceStats, maxlen: int) -> None:
         self._loop = loop
@@ -70,15 +73,23 @@ class Handoff:
         self._items: deque[Frame] = deque()
         self._maxlen = maxlen
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._ready = asyncio.Event()
         self._ended = False
+        self.waiting_for_room = False
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, frame: Frame) -> None:
-        """Called from the decode thread."""
+    def put(self, frame: Frame, wait_unless: threading.Event | None = None) -> None:
+        """Called from the decode thread. With `wait_unless`, wait while full, until that event
+        is set (the source is stopping: then drop as usual)."""
         with self._lock:
+            if wait_unless is not None:
+                self.waiting_for_room = True
+                while len(self._items) >= self._maxlen and not wait_unless.is_set():
+                    self._room.wait(HANDOFF_WAIT_POLL_S)
+                self.waiting_for_room = False
             if len(self._items) >= self._maxlen:
                 self._items.popleft()
                 self._stats.dropped_handoff += 1
@@ -100,6 +111,7 @@ class Handoff:
         while True:
             with self._lock:
                 if self._items:
+                    self._room.notify()
                     return self._items.popleft()
                 if self._ended:
                     raise EndOfStream()
@@ -116,6 +128,9 @@ class Source(abc.ABC):
 
     #: A finite source (a file played once) ends for good when its session returns normally.
     finite = False
+    #: A lossless source (a file read unpaced) is never dropped from: when the pipeline is
+    #: behind, its decoder waits (the pipeline's stages wait too) instead of dropping frames.
+    lossless = False
 
     def __init__(
         self,
@@ -187,6 +202,7 @@ class Source(abc.ABC):
             self.stats.state == "streaming"
             and last is not None
             and now - last > self.stall_timeout_s
+            and not (self._handoff is not None and self._handoff.waiting_for_room)
         ):
             self._set_state("stalled", f"no frame for {now - last:.1f} s")
 
@@ -287,7 +303,12 @@ class Source(abc.ABC):
             frame = from_bgr(picture, self.source_id, frame_id, now)
         else:
             frame = from_av(picture, self.source_id, frame_id, now)
-        self._handoff.put(frame)
+        if self.lossless:
+            self._handoff.put(frame, wait_unless=self._stop)
+            # Waiting for the pipeline is not a stall.
+            self.stats.last_frame_at = self._watch_since = time.monotonic()
+        else:
+            self._handoff.put(frame)
 
     def _check_watchdog(self) -> None:
         """Raise StreamStalled from inside a read loop when packets come but frames do not."""

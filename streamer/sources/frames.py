@@ -37,6 +37,7 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
         pixel_format=fmt,
         planes=planes,
         nbytes=sum(p.buffer_size for p in vf.planes),
+        decoded=vf,
     )
 
 

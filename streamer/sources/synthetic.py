@@ -144,6 +144,7 @@ class SyntheticSource(Source):
         self.spec = SyntheticSpec.from_url(url)
         self.scene = SyntheticScene(self.spec)
         self.realtime = realtime
+        self.lossless = not realtime
 
     def _session(self) -> None:
         spec = self.spec

@@ -1,0 +1,214 @@
+"""The crop thread: detection messages in, paired with their frames, cropped and published.
+
+It owns its ZeroMQ sockets (the detections input and every crop publisher), so a detection
+message becomes crops on the wire without a trip through the event loop: one wake-up when the
+message arrives, the crop work (OpenCV releases the GIL), the sends. The frame ring is shared
+with the loop, which adds and expires frames, under `ring_lock`.
+
+Backpressure: while this thread is busy, detection messages wait in the input socket's bounded
+queue (and then in the detectors' send queues); PUSH publishers wait at most their send timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamer.config import DetectionsConfig, PublishConfig
+from streamer.crop.stage import CropResult, iter_crops
+from streamer.detections.codec import decode_detections
+from streamer.errors import ProtocolError
+from streamer.metrics import LogOnce, SourceCounters
+from streamer.pairing import Pairer
+from streamer.publish.wire import crop_message
+from streamer.publish.zmq_out import OutSocket
+from streamer.types import CropParams, Detections, Frame
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100  # how often the thread looks at its stop flag when idle
+BATCH_MESSAGES = 64  # detection messages handled per wake-up before looking at the publishers
+
+
+@dataclasses.dataclass
+class Publisher:
+    cfg: PublishConfig
+    out: OutSocket
+    classes: frozenset[str] | None
+    offered: int = 0
+
+    def wants(self, header: dict[str, Any]) -> bool:
+        return (self.classes is None or header["class"] in self.classes) and header[
+            "confidence"
+        ] >= self.cfg.min_confidence
+
+
+#: Per source: the crop parameters and the class filter (None = all), read for every message.
+Settings = Callable[[str], tuple[CropParams, frozenset[str] | None]]
+
+
+class CropThread:
+    """Runs in its own thread from `start()` to `stop()`; counters are read by the loop."""
+
+    def __init__(
+        self,
+        receiver: zmq.Socket[bytes],
+        publishers: list[Publisher],
+        pairer: Pairer,
+        ring_lock: threading.Lock,
+        counters: dict[str, SourceCounters],
+        limits: DetectionsConfig,
+        settings: Settings,
+        encodings: tuple[str, ...],
+        observe_crop_seconds: Callable[[str, float], None],
+        on_paired: Callable[[Frame, Detections, float], None] | None = None,
+        on_crop: Callable[[dict[str, Any], np.ndarray], None] | None = None,
+    ) -> None:
+        self.receiver = receiver
+        self.publishers = publishers
+        self.pairer = pairer
+        self.ring_lock = ring_lock
+        self.counters = counters
+        self.limits = limits
+        self.settings = settings
+        self.encodings = encodings
+        self.observe_crop_seconds = observe_crop_seconds
+        self.on_paired = on_paired
+        self.on_crop = on_crop
+        self.malformed: Counter[str] = Counter()
+        self.unknown_source = 0
+        self.handled = 0  # detection messages taken off the socket
+        self._warn = LogOnce(log)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="streamer-crops", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Finish the message at hand, then end (waiting at most `timeout_s`); True once
+        ended (or never started)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("crop thread still busy %.1f s after stop", timeout_s)
+                return False
+        return True
+
+    def _main(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.receiver, zmq.POLLIN)
+        by_socket = {p.out.sock: p.out for p in self.publishers if p.out.mode == "pub"}
+        for sock in by_socket:
+            poller.register(sock, zmq.POLLIN)  # (un)subscriptions
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(POLL_MS):
+                    if sock is self.receiver:
+                        self._drain_detections()
+                    else:
+                        by_socket[sock].read_subscriptions()
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("crop thread failed; no more crops will be made")
+
+    def _drain_detections(self) -> None:
+        for _ in range(BATCH_MESSAGES):
+            if self._stop.is_set():
+                return
+            try:
+                parts = self.receiver.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handled += 1
+            self._handle(parts)
+
+    def _handle(self, parts: list[bytes]) -> None:
+        limits = self.limits
+        by_time = limits.pairing == "timestamp"
+        try:
+            dets = decode_detections(
+                parts, max_predictions=limits.max_predictions, max_bytes=limits.max_message_bytes
+            )
+            if by_time and dets.captured_at is None:
+                raise ProtocolError("missing_field", "captured_at: required for timestamp pairing")
+            if not by_time and dets.frame_id is None:
+                raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
+        except ProtocolError as e:
+            self.malformed[e.kind] += 1
+            self._warn(e.kind, "malformed detection message: %s", e)
+            return
+        now = time.monotonic()
+        with self.ring_lock:
+            if by_time:
+                assert dets.captured_at is not None
+                tolerance_s = limits.tolerance_ms / 1000.0
+                match = self.pairer.match_time(dets.source_id, dets.captured_at, tolerance_s, now)
+            else:
+                assert dets.frame_id is not None
+                match = self.pairer.match(dets.source_id, dets.frame_id, now)
+        if match.outcome == "unknown_source":
+            self.unknown_source += 1
+            self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
+            return
+        counters = self.counters[dets.source_id]
+        counters.detections[match.outcome] += 1
+        if match.frame is None:
+            self._warn(
+                f"det-{match.outcome}",
+                "source %s: detection for frame %s is %s",
+                dets.source_id,
+                dets.frame_id,
+                match.outcome,
+            )
+            return
+        if self.on_paired is not None:
+            self.on_paired(match.frame, dets, now)
+        try:
+            self._crop_and_publish(match.frame, dets, counters)
+        except Exception:
+            log.exception(
+                "crop stage failed for %s frame %s", match.frame.source_id, match.frame.frame_id
+            )
+            counters.detections["crop_failed"] += 1
+
+    def _crop_and_publish(self, frame: Frame, dets: Detections, counters: SourceCounters) -> None:
+        params, classes = self.settings(frame.source_id)
+        if dets.params:
+            params = dataclasses.replace(params, **dets.params)
+        if classes is not None:
+            kept = tuple(p for p in dets.predictions if p.class_name in classes)
+            counters.filtered_class += len(dets.predictions) - len(kept)
+            dets = dataclasses.replace(dets, predictions=kept)
+        started = time.perf_counter()
+        result = CropResult()
+        # Each crop goes out as soon as it is cut: the first does not wait for the last.
+        for crop in iter_crops(frame, dets, params, self.encodings, result):
+            counters.crops += 1
+            if self.on_crop is not None:
+                self.on_crop(crop.header, crop.image)
+            for pub in self.publishers:
+                if pub.wants(crop.header):
+                    pub.offered += 1
+                    payload = crop.payloads[pub.cfg.encoding_key]
+                    pub.out.send(crop_message(crop.header, pub.cfg.encoding, payload))
+        self.observe_crop_seconds(frame.source_id, time.perf_counter() - started)
+        counters.empty_box += result.empty_box
+        counters.no_mask += result.no_mask
+        if result.empty_box:
+            self._warn(
+                "empty_box",
+                "source %s: %d box(es) empty after clamping",
+                frame.source_id,
+                result.empty_box,
+            )
