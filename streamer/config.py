@@ -44,7 +44,11 @@ class SourceConfig(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="used in topics; no '/'")
     url: str = Field(min_length=1)
     max_fps: float | None = Field(None, gt=0, le=240, description="skip frames evenly above this")
-    realtime: bool = Field(True, description="pace files and test sources at their frame rate")
+    realtime: bool = Field(
+        True,
+        description="pace files and test sources at their frame rate; false: as fast as the"
+        " pipeline serves them, every frame (the decoder waits instead of dropping)",
+    )
     loop: bool = Field(False, description="restart a file at its end")
     crop: CropConfig | None = Field(None, description="overrides the top-level crop settings")
     classes: list[str] | None = Field(None, description="crop only these classes; all when absent")

@@ -1,5 +1,5 @@
 """The crop stage: one frame and its detections in, encoded crops out. Pure and synchronous;
-the pipeline runs it in a worker thread, so OpenCV and numpy release the GIL while it works."""
+the pipeline runs it in the crop thread; OpenCV and numpy release the GIL while they work."""
 
 from __future__ import annotations
 
