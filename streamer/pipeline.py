@@ -49,6 +49,7 @@ LAG_WINDOW_S = 5.0
 CPU_WORKERS = 2
 TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded and sent to the tap
 EXPIRY_INTERVAL_S = 0.1
+RING_ROOM_POLL_S = 0.001  # a lossless source waiting for its ring to have room looks this often
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
 
@@ -297,28 +298,43 @@ class Pipeline:
             now = time.monotonic()
             if self.hub is not None:
                 self.hub.sources[src.source_id].on_frame(frame, now)
+            if src.lossless and self._tap is not None:
+                try:
+                    await self._room_for(src.source_id, frame.nbytes)
+                except asyncio.CancelledError:
+                    counters.not_tapped += 1  # stopping with this frame in hand
+                    raise
+                now = time.monotonic()
             if self._tap is None:
                 with self._ring_lock:
                     self.pairer.add_frame(frame, now)
                 continue
             # Only frames a detector actually gets wait in the ring; the rest are not_tapped.
-            if now + 1e-3 < next_tap_at:
+            if now + 1e-3 < next_tap_at or counters.in_tap >= TAP_QUEUE_FRAMES:
                 counters.not_tapped += 1
                 continue
-            if counters.in_tap >= TAP_QUEUE_FRAMES:
-                if not src.lossless:
-                    counters.not_tapped += 1
-                    continue
-                try:
-                    while counters.in_tap >= TAP_QUEUE_FRAMES:
-                        self._tap_room[src.source_id].clear()
-                        await self._tap_room[src.source_id].wait()
-                except asyncio.CancelledError:
-                    counters.not_tapped += 1  # stopping with this frame in hand
-                    raise
             next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
             counters.in_tap += 1
             self._tap_queue.put_nowait(frame)
+
+    async def _room_for(self, sid: str, nbytes: int) -> None:
+        """A lossless source's frame waits here until it fits the tap queue and the ring, counting
+        the frames already on their way to the ring (instead of one being dropped or evicted)."""
+        counters, ring = self.counters[sid], self.cfg.ring
+        while True:
+            if counters.in_tap >= TAP_QUEUE_FRAMES:
+                self._tap_room[sid].clear()
+                await self._tap_room[sid].wait()
+                continue
+            with self._ring_lock:
+                held = self.pairer.stats(sid)
+            coming = counters.in_tap + 1
+            if (
+                held.in_ring + coming <= ring.max_frames
+                and held.ring_bytes + coming * nbytes <= ring.max_bytes
+            ):
+                return
+            await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring
 
     async def _tap_worker(self) -> None:
         assert self._tap is not None and self.cfg.tap is not None

@@ -220,7 +220,8 @@ def test_timestamp_pairing_with_a_detector_that_reads_the_camera(endpoint: Any) 
 
 def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_path: Any) -> None:
     """A file read unpaced waits for the pipeline instead of dropping: a detector that connects
-    late, is slow, and pauses longer than the stall timeout still gets every frame, once."""
+    late, is slow, and pauses longer than the stall timeout still gets every frame, once, and
+    no frame is evicted from a small ring while its detections are on their way."""
     n_frames = 60
     clip = write_clip(tmp_path / "clip.mp4", n_frames, (320, 240))
     tap, dets, pub = endpoint(), endpoint(), endpoint()
@@ -228,6 +229,9 @@ def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_p
         "sources": [{"id": "cam", "url": str(clip), "realtime": False, "stall_timeout_s": 0.5}],
         "detections": {"bind": dets},
         "tap": {"bind": tap, "mode": "push", "encoding": "raw-i420", "hwm": 1},
+        # Fewer than the frames that fit the sockets' queues on their way to the detector:
+        # the source must wait for room, not evict frames still awaiting their detections.
+        "ring": {"max_frames": 3},
         "publish": [{"bind": pub}],
     }
     answered: list[int] = []
