@@ -91,6 +91,14 @@ class Pairer:
             ring.pop_oldest()
         self.expire(now)
 
+    def withdraw(self, frame: Frame) -> None:
+        """Take back a frame just added, as if it never was (its tap send failed)."""
+        ring = self._rings[frame.source_id]
+        if ring.frames.pop(frame.frame_id, None) is not None:
+            ring.stats.added -= 1
+            ring.stats.in_ring -= 1
+            ring.stats.ring_bytes -= frame.nbytes
+
     def expire(self, now: float) -> None:
         """Drop (as expired) frames older than the age bound in every ring."""
         for ring in self._rings.values():

@@ -49,6 +49,8 @@ LAG_WINDOW_S = 5.0
 CPU_WORKERS = 2
 TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded and sent to the tap
 EXPIRY_INTERVAL_S = 0.1
+TAP_RETRY_MIN_S = 0.0005  # a lossless frame the tap cannot take yet: first pause, doubling
+TAP_RETRY_MAX_S = 0.01  # ... up to this
 RING_ROOM_POLL_S = 0.001  # a lossless source waiting for its ring to have room looks this often
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
@@ -371,18 +373,29 @@ class Pipeline:
                 **fields,
             }
             message = [frame_topic(frame.source_id), dumps(header), payload]
-            if self.sources[frame.source_id].lossless:
-                sent = await self._tap.send_when_room(message)
-            else:
-                sent = self._tap.send_nowait(message)
-            counters.in_tap -= 1
-            self._tap_room[frame.source_id].set()
-            if sent == "sent":
+            lossless = self.sources[frame.source_id].lossless
+            pause_s = TAP_RETRY_MIN_S
+            while True:
+                # Into the ring before the send: the crop thread may get the detections for it
+                # before the send returns.
                 with self._ring_lock:
                     self.pairer.add_frame(frame, time.monotonic())
-            else:
+                outcome = self._tap.attempt(message)
+                if outcome == "sent":
+                    break
+                with self._ring_lock:
+                    self.pairer.withdraw(frame)
+                if outcome == "no_subscriber" or not lossless:
+                    break
+                # A lossless source waits for room (XPUB polls writable even when full: retry).
+                await asyncio.sleep(pause_s)
+                pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
+            counters.in_tap -= 1
+            self._tap_room[frame.source_id].set()
+            if outcome != "sent":
+                self._tap.count_drop(outcome)
                 counters.not_tapped += 1
-                self._warn(f"tap-{sent}", "frame tap: frame not sent (%s)", sent)
+                self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)
 
     async def _expire(self) -> None:
         """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes;

@@ -260,6 +260,7 @@ def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_p
     src = stats["sources"]["cam"]
     assert sorted(answered) == list(range(n_frames))
     assert src["decoded"] == src["paired"] == n_frames
+    assert src["detections"] == {"paired": n_frames}  # none late, early or twice
     assert src["not_tapped"] == src["dropped_handoff"] == src["expired"] == 0
     assert src["stalls"] == 0  # waiting for the pipeline is not a stall
     assert src["crops"] == n_frames

@@ -109,3 +109,17 @@ def test_ring_expired_frames_and_late_detection_after_age() -> None:
     p.add_frame(frame(0), now=0.0)
     assert p.match("a", 0, now=1.5).outcome == "late"
     assert p.stats("a").expired == 1
+
+
+def test_withdrawn_frame_is_as_if_never_added() -> None:
+    """The tap puts a frame in the ring before sending it (its detections may come back before
+    the send returns); a send that fails takes it back without counting it anywhere."""
+    p = Pairer(["a"], max_frames=10, max_bytes=10_000, max_age_s=5.0)
+    p.add_frame(frame(1), now=0.0)
+    p.add_frame(frame(2), now=0.0)
+    p.withdraw(frame(2))
+    p.withdraw(frame(7))  # never added: nothing happens
+    s = p.stats("a")
+    assert (s.added, s.in_ring, s.ring_bytes, s.expired, s.paired) == (1, 1, 100, 0, 0)
+    assert p.match("a", 2, now=0.1).outcome == "late"  # a frame number already seen, not held
+    assert p.match("a", 1, now=0.1).outcome == "paired"

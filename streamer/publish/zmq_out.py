@@ -14,7 +14,6 @@ connected) a send waits at most ``send_timeout_ms``, then counts ``dropped_timeo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -29,8 +28,6 @@ log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # below this pyzmq copies anyway, and copying is cheaper
 CLOSE_LINGER_MS = 1_000  # time given to queued messages at shutdown
-ROOM_POLL_MIN_S = 0.0005  # send_when_room: first pause before retrying a full socket
-ROOM_POLL_MAX_S = 0.02  # ... and the longest (pauses double up to it)
 
 Outcome = Literal["sent", "no_subscriber", "full"]
 
@@ -109,30 +106,25 @@ class OutSocket:
             except zmq.Again:
                 return
 
+    def attempt(self, parts: Sequence[bytes | memoryview]) -> Outcome:
+        """Try to queue one multipart message now; say why not (not counted: see count_drop)."""
+        if self.mode == "pub" and not self.has_subscriber(bytes(parts[0])):
+            return "no_subscriber"
+        return "sent" if self._try_send(parts) else "full"
+
+    def count_drop(self, outcome: Outcome) -> None:
+        """Count a message given up on after `attempt` said `outcome`."""
+        if outcome == "no_subscriber":
+            self.stats.dropped_no_subscriber += 1
+        elif outcome == "full" and self.mode == "pub":
+            self.stats.dropped_hwm += 1
+
     def send_nowait(self, parts: Sequence[bytes | memoryview]) -> Outcome:
         """Queue one multipart message now or say why not (and count it)."""
-        if self.mode == "pub" and not self.has_subscriber(bytes(parts[0])):
-            self.stats.dropped_no_subscriber += 1
-            return "no_subscriber"
-        if self._try_send(parts):
-            return "sent"
-        if self.mode == "pub":
-            self.stats.dropped_hwm += 1
-        return "full"
-
-    async def send_when_room(self, parts: Sequence[bytes | memoryview]) -> Outcome:
-        """For lossless sources: wait, however long, until the message fits the queues of every
-        subscriber (PUB) or of a worker (PUSH). Only "no subscriber" (PUB) ends the wait."""
-        pause_s = ROOM_POLL_MIN_S
-        while True:
-            if self.mode == "pub" and not self.has_subscriber(bytes(parts[0])):
-                self.stats.dropped_no_subscriber += 1
-                return "no_subscriber"
-            if self._try_send(parts):
-                return "sent"
-            # Retry after a pause (XPUB polls writable even when a NODROP subscriber is full).
-            await asyncio.sleep(pause_s)
-            pause_s = min(2 * pause_s, ROOM_POLL_MAX_S)
+        outcome = self.attempt(parts)
+        if outcome != "sent":
+            self.count_drop(outcome)
+        return outcome
 
     def send(self, parts: Sequence[bytes | memoryview]) -> bool:
         """PUSH: wait up to the send timeout for a worker with room (blocking the calling
