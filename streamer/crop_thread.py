@@ -56,7 +56,8 @@ Settings = Callable[[str], tuple[CropParams, frozenset[str] | None]]
 
 
 class CropThread:
-    """Runs in its own thread from `start()` to `stop()`; counters are read by the loop."""
+    """Runs in its own thread from `start()` until `stop()` (then `join`); the loop reads its
+    counters."""
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class CropThread:
         self.malformed: Counter[str] = Counter()
         self.unknown_source = 0
         self.handled = 0  # detection messages taken off the socket
+        self.failed: str | None = None
         self._warn = LogOnce(log)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="streamer-crops", daemon=True)
@@ -93,16 +95,15 @@ class CropThread:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout_s: float) -> bool:
-        """Finish the message at hand, then end (waiting at most `timeout_s`); True once
-        ended (or never started)."""
+    def stop(self) -> None:
+        """Ask the thread to end after the message at hand."""
         self._stop.set()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait at most `timeout_s` for the thread to end; True once ended (or never started)."""
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.error("crop thread still busy %.1f s after stop", timeout_s)
-                return False
-        return True
+        return not self._thread.is_alive()
 
     def _main(self) -> None:
         poller = zmq.Poller()
@@ -119,7 +120,8 @@ class CropThread:
                         by_socket[sock].read_subscriptions()
         except zmq.ContextTerminated:
             pass
-        except Exception:
+        except Exception as e:  # a bug: say so loudly, and /healthz turns unhealthy
+            self.failed = f"{type(e).__name__}: {e}"
             log.exception("crop thread failed; no more crops will be made")
 
     def _drain_detections(self) -> None:

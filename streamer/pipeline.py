@@ -147,6 +147,8 @@ class Pipeline:
             for sid, src in self.sources.items()
             if src.stats.state in UNHEALTHY_STATES
         }
+        if self._crops is not None and self._crops.failed is not None:
+            problems["crop_thread"] = f"failed: {self._crops.failed}"
         if self.loop_lag_s > LOOP_LAG_UNHEALTHY_S:
             problems["event_loop"] = f"lagging {self.loop_lag_s:.2f} s"
         states = {sid: src.stats.state for sid, src in self.sources.items()}
@@ -235,7 +237,10 @@ class Pipeline:
                 await runner.cleanup()
             crops_ended = True
             if self._crops is not None:
-                crops_ended = await asyncio.to_thread(self._crops.stop, self._crop_join_s())
+                self._crops.stop()
+                crops_ended = await asyncio.to_thread(self._crops.join, self._crop_join_s())
+                if not crops_ended:
+                    log.error("crop thread still busy %.1f s after stop", self._crop_join_s())
             if crops_ended:  # else its sockets are still in use: leave them (and the context)
                 if receiver is not None:
                     receiver.close()
@@ -282,7 +287,8 @@ class Pipeline:
             self.pairer.flush()
         if self._crops is not None:
             # Detections for frames paired just now may still be on their way through it.
-            await asyncio.to_thread(self._crops.stop, max(0.1, deadline - time.monotonic()))
+            self._crops.stop()
+            await asyncio.to_thread(self._crops.join, max(0.1, deadline - time.monotonic()))
 
     async def _feed(self, src: Source) -> None:
         """Frames from one source into its ring, and to the tap when one is configured."""

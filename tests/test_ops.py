@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber, CropSubscriber
 from streamer.config import parse_config
+from streamer.crop_thread import CropThread
 from streamer.detections.codec import encode_detections
 from streamer.errors import ConfigError
 from streamer.pipeline import Pipeline, accounting_balance
@@ -159,6 +160,51 @@ def test_health_names_stalled_and_failed_sources() -> None:
     ok, body = p.health()
     assert not ok
     assert body["problems"] == {"b": "stalled: no frame for 5.1 s", "c": "failed"}
+
+
+def test_a_crop_thread_that_dies_makes_health_fail_while_frames_are_still_counted(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the crop thread must not pass silently: /healthz says so, and the frames whose
+    detections it can no longer take expire, counted."""
+    tap, dets = endpoint(), endpoint()
+
+    def broken(self: CropThread) -> None:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(CropThread, "_drain_detections", broken)
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420"},
+        "ring": {"max_age_ms": 300},
+        "publish": [{"bind": endpoint()}],
+    }
+    p = Pipeline(parse_config(cfg))
+
+    async def main() -> tuple[bool, dict[str, Any]]:
+        run = asyncio.create_task(p.run())
+        try:
+            async with (
+                AsyncFrameSubscriber(tap) as frames,
+                AsyncDetectionSender(dets) as sender,
+            ):
+                frame = await asyncio.wait_for(frames.recv(), 10)
+                await sender.send(frame, [])
+                for _ in range(200):
+                    if not p.health()[0]:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.6)  # past the ring's age bound
+                return p.health()
+        finally:
+            p.stop()
+            await asyncio.wait_for(run, 20)
+
+    ok, body = asyncio.run(main())
+    assert not ok and body["problems"] == {"crop_thread": "failed: RuntimeError: injected bug"}
+    src = p.stats()["sources"]["cam"]
+    assert src["paired"] == 0 and src["expired"] > 0 and accounting_balance(src) == 0
 
 
 def test_patch_changes_the_next_crops_and_rejects_bad_values(endpoint: Any) -> None:
