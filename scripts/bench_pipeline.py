@@ -183,10 +183,18 @@ def watch_preview(port: int, done: threading.Event, frames: list[int]) -> None:
 
 
 def run_pipeline(
-    clip: Path, realtime: bool, duration_s: float | None, soak_s: float = 0, viewer: bool = False
+    clip: Path,
+    realtime: bool,
+    duration_s: float | None,
+    soak_s: float = 0,
+    viewer: bool = False,
+    ipc: bool = False,
 ) -> dict[str, Any]:
-    tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
     tmp = Path(tempfile.mkdtemp())
+    if ipc:  # Unix domain sockets: what a consumer on the same host would use
+        tap, dets, pub = (f"ipc://{tmp}/{name}.sock" for name in ("tap", "dets", "crops"))
+    else:
+        tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
     cfg: dict[str, Any] = {
         "sources": [{"id": "bench", "url": str(clip), "realtime": realtime, "loop": soak_s > 0}],
         "detections": {"bind": dets},
@@ -311,6 +319,7 @@ def main() -> None:
     ap.add_argument("--paced-s", type=float, default=20.0)
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of paced running for RSS")
     ap.add_argument("--viewer", action="store_true", help="also run with a preview viewer")
+    ap.add_argument("--ipc", action="store_true", help="also run (b) and (c) over ipc://")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     for size in args.sizes.split(","):
@@ -347,6 +356,14 @@ def main() -> None:
             f"p99 {c['p99_ms']:.2f} ms over {c['crops']} crops; streamer CPU {c['cpu']:.0f}%, "
             f"peak RSS {c['peak_mb']:.0f} MB"
         )
+        if args.ipc:
+            i = run_pipeline(clip, realtime=False, duration_s=None, ipc=True)
+            ci = run_pipeline(clip, realtime=True, duration_s=args.paced_s, ipc=True)
+            print(
+                f"{w}x{h} over ipc://: served {i['served_fps']:.1f} fps -> (b)/(a) = "
+                f"{i['served_fps'] / a:.2f}; streamer {10 * i['cpu'] / i['served_fps']:.2f} ms "
+                f"of CPU per frame; at 30 fps p50 {ci['p50_ms']:.2f} ms, p99 {ci['p99_ms']:.2f} ms"
+            )
     if args.soak:
         w, h = (int(v) for v in args.sizes.split(",")[0].split("x"))
         d = run_pipeline(tmp / f"clip{w}.mp4", realtime=True, duration_s=None, soak_s=args.soak)

@@ -391,9 +391,16 @@ class Pipeline:
                     break
                 with self._ring_lock:
                     self.pairer.withdraw(frame)
-                if outcome == "no_subscriber" or not lossless:
+                if not lossless:
                     break
-                # A lossless source waits for room (XPUB polls writable even when full: retry).
+                # A lossless source waits for a detector, and for room in its queue (an XPUB
+                # polls writable even when full: retry).
+                if outcome == "no_subscriber":
+                    self._warn(
+                        "tap-wait",
+                        "frame tap: no detector subscribed; source %s waits (realtime: false)",
+                        frame.source_id,
+                    )
                 await asyncio.sleep(pause_s)
                 pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
             counters.in_tap -= 1

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -218,7 +219,10 @@ def test_timestamp_pairing_with_a_detector_that_reads_the_camera(endpoint: Any) 
     assert ids == sorted(ids)
 
 
-def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("mode", ["push", "pub"])
+def test_unpaced_file_is_lossless_with_a_slow_late_detector(
+    mode: str, endpoint: Any, tmp_path: Any
+) -> None:
     """A file read unpaced waits for the pipeline instead of dropping: a detector that connects
     late, is slow, and pauses longer than the stall timeout still gets every frame, once, and
     no frame is evicted from a small ring while its detections are on their way."""
@@ -228,7 +232,7 @@ def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_p
     cfg = {
         "sources": [{"id": "cam", "url": str(clip), "realtime": False, "stall_timeout_s": 0.5}],
         "detections": {"bind": dets},
-        "tap": {"bind": tap, "mode": "push", "encoding": "raw-i420", "hwm": 1},
+        "tap": {"bind": tap, "mode": mode, "encoding": "raw-i420", "hwm": 1},
         # Fewer than the frames that fit the sockets' queues on their way to the detector:
         # the source must wait for room, not evict frames still awaiting their detections.
         "ring": {"max_frames": 3},
@@ -238,7 +242,7 @@ def test_unpaced_file_is_lossless_with_a_slow_late_detector(endpoint: Any, tmp_p
 
     async def detector() -> None:
         async with (
-            AsyncFrameSubscriber(tap, mode="pull", hwm=1) as frames,
+            AsyncFrameSubscriber(tap, mode="pull" if mode == "push" else "sub", hwm=1) as frames,
             AsyncDetectionSender(dets) as sender,
         ):
             async for frame in frames:
