@@ -59,3 +59,17 @@ def test_bench_pipeline_runs_and_serves_every_frame() -> None:
     assert "CPU while serving" in out and "@30 fps: detection sent -> crop received p50" in out
     assert "320x240 over ipc://: served" in out and "served nan" not in out, out
     assert "totals: frames 60, paired 60," in res.stderr, res.stderr
+
+
+def test_bench_transport_runs() -> None:
+    res = subprocess.run(
+        [sys.executable, "scripts/bench_transport.py", "--frames", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["tcp", "ipc"], res.stdout
+    assert all("per crop send -> receive p50" in line for line in lines)
