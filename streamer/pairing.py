@@ -75,8 +75,10 @@ class Pairer:
     def stats(self, source_id: str) -> RingStats:
         return self._rings[source_id].stats
 
-    def add_frame(self, frame: Frame, now: float) -> None:
-        """Put a frame in its source's ring, evicting (as expired) what no longer fits."""
+    def add_frame(self, frame: Frame, now: float, *, bound: bool = True) -> None:
+        """Put a frame in its source's ring, evicting (as expired) what no longer fits. With
+        ``bound=False`` nothing is evicted yet (a frame about to be sent, that may be withdrawn):
+        call `bound` once it stays."""
         ring = self._rings[frame.source_id]
         ring.frames[frame.frame_id] = (frame, now)
         ring.newest_id = max(ring.newest_id, frame.frame_id)
@@ -85,6 +87,12 @@ class Pairer:
         ring.stats.added += 1
         ring.stats.in_ring += 1
         ring.stats.ring_bytes += frame.nbytes
+        if bound:
+            self.bound(frame.source_id, now)
+
+    def bound(self, source_id: str, now: float) -> None:
+        """Evict (as expired) the oldest frames beyond the count and byte bounds, and old ones."""
+        ring = self._rings[source_id]
         while len(ring.frames) > self.max_frames or (
             ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
         ):
@@ -92,7 +100,8 @@ class Pairer:
         self.expire(now)
 
     def withdraw(self, frame: Frame) -> None:
-        """Take back a frame just added, as if it never was (its tap send failed)."""
+        """Take back a frame added with ``bound=False``, as if it never was (its tap send
+        failed)."""
         ring = self._rings[frame.source_id]
         if ring.frames.pop(frame.frame_id, None) is not None:
             ring.stats.added -= 1

@@ -383,11 +383,13 @@ class Pipeline:
             pause_s = TAP_RETRY_MIN_S
             while True:
                 # Into the ring before the send: the crop thread may get the detections for it
-                # before the send returns.
+                # before the send returns. Nothing is evicted for it until it is sent.
                 with self._ring_lock:
-                    self.pairer.add_frame(frame, time.monotonic())
+                    self.pairer.add_frame(frame, time.monotonic(), bound=False)
                 outcome = self._tap.attempt(message)
                 if outcome == "sent":
+                    with self._ring_lock:
+                        self.pairer.bound(frame.source_id, time.monotonic())
                     break
                 with self._ring_lock:
                     self.pairer.withdraw(frame)

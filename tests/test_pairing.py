@@ -114,12 +114,18 @@ def test_ring_expired_frames_and_late_detection_after_age() -> None:
 def test_withdrawn_frame_is_as_if_never_added() -> None:
     """The tap puts a frame in the ring before sending it (its detections may come back before
     the send returns); a send that fails takes it back without counting it anywhere."""
-    p = Pairer(["a"], max_frames=10, max_bytes=10_000, max_age_s=5.0)
+    p = Pairer(["a"], max_frames=1, max_bytes=10_000, max_age_s=5.0)
     p.add_frame(frame(1), now=0.0)
-    p.add_frame(frame(2), now=0.0)
+    p.add_frame(frame(2), now=0.0, bound=False)  # over the bound, but nothing evicted yet
+    assert p.stats("a").in_ring == 2 and p.stats("a").expired == 0
     p.withdraw(frame(2))
     p.withdraw(frame(7))  # never added: nothing happens
     s = p.stats("a")
     assert (s.added, s.in_ring, s.ring_bytes, s.expired, s.paired) == (1, 1, 100, 0, 0)
     assert p.match("a", 2, now=0.1).outcome == "late"  # a frame number already seen, not held
     assert p.match("a", 1, now=0.1).outcome == "paired"
+    p.add_frame(frame(3), now=0.2, bound=False)
+    p.add_frame(frame(4), now=0.2, bound=False)
+    p.bound("a", now=0.2)  # sent: now the bounds apply
+    s = p.stats("a")
+    assert (s.in_ring, s.expired) == (1, 1) and p.match("a", 4, now=0.3).outcome == "paired"
