@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -15,6 +16,7 @@ def topic_part(name: str) -> str:
     return _TOPIC_UNSAFE.sub("_", name) or "_"
 
 
+@functools.lru_cache(maxsize=4096)
 def crop_topic(source_id: str, class_name: str) -> bytes:
     return f"crop/{source_id}/{topic_part(class_name)}".encode()
 
