@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,16 +17,11 @@ import time
 
 import numpy as np
 import zmq
+from bench_pipeline import free_endpoint
 
 # Crop sizes (w, h) like one 1080p frame's in bench_pipeline.py: the clamped corner box, then
 # each plate and person shape twice; 9 crops, ~1.9 MB of BGR (the bench averages ~1.7 MB).
 CROPS = [(120, 68)] + [(192, 96), (192, 384), (320, 160), (320, 540)] * 2
-
-
-def free_tcp() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def subscriber(endpoint: str, results: str) -> None:
@@ -84,8 +78,8 @@ def main() -> None:
         subscriber(*args.sub)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        for endpoint in (free_tcp(), f"ipc://{tmp}/crops.sock"):
-            lat = measure(endpoint, free_tcp(), args.frames)
+        for endpoint in (free_endpoint(), f"ipc://{tmp}/crops.sock"):
+            lat = measure(endpoint, free_endpoint(), args.frames)
             kind = endpoint.split(":", 1)[0]
             print(
                 f"{kind}: {len(CROPS)} crops a frame ({sum(w * h * 3 for w, h in CROPS) / 1e6:.1f}"

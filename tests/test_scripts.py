@@ -8,24 +8,18 @@ import sys
 from tests.conftest import REPO
 
 
-def test_bench_crop_runs() -> None:
+def _run_script(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(
-        [
-            sys.executable,
-            "scripts/bench_crop.py",
-            "--repeat",
-            "2",
-            "--sizes",
-            "640x360,1280x720",
-            "--boxes",
-            "1,4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout_s, cwd=REPO
     )
     assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_bench_crop_runs() -> None:
+    res = _run_script(
+        "scripts/bench_crop.py", "--repeat", "2", "--sizes", "640x360,1280x720", "--boxes", "1,4"
+    )
     rows = [line for line in res.stdout.splitlines() if line.startswith(("640x", "1280x"))]
     assert len(rows) == 4
     assert all(float(r.split()[-1]) > 0 for r in rows)
@@ -36,24 +30,11 @@ def test_bench_pipeline_runs_and_serves_every_frame() -> None:
     is paired (the clip is read lossless, and waits for the detector to subscribe), and each
     line it prints is there. (Crops of the first frames may precede the crop subscriber's
     subscription: PUB semantics, counted by streamer.)"""
-    res = subprocess.run(
-        [
-            sys.executable,
-            "scripts/bench_pipeline.py",
-            "--sizes",
-            "320x240",
-            "--frames",
-            "60",
-            "--paced-s",
-            "2",
-            "--ipc",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=REPO,
+    res = _run_script(
+        "scripts/bench_pipeline.py",
+        *("--sizes", "320x240", "--frames", "60", "--paced-s", "2", "--ipc"),
+        timeout_s=240,
     )
-    assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "of 60 frames fully served, not_tapped 0, expired 0)" in out, out
     assert "CPU while serving" in out and "@30 fps: detection sent -> crop received p50" in out
@@ -62,14 +43,7 @@ def test_bench_pipeline_runs_and_serves_every_frame() -> None:
 
 
 def test_bench_transport_runs() -> None:
-    res = subprocess.run(
-        [sys.executable, "scripts/bench_transport.py", "--frames", "10"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert res.returncode == 0, res.stderr
+    res = _run_script("scripts/bench_transport.py", "--frames", "10")
     lines = res.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["tcp", "ipc"], res.stdout
     assert all("per crop send -> receive p50" in line for line in lines)
