@@ -1,32 +1,37 @@
 # Everything a fresh machine needs: `make demo` and `make test` install what they use.
+# Python packages come from uv.lock (uv sync --frozen); system packages from Debian, listed and
+# checked by capability in scripts/check_system.py.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-# Debian packages the tests need (servers and engines they start for real).
-SYSTEM_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-rtsp gstreamer1.0-tools \
-  tesseract-ocr tesseract-ocr-eng chromium
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+# uv uses this interpreter and never downloads one; the venv is the project's .venv.
+UV_ENV := UV_PYTHON=$(shell command -v $(PYTHON)) UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV)
+DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest system-deps venv clean
+.PHONY: demo test lint typecheck pytest system-deps check-system venv demo-venv lock clean
 
-demo: $(STAMP)
-	$(BIN)/streamer demo
+demo: demo-venv
+	$(BIN)/streamer demo $(DEMO_ARGS)
 
-test: system-deps $(STAMP) lint typecheck pytest
+test: system-deps venv lint typecheck pytest
 
-lint: $(STAMP)
+lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: venv
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: venv
 	$(BIN)/pytest -q
 
+# Installs the Debian packages that provide what the tests use, then checks each capability
+# (GStreamer elements, typelibs, binaries, Tesseract data) and names the package of any gap.
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	@missing=""; for p in $$($(PYTHON) scripts/check_system.py --packages); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -34,14 +39,26 @@ system-deps:
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	$(PYTHON) scripts/check_system.py
 
-venv: $(STAMP)
+check-system:
+	$(PYTHON) scripts/check_system.py
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+# The package with its OCR extra and the test tools, exactly as locked.
+venv: $(UV)
+	$(UV_ENV) $(UV) sync -q --frozen --extra ocr --group test
+
+# Only what the demo runs: the package and its runtime dependencies.
+demo-venv: $(UV)
+	$(UV_ENV) $(UV) sync -q --frozen --inexact --no-default-groups
+
+# Re-resolve uv.lock after changing dependencies in pyproject.toml.
+lock: $(UV)
+	$(UV_ENV) $(UV) lock
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache

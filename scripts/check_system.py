@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Checks, by capability, that this machine has every system piece the demo and the tests use,
+and names the Debian package that provides each missing one.
+
+A package list alone is not enough: a package that happens to be installed hides a missing entry
+(that is how `gstreamer1.0-x`, which has GStreamer's `timeoverlay`, went missing from the list).
+So this looks for what is used: each GStreamer element the test RTSP server and the RTP feeders
+build, the GObject typelibs, the binaries and Tesseract's language data.
+
+    python3 scripts/check_system.py            # exit 0, or 1 listing what is missing
+    python3 scripts/check_system.py --packages # print the Debian packages that provide it all
+
+Standard library only: it runs before any virtual environment exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# GStreamer element -> Debian package, for every element scripts/rtsp_server.py and the tests'
+# gst-launch feeders put in a pipeline.
+GST_ELEMENTS = {
+    "videotestsrc": "gstreamer1.0-plugins-base",
+    "audiotestsrc": "gstreamer1.0-plugins-base",
+    "videoconvert": "gstreamer1.0-plugins-base",
+    "audioconvert": "gstreamer1.0-plugins-base",
+    "opusenc": "gstreamer1.0-plugins-base",
+    "timeoverlay": "gstreamer1.0-x",
+    "textoverlay": "gstreamer1.0-x",
+    "x264enc": "gstreamer1.0-plugins-ugly",
+    "rtph264pay": "gstreamer1.0-plugins-good",
+    "rtph264depay": "gstreamer1.0-plugins-good",
+    "rtpopuspay": "gstreamer1.0-plugins-good",
+    "udpsrc": "gstreamer1.0-plugins-good",
+    "udpsink": "gstreamer1.0-plugins-good",
+}
+# GObject introspection namespace -> Debian package (imported by scripts/rtsp_server.py).
+TYPELIBS = {"Gst": "gir1.2-gstreamer-1.0", "GstRtspServer": "gir1.2-gst-rtsp-server-1.0"}
+# Binary -> Debian package.
+BINARIES = {
+    SYSTEM_PYTHON: "python3-gi",
+    "gst-launch-1.0": "gstreamer1.0-tools",
+    "tesseract": "tesseract-ocr",
+    "chromium": "chromium",
+}
+TESSERACT_LANGS = {"eng": "tesseract-ocr-eng"}
+# The RTSP server's library: a dependency of its typelib, named for completeness of the install.
+EXTRA_PACKAGES = ["gstreamer1.0-rtsp"]
+
+_GST_PROBE = """
+import json, sys
+out = {"typelibs": [], "elements": []}
+try:
+    import gi
+except ImportError:
+    print(json.dumps({"no_gi": True})); sys.exit(0)
+for ns in %(typelibs)r:
+    try:
+        gi.require_version(ns, "1.0")
+        __import__("gi.repository." + ns)
+    except (ValueError, ImportError):
+        out["typelibs"].append(ns)
+if "Gst" not in out["typelibs"]:
+    from gi.repository import Gst
+    Gst.init(None)
+    out["elements"] = [e for e in %(elements)r if Gst.ElementFactory.find(e) is None]
+print(json.dumps(out))
+"""
+
+
+def packages() -> list[str]:
+    """Every Debian package that provides a checked capability, each once, in a stable order."""
+    names = [
+        *BINARIES.values(),
+        *TYPELIBS.values(),
+        *GST_ELEMENTS.values(),
+        *TESSERACT_LANGS.values(),
+        *EXTRA_PACKAGES,
+    ]
+    return list(dict.fromkeys(names))
+
+
+def missing() -> list[tuple[str, str]]:
+    """Returns (what is missing, Debian package that provides it) pairs."""
+    found: list[tuple[str, str]] = []
+    for binary, package in BINARIES.items():
+        if shutil.which(binary) is None:
+            found.append((f"binary {binary}", package))
+    if shutil.which(SYSTEM_PYTHON):
+        probe = _GST_PROBE % {"typelibs": list(TYPELIBS), "elements": list(GST_ELEMENTS)}
+        run = subprocess.run(
+            [SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60
+        )
+        try:
+            result = json.loads(run.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            found.append((f"GStreamer probe failed: {run.stderr.strip()[-500:]}", "python3-gi"))
+            result = {}
+        if result.get("no_gi"):
+            found.append((f"PyGObject for {SYSTEM_PYTHON}", "python3-gi"))
+        for ns in result.get("typelibs", []):
+            found.append((f"GObject typelib {ns}-1.0", TYPELIBS[ns]))
+        for element in result.get("elements", []):
+            found.append((f"GStreamer element {element}", GST_ELEMENTS[element]))
+    if shutil.which("tesseract"):
+        run = subprocess.run(
+            ["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60
+        )
+        langs = set((run.stdout + run.stderr).split())
+        for lang, package in TESSERACT_LANGS.items():
+            if lang not in langs:
+                found.append((f"Tesseract language data '{lang}'", package))
+    return found
+
+
+def main() -> int:
+    if "--packages" in sys.argv[1:]:
+        print(" ".join(packages()))
+        return 0
+    gaps = missing()
+    if not gaps:
+        print("system check: every GStreamer element, typelib, binary and data file is present")
+        return 0
+    print("system check: missing pieces (install the named Debian packages):", file=sys.stderr)
+    for what, package in gaps:
+        print(f"  {what:<40} apt-get install {package}", file=sys.stderr)
+    wanted = " ".join(dict.fromkeys(p for _, p in gaps))
+    print(f"fix: apt-get install --no-install-recommends {wanted}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
