@@ -8,14 +8,20 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/streamer \
+    UV_PYTHON_DOWNLOADS=never \
+    PATH=/opt/streamer/bin:$PATH
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
 COPY streamer ./streamer
-# The wheels of av, opencv-python-headless, pyzmq and aiortc carry their native libraries:
-# no system packages are needed at run time.
-RUN pip install --no-cache-dir . \
+# Exactly the versions in uv.lock (the same ones `make test` tested). The wheels of av,
+# opencv-python-headless, pyzmq and aiortc carry their native libraries: no system packages
+# are needed at run time.
+RUN pip install --no-cache-dir uv==0.13.9 \
+    && uv sync --frozen --no-default-groups --no-editable --compile-bytecode \
+    && pip uninstall -y uv \
     && groupadd --system --gid 10001 streamer \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin streamer
 

@@ -199,7 +199,10 @@ def run_pipeline(
         "sources": [{"id": "bench", "url": str(clip), "realtime": realtime, "loop": soak_s > 0}],
         "detections": {"bind": dets},
         "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
-        "publish": [{"bind": pub, "encoding": "raw-bgr24", "hwm": 100_000}],
+        "publish": [
+            # Lossless runs start once this subscriber's subscription has reached streamer.
+            {"bind": pub, "encoding": "raw-bgr24", "hwm": 100_000, "wait_for_subscriber": True}
+        ],
     }
     viewed = [0]
     if viewer:

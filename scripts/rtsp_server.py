@@ -12,7 +12,9 @@ Paths:
 
     /usr/bin/python3 scripts/rtsp_server.py --port 8554 [--relay-port 5600] [--size 320x240]
 
-Prints "READY rtsp://127.0.0.1:<port>" once it listens; stops on SIGTERM / SIGINT.
+Prints "READY rtsp://127.0.0.1:<port>" once it listens; stops on SIGTERM / SIGINT. Every
+media pipeline is built once before that: a missing GStreamer element makes the server exit 2
+at once, naming the element, instead of answering each client "5XX Server Error".
 """
 
 from __future__ import annotations
@@ -30,7 +32,19 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 H264_RTP_CAPS = "application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000"
 
 
-def factory(launch: str) -> GstRtspServer.RTSPMediaFactory:
+def check_launch(path: str, launch: str) -> None:
+    """Builds the pipeline once and throws it away; exits 2 with GStreamer's error if it
+    cannot be built (typically a missing element: scripts/check_system.py names its package)."""
+    try:
+        Gst.parse_launch(f"( {launch} )")
+    except GLib.Error as e:
+        print(f"rtsp_server: cannot build the pipeline of {path}: {e.message}", file=sys.stderr)
+        print(f"rtsp_server: pipeline was: {launch}", file=sys.stderr)
+        sys.exit(2)
+
+
+def factory(path: str, launch: str) -> GstRtspServer.RTSPMediaFactory:
+    check_launch(path, launch)
     f = GstRtspServer.RTSPMediaFactory()
     f.set_launch(f"( {launch} )")
     f.set_shared(True)
@@ -55,6 +69,7 @@ def main() -> int:
     mounts.add_factory(
         "/test",
         factory(
+            "/test",
             f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
             f"framerate={args.fps}/1 ! timeoverlay ! x264enc tune=zerolatency "
             f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96"
@@ -64,6 +79,7 @@ def main() -> int:
         mounts.add_factory(
             "/relay",
             factory(
+                "/relay",
                 f'udpsrc address=127.0.0.1 port={args.relay_port} caps="{H264_RTP_CAPS}" '
                 "! rtph264depay ! rtph264pay name=pay0 pt=96"
             ),

@@ -127,6 +127,11 @@ class PublishConfig(_Model):
     send_timeout_ms: int = Field(100, ge=0, le=60_000, description="push: wait for a worker")
     classes: list[str] | None = Field(None, description="only these classes; all when absent")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    wait_for_subscriber: bool = Field(
+        False,
+        description="pub: lossless sources (realtime: false) start only once this publisher has "
+        "a subscriber, so a consumer that connects with the run loses no crop",
+    )
 
     @model_validator(mode="after")
     def _quality_fits(self) -> PublishConfig:

@@ -52,6 +52,7 @@ EXPIRY_INTERVAL_S = 0.1
 TAP_RETRY_MIN_S = 0.0005  # a lossless frame the tap cannot take yet: first pause, doubling
 TAP_RETRY_MAX_S = 0.01  # ... up to this
 RING_ROOM_POLL_S = 0.001  # a lossless source waiting for its ring to have room looks this often
+SUBSCRIBER_POLL_S = 0.01  # a lossless source waiting for a crop subscriber looks this often
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
 
@@ -297,6 +298,8 @@ class Pipeline:
         if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
             tap_period_s = 1.0 / self.cfg.tap.max_fps
         next_tap_at = 0.0
+        if src.lossless:
+            await self._crop_subscribers(src.source_id)
         while True:
             try:
                 frame = await src.recv()
@@ -324,6 +327,18 @@ class Pipeline:
             next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
             counters.in_tap += 1
             self._tap_queue.put_nowait(frame)
+
+    async def _crop_subscribers(self, sid: str) -> None:
+        """A lossless source starts once every `wait_for_subscriber` publisher has a subscriber:
+        PUB sends nothing to a subscriber whose subscription has not arrived yet."""
+        waiting = [p for p in self._publishers if p.cfg.wait_for_subscriber and p.cfg.mode == "pub"]
+        while not all(p.out.subscribed for p in waiting):
+            self._warn(
+                f"crop-wait-{sid}",
+                "crop publisher: no subscriber yet; source %s waits (wait_for_subscriber)",
+                sid,
+            )
+            await asyncio.sleep(SUBSCRIBER_POLL_S)
 
     async def _room_for(self, sid: str, nbytes: int) -> None:
         """A lossless source's frame waits here until it fits the tap queue and the ring, counting

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,22 @@ READY_TIMEOUT_S = 15.0
 
 
 class RtspServer:
-    def __init__(self, port: int | None = None, relay_port: int = 0, size: str = "320x240") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        relay_port: int = 0,
+        size: str = "320x240",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.env = env
         self.relay_port = relay_port
         self.size = size
         self.proc: subprocess.Popen[str] | None = None
         self.ready_at = 0.0
+        # The server's stderr goes to a file (a pipe nobody reads could fill and block it); a
+        # failure to start is reported with it.
+        self.errors = tempfile.TemporaryFile("w+")
 
     def url(self, path: str = "test") -> str:
         return f"rtsp://127.0.0.1:{self.port}/{path}"
@@ -45,8 +56,9 @@ class RtspServer:
                 self.size,
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=self.errors,
             text=True,
+            env=self.env,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -58,7 +70,11 @@ class RtspServer:
             if not line and self.proc.poll() is not None:
                 break
         self.kill()
-        raise RuntimeError("RTSP server did not start")
+        self.errors.seek(0)
+        raise RuntimeError(
+            f"RTSP server did not start (exit code {self.proc.returncode}); its stderr:\n"
+            f"{self.errors.read()[-4000:]}"
+        )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

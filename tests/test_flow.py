@@ -268,3 +268,47 @@ def test_unpaced_file_is_lossless_with_a_slow_late_detector(
     assert src["not_tapped"] == src["dropped_handoff"] == src["expired"] == 0
     assert src["stalls"] == 0  # waiting for the pipeline is not a stall
     assert src["crops"] == n_frames
+
+
+def test_lossless_file_waits_for_a_late_crop_subscriber(endpoint: Any, tmp_path: Any) -> None:
+    """With `wait_for_subscriber`, a lossless file starts only once its crop subscriber's
+    subscription has reached streamer: a subscriber that connects a second after the detector
+    still gets the crops of every frame (without it, PUB drops them as unsubscribed)."""
+    n_frames = 30
+    clip = write_clip(tmp_path / "clip.mp4", n_frames, (320, 240))
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": str(clip), "realtime": False}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420"},
+        "publish": [{"bind": pub, "wait_for_subscriber": True}],
+    }
+    got: list[int] = []
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as sender:
+            async for frame in frames:
+                box = {"x": 20, "y": 20, "width": 10, "height": 10, "class": "a", "confidence": 1}
+                await sender.send(frame, [box])
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await asyncio.sleep(1.0)  # the detector is there; the crop subscriber is not yet
+            assert _src(p)["paired"] == 0
+            ctx = zmq.asyncio.Context.instance()
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"crop/")
+            sub.connect(pub)
+            try:
+                while len(got) < n_frames:
+                    parts = await asyncio.wait_for(sub.recv_multipart(), 20)
+                    got.append(json.loads(parts[1])["frame_id"])
+            finally:
+                sub.close(linger=0)
+        finally:
+            task.cancel()
+
+    stats = _run(cfg, body)
+    assert sorted(got) == list(range(n_frames))
+    assert stats["publishers"][0]["dropped_no_subscriber"] == 0

@@ -65,6 +65,7 @@ class OutSocket:
         self.send_timeout_s = send_timeout_ms / 1000.0
         self.stats = OutStats()
         self.subscriptions: Counter[bytes] = Counter()
+        self.active_subscriptions = 0  # the sum of `subscriptions`
         self._blocked = False  # PUSH: the last send timed out; do not wait again until one passes
         self.asock = ctx.socket(zmq.XPUB if mode == "pub" else zmq.PUSH)
         self.sock: zmq.Socket[bytes] = zmq.Socket.shadow(self.asock.underlying)
@@ -85,11 +86,18 @@ class OutSocket:
     def has_subscriber(self, topic: bytes) -> bool:
         return any(topic.startswith(p) for p, n in self.subscriptions.items() if n > 0)
 
+    @property
+    def subscribed(self) -> bool:
+        """PUB: whether any subscription is active (safe to read from another thread)."""
+        return self.active_subscriptions > 0
+
     def _note(self, msg: bytes) -> None:
         if msg[:1] == b"\x01":
             self.subscriptions[msg[1:]] += 1
+            self.active_subscriptions += 1
         elif msg[:1] == b"\x00" and self.subscriptions[msg[1:]] > 0:
             self.subscriptions[msg[1:]] -= 1
+            self.active_subscriptions -= 1
 
     async def track_subscriptions(self) -> None:
         """PUB mode, asyncio socket: keep `subscriptions` current. Run as a task for the
