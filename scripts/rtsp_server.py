@@ -72,7 +72,7 @@ def main() -> int:
             "/test",
             f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
             f"framerate={args.fps}/1 ! timeoverlay ! x264enc tune=zerolatency "
-            f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96"
+            f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96",
         ),
     )
     if args.relay_port:
@@ -81,7 +81,7 @@ def main() -> int:
             factory(
                 "/relay",
                 f'udpsrc address=127.0.0.1 port={args.relay_port} caps="{H264_RTP_CAPS}" '
-                "! rtph264depay ! rtph264pay name=pay0 pt=96"
+                "! rtph264depay ! rtph264pay name=pay0 pt=96",
             ),
         )
     if server.attach(None) == 0:

@@ -38,7 +38,7 @@ class RtspServer:
         self.ready_at = 0.0
         # The server's stderr goes to a file (a pipe nobody reads could fill and block it); a
         # failure to start is reported with it.
-        self.errors = tempfile.TemporaryFile("w+")
+        self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the server)
 
     def url(self, path: str = "test") -> str:
         return f"rtsp://127.0.0.1:{self.port}/{path}"
