@@ -16,6 +16,7 @@ from typing import Any
 
 from streamer.config import StreamerConfig, load_config, parse_config
 from streamer.errors import ConfigError
+from streamer.ocr.commands import add_detect_parser, add_ocr_parser
 
 log = logging.getLogger("streamer")
 
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="exit after this many crops")
     p.add_argument("--timeout", type=float, help="exit 1 if no crop arrives for this long")
     p.set_defaults(fn=cmd_crops)
+
+    add_ocr_parser(sub)
+    add_detect_parser(sub)
     return ap
 
 

@@ -58,6 +58,11 @@ PROTOCOL_VERSION = 1
 T = TypeVar("T")
 
 
+class MalformedMessageError(ValueError):
+    """A received message is not a streamer message: wrong part count, or a header that is not
+    a JSON object."""
+
+
 class ProtocolVersionError(ValueError):
     """A message carries a protocol version this client does not know."""
 
@@ -114,7 +119,12 @@ class Crop(_Received):
 
 
 def _header(part: bytes) -> dict[str, Any]:
-    header: dict[str, Any] = json.loads(part)
+    try:
+        header = json.loads(part)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or nested too deep
+        raise MalformedMessageError(f"header is not JSON: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise MalformedMessageError(f"header is a JSON {type(header).__name__}, not an object")
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolVersionError(
             f"unsupported protocol version {header.get('v')!r}; this client knows 1"
@@ -138,12 +148,28 @@ def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.n
     raise ValueError(f"unknown image encoding {enc!r}")
 
 
+def _check_parts(parts: list[zmq.Frame]) -> None:
+    if len(parts) != 3:
+        raise MalformedMessageError(f"expected 3 parts [topic, header, image], got {len(parts)}")
+
+
 def _tap_frame(parts: list[zmq.Frame]) -> TapFrame:
+    _check_parts(parts)
     return TapFrame(_header(parts[1].bytes), parts[2].buffer)
 
 
 def _crop(parts: list[zmq.Frame]) -> Crop:
+    _check_parts(parts)
     return Crop(_header(parts[1].bytes), parts[2].buffer)
+
+
+def parse_crop(parts: list[zmq.Frame]) -> Crop:
+    """A received crop message's parts as a Crop (header parsed, image not yet decoded).
+
+    Raises MalformedMessageError (wrong part count, header not a JSON object) or
+    ProtocolVersionError; the header's fields are the caller's to check (see streamer.ocr).
+    """
+    return _crop(parts)
 
 
 def to_predictions(detections: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -264,7 +290,8 @@ class CropSubscriber(_Subscriber[Crop]):
     """Receives crops; `topics` are prefixes of ``crop/<source_id>/<class>``.
 
     ``mode="pull"`` joins a PUSH publisher's worker pool (each crop to one worker).
-    Raises ProtocolVersionError on a message of a protocol version it does not know.
+    Raises ProtocolVersionError on a message of a protocol version it does not know and
+    MalformedMessageError on one that is not a crop message at all.
     """
 
     def __init__(

@@ -1,5 +1,6 @@
 """Downstream consumers: every encoding through CropSubscriber, publisher filters, a PUSH pool of
-workers, protocol versions, and the OCR worker reading the synthetic plates with real Tesseract."""
+workers, protocol versions, and the OCR worker (`streamer ocr`, PP-OCRv4) reading the synthetic
+plates."""
 
 from __future__ import annotations
 
@@ -214,7 +215,7 @@ def _iou(a: list[int], b: tuple[int, int, int, int]) -> float:
 
 
 def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
-    """Synthetic camera -> demo detector process -> streamer -> OCR worker process (Tesseract).
+    """Synthetic camera -> demo detector process -> streamer -> `streamer ocr` process (PP-OCRv4).
     Ground truth comes from the synthetic scene; at least 90% of the plates must be read right."""
     pub, tap, dets, results = endpoint(), endpoint(), endpoint(), endpoint()
     demo = spawn(
@@ -232,7 +233,10 @@ def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
         dets,
         "--no-preview",
     )
-    worker = spawn("scripts/ocr_worker.py", "--crops", pub, "--results", results)
+    worker = spawn(
+        *("-m", "streamer", "ocr", "--crops", pub, "--results", results),
+        *("--topic", "crop/demo/plate"),
+    )
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"ocr/")
     sub.connect(results)
@@ -244,7 +248,7 @@ def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
     finally:
         sub.close(linger=0)
         stop(demo)
-        worker_out, _ = stop(worker)
+        _, worker_err = stop(worker)
     assert readings, "no OCR results"
     scene = SyntheticScene(SyntheticSpec())
     per_plate: dict[str, Counter[str]] = defaultdict(Counter)
@@ -267,7 +271,7 @@ def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
     accuracy = len(right) / len(plates)
     print(
         f"OCR: {len(right)}/{len(plates)} plates read right ({accuracy:.0%}), "
-        f"{len(readings)} readings; worker {worker_out.strip()}"
+        f"{len(readings)} readings; {worker_err.strip().splitlines()[-1]}"
     )
     assert len(plates) >= 6
     assert accuracy >= 0.9, {t: per_plate[t].most_common(2) for t in plates}

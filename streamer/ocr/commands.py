@@ -1,0 +1,134 @@
+"""The ``streamer ocr`` and ``streamer detect text`` commands: their flags and how they run.
+The heavy imports (ONNX Runtime, the models) happen only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (the loops poll it, then close their sockets)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _curve(value: list[str] | None) -> tuple[str, str] | None:
+    return (value[0], value[1]) if value else None
+
+
+def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "ocr",
+        help="OCR worker: read text on crops, vote per track, publish readings",
+        description="Reads crops from streamer, recognizes their text (PP-OCRv4 by default), "
+        "votes per track and publishes one JSON result per read crop on ocr/<source_id>. "
+        "With --listen, prints the stable readings of running workers instead.",
+    )
+    p.add_argument("--crops", default="tcp://127.0.0.1:5560", help="streamer's crop endpoint")
+    p.add_argument("--pull", action="store_true", help="the publisher is PUSH: join its pool")
+    p.add_argument("--topic", action="append", help="topic prefix (repeatable); default crop/")
+    p.add_argument("--classes", help="comma-separated classes to read; default every class")
+    p.add_argument("--results", default="tcp://127.0.0.1:5570", help="bind: results go out here")
+    p.add_argument("--votes", type=int, default=3, help="agreeing readings for a stable reading")
+    p.add_argument("--engine", default="rapidocr", choices=("rapidocr", "tesseract"))
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (rapidocr)")
+    p.add_argument("--read-edge", action="store_true", help="also read crops at the frame edge")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
+    p.add_argument(
+        "--listen", nargs="+", metavar="ENDPOINT", help="print stable readings from workers"
+    )
+    p.set_defaults(fn=cmd_ocr)
+
+
+def cmd_ocr(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    from streamer.ocr import worker
+
+    if args.listen:
+        worker.listen(args.listen, stop, sys.stdout)
+        return 0
+    from prometheus_client import start_http_server
+
+    from streamer.ocr.recognizers import RecognizerUnavailable, make_recognizer
+
+    if not 1 <= args.votes <= 1000:
+        print("error: --votes must be in 1..1000", file=sys.stderr)
+        return 2
+    try:
+        recognizer = make_recognizer(args.engine, args.threads)
+    except RecognizerUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    opts = worker.WorkerOptions(
+        crops=args.crops,
+        results=args.results,
+        mode="pull" if args.pull else "sub",
+        topics=tuple(args.topic or ["crop/"]),
+        classes=frozenset(c for c in (args.classes or "").split(",") if c),
+        votes=args.votes,
+        read_edge=args.read_edge,
+        curve=_curve(args.curve),
+    )
+    metrics = worker.WorkerMetrics(args.engine)
+    server = None
+    if args.metrics_port is not None:
+        server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
+    log.info("ocr worker (%s): crops from %s, results on %s", args.engine, opts.crops, opts.results)
+    try:
+        worker.OcrWorker(recognizer, opts, metrics).run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        print(worker.summary(metrics), file=sys.stderr, flush=True)
+    return 0
+
+
+def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("detect", help="run a detector on the frame tap")
+    p.add_argument("model", choices=("text",), help="text: PP-OCRv4 text detector (DBNet)")
+    p.add_argument("--tap", default="tcp://127.0.0.1:5554")
+    p.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    p.add_argument("--pull", action="store_true", help="the tap is PUSH: join its pool")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    p.add_argument("--box-threshold", type=float, default=0.5, help="min mean text probability")
+    p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
+    p.set_defaults(fn=cmd_detect)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    from streamer.ocr.recognizers import RecognizerUnavailable
+    from streamer.ocr.text_detector import DetectorOptions, run_text_detector
+
+    opts = DetectorOptions(
+        tap=args.tap,
+        detections=args.detections,
+        mode="pull" if args.pull else "sub",
+        threads=args.threads,
+        box_threshold=args.box_threshold,
+        curve=_curve(args.curve),
+    )
+    try:
+        counts = run_text_detector(opts, stop)
+    except RecognizerUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = counts["frames"]
+    print(
+        f"text detector: {n} frames, {counts['regions']} regions, {counts['bad_frame']} bad "
+        f"frames, {counts['detect_ms'] / n if n else 0:.1f} ms per frame",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0

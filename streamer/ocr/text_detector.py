@@ -1,0 +1,169 @@
+"""A neural text detector process, ``streamer detect text``: PP-OCRv4's text detector (DBNet,
+from the rapidocr-onnxruntime wheel, on ONNX Runtime's CPU) runs on every tapped frame and
+sends each text region back as class ``text`` with its polygon (4 corners of a rotated box, an
+instance mask streamer can cut the background with) and a tracker id (streamer.tracking).
+
+The detector runs at the tap's own size (rounded to multiples of 32), so the tap's ``width``
+sets its cost; see README ("Reading text with neural models") for its speed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.client import (
+    Curve,
+    DetectionSender,
+    FrameSubscriber,
+    MalformedMessageError,
+    ProtocolVersionError,
+    SubMode,
+)
+from streamer.metrics import LogOnce
+from streamer.ocr.recognizers import DEFAULT_THREADS, ort_config
+from streamer.tracking import IouTracker
+from streamer.types import U8
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_BOXES = 100  # regions per frame
+MAX_SOURCES = 1024  # trackers kept, least recently seen forgotten first
+MAX_FRAME_SIDE_PX = 4096  # tapped frames larger than this are skipped
+POLL_S = 0.1
+TEXT_CLASS = "text"
+
+
+@dataclass(frozen=True)
+class TextRegion:
+    """A detected text region: `points` (4, 2) float32 corners clockwise from top-left, in
+    the image's pixels, and the mean text probability inside them."""
+
+    points: np.ndarray
+    score: float
+
+
+class TextDetector:
+    """PP-OCRv4 DBNet: BGR image -> text regions."""
+
+    MODEL = "ch_PP-OCRv4_det_infer.onnx"
+
+    def __init__(self, threads: int = DEFAULT_THREADS, box_threshold: float = 0.5) -> None:
+        from rapidocr_onnxruntime.ch_ppocr_det import TextDetector as DbNet
+
+        cfg = {
+            **ort_config(self.MODEL, threads),
+            # limit_type "min" with a tiny limit: never resized, only rounded to 32 px.
+            "limit_side_len": 32,
+            "limit_type": "min",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "thresh": 0.3,
+            "box_thresh": box_threshold,
+            "max_candidates": MAX_TEXT_BOXES,
+            "unclip_ratio": 1.6,
+            "use_dilation": True,
+            "score_mode": "fast",
+        }
+        self._db = DbNet(cfg)
+
+    def detect(self, image: U8) -> list[TextRegion]:
+        """Text regions in a BGR (h, w, 3) uint8 image, at most MAX_TEXT_BOXES."""
+        h, w = image.shape[:2]
+        db = self._db
+        pre = db.get_preprocess(max(h, w))(image)
+        if pre is None:
+            return []
+        boxes, scores = db.postprocess_op(db.infer(pre)[0], (h, w))
+        out = []
+        for box, score in zip(boxes, scores, strict=True):
+            pts = db.clip_det_res(db.order_points_clockwise(np.asarray(box, np.float32)), h, w)
+            if np.linalg.norm(pts[0] - pts[1]) > 3 and np.linalg.norm(pts[0] - pts[3]) > 3:
+                out.append(TextRegion(pts.astype(np.float32), float(score)))
+        return out
+
+
+def to_predictions(regions: list[TextRegion]) -> list[dict[str, Any]]:
+    """Roboflow-style predictions (centre box around the polygon, `points`) of class text."""
+    preds = []
+    for r in regions:
+        x0, y0 = r.points.min(axis=0)
+        x1, y1 = r.points.max(axis=0)
+        preds.append(
+            {
+                "x": float(x0 + x1) / 2,
+                "y": float(y0 + y1) / 2,
+                "width": float(x1 - x0),
+                "height": float(y1 - y0),
+                "class": TEXT_CLASS,
+                "class_id": 0,
+                "confidence": round(min(1.0, max(0.0, r.score)), 4),
+                "points": [{"x": float(x), "y": float(y)} for x, y in r.points],
+            }
+        )
+    return preds
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    tap: str = "tcp://127.0.0.1:5554"
+    detections: str = "tcp://127.0.0.1:5555"
+    mode: SubMode = "sub"
+    threads: int = DEFAULT_THREADS
+    box_threshold: float = 0.5
+    curve: Curve | None = None
+
+
+def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[str]:
+    """Detect text on every tapped frame and send it back until `stop` is set; returns the
+    counts (frames, regions, bad_frame, detect_ms as a total)."""
+    detector = TextDetector(opts.threads, opts.box_threshold)
+    trackers: OrderedDict[str, IouTracker] = OrderedDict()
+    counts: Counter[str] = Counter()
+    log_once = LogOnce(log)
+    frames = FrameSubscriber(opts.tap, mode=opts.mode, curve=opts.curve)
+    sender = DetectionSender(opts.detections, curve=opts.curve)
+    try:
+        while not stop.is_set():
+            try:
+                frame = frames.recv(timeout_s=POLL_S)
+                if frame is None:
+                    continue
+                if (
+                    not 0 < frame.width <= MAX_FRAME_SIDE_PX
+                    or not 0 < frame.height <= MAX_FRAME_SIDE_PX
+                ):
+                    raise ValueError(f"frame {frame.width}x{frame.height} out of bounds")
+                image = frame.image
+                source = frame.source_id[:256]
+            except (
+                MalformedMessageError,
+                ProtocolVersionError,
+                ValueError,
+                KeyError,
+                TypeError,
+            ) as e:
+                counts["bad_frame"] += 1
+                log_once(f"bad_frame:{type(e).__name__}", "bad tapped frame: %s", e)
+                continue
+            t0 = time.perf_counter()
+            preds = to_predictions(detector.detect(image))
+            counts["detect_ms"] += round((time.perf_counter() - t0) * 1000)
+            tracker = trackers.pop(source, None) or IouTracker()
+            trackers[source] = tracker
+            if len(trackers) > MAX_SOURCES:
+                trackers.popitem(last=False)
+            tracker.update(preds)
+            sender.send(frame, preds)
+            counts["frames"] += 1
+            counts["regions"] += len(preds)
+    finally:
+        frames.close()
+        sender.close()
+    return counts

@@ -1,0 +1,307 @@
+"""streamer.ocr's pure parts and recognizers: crop headers parsed and bounded, compressed
+payloads checked against the size they declare, straightening by the polygon, text
+normalisation, track voting, and both recognizers reading a plate they were not tuned to."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from streamer.client import MalformedMessageError, ProtocolVersionError, parse_crop
+from streamer.ocr.crops import BadCrop, declared_size, decode_crop, parse_crop_header
+from streamer.ocr.preprocess import normalize_text, prepare, straighten, upscale
+from streamer.ocr.recognizers import (
+    RapidOcrRecognizer,
+    TesseractRecognizer,
+    make_recognizer,
+    rapidocr_models,
+)
+from streamer.ocr.tracks import TrackVotes
+
+
+def plate(text: str, height: int = 40) -> np.ndarray:
+    """A dark-on-light plate with a border, drawn with OpenCV's Hershey Duplex font."""
+    scale = height / 40
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, scale, 2)
+    img = np.full((height, tw + height // 2, 3), (225, 235, 240), np.uint8)
+    cv2.rectangle(img, (1, 1), (img.shape[1] - 2, height - 2), (40, 40, 40), 1)
+    cv2.putText(
+        img,
+        text,
+        (height // 4, (height + th) // 2),
+        cv2.FONT_HERSHEY_DUPLEX,
+        scale,
+        (30, 30, 30),
+        2,
+    )
+    return img
+
+
+def header(**over: Any) -> dict[str, Any]:
+    h: dict[str, Any] = {
+        "v": 1,
+        "source_id": "cam",
+        "frame_id": 7,
+        "pts": 7,
+        "captured_at": 1.5,
+        "detection_id": "d1",
+        "class": "plate",
+        "class_id": 0,
+        "confidence": 0.9,
+        "tracker_id": 3,
+        "index": 0,
+        "count": 1,
+        "origin": {"x": 10, "y": 20, "frame_width": 640, "frame_height": 360},
+        "width": 100,
+        "height": 40,
+        "encoding": "raw-bgr24",
+    }
+    h.update(over)
+    return {k: v for k, v in h.items() if v is not ...}
+
+
+def test_a_good_header_parses_into_typed_fields() -> None:
+    info = parse_crop_header(
+        header(points=[{"x": 0, "y": 0}, {"x": 99, "y": 0}, {"x": 99, "y": 39}])
+    )
+    assert info.track_key == ("cam", 3)
+    assert info.box == [10, 20, 110, 60]
+    assert not info.cut_by_edge
+    assert info.points is not None and info.points.shape == (3, 2)
+    untracked = parse_crop_header(header(tracker_id=None, origin={**header()["origin"], "x": 0}))
+    assert untracked.track_key == ("cam", "d1") and untracked.cut_by_edge
+
+
+BAD_HEADERS = [
+    ("no width", header(width=...), "missing_field", "width"),
+    ("width str", header(width="100"), "wrong_type", "width"),
+    ("width bool", header(width=True), "wrong_type", "width"),
+    ("width 0", header(width=0), "bad_value", "width"),
+    ("huge side", header(width=100_000), "bad_value", "width"),
+    ("too many pixels", header(width=4000, height=4000), "too_large", "pixels"),
+    ("no origin", header(origin=...), "missing_field", "origin"),
+    ("origin list", header(origin=[1, 2]), "wrong_type", "origin"),
+    (
+        "origin x neg",
+        header(origin={"x": -1, "y": 0, "frame_width": 9, "frame_height": 9}),
+        "bad_value",
+        "x",
+    ),
+    ("big frame id", header(frame_id=1 << 70), "bad_value", "frame_id"),
+    ("unknown encoding", header(encoding="bmp"), "bad_value", "encoding"),
+    ("no source", header(source_id=...), "missing_field", "source_id"),
+    ("long source", header(source_id="s" * 300), "bad_value", "source_id"),
+    ("surrogate class", header(**{"class": "\ud800"}), "bad_value", "class"),
+    ("tracker str", header(tracker_id="7"), "wrong_type", "tracker_id"),
+    ("tracker huge", header(tracker_id=1 << 64), "bad_value", "tracker_id"),
+    ("points dict", header(points={"x": 1}), "wrong_type", "points"),
+    ("point str", header(points=[{"x": "1", "y": 2}] * 3), "wrong_type", "points[0].x"),
+    ("point nan", header(points=[{"x": float("nan"), "y": 2}] * 3), "bad_value", "points[0].x"),
+    ("point far", header(points=[{"x": 1e300, "y": 2}] * 3), "bad_value", "points[0].x"),
+    ("many points", header(points=[{"x": 1, "y": 2}] * 2000), "bad_value", "points"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "h", "kind", "text"), BAD_HEADERS, ids=[b[0] for b in BAD_HEADERS]
+)
+def test_bad_headers_raise_badcrop_naming_the_field(
+    name: str, h: dict[str, Any], kind: str, text: str
+) -> None:
+    with pytest.raises(BadCrop, match=re.escape(text)) as err:
+        parse_crop_header(h)
+    assert err.value.kind == kind
+
+
+def _frames(*parts: bytes) -> list[zmq.Frame]:
+    return [zmq.Frame(p) for p in parts]
+
+
+def test_client_parse_crop_turns_any_bytes_into_its_own_errors() -> None:
+    """Before: a header nested 100,000 deep raised RecursionError, a JSON array AttributeError,
+    two parts IndexError; now each is a MalformedMessageError (a ValueError)."""
+    good = json.dumps(header()).encode()
+    assert parse_crop(_frames(b"crop/cam/plate", good, b"x")).header["class"] == "plate"
+    for parts in (
+        _frames(b"crop/cam/plate", b"[" * 100_000 + b"]" * 100_000, b""),
+        _frames(b"crop/cam/plate", b"[1, 2]", b""),
+        _frames(b"crop/cam/plate", b"\xff\xfe", b""),
+        _frames(b"crop/cam/plate", good),
+        _frames(b"crop/cam/plate", good, b"", b""),
+    ):
+        with pytest.raises(MalformedMessageError):
+            parse_crop(parts)
+    with pytest.raises(ProtocolVersionError):
+        parse_crop(_frames(b"crop/cam/plate", json.dumps(header(v=2)).encode(), b""))
+
+
+@pytest.mark.parametrize("encoding", ["png", "jpeg", "webp"])
+def test_compressed_payloads_declare_their_size_and_must_match_the_header(encoding: str) -> None:
+    img = plate("AB12", 40)
+    h, w = img.shape[:2]
+    ext = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[encoding]
+    data = cv2.imencode(ext, img)[1].tobytes()
+    assert declared_size(encoding, data) == (w, h)
+    info = parse_crop_header(header(encoding=encoding, width=w, height=h))
+    assert decode_crop(info, data).shape == (h, w, 3)
+    # A header that lies about the size (e.g. a small header over a decompression bomb).
+    with pytest.raises(BadCrop, match="declares") as err:
+        decode_crop(parse_crop_header(header(encoding=encoding, width=w, height=h + 1)), data)
+    assert err.value.kind == "bad_image"
+    with pytest.raises(BadCrop, match="declares"):
+        decode_crop(info, b"not an image at all")
+    with pytest.raises(BadCrop):
+        decode_crop(info, data[: len(data) // 2])  # truncated: declares the size, won't decode
+
+
+def test_webp_lossless_and_extended_headers_declare_their_size() -> None:
+    img = plate("X9", 30)
+    h, w = img.shape[:2]
+    lossless = cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    assert lossless[12:16] == b"VP8L" and declared_size("webp", lossless) == (w, h)
+    vp8x = b"RIFF\0\0\0\0WEBPVP8X" + b"\0" * 8 + (w - 1).to_bytes(3, "little")
+    assert declared_size("webp", vp8x + (h - 1).to_bytes(3, "little")) == (w, h)
+
+
+def test_raw_payload_must_be_exactly_the_declared_pixels() -> None:
+    info = parse_crop_header(header(width=4, height=2))
+    assert decode_crop(info, bytes(24)).shape == (2, 4, 3)
+    for n in (23, 25, 0):
+        with pytest.raises(BadCrop, match="raw-bgr24"):
+            decode_crop(info, bytes(n))
+
+
+def _rotated_plate(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 200x50 plate with a dark block at its left end, rotated by `angle_deg` on a grey
+    canvas; returns the canvas and the plate's 4 corners on it."""
+    p = np.full((50, 200, 3), 230, np.uint8)
+    p[:, :30] = 20
+    canvas = np.full((300, 300, 3), 128, np.uint8)
+    m = cv2.getRotationMatrix2D((100, 25), angle_deg, 1.0)
+    m[:, 2] += (50, 125)
+    cv2.warpAffine(p, m, (300, 300), dst=canvas, borderMode=cv2.BORDER_TRANSPARENT)
+    corners = np.array([[0, 0], [199, 0], [199, 49], [0, 49]], np.float32)
+    return canvas, (corners @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+
+@pytest.mark.parametrize("angle", [-35, -10, 0, 10, 35])
+@pytest.mark.parametrize("roll", [0, 1, 2, 3])
+def test_straighten_warps_the_polygon_upright_left_to_right(angle: float, roll: int) -> None:
+    canvas, corners = _rotated_plate(angle)
+    out = straighten(canvas, np.roll(corners, roll, axis=0))
+    assert abs(out.shape[1] - 200) <= 3 and abs(out.shape[0] - 50) <= 3, out.shape
+    gray = out.mean(axis=2)
+    assert gray[5:-5, 3:25].mean() < 60, "the dark end must come out on the left"
+    assert gray[5:-5, 40:-5].mean() > 200
+
+
+def test_straighten_keeps_a_degenerate_polygon_as_it_is() -> None:
+    img = plate("AB")
+    line = np.array([[0, 5], [50, 5], [90, 5]], np.float32)
+    assert straighten(img, line) is img
+
+
+def test_upscale_enlarges_only_small_crops_and_boundedly() -> None:
+    small = np.zeros((20, 60, 3), np.uint8)
+    assert upscale(small).shape == (48, 144, 3)
+    assert upscale(np.zeros((5, 10, 3), np.uint8)).shape == (20, 40, 3)  # at most 4x
+    big = np.zeros((60, 100, 3), np.uint8)
+    assert upscale(big) is big
+    assert prepare(big, None) is big
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [("ab-12 c", "AB12C"), ("ＡＢ１２", "AB12"), ("|KX 47|", "KX47"), ("ÄÖ9", "ÄÖ9"), ("", "")],
+)
+def test_normalize_text_keeps_letters_and_digits_of_any_script(raw: str, text: str) -> None:
+    assert normalize_text(raw) == text
+
+
+def test_normalize_text_is_bounded() -> None:
+    assert len(normalize_text("A" * 1_000_000)) == 64
+
+
+def test_track_votes_settle_after_enough_agreeing_readings() -> None:
+    v = TrackVotes(votes=3)
+    assert v.add("t", "AB12") == ("AB12", False)
+    assert v.add("t", "") == ("AB12", False)  # nothing read counts for nothing
+    assert v.add("t", "A812") == ("AB12", False)
+    assert v.add("t", "AB12") == ("AB12", False)
+    assert v.add("t", "AB12") == ("AB12", True)
+    assert v.stable("t") and not v.stable("other")
+    assert v.reading("other") == ("", False)
+
+
+def test_track_votes_are_bounded() -> None:
+    v = TrackVotes(votes=2, max_tracks=10)
+    for i in range(100):
+        v.add(i, "X")
+    assert len(v) == 10 and v.reading(0) == ("", False) and v.reading(99) == ("X", False)
+    for i in range(1000):
+        v.add("noisy", f"T{i}")
+    assert len(v._tracks["noisy"]) <= 32
+    with pytest.raises(ValueError):
+        TrackVotes(votes=0)
+
+
+def test_rapidocr_models_ship_inside_the_installed_wheel() -> None:
+    import rapidocr_onnxruntime
+
+    models = rapidocr_models()
+    assert models.parent == Path(rapidocr_onnxruntime.__file__).parent
+    assert (models / RapidOcrRecognizer.MODEL).stat().st_size > 1_000_000
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def ttf_plate(text: str, height: int, font: str = "DejaVuSansMono-Bold.ttf") -> np.ndarray:
+    """A plate drawn with a DejaVu TrueType font (Debian's fonts-dejavu-core) through Pillow."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    f = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", int(height * 0.7))
+    left, top, right, bottom = f.getbbox(text)
+    im = Image.new("RGB", (right - left + height // 2, height), (240, 235, 225))
+    pos = (height // 4 - left, (height - (bottom - top)) // 2 - top)
+    ImageDraw.Draw(im).text(pos, text, font=f, fill=(30, 30, 30))
+    return np.asarray(im)[:, :, ::-1].copy()
+
+
+@pytest.mark.parametrize(
+    ("engine", "texts"),
+    [("rapidocr", ("KQ47WB", "OXIDE3", "J0Y9")), ("tesseract", ("KQ47WB", "OXIDE3"))],
+)
+def test_recognizers_read_letters_they_were_never_told_about(
+    engine: str, texts: tuple[str, ...], no_network: None
+) -> None:
+    """O, Q, I and 0 included: the old worker's whitelist dropped them. Loading the model and
+    reading happen with the network refused (the models come from the installed wheel)."""
+    rec = make_recognizer(engine)
+    assert isinstance(rec, RapidOcrRecognizer if engine == "rapidocr" else TesseractRecognizer)
+    for text in texts:
+        got = rec.read(prepare(ttf_plate(text, 32), None))
+        assert got.text == text, (engine, got)
+        assert 0.0 <= got.confidence <= 1.0
+
+
+def test_unknown_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown OCR engine"):
+        make_recognizer("easyocr")
