@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from streamer.config import DetectionsConfig, PublishConfig
-from streamer.crop.stage import CropResult, iter_crops
+from streamer.crop.stage import CropResult, iter_crops, message_params
 from streamer.detections.codec import decode_detections
 from streamer.errors import ProtocolError
 from streamer.metrics import LogOnce, SourceCounters
@@ -186,8 +186,7 @@ class CropThread:
 
     def _crop_and_publish(self, frame: Frame, dets: Detections, counters: SourceCounters) -> None:
         params, classes = self.settings(frame.source_id)
-        if dets.params:
-            params = dataclasses.replace(params, **dets.params)
+        params = message_params(params, dets)
         if classes is not None:
             kept = tuple(p for p in dets.predictions if p.class_name in classes)
             counters.filtered_class += len(dets.predictions) - len(kept)

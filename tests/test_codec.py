@@ -110,7 +110,7 @@ MALFORMED: list[tuple[str, list[bytes], str, str]] = [
             json.dumps(_header(predictions=[_pred(y=12345)])).encode().replace(b"12345", b"1e400"),
         ],
         "non_finite",
-        "y: must be finite",
+        "beyond a float",
     ),
     ("array header", _msg([1, 2]), "bad_header", "JSON object"),
     ("no version", _msg(_header(v=...)), "missing_field", "v: required"),

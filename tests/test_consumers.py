@@ -141,6 +141,17 @@ def test_topic_sanitised_class_kept(endpoint: Any) -> None:
     assert crop_topic("cam", "plate") == b"crop/cam/plate"
 
 
+def test_topic_cache_bounded_in_bytes() -> None:
+    """Long class names are not kept in the topic cache (it holds 4096 entries at most)."""
+    from streamer.publish.wire import _cached_crop_topic, crop_topic
+
+    _cached_crop_topic.cache_clear()
+    for i in range(200):
+        assert crop_topic("cam", f"{i}" + "c" * 10_000).startswith(b"crop/cam/")
+    crop_topic("cam", "plate")
+    assert _cached_crop_topic.cache_info().currsize == 1
+
+
 def test_push_pool_each_crop_to_exactly_one_worker(endpoint: Any) -> None:
     pub = endpoint()
     pipeline, tap, dets = _pipeline_with([{"bind": pub, "mode": "push"}], endpoint)

@@ -50,7 +50,7 @@ def _decode(
 def _mask_forms() -> dict[str, tuple[dict[str, Any], tuple[bytes, ...]]]:
     truth = _truth()
     rle = coco.encode(np.asfortranarray(truth.astype(np.uint8)))
-    counts = rle_string_to_counts(rle["counts"].decode())
+    counts = rle_string_to_counts(rle["counts"].decode()).tolist()
     box = truth[12:28, 20:40]
     return {
         "rle-string": (dict(BOX, rle={"size": [H, W], "counts": rle["counts"].decode()}), ()),

@@ -18,7 +18,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from streamer.config import parse_config
 from streamer.detections.codec import encode_detections
 from streamer.pipeline import Pipeline
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, spawn, stop
 from tests.live import until
 
 CHROMIUM = "/usr/lib/chromium/chromium"
@@ -285,3 +285,29 @@ def test_chromium_plays_the_preview_and_shows_crops(endpoint: Any) -> None:
     _with_pipeline(cfg, body)
     assert out["frames"] > 30 and out["crops"] >= 1
     assert (artifacts / "preview.png").stat().st_size > 10_000
+
+
+DRAW_SURROGATE = """
+import numpy as np
+from streamer.preview.draw import annotate
+from streamer.types import Detections, Frame, Prediction
+y = np.zeros((48, 64), np.uint8)
+u = v = np.full((24, 32), 128, np.uint8)
+frame = Frame("cam", 0, 0, 0.0, 64, 48, "yuv420p", (y, u, v), y.nbytes * 3 // 2)
+names = ["\\ud800", "a\\x00b", "\\udfff" * 1000, "\\u00e9\\u4e2d", "c" * 100_000]
+preds = tuple(Prediction(32, 24, 20, 10, 0.5, n, 0, "d") for n in names)
+annotate(frame, Detections("cam", 0, None, 64, 48, preds), 64)
+print("drawn")
+"""
+
+
+def test_labels_with_any_code_point_are_drawn_without_crashing() -> None:
+    """cv2.putText dies with SIGSEGV on a lone surrogate: the preview's labels never pass one
+    (checked in a child process, whatever the codec lets through)."""
+    proc = spawn("-c", DRAW_SURROGATE)
+    try:
+        proc.wait(60)
+    finally:
+        out, err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "drawn" in out

@@ -47,3 +47,14 @@ def test_bench_transport_runs() -> None:
     lines = res.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["tcp", "ipc"], res.stdout
     assert all("per crop send -> receive p50" in line for line in lines)
+
+
+def test_bench_codec_runs() -> None:
+    res = _run_script("scripts/bench_codec.py", "--repeat", "1", "--counts", "10")
+    rows = [
+        line.split()
+        for line in res.stdout.splitlines()
+        if line.split()[:1] in (["polygon"], ["rle"])
+    ]
+    assert [r[0] for r in rows] == ["polygon", "rle"], res.stdout
+    assert all(float(r[3]) > 0 for r in rows)

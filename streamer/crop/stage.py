@@ -3,6 +3,7 @@ the pipeline runs it in the crop thread; OpenCV and numpy release the GIL while 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,11 @@ def _shift_keypoints(
     if pred.keypoints is None:
         return None
     return [{**kp, "x": kp["x"] * sx - x0, "y": kp["y"] * sy - y0} for kp in pred.keypoints]
+
+
+def message_params(params: CropParams, dets: Detections) -> CropParams:
+    """The source's crop parameters with the message's own ``params`` (if any) applied."""
+    return dataclasses.replace(params, **dets.params) if dets.params else params
 
 
 def make_crops(

@@ -2,18 +2,27 @@
 
 A message is multipart ``[b"det/<source_id>", header_json, *payload]``. Every way a message can
 be wrong raises ProtocolError with a stable ``kind`` (a counter label) and a message that names the
-offending field path.
+offending field path; nothing else escapes, whatever the bytes.
+
+Costs are bounded by the message's size: JSON nesting is capped by the parser (orjson, depth
+1024), every integer fits an int64 and every number a float, strings are capped and clean, and
+sizes declared inside the message (the ``image``, an RLE's ``size`` and ``counts``) are checked
+against each other before anything is decoded. What a valid message makes later stages allocate
+follows the frame and the crops, not numbers in the message (see streamer.crop.masks).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import orjson
 
 from streamer.colors import parse_color_bgr
 from streamer.errors import ProtocolError
@@ -22,26 +31,62 @@ from streamer.types import BitmapMask, Detections, Prediction, RleMask
 PROTOCOL_VERSION = 1
 TOPIC_PREFIX = b"det/"
 
+MAX_TEXT_CHARS = 256  # class names, detection ids, source ids, keypoint fields
+MAX_IMAGE_SIDE_PX = 32_768  # `image`, RLE `size` and `mask_size` sides
+MAX_COORDINATE_PX = 1e9  # |x|, |y|, width, height, polygon and keypoint coordinates
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
+# A compressed RLE count takes 5 bits per character; counts are at most MAX_IMAGE_SIDE_PX**2 =
+# 2**30, and deltas between counts need a sign bit more: 7 characters (35 bits) always suffice.
+MAX_RLE_CHARS_PER_COUNT = 7
+
 # Kinds a malformed message is counted under. Stable: they are metric labels.
 MALFORMED_KINDS = (
     "bad_framing",
     "oversize",
     "bad_topic",
     "not_json",
+    "too_deep",
     "non_finite",
+    "out_of_range",
     "bad_header",
     "bad_version",
     "topic_mismatch",
     "missing_field",
     "wrong_type",
     "bad_value",
+    "bad_string",
+    "too_long",
     "negative_size",
     "too_many_predictions",
 )
 
+# C0 and C1 control characters and UTF-16 surrogates (orjson already refuses the latter).
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NUMBER = (int, float)
 
-def _reject_constant(name: str) -> Any:
-    raise ProtocolError("non_finite", f"header contains {name}, which JSON does not allow")
+
+def _load_json(raw: bytes | memoryview) -> Any:
+    """Parse the header; orjson refuses NaN/Infinity, numbers beyond a float, surrogates, invalid
+    UTF-8 and nesting deeper than 1024, each as a JSONDecodeError."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        text = str(e)
+        if "depth limit" in text:
+            raise ProtocolError("too_deep", f"header nests deeper than 1024: {text}") from None
+        if "infinity" in text:
+            raise ProtocolError(
+                "non_finite", f"header has a number beyond a float: {text}"
+            ) from None
+        # e.pos counts characters; this error path may pay a decode to look at them.
+        near = bytes(raw).decode("utf-8", "replace")[e.pos : e.pos + 8]
+        for token in ("NaN", "Infinity"):
+            if near.startswith(token):
+                raise ProtocolError(
+                    "non_finite", f"header contains {token}, which JSON does not allow"
+                ) from None
+        raise ProtocolError("not_json", f"header is not UTF-8 JSON: {text}") from None
 
 
 def _number(obj: Mapping[str, Any], key: str, path: str, *, required: bool = True) -> float | None:
@@ -49,13 +94,28 @@ def _number(obj: Mapping[str, Any], key: str, path: str, *, required: bool = Tru
         if required:
             raise ProtocolError("missing_field", f"{path}.{key}: required")
         return None
-    v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ProtocolError("wrong_type", f"{path}.{key}: expected a number, got {v!r}")
-    f = float(v)
+    return _float(obj[key], f"{path}.{key}")
+
+
+def _float(v: Any, path: str, limit: float = math.inf) -> float:
+    """A JSON number as a finite float with ``|v| <= limit``."""
+    if type(v) not in _NUMBER:  # bool is a subclass of int: excluded
+        raise ProtocolError("wrong_type", f"{path}: expected a number, got {_show(v)}")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ProtocolError("out_of_range", f"{path}: {_show(v)} does not fit a float") from None
     if not math.isfinite(f):
-        raise ProtocolError("non_finite", f"{path}.{key}: must be finite, got {v!r}")
+        raise ProtocolError("non_finite", f"{path}: must be finite, got {v!r}")
+    if abs(f) > limit:
+        raise ProtocolError("out_of_range", f"{path}: |{f}| exceeds {limit:g}")
     return f
+
+
+def _coordinate(obj: Mapping[str, Any], key: str, path: str) -> float:
+    if key not in obj:
+        raise ProtocolError("missing_field", f"{path}.{key}: required")
+    return _float(obj[key], f"{path}.{key}", MAX_COORDINATE_PX)
 
 
 def _int(obj: Mapping[str, Any], key: str, path: str, *, required: bool = True) -> int | None:
@@ -63,22 +123,73 @@ def _int(obj: Mapping[str, Any], key: str, path: str, *, required: bool = True) 
         if required:
             raise ProtocolError("missing_field", f"{path}.{key}: required")
         return None
-    v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ProtocolError("wrong_type", f"{path}.{key}: expected an integer, got {v!r}")
+    return _int64(obj[key], f"{path}.{key}")
+
+
+def _int64(v: Any, path: str) -> int:
+    if type(v) is not int:
+        raise ProtocolError("wrong_type", f"{path}: expected an integer, got {_show(v)}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise ProtocolError("out_of_range", f"{path}: {_show(v)} does not fit an int64")
     return v
 
 
-def _points(raw: Any, path: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+def _text(v: Any, path: str) -> str:
+    """A string of at most MAX_TEXT_CHARS characters, none of them a control character or a
+    surrogate (OpenCV's text drawing crashes the process on a lone surrogate)."""
+    if not isinstance(v, str):
+        raise ProtocolError("wrong_type", f"{path}: expected a string, got {_show(v)}")
+    if len(v) > MAX_TEXT_CHARS:
+        raise ProtocolError("too_long", f"{path}: {len(v)} characters, limit {MAX_TEXT_CHARS}")
+    bad = _BAD_CHARS.search(v)
+    if bad is not None:
+        raise ProtocolError(
+            "bad_string", f"{path}: control character or surrogate {bad.group()!r} at {bad.start()}"
+        )
+    return v
+
+
+def _show(v: Any) -> str:
+    """A short description of a value for an error message (never the whole of a huge one)."""
+    if isinstance(v, int | float | bool) or v is None:
+        text = repr(v)
+        return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+    if isinstance(v, str):
+        return repr(v[:40]) + ("..." if len(v) > 40 else "")
+    return type(v).__name__
+
+
+def _points(raw: Any, path: str) -> npt.NDArray[np.float64]:
+    """A polygon as an (N, 2) float64 array; every point a ``{x, y}`` object."""
     if not isinstance(raw, list):
         raise ProtocolError("wrong_type", f"{path}: expected a list of {{x, y}}")
-    out = np.empty((len(raw), 2), dtype=np.float64)
+    try:  # the common case in one pass; any defect is found again below, with its path
+        xy = [(p["x"], p["y"]) for p in raw]
+        if all(type(x) in _NUMBER and type(y) in _NUMBER for x, y in xy):
+            out = np.array(xy, dtype=np.float64).reshape(len(xy), 2)
+            if np.all(np.abs(out) <= MAX_COORDINATE_PX):
+                return out
+    except (TypeError, KeyError, OverflowError):
+        pass
     for i, p in enumerate(raw):
         if not isinstance(p, dict):
-            raise ProtocolError("wrong_type", f"{path}[{i}]: expected {{x, y}}, got {p!r}")
-        out[i, 0] = _number(p, "x", f"{path}[{i}]")
-        out[i, 1] = _number(p, "y", f"{path}[{i}]")
-    return out
+            raise ProtocolError("wrong_type", f"{path}[{i}]: expected {{x, y}}, got {_show(p)}")
+        _coordinate(p, "x", f"{path}[{i}]")
+        _coordinate(p, "y", f"{path}[{i}]")
+    raise ProtocolError("bad_value", f"{path}: not a list of {{x, y}} coordinates")
+
+
+def _scalar(v: Any, path: str) -> Any:
+    """A keypoint's extra field: a clean string, an int64, a finite float, a bool or null."""
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return _text(v, path)
+    if type(v) is int:
+        return _int64(v, path)
+    if type(v) is float:
+        return _float(v, path)
+    raise ProtocolError("wrong_type", f"{path}: expected a string, number, bool or null")
 
 
 def _keypoints(raw: Any, path: str) -> tuple[dict[str, Any], ...]:
@@ -86,70 +197,97 @@ def _keypoints(raw: Any, path: str) -> tuple[dict[str, Any], ...]:
         raise ProtocolError("wrong_type", f"{path}: expected a list of keypoints")
     out = []
     for i, kp in enumerate(raw):
+        p = f"{path}[{i}]"
         if not isinstance(kp, dict):
-            raise ProtocolError("wrong_type", f"{path}[{i}]: expected an object, got {kp!r}")
-        _number(kp, "x", f"{path}[{i}]")
-        _number(kp, "y", f"{path}[{i}]")
-        out.append(dict(kp))
+            raise ProtocolError("wrong_type", f"{p}: expected an object, got {_show(kp)}")
+        clean = {_text(k, f"{p} key"): _scalar(v, f"{p}.{k}") for k, v in kp.items()}
+        clean["x"] = _coordinate(kp, "x", p)
+        clean["y"] = _coordinate(kp, "y", p)
+        out.append(clean)
     return tuple(out)
 
 
-def rle_string_to_counts(text: str) -> list[int]:
-    """Decode COCO's compressed RLE string (pycocotools' LEB128-like form) into run lengths."""
-    counts: list[int] = []
-    p, n = 0, len(text)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated RLE string")
-            c = ord(text[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"invalid character {text[p]!r} in RLE string")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+def rle_string_to_counts(text: str) -> npt.NDArray[np.int64]:
+    """Decode COCO's compressed RLE string (pycocotools' LEB128-like form) into run lengths.
+
+    Linear in the string's length (vectorised); a count longer than MAX_RLE_CHARS_PER_COUNT
+    characters, a character outside ``0``-``o`` or a truncated count raises ValueError.
+    """
+    if not text.isascii():
+        raise ValueError("non-ASCII character in RLE string")
+    c = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    bad = (c < 0) | (c >= 64)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"invalid character {text[i]!r} at {i} in RLE string")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise ValueError("truncated RLE string")
+    ends = np.flatnonzero(~more)  # the last character of each count
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if int(lengths.max()) > MAX_RLE_CHARS_PER_COUNT:
+        raise ValueError(f"an RLE count longer than {MAX_RLE_CHARS_PER_COUNT} characters")
+    shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
+    x = np.add.reduceat((c & 0x1F) << shift, starts)
+    negative = (c[ends] & 0x10) != 0  # sign-extend: x | (-1 << 5k) == x - 2**(5k)
+    x[negative] -= np.left_shift(1, 5 * lengths[negative])
+    # From the fourth count on, each is a delta to the count two before it.
+    x[1::2] = np.cumsum(x[1::2])
+    x[2::2] = np.cumsum(x[2::2])
+    return x
 
 
 def _size_hw(size: Any, path: str) -> tuple[int, int]:
     if (
         not isinstance(size, list)
         or len(size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        or not all(type(v) is int and 0 < v <= MAX_IMAGE_SIDE_PX for v in size)
     ):
-        raise ProtocolError("bad_value", f"{path}: expected [H, W] positive integers")
+        raise ProtocolError(
+            "bad_value", f"{path}: expected [H, W] positive integers <= {MAX_IMAGE_SIDE_PX}"
+        )
     return size[0], size[1]
 
 
-def _rle(raw: Any, path: str) -> RleMask:
+def _rle(raw: Any, path: str, image: tuple[int, int]) -> RleMask:
+    """A COCO RLE no larger than the message's image (W, H), its counts checked against its
+    size before anything is decoded."""
     if not isinstance(raw, dict):
         raise ProtocolError("wrong_type", f"{path}: expected {{size: [H, W], counts}}")
     h, w = _size_hw(raw.get("size"), f"{path}.size")
+    if h > image[1] or w > image[0]:
+        raise ProtocolError(
+            "bad_value",
+            f"{path}.size: [{h}, {w}] is larger than the image [{image[1]}, {image[0]}]",
+        )
     counts = raw.get("counts")
     if isinstance(counts, str):
         try:
-            runs = rle_string_to_counts(counts)
+            arr = rle_string_to_counts(counts)
         except ValueError as e:
             raise ProtocolError("bad_value", f"{path}.counts: {e}") from None
-    elif isinstance(counts, list) and all(
-        isinstance(c, int) and not isinstance(c, bool) for c in counts
-    ):
-        runs = counts
+    elif isinstance(counts, list):
+        if not all(type(c) is int for c in counts):
+            raise ProtocolError("wrong_type", f"{path}.counts: expected a list of ints")
+        try:
+            arr = np.array(counts, dtype=np.int64)
+        except OverflowError:
+            raise ProtocolError("out_of_range", f"{path}.counts: a count beyond int64") from None
     else:
         raise ProtocolError("wrong_type", f"{path}.counts: expected a string or a list of ints")
-    arr = np.asarray(runs, dtype=np.int64)
+    area = h * w
     if arr.size and arr.min() < 0:
         raise ProtocolError("bad_value", f"{path}.counts: negative run length")
-    if int(arr.sum()) != h * w:
+    if arr.size and arr.max() > area:
+        raise ProtocolError("bad_value", f"{path}.counts: a run longer than {h}x{w}={area}")
+    # Each run <= 2**30 and fewer than 2**31 of them: the sum cannot overflow an int64.
+    total = int(arr.sum())
+    if total != area:
         raise ProtocolError(
-            "bad_value", f"{path}.counts: runs add up to {int(arr.sum())}, expected {h}x{w}={h * w}"
+            "bad_value", f"{path}.counts: runs add up to {total}, expected {h}x{w}={area}"
         )
     return RleMask(h, w, arr)
 
@@ -167,7 +305,7 @@ def _bitmap(
     layout = raw.get("mask_layout", "image")
     if layout not in ("image", "box"):
         raise ProtocolError(
-            "bad_value", f"{path}.mask_layout: expected 'image' or 'box', got {layout!r}"
+            "bad_value", f"{path}.mask_layout: expected 'image' or 'box', got {_show(layout)}"
         )
     size = raw.get("mask_size")
     if size is None and layout == "image":
@@ -187,11 +325,10 @@ def _prediction(
 ) -> Prediction:
     if not isinstance(raw, dict):
         raise ProtocolError("wrong_type", f"{path}: expected an object, got {type(raw).__name__}")
-    x = _number(raw, "x", path)
-    y = _number(raw, "y", path)
-    w = _number(raw, "width", path)
-    h = _number(raw, "height", path)
-    assert x is not None and y is not None and w is not None and h is not None
+    x = _coordinate(raw, "x", path)
+    y = _coordinate(raw, "y", path)
+    w = _coordinate(raw, "width", path)
+    h = _coordinate(raw, "height", path)
     if w < 0 or h < 0:
         raise ProtocolError("negative_size", f"{path}: width and height must be >= 0, got {w}x{h}")
     conf = _number(raw, "confidence", path, required=False)
@@ -202,13 +339,13 @@ def _prediction(
     if cls is None:
         raise ProtocolError("missing_field", f"{path}.class: required")
     if not isinstance(cls, str) or not cls:
-        raise ProtocolError("wrong_type", f"{path}.class: expected a non-empty string, got {cls!r}")
+        raise ProtocolError(
+            "wrong_type", f"{path}.class: expected a non-empty string, got {_show(cls)}"
+        )
+    _text(cls, f"{path}.class")
     class_id = _int(raw, "class_id", path, required=False)
     det_id = raw.get("detection_id")
-    if det_id is None:
-        det_id = str(uuid.uuid4())
-    elif not isinstance(det_id, str):
-        raise ProtocolError("wrong_type", f"{path}.detection_id: expected a string, got {det_id!r}")
+    det_id = str(uuid.uuid4()) if det_id is None else _text(det_id, f"{path}.detection_id")
     tracker_id = _int(raw, "tracker_id", path, required=False)
     points = _points(raw["points"], f"{path}.points") if raw.get("points") is not None else None
     kps = raw.get("keypoints")
@@ -219,7 +356,7 @@ def _prediction(
     else:
         for key in ("rle", "rle_mask"):
             if raw.get(key) is not None:
-                mask = _rle(raw[key], f"{path}.{key}")
+                mask = _rle(raw[key], f"{path}.{key}", image)
                 break
     return Prediction(
         x=x,
@@ -251,12 +388,19 @@ def _params(raw: Any) -> dict[str, Any]:
                 )
             out[key] = op
         elif key == "background_color":
+            # Bounded before parse_color_bgr quotes the value in its error.
+            if isinstance(value, str):
+                _text(value, "params.background_color")
+            elif not isinstance(value, list) or len(value) != 3:
+                raise ProtocolError(
+                    "bad_value", "params.background_color: expected a string or [r, g, b]"
+                )
             try:
                 out["background_bgr"] = parse_color_bgr(value)
             except ValueError as e:
                 raise ProtocolError("bad_value", f"params.background_color: {e}") from None
         else:
-            raise ProtocolError("bad_value", f"params.{key}: unknown parameter")
+            raise ProtocolError("bad_value", f"params.{_text(key, 'params')}: unknown parameter")
     return out
 
 
@@ -269,7 +413,7 @@ def decode_detections(
     """Decode and validate one detection message.
 
     Takes the multipart frames as received; returns Detections with predictions in the
-    message's ``image`` pixel space. Raises ProtocolError on any defect.
+    message's ``image`` pixel space. Raises ProtocolError on any defect, and nothing else.
     """
     if len(parts) < 2:
         raise ProtocolError(
@@ -281,26 +425,24 @@ def decode_detections(
     topic = bytes(parts[0])
     if not topic.startswith(TOPIC_PREFIX) or len(topic) == len(TOPIC_PREFIX):
         raise ProtocolError("bad_topic", f"topic must be 'det/<source_id>', got {topic[:64]!r}")
-    try:
-        header = json.loads(bytes(parts[1]), parse_constant=_reject_constant)
-    except ProtocolError:
-        raise
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError("not_json", f"header is not UTF-8 JSON: {e}") from None
+    header = _load_json(parts[1])
     if not isinstance(header, dict):
         raise ProtocolError(
             "bad_header", f"header must be a JSON object, got {type(header).__name__}"
         )
     if "v" not in header:
         raise ProtocolError("missing_field", "v: required (protocol version)")
-    if header["v"] != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"v: unsupported version {header['v']!r}, expected 1")
+    if header["v"] != PROTOCOL_VERSION or type(header["v"]) is not int:
+        raise ProtocolError(
+            "bad_version", f"v: unsupported version {_show(header['v'])}, expected 1"
+        )
     source_id = header.get("source_id")
     if not isinstance(source_id, str) or not source_id:
         raise ProtocolError("missing_field", "source_id: required non-empty string")
-    if topic[len(TOPIC_PREFIX) :].decode("utf-8", "replace") != source_id:
+    _text(source_id, "source_id")
+    if topic[len(TOPIC_PREFIX) :] != source_id.encode():
         raise ProtocolError(
-            "topic_mismatch", f"topic {topic!r} does not match source_id {source_id!r}"
+            "topic_mismatch", f"topic {topic[:64]!r} does not match source_id {source_id!r}"
         )
     frame_id = _int(header, "frame_id", "(header)", required=False)
     if frame_id is not None and frame_id < 0:
@@ -314,8 +456,11 @@ def decode_detections(
     iw = _int(image, "width", "image")
     ih = _int(image, "height", "image")
     assert iw is not None and ih is not None
-    if iw <= 0 or ih <= 0:
-        raise ProtocolError("bad_value", f"image: width and height must be > 0, got {iw}x{ih}")
+    if not (0 < iw <= MAX_IMAGE_SIDE_PX and 0 < ih <= MAX_IMAGE_SIDE_PX):
+        raise ProtocolError(
+            "bad_value",
+            f"image: width and height must be in 1..{MAX_IMAGE_SIDE_PX}, got {iw}x{ih}",
+        )
     raw_preds = header.get("predictions")
     if raw_preds is None:
         raise ProtocolError("missing_field", "predictions: required (may be empty)")

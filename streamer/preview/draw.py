@@ -23,6 +23,15 @@ PALETTE_BGR = (
 )
 MASK_ALPHA = 0.4
 LINE_PX = 3
+LABEL_MAX_CHARS = 48
+
+
+def label_text(text: str) -> str:
+    """`text` made safe for OpenCV's Hershey fonts: printable ASCII only (anything else, a lone
+    surrogate included, on which cv2.putText crashes the process, becomes ``?``), at most
+    LABEL_MAX_CHARS characters."""
+    short = text[:LABEL_MAX_CHARS]
+    return "".join(c if " " <= c <= "~" else "?" for c in short)
 
 
 def colour(class_id: int) -> tuple[int, int, int]:
@@ -49,7 +58,7 @@ def annotate(frame: Frame, dets: Detections | None, max_width: int) -> U8:
             tinted = cv2.addWeighted(region, 1 - MASK_ALPHA, np.full_like(region, c), MASK_ALPHA, 0)
             cv2.copyTo(tinted, mask, region)
         cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), c, LINE_PX)
-        label = f"{pred.class_name} {pred.confidence:.2f}"
+        label = f"{label_text(pred.class_name)} {pred.confidence:.2f}"
         if pred.tracker_id is not None:
             label += f" #{pred.tracker_id}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)

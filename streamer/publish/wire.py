@@ -16,9 +16,24 @@ def topic_part(name: str) -> str:
     return _TOPIC_UNSAFE.sub("_", name) or "_"
 
 
-@functools.lru_cache(maxsize=4096)
-def crop_topic(source_id: str, class_name: str) -> bytes:
+# The topic cache holds at most this many entries, each keyed by names of at most
+# CACHED_NAME_MAX_CHARS characters in all (<= ~1 KB as Python strings) with a topic of as many
+# bytes: a few MB at most. Longer names are not cached (the codec caps class names at 256).
+CROP_TOPIC_CACHE_ENTRIES = 4096
+CACHED_NAME_MAX_CHARS = 256
+
+
+@functools.lru_cache(maxsize=CROP_TOPIC_CACHE_ENTRIES)
+def _cached_crop_topic(source_id: str, class_name: str) -> bytes:
     return f"crop/{source_id}/{topic_part(class_name)}".encode()
+
+
+def crop_topic(source_id: str, class_name: str) -> bytes:
+    """``crop/<source_id>/<class>`` with the class made topic-safe; cached per pair while both
+    names are short, so the cache's size is bounded in bytes as well as in entries."""
+    if len(source_id) + len(class_name) > CACHED_NAME_MAX_CHARS:
+        return f"crop/{source_id}/{topic_part(class_name)}".encode()
+    return _cached_crop_topic(source_id, class_name)
 
 
 def frame_topic(source_id: str) -> bytes:

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Fuzz the detection codec and everything that consumes what it returns.
+
+Each input is one multipart detection message. `exercise` decodes it and, when it is valid,
+runs it through every consumer of its values the way the crop thread and the preview do: the
+crop stage with background removal on (masks of every form cut and blended), the crop message
+framing (topic and JSON header, keypoints included) and the preview's drawing (labels drawn with
+OpenCV). The property: only ProtocolError escapes, and each message takes a time bounded by its
+size (`time_bound_s`, generous: it catches quadratic or allocation blow-ups, not jitter).
+
+    .venv/bin/python scripts/fuzz_detections.py --minutes 5 [--corpus DIR]
+
+Coverage-guided with atheris (libFuzzer) when it is installed: the seeds are valid messages
+(polygon, compressed and list RLE, image- and box-sized bitmaps, keypoints, params); libFuzzer
+mutates the header bytes and picks the payload parts. Without atheris it runs the same harness
+with hypothesis strategies (random bytes, random JSON, mutated valid messages) until time is up.
+tests/test_codec_fuzz.py imports this file and runs the hypothesis part with a fixed budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as coco
+
+FRAME_W, FRAME_H = 96, 64  # the frame a valid message is paired with
+IMAGE_W, IMAGE_H = 64, 48  # the detector image of the seed messages
+TOPIC = b"det/cam"
+MAX_BYTES = 1 << 20
+MAX_PREDICTIONS = 100
+# Per message: a fixed allowance plus a per-byte one. A linear decoder takes microseconds per
+# kilobyte; the old quadratic RLE decoder took ~100 s for 2 MB, far beyond this.
+TIME_BASE_S = 2.0
+TIME_PER_BYTE_S = 20e-6
+
+
+def time_bound_s(parts: list[bytes]) -> float:
+    return TIME_BASE_S + TIME_PER_BYTE_S * sum(len(p) for p in parts)
+
+
+def _mask() -> np.ndarray:
+    m = np.zeros((IMAGE_H, IMAGE_W), np.uint8)
+    m[10:30, 12:40] = 1
+    m[20:44, 30:36] = 1
+    return m
+
+
+def seed_predictions() -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Valid predictions with every optional part, and the payload parts they refer to."""
+    m = _mask()
+    rle = coco.encode(np.asfortranarray(m))
+    rle_text = rle["counts"].decode()
+    flat = m.flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], changes, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    if flat[0]:
+        runs = [0, *runs]
+    base = {"x": 26.0, "y": 27.0, "width": 30.0, "height": 36.0, "confidence": 0.8}
+    square = [{"x": 14, "y": 12}, {"x": 38, "y": 12}, {"x": 38, "y": 40}, {"x": 14, "y": 40}]
+    preds = [
+        {**base, "class": "car", "class_id": 2, "detection_id": "d-0", "tracker_id": 7},
+        {**base, "class": "poly", "class_id": 1, "points": square},
+        {**base, "class": "rle-s", "rle": {"size": [IMAGE_H, IMAGE_W], "counts": rle_text}},
+        {**base, "class": "rle-l", "rle_mask": {"size": [IMAGE_H, IMAGE_W], "counts": runs}},
+        {**base, "class": "bitmap", "mask_part": 0},
+        {**base, "class": "boxmask", "mask_part": 1, "mask_layout": "box", "mask_size": [9, 8]},
+        {
+            **base,
+            "class": "person",
+            "keypoints": [
+                {"x": 20.5, "y": 15, "confidence": 0.9, "class_id": 0, "class": "nose"},
+                {"x": 30, "y": 25.25, "confidence": 0.4, "class_id": 1, "class": "eye"},
+            ],
+        },
+    ]
+    payload = [(m * 255).tobytes(), bytes(range(72))]
+    return preds, payload
+
+
+def seed_messages() -> list[list[bytes]]:
+    """Valid messages: one per prediction form, all together, with params, and empty."""
+    preds, payload = seed_predictions()
+    headers: list[dict[str, Any]] = [{"predictions": [p]} for p in preds]
+    headers.append({"predictions": preds})
+    headers.append(
+        {"predictions": preds, "params": {"mask_opacity": 0.5, "background_color": "#102030"}}
+    )
+    headers.append({"predictions": preds[:2], "params": {"background_color": [1, 2, 3]}})
+    headers.append({"predictions": [], "captured_at": 1764085000.5})
+    out = []
+    for extra in headers:
+        header = {
+            "v": 1,
+            "source_id": "cam",
+            "frame_id": 3,
+            "image": {"width": IMAGE_W, "height": IMAGE_H},
+            **extra,
+        }
+        out.append([TOPIC, json.dumps(header).encode(), *payload])
+    return out
+
+
+def _frame() -> Any:
+    from streamer.types import Frame
+
+    y = (np.arange(FRAME_W * FRAME_H, dtype=np.uint32).reshape(FRAME_H, FRAME_W) % 251).astype(
+        np.uint8
+    )
+    u = np.full((FRAME_H // 2, FRAME_W // 2), 90, np.uint8)
+    v = np.full((FRAME_H // 2, FRAME_W // 2), 160, np.uint8)
+    return Frame("cam", 3, 3, 0.0, FRAME_W, FRAME_H, "yuv420p", (y, u, v), y.nbytes * 3 // 2)
+
+
+_FRAME: Any = None
+
+
+def exercise(parts: list[bytes]) -> str:
+    """Decode one message and, if valid, cut, frame and draw it. Returns ``ok`` or the
+    ProtocolError's kind; any other exception propagates (that is a bug)."""
+    from streamer.crop.stage import CropResult, iter_crops, message_params
+    from streamer.detections.codec import decode_detections
+    from streamer.errors import ProtocolError
+    from streamer.preview.draw import annotate
+    from streamer.publish.wire import crop_message
+    from streamer.types import CropParams
+
+    global _FRAME
+    if _FRAME is None:
+        _FRAME = _frame()
+    try:
+        dets = decode_detections(parts, max_predictions=MAX_PREDICTIONS, max_bytes=MAX_BYTES)
+    except ProtocolError as e:
+        return e.kind
+    for base in (CropParams(), CropParams(0.5, (10, 20, 30))):
+        params = message_params(base, dets)
+        for crop in iter_crops(_FRAME, dets, params, ("raw-bgr24",), CropResult()):
+            crop_message(crop.header, "raw-bgr24", crop.payloads["raw-bgr24"])
+    annotate(_FRAME, dets, FRAME_W)
+    return "ok"
+
+
+def check(parts: list[bytes], outcomes: Counter[str] | None = None) -> None:
+    """`exercise` one message and assert its time bound."""
+    started = time.perf_counter()
+    outcome = exercise(parts)
+    took = time.perf_counter() - started
+    bound = time_bound_s(parts)
+    if took > bound:
+        raise AssertionError(
+            f"{sum(len(p) for p in parts)}-byte message took {took:.2f} s (bound {bound:.2f} s)"
+        )
+    if outcomes is not None:
+        outcomes[outcome] += 1
+
+
+# -- atheris (coverage-guided) ----------------------------------------------------------------
+
+
+def run_atheris(seconds: int, corpus: Path) -> int:
+    import atheris
+
+    with atheris.instrument_imports():
+        import streamer.colors
+        import streamer.crop.masks
+        import streamer.crop.stage
+        import streamer.detections.codec
+        import streamer.preview.draw
+        import streamer.publish.wire  # noqa: F401
+
+    seeds = seed_messages()
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i, msg in enumerate(seeds):
+        # The first byte picks the payload parts (see below); the rest is the header.
+        (corpus / f"seed-{i}").write_bytes(bytes([3]) + msg[1])
+    payload = seeds[0][2:]
+    outcomes: Counter[str] = Counter()
+
+    def one_input(data: bytes) -> None:
+        if not data:
+            return
+        # Low bits: how many of the seed payload parts follow; bit 2: a stray oversized part.
+        parts = [TOPIC, data[1:], *payload[: data[0] & 3]]
+        if data[0] & 4:
+            parts.append(b"\0" * 5000)
+        check(parts, outcomes)
+
+    atheris.Setup(
+        [
+            sys.argv[0],
+            f"-max_total_time={seconds}",
+            "-timeout=30",
+            "-rss_limit_mb=2048",
+            str(corpus),
+        ],
+        one_input,
+    )
+    started = time.monotonic()
+    try:
+        atheris.Fuzz()
+    except SystemExit as e:  # libFuzzer exits when max_total_time is reached
+        print(f"atheris: {time.monotonic() - started:.0f} s, outcomes {dict(outcomes)}")
+        return int(e.code or 0)
+    return 0
+
+
+# -- hypothesis (random, not coverage-guided) -------------------------------------------------
+
+
+def run_hypothesis(seconds: int) -> int:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.test_codec_fuzz import messages
+
+    outcomes: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    rounds = 0
+    while time.monotonic() < deadline:
+
+        @settings(
+            max_examples=2_000,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(st.data())
+        def round_(data: st.DataObject) -> None:
+            check(data.draw(messages()), outcomes)
+
+        round_()
+        rounds += 1
+    print(f"hypothesis: {seconds} s, {rounds} rounds, outcomes {dict(outcomes)}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=1.0)
+    ap.add_argument("--corpus", type=Path, default=None, help="atheris corpus directory")
+    ap.add_argument("--engine", choices=("auto", "atheris", "hypothesis"), default="auto")
+    args = ap.parse_args()
+    seconds = max(1, int(args.minutes * 60))
+    engine = args.engine
+    if engine == "auto":
+        try:
+            import atheris  # noqa: F401
+
+            engine = "atheris"
+        except ImportError:
+            print("atheris is not installed: running the hypothesis harness instead")
+            engine = "hypothesis"
+    if engine == "atheris":
+        corpus = args.corpus or Path(tempfile.mkdtemp(prefix="fuzz-detections-"))
+        print(f"atheris corpus: {corpus}")
+        return run_atheris(seconds, corpus)
+    random.seed()
+    return run_hypothesis(seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
