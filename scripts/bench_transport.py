@@ -21,6 +21,8 @@ from bench_pipeline import free_endpoint
 
 # Crop sizes (w, h) like one 1080p frame's in bench_pipeline.py: the clamped corner box, then
 # each plate and person shape twice; 9 crops, ~1.9 MB of BGR (the bench averages ~1.7 MB).
+SUBSCRIBE_TIMEOUT_MS = 60_000
+RESULT_TIMEOUT_MS = 10_000
 CROPS = [(120, 68)] + [(192, 96), (192, 384), (320, 160), (320, 540)] * 2
 
 
@@ -41,14 +43,19 @@ def subscriber(endpoint: str, results: str) -> None:
 
 def measure(endpoint: str, results: str, frames: int) -> list[float]:
     ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
+    pub = ctx.socket(zmq.XPUB)  # a PUB that tells when the subscriber has subscribed
     pub.setsockopt(zmq.SNDHWM, 100_000)
     pub.bind(endpoint)
     res = ctx.socket(zmq.PULL)
+    res.setsockopt(zmq.RCVTIMEO, RESULT_TIMEOUT_MS)  # a lost crop fails the run, never hangs it
     res.bind(results)
     proc = subprocess.Popen([sys.executable, __file__, "--sub", endpoint, results])
     try:
-        time.sleep(1.0)  # the subscriber connects and subscribes
+        # Wait for the subscription: a fixed sleep lost the first crops on a loaded machine (the
+        # subscriber process took longer to start) and the bench then waited forever.
+        if not pub.poll(SUBSCRIBE_TIMEOUT_MS):
+            raise RuntimeError("the subscriber process did not subscribe")
+        pub.recv()
         rng = np.random.default_rng(0)
         payloads = [rng.integers(0, 255, w * h * 3, np.uint8) for w, h in CROPS]
         lat = []
