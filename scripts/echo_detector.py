@@ -65,12 +65,43 @@ def boxes_for(
     return out
 
 
+def site_boxes(frame_id: int, width: int, height: int) -> list[dict[str, Any]]:
+    """Roboflow's benchmark case in a `width` x `height` frame: 5 plates of 200x100 and 5 people
+    of 300x600 (scaled with the frame from 1920x1080), at fixed places, all inside the frame."""
+    sx, sy = width / 1920, height / 1080
+    out = []
+    for i in range(10):
+        plate = i < 5
+        w, h = (200 * sx, 100 * sy) if plate else (300 * sx, 600 * sy)
+        col = i % 5
+        x = (col + 0.5) * width / 5
+        y = (0.2 if plate else 0.6) * height
+        out.append(
+            {
+                "x": x,
+                "y": y,
+                "width": w,
+                "height": h,
+                "confidence": 0.9,
+                "class": "plate" if plate else "person",
+                "class_id": 0 if plate else 1,
+                "detection_id": f"{frame_id}-{i}",
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tap", default="tcp://127.0.0.1:5554")
     ap.add_argument("--detections", default="tcp://127.0.0.1:5555")
     ap.add_argument("--boxes", type=int, default=10)
     ap.add_argument("--masks", action="store_true", help="add polygons and keypoints")
+    ap.add_argument(
+        "--site",
+        action="store_true",
+        help="answer Roboflow's benchmark case instead: 5 plates and 5 people (site_boxes)",
+    )
     ap.add_argument("--pull", action="store_true", help="the tap is PUSH: join its worker pool")
     ap.add_argument(
         "--timestamp",
@@ -87,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for frame in frames:
             w, h = frame.width, frame.height
-            boxes = boxes_for(frame.frame_id, w, h, args.boxes, args.masks)
+            if args.site:
+                boxes = site_boxes(frame.frame_id, w, h)
+            else:
+                boxes = boxes_for(frame.frame_id, w, h, args.boxes, args.masks)
             if args.timestamp:
                 sender.sock.send_multipart(
                     encode_detections(

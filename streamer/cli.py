@@ -79,23 +79,55 @@ def _summary(stats: dict[str, Any]) -> str:
     )
 
 
+def shed_by_reason(source: dict[str, Any]) -> dict[str, int]:
+    """One source's frames not served so far, by reason (the invariant's shed terms)."""
+    shed = {f"not_tapped {r}": int(n) for r, n in source["not_tapped_by"].items()}
+    shed.update({f"expired {r}": int(n) for r, n in source["expired_by"].items()})
+    shed["handoff"] = int(source["dropped_handoff"])
+    shed["max_fps"] = int(source["skipped_fps"])
+    return shed
+
+
+def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list[str]:
+    """A line per source that shed frames between two stats snapshots: decoded against served
+    (paired) frames per second, and what it shed, by reason."""
+    lines = []
+    for sid, s in cur["sources"].items():
+        p = prev["sources"].get(sid)
+        if p is None:
+            continue
+        before = shed_by_reason(p)
+        shed = {k: n - before.get(k, 0) for k, n in shed_by_reason(s).items()}
+        shed = {k: n for k, n in shed.items() if n > 0 and k != "max_fps"}
+        if not shed:
+            continue
+        what = ", ".join(f"{k} {n}" for k, n in sorted(shed.items()))
+        lines.append(
+            f"  {sid}: decoded {(s['decoded'] - p['decoded']) / dt:5.1f}/s  "
+            f"served {(s['paired'] - p['paired']) / dt:5.1f}/s  shed: {what}"
+        )
+    return lines
+
+
 async def _status(pipeline: Any) -> None:
-    prev, prev_t = _totals(pipeline.stats()), time.monotonic()
+    prev_stats, prev_t = pipeline.stats(), time.monotonic()
+    prev = _totals(prev_stats)
     while True:
         await asyncio.sleep(STATUS_INTERVAL_S)
-        cur, now = _totals(pipeline.stats()), time.monotonic()
+        stats, now = pipeline.stats(), time.monotonic()
+        cur = _totals(stats)
         dt = now - prev_t
         rate = {k: (cur[k] - prev[k]) / dt for k in cur}
-        print(
+        lines = [
             f"frames {rate['decoded']:5.1f}/s  detections {rate['paired']:5.1f}/s  "
             f"crops {rate['crops']:6.1f}/s  drops: expired {cur['expired']} "
             f"not_tapped {cur['not_tapped']} handoff {cur['dropped_handoff']} "
             f"late {cur['late']} malformed {cur['malformed']} "
             f"publish full {cur['publish_full']}  (no subscriber {cur['no_subscriber']})",
-            file=sys.stderr,
-            flush=True,
-        )
-        prev, prev_t = cur, now
+            *overload_lines(prev_stats, stats, dt),
+        ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        prev, prev_stats, prev_t = cur, stats, now
 
 
 async def _run_pipeline(

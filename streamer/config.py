@@ -80,6 +80,12 @@ class RingConfig(_Model):
     max_frames: int = Field(64, ge=1, le=10_000)
     max_bytes: int = Field(512 * MIB, ge=1 * MIB)
     max_age_ms: int = Field(5_000, ge=1, le=600_000)
+    max_total_bytes: int = Field(
+        192 * MIB,
+        ge=1 * MIB,
+        description="every source's waiting frames together (one budget for the process); past "
+        "it the source holding the most loses its oldest frame (expired_budget)",
+    )
 
 
 class DetectionsConfig(_Model):
@@ -112,6 +118,14 @@ class TapConfig(_Model):
     max_fps: float | None = Field(None, gt=0, le=240, description="per source; others not tapped")
     jpeg_quality: int = Field(85, ge=1, le=100)
     hwm: int = Field(4, ge=1, le=10_000, description="frames queued per detector before drops")
+    max_in_flight: int = Field(
+        8,
+        ge=1,
+        le=1_000,
+        description="per source: frames tapped and still waiting for their detections; past "
+        "it new frames are not tapped (not_tapped: busy), so no work goes into frames that "
+        "cannot be served in time. A detector pool needs at least one per worker",
+    )
 
 
 class PublishConfig(_Model):

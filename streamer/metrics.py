@@ -40,12 +40,20 @@ class SourceCounters:
     """Loop-side counters of one source (the decode thread keeps its own in SourceStats)."""
 
     in_tap: int = 0  # gauge: frames queued or being encoded for the tap
-    not_tapped: int = 0
+    not_tapped: int = 0  # = the sum of not_tapped_by
+    not_tapped_by: Counter[str] = field(default_factory=Counter)  # reason -> frames
     detections: Counter[str] = field(default_factory=Counter)  # outcome -> messages
     crops: int = 0
     empty_box: int = 0
     no_mask: int = 0
     filtered_class: int = 0
+
+    def shed(self, reason: str) -> None:
+        """Count a frame that was not tapped, and why: ``rate`` (tap.max_fps), ``busy`` (its
+        in-flight frames or the tap queue are full), ``budget`` (the memory budget is spent),
+        ``no_subscriber``, ``full`` (the tap socket's queue), ``encode_failed``, ``stopping``."""
+        self.not_tapped += 1
+        self.not_tapped_by[reason] += 1
 
 
 class LogOnce:
@@ -91,6 +99,12 @@ class _StatsCollector(Collector):
         crops = CounterMetricFamily(
             "streamer_crops", "crops produced, and boxes without a crop", labels=["source", "kind"]
         )
+        shed = CounterMetricFamily(
+            "streamer_frames_shed",
+            "frames not served, by why: not_tapped/<reason> (never sent to a detector) and "
+            "expired/<reason> (age, full, budget: left the ring unmatched)",
+            labels=["source", "reason"],
+        )
         reconnects = CounterMetricFamily(
             "streamer_source_reconnects", "reconnect attempts", labels=["source"]
         )
@@ -107,6 +121,10 @@ class _StatsCollector(Collector):
                 frames.add_metric([sid, o], s[o])
             for o, n in s["detections"].items():
                 dets.add_metric([sid, o], n)
+            for r, n in s["not_tapped_by"].items():
+                shed.add_metric([sid, f"not_tapped/{r}"], n)
+            for r, n in s["expired_by"].items():
+                shed.add_metric([sid, f"expired/{r}"], n)
             crops.add_metric([sid, "produced"], s["crops"])
             crops.add_metric([sid, "empty_box"], s["empty_box"])
             crops.add_metric([sid, "no_mask"], s["no_mask"])
@@ -136,10 +154,17 @@ class _StatsCollector(Collector):
                 publish.add_metric([p["endpoint"], o], p[o])
         lag = GaugeMetricFamily("streamer_loop_lag_seconds", "event loop lag, last measured")
         lag.add_metric([], st.get("loop_lag_s", 0.0))
+        budget = GaugeMetricFamily(
+            "streamer_ring_budget_bytes", "the memory budget of all rings, and what is held"
+        )
+        budget.add_metric([], st["ring_budget_bytes"])
+        held = GaugeMetricFamily("streamer_ring_total_bytes", "bytes held by every ring together")
+        held.add_metric([], st["ring_bytes"])
         yield from (
             decoded,
             frames,
             dets,
+            shed,
             crops,
             reconnects,
             stalls,
@@ -149,6 +174,8 @@ class _StatsCollector(Collector):
             unknown,
             publish,
             lag,
+            budget,
+            held,
         )
 
 

@@ -4,11 +4,14 @@
 Two ways to pair: by exact ``(source_id, frame_id)`` (detectors fed by the frame tap echo the id),
 or by nearest ``captured_at`` within a tolerance (detectors that read the camera themselves).
 
-Each source has a ring of frames waiting for detections, bounded by count, bytes and age.
+Each source has a ring of frames waiting for detections, bounded by count, bytes and age; and
+all rings together are bounded by one memory budget (`max_total_bytes`): past it, the oldest frame
+of the ring holding the most bytes goes first, so no camera can take another's share.
 Every frame leaves the ring exactly one way, and every detection message gets exactly one outcome,
 each counted:
 
-    frames:      paired | expired (left the ring unmatched)
+    frames:      paired | expired (left the ring unmatched: by age, by its ring's own bounds,
+                 or by the global budget)
     detections:  paired | duplicate | late | unknown_frame | unknown_source
 """
 
@@ -35,7 +38,11 @@ class RingStats:
 
     added: int = 0
     paired: int = 0
-    expired: int = 0
+    expired: int = 0  # = expired_age + expired_full + expired_budget + expired_shutdown
+    expired_age: int = 0  # older than max_age_s
+    expired_full: int = 0  # pushed out by the ring's own count or byte bound
+    expired_budget: int = 0  # pushed out by the global memory budget
+    expired_shutdown: int = 0  # still waiting when the pipeline stopped (or its source went)
     in_ring: int = 0
     ring_bytes: int = 0
 
@@ -46,67 +53,150 @@ class Match:
     frame: Frame | None = None
 
 
+ExpiryReason = Literal["age", "full", "budget", "shutdown"]
+
+
+class _Total:
+    """The bytes held by every ring together."""
+
+    bytes = 0
+
+
 class _Ring:
-    def __init__(self) -> None:
+    def __init__(self, total: _Total) -> None:
         self.frames: OrderedDict[int, tuple[Frame, float]] = OrderedDict()
         self.paired_ids: OrderedDict[int, float] = OrderedDict()  # frame_id -> captured_at
         self.newest_id = -1
         self.newest_captured_at: float | None = None
         self.stats = RingStats()
+        self.total = total
 
-    def pop_oldest(self) -> None:
-        _, (frame, _) = self.frames.popitem(last=False)
-        self.stats.ring_bytes -= frame.nbytes
+    def put(self, frame: Frame, now: float) -> None:
+        self.frames[frame.frame_id] = (frame, now)
+        self.stats.in_ring += 1
+        self.stats.ring_bytes += frame.nbytes
+        self.total.bytes += frame.nbytes
+
+    def remove(self, frame_id: int) -> Frame | None:
+        """Take a frame out of the ring, uncounted (the caller counts its outcome)."""
+        entry = self.frames.pop(frame_id, None)
+        if entry is None:
+            return None
+        frame = entry[0]
         self.stats.in_ring -= 1
+        self.stats.ring_bytes -= frame.nbytes
+        self.total.bytes -= frame.nbytes
+        return frame
+
+    def pop_oldest(self, reason: ExpiryReason) -> None:
+        frame_id = next(iter(self.frames))
+        self.remove(frame_id)
         self.stats.expired += 1
+        if reason == "age":
+            self.stats.expired_age += 1
+        elif reason == "full":
+            self.stats.expired_full += 1
+        elif reason == "budget":
+            self.stats.expired_budget += 1
+        else:
+            self.stats.expired_shutdown += 1
 
 
 class Pairer:
     """Matches detection messages to the frames waiting in per-source rings."""
 
     def __init__(
-        self, source_ids: list[str], *, max_frames: int, max_bytes: int, max_age_s: float
+        self,
+        source_ids: list[str],
+        *,
+        max_frames: int,
+        max_bytes: int,
+        max_age_s: float,
+        max_total_bytes: int | None = None,
     ) -> None:
-        self._rings = {sid: _Ring() for sid in source_ids}
+        self._total = _Total()
+        self._rings = {sid: _Ring(self._total) for sid in source_ids}
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
+        self.max_total_bytes = max_total_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        """The bytes of every frame waiting in any ring."""
+        return self._total.bytes
 
     def stats(self, source_id: str) -> RingStats:
         return self._rings[source_id].stats
+
+    def add_source(self, source_id: str) -> None:
+        """Give a new source an empty ring (no-op if it has one)."""
+        self._rings.setdefault(source_id, _Ring(self._total))
+
+    def remove_source(self, source_id: str) -> RingStats:
+        """Expire what the source still has waiting and forget its ring; return its final
+        counters."""
+        ring = self._rings.pop(source_id)
+        while ring.frames:
+            ring.pop_oldest("shutdown")
+        return ring.stats
 
     def add_frame(self, frame: Frame, now: float, *, bound: bool = True) -> None:
         """Put a frame in its source's ring, evicting (as expired) what no longer fits. With
         ``bound=False`` nothing is evicted yet (a frame about to be sent, that may be withdrawn):
         call `bound` once it stays."""
         ring = self._rings[frame.source_id]
-        ring.frames[frame.frame_id] = (frame, now)
+        ring.put(frame, now)
         ring.newest_id = max(ring.newest_id, frame.frame_id)
         if ring.newest_captured_at is None or frame.captured_at > ring.newest_captured_at:
             ring.newest_captured_at = frame.captured_at
         ring.stats.added += 1
-        ring.stats.in_ring += 1
-        ring.stats.ring_bytes += frame.nbytes
         if bound:
             self.bound(frame.source_id, now)
 
     def bound(self, source_id: str, now: float) -> None:
-        """Evict (as expired) the oldest frames beyond the count and byte bounds, and old ones."""
+        """Evict (as expired) the oldest frames beyond the ring's count and byte bounds, then
+        beyond the global budget (from the fullest rings, never the source's only frame), and
+        old ones."""
         ring = self._rings[source_id]
         while len(ring.frames) > self.max_frames or (
             ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
         ):
-            ring.pop_oldest()
+            ring.pop_oldest("full")
+        limit = self.max_total_bytes
+        while limit is not None and self._total.bytes > limit:
+            fullest = max(self._rings.values(), key=lambda r: r.stats.ring_bytes)
+            if fullest is ring and len(ring.frames) <= 1:
+                break  # the frame just added is all this source has: keep it
+            fullest.pop_oldest("budget")
         self.expire(now)
+
+    def room_for(self, source_id: str, nbytes: int, frames: int) -> bool:
+        """Whether `frames` more frames of `nbytes` each fit the source's ring and the global
+        budget without evicting anything."""
+        ring = self._rings[source_id]
+        limit = self.max_total_bytes
+        return (
+            ring.stats.in_ring + frames <= self.max_frames
+            and ring.stats.ring_bytes + frames * nbytes <= self.max_bytes
+            and (limit is None or self._total.bytes + frames * nbytes <= limit)
+        )
+
+    def budget_allows(self, source_id: str, nbytes: int) -> bool:
+        """Whether `nbytes` more for this source keep the global budget fair: there is room, or
+        the source holds less than its share (the budget over the number of sources), so what
+        `bound` evicts comes from a source above its share."""
+        limit = self.max_total_bytes
+        if limit is None or self._total.bytes + nbytes <= limit:
+            return True
+        return self._rings[source_id].stats.ring_bytes + nbytes <= limit / len(self._rings)
 
     def withdraw(self, frame: Frame) -> None:
         """Take back a frame added with ``bound=False``, as if it never was (its tap send
         failed)."""
         ring = self._rings[frame.source_id]
-        if ring.frames.pop(frame.frame_id, None) is not None:
+        if ring.remove(frame.frame_id) is not None:
             ring.stats.added -= 1
-            ring.stats.in_ring -= 1
-            ring.stats.ring_bytes -= frame.nbytes
 
     def expire(self, now: float) -> None:
         """Drop (as expired) frames older than the age bound in every ring."""
@@ -115,13 +205,13 @@ class Pairer:
                 _, added_at = next(iter(ring.frames.values()))
                 if now - added_at <= self.max_age_s:
                     break
-                ring.pop_oldest()
+                ring.pop_oldest("age")
 
     def flush(self) -> None:
         """Expire every frame still waiting (at shutdown)."""
         for ring in self._rings.values():
             while ring.frames:
-                ring.pop_oldest()
+                ring.pop_oldest("shutdown")
 
     def match(self, source_id: str, frame_id: int, now: float) -> Match:
         """Take the frame a detection message names out of the ring, or say why not."""
@@ -173,9 +263,8 @@ class Pairer:
 
     @staticmethod
     def _take(ring: _Ring, frame_id: int) -> Frame:
-        frame, _ = ring.frames.pop(frame_id)
-        ring.stats.in_ring -= 1
-        ring.stats.ring_bytes -= frame.nbytes
+        frame = ring.remove(frame_id)
+        assert frame is not None
         ring.stats.paired += 1
         ring.paired_ids[frame_id] = frame.captured_at
         if len(ring.paired_ids) > PAIRED_MEMORY_FRAMES:

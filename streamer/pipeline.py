@@ -69,6 +69,7 @@ class Pipeline:
             max_frames=cfg.ring.max_frames,
             max_bytes=cfg.ring.max_bytes,
             max_age_s=cfg.ring.max_age_ms / 1000.0,
+            max_total_bytes=cfg.ring.max_total_bytes,
         )
         self._settings: dict[str, dict[str, Any]] = {}
         for s in cfg.sources:
@@ -313,16 +314,21 @@ class Pipeline:
                 try:
                     await self._room_for(src.source_id, frame.nbytes)
                 except asyncio.CancelledError:
-                    counters.not_tapped += 1  # stopping with this frame in hand
+                    counters.shed("stopping")  # stopping with this frame in hand
                     raise
                 now = time.monotonic()
             if self._tap is None:
                 with self._ring_lock:
                     self.pairer.add_frame(frame, now)
                 continue
-            # Only frames a detector actually gets wait in the ring; the rest are not_tapped.
-            if now + 1e-3 < next_tap_at or counters.in_tap >= TAP_QUEUE_FRAMES:
-                counters.not_tapped += 1
+            # Only frames a detector actually gets wait in the ring; the rest are not_tapped,
+            # decided here, before any work is spent on them.
+            if now + 1e-3 < next_tap_at:
+                counters.shed("rate")
+                continue
+            reason = self._admit(src.source_id, frame.nbytes)
+            if reason is not None:
+                counters.shed(reason)
                 continue
             next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
             counters.in_tap += 1
@@ -340,23 +346,35 @@ class Pipeline:
             )
             await asyncio.sleep(SUBSCRIBER_POLL_S)
 
+    def _admit(self, sid: str, nbytes: int) -> str | None:
+        """Whether a live frame may be tapped now, or why not: the tap queue or the source's
+        in-flight frames are full (``busy``: the detector or the crop stage is behind, so the
+        frame could not be served in time), or the memory budget has no room (``budget``)."""
+        counters = self.counters[sid]
+        if counters.in_tap >= TAP_QUEUE_FRAMES:
+            return "busy"
+        assert self.cfg.tap is not None
+        with self._ring_lock:
+            in_ring = self.pairer.stats(sid).in_ring
+            if counters.in_tap + in_ring >= self.cfg.tap.max_in_flight:
+                return "busy"
+            if not self.pairer.budget_allows(sid, (counters.in_tap + 1) * nbytes):
+                return "budget"
+        return None
+
     async def _room_for(self, sid: str, nbytes: int) -> None:
-        """A lossless source's frame waits here until it fits the tap queue and the ring, counting
-        the frames already on their way to the ring (instead of one being dropped or evicted)."""
-        counters, ring = self.counters[sid], self.cfg.ring
+        """A lossless source's frame waits here until it fits the tap queue, the ring and the
+        memory budget, counting the frames already on their way to the ring (instead of one being
+        dropped or evicted)."""
+        counters = self.counters[sid]
         while True:
             if counters.in_tap >= TAP_QUEUE_FRAMES:
                 self._tap_room[sid].clear()
                 await self._tap_room[sid].wait()
                 continue
             with self._ring_lock:
-                held = self.pairer.stats(sid)
-            coming = counters.in_tap + 1
-            if (
-                held.in_ring + coming <= ring.max_frames
-                and held.ring_bytes + coming * nbytes <= ring.max_bytes
-            ):
-                return
+                if self.pairer.room_for(sid, nbytes, counters.in_tap + 1):
+                    return
             await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring
 
     async def _tap_worker(self) -> None:
@@ -383,7 +401,7 @@ class Pipeline:
                 )
                 counters.in_tap -= 1
                 self._tap_room[frame.source_id].set()
-                counters.not_tapped += 1
+                counters.shed("encode_failed")
                 continue
             header = {
                 "v": 1,
@@ -424,7 +442,7 @@ class Pipeline:
             self._tap_room[frame.source_id].set()
             if outcome != "sent":
                 self._tap.count_drop(outcome)
-                counters.not_tapped += 1
+                counters.shed(outcome)
                 self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)
 
     async def _expire(self) -> None:
@@ -464,8 +482,15 @@ class Pipeline:
                 "in_handoff": src.in_handoff,
                 "in_tap": c.in_tap,
                 "not_tapped": c.not_tapped,
+                "not_tapped_by": dict(c.not_tapped_by),
                 "paired": ring.paired,
                 "expired": ring.expired,
+                "expired_by": {
+                    "age": ring.expired_age,
+                    "full": ring.expired_full,
+                    "budget": ring.expired_budget,
+                    "shutdown": ring.expired_shutdown,
+                },
                 "in_ring": ring.in_ring,
                 "ring_bytes": ring.ring_bytes,
                 "detections": dict(c.detections),
@@ -477,6 +502,8 @@ class Pipeline:
         return {
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "loop_lag_s": round(self.loop_lag_s, 4),
+            "ring_bytes": self.pairer.total_bytes,
+            "ring_budget_bytes": self.cfg.ring.max_total_bytes,
             "sources": sources,
             "malformed": dict(self._crops.malformed) if self._crops else {},
             "unknown_source": self._crops.unknown_source if self._crops else 0,

@@ -98,7 +98,7 @@ def test_detector_killed_midstream_then_back(endpoint: Any) -> None:
         "sources": [SOURCE],
         "detections": {"bind": dets},
         "tap": {"bind": tap, "encoding": "raw-bgr24"},
-        "ring": {"max_age_ms": 500},
+        "ring": {"max_age_ms": 1000},
         "publish": [{"bind": pub}],
     }
     args = ("scripts/echo_detector.py", "--tap", tap, "--detections", dets, "--boxes", "1")
@@ -312,3 +312,39 @@ def test_lossless_file_waits_for_a_late_crop_subscriber(endpoint: Any, tmp_path:
     stats = _run(cfg, body)
     assert sorted(got) == list(range(n_frames))
     assert stats["publishers"][0]["dropped_no_subscriber"] == 0
+
+
+def test_a_slow_detector_gets_only_what_it_can_serve(endpoint: Any) -> None:
+    """A detector at ~5 frames/s on a 30 fps camera: with `tap.max_in_flight`, frames beyond
+    what is in flight are not tapped (counted as not_tapped/busy) instead of being queued for
+    the detector and expiring before their answer comes: every tapped frame is served."""
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [SOURCE],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "hwm": 8, "max_in_flight": 1},
+        "ring": {"max_age_ms": 1000},
+        "publish": [{"bind": pub}],
+    }
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap, hwm=8) as frames, AsyncDetectionSender(dets) as out:
+            async for frame in frames:
+                await asyncio.sleep(0.2)  # a slow model
+                box = {"x": 20, "y": 20, "width": 10, "height": 10, "class": "a", "confidence": 1}
+                await out.send(frame, [box])
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: _src(p)["paired"] >= 10, 30, "10 frames paired")
+        finally:
+            task.cancel()
+
+    stats = _run(cfg, body)
+    src = stats["sources"]["cam"]
+    # No frame was tapped that could not be served in time (what was in flight at the stop is
+    # counted apart).
+    assert src["expired"] == src["expired_by"]["shutdown"] <= 1, (src["expired_by"], src)
+    assert src["not_tapped_by"].get("busy", 0) > src["paired"], src
+    assert src["not_tapped"] == sum(src["not_tapped_by"].values())

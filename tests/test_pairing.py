@@ -129,3 +129,65 @@ def test_withdrawn_frame_is_as_if_never_added() -> None:
     p.bound("a", now=0.2)  # sent: now the bounds apply
     s = p.stats("a")
     assert (s.in_ring, s.expired) == (1, 1) and p.match("a", 4, now=0.3).outcome == "paired"
+
+
+def test_global_budget_takes_from_the_fullest_ring_first() -> None:
+    """One budget for every camera: past it, the camera holding the most bytes loses its oldest
+    frame; a camera within its fair share keeps its frames."""
+    p = Pairer(["a", "b"], max_frames=100, max_bytes=10_000, max_age_s=5.0, max_total_bytes=1_000)
+    for i in range(8):
+        p.add_frame(frame(i, 100, "a"), now=0.0)
+    for i in range(2):
+        p.add_frame(frame(i, 100, "b"), now=0.0)
+    assert p.total_bytes == 1_000
+    p.add_frame(frame(2, 100, "b"), now=0.0)  # over budget: "a" holds the most
+    a, b = p.stats("a"), p.stats("b")
+    assert p.total_bytes == 1_000
+    assert (a.in_ring, a.expired, a.expired_budget) == (7, 1, 1)
+    assert (b.in_ring, b.expired) == (3, 0)
+    assert p.match("a", 0, 0.0).outcome == "late"  # the oldest went
+    # Every frame is accounted for, per source.
+    for s in (a, b):
+        assert s.added == s.paired + s.expired + s.in_ring
+        assert s.expired == s.expired_age + s.expired_full + s.expired_budget + s.expired_shutdown
+
+
+def test_global_budget_keeps_a_lone_frame_bigger_than_the_budget() -> None:
+    p = Pairer(["a"], max_frames=10, max_bytes=10_000, max_age_s=5.0, max_total_bytes=50)
+    p.add_frame(frame(0, 100), now=0.0)
+    assert p.stats("a").in_ring == 1
+    p.add_frame(frame(1, 100), now=0.0)
+    s = p.stats("a")
+    assert (s.in_ring, s.expired_budget) == (1, 1)
+    assert p.match("a", 1, 0.0).outcome == "paired"
+
+
+def test_room_for_counts_the_ring_and_the_budget() -> None:
+    p = Pairer(["a", "b"], max_frames=3, max_bytes=10_000, max_age_s=5.0, max_total_bytes=500)
+    p.add_frame(frame(0, 100, "b"), now=0.0)
+    p.add_frame(frame(1, 100, "b"), now=0.0)
+    assert p.room_for("a", 100, 3)
+    assert not p.room_for("a", 100, 4)  # the ring's count
+    p.add_frame(frame(2, 100, "b"), now=0.0)
+    assert not p.room_for("a", 100, 3)  # the budget: 300 held + 300 > 500
+
+
+def test_sources_come_and_go() -> None:
+    p = pairer()
+    p.add_source("c")
+    p.add_frame(frame(0, 100, "c"), now=0.0)
+    p.add_frame(frame(0, 100, "a"), now=0.0)
+    final = p.remove_source("c")
+    assert (final.added, final.expired, final.in_ring) == (1, 1, 0)
+    assert p.total_bytes == 100
+    assert p.match("c", 0, 0.0).outcome == "unknown_source"
+
+
+def test_budget_admits_a_source_below_its_share() -> None:
+    p = Pairer(["a", "b"], max_frames=100, max_bytes=10_000, max_age_s=5.0, max_total_bytes=1_000)
+    for i in range(10):
+        p.add_frame(frame(i, 100, "a"), now=0.0)
+    assert not p.budget_allows("a", 100)  # full, and "a" holds it all
+    assert p.budget_allows("b", 100)  # "b" holds nothing: "a" gives way
+    p.add_frame(frame(0, 100, "b"), now=0.0)
+    assert (p.stats("a").expired_budget, p.stats("b").in_ring) == (1, 1)

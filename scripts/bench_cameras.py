@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""How many cameras per box: N cameras through streamer against decoding the same N streams
+alone, in one run.
+
+Each camera is a 1080p30 H.264 file played in real time and looped (like a camera). The work per
+frame is Roboflow's benchmark case: the tap at 640 px (raw I420, PUB), the echo detector process
+answering 5 plates (200x100) and 5 people (300x600) for every tapped frame, every crop published
+as raw BGR to one subscriber (this process).
+
+For each N it prints:
+  bare:     decoding the N streams alone, paced, in one process: CPU % and frames/s per camera;
+  streamer: frames delivered complete (all 10 crops received) per second, per camera (min,
+            mean), fairness (min / mean), frames shed by reason (per camera, summed), the CPU of
+            streamer, the detector and the subscriber, and streamer's peak RSS.
+
+    .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
+                                              [--size 1920x1080]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import av
+import yaml
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import REPO, Probe, free_endpoint, make_clip
+
+from streamer.cli import shed_by_reason
+
+WARMUP_S = 3.0  # connections, decoder start-up: not measured
+
+
+def bare_decode(clip: Path, n: int, seconds: float) -> None:
+    """(child process) Decode `n` copies of the clip paced at their frame rate, looped, each in
+    its own thread with streamer's decoder settings; print frames per camera as JSON."""
+    stop = threading.Event()
+    counts = [0] * n
+
+    def run(i: int) -> None:
+        while not stop.is_set():
+            with av.open(str(clip)) as c:
+                stream = c.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = os.cpu_count() or 0
+                start, first = time.monotonic(), None
+                for f in c.decode(stream):
+                    t = float(f.time or 0.0)
+                    first = t if first is None else first
+                    delay = start + (t - first) - time.monotonic()
+                    if delay > 0 and stop.wait(delay):
+                        return
+                    counts[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(WARMUP_S)
+    before = list(counts)
+    time.sleep(seconds)
+    after = list(counts)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(json.dumps([(a - b) / seconds for a, b in zip(after, before, strict=True)]))
+
+
+def measure_bare(clip: Path, n: int, seconds: float) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            *("--bare", str(n), "--clip", str(clip)),
+            "--seconds",
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    probe = Probe(proc.pid)
+    time.sleep(WARMUP_S)
+    probe.sample_cpu()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    probe.sample_cpu()
+    t1 = time.monotonic()
+    out, _ = proc.communicate()
+    fps = json.loads(out)
+    return {"cpu": probe.cpu_percent(t0, t1), "fps_min": min(fps), "fps_mean": sum(fps) / n}
+
+
+def collect(
+    endpoint: str,
+    complete: dict[str, list[float]],
+    ready: threading.Event,
+    done: threading.Event,
+) -> None:
+    """The crop subscriber: counts crops per (source, frame); a frame is complete when its
+    `count` crops have all arrived, and its completion time is noted per source."""
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 1_000_000)
+    sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
+    sock.connect(endpoint)
+    ready.set()
+    got: dict[tuple[str, int], int] = defaultdict(int)
+    while not done.is_set():
+        if not sock.poll(100):
+            continue
+        parts = sock.recv_multipart(copy=False)
+        h = json.loads(parts[1].bytes)
+        key = (h["source_id"], h["frame_id"])
+        got[key] += 1
+        if got[key] == h["count"]:
+            complete[h["source_id"]].append(time.monotonic())
+            del got[key]
+    sock.close(linger=0)
+
+
+def measure_streamer(clip: Path, n: int, seconds: float) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp())
+    tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
+    ids = [f"cam{i}" for i in range(n)]
+    cfg = {
+        "sources": [{"id": sid, "url": str(clip), "loop": True} for sid in ids],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
+        "publish": [{"bind": pub, "encoding": "raw-bgr24", "hwm": 100_000}],
+    }
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    stats_file = tmp / "stats.json"
+    complete: dict[str, list[float]] = defaultdict(list)
+    ready, done = threading.Event(), threading.Event()
+    collector = threading.Thread(target=collect, args=(pub, complete, ready, done))
+    collector.start()
+    ready.wait(10)
+    detector = subprocess.Popen(
+        [sys.executable, "scripts/echo_detector.py", "--site", "--tap", tap, "--detections", dets],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # the detector's imports
+    total_s = WARMUP_S + seconds
+    streamer = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streamer", "--log-level", "WARNING"),
+            *("run", "-c", str(tmp / "cfg.yaml"), "--quiet", "--duration", str(total_s)),
+            *("--stats-file", str(stats_file)),
+        ],
+        cwd=REPO,
+    )
+    probes = [Probe(streamer.pid), Probe(detector.pid), Probe(os.getpid())]
+    start = time.monotonic()
+    t0 = start + WARMUP_S
+    t1 = t0 + seconds - 0.5  # before streamer's own stop
+    while streamer.poll() is None:
+        try:
+            for p in probes:
+                p.sample_cpu()
+            probes[0].sample()
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    streamer.wait()
+    detector.terminate()
+    detector.wait(10)
+    done.set()
+    collector.join()
+    stats = json.loads(stats_file.read_text())
+    window = t1 - t0
+    rates = {sid: sum(t0 <= t < t1 for t in complete.get(sid, [])) / window for sid in ids}
+    shed: dict[str, int] = defaultdict(int)
+    for src in stats["sources"].values():
+        for key, n in shed_by_reason(src).items():
+            shed[key] += n
+    mean = sum(rates.values()) / n
+    return {
+        "min": min(rates.values()),
+        "mean": mean,
+        "total": sum(rates.values()),
+        "fair": min(rates.values()) / mean if mean else 0.0,
+        "cpu": probes[0].cpu_percent(t0, t1),
+        "det_cpu": probes[1].cpu_percent(t0, t1),
+        "sub_cpu": probes[2].cpu_percent(t0, t1),
+        "peak_mb": probes[0].peak_mb,
+        "decoded": sum(int(s["decoded"]) for s in stats["sources"].values()),
+        "shed": dict(shed),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cameras", default="1,2,4,6,8,10")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured, after a warm-up")
+    ap.add_argument("--size", default="1920x1080")
+    ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--clip", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.bare:
+        bare_decode(Path(args.clip), args.bare, args.seconds)
+        return
+    w, h = (int(v) for v in args.size.split("x"))
+    clip = Path(tempfile.mkdtemp()) / f"clip{w}x{h}.mp4"
+    make_clip(clip, w, h, 300)
+    print(f"{w}x{h} 30 fps, 10 crops a frame, {args.seconds:.0f} s measured per run")
+    for n in (int(v) for v in args.cameras.split(",")):
+        bare = measure_bare(clip, n, args.seconds)
+        s = measure_streamer(clip, n, args.seconds)
+        shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"
+        print(
+            f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
+            f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera | streamer delivered "
+            f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
+            f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
+            f"(x{s['cpu'] / max(bare['cpu'], 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
+            f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; "
+            f"shed of {s['decoded']} decoded: {shed}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
