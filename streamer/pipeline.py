@@ -326,7 +326,7 @@ class Pipeline:
             if now + 1e-3 < next_tap_at:
                 counters.shed("rate")
                 continue
-            reason = self._admit(src.source_id, frame.nbytes)
+            reason = None if src.lossless else self._admit(src.source_id, frame.nbytes)
             if reason is not None:
                 counters.shed(reason)
                 continue
@@ -372,8 +372,12 @@ class Pipeline:
                 self._tap_room[sid].clear()
                 await self._tap_room[sid].wait()
                 continue
+            assert self.cfg.tap is not None
             with self._ring_lock:
-                if self.pairer.room_for(sid, nbytes, counters.in_tap + 1):
+                in_flight = counters.in_tap + self.pairer.stats(sid).in_ring
+                if in_flight < self.cfg.tap.max_in_flight and self.pairer.room_for(
+                    sid, nbytes, counters.in_tap + 1
+                ):
                     return
             await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring
 
