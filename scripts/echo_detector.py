@@ -8,13 +8,14 @@ reproducible set of boxes (`boxes_for`), so the receiver knows exactly which cro
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import signal
 import sys
 import time
 from typing import Any
 
-from streamer.client import DetectionSender, FrameSubscriber
+from streamer.client import DetectionSender, FrameSubscriber, add_shards_arg, endpoints_arg
 from streamer.detections.codec import encode_detections
 
 
@@ -93,8 +94,15 @@ def site_boxes(frame_id: int, width: int, height: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tap", default="tcp://127.0.0.1:5554")
-    ap.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    ap.add_argument(
+        "--tap", nargs="+", default=["tcp://127.0.0.1:5554"], help="every shard's frame tap"
+    )
+    ap.add_argument(
+        "--detections",
+        help="for frames that do not say where their detections go (reply_to); without it, "
+        "such frames are counted (no_route) and not answered",
+    )
+    add_shards_arg(ap)
     ap.add_argument("--boxes", type=int, default=10)
     ap.add_argument("--masks", action="store_true", help="add polygons and keypoints")
     ap.add_argument(
@@ -111,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--times", help="append 'frame_id monotonic_send_time' lines to this file")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    frames = FrameSubscriber(args.tap, mode="pull" if args.pull else "sub")
+    frames = FrameSubscriber(
+        endpoints_arg(ap, args.tap, args.shards), mode="pull" if args.pull else "sub"
+    )
     sender = DetectionSender(args.detections)
     times = open(args.times, "a", buffering=1) if args.times else None  # noqa: SIM115
     handled = 0
@@ -123,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 boxes = boxes_for(frame.frame_id, w, h, args.boxes, args.masks)
             if args.timestamp:
-                sender.sock.send_multipart(
+                sender.send_message(
+                    frame,
                     encode_detections(
                         frame.source_id, None, (w, h), boxes, captured_at=frame.captured_at
-                    )
+                    ),
                 )
             else:
                 sender.send(frame, boxes)
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 times.write(f"{frame.frame_id} {time.monotonic()}\n")
             handled += 1
     finally:
-        print(f"handled {handled}", flush=True)
+        print(f"sender {json.dumps(dict(sender.stats))}", flush=True)
+        print(f"handled {handled}", flush=True)  # last: tests read the number at the end
         frames.close()
         sender.close()
         if times is not None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 from streamer.config import StreamerConfig, load_config, parse_config
 from streamer.errors import ConfigError
 from streamer.ocr.commands import add_detect_parser, add_ocr_parser
+from streamer.sharding import SINGLE, Shard, add_shards_arg, endpoints_arg, resolve_shard
 
 log = logging.getLogger("streamer")
 
@@ -155,8 +157,21 @@ def _finish(stats: dict[str, Any], stats_file: str | None) -> None:
         Path(stats_file).write_text(json.dumps(stats, indent=2))
 
 
+def _load(args: argparse.Namespace) -> tuple[StreamerConfig, Shard]:
+    """The config for this process's shard (``--shard``, else STREAMER_SHARD, else all)."""
+    shard = resolve_shard(args.shard, os.environ)
+    return load_config(args.config, shard), shard
+
+
+def _shard_line(cfg: StreamerConfig, shard: Shard) -> str:
+    ids = ", ".join(s.id for s in cfg.sources) or "none"
+    return f"shard {shard}: {len(cfg.sources)} source(s): {ids}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg, shard = _load(args)
+    if shard != SINGLE:
+        log.info("%s", _shard_line(cfg, shard))
     stats = asyncio.run(_run_pipeline(cfg, args.duration, status=not args.quiet))
     _finish(stats, args.stats_file)
     return 0
@@ -197,8 +212,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg, shard = _load(args)
     print(f"{args.config}: OK ({len(cfg.sources)} source(s), {len(cfg.publish)} publisher(s))")
+    if shard != SINGLE:
+        print(_shard_line(cfg, shard))
     return 0
 
 
@@ -211,7 +228,8 @@ def cmd_crops(args: argparse.Namespace) -> int:
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
     n = 0
-    with CropSubscriber(args.endpoint, topics=[args.topic]) as sub:
+    endpoints = endpoints_arg(args.parser, args.endpoint, args.shards)
+    with CropSubscriber(endpoints, topics=[args.topic]) as sub:
         while args.count is None or n < args.count:
             crop = sub.recv(timeout_s=args.timeout)
             if crop is None:
@@ -264,8 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stats-file", help="write the final counters here as JSON")
         p.add_argument("--quiet", action="store_true", help="no status line")
 
+    shard_help = (
+        "serve only this shard's cameras: I/N (0-based), or 'auto' (I from a StatefulSet pod "
+        "name such as streamer-3 in POD_NAME or HOSTNAME, N from STREAMER_SHARDS); default: "
+        "STREAMER_SHARD, else every camera. '{shard}' in endpoints becomes I"
+    )
     p = sub.add_parser("run", help="run the pipeline from a config file")
     p.add_argument("-c", "--config", required=True)
+    p.add_argument("--shard", help=shard_help)
     add_run_flags(p)
     p.set_defaults(fn=cmd_run)
 
@@ -280,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("config")
+    p.add_argument("--shard", help=shard_help)
     p.set_defaults(fn=cmd_check_config)
 
     p = sub.add_parser("keygen", help="make a CURVE key pair (<name>.key, <name>.key_secret)")
@@ -288,12 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_keygen)
 
     p = sub.add_parser("crops", help="subscribe to crops and print (and save) them")
-    p.add_argument("endpoint")
+    p.add_argument("endpoint", nargs="+", help="crop endpoints: every shard's, or a {shard} one")
+    add_shards_arg(p)
     p.add_argument("--topic", default="crop/", help="topic prefix, e.g. crop/demo/plate")
     p.add_argument("--save-dir", help="write each crop as <source>_<frame_id>_<index>_<class>.png")
     p.add_argument("--count", type=int, help="exit after this many crops")
     p.add_argument("--timeout", type=float, help="exit 1 if no crop arrives for this long")
-    p.set_defaults(fn=cmd_crops)
+    p.set_defaults(fn=cmd_crops, parser=p)
 
     add_ocr_parser(sub)
     add_detect_parser(sub)

@@ -27,6 +27,20 @@ The same with asyncio, and a ``supervision.Detections`` instead of dicts::
 
     asyncio.run(main())
 
+Several shards: give the subscriber every shard's tap endpoint and the sender no endpoint at
+all. Each tapped frame says where its detections go (``reply_to``); the sender keeps one socket
+per such endpoint (at most ``max_routes``) and sends each frame's detections back to the shard
+that tapped it, so the detector needs no routing code::
+
+    taps = ["tcp://streamer-0.streamer:5554", "tcp://streamer-1.streamer:5554"]
+    with FrameSubscriber(taps) as frames, DetectionSender() as sender:
+        for frame in frames:
+            sender.send(frame, my_model(frame.image))
+
+A frame without a usable ``reply_to`` (an older streamer, a wildcard bind without
+``detections.advertise``) goes to the sender's `endpoint`; with neither, it is dropped and
+counted in ``sender.stats``.
+
 With a PUSH tap (frames shared among several detector workers) pass ``mode="pull"``. When
 streamer runs with CURVE, every class takes ``curve=(client_key_secret_file,
 server_public_key_file)``, files made by ``streamer keygen``.
@@ -43,6 +57,8 @@ A crop consumer::
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Literal, Self, TypeVar, cast
 
@@ -51,11 +67,37 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from streamer.config import check_reply_to
 from streamer.detections.codec import encode_detections
+from streamer.metrics import LogOnce
 from streamer.security import make_client
+from streamer.sharding import add_shards_arg, endpoints_arg, expand_shards
+
+__all__ = [
+    "AsyncCropSubscriber",
+    "AsyncDetectionSender",
+    "AsyncFrameSubscriber",
+    "Crop",
+    "CropSubscriber",
+    "DetectionSender",
+    "FrameSubscriber",
+    "ProtocolVersionError",
+    "TapFrame",
+    "add_shards_arg",
+    "decode_image",
+    "endpoint_list",
+    "endpoints_arg",
+    "expand_shards",
+    "to_predictions",
+]
+
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+MAX_REPLY_ROUTES = 64  # detection sockets a sender keeps open, besides its default endpoint
+SEND_TIMEOUT_MS = 1000  # a detections endpoint that takes nothing this long: message dropped
 T = TypeVar("T")
+Endpoints = str | Sequence[str]
 
 
 class MalformedMessageError(ValueError):
@@ -110,6 +152,14 @@ class TapFrame(_Received):
     @property
     def captured_at(self) -> float:
         return float(self.header["captured_at"])
+
+    @property
+    def reply_to(self) -> str | None:
+        """Where this frame's detections go, as the shard that tapped it says (None when it
+        does not say). Raises ValueError when it is not a tcp:// or ipc:// endpoint of at most
+        REPLY_TO_MAX_CHARS characters: it is network input."""
+        value = self.header.get("reply_to")
+        return None if value is None else check_reply_to(value)
 
 
 class Crop(_Received):
@@ -220,9 +270,25 @@ SubMode = Literal["sub", "pull"]
 Curve = tuple[str, str]  # (client .key_secret file, server public .key file)
 
 
+def endpoint_list(endpoints: Endpoints) -> list[str]:
+    """One endpoint or several as a non-empty list; raises ValueError on none."""
+    out = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    if not out or not all(isinstance(e, str) and e for e in out):
+        raise ValueError(f"expected one or more endpoints, got {endpoints!r}")
+    return out
+
+
 def _input_socket(
-    ctx: Any, endpoint: str, topics: Sequence[str], hwm: int, mode: SubMode, curve: Curve | None
+    ctx: Any,
+    endpoints: Endpoints,
+    topics: Sequence[str],
+    hwm: int,
+    mode: SubMode,
+    curve: Curve | None,
 ) -> Any:
+    """A SUB (or PULL) socket connected to every endpoint: messages from all of them are
+    fair-queued into one stream (several shards' taps or crop publishers)."""
+    targets = endpoint_list(endpoints)
     sock = ctx.socket(zmq.SUB if mode == "sub" else zmq.PULL)
     if curve is not None:
         make_client(sock, *curve)
@@ -231,26 +297,102 @@ def _input_socket(
     if mode == "sub":
         for t in topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-    sock.connect(endpoint)
+    for e in targets:
+        sock.connect(e)
     return sock
 
 
-def _output_socket(ctx: Any, endpoint: str, hwm: int, curve: Curve | None) -> Any:
-    """A PUSH socket to streamer's detections endpoint (linger 1 s so the last sends go out)."""
+def _output_socket(
+    ctx: Any, endpoint: str, hwm: int, curve: Curve | None, send_timeout_ms: int
+) -> Any:
+    """A PUSH socket to a detections endpoint (linger 1 s so the last sends go out)."""
     sock = ctx.socket(zmq.PUSH)
     if curve is not None:
         make_client(sock, *curve)
     sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
     return sock
+
+
+class _Routes:
+    """The sockets a detection sender sends on: one per detections endpoint that tapped frames
+    name in ``reply_to``, least recently used closed beyond `max_routes`, plus the default
+    endpoint's (kept). Counts in `stats`: ``bad_reply_to`` (unusable, so the default was
+    used), ``no_route`` (neither: dropped), ``routes_opened``, ``routes_closed``."""
+
+    def __init__(
+        self,
+        open_socket: Callable[[str], Any],
+        default: str | None,
+        follow_reply_to: bool,
+        max_routes: int,
+    ) -> None:
+        if max_routes < 1:
+            raise ValueError(f"max_routes must be >= 1, got {max_routes}")
+        self._open = open_socket
+        self.default = None if default is None else open_socket(default)
+        self._default_endpoint = default
+        self._follow = follow_reply_to
+        self._max = max_routes
+        self._routes: OrderedDict[str, Any] = OrderedDict()
+        self.stats: Counter[str] = Counter()
+        self._warn = LogOnce(log)
+
+    def socket_for(self, frame: TapFrame) -> Any | None:
+        """The socket for `frame`'s detections; None (counted) when there is none."""
+        target = None
+        if self._follow:
+            try:
+                target = frame.reply_to
+            except ValueError as e:
+                self.stats["bad_reply_to"] += 1
+                self._warn("bad_reply_to", "tapped frame with an unusable reply_to: %s", e)
+        if target is None or target == self._default_endpoint:
+            if self.default is None:
+                self.stats["no_route"] += 1
+                self._warn(
+                    "no_route",
+                    "frame %s/%s says no reply_to and the sender has no endpoint: "
+                    "detections dropped",
+                    frame.header.get("source_id"),
+                    frame.header.get("frame_id"),
+                )
+            return self.default
+        sock = self._routes.get(target)
+        if sock is not None:
+            self._routes.move_to_end(target)
+            return sock
+        if len(self._routes) >= self._max:
+            _, old = self._routes.popitem(last=False)
+            old.close()
+            self.stats["routes_closed"] += 1
+            self._warn(
+                "routes_full", "more than %s detections endpoints: closing the oldest", self._max
+            )
+        sock = self._routes[target] = self._open(target)
+        self.stats["routes_opened"] += 1
+        log.info("detections for frames tapped by %s go there", target)
+        return sock
+
+    def dropped(self, kind: str) -> None:
+        self.stats[kind] += 1
+        self._warn(kind, "detections not sent (%s): the endpoint takes nothing", kind)
+
+    def close(self) -> None:
+        for sock in self._routes.values():
+            sock.close()
+        self._routes.clear()
+        if self.default is not None:
+            self.default.close()
 
 
 class _Subscriber(Generic[T]):
     def __init__(
         self,
         decode: Callable[[list[zmq.Frame]], T],
-        endpoint: str,
+        endpoint: Endpoints,
         topics: Sequence[str],
         hwm: int,
         mode: SubMode,
@@ -296,7 +438,7 @@ class CropSubscriber(_Subscriber[Crop]):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         topics: Sequence[str] = ("crop/",),
         hwm: int = 1000,
         mode: SubMode = "sub",
@@ -310,7 +452,7 @@ class FrameSubscriber(_Subscriber[TapFrame]):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         topics: Sequence[str] = ("frame/",),
         hwm: int = 2,
         mode: SubMode = "sub",
@@ -320,18 +462,58 @@ class FrameSubscriber(_Subscriber[TapFrame]):
 
 
 class DetectionSender:
-    """PUSHes detection messages to streamer's detections endpoint."""
+    """PUSHes detection messages where each frame came from: the frame's ``reply_to``, else
+    `endpoint` (streamer's detections endpoint; None: frames must say where).
 
-    def __init__(self, endpoint: str, hwm: int = 100, curve: Curve | None = None) -> None:
-        self.sock: zmq.Socket[bytes] = _output_socket(zmq.Context.instance(), endpoint, hwm, curve)
+    A send waits at most `send_timeout_ms` for room (`hwm` messages queued per endpoint), then
+    drops the message and counts it (``stats["dropped_full"]``): a dead shard never stalls the
+    detections of the others. ``follow_reply_to=False`` always uses `endpoint`.
+    """
 
-    def send(self, frame: TapFrame, detections: Any) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        hwm: int = 100,
+        curve: Curve | None = None,
+        send_timeout_ms: int = SEND_TIMEOUT_MS,
+        follow_reply_to: bool = True,
+        max_routes: int = MAX_REPLY_ROUTES,
+    ) -> None:
+        ctx: zmq.Context[Any] = zmq.Context.instance()
+        self._routes = _Routes(
+            lambda e: _output_socket(ctx, e, hwm, curve, send_timeout_ms),
+            endpoint,
+            follow_reply_to,
+            max_routes,
+        )
+        self.sock: zmq.Socket[bytes] | None = self._routes.default  # the default endpoint's
+
+    @property
+    def stats(self) -> Counter[str]:
+        """``sent``, ``dropped_full``, ``bad_reply_to``, ``no_route``, ``routes_opened``, ..."""
+        return self._routes.stats
+
+    def send(self, frame: TapFrame, detections: Any) -> bool:
         """Send the detections for `frame`: Roboflow-style dicts (centre boxes in
-        `frame.image` pixels) or a ``supervision.Detections`` (xyxy in those pixels)."""
-        self.sock.send_multipart(_detection_message(frame, detections))
+        `frame.image` pixels) or a ``supervision.Detections`` (xyxy in those pixels).
+        Returns False when they were dropped (counted in `stats`)."""
+        return self.send_message(frame, _detection_message(frame, detections))
+
+    def send_message(self, frame: TapFrame, message: list[bytes]) -> bool:
+        """Send an encoded detection message where `frame`'s detections go; False if dropped."""
+        sock = self._routes.socket_for(frame)
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(message)
+        except zmq.Again:
+            self._routes.dropped("dropped_full")
+            return False
+        self._routes.stats["sent"] += 1
+        return True
 
     def close(self) -> None:
-        self.sock.close()
+        self._routes.close()
 
     def __enter__(self) -> Self:
         return self
@@ -344,7 +526,7 @@ class _AsyncSubscriber(Generic[T]):
     def __init__(
         self,
         decode: Callable[[list[zmq.Frame]], T],
-        endpoint: str,
+        endpoint: Endpoints,
         topics: Sequence[str],
         hwm: int,
         mode: SubMode,
@@ -378,7 +560,7 @@ class AsyncFrameSubscriber(_AsyncSubscriber[TapFrame]):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         topics: Sequence[str] = ("frame/",),
         hwm: int = 2,
         mode: SubMode = "sub",
@@ -392,7 +574,7 @@ class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         topics: Sequence[str] = ("crop/",),
         hwm: int = 1000,
         mode: SubMode = "sub",
@@ -402,18 +584,47 @@ class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
 
 
 class AsyncDetectionSender:
-    """asyncio twin of DetectionSender."""
+    """asyncio twin of DetectionSender (same routing, timeout and counters)."""
 
-    def __init__(self, endpoint: str, hwm: int = 100, curve: Curve | None = None) -> None:
-        self.sock: zmq.asyncio.Socket = _output_socket(
-            zmq.asyncio.Context.instance(), endpoint, hwm, curve
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        hwm: int = 100,
+        curve: Curve | None = None,
+        send_timeout_ms: int = SEND_TIMEOUT_MS,
+        follow_reply_to: bool = True,
+        max_routes: int = MAX_REPLY_ROUTES,
+    ) -> None:
+        ctx: zmq.asyncio.Context = zmq.asyncio.Context.instance()
+        self._routes = _Routes(
+            lambda e: _output_socket(ctx, e, hwm, curve, send_timeout_ms),
+            endpoint,
+            follow_reply_to,
+            max_routes,
         )
+        self.sock: zmq.asyncio.Socket | None = self._routes.default
 
-    async def send(self, frame: TapFrame, detections: Any) -> None:
-        await self.sock.send_multipart(_detection_message(frame, detections))
+    @property
+    def stats(self) -> Counter[str]:
+        return self._routes.stats
+
+    async def send(self, frame: TapFrame, detections: Any) -> bool:
+        return await self.send_message(frame, _detection_message(frame, detections))
+
+    async def send_message(self, frame: TapFrame, message: list[bytes]) -> bool:
+        sock = self._routes.socket_for(frame)
+        if sock is None:
+            return False
+        try:
+            await sock.send_multipart(message)
+        except zmq.Again:
+            self._routes.dropped("dropped_full")
+            return False
+        self._routes.stats["sent"] += 1
+        return True
 
     def close(self) -> None:
-        self.sock.close()
+        self._routes.close()
 
     async def __aenter__(self) -> Self:
         return self

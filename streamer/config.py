@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,8 +11,48 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamer.colors import parse_color_bgr
 from streamer.errors import ConfigError
+from streamer.sharding import SINGLE, Shard
 
 MIB = 1024 * 1024
+REPLY_TO_MAX_CHARS = 256
+SHARD_PLACEHOLDER = "{shard}"
+# Where "{shard}" is replaced (paths in the YAML tree; "*" is any list index): the endpoints.
+SHARD_FIELDS = (
+    ("detections", "bind"),
+    ("detections", "advertise"),
+    ("detections", "connect", "*"),
+    ("tap", "bind"),
+    ("publish", "*", "bind"),
+    ("preview", "host"),
+    ("preview", "port"),
+    ("preview", "metrics_port"),
+)
+_TCP_REPLY = re.compile(r"tcp://(\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
+_IPC_REPLY = re.compile(r"ipc://[\x21-\x7e]{1,250}")
+_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "[::]", "[::0]", "[0:0:0:0:0:0:0:0]"})
+
+
+def check_reply_to(value: object) -> str:
+    """`value` if it is an endpoint a detector may send detections to: ``tcp://host:port``
+    (not a wildcard host) or ``ipc://path``, printable ASCII, at most REPLY_TO_MAX_CHARS long.
+    Raises ValueError saying why not. Used on the config's advertised address and, by
+    streamer.client, on every tapped frame's ``reply_to`` (hostile input)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string endpoint, got {type(value).__name__}")
+    if len(value) > REPLY_TO_MAX_CHARS:
+        raise ValueError(f"endpoint longer than {REPLY_TO_MAX_CHARS} characters")
+    if _IPC_REPLY.fullmatch(value):
+        return value
+    m = _TCP_REPLY.fullmatch(value)
+    if m is None:
+        raise ValueError(
+            f"expected tcp://HOST:PORT or ipc://PATH, got {value[:REPLY_TO_MAX_CHARS]!r}"
+        )
+    if m.group(1) in _WILDCARD_HOSTS:
+        raise ValueError(f"{value!r} is a wildcard address: give one a detector can reach")
+    if not 1 <= int(m.group(2)) <= 65_535:
+        raise ValueError(f"port must be 1..65535 in {value!r}")
+    return value
 
 
 class _Model(BaseModel):
@@ -92,6 +133,11 @@ class DetectionsConfig(_Model):
     """Where detections come in: bind a PULL socket, or connect a SUB socket to detector PUBs."""
 
     bind: str | None = None
+    advertise: str | None = Field(
+        None,
+        description="the bind endpoint as detectors reach it, sent in every tapped frame's "
+        "reply_to (default: bind, unless it is a wildcard such as tcp://0.0.0.0:5555)",
+    )
     connect: list[str] = Field(default_factory=list)
     pairing: Literal["frame_id", "timestamp"] = Field(
         "frame_id", description="exact frame_id echo, or nearest captured_at within tolerance_ms"
@@ -104,7 +150,28 @@ class DetectionsConfig(_Model):
     def _one_endpoint(self) -> DetectionsConfig:
         if (self.bind is None) == (not self.connect):
             raise ValueError("give exactly one of 'bind' (PULL) or 'connect' (SUB)")
+        if self.advertise is not None:
+            if self.bind is None:
+                raise ValueError("advertise goes with bind (detectors PUSH to streamer)")
+            try:
+                check_reply_to(self.advertise)
+            except ValueError as e:
+                raise ValueError(f"advertise: {e}") from None
         return self
+
+    @property
+    def reply_to(self) -> str | None:
+        """Where detectors send the detections of a frame tapped here: `advertise`, else `bind`
+        when a detector can reach it as written; None when neither (detectors then use their
+        own default endpoint)."""
+        if self.advertise is not None:
+            return self.advertise
+        if self.bind is None:
+            return None
+        try:
+            return check_reply_to(self.bind)
+        except ValueError:
+            return None
 
 
 class TapConfig(_Model):
@@ -279,18 +346,57 @@ def format_validation_error(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any) -> StreamerConfig:
-    """Validate a parsed YAML tree; raise ConfigError naming each bad field path."""
+def _matches(path: tuple[int | str, ...], pattern: tuple[str, ...]) -> bool:
+    return len(path) == len(pattern) and all(
+        (p == "*" and isinstance(k, int)) or p == k for k, p in zip(path, pattern, strict=True)
+    )
+
+
+def substitute_shard(data: Any, shard: Shard) -> Any:
+    """A copy of a parsed YAML tree with ``{shard}`` replaced by the shard's index in every
+    endpoint (SHARD_FIELDS). Raises ConfigError naming each other field that contains it."""
+    misplaced: list[str] = []
+
+    def walk(node: Any, path: tuple[int | str, ...]) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, (*path, str(k))) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(node)]
+        if isinstance(node, str) and SHARD_PLACEHOLDER in node:
+            if any(_matches(path, p) for p in SHARD_FIELDS):
+                return node.replace(SHARD_PLACEHOLDER, str(shard.index))
+            misplaced.append(_loc(path))
+        return node
+
+    out = walk(data, ())
+    if misplaced:
+        raise ConfigError(
+            "\n".join(
+                f"{loc}: {SHARD_PLACEHOLDER} is only replaced in endpoints (detections, tap, "
+                "publish, preview)"
+                for loc in misplaced
+            )
+        )
+    return out
+
+
+def parse_config(data: Any, shard: Shard = SINGLE) -> StreamerConfig:
+    """Validate a parsed YAML tree for `shard`: ``{shard}`` in endpoints becomes its index and
+    only the sources it serves are kept (a shard may serve none). Raise ConfigError naming each
+    bad field path."""
     if not isinstance(data, dict):
         raise ConfigError("(top level): expected a mapping of settings")
     try:
-        return StreamerConfig.model_validate(data)
+        cfg = StreamerConfig.model_validate(substitute_shard(data, shard))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+    if shard.count == 1:
+        return cfg
+    return cfg.model_copy(update={"sources": [s for s in cfg.sources if shard.serves(s.id)]})
 
 
-def load_config(path: str | Path) -> StreamerConfig:
-    """Read and validate a YAML config file."""
+def load_config(path: str | Path, shard: Shard = SINGLE) -> StreamerConfig:
+    """Read and validate a YAML config file for `shard` (see parse_config)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -300,4 +406,4 @@ def load_config(path: str | Path) -> StreamerConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_config(data)
+    return parse_config(data, shard)

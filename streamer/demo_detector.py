@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer.client import DetectionSender, FrameSubscriber
+from streamer.client import DetectionSender, FrameSubscriber, add_shards_arg, endpoints_arg
 from streamer.tracking import IouTracker
 
 MIN_AREA_FRACTION = 0.0005  # of the frame, for a contour to count
@@ -52,11 +52,19 @@ def detect(image: np.ndarray) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tap", default="tcp://127.0.0.1:5554")
-    ap.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    ap.add_argument(
+        "--tap", nargs="+", default=["tcp://127.0.0.1:5554"], help="every shard's frame tap"
+    )
+    ap.add_argument(
+        "--detections",
+        default="tcp://127.0.0.1:5555",
+        help="for frames that do not say where their detections go (reply_to)",
+    )
+    add_shards_arg(ap)
     args = ap.parse_args(argv)
+    taps = endpoints_arg(ap, args.tap, args.shards)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    frames = FrameSubscriber(args.tap)
+    frames = FrameSubscriber(taps)
     sender = DetectionSender(args.detections)
     trackers: dict[str, IouTracker] = {}
     try:

@@ -214,11 +214,10 @@ class Pipeline:
             if self._tap is not None:
                 tasks.append(asyncio.create_task(self._tap_worker()))
                 tasks.append(asyncio.create_task(self._tap.track_subscriptions()))
-            waiters: list[asyncio.Future[Any]] = [
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
+            if feeders:  # a shard that serves no camera runs until stopped
                 # asyncio.wait, unlike gather, does not cancel the feeders when cancelled itself.
-                asyncio.ensure_future(asyncio.wait(feeders)),
-                asyncio.ensure_future(self._stop.wait()),
-            ]
+                waiters.append(asyncio.ensure_future(asyncio.wait(feeders)))
             if duration_s is not None:
                 waiters.append(asyncio.ensure_future(asyncio.sleep(duration_s)))
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -415,6 +414,8 @@ class Pipeline:
                 "captured_at": frame.captured_at,
                 **fields,
             }
+            if self.cfg.detections.reply_to is not None:
+                header["reply_to"] = self.cfg.detections.reply_to  # where detections go
             message = [frame_topic(frame.source_id), dumps(header), payload]
             lossless = self.sources[frame.source_id].lossless
             pause_s = TAP_RETRY_MIN_S

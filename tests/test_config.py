@@ -126,3 +126,113 @@ def test_patch_validation_matches_the_config() -> None:
     ]:
         with pytest.raises(ConfigError, match=text):
             parse_patch(bad)
+
+
+# -- shards --------------------------------------------------------------------------------
+
+SHARDED: dict[str, Any] = {
+    "sources": [{"id": f"cam-{i}", "url": "clip.mp4"} for i in (0, 1, 2, 4, 12, 20)],
+    "detections": {"bind": "tcp://127.0.0.1:55{shard}5"},
+    "tap": {"bind": "tcp://127.0.0.1:55{shard}4"},
+    "publish": [{"bind": "tcp://127.0.0.1:55{shard}6"}, {"bind": "ipc:///tmp/crops-{shard}"}],
+    "preview": {"port": "808{shard}", "metrics_port": "910{shard}"},
+}
+
+
+def test_shard_placeholder_is_replaced_in_every_endpoint() -> None:
+    from streamer.sharding import Shard
+
+    cfg = parse_config(SHARDED, Shard(2, 3))
+    assert cfg.detections.bind == "tcp://127.0.0.1:5525"
+    assert cfg.tap is not None and cfg.tap.bind == "tcp://127.0.0.1:5524"
+    assert [p.bind for p in cfg.publish] == ["tcp://127.0.0.1:5526", "ipc:///tmp/crops-2"]
+    assert cfg.preview is not None
+    assert (cfg.preview.port, cfg.preview.metrics_port) == (8082, 9102)
+    # Only this shard's cameras; together the shards serve each camera once.
+    served = [s.id for i in range(3) for s in parse_config(SHARDED, Shard(i, 3)).sources]
+    assert sorted(served) == sorted(s["id"] for s in SHARDED["sources"])
+    assert [s.id for s in cfg.sources] == ["cam-12", "cam-20"]
+    # Without a shard: every camera, {shard} is 0.
+    whole = parse_config(SHARDED)
+    assert len(whole.sources) == 6 and whole.detections.bind == "tcp://127.0.0.1:5505"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("sources.0.url", "rtsp://cam-{shard}/x", "sources[0].url: {shard} is only replaced in"),
+        ("crop", {"background_color": "{shard}"}, "crop.background_color: {shard} is only"),
+        ("preview", {"port": "80{shard}00"}, "preview.port: Input should be less than or equal"),
+        ("preview", {"port": "x{shard}"}, "preview.port: Input should be a valid integer"),
+    ],
+)
+def test_shard_placeholder_errors(path: str, value: Any, expected: str) -> None:
+    from streamer.sharding import Shard
+
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(path, value), Shard(1, 2))
+    assert expected in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("detections", "reply_to"),
+    [
+        ({"bind": "tcp://127.0.0.1:5555"}, "tcp://127.0.0.1:5555"),
+        ({"bind": "ipc:///tmp/dets"}, "ipc:///tmp/dets"),
+        ({"bind": "tcp://0.0.0.0:5555"}, None),  # a wildcard: detectors cannot reach it as is
+        ({"bind": "tcp://*:5555"}, None),
+        ({"bind": "tcp://[::]:5555"}, None),
+        (
+            {"bind": "tcp://0.0.0.0:5555", "advertise": "tcp://streamer-{shard}.streamer:5555"},
+            "tcp://streamer-1.streamer:5555",
+        ),
+        ({"connect": ["tcp://127.0.0.1:6000"]}, None),
+    ],
+)
+def test_reply_to_is_the_advertised_or_bound_endpoint(
+    detections: dict[str, Any], reply_to: str | None
+) -> None:
+    from streamer.sharding import Shard
+
+    assert parse_config(_with("detections", detections), Shard(1, 2)).detections.reply_to == (
+        reply_to
+    )
+
+
+@pytest.mark.parametrize(
+    ("detections", "expected"),
+    [
+        ({"bind": "tcp://0.0.0.0:1", "advertise": "tcp://*:5555"}, "is a wildcard address"),
+        ({"bind": "tcp://0.0.0.0:1", "advertise": "udp://h:5555"}, "expected tcp://HOST:PORT"),
+        ({"bind": "tcp://0.0.0.0:1", "advertise": "tcp://h:70000"}, "port must be 1..65535"),
+        ({"bind": "tcp://0.0.0.0:1", "advertise": "tcp://h" + "x" * 300 + ":1"}, "longer than"),
+        ({"bind": "tcp://0.0.0.0:1", "advertise": "tcp://h:1\n"}, "expected tcp://HOST:PORT"),
+        ({"connect": ["tcp://a:1"], "advertise": "tcp://h:1"}, "advertise goes with bind"),
+    ],
+)
+def test_bad_advertised_endpoint(detections: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with("detections", detections))
+    assert "detections" in str(e.value) and expected in str(e.value)
+
+
+def test_check_config_with_shards(tmp_path: Path) -> None:
+    path = REPO / "configs" / "shards.yaml"
+    outs = []
+    for i in range(3):
+        res = subprocess.run(
+            [sys.executable, "-m", "streamer", "check-config", str(path), "--shard", f"{i}/3"],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        outs.append(res.stdout)
+    assert "shard 2/3: 2 source(s): cam-12, cam-20" in outs[2]
+    res = subprocess.run(
+        [sys.executable, "-m", "streamer", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env={"STREAMER_SHARD": "auto", "HOSTNAME": "streamer-7", "STREAMER_SHARDS": "3"},
+    )
+    assert res.returncode == 2
+    assert "shard index must be 0..2 for 3 shard(s), got 7" in res.stderr

@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 
+from streamer.sharding import add_shards_arg, endpoints_arg
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,13 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "votes per track and publishes one JSON result per read crop on ocr/<source_id>. "
         "With --listen, prints the stable readings of running workers instead.",
     )
-    p.add_argument("--crops", default="tcp://127.0.0.1:5560", help="streamer's crop endpoint")
+    p.add_argument(
+        "--crops",
+        nargs="+",
+        default=["tcp://127.0.0.1:5560"],
+        help="streamer's crop endpoints: every shard's, or one with {shard} and --shards",
+    )
+    add_shards_arg(p)
     p.add_argument("--pull", action="store_true", help="the publisher is PUSH: join its pool")
     p.add_argument("--topic", action="append", help="topic prefix (repeatable); default crop/")
     p.add_argument("--classes", help="comma-separated classes to read; default every class")
@@ -47,7 +55,7 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument(
         "--listen", nargs="+", metavar="ENDPOINT", help="print stable readings from workers"
     )
-    p.set_defaults(fn=cmd_ocr)
+    p.set_defaults(fn=cmd_ocr, parser=p)
 
 
 def cmd_ocr(args: argparse.Namespace) -> int:
@@ -70,7 +78,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     opts = worker.WorkerOptions(
-        crops=args.crops,
+        crops=tuple(endpoints_arg(args.parser, args.crops, args.shards)),
         results=args.results,
         mode="pull" if args.pull else "sub",
         topics=tuple(args.topic or ["crop/"]),
@@ -97,13 +105,23 @@ def cmd_ocr(args: argparse.Namespace) -> int:
 def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("detect", help="run a detector on the frame tap")
     p.add_argument("model", choices=("text",), help="text: PP-OCRv4 text detector (DBNet)")
-    p.add_argument("--tap", default="tcp://127.0.0.1:5554")
-    p.add_argument("--detections", default="tcp://127.0.0.1:5555")
+    p.add_argument(
+        "--tap",
+        nargs="+",
+        default=["tcp://127.0.0.1:5554"],
+        help="frame taps: every shard's, or one with {shard} and --shards",
+    )
+    p.add_argument(
+        "--detections",
+        default="tcp://127.0.0.1:5555",
+        help="for frames that do not say where their detections go (reply_to)",
+    )
+    add_shards_arg(p)
     p.add_argument("--pull", action="store_true", help="the tap is PUSH: join its pool")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
     p.add_argument("--box-threshold", type=float, default=0.5, help="min mean text probability")
     p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
-    p.set_defaults(fn=cmd_detect)
+    p.set_defaults(fn=cmd_detect, parser=p)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -112,7 +130,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from streamer.ocr.text_detector import DetectorOptions, run_text_detector
 
     opts = DetectorOptions(
-        tap=args.tap,
+        tap=tuple(endpoints_arg(args.parser, args.tap, args.shards)),
         detections=args.detections,
         mode="pull" if args.pull else "sub",
         threads=args.threads,

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +113,7 @@ def to_predictions(regions: list[TextRegion]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    tap: str = "tcp://127.0.0.1:5554"
+    tap: Sequence[str] = ("tcp://127.0.0.1:5554",)  # every shard's tap
     detections: str = "tcp://127.0.0.1:5555"
     mode: SubMode = "sub"
     threads: int = DEFAULT_THREADS

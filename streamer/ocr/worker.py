@@ -64,7 +64,7 @@ OUTCOMES = (
 class WorkerOptions:
     """What ``streamer ocr`` is told on its command line."""
 
-    crops: str = "tcp://127.0.0.1:5560"
+    crops: Sequence[str] = ("tcp://127.0.0.1:5560",)  # every shard's crop endpoint
     results: str = "tcp://127.0.0.1:5570"
     mode: SubMode = "sub"
     topics: Sequence[str] = ("crop/",)
