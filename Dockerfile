@@ -1,5 +1,6 @@
 # streamer: run a config mounted at /config/streamer.yaml.
 #   docker build -t streamer .
+#   docker build --build-arg EXTRAS=ocr -t streamer-ocr .   # also `streamer ocr`'s recognizers
 #   docker run --rm -v "$PWD/configs:/config:ro" -p 8080:8080 streamer
 # The config's preview section must listen on 0.0.0.0:8080 inside the container for the port
 # mapping and the health check below (which calls /healthz, served without a token).
@@ -13,6 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     PATH=/opt/streamer/bin:$PATH
 
+# Optional extras of the package to install too (pyproject.toml's [project.optional-dependencies]).
+ARG EXTRAS=""
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 COPY streamer ./streamer
@@ -21,6 +24,7 @@ COPY streamer ./streamer
 # are needed at run time.
 RUN pip install --no-cache-dir uv==0.13.9 \
     && uv sync --frozen --no-default-groups --no-editable --compile-bytecode \
+        ${EXTRAS:+--extra "$EXTRAS"} \
     && pip uninstall -y uv \
     && groupadd --system --gid 10001 streamer \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin streamer

@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any
 
-from streamer.client import DetectionSender, FrameSubscriber, add_shards_arg, endpoints_arg
+from streamer.client import DetectionSender, FrameSubscriber
 from streamer.detections.codec import encode_detections
+from streamer.sharding import add_shards_arg, endpoints_arg
 
 
 def boxes_for(

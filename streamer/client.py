@@ -71,25 +71,6 @@ from streamer.config import check_reply_to
 from streamer.detections.codec import encode_detections
 from streamer.metrics import LogOnce
 from streamer.security import make_client
-from streamer.sharding import add_shards_arg, endpoints_arg, expand_shards
-
-__all__ = [
-    "AsyncCropSubscriber",
-    "AsyncDetectionSender",
-    "AsyncFrameSubscriber",
-    "Crop",
-    "CropSubscriber",
-    "DetectionSender",
-    "FrameSubscriber",
-    "ProtocolVersionError",
-    "TapFrame",
-    "add_shards_arg",
-    "decode_image",
-    "endpoint_list",
-    "endpoints_arg",
-    "expand_shards",
-    "to_predictions",
-]
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer.client import DetectionSender, FrameSubscriber, add_shards_arg, endpoints_arg
+from streamer.client import DetectionSender, FrameSubscriber
+from streamer.sharding import add_shards_arg, endpoints_arg
 from streamer.tracking import IouTracker
 
 MIN_AREA_FRACTION = 0.0005  # of the frame, for a contour to count
