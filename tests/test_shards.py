@@ -267,3 +267,37 @@ def test_going_to_four_shards_moves_at_most_two_of_these_cameras() -> None:
     moved = [c for c in CAMERAS if three[c] != four[c]]
     assert len(moved) <= 2, moved
     assert all(four[c] == 3 for c in moved)
+
+
+def test_a_shard_with_no_camera_runs_until_stopped(tmp_path: Path) -> None:
+    """More shards than cameras (or an unlucky draw): the empty shard stays up, healthy and
+    idle, instead of exiting (which a StatefulSet would restart in a loop)."""
+    only = "cam-0"
+    empty = next(i for i in range(2) if assign([only], 2)[only] != i)
+    cfg_path = tmp_path / "site.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{"id": only, "url": "lavfi:testsrc2=size=64x48:rate=5"}],
+                "detections": {"bind": f"ipc://{tmp_path}/dets-{{shard}}"},
+                "tap": {"bind": f"ipc://{tmp_path}/tap-{{shard}}"},
+                "publish": [{"bind": f"ipc://{tmp_path}/crops-{{shard}}"}],
+            }
+        )
+    )
+    stats_path = tmp_path / "stats.json"
+    res = subprocess.run(
+        [
+            *(sys.executable, "-m", "streamer", "run", "-c", str(cfg_path), "--quiet"),
+            *("--shard", f"{empty}/2", "--duration", "1.5", "--stats-file", str(stats_path)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["uptime_s"] >= 1.4  # ran for its duration, did not return at once
+    assert stats["sources"] == {}
+    assert f"shard {empty}/2: 0 source(s): none" in res.stderr
