@@ -4,7 +4,8 @@
 Messages of 10 and 1,000 predictions, each with a 24-point polygon (and, as a second set, a
 compressed COCO RLE mask), are decoded by (a) streamer's current `decode_detections` and (b) the
 codec as it was at `--baseline` (a git revision, loaded from git into its own module), in the
-same run. Prints per-message medians and (b)/(a): above 1 means the current code is faster.
+same run. Prints per-message medians and (b)/(a): above 1 means the current code is faster;
+then the JSON parse alone, json.loads against orjson.loads, on the same headers.
 
     .venv/bin/python scripts/bench_codec.py [--repeat 30] [--baseline 750bfe1]
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pycocotools.mask as coco
 
 from streamer.detections.codec import decode_detections
@@ -88,13 +90,23 @@ def message(n: int, mask: str) -> list[bytes]:
 
 
 def median_us(repeat: int, fn: Callable[..., object], *args: object, **kw: object) -> float:
-    fn(*args, **kw)  # warm-up
-    times = []
+    return paired_medians_us(repeat, fn, fn, *args, **kw)[0]
+
+
+def paired_medians_us(
+    repeat: int, fa: Callable[..., object], fb: Callable[..., object], *args: object, **kw: object
+) -> tuple[float, float]:
+    """Medians of `fa` and `fb` on the same arguments, timed in alternation so that load from
+    other processes on the machine weighs on both alike."""
+    fa(*args, **kw)  # warm-up
+    fb(*args, **kw)
+    ta, tb = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn(*args, **kw)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+        for fn, times in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            fn(*args, **kw)
+            times.append(time.perf_counter() - t)
+    return statistics.median(ta) * 1e6, statistics.median(tb) * 1e6
 
 
 def main() -> int:
@@ -110,18 +122,26 @@ def main() -> int:
         old = None
     cols = ("mask", "preds", "bytes", "current us", "baseline us", "(b)/(a)")
     print(" ".join(f"{c:>{w}}" for c, w in zip(cols, (8, 6, 9, 11, 12, 8), strict=True)))
+    parse_rows: list[tuple[str, int, bytes]] = []
     for mask in ("polygon", "rle"):
         for n in (int(c) for c in args.counts.split(",")):
             parts = message(n, mask)
             kw = {"max_predictions": max(n, 1), "max_bytes": 1 << 30}
-            repeat = args.repeat if n <= 100 else max(3, args.repeat // 5)
-            a = median_us(repeat * 10 if n <= 100 else repeat, decode_detections, parts, **kw)
+            repeat = args.repeat * 10 if n <= 100 else args.repeat
             size = sum(len(p) for p in parts)
+            parse_rows.append((mask, n, parts[1]))
             if old is None:
+                a = median_us(repeat, decode_detections, parts, **kw)
                 print(f"{mask:>8} {n:>6} {size:>9} {a:>11.1f}")
                 continue
-            b = median_us(repeat * 10 if n <= 100 else repeat, old, parts, **kw)
+            a, b = paired_medians_us(repeat, decode_detections, old, parts, **kw)
             print(f"{mask:>8} {n:>6} {size:>9} {a:>11.1f} {b:>12.1f} {b / a:>8.2f}")
+    # The JSON parser alone, on the same headers: why orjson.
+    print("\nparsing the header alone (us): json.loads, orjson.loads, ratio")
+    for mask, n, body in parse_rows:
+        repeat = args.repeat * 10 if n <= 100 else args.repeat
+        j, o = paired_medians_us(repeat, json.loads, orjson.loads, body)
+        print(f"{mask:>8} {n:>6} {j:>11.1f} {o:>11.1f} {j / o:>8.2f}")
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import tempfile
@@ -41,6 +42,7 @@ MAX_PREDICTIONS = 100
 # kilobyte; the old quadratic RLE decoder took ~100 s for 2 MB, far beyond this.
 TIME_BASE_S = 2.0
 TIME_PER_BYTE_S = 20e-6
+REPORT_EVERY_S = 30.0
 
 
 def time_bound_s(parts: list[bytes]) -> float:
@@ -163,13 +165,100 @@ def check(parts: list[bytes], outcomes: Counter[str] | None = None) -> None:
         outcomes[outcome] += 1
 
 
+# -- structural mutation of JSON trees (used by atheris' mutator and the hypothesis test) --------
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside a JSON tree (the root included)."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += paths(v, (*prefix, i))
+    return out
+
+
+def get(tree: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def replace(tree: Any, path: tuple[Any, ...], new: Any) -> Any:
+    """A copy of `tree` with the value at `path` replaced by `new`."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(tree, dict):
+        return {**tree, head: replace(tree[head], rest, new)}
+    copy = list(tree)
+    copy[head] = replace(copy[head], rest, new)
+    return copy
+
+
+def delete(tree: Any, path: tuple[Any, ...]) -> Any:
+    """A copy of `tree` without the value at `path` (not the root)."""
+    head, rest = path[0], path[1:]
+    if rest:
+        copy = dict(tree) if isinstance(tree, dict) else list(tree)
+        copy[head] = delete(tree[head], rest)
+        return copy
+    if isinstance(tree, dict):
+        return {k: v for k, v in tree.items() if k != head}
+    return [v for i, v in enumerate(tree) if i != head]
+
+
+FIELD_NAMES = [
+    "v", "source_id", "frame_id", "captured_at", "image", "width", "height", "predictions",
+    "params", "mask_opacity", "background_color", "x", "y", "confidence", "class", "class_id",
+    "detection_id", "tracker_id", "points", "keypoints", "rle", "rle_mask", "size", "counts",
+    "mask_part", "mask_layout", "mask_size",
+]  # fmt: skip
+HOSTILE_VALUES: list[Any] = [
+    None, True, False, 0, -1, 1, 2, 3, 0.5, 1.0, -0.0, 2**31, 2**53 + 1, 2**63 - 1, 2**63,
+    2**64 - 1, 1e9, 1e9 + 1, 1e300, -1e300, "", "a", "\u0000", "\u00e9", "\ud800", "x" * 300,
+    "#fff", "(1, 2, 3)", "box", "image", "0", "o", "PP0", [], {}, [0], [1, 2], [32768, 32768],
+    [32769, 1], [0, 0], [{"x": 1, "y": 2}] * 3, {"x": 1}, {"size": [2, 2], "counts": [4]},
+]  # fmt: skip
+
+
+def mutate_tree(tree: Any, rng: random.Random, donors: list[Any]) -> Any:
+    """One structural mutation: replace a value (by a hostile one, a random subtree of a seed,
+    or a deep nest), delete one, insert a known field, or duplicate a list element."""
+    all_paths = paths(tree)
+    path = rng.choice(all_paths)
+    op = rng.randrange(5)
+    if op == 0:
+        return replace(tree, path, rng.choice(HOSTILE_VALUES))
+    if op == 1:
+        donor = rng.choice(donors)
+        return replace(tree, path, get(donor, rng.choice(paths(donor))))
+    if op == 2 and path:
+        return delete(tree, path)
+    if op == 3:
+        dicts = [p for p in all_paths if isinstance(get(tree, p), dict)]
+        if dicts:
+            target = rng.choice(dicts)
+            value = rng.choice(HOSTILE_VALUES + [get(d, rng.choice(paths(d))) for d in donors])
+            return replace(tree, target, {**get(tree, target), rng.choice(FIELD_NAMES): value})
+    lists = [p for p in all_paths if isinstance(get(tree, p), list) and get(tree, p)]
+    if lists:
+        target = rng.choice(lists)
+        items = get(tree, target)
+        return replace(tree, target, items + [rng.choice(items)] * rng.choice([1, 2, 50]))
+    return tree
+
+
 # -- atheris (coverage-guided) ----------------------------------------------------------------
 
 
 def run_atheris(seconds: int, corpus: Path) -> int:
     import atheris
+    import cv2  # noqa: F401  (imported before instrumenting: only streamer is instrumented)
 
-    with atheris.instrument_imports():
+    with atheris.instrument_imports(include=["streamer"]):
         import streamer.colors
         import streamer.crop.masks
         import streamer.crop.stage
@@ -178,21 +267,53 @@ def run_atheris(seconds: int, corpus: Path) -> int:
         import streamer.publish.wire  # noqa: F401
 
     seeds = seed_messages()
+    donors = [json.loads(m[1]) for m in seeds]
     corpus.mkdir(parents=True, exist_ok=True)
     for i, msg in enumerate(seeds):
-        # The first byte picks the payload parts (see below); the rest is the header.
-        (corpus / f"seed-{i}").write_bytes(bytes([3]) + msg[1])
+        # The first byte picks the payload parts (see one_input); the rest is the header.
+        (corpus / f"seed-{i}").write_bytes(bytes([2]) + msg[1])
     payload = seeds[0][2:]
     outcomes: Counter[str] = Counter()
+    started = time.monotonic()
+    next_report = [started + REPORT_EVERY_S]
+
+    def report() -> None:
+        print(
+            f"atheris: {time.monotonic() - started:.0f} s, {sum(outcomes.values())} messages, "
+            f"outcomes {dict(outcomes.most_common())}",
+            flush=True,
+        )
 
     def one_input(data: bytes) -> None:
+        # libFuzzer ends the process with _exit: report as we go (the last within a second).
+        now = time.monotonic()
+        if now >= next_report[0]:
+            report()
+            final_at = started + seconds - 1.0
+            next_report[0] = now + REPORT_EVERY_S if now < final_at else math.inf
+            if next_report[0] > final_at > now:
+                next_report[0] = final_at
         if not data:
             return
-        # Low bits: how many of the seed payload parts follow; bit 2: a stray oversized part.
+        # Low bits: how many of the seed payload parts follow; bit 2: a stray 5 kB part.
         parts = [TOPIC, data[1:], *payload[: data[0] & 3]]
         if data[0] & 4:
             parts.append(b"\0" * 5000)
         check(parts, outcomes)
+
+    def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        """Half the time libFuzzer's byte-level mutation; else a structural JSON one."""
+        rng = random.Random(seed)
+        if len(data) < 2 or rng.random() < 0.5:
+            return bytes(atheris.Mutate(data, max_size))
+        try:
+            tree = json.loads(data[1:])
+        except ValueError:
+            return bytes(atheris.Mutate(data, max_size))
+        for _ in range(rng.randint(1, 3)):
+            tree = mutate_tree(tree, rng, donors)
+        body = json.dumps(tree).encode("utf-8", "surrogatepass")
+        return (bytes([data[0] ^ (rng.random() < 0.1)]) + body)[:max_size]
 
     atheris.Setup(
         [
@@ -200,16 +321,13 @@ def run_atheris(seconds: int, corpus: Path) -> int:
             f"-max_total_time={seconds}",
             "-timeout=30",
             "-rss_limit_mb=2048",
+            "-max_len=65536",
             str(corpus),
         ],
         one_input,
+        custom_mutator=mutator,
     )
-    started = time.monotonic()
-    try:
-        atheris.Fuzz()
-    except SystemExit as e:  # libFuzzer exits when max_total_time is reached
-        print(f"atheris: {time.monotonic() - started:.0f} s, outcomes {dict(outcomes)}")
-        return int(e.code or 0)
+    atheris.Fuzz()
     return 0
 
 

@@ -299,6 +299,18 @@ class SecurityConfig(_Model):
     curve: CurveConfig | None = None
 
 
+class HealthConfig(_Model):
+    """What /healthz checks besides source states, the crop thread and the event loop."""
+
+    unpaired_after_s: float | None = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="frames reach the detectors but none is paired this long: unhealthy "
+        "(null: never)",
+    )
+
+
 class StreamerConfig(_Model):
     sources: list[SourceConfig] = Field(min_length=1)
     detections: DetectionsConfig
@@ -308,6 +320,7 @@ class StreamerConfig(_Model):
     publish: list[PublishConfig] = Field(min_length=1)
     preview: PreviewConfig | None = None
     security: SecurityConfig = SecurityConfig()
+    health: HealthConfig = HealthConfig()
 
     @field_validator("sources")
     @classmethod

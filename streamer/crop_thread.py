@@ -30,6 +30,7 @@ from streamer.metrics import LogOnce, SourceCounters
 from streamer.pairing import Pairer
 from streamer.publish.wire import crop_message
 from streamer.publish.zmq_out import OutSocket
+from streamer.supervise import Supervisor
 from streamer.types import CropParams, Detections, Frame
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class CropThread:
         self.malformed: Counter[str] = Counter()
         self.unknown_source = 0
         self.handled = 0  # detection messages taken off the socket
-        self.failed: str | None = None
+        self.handler_failed: Counter[str] = Counter()  # exception type -> messages lost to a bug
+        self.supervisor = Supervisor("crop thread")
         self._warn = LogOnce(log)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="streamer-crops", daemon=True)
@@ -106,6 +108,11 @@ class CropThread:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
+        self.supervisor.run(self._loop, self._stop)
+
+    def _loop(self) -> None:
+        """Wait for detection messages and subscription changes until stopped. Runs under the
+        supervisor: if it raises (a bug), it is run again, with fresh poller state."""
         poller = zmq.Poller()
         poller.register(self.receiver, zmq.POLLIN)
         by_socket = {p.out.sock: p.out for p in self.publishers if p.out.mode == "pub"}
@@ -119,37 +126,78 @@ class CropThread:
                     else:
                         by_socket[sock].read_subscriptions()
         except zmq.ContextTerminated:
-            pass
-        except Exception as e:  # a bug: say so loudly, and /healthz turns unhealthy
-            self.failed = f"{type(e).__name__}: {e}"
-            log.exception("crop thread failed; no more crops will be made")
+            pass  # shutting down
 
     def _drain_detections(self) -> None:
         for _ in range(BATCH_MESSAGES):
             if self._stop.is_set():
                 return
             try:
-                parts = self.receiver.recv_multipart(zmq.NOBLOCK)
+                parts = self._recv_bounded()
             except zmq.Again:
                 return
             self.handled += 1
-            self._handle(parts)
+            try:
+                if isinstance(parts, ProtocolError):
+                    raise parts
+                self._handle(parts)
+            except ProtocolError as e:
+                self.malformed[e.kind] += 1
+                self._warn(e.kind, "malformed detection message: %s", e)
+            except zmq.ContextTerminated:
+                raise
+            except Exception as e:  # a bug: this message is lost (counted), the next is handled
+                kind = type(e).__name__
+                self.handler_failed[kind] += 1
+                self._warn(
+                    f"handler-{kind}",
+                    "handling a detection message failed (%s: %s); going on with the next",
+                    kind,
+                    e,
+                    exc_info=e,
+                )
+
+    def _recv_bounded(self) -> list[bytes] | ProtocolError:
+        """Take the next message off the socket, part by part, keeping at most
+        `max_message_bytes` and 2 + `max_predictions` parts (a header and one mask part per
+        prediction): the rest of a bigger message is read and dropped, never copied. Returns
+        the parts, or the ProtocolError to count; raises zmq.Again when there is none.
+
+        (libzmq itself hands a message over only once all of it has arrived, so it has
+        buffered it whole by now: ZMQ_MAXMSGSIZE bounds each part, nothing bounds the count of
+        parts. Untrusted networks need CURVE; see docs/protocol.md.)"""
+        limits = self.limits
+        max_parts = 2 + limits.max_predictions
+        parts: list[bytes] = []
+        size, count = 0, 0
+        frame = self.receiver.recv(zmq.NOBLOCK, copy=False)
+        while True:
+            count += 1
+            size += len(frame.buffer)
+            if count <= max_parts and size <= limits.max_message_bytes:
+                parts.append(frame.bytes)
+            if not frame.more:
+                break
+            frame = self.receiver.recv(copy=False)  # the whole message has arrived already
+        if size > limits.max_message_bytes:
+            return ProtocolError(
+                "oversize", f"message is {size} bytes, limit {limits.max_message_bytes}"
+            )
+        if count > max_parts:
+            return ProtocolError("too_many_parts", f"message has {count} parts, limit {max_parts}")
+        return parts
 
     def _handle(self, parts: list[bytes]) -> None:
+        """Decode, pair, crop and publish one message; raises ProtocolError if it is malformed."""
         limits = self.limits
         by_time = limits.pairing == "timestamp"
-        try:
-            dets = decode_detections(
-                parts, max_predictions=limits.max_predictions, max_bytes=limits.max_message_bytes
-            )
-            if by_time and dets.captured_at is None:
-                raise ProtocolError("missing_field", "captured_at: required for timestamp pairing")
-            if not by_time and dets.frame_id is None:
-                raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
-        except ProtocolError as e:
-            self.malformed[e.kind] += 1
-            self._warn(e.kind, "malformed detection message: %s", e)
-            return
+        dets = decode_detections(
+            parts, max_predictions=limits.max_predictions, max_bytes=limits.max_message_bytes
+        )
+        if by_time and dets.captured_at is None:
+            raise ProtocolError("missing_field", "captured_at: required for timestamp pairing")
+        if not by_time and dets.frame_id is None:
+            raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
         now = time.monotonic()
         with self.ring_lock:
             if by_time:
@@ -176,13 +224,7 @@ class CropThread:
             return
         if self.on_paired is not None:
             self.on_paired(match.frame, dets, now)
-        try:
-            self._crop_and_publish(match.frame, dets, counters)
-        except Exception:
-            log.exception(
-                "crop stage failed for %s frame %s", match.frame.source_id, match.frame.frame_id
-            )
-            counters.detections["crop_failed"] += 1
+        self._crop_and_publish(match.frame, dets, counters)
 
     def _crop_and_publish(self, frame: Frame, dets: Detections, counters: SourceCounters) -> None:
         params, classes = self.settings(frame.source_id)

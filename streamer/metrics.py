@@ -65,7 +65,11 @@ class LogOnce:
         self._last: dict[str, float] = {}
         self._since: Counter[str] = Counter()
 
-    def __call__(self, kind: str, msg: str, *args: object) -> None:
+    def __call__(
+        self, kind: str, msg: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
+        """Log `msg % args` as a warning, the first time for `kind` with `exc_info`'s traceback
+        (if given); later ones within the interval are only counted."""
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < self._interval_s:
@@ -73,7 +77,7 @@ class LogOnce:
             return
         repeats = self._since.pop(kind, 0)
         suffix = f" ({repeats} more since last report)" if repeats else ""
-        self._log.warning(msg + suffix, *args)
+        self._log.warning(msg + suffix, *args, exc_info=exc_info if last is None else None)
         self._last[kind] = now
 
 
@@ -141,6 +145,20 @@ class _StatsCollector(Collector):
         )
         for kind, n in st["malformed"].items():
             malformed.add_metric([kind], n)
+        failed = CounterMetricFamily(
+            "streamer_detection_messages_handler_failed",
+            "detection messages lost to an unexpected error while handled, by exception type",
+            labels=["kind"],
+        )
+        for kind, n in st.get("handler_failed", {}).items():
+            failed.add_metric([kind], n)
+        restarts = CounterMetricFamily(
+            "streamer_restarts",
+            "restarts of a supervised worker (crop thread, preview renderers) after a failure",
+            labels=["component"],
+        )
+        for name, n in st.get("restarts", {}).items():
+            restarts.add_metric([name], n)
         unknown = CounterMetricFamily(
             "streamer_detection_messages_unknown_source",
             "detection messages for sources not configured",
@@ -171,6 +189,8 @@ class _StatsCollector(Collector):
             state,
             *gauges.values(),
             malformed,
+            failed,
+            restarts,
             unknown,
             publish,
             lag,

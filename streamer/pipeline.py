@@ -29,7 +29,7 @@ from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import EndOfStream
 from streamer.metrics import LogOnce, Metrics, SourceCounters
-from streamer.pairing import Pairer
+from streamer.pairing import Pairer, PairingWatch
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
@@ -38,6 +38,7 @@ from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_server_keys, start_authenticator
 from streamer.sources.base import Source
 from streamer.sources.factory import make_source
+from streamer.supervise import Supervisor
 from streamer.tap import tap_image
 from streamer.types import CropParams, Detections, Frame
 
@@ -83,6 +84,7 @@ class Pipeline:
         self._params = {sid: self._crop_params(sid) for sid in self.sources}
         self._classes = {sid: self._class_filter(sid) for sid in self.sources}
         self._ring_lock = threading.Lock()  # the loop adds and expires, the crop thread matches
+        self._pairing_watch = {sid: PairingWatch() for sid in self.sources}
         self.loop_lag_s = 0.0  # the worst lag of the last LAG_WINDOW_S
         self._lags: deque[tuple[float, float]] = deque()
         self.metrics = Metrics(self.stats)
@@ -149,12 +151,35 @@ class Pipeline:
             for sid, src in self.sources.items()
             if src.stats.state in UNHEALTHY_STATES
         }
-        if self._crops is not None and self._crops.failed is not None:
-            problems["crop_thread"] = f"failed: {self._crops.failed}"
+        unpaired_after_s = self.cfg.health.unpaired_after_s
+        if unpaired_after_s is not None:
+            now = time.monotonic()
+            for sid, watch in self._pairing_watch.items():
+                unpaired_s = watch.unpaired_for(now, unpaired_after_s)
+                if unpaired_s is not None and unpaired_s > unpaired_after_s and sid not in problems:
+                    problems[sid] = (
+                        f"frames reach the detectors but none paired for {unpaired_s:.1f} s"
+                    )
+        for name, supervisor in self._supervisors().items():
+            problem = supervisor.problem()
+            if problem is not None:
+                problems[name] = problem
         if self.loop_lag_s > LOOP_LAG_UNHEALTHY_S:
             problems["event_loop"] = f"lagging {self.loop_lag_s:.2f} s"
         states = {sid: src.stats.state for sid, src in self.sources.items()}
-        return not problems, {"ok": not problems, "problems": problems, "states": states}
+        restarts = {name: s.restarts for name, s in self._supervisors().items()}
+        body = {"ok": not problems, "problems": problems, "states": states, "restarts": restarts}
+        return not problems, body
+
+    def _supervisors(self) -> dict[str, Supervisor]:
+        """Every supervised worker, by the name /healthz and /metrics give it."""
+        out = {}
+        if self._crops is not None:
+            out["crop_thread"] = self._crops.supervisor
+        if self.hub is not None:
+            for sid, preview in self.hub.sources.items():
+                out[f"preview/{sid}"] = preview.supervisor
+        return out
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
@@ -464,6 +489,8 @@ class Pipeline:
             self.loop_lag_s = max(lag for _, lag in self._lags)
             with self._ring_lock:
                 self.pairer.expire(now)
+                for sid, watch in self._pairing_watch.items():
+                    watch.observe(self.pairer.stats(sid), now)
             for src in self.sources.values():
                 src.check_stall(now)
 
@@ -511,6 +538,8 @@ class Pipeline:
             "ring_budget_bytes": self.cfg.ring.max_total_bytes,
             "sources": sources,
             "malformed": dict(self._crops.malformed) if self._crops else {},
+            "handler_failed": dict(self._crops.handler_failed) if self._crops else {},
+            "restarts": {name: s.restarts for name, s in self._supervisors().items()},
             "unknown_source": self._crops.unknown_source if self._crops else 0,
             "publishers": [
                 {

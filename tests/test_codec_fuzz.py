@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+import pycocotools.mask as coco
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from tests.conftest import load_script
 fuzz = load_script("fuzz_detections")
 SEEDS: list[list[bytes]] = fuzz.seed_messages()
 BUDGET = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
 # Strings with what breaks consumers: controls, NUL, lone surrogates, non-ASCII, long runs.
@@ -54,40 +56,6 @@ def _nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path to a value inside a JSON tree (the root included)."""
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-def _replace(tree: Any, path: tuple[Any, ...], new: Any) -> Any:
-    if not path:
-        return new
-    head, rest = path[0], path[1:]
-    if isinstance(tree, dict):
-        return {**tree, head: _replace(tree[head], rest, new)}
-    copy = list(tree)
-    copy[head] = _replace(copy[head], rest, new)
-    return copy
-
-
-def _delete(tree: Any, path: tuple[Any, ...]) -> Any:
-    head, rest = path[0], path[1:]
-    if rest:
-        copy = dict(tree) if isinstance(tree, dict) else list(tree)
-        copy[head] = _delete(tree[head], rest)
-        return copy
-    if isinstance(tree, dict):
-        return {k: v for k, v in tree.items() if k != head}
-    return [v for i, v in enumerate(tree) if i != head]
-
-
 @st.composite
 def mutated(draw: st.DrawFn) -> list[bytes]:
     """A valid seed message with one to three structural mutations, then maybe byte damage."""
@@ -95,20 +63,20 @@ def mutated(draw: st.DrawFn) -> list[bytes]:
     tree = json.loads(seed[1])
     payload = list(seed[2:])
     for _ in range(draw(st.integers(1, 3))):
-        paths = _paths(tree)
+        paths = fuzz.paths(tree)
         path = draw(st.sampled_from(paths))
         op = draw(st.sampled_from(["replace", "delete", "insert", "deep", "payload"]))
         if op == "replace":
-            tree = _replace(tree, path, draw(json_values))
+            tree = fuzz.replace(tree, path, draw(json_values))
         elif op == "delete" and path:
-            tree = _delete(tree, path)
-        elif op == "insert" and any(isinstance(_get(tree, p), dict) for p in paths):
-            paths_to_dicts = [p for p in paths if isinstance(_get(tree, p), dict)]
+            tree = fuzz.delete(tree, path)
+        elif op == "insert" and any(isinstance(fuzz.get(tree, p), dict) for p in paths):
+            paths_to_dicts = [p for p in paths if isinstance(fuzz.get(tree, p), dict)]
             target = draw(st.sampled_from(paths_to_dicts))
             key = draw(st.one_of(texts, st.sampled_from(["mask_part", "rle", "points", "v"])))
-            tree = _replace(tree, target, {**_get(tree, target), key: draw(json_values)})
+            tree = fuzz.replace(tree, target, {**fuzz.get(tree, target), key: draw(json_values)})
         elif op == "deep":
-            tree = _replace(tree, path, "\0DEEP\0")
+            tree = fuzz.replace(tree, path, "\0DEEP\0")
         elif op == "payload":
             payload = draw(
                 st.lists(st.one_of(st.binary(max_size=64), st.sampled_from(payload or [b""])))
@@ -124,17 +92,24 @@ def mutated(draw: st.DrawFn) -> list[bytes]:
     return [topic, body, *payload]
 
 
-def _get(tree: Any, path: tuple[Any, ...]) -> Any:
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def messages() -> st.SearchStrategy[list[bytes]]:
     """Every kind of input: raw bytes, random JSON, mutated valid messages, few parts."""
     raw = st.lists(st.binary(max_size=200), min_size=0, max_size=5)
     random_json = st.builds(lambda v: [fuzz.TOPIC, _dumps(v)], json_values)
-    return st.one_of(raw, random_json, mutated(), mutated())
+    return st.one_of(raw, random_json, mutated(), mutated(), tree_mutated())
+
+
+@st.composite
+def tree_mutated(draw: st.DrawFn) -> list[bytes]:
+    """A seed with the structural mutations the atheris run uses (hostile values, subtrees of
+    other seeds, known field names, repeated list items)."""
+    seed = draw(st.sampled_from(SEEDS))
+    rng = draw(st.randoms(use_true_random=False))
+    donors = [json.loads(m[1]) for m in SEEDS]
+    tree = json.loads(seed[1])
+    for _ in range(draw(st.integers(1, 4))):
+        tree = fuzz.mutate_tree(tree, rng, donors)
+    return [seed[0], _dumps(tree), *seed[2:]]
 
 
 def _header(**extra: Any) -> bytes:
@@ -240,3 +215,34 @@ def test_seed_messages_are_valid_and_exercise_every_mask_form() -> None:
             kinds.add("points" if p.points is not None else None)
             kinds.add("keypoints" if p.keypoints else None)
     assert {RleMask.__name__, BitmapMask.__name__, "points", "keypoints"} <= kinds
+
+
+def _coco_string(runs: list[int]) -> str:
+    """pycocotools' compressed string of a one-column mask with these alternating runs."""
+    column = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8)
+    if column.size == 0:
+        column = np.zeros(1, np.uint8)
+    return str(coco.encode(np.asfortranarray(column[:, None]))["counts"].decode())
+
+
+@BUDGET
+@given(
+    st.one_of(
+        st.text(st.characters(min_codepoint=40, max_codepoint=115), max_size=600),
+        st.lists(st.integers(0, 100_000), max_size=150).map(_coco_string),
+    )
+)
+def test_rle_string_decoders_agree(text: str) -> None:
+    """The plain-Python decoder (short strings) and the vectorised one (long strings) give the
+    same counts, or both refuse the string."""
+    from streamer.detections.codec import _rle_string_short, _rle_string_vectorised
+
+    try:
+        short: list[int] | str = _rle_string_short(text)
+    except ValueError:
+        short = "refused"
+    try:
+        vectorised: list[int] | str = _rle_string_vectorised(text).tolist()
+    except ValueError:
+        vectorised = "refused"
+    assert short == vectorised

@@ -162,11 +162,12 @@ def test_health_names_stalled_and_failed_sources() -> None:
     assert body["problems"] == {"b": "stalled: no frame for 5.1 s", "c": "failed"}
 
 
-def test_a_crop_thread_that_dies_makes_health_fail_while_frames_are_still_counted(
+def test_a_crop_thread_that_keeps_dying_makes_health_fail_while_frames_are_still_counted(
     endpoint: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug in the crop thread must not pass silently: /healthz says so, and the frames whose
-    detections it can no longer take expire, counted."""
+    """A bug that kills the crop thread's loop again and again must not pass silently: the
+    supervisor restarts it (counted), /healthz says so, and the frames whose detections it
+    cannot take expire, counted."""
     tap, dets = endpoint(), endpoint()
 
     def broken(self: CropThread) -> None:
@@ -202,7 +203,10 @@ def test_a_crop_thread_that_dies_makes_health_fail_while_frames_are_still_counte
             await asyncio.wait_for(run, 20)
 
     ok, body = asyncio.run(main())
-    assert not ok and body["problems"] == {"crop_thread": "failed: RuntimeError: injected bug"}
+    assert not ok and list(body["problems"]) == ["crop_thread"], body
+    assert "RuntimeError: injected bug" in body["problems"]["crop_thread"]
+    assert body["restarts"]["crop_thread"] >= 3
+    assert p.stats()["restarts"]["crop_thread"] >= 3
     src = p.stats()["sources"]["cam"]
     assert src["paired"] == 0 and src["expired"] > 0 and accounting_balance(src) == 0
 

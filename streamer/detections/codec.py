@@ -44,6 +44,7 @@ MAX_RLE_CHARS_PER_COUNT = 7
 MALFORMED_KINDS = (
     "bad_framing",
     "oversize",
+    "too_many_parts",
     "bad_topic",
     "not_json",
     "too_deep",
@@ -64,6 +65,10 @@ MALFORMED_KINDS = (
 # C0 and C1 control characters and UTF-16 surrogates (orjson already refuses the latter).
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NUMBER = (int, float)
+_NUMBER_TYPES = frozenset(_NUMBER)
+# Compressed RLE strings up to this long are decoded in plain Python (numpy's per-call overhead
+# is larger than the work); longer ones vectorised.
+RLE_PYTHON_MAX_CHARS = 256
 
 
 def _load_json(raw: bytes | memoryview) -> Any:
@@ -163,10 +168,13 @@ def _points(raw: Any, path: str) -> npt.NDArray[np.float64]:
     """A polygon as an (N, 2) float64 array; every point a ``{x, y}`` object."""
     if not isinstance(raw, list):
         raise ProtocolError("wrong_type", f"{path}: expected a list of {{x, y}}")
-    try:  # the common case in one pass; any defect is found again below, with its path
-        xy = [(p["x"], p["y"]) for p in raw]
-        if all(type(x) in _NUMBER and type(y) in _NUMBER for x, y in xy):
-            out = np.array(xy, dtype=np.float64).reshape(len(xy), 2)
+    try:  # the common case in bulk; any defect is found again below, with its path
+        xs = [p["x"] for p in raw]
+        ys = [p["y"] for p in raw]
+        if {*map(type, xs), *map(type, ys)} <= _NUMBER_TYPES:
+            out = np.empty((len(xs), 2), dtype=np.float64)
+            out[:, 0] = xs
+            out[:, 1] = ys
             if np.all(np.abs(out) <= MAX_COORDINATE_PX):
                 return out
     except (TypeError, KeyError, OverflowError):
@@ -213,6 +221,13 @@ def rle_string_to_counts(text: str) -> npt.NDArray[np.int64]:
     Linear in the string's length (vectorised); a count longer than MAX_RLE_CHARS_PER_COUNT
     characters, a character outside ``0``-``o`` or a truncated count raises ValueError.
     """
+    if len(text) <= RLE_PYTHON_MAX_CHARS:
+        return np.array(_rle_string_short(text), dtype=np.int64)
+    return _rle_string_vectorised(text)
+
+
+def _rle_string_vectorised(text: str) -> npt.NDArray[np.int64]:
+    """`rle_string_to_counts` for a long string, with numpy."""
     if not text.isascii():
         raise ValueError("non-ASCII character in RLE string")
     c = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
@@ -238,6 +253,36 @@ def rle_string_to_counts(text: str) -> npt.NDArray[np.int64]:
     x[1::2] = np.cumsum(x[1::2])
     x[2::2] = np.cumsum(x[2::2])
     return x
+
+
+def _rle_string_short(text: str) -> list[int]:
+    """`rle_string_to_counts` for a short string, one character at a time."""
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("non-ASCII character in RLE string") from None
+    counts: list[int] = []
+    x = k = n = 0
+    for i, byte in enumerate(data):
+        c = byte - 48
+        if not 0 <= c < 64:
+            raise ValueError(f"invalid character {chr(byte)!r} at {i} in RLE string")
+        x |= (c & 0x1F) << (5 * k)
+        k += 1
+        if c & 0x20:
+            if k >= MAX_RLE_CHARS_PER_COUNT:
+                raise ValueError(f"an RLE count longer than {MAX_RLE_CHARS_PER_COUNT} characters")
+            continue
+        if c & 0x10:
+            x |= -1 << (5 * k)
+        if n > 2:
+            x += counts[-2]
+        counts.append(x)
+        n += 1
+        x = k = 0
+    if k:
+        raise ValueError("truncated RLE string")
+    return counts
 
 
 def _size_hw(size: Any, path: str) -> tuple[int, int]:

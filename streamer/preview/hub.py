@@ -22,6 +22,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from streamer.preview.draw import annotate
+from streamer.supervise import Supervisor
 from streamer.types import Detections, Frame
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class PreviewSource:
         self._output_ready = asyncio.Event()
         self._last_paired = 0.0
         self._render_task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(f"preview render of {source_id}")
         self.track: PreviewTrack | None = None
         self.rendered = 0
 
@@ -100,7 +102,7 @@ class PreviewSource:
         self.viewers += 1
         if self.track is None:
             self.track = PreviewTrack(self)
-            self._render_task = asyncio.create_task(self._render_loop())
+            self._render_task = asyncio.create_task(self.supervisor.run_async(self._render_loop))
         return self.track
 
     def leave(self) -> None:
