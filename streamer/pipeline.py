@@ -154,7 +154,7 @@ class Pipeline:
         unpaired_after_s = self.cfg.health.unpaired_after_s
         if unpaired_after_s is not None:
             now = time.monotonic()
-            for sid, watch in self._pairing_watch.items():
+            for sid, watch in list(self._pairing_watch.items()):
                 unpaired_s = watch.unpaired_for(now, unpaired_after_s)
                 if unpaired_s is not None and unpaired_s > unpaired_after_s and sid not in problems:
                     problems[sid] = (
@@ -489,7 +489,8 @@ class Pipeline:
             self.loop_lag_s = max(lag for _, lag in self._lags)
             with self._ring_lock:
                 self.pairer.expire(now)
-                for sid, watch in self._pairing_watch.items():
+                for sid in self.sources:
+                    watch = self._pairing_watch.setdefault(sid, PairingWatch())
                     watch.observe(self.pairer.stats(sid), now)
             for src in self.sources.values():
                 src.check_stall(now)
