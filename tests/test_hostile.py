@@ -318,6 +318,7 @@ def test_a_crashed_crop_thread_is_restarted_and_crops_flow_again(
     p = _run(cfg, body)
     assert crashes == 1
     assert p.stats()["restarts"]["crop_thread"] == 1
+    assert 'streamer_restarts_total{component="crop_thread"} 1.0' in p.metrics_text().decode()
     assert seen["health"]["restarts"]["crop_thread"] == 1
     assert p.stats()["sources"]["cam"]["detections"]["paired"] == 8
 
@@ -337,7 +338,6 @@ def test_an_exception_while_one_message_is_handled_is_counted_and_the_next_goes_
         original(self, *args)
 
     monkeypatch.setattr(CropThread, "_crop_and_publish", fail_odd)
-    seen: dict[str, set[tuple[int, str]]] = {}
 
     async def body(p: Pipeline) -> None:
         crops = Crops(cfg)
@@ -347,7 +347,6 @@ def test_an_exception_while_one_message_is_handled_is_counted_and_the_next_goes_
             for _ in range(6):
                 await det.answer(await det.next_frame_id(), [CAR])
             await until(lambda: calls == 6 and len(crops.got) == 3, 30, "the even messages' crops")
-            seen["got"] = crops.got
         finally:
             det.close()
             await crops.close()
@@ -355,6 +354,8 @@ def test_an_exception_while_one_message_is_handled_is_counted_and_the_next_goes_
     p = _run(cfg, body)
     stats = p.stats()
     assert stats["handler_failed"] == {"KeyError": 3}
+    metrics = p.metrics_text().decode()
+    assert 'streamer_detection_messages_handler_failed_total{kind="KeyError"} 3.0' in metrics
     assert stats["restarts"]["crop_thread"] == 0
     # Logged once for the kind, with its traceback.
     logged = [r for r in caplog.records if "handling a detection message failed" in r.getMessage()]
