@@ -354,7 +354,8 @@ class _Routes:
             )
         sock = self._routes[target] = self._open(target)
         self.stats["routes_opened"] += 1
-        log.info("detections for frames tapped by %s go there", target)
+        if self.stats["routes_opened"] <= self._max:  # past that, "routes_full" says it, rarely
+            log.info("detections for frames tapped by %s go there", target)
         return sock
 
     def dropped(self, kind: str) -> None:

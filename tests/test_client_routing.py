@@ -220,3 +220,14 @@ def test_subscribers_take_several_endpoints(tmp_path: Path, kind: str) -> None:
             s.close()
     with pytest.raises(ValueError, match="one or more endpoints"):
         sub_cls([])
+
+
+def test_async_sender_gives_up_on_a_dead_shard(tmp_path: Path) -> None:
+    async def body() -> list[bool]:
+        async with AsyncDetectionSender(hwm=1, send_timeout_ms=50) as sender:
+            dead = f"ipc://{tmp_path}/nobody-binds-this"
+            out = [await sender.send(_frame("gone", i, reply_to=dead), [BOX]) for i in range(4)]
+            assert sender.stats["dropped_full"] == out.count(False) >= 2
+            return out
+
+    asyncio.run(asyncio.wait_for(body(), 10))
