@@ -182,8 +182,8 @@ def measure_streamer(clip: Path, n: int, seconds: float) -> dict[str, Any]:
     rates = {sid: sum(t0 <= t < t1 for t in complete.get(sid, [])) / window for sid in ids}
     shed: dict[str, int] = defaultdict(int)
     for src in stats["sources"].values():
-        for key, n in shed_by_reason(src).items():
-            shed[key] += n
+        for key, count in shed_by_reason(src).items():
+            shed[key] += count
     mean = sum(rates.values()) / n
     return {
         "min": min(rates.values()),
