@@ -51,12 +51,15 @@ def make_clip(path: Path, w: int, h: int, frames: int) -> None:
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx264", rate=30)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.options = {"preset": "veryfast", "b": "6M"}
+        # Like a camera: a keyframe a second. (lavfi marks every picture as a keyframe, which
+        # libx264 obeys: without clearing it, the clip would be all-intra.)
+        st.options = {"preset": "veryfast", "b": "6M", "g": "30"}
         st.codec_context.time_base = Fraction(1, 30)
         for i, f in enumerate(src.decode(video=0)):
             if i >= frames:
                 break
             f.pts = i
+            f.pict_type = av.video.frame.PictureType.NONE
             out.mux(st.encode(f))
         out.mux(st.encode())
     src.close()

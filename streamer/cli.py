@@ -86,6 +86,7 @@ def shed_by_reason(source: dict[str, Any]) -> dict[str, int]:
     shed = {f"not_tapped {r}": int(n) for r, n in source["not_tapped_by"].items()}
     shed.update({f"expired {r}": int(n) for r, n in source["expired_by"].items()})
     shed["handoff"] = int(source["dropped_handoff"])
+    shed["not decoded"] = int(source["skipped_decode"])
     shed["max_fps"] = int(source["skipped_fps"])
     return shed
 

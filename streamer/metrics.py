@@ -105,8 +105,9 @@ class _StatsCollector(Collector):
         )
         shed = CounterMetricFamily(
             "streamer_frames_shed",
-            "frames not served, by why: not_tapped/<reason> (never sent to a detector) and "
-            "expired/<reason> (age, full, budget: left the ring unmatched)",
+            "frames not served, by why: not_tapped/<reason> (never sent to a detector), "
+            "expired/<reason> (age, full, budget, shutdown: left the ring unmatched) and "
+            "decoder/skipped (never decoded: the decoder shed them)",
             labels=["source", "reason"],
         )
         reconnects = CounterMetricFamily(
@@ -129,6 +130,7 @@ class _StatsCollector(Collector):
                 shed.add_metric([sid, f"not_tapped/{r}"], n)
             for r, n in s["expired_by"].items():
                 shed.add_metric([sid, f"expired/{r}"], n)
+            shed.add_metric([sid, "decoder/skipped"], s["skipped_decode"])
             crops.add_metric([sid, "produced"], s["crops"])
             crops.add_metric([sid, "empty_box"], s["empty_box"])
             crops.add_metric([sid, "no_mask"], s["no_mask"])

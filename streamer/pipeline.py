@@ -54,6 +54,7 @@ TAP_RETRY_MIN_S = 0.0005  # a lossless frame the tap cannot take yet: first paus
 TAP_RETRY_MAX_S = 0.01  # ... up to this
 RING_ROOM_POLL_S = 0.001  # a lossless source waiting for its ring to have room looks this often
 SUBSCRIBER_POLL_S = 0.01  # a lossless source waiting for a crop subscriber looks this often
+SHED_HINT_S = 0.5  # a source whose frame was turned away: its decoder skips what it can this long
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
 
@@ -353,6 +354,8 @@ class Pipeline:
             reason = None if src.lossless else self._admit(src.source_id, frame.nbytes)
             if reason is not None:
                 counters.shed(reason)
+                # Decode less of what would be turned away (sources/shedding.py).
+                src.shed_downstream_until = now + SHED_HINT_S
                 continue
             next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
             counters.in_tap += 1
@@ -511,6 +514,8 @@ class Pipeline:
                 "stalls": src.stats.stalls,
                 "decoded": src.stats.decoded,
                 "skipped_fps": src.stats.skipped_fps,
+                "skipped_decode": src.stats.skipped_decode,
+                "skip_level": src.stats.skip_level,
                 "dropped_handoff": src.stats.dropped_handoff,
                 "in_handoff": src.in_handoff,
                 "in_tap": c.in_tap,

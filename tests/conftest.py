@@ -31,20 +31,30 @@ def endpoint() -> Iterator[object]:
 
 
 def write_clip(
-    path: Path, n_frames: int, size: tuple[int, int] = (640, 360), fps: int = 30
+    path: Path,
+    n_frames: int,
+    size: tuple[int, int] = (640, 360),
+    fps: int = 30,
+    gop: int | None = None,
 ) -> Path:
-    """Encode `n_frames` of FFmpeg's testsrc2 picture to an H.264 MP4 at `path`."""
+    """Encode `n_frames` of FFmpeg's testsrc2 picture to an H.264 MP4 at `path`; with `gop`,
+    like a camera: a keyframe every `gop` frames, P- and B-frames between (otherwise every
+    frame is a keyframe, as lavfi marks them)."""
     w, h = size
     src = av.open(f"testsrc2=size={w}x{h}:rate={fps}", format="lavfi")
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": "18"}
+        if gop is not None:
+            stream.options = {"preset": "veryfast", "crf": "18", "g": str(gop)}
         stream.codec_context.time_base = Fraction(1, fps)
         for i, frame in enumerate(src.decode(video=0)):
             if i >= n_frames:
                 break
             frame.pts = i
+            if gop is not None:
+                frame.pict_type = av.video.frame.PictureType.NONE
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
     src.close()

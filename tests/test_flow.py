@@ -348,3 +348,40 @@ def test_a_slow_detector_gets_only_what_it_can_serve(endpoint: Any) -> None:
     assert src["expired"] == src["expired_by"]["shutdown"] <= 1, (src["expired_by"], src)
     assert src["not_tapped_by"].get("busy", 0) > src["paired"], src
     assert src["not_tapped"] == sum(src["not_tapped_by"].values())
+
+
+def test_a_camera_that_cannot_be_served_decodes_less(endpoint: Any, tmp_path: Any) -> None:
+    """A camera (a file played in real time, with P- and B-frames) whose frames the pipeline
+    turns away (a detector at ~5 frames/s, one frame in flight) skips decoding the frames that
+    nothing references, and counts them: decode work is shed before decoded frames are."""
+    clip = write_clip(tmp_path / "cam.mp4", 300, (320, 240), gop=30)
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": str(clip), "loop": True}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "max_in_flight": 1},
+        "publish": [{"bind": pub}],
+    }
+    levels: set[str] = set()
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
+            async for frame in frames:
+                await asyncio.sleep(0.2)
+                await out.send(frame, [])
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: _src(p)["paired"] >= 3, 30, "the detector answering")
+            t0 = asyncio.get_running_loop().time()
+            while asyncio.get_running_loop().time() - t0 < 3.0:
+                levels.add(_src(p)["skip_level"])
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+
+    src = _run(cfg, body)["sources"]["cam"]
+    assert "NONREF" in levels, levels
+    assert src["skipped_decode"] > 20, src  # ~40% of the frames of 3 s at 30 fps
+    assert src["not_tapped_by"].get("busy", 0) > 0, src

@@ -116,6 +116,13 @@ class AvSource(Source):
         start_wall = time.monotonic()
         first_s: float | None = None
         last_s = 0.0
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        frame_s = 1.0 / float(rate) if rate else None
+        shedder = None if self.lossless else self._shedder
+        shedder_level = "DEFAULT"
+        if shedder is not None:
+            shedder.reset()
         for packet in container.demux(stream):
             if self._stop.is_set():
                 return
@@ -123,15 +130,29 @@ class AvSource(Source):
             decoded = packet.decode()
             if self.decode_observer is not None:
                 self.decode_observer(time.perf_counter() - t0)
+            if shedder_level != "DEFAULT" and packet.size:
+                self._note_progress()
             for vf in decoded:
                 t = float(vf.time) if vf.time is not None else last_s
                 if first_s is None:
                     first_s = t
+                elif shedder_level != "DEFAULT" and frame_s is not None:
+                    # Frames the decoder skipped on purpose leave a gap in the pts.
+                    self.stats.skipped_decode += max(0, round((t - last_s) / frame_s) - 1)
                 last_s = t
                 if self.realtime:
                     delay = start_wall + (t - first_s) - time.monotonic()
                     if delay > 0 and self._stop.wait(delay):
                         return
+                if shedder is not None:
+                    now = time.monotonic()
+                    level = shedder.update(
+                        now, shedder.lag_s(now, t), now < self.shed_downstream_until
+                    )
+                    if level != shedder_level:
+                        ctx.skip_frame = shedder_level = level
+                        self.stats.skip_level = level
+                        log.info("source %s: decoder skips %s", self.source_id, level)
                 self._offer(self._media_offset_s + t, vf)
             if self.live:
                 self._check_watchdog()

@@ -8,6 +8,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -20,6 +21,7 @@ import numpy as np
 
 from streamer.errors import EndOfStream
 from streamer.sources.frames import from_av, from_bgr
+from streamer.sources.shedding import DecodeShedder
 from streamer.types import U8, Frame
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 HANDOFF_MAX_FRAMES = 4
 HANDOFF_WAIT_POLL_S = 0.1  # a decoder waiting for room looks at its stop flag this often
 JOIN_MARGIN_S = 2.0  # beyond the read timeout, for a blocked FFmpeg read to return
+# Decode threads (and the codec threads they start) run this much nicer than the rest: when the
+# CPU is short, the stages that turn decoded frames into crops go first, and a decoder that falls
+# behind sheds (skips) frames instead of decoding frames nobody can serve.
+DECODE_NICE = 5
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class SourceStats:
     decoded: int = 0
     skipped_fps: int = 0
     dropped_handoff: int = 0
+    skipped_decode: int = 0  # frames the decoder skipped on purpose, shedding load (never decoded)
+    skip_level: str = "DEFAULT"  # what the decoder skips now (sources/shedding.py)
     reconnects: int = 0
     stalls: int = 0
     state: str = "starting"
@@ -151,6 +159,10 @@ class Source(abc.ABC):
         self._next_frame_id = 0
         self._next_emit_s: float | None = None
         self._rnd = random.Random()
+        self._shedder = DecodeShedder()
+        #: Monotonic time until which the pipeline sheds this source's frames (it cannot serve
+        #: them all): the decoder then skips what it can (set from the loop, read by the decoder).
+        self.shed_downstream_until = 0.0
         self._state_lock = threading.Lock()
         self._session_frames = 0
         self._watch_since = 0.0
@@ -231,6 +243,7 @@ class Source(abc.ABC):
     def _thread_main(self) -> None:
         assert self._handoff is not None
         attempt = 0
+        _lower_priority()
         try:
             while not self._stop.is_set():
                 self._set_state("connecting")
@@ -310,11 +323,24 @@ class Source(abc.ABC):
         else:
             self._handoff.put(frame)
 
+    def _note_progress(self) -> None:
+        """A packet the decoder skipped on purpose (shedding load): the stream is alive, so
+        neither watchdog may take the missing frames for a stall."""
+        self.stats.last_frame_at = self._watch_since = time.monotonic()
+
     def _check_watchdog(self) -> None:
         """Raise StreamStalled from inside a read loop when packets come but frames do not."""
         idle_s = time.monotonic() - self._watch_since
         if idle_s > self.stall_timeout_s:
             raise StreamStalled(f"no frame for {idle_s:.1f} s")
+
+
+def _lower_priority() -> None:
+    """Make the calling thread (and the threads it starts) `DECODE_NICE` nicer; Linux keeps a
+    nice value per thread. Elsewhere, or if refused, it runs as it is."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICE)
 
 
 def _describe(e: BaseException) -> str:
