@@ -38,7 +38,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import REPO, Probe, free_endpoint, make_clip
 
-from streamer.cli import shed_by_reason
+from streamer.health import shed_by_reason
 
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from streamer.config import StreamerConfig, load_config, parse_config
 from streamer.errors import ConfigError
+from streamer.health import NOT_OVERLOAD, shed_by_reason
 from streamer.ocr.commands import add_detect_parser, add_ocr_parser
 from streamer.sharding import SINGLE, Shard, add_shards_arg, endpoints_arg, resolve_shard
 
@@ -81,16 +82,6 @@ def _summary(stats: dict[str, Any]) -> str:
     )
 
 
-def shed_by_reason(source: dict[str, Any]) -> dict[str, int]:
-    """One source's frames not served so far, by reason (the invariant's shed terms)."""
-    shed = {f"not_tapped {r}": int(n) for r, n in source["not_tapped_by"].items()}
-    shed.update({f"expired {r}": int(n) for r, n in source["expired_by"].items()})
-    shed["handoff"] = int(source["dropped_handoff"])
-    shed["not decoded"] = int(source["skipped_decode"])
-    shed["max_fps"] = int(source["skipped_fps"])
-    return shed
-
-
 def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list[str]:
     """A line per source that shed frames between two stats snapshots: decoded against served
     (paired) frames per second, and what it shed, by reason."""
@@ -101,7 +92,7 @@ def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list
             continue
         before = shed_by_reason(p)
         shed = {k: n - before.get(k, 0) for k, n in shed_by_reason(s).items()}
-        shed = {k: n for k, n in shed.items() if n > 0 and k != "max_fps"}
+        shed = {k: n for k, n in shed.items() if n > 0 and k not in NOT_OVERLOAD}
         if not shed:
             continue
         what = ", ".join(f"{k} {n}" for k, n in sorted(shed.items()))

@@ -309,6 +309,14 @@ class HealthConfig(_Model):
         description="frames reach the detectors but none is paired this long: unhealthy "
         "(null: never)",
     )
+    shed_share: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a source that sheds more than this share of its frames for want of CPU or "
+        "memory (over shed_window_s) is named unhealthy (null: never)",
+    )
+    shed_window_s: float = Field(30.0, ge=1, le=3600)
 
 
 class StreamerConfig(_Model):

@@ -28,6 +28,7 @@ from streamer.config import StreamerConfig, parse_patch
 from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import EndOfStream
+from streamer.health import ShedWatch, overload_shed
 from streamer.metrics import LogOnce, Metrics, SourceCounters
 from streamer.pairing import Pairer, PairingWatch
 from streamer.preview.hub import PreviewHub
@@ -54,6 +55,7 @@ TAP_RETRY_MIN_S = 0.0005  # a lossless frame the tap cannot take yet: first paus
 TAP_RETRY_MAX_S = 0.01  # ... up to this
 RING_ROOM_POLL_S = 0.001  # a lossless source waiting for its ring to have room looks this often
 SUBSCRIBER_POLL_S = 0.01  # a lossless source waiting for a crop subscriber looks this often
+SHED_SAMPLE_INTERVAL_S = 1.0  # how often each source's shed share is sampled for /healthz
 SHED_HINT_S = 0.5  # a source whose frame was turned away: its decoder skips what it can this long
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
@@ -86,6 +88,8 @@ class Pipeline:
         self._classes = {sid: self._class_filter(sid) for sid in self.sources}
         self._ring_lock = threading.Lock()  # the loop adds and expires, the crop thread matches
         self._pairing_watch = {sid: PairingWatch() for sid in self.sources}
+        self._shed_watch = {sid: ShedWatch(cfg.health.shed_window_s) for sid in self.sources}
+        self._shed_sampled_at = 0.0
         self.loop_lag_s = 0.0  # the worst lag of the last LAG_WINDOW_S
         self._lags: deque[tuple[float, float]] = deque()
         self.metrics = Metrics(self.stats)
@@ -160,6 +164,15 @@ class Pipeline:
                 if unpaired_s is not None and unpaired_s > unpaired_after_s and sid not in problems:
                     problems[sid] = (
                         f"frames reach the detectors but none paired for {unpaired_s:.1f} s"
+                    )
+        shed_share = self.cfg.health.shed_share
+        if shed_share is not None:
+            for sid, shed in list(self._shed_watch.items()):
+                seen = shed.share()
+                if seen is not None and seen[0] > shed_share and sid not in problems:
+                    problems[sid] = (
+                        f"overloaded: {seen[0]:.0%} of its last {seen[1]} frames shed "
+                        f"(the box cannot serve them)"
                     )
         for name, supervisor in self._supervisors().items():
             problem = supervisor.problem()
@@ -497,6 +510,12 @@ class Pipeline:
                     watch.observe(self.pairer.stats(sid), now)
             for src in self.sources.values():
                 src.check_stall(now)
+            if now - self._shed_sampled_at >= SHED_SAMPLE_INTERVAL_S:
+                self._shed_sampled_at = now
+                for sid, s in self.stats()["sources"].items():
+                    window_s = self.cfg.health.shed_window_s
+                    shed = self._shed_watch.setdefault(sid, ShedWatch(window_s))
+                    shed.observe(now, s["decoded"] + s["skipped_decode"], overload_shed(s))
 
     # -- reporting -------------------------------------------------------------------------
 

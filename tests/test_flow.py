@@ -325,7 +325,9 @@ def test_a_slow_detector_gets_only_what_it_can_serve(endpoint: Any) -> None:
         "tap": {"bind": tap, "encoding": "raw-i420", "hwm": 8, "max_in_flight": 1},
         "ring": {"max_age_ms": 1000},
         "publish": [{"bind": pub}],
+        "health": {"shed_window_s": 2},
     }
+    problems: list[str] = []
 
     async def detector() -> None:
         async with AsyncFrameSubscriber(tap, hwm=8) as frames, AsyncDetectionSender(dets) as out:
@@ -338,11 +340,15 @@ def test_a_slow_detector_gets_only_what_it_can_serve(endpoint: Any) -> None:
         task = asyncio.create_task(detector())
         try:
             await until(lambda: _src(p)["paired"] >= 10, 30, "10 frames paired")
+            # /healthz names the camera: most of its frames are shed.
+            await until(lambda: "cam" in p.health()[1]["problems"], 10, "the camera named")
+            problems.append(p.health()[1]["problems"]["cam"])
         finally:
             task.cancel()
 
     stats = _run(cfg, body)
     src = stats["sources"]["cam"]
+    assert problems[0].startswith("overloaded: "), problems
     # No frame was tapped that could not be served in time (what was in flight at the stop is
     # counted apart).
     assert src["expired"] == src["expired_by"]["shutdown"] <= 1, (src["expired_by"], src)
