@@ -322,15 +322,15 @@ def test_a_slow_detector_gets_only_what_it_can_serve(endpoint: Any) -> None:
     cfg = {
         "sources": [SOURCE],
         "detections": {"bind": dets},
-        "tap": {"bind": tap, "encoding": "raw-i420", "hwm": 8, "max_in_flight": 1},
-        "ring": {"max_age_ms": 1000},
+        "tap": {"bind": tap, "encoding": "raw-i420", "hwm": 16, "max_in_flight": 1},
+        "ring": {"max_age_ms": 2000},
         "publish": [{"bind": pub}],
         "health": {"shed_window_s": 2},
     }
     problems: list[str] = []
 
     async def detector() -> None:
-        async with AsyncFrameSubscriber(tap, hwm=8) as frames, AsyncDetectionSender(dets) as out:
+        async with AsyncFrameSubscriber(tap, hwm=16) as frames, AsyncDetectionSender(dets) as out:
             async for frame in frames:
                 await asyncio.sleep(0.2)  # a slow model
                 box = {"x": 20, "y": 20, "width": 10, "height": 10, "class": "a", "confidence": 1}
