@@ -275,7 +275,7 @@ def run_atheris(seconds: int, corpus: Path) -> int:
     payload = seeds[0][2:]
     outcomes: Counter[str] = Counter()
     started = time.monotonic()
-    next_report = [started + REPORT_EVERY_S]
+    next_report = [started + min(REPORT_EVERY_S, seconds - 1.0)]
 
     def report() -> None:
         print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 
@@ -57,3 +58,12 @@ def test_bench_codec_runs() -> None:
         rows = [r for r in rows if r[:1] in (["polygon"], ["rle"])]
         assert [r[0] for r in rows] == ["polygon", "rle"], res.stdout
         assert all(float(r[-1]) > 0 for r in rows)
+
+
+def test_fuzz_detections_runs(tmp_path: Path) -> None:
+    """A few seconds of the coverage-guided fuzzer: it starts from the seeds and reports."""
+    res = _run_script(
+        "scripts/fuzz_detections.py", "--minutes", "0.05", "--corpus", str(tmp_path / "corpus")
+    )
+    report = [line for line in res.stdout.splitlines() if line.startswith("atheris: ")]
+    assert report and "'ok'" in report[-1], res.stdout[-2000:]
