@@ -285,6 +285,14 @@ class PreviewConfig(_Model):
     metrics_port: int | None = Field(
         None, ge=0, le=65_535, description="also serve /metrics and /healthz here, without token"
     )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a viewer not connected this long is closed"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names accepted besides the bound address (and localhost on"
+        " loopback); '*' accepts any (behind a reverse proxy that checks it)",
+    )
 
 
 class CurveConfig(_Model):

@@ -68,7 +68,8 @@ class PreviewSource:
         self.max_width = max_width
         self.max_fps = max_fps
         self._executor = executor
-        self.viewers = 0
+        self.attached = 0  # viewers with a peer connection, connected or not yet
+        self.viewers = 0  # connected viewers
         self.crops: deque[RecentCrop] = deque(maxlen=RECENT_CROPS)
         self._input: tuple[Frame, Detections | None] | None = None
         self._input_ready = asyncio.Event()
@@ -97,24 +98,35 @@ class PreviewSource:
         self._input = (frame, dets)
         self._input_ready.set()
 
-    # Viewers.
-    def join(self) -> PreviewTrack:
-        self.viewers += 1
+    # Viewers. A viewer is attached from its offer on (the track must exist to answer it) and
+    # counts in `viewers` only once connected: nothing is drawn for a viewer still connecting.
+    def attach(self) -> PreviewTrack:
+        """A new viewer's peer connection: the shared track (made on first use)."""
+        self.attached += 1
         if self.track is None:
             self.track = PreviewTrack(self)
-            self._render_task = asyncio.create_task(self.supervisor.run_async(self._render_loop))
         return self.track
 
-    def leave(self) -> None:
-        self.viewers = max(0, self.viewers - 1)
-        if self.viewers == 0:
-            if self._render_task is not None:
-                self._render_task.cancel()
-                self._render_task = None
+    def connect(self) -> None:
+        """An attached viewer connected: draw frames while at least one is."""
+        self.viewers += 1
+        if self._render_task is None:
+            self._render_task = asyncio.create_task(self.supervisor.run_async(self._render_loop))
+
+    def detach(self, connected: bool) -> None:
+        """An attached viewer left (`connected`: after `connect`)."""
+        if connected:
+            self.viewers = max(0, self.viewers - 1)
+            if self.viewers == 0:
+                if self._render_task is not None:
+                    self._render_task.cancel()
+                    self._render_task = None
+                self._input = None
+        self.attached = max(0, self.attached - 1)
+        if self.attached == 0:
             if self.track is not None:
                 self.track.stop()
                 self.track = None
-            self._input = None
             self._output = None
 
     async def _render_loop(self) -> None:
@@ -163,11 +175,15 @@ class PreviewHub:
         self._keys = itertools.count(1)
 
     def subscribe(self, source_id: str) -> MediaStreamTrack:
-        """A new viewer of `source_id`: a relayed copy of its track."""
-        return self.relay.subscribe(self.sources[source_id].join(), buffered=False)
+        """A new viewer of `source_id`: a relayed copy of its track. Nothing is drawn for it
+        until `connected`; end with `unsubscribe`."""
+        return self.relay.subscribe(self.sources[source_id].attach(), buffered=False)
 
-    def unsubscribe(self, source_id: str) -> None:
-        self.sources[source_id].leave()
+    def connected(self, source_id: str) -> None:
+        self.sources[source_id].connect()
+
+    def unsubscribe(self, source_id: str, connected: bool) -> None:
+        self.sources[source_id].detach(connected)
 
     def on_crop(self, header: dict[str, Any], image: np.ndarray) -> None:
         self.sources[header["source_id"]].on_crop(next(self._keys), header, image)

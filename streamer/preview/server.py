@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
+import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aioice.ice
 from aiohttp import web
@@ -23,6 +28,10 @@ log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
 MAX_VIEWERS = 32
+MAX_CONNECTING_PER_CLIENT = 4  # offers from one address still connecting at once
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_TYPE = "application/json"
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 COOKIE = "streamer_token"
 STATIC = resources.files("streamer.preview") / "static"
 
@@ -47,6 +56,92 @@ def limit_host_candidates(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
 
 
+def _split_host(header: str) -> str:
+    """The name or address of a Host (or Origin netloc) value, lower case, without its port."""
+    h = header.strip().lower()
+    if h.startswith("["):  # [v6]:port
+        return h[1 : h.find("]")] if "]" in h else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """Which ``Host`` headers the app answers (against DNS rebinding: a page on an attacker's
+    name that resolves to us carries that name). Accepted: the bound address; ``localhost``
+    when bound to loopback; when bound to every interface, any IP address literal (a literal
+    cannot be rebound), ``localhost`` and this machine's host name; and `allowed` names
+    (``*``: any Host, for a reverse proxy that checks it)."""
+
+    def __init__(self, bind_host: str, allowed: list[str]) -> None:
+        self.any = "*" in allowed
+        self.wildcard = bind_host in WILDCARD_HOSTS
+        names = {_split_host(h) for h in allowed if h != "*"}
+        bind = _split_host(bind_host) if bind_host else ""
+        names.add(bind)
+        if self.wildcard:
+            names.update(("localhost", socket.gethostname().lower()))
+        elif bind == "localhost" or (_is_ip(bind) and ipaddress.ip_address(bind).is_loopback):
+            names.add("localhost")
+        names.discard("")
+        self.names = frozenset(names)
+        self.extra = frozenset(_split_host(h) for h in allowed if h != "*")
+
+    def allows(self, host: str) -> bool:
+        name = _split_host(host)
+        return self.any or name in self.names or (self.wildcard and _is_ip(name))
+
+    def same_origin(self, origin: str, host: str) -> bool:
+        """An ``Origin`` is ours when it names the host the request was sent to, or an allowed
+        name (a reverse proxy may rewrite Host but not Origin)."""
+        try:
+            netloc = urlsplit(origin).netloc.lower()
+        except ValueError:
+            return False
+        ours = netloc == host.strip().lower() or _split_host(netloc) in self.extra
+        return bool(netloc) and ours
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body: ``Content-Type: application/json`` (what a cross-site form
+    cannot send without a CORS preflight, which this app never grants), UTF-8, no lone
+    surrogates. Raises 415 or 400 with the reason."""
+    if request.content_type != JSON_TYPE:
+        raise web.HTTPUnsupportedMediaType(text=f"Content-Type must be {JSON_TYPE}\n")
+    raw = await request.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates (\\udXXX)
+    except UnicodeError as e:
+        raise web.HTTPBadRequest(text=f"not UTF-8 text: {e}\n") from None
+    except RecursionError:
+        raise web.HTTPBadRequest(text="JSON nested too deeply\n") from None
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=f"not JSON: {e}\n") from None
+    return data
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One peer connection, from its offer until it closes."""
+
+    pc: RTCPeerConnection
+    source_id: str
+    client: str
+    connected: bool = False
+    closed: bool = False
+    deadline: asyncio.TimerHandle | None = None
+    closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 class PreviewServer:
     """Holds the peer connections. `app` serves the page, the API, /metrics and /healthz;
     `metrics_app` (for its own port) only /metrics and /healthz, without a token."""
@@ -55,10 +150,15 @@ class PreviewServer:
         self.cfg = cfg
         self.hub = hub
         self.control = control
-        self.pcs: set[RTCPeerConnection] = set()
+        self.viewers: set[Viewer] = set()
+        self.connecting: Counter[str] = Counter()  # per client address
+        self.refused: Counter[str] = Counter()  # requests refused, per reason
+        self.hosts = HostCheck(cfg.host, cfg.allowed_hosts)
         if cfg.host_candidates:
             limit_host_candidates(cfg.host_candidates)
-        self.app = web.Application(middlewares=[self._auth], client_max_size=MAX_SDP_BYTES)
+        self.app = web.Application(
+            middlewares=[self._guard, self._auth], client_max_size=MAX_SDP_BYTES
+        )
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/static/{name}", self._static)
         self.app.router.add_get("/metrics", self._metrics)
@@ -74,6 +174,30 @@ class PreviewServer:
         self.metrics_app.router.add_get("/metrics", self._metrics)
         self.metrics_app.router.add_get("/healthz", self._healthz)
 
+    @property
+    def pcs(self) -> set[RTCPeerConnection]:
+        return {v.pc for v in self.viewers}
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse a Host we do not serve (DNS rebinding), and a state-changing request from a
+        foreign Origin (cross-site), token or not."""
+        host = request.headers.get("Host", "")
+        if host and not self.hosts.allows(host):
+            self.refused["host"] += 1
+            raise web.HTTPForbidden(
+                text=f"Host {host[:100]!r} is not served here (see preview.allowed_hosts)\n"
+            )
+        origin = request.headers.get("Origin")
+        if (
+            request.method in STATE_CHANGING
+            and origin is not None
+            and not self.hosts.same_origin(origin, host)
+        ):
+            self.refused["origin"] += 1
+            raise web.HTTPForbidden(text=f"cross-origin request from {origin[:100]!r} refused\n")
+        return await handler(request)
+
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """With a token configured, every route wants it: as ``Authorization: Bearer``, as
@@ -88,7 +212,11 @@ class PreviewServer:
             if auth.startswith("Bearer ")
             else request.query.get("token") or request.cookies.get(COOKIE, "")
         )
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        try:
+            ok = hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+        except UnicodeError:  # a header or query value that is not text
+            ok = False
+        if not ok:
             raise web.HTTPUnauthorized(text="a valid token is required\n")
         response = await handler(request)
         if request.query.get("token"):
@@ -123,10 +251,7 @@ class PreviewServer:
 
     async def _source_patch(self, request: web.Request) -> web.Response:
         sid = self._source(request)
-        try:
-            data = await request.json()
-        except json.JSONDecodeError as e:
-            raise web.HTTPBadRequest(text=f"not JSON: {e}\n") from None
+        data = await json_body(request)
         try:
             settings = self.control.patch_source(sid, data)
         except ConfigError as e:
@@ -165,50 +290,83 @@ class PreviewServer:
         )
 
     async def _offer(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
         try:
-            body = await request.json()
             sid, sdp, kind = body["source_id"], body["sdp"], body["type"]
             if not all(isinstance(v, str) for v in (sid, sdp, kind)) or kind != "offer":
                 raise ValueError("source_id, sdp and type='offer' are required strings")
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise web.HTTPBadRequest(text=f"bad offer: {e}\n") from None
         if sid not in self.hub.sources:
-            raise web.HTTPNotFound(text=f"no source {sid!r}\n")
-        if len(self.pcs) >= MAX_VIEWERS:
+            raise web.HTTPNotFound(text=f"no source {sid[:100]!r}\n")
+        if len(self.viewers) >= MAX_VIEWERS:
             raise web.HTTPServiceUnavailable(text="too many viewers\n")
+        client = request.remote or "?"
+        if self.connecting[client] >= MAX_CONNECTING_PER_CLIENT:
+            self.refused["connecting"] += 1
+            raise web.HTTPTooManyRequests(text="too many viewers still connecting from here\n")
         ice = [RTCIceServer(urls=u) for u in self.cfg.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        self.pcs.add(pc)
+        viewer = Viewer(pc, sid, client)
+        self.viewers.add(viewer)
+        self.connecting[client] += 1
         pc.addTrack(self.hub.subscribe(sid))
-        closed = False
-
-        async def close() -> None:
-            nonlocal closed
-            if closed:
-                return
-            closed = True
-            self.pcs.discard(pc)
-            self.hub.unsubscribe(sid)
-            await pc.close()
+        loop = asyncio.get_running_loop()
+        viewer.deadline = loop.call_later(
+            self.cfg.connect_timeout_s, self._close_later, viewer, "not connected in time"
+        )
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed", "disconnected"):
-                await close()
+            if pc.connectionState == "connected" and not viewer.connected and not viewer.closed:
+                viewer.connected = True
+                self._done_connecting(viewer)
+                self.hub.connected(sid)
+            elif pc.connectionState in ("failed", "closed", "disconnected"):
+                await self._close(viewer, pc.connectionState)
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
-            await close()
+            await self._close(viewer, "bad offer")
             raise web.HTTPBadRequest(text=f"cannot answer this offer: {e}\n") from None
-        log.info("preview: viewer joined %s (%d connection(s))", sid, len(self.pcs))
+        log.info("preview: viewer joined %s (%d connection(s))", sid, len(self.viewers))
         desc = pc.localDescription
         return web.json_response({"sdp": desc.sdp, "type": desc.type})
 
+    def _done_connecting(self, viewer: Viewer) -> None:
+        if viewer.deadline is not None:
+            viewer.deadline.cancel()
+            viewer.deadline = None
+            self.connecting[viewer.client] -= 1
+            if self.connecting[viewer.client] <= 0:
+                del self.connecting[viewer.client]
+
+    def _close_later(self, viewer: Viewer, why: str) -> None:
+        viewer.deadline = None  # (fired) so _done_connecting must still release the slot
+        self.connecting[viewer.client] -= 1
+        if self.connecting[viewer.client] <= 0:
+            del self.connecting[viewer.client]
+        task = asyncio.ensure_future(self._close(viewer, why))
+        viewer.closing.add(task)
+        task.add_done_callback(viewer.closing.discard)
+
+    async def _close(self, viewer: Viewer, why: str) -> None:
+        """Close a viewer's connection and free its slot (once)."""
+        if viewer.closed:
+            return
+        viewer.closed = True
+        self._done_connecting(viewer)
+        self.viewers.discard(viewer)
+        self.hub.unsubscribe(viewer.source_id, viewer.connected)
+        log.info("preview: viewer of %s left (%s)", viewer.source_id, why)
+        await viewer.pc.close()
+
     async def _close_all(self, app: web.Application) -> None:
-        await asyncio.gather(*(pc.close() for pc in list(self.pcs)), return_exceptions=True)
-        self.pcs.clear()
+        await asyncio.gather(
+            *(self._close(v, "shutting down") for v in list(self.viewers)), return_exceptions=True
+        )
 
 
 async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:

@@ -1,0 +1,268 @@
+"""The preview's HTTP API under hostile use: viewers that never connect, cross-site requests,
+DNS rebinding, and malformed requests (a table of them, then random ones), each answered 4xx
+with a reason and never 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from streamer.pipeline import Pipeline
+from tests.conftest import free_port
+from tests.live import until
+from tests.test_preview import TOKEN, _cfg, _connect, _server, _with_pipeline
+
+MAX_VIEWERS = 32
+
+
+async def _offer_without_candidates() -> str:
+    """An offer SDP that can never connect: no ICE candidates and no end-of-candidates (the
+    server's connection stays "new"/"checking" for ever unless something closes it)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return "".join(
+        line + "\r\n"
+        for line in sdp.splitlines()
+        if line and not line.startswith(("a=candidate", "a=end-of-candidates"))
+    )
+
+
+async def _post_offer(port: int, sdp: str, client_ip: str) -> int:
+    connector = aiohttp.TCPConnector(local_addr=(client_ip, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        body = {"source_id": "cam", "sdp": sdp, "type": "offer"}
+        async with http.post(f"http://127.0.0.1:{port}/api/offer", json=body) as r:
+            return r.status
+
+
+def test_viewers_that_never_connect_are_closed_and_draw_nothing(endpoint: Any) -> None:
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    cfg["preview"]["connect_timeout_s"] = 1.0
+    out: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        assert p.hub is not None
+        cam = p.hub.sources["cam"]
+        sdp = await _offer_without_candidates()
+        # Five from one address (four may be connecting at once), then enough from 10 other
+        # loopback addresses to take every slot.
+        out["one_client"] = [await _post_offer(port, sdp, "127.0.0.2") for _ in range(5)]
+        many = [f"127.0.1.{i}" for i in range(10) for _ in range(4)]
+        out["many"] = sorted(await asyncio.gather(*(_post_offer(port, sdp, ip) for ip in many)))
+        out["slots_taken"] = len(_server(p).pcs)
+        await asyncio.sleep(0.5)  # frames flow meanwhile; nobody is connected
+        out["viewers_while_connecting"] = cam.viewers
+        out["rendered_while_connecting"] = cam.rendered
+        await until(lambda: not _server(p).pcs, 5, "unconnected viewers closed")
+        out["track_after"] = cam.track
+        pc = await _connect(cfg)  # a real viewer gets a slot again
+        try:
+            await until(lambda: pc.connectionState == "connected", 10, "real viewer connects")
+            await until(lambda: cam.rendered > 0, 10, "frames drawn for the real viewer")
+        finally:
+            await pc.close()
+
+    _with_pipeline(cfg, body)
+    assert out["one_client"] == [200, 200, 200, 200, 429]
+    assert out["many"].count(200) == MAX_VIEWERS - 4 and set(out["many"]) == {200, 503}
+    assert out["slots_taken"] == MAX_VIEWERS
+    assert out["viewers_while_connecting"] == 0 and out["rendered_while_connecting"] == 0
+    assert out["track_after"] is None
+
+
+async def _raw(port: int, request: bytes) -> tuple[int, str]:
+    """Send raw HTTP bytes (headers a client library would refuse to send); the status and
+    body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), rest.decode("utf-8", "replace")
+
+
+def _request(
+    method: str,
+    path: str,
+    port: int,
+    *,
+    body: bytes = b"",
+    ctype: bytes | None = b"application/json",
+    auth: bytes | None = b"Bearer " + TOKEN.encode(),
+    host: bytes | None = None,
+    origin: bytes | None = None,
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Connection: close"]
+    lines.append(b"Host: " + (host if host is not None else f"127.0.0.1:{port}".encode()))
+    if auth is not None:
+        lines.append(b"Authorization: " + auth)
+    if ctype is not None and method in ("POST", "PATCH"):
+        lines.append(b"Content-Type: " + ctype)
+    if origin is not None:
+        lines.append(b"Origin: " + origin)
+    lines.append(f"Content-Length: {len(body)}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _patch(port: int, body: bytes, **kw: Any) -> bytes:
+    return _request("PATCH", "/api/sources/cam", port, body=body, **kw)
+
+
+def _offer(port: int, body: bytes, **kw: Any) -> bytes:
+    return _request("POST", "/api/offer", port, body=body, **kw)
+
+
+def _hostile(port: int) -> list[tuple[str, bytes, int]]:
+    """(what, request, expected status)."""
+    ok_patch = b'{"mask_opacity": 0.5}'
+    ok_offer = json.dumps({"source_id": "cam", "sdp": "v=0", "type": "offer"}).encode()
+    deep = b"[" * 30_000 + b"]" * 30_000
+    me = f"http://127.0.0.1:{port}".encode()
+    return [
+        # Cross-site: a form posts text/plain without a preflight; a page on another origin.
+        ("patch text/plain", _patch(port, ok_patch, ctype=b"text/plain"), 415),
+        ("offer text/plain", _offer(port, ok_offer, ctype=b"text/plain"), 415),
+        ("patch form", _patch(port, b"a=1", ctype=b"application/x-www-form-urlencoded"), 415),
+        ("patch without type", _patch(port, ok_patch, ctype=None), 415),
+        ("patch foreign origin", _patch(port, ok_patch, origin=b"http://evil.example"), 403),
+        ("offer foreign origin", _offer(port, ok_offer, origin=b"http://evil.example"), 403),
+        ("patch null origin", _patch(port, ok_patch, origin=b"null"), 403),
+        ("patch other port", _patch(port, ok_patch, origin=b"http://127.0.0.1:1"), 403),
+        ("patch same origin", _patch(port, ok_patch, origin=me), 200),
+        # DNS rebinding: our address under the attacker's name.
+        ("get rebound host", _request("GET", "/api/sources", port, host=b"evil.example"), 403),
+        ("patch rebound host", _patch(port, ok_patch, host=f"evil.example:{port}".encode()), 403),
+        ("get localhost", _request("GET", "/api/sources", port, host=b"localhost"), 200),
+        ("get non-ascii host", _request("GET", "/", port, host=b"\xc3\xa9vil.example"), 403),
+        # Tokens that are not text, or wrong.
+        (
+            "non-ascii bearer",
+            _request("GET", "/api/sources", port, auth=b"Bearer \xc3\xa9t\xc3\xa9"),
+            401,
+        ),
+        ("latin-1 bearer", _request("GET", "/api/sources", port, auth=b"Bearer \xff\xfe"), 401),
+        ("bad query token", _request("GET", "/?token=%FF%FE", port, auth=None), 401),
+        ("surrogate token", _request("GET", "/?token=%ED%A0%80", port, auth=None), 401),
+        # Bodies.
+        ("patch not utf-8", _patch(port, b'{"classes": ["\xff"]}'), 400),
+        ("patch nested 30000 deep", _patch(port, deep), 400),
+        ("patch surrogate", _patch(port, b'{"classes": ["\\ud800"]}'), 400),
+        ("patch not an object", _patch(port, b"[1, 2]"), 400),
+        ("patch empty", _patch(port, b""), 400),
+        ("patch infinite fps", _patch(port, b'{"max_fps": 1e999}'), 400),
+        ("patch NaN fps", _patch(port, b'{"max_fps": NaN}'), 400),
+        ("patch unknown key", _patch(port, b'{"bogus": 1}'), 400),
+        ("patch null opacity", _patch(port, b'{"mask_opacity": null}'), 400),
+        ("patch null fps", _patch(port, b'{"max_fps": null}'), 200),
+        ("patch unknown source", _request("PATCH", "/api/sources/nope", port, body=ok_patch), 404),
+        ("offer not utf-8", _offer(port, b"\xff\xfe\x00"), 400),
+        ("offer nested", _offer(port, deep), 400),
+        ("offer a string", _offer(port, b'"offer"'), 400),
+        (
+            "offer list id",
+            _offer(port, b'{"source_id": ["cam"], "sdp": "x", "type": "offer"}'),
+            400,
+        ),
+        (
+            "offer answer type",
+            _offer(port, b'{"source_id": "cam", "sdp": "x", "type": "answer"}'),
+            400,
+        ),
+        ("offer bad sdp", _offer(port, ok_offer), 400),
+        ("offer unknown source", _offer(port, ok_offer.replace(b'"cam"', b'"nope"')), 404),
+        ("offer too large", _offer(port, b" " * (65 * 1024)), 413),
+        (
+            "crop key huge",
+            _request("GET", "/api/sources/cam/crops/" + "9" * 5000 + ".jpg", port),
+            404,
+        ),
+    ]
+
+
+def test_hostile_requests_get_4xx_with_a_reason(endpoint: Any) -> None:
+    port = free_port()
+    cfg = _cfg(endpoint, port, token=TOKEN)
+    got: dict[str, tuple[int, str]] = {}
+    cases = _hostile(port)
+
+    async def body(p: Pipeline) -> None:
+        for what, request, _ in cases:
+            got[what] = await _raw(port, request)
+        got["source still decoding"] = (p.sources["cam"].stats.state == "streaming", "")
+
+    _with_pipeline(cfg, body)
+    wrong = {what: got[what] for what, _, want in cases if got[what][0] != want or not got[what][1]}
+    assert not wrong, wrong  # every refusal says why (a non-empty body)
+    assert got["source still decoding"][0]
+
+
+def test_random_requests_never_get_500(endpoint: Any) -> None:
+    """Mutations of valid requests: random methods, paths, header values and bodies (bytes
+    flipped, cut, nested, repeated). Seeded; about 300 requests."""
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    rnd = random.Random(14)
+    paths = [
+        "/",
+        "/api/sources",
+        "/api/sources/cam",
+        "/api/sources/cam/crops",
+        "/api/offer",
+        "/api/sources/cam/crops/1.jpg",
+        "/static/app.js",
+        "/healthz",
+        "/metrics",
+    ]
+    bodies = [
+        b'{"mask_opacity": 0.5, "classes": ["car"], "max_fps": 5}',
+        b'{"source_id": "cam", "sdp": "v=0\\r\\n", "type": "offer"}',
+        b"",
+        b"null",
+    ]
+
+    def mutate(b: bytes) -> bytes:
+        data = bytearray(b)
+        for _ in range(rnd.randint(0, 4)):
+            op = rnd.randrange(4)
+            if op == 0 and data:
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+            elif op == 1:
+                data = data[: rnd.randint(0, len(data))]
+            elif op == 2:
+                data = bytearray(b'{"a": ' * rnd.randint(1, 3000)) + data
+            else:
+                data += rnd.randbytes(rnd.randint(1, 40))
+        return bytes(data)
+
+    statuses: dict[int, int] = {}
+
+    async def body(p: Pipeline) -> None:
+        for _ in range(300):
+            method = rnd.choice(["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"])
+            request = _request(
+                method,
+                rnd.choice(paths),
+                port,
+                body=mutate(rnd.choice(bodies)),
+                ctype=rnd.choice([b"application/json", b"text/plain", mutate(b"application/json")]),
+                auth=rnd.choice([None, mutate(b"Bearer abc")]),
+                origin=rnd.choice([None, f"http://127.0.0.1:{port}".encode(), mutate(b"http://x")]),
+            )
+            status, _ = await _raw(port, request)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    _with_pipeline(cfg, body)
+    assert all(s < 500 for s in statuses), statuses
+    assert sum(statuses.values()) == 300
