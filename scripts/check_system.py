@@ -29,6 +29,7 @@ GST_ELEMENTS = {
     "audiotestsrc": "gstreamer1.0-plugins-base",
     "videoconvert": "gstreamer1.0-plugins-base",
     "audioconvert": "gstreamer1.0-plugins-base",
+    "valve": "libgstreamer1.0-0",
     "opusenc": "gstreamer1.0-plugins-base",
     "timeoverlay": "gstreamer1.0-x",
     "textoverlay": "gstreamer1.0-x",

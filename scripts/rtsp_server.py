@@ -9,8 +9,13 @@ Paths:
           gst-launch-1.0 videotestsrc is-live=true ! x264enc tune=zerolatency ! rtph264pay \
             ! udpsink host=127.0.0.1 port=<relay-port>
           Stop (SIGSTOP) the sender and the stream stalls without closing.
+  /test-audio  the test picture plus a live Opus audio track (a tone). SIGUSR1 stops its
+          video (the audio keeps flowing), SIGUSR2 starts it again.
 
-    /usr/bin/python3 scripts/rtsp_server.py --port 8554 [--relay-port 5600] [--size 320x240]
+With --user and --password every path wants those credentials (HTTP Basic over RTSP).
+
+    /usr/bin/python3 scripts/rtsp_server.py --port 8554 [--relay-port 5600] [--size 320x240] \
+        [--user admin --password S3cret]
 
 Prints "READY rtsp://127.0.0.1:<port>" once it listens; stops on SIGTERM / SIGINT. Every
 media pipeline is built once before that: a missing GStreamer element makes the server exit 2
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
 
 import gi
 
@@ -43,12 +49,29 @@ def check_launch(path: str, launch: str) -> None:
         sys.exit(2)
 
 
-def factory(path: str, launch: str) -> GstRtspServer.RTSPMediaFactory:
+AUTH_ROLE = "user"
+
+
+def factory(path: str, launch: str, auth: bool) -> GstRtspServer.RTSPMediaFactory:
     check_launch(path, launch)
     f = GstRtspServer.RTSPMediaFactory()
     f.set_launch(f"( {launch} )")
     f.set_shared(True)
+    if auth:
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role(AUTH_ROLE, "media.factory.access", True)
+        permissions.add_permission_for_role(AUTH_ROLE, "media.factory.construct", True)
+        f.set_permissions(permissions)
     return f
+
+
+def require_password(server: GstRtspServer.RTSPServer, user: str, password: str) -> None:
+    """Every client must log in as `user` with `password` (Basic authentication)."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, AUTH_ROLE)
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
 
 
 def main() -> int:
@@ -58,13 +81,20 @@ def main() -> int:
     ap.add_argument("--relay-port", type=int, default=0, help="UDP port for /relay (0: no relay)")
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--user", help="require this user name (with --password)")
+    ap.add_argument("--password", help="... and this password")
     args = ap.parse_args()
+    if (args.user is None) != (args.password is None):
+        ap.error("give --user and --password together")
+    auth = args.user is not None
     w, h = (int(v) for v in args.size.split("x"))
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address(args.host)
     server.set_service(str(args.port))
+    if auth:
+        require_password(server, args.user, args.password)
     mounts = server.get_mount_points()
     mounts.add_factory(
         "/test",
@@ -73,6 +103,7 @@ def main() -> int:
             f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
             f"framerate={args.fps}/1 ! timeoverlay ! x264enc tune=zerolatency "
             f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96",
+            auth,
         ),
     )
     if args.relay_port:
@@ -82,14 +113,38 @@ def main() -> int:
                 "/relay",
                 f'udpsrc address=127.0.0.1 port={args.relay_port} caps="{H264_RTP_CAPS}" '
                 "! rtph264depay ! rtph264pay name=pay0 pt=96",
+                auth,
             ),
         )
+    with_audio = factory(
+        "/test-audio",
+        f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
+        f"framerate={args.fps}/1 ! valve name=videogate ! x264enc tune=zerolatency "
+        f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96 "
+        "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000 ! audioconvert "
+        "! opusenc ! rtpopuspay name=pay1 pt=97",
+        auth,
+    )
+    gates: list[Any] = []  # the video valves of /test-audio's media (one: it is shared)
+    with_audio.connect(
+        "media-configure",
+        lambda _f, media: gates.append(media.get_element().get_by_name("videogate")),
+    )
+    mounts.add_factory("/test-audio", with_audio)
     if server.attach(None) == 0:
         print(f"cannot listen on {args.host}:{args.port}", file=sys.stderr)
         return 1
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+
+    def video(drop: bool) -> bool:
+        for gate in gates:
+            gate.set_property("drop", drop)
+        return True  # keep the handler
+
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR1, video, True)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR2, video, False)
     print(f"READY rtsp://{args.host}:{args.port}", flush=True)
     loop.run()
     return 0

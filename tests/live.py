@@ -29,19 +29,23 @@ class RtspServer:
         relay_port: int = 0,
         size: str = "320x240",
         env: dict[str, str] | None = None,
+        login: tuple[str, str] | None = None,
     ) -> None:
+        """`login` (user, password): every path wants these credentials."""
         self.port = port or free_port()
         self.env = env
         self.relay_port = relay_port
         self.size = size
+        self.login = login
         self.proc: subprocess.Popen[str] | None = None
         self.ready_at = 0.0
         # The server's stderr goes to a file (a pipe nobody reads could fill and block it); a
         # failure to start is reported with it.
         self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the server)
 
-    def url(self, path: str = "test") -> str:
-        return f"rtsp://127.0.0.1:{self.port}/{path}"
+    def url(self, path: str = "test", login: tuple[str, str] | None = None) -> str:
+        userinfo = f"{login[0]}:{login[1]}@" if login else ""
+        return f"rtsp://{userinfo}127.0.0.1:{self.port}/{path}"
 
     def start(self) -> RtspServer:
         self.proc = subprocess.Popen(
@@ -54,6 +58,7 @@ class RtspServer:
                 str(self.relay_port),
                 "--size",
                 self.size,
+                *(["--user", self.login[0], "--password", self.login[1]] if self.login else []),
             ],
             stdout=subprocess.PIPE,
             stderr=self.errors,
@@ -75,6 +80,11 @@ class RtspServer:
             f"RTSP server did not start (exit code {self.proc.returncode}); its stderr:\n"
             f"{self.errors.read()[-4000:]}"
         )
+
+    def video(self, on: bool) -> None:
+        """Stop (or start again) the video of /test-audio; its audio keeps flowing."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGUSR2 if on else signal.SIGUSR1)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -4,12 +4,14 @@ at start-up, unreachable; two cameras; a missing webcam; shutdown during a stall
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import yaml
@@ -322,3 +324,155 @@ def test_hls_over_http(tmp_path: Path) -> None:
         assert float(np.std(frame.planes[0])) > 10
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_max_fps_source_emits_again_after_the_server_restarts() -> None:
+    """The max_fps schedule belongs to a session: after a reconnect the media clock starts again
+    near 0, and a schedule kept from the old session skipped every frame until the new clock
+    caught up (as long as the old session ran: "streaming", emitting nothing). The old session
+    runs SESSION_S; frames must flow again within the stall timeout plus back-off plus the
+    time to the first key frame (WAIT_S), which is shorter than SESSION_S."""
+    session_s, wait_s = 8.0, 5.0
+    server = RtspServer().start()
+
+    async def main() -> None:
+        src = rtsp_source(server.url())
+        src.max_fps = 15.0
+        c = Consumer(src).start()
+        try:
+            # 30 fps decoded: the media clock has run SESSION_S.
+            await until(lambda: src.stats.decoded >= 30 * session_s, session_s + 15, "a session")
+            server.kill()
+            await until(lambda: src.stats.state == "backing_off", 10, "backing off")
+            server.start()  # same port; its clock starts again
+            took = await until(
+                lambda: c.count_since(server.ready_at) >= 5, wait_s, "frames after restart"
+            )
+            print(f"max_fps after reconnect: server ready -> 5 frames in {took:.2f} s")
+        finally:
+            await c.stop()
+        assert src.stats.reconnects >= 1
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize(
+    "av_options",
+    [{}, {"allowed_media_types": "video+audio"}],
+    ids=["video-only-setup", "audio-set-up-too"],
+)
+def test_camera_whose_video_stops_while_audio_flows(av_options: dict[str, str]) -> None:
+    """A camera with an audio track whose video stalls: the stall is detected, the reader is
+    torn down, and stop() returns within its bound. By default only the video track is set up;
+    with the audio track set up too (an option), its packets must not starve the watchdog."""
+    server = RtspServer().start()
+    stall_s = 2.0  # longer than the stream's key frame interval (1 s)
+
+    async def main() -> None:
+        src = AvSource(
+            "cam",
+            server.url("test-audio"),
+            stall_timeout_s=stall_s,
+            open_timeout_s=3.0,
+            retry=RetryPolicy(base_s=5.0, cap_s=5.0),  # stay down once torn down
+            av_options=av_options,
+        )
+        c = Consumer(src).start()
+
+        async def watchdog() -> None:
+            while True:
+                src.check_stall(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        wd = asyncio.create_task(watchdog())
+        took = float("inf")
+        try:
+            await until(lambda: len(c.frames) >= 10, 20, "frames")
+            server.video(False)
+            await until(lambda: src.stats.stalls >= 1, stall_s + 5, "stall detected")
+            await until(lambda: src.stats.state == "backing_off", stall_s + 5, "reader torn down")
+            server.video(True)
+            await until(lambda: src.stats.state == "streaming", 15, "streaming again")
+            server.video(False)
+            await asyncio.sleep(0.3)  # the reader is inside FFmpeg's read, audio flowing
+        finally:
+            wd.cancel()
+            took = await c.stop()
+        print(f"audio track: stop() took {took:.2f} s (bound {src.join_timeout_s} s)")
+        assert took <= src.join_timeout_s
+        assert src._thread is not None and not src._thread.is_alive()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        server.kill()
+
+
+def test_camera_passwords_never_leave_the_process(tmp_path: Path) -> None:
+    """A camera that wants a password, reached with the right one and with a wrong one: neither
+    password appears in the logs, the API, the page, /healthz, /metrics or the stats file; the
+    error still says what went wrong."""
+    good, wrong = "S3cretPw", "Wr0ngPw9"
+    server = RtspServer(login=("admin", good)).start()
+    port = free_port()
+    retry = {"stall_timeout_s": 2, "backoff_base_s": 0.2, "backoff_cap_s": 0.5}
+    cfg = {
+        "sources": [
+            {"id": "good", "url": server.url("test", ("admin", good)), **retry},
+            {"id": "wrong", "url": server.url("test", ("admin", wrong)), **retry},
+        ],
+        "detections": {"bind": f"tcp://127.0.0.1:{free_port()}"},
+        "publish": [{"bind": f"tcp://127.0.0.1:{free_port()}"}],
+        "preview": {"port": port},
+    }
+    cfg_path, stats_path = tmp_path / "cfg.yaml", tmp_path / "stats.json"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    proc = spawn("-m", "streamer", "run", "-c", str(cfg_path), "--stats-file", str(stats_path))
+    served: dict[str, str] = {}
+
+    async def fetch_all() -> None:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+
+            async def sources() -> dict[str, Any]:
+                try:
+                    async with http.get(base + "/api/sources") as r:
+                        return dict((await r.json())["sources"])
+                except aiohttp.ClientConnectionError:
+                    return {}
+
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                s = await sources()
+                if s and s["good"]["decoded"] > 0 and s["wrong"]["last_error"]:
+                    break
+                await asyncio.sleep(0.1)
+            for path in (
+                "/api/sources",
+                "/api/sources/good",
+                "/api/sources/wrong",
+                "/healthz",
+                "/metrics",
+                "/",
+                "/static/app.js",
+            ):
+                async with http.get(base + path) as r:
+                    served[path] = await r.text()
+
+    try:
+        asyncio.run(asyncio.wait_for(fetch_all(), 60))
+    finally:
+        out, err = stop(proc)
+        server.kill()
+    stats = json.loads(stats_path.read_text())
+    wrong_error = json.loads(served["/api/sources/wrong"])["last_error"]
+    assert "401" in wrong_error and "admin:***@127.0.0.1" in wrong_error, wrong_error
+    assert stats["sources"]["good"]["decoded"] > 0
+    texts = {"stdout": out, "stderr": err, "stats file": stats_path.read_text(), **served}
+    assert "401" in err  # the log says what went wrong ...
+    for what, text in texts.items():
+        for password in (good, wrong):  # ... and never with a password
+            assert password not in text, (what, password)

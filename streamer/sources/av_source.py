@@ -8,11 +8,12 @@ import socket
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 
 from streamer.sources.base import RetryPolicy, Source
+from streamer.sources.redact import redact, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +23,6 @@ LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://
 
 def is_live(url: str) -> bool:
     return url.lower().startswith(LIVE_SCHEMES)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and status."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _network_reason(url: str, err: OSError) -> str:
@@ -73,6 +64,7 @@ class AvSource(Source):
     ) -> None:
         super().__init__(source_id, max_fps=max_fps, retry=retry, stall_timeout_s=stall_timeout_s)
         self.url = url
+        self.secrets = url_secrets(url)
         self.live = is_live(url)
         self.realtime = realtime and not self.live
         self.loop = loop
@@ -91,12 +83,17 @@ class AvSource(Source):
         options = {"timeout": str(int(self.stall_timeout_s * 1e6)), **self.av_options}
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             options.setdefault("rtsp_transport", self.transport)
+            # Set up only the video track: an audio track that keeps flowing would keep the
+            # read busy while video has stopped.
+            options.setdefault("allowed_media_types", "video")
         try:
             return av.open(
                 self.url, options=options, timeout=(self.open_timeout_s, self.stall_timeout_s)
             )
         except OSError as e:
-            raise OSError(f"{redact(self.url)}: {_network_reason(self.url, e)}") from None
+            raise OSError(
+                f"{redact(self.url, self.secrets)}: {_network_reason(self.url, e)}"
+            ) from None
 
     def _session(self) -> None:
         while True:
@@ -108,24 +105,35 @@ class AvSource(Source):
                     # file ~20% slower on 2 cores (scripts/bench_pipeline.py measures both).
                     stream.thread_type = "AUTO"
                     stream.codec_context.thread_count = os.cpu_count() or 0
+                    for other in container.streams:
+                        if other.index != stream.index:
+                            other.discard = "all"  # a file's audio and data: not even read
                 self._decode(container, stream)
             if not self.loop or self._stop.is_set():
                 return
 
     def _decode(self, container: Any, stream: Any) -> None:
-        start_wall = time.monotonic()
+        """Decode the video stream until it ends or `_stop`. Packets of every stream come back
+        here (not only video's): a camera whose audio flows while its video has stopped must
+        not keep the read loop from the stop flag and the watchdog."""
+        start_wall = last_wall = self._watch_since = time.monotonic()  # (open has its timeout)
         first_s: float | None = None
         last_s = 0.0
         ctx = stream.codec_context
-        rate = stream.average_rate or stream.guessed_rate
+        video = stream.index
+        rate = stream.guessed_rate or stream.average_rate
         frame_s = 1.0 / float(rate) if rate else None
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
         if shedder is not None:
             shedder.reset()
-        for packet in container.demux(stream):
+        for packet in container.demux():
             if self._stop.is_set():
                 return
+            if packet.stream_index != video:
+                if self.live:
+                    self._check_watchdog()
+                continue
             t0 = time.perf_counter()
             decoded = packet.decode()
             if self.decode_observer is not None:
@@ -133,13 +141,19 @@ class AvSource(Source):
             if shedder_level != "DEFAULT" and packet.size:
                 self._note_progress()
             for vf in decoded:
-                t = float(vf.time) if vf.time is not None else last_s
+                now = time.monotonic()
+                if vf.time is not None:
+                    t = float(vf.time)
+                elif self.live or frame_s is None:
+                    t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
+                else:
+                    t = last_s + frame_s  # ... or as the stream's frame rate says
                 if first_s is None:
                     first_s = t
                 elif shedder_level != "DEFAULT" and frame_s is not None:
                     # Frames the decoder skipped on purpose leave a gap in the pts.
                     self.stats.skipped_decode += max(0, round((t - last_s) / frame_s) - 1)
-                last_s = t
+                last_s, last_wall = t, now
                 if self.realtime:
                     delay = start_wall + (t - first_s) - time.monotonic()
                     if delay > 0 and self._stop.wait(delay):

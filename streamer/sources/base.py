@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 
 from streamer.errors import EndOfStream
 from streamer.sources.frames import from_av, from_bgr
+from streamer.sources.redact import redact
 from streamer.sources.shedding import DecodeShedder
 from streamer.types import U8, Frame
 
@@ -33,6 +35,7 @@ JOIN_MARGIN_S = 2.0  # beyond the read timeout, for a blocked FFmpeg read to ret
 # CPU is short, the stages that turn decoded frames into crops go first, and a decoder that falls
 # behind sheds (skips) frames instead of decoding frames nobody can serve.
 DECODE_NICE = 5
+MEDIA_TIME_EPS_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,33 @@ class RetryPolicy:
         ``min(cap, base * 2**attempt)``, so many cameras do not retry in lock-step."""
         ceiling = min(self.cap_s, self.base_s * 2 ** min(attempt, 30))
         return float(ceiling * rnd.uniform(0.5, 1.0))
+
+
+class EvenSkip:
+    """The ``max_fps`` schedule: lets frames through at most `max_fps` a second of media time,
+    evenly spaced (a 30 fps stream at 12 keeps frames 0, 3, 5, 8, 10, ...). Pure: media times
+    are passed in. `reset` at each new session, whose media clock starts again; a clock that
+    goes back by more than a period within one is re-anchored too."""
+
+    def __init__(self) -> None:
+        self.next_s: float | None = None
+
+    def reset(self) -> None:
+        self.next_s = None
+
+    def admit(self, media_time_s: float, max_fps: float | None) -> bool:
+        """True when the frame at `media_time_s` is to be emitted, False when skipped."""
+        if max_fps is None:
+            return True
+        period = 1.0 / max_fps
+        nxt = self.next_s
+        if nxt is not None and media_time_s < nxt - period - MEDIA_TIME_EPS_S:
+            nxt = None  # earlier than any frame after the last emitted one: a new clock
+        if nxt is not None and media_time_s < nxt - MEDIA_TIME_EPS_S:
+            return False
+        due = (media_time_s if nxt is None else nxt) + period
+        self.next_s = due if due > media_time_s else media_time_s + period
+        return True
 
 
 class StreamStalled(Exception):
@@ -157,7 +187,9 @@ class Source(abc.ABC):
         self._thread: threading.Thread | None = None
         self._handoff: Handoff | None = None
         self._next_frame_id = 0
-        self._next_emit_s: float | None = None
+        self._schedule = EvenSkip()
+        #: Strings never to store, log or serve (a camera URL's password).
+        self.secrets: tuple[str, ...] = ()
         self._rnd = random.Random()
         self._shedder = DecodeShedder()
         #: Monotonic time until which the pipeline sheds this source's frames (it cannot serve
@@ -221,6 +253,8 @@ class Source(abc.ABC):
     # -- the decode thread -----------------------------------------------------------------
 
     def _set_state(self, state: str, reason: str | None = None) -> None:
+        if reason is not None:
+            reason = redact(reason, self.secrets)
         with self._state_lock:
             old = self.stats.state
             if old == state:
@@ -248,6 +282,7 @@ class Source(abc.ABC):
             while not self._stop.is_set():
                 self._set_state("connecting")
                 self._session_frames = 0
+                self._schedule.reset()
                 session_start = self._watch_since = time.monotonic()
                 try:
                     self._session()
@@ -280,7 +315,8 @@ class Source(abc.ABC):
                     break
             self._set_state("stopped")
         except Exception as e:  # a bug, not a camera fault: say so and end this source
-            log.exception("source %s: decode thread failed", self.source_id)
+            trace = redact("".join(traceback.format_exception(e)), self.secrets)
+            log.error("source %s: decode thread failed\n%s", self.source_id, trace.rstrip())
             self._set_state("failed", _describe(e))
         finally:
             self._handoff.end()
@@ -301,13 +337,9 @@ class Source(abc.ABC):
         self.stats.last_frame_at = self._watch_since = time.monotonic()
         if self.stats.state != "streaming":
             self._set_state("streaming")
-        if self.max_fps is not None:
-            period = 1.0 / self.max_fps
-            if self._next_emit_s is not None and media_time_s < self._next_emit_s - 1e-6:
-                self.stats.skipped_fps += 1
-                return
-            nxt = (media_time_s if self._next_emit_s is None else self._next_emit_s) + period
-            self._next_emit_s = nxt if nxt > media_time_s else media_time_s + period
+        if not self._schedule.admit(media_time_s, self.max_fps):
+            self.stats.skipped_fps += 1
+            return
         assert self._handoff is not None
         frame_id = self._next_frame_id
         self._next_frame_id += 1

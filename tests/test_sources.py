@@ -1,0 +1,92 @@
+"""The Source base class and its max_fps schedule: even skipping, a new schedule per session
+(its media clock starts again), and frames without timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from streamer.sources.av_source import AvSource
+from streamer.sources.base import EvenSkip
+from tests.live import Consumer, until
+
+
+def _kept(skip: EvenSkip, times: list[float], max_fps: float | None) -> list[int]:
+    return [i for i, t in enumerate(times) if skip.admit(t, max_fps)]
+
+
+@pytest.mark.parametrize(
+    ("fps", "max_fps", "kept"),
+    [
+        (30, 15, [0, 2, 4, 6, 8, 10]),
+        (30, 12, [0, 3, 5, 8, 10]),
+        (30, 10, [0, 3, 6, 9]),
+        (30, 30, list(range(12))),
+        (30, 60, list(range(12))),
+        (30, None, list(range(12))),
+    ],
+)
+def test_even_skipping(fps: int, max_fps: float | None, kept: list[int]) -> None:
+    times = [i / fps for i in range(12)]
+    assert _kept(EvenSkip(), times, max_fps) == kept
+
+
+def test_a_new_session_starts_a_new_schedule() -> None:
+    skip = EvenSkip()
+    first = [i / 30 for i in range(30 * 20)]  # 20 s
+    assert len(_kept(skip, first, 15)) == 300
+    skip.reset()  # the source reconnected; the new session's clock starts at 0
+    assert _kept(skip, [i / 30 for i in range(6)], 15) == [0, 2, 4]
+
+
+def test_a_clock_that_goes_back_within_a_session_is_followed() -> None:
+    skip = EvenSkip()
+    _kept(skip, [i / 30 for i in range(300)], 15)  # 10 s
+    assert _kept(skip, [0.0, 1 / 30, 2 / 30], 15) == [0, 2]  # not skipped for 10 s
+
+
+def test_raising_max_fps_applies_from_the_next_frame() -> None:
+    skip = EvenSkip()
+    assert skip.admit(0.0, 1.0) and not skip.admit(0.1, 1.0)
+    assert skip.admit(0.2, 30.0)  # not held back until 1.0 s
+
+
+def _raw_h264(path: Path, n: int) -> Path:
+    """An H.264 elementary stream: its frames carry no timestamps."""
+    src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30)
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= n:
+                break
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    src.close()
+    return path
+
+
+def test_frames_without_timestamps_do_not_freeze_max_fps(tmp_path: Path) -> None:
+    """60 frames at 30 fps, max_fps 10: a third are emitted (a clock frozen at the first frame's
+    time emitted one and skipped the rest)."""
+    path = _raw_h264(tmp_path / "raw.h264", 60)
+
+    async def main() -> AvSource:
+        src = AvSource("cam", str(path), max_fps=10.0, realtime=False)
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "ended", 20, "the file played")
+            await until(lambda: src.in_handoff == 0, 5, "every frame taken")
+        finally:
+            await c.stop()
+        return src
+
+    src = asyncio.run(asyncio.wait_for(main(), 30))
+    assert src.stats.decoded == 60
+    assert 19 <= src.stats.decoded - src.stats.skipped_fps <= 21, src.stats
