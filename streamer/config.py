@@ -301,6 +301,11 @@ class CurveConfig(_Model):
 
     server_secret_key: str = Field(description="the server's .key_secret certificate file")
     authorized_clients: str = Field(description="directory of the clients' public .key files")
+    detector_server_key: str | None = Field(
+        None,
+        description="with detections.connect: the public .key file of the detectors' PUB"
+        " sockets; streamer connects as a CURVE client with its own (server) key pair",
+    )
 
 
 class SecurityConfig(_Model):
@@ -347,6 +352,16 @@ class StreamerConfig(_Model):
                 raise ValueError(f"duplicate source id {s.id!r}")
             seen.add(s.id)
         return v
+
+    @model_validator(mode="after")
+    def _curve_covers_connect(self) -> StreamerConfig:
+        curve = self.security.curve
+        if curve is not None and self.detections.connect and curve.detector_server_key is None:
+            raise ValueError(
+                "security.curve.detector_server_key is required with detections.connect (the"
+                " detectors' PUB public key); without it those sockets would not use CURVE"
+            )
+        return self
 
     def crop_for(self, source_id: str) -> CropConfig:
         for s in self.sources:

@@ -36,7 +36,7 @@ from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
 from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
-from streamer.security import load_server_keys, start_authenticator
+from streamer.security import load_public_key, load_server_keys, start_authenticator
 from streamer.sources.base import Source
 from streamer.sources.factory import make_source
 from streamer.supervise import Supervisor
@@ -214,10 +214,13 @@ class Pipeline:
                 self.preview_server = PreviewServer(self.cfg.preview, self.hub, self)
                 web_runners = await start_preview(self.preview_server)
             keys = None
+            detector_key = None
             curve = self.cfg.security.curve
             if curve is not None:
                 server_keys = load_server_keys(curve)
                 keys = (server_keys.public, server_keys.secret)
+                if curve.detector_server_key is not None:
+                    detector_key = load_public_key(curve.detector_server_key)
                 authenticator = start_authenticator(zctx, curve)
             self._publishers = [
                 Publisher(
@@ -230,7 +233,7 @@ class Pipeline:
             if self.cfg.tap is not None:
                 tap = self.cfg.tap
                 self._tap = OutSocket(zctx, tap.bind, tap.mode, tap.hwm, curve_keys=keys)
-            receiver = DetectionReceiver(plain_ctx, self.cfg.detections, keys)
+            receiver = DetectionReceiver(plain_ctx, self.cfg.detections, keys, detector_key)
             self._crops = CropThread(
                 receiver.sock,
                 self._publishers,

@@ -36,6 +36,16 @@ def load_server_keys(cfg: CurveConfig) -> ServerKeys:
     return ServerKeys(public, secret)
 
 
+def load_public_key(path_name: str) -> bytes:
+    """Read a public key from a certificate file (``.key`` or ``.key_secret``)."""
+    path = Path(path_name)
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise OSError(f"curve: cannot read public key {path}: {e}") from None
+    return public
+
+
 def start_authenticator(ctx: zmq.asyncio.Context, cfg: CurveConfig) -> AsyncioAuthenticator:
     """Accept CURVE clients whose public keys are in `cfg.authorized_clients` (a directory of
     certificate files); everyone else is refused during the handshake and gets nothing."""

@@ -23,12 +23,20 @@ class DetectionReceiver:
         ctx: zmq.Context[Any],
         cfg: DetectionsConfig,
         curve_keys: tuple[bytes, bytes] | None = None,
+        detector_server_key: bytes | None = None,
     ) -> None:
-        """`curve_keys` (public, secret) make a bound socket a CURVE server."""
+        """`curve_keys` (public, secret) make a bound socket a CURVE server, and a connecting
+        one a CURVE client of detectors whose PUB sockets have `detector_server_key`."""
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.PULL if cfg.bind else zmq.SUB)
-        if curve_keys is not None and cfg.bind:
+        if curve_keys is not None:
             self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
-            self.sock.curve_server = True
+            if cfg.bind:
+                self.sock.curve_server = True
+            elif detector_server_key is None:
+                self.sock.close(linger=0)
+                raise ValueError("CURVE on a connecting detections socket needs the server key")
+            else:
+                self.sock.curve_serverkey = detector_server_key
         self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * HARD_LIMIT_FACTOR)
         self.sock.setsockopt(zmq.LINGER, 0)
