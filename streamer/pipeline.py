@@ -574,7 +574,7 @@ class Pipeline:
                     "endpoint": p.cfg.bind,
                     "offered": p.offered,
                     "mode": p.cfg.mode,
-                    "subscriptions": sum(p.out.subscriptions.values()),
+                    "subscriptions": p.out.subscriptions.total,
                     **dataclasses.asdict(p.out.stats),
                 }
                 for p in self._publishers

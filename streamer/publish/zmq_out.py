@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # below this pyzmq copies anyway, and copying is cheaper
 CLOSE_LINGER_MS = 1_000  # time given to queued messages at shutdown
+MAX_PREFIXES = 10_000  # distinct subscription prefixes tracked per PUB socket
+MAX_PREFIX_BYTES = 256  # longer prefixes are tracked cut to this (topics are shorter)
 
 Outcome = Literal["sent", "no_subscriber", "full"]
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # plain ints: enum arithmetic per part is measurable
@@ -44,6 +46,62 @@ class OutStats:
     @property
     def dropped(self) -> int:
         return self.dropped_no_subscriber + self.dropped_hwm + self.dropped_timeout
+
+
+class Subscriptions:
+    """The topic prefixes an XPUB socket's subscribers asked for, counted, so that "does anyone
+    want this topic?" is a few dictionary look-ups: one per distinct prefix length that fits
+    the topic (at most MAX_PREFIX_BYTES + 1 of them), never a scan of every prefix ever seen.
+
+    Bounded: a prefix leaves when its last subscriber unsubscribes; prefixes longer than
+    MAX_PREFIX_BYTES are kept cut to that length (the socket still filters exactly: this only
+    decides whether to try); beyond MAX_PREFIXES distinct prefixes, new ones are only counted
+    (`untracked`), and while any are, every topic counts as wanted."""
+
+    def __init__(self) -> None:
+        self.counts: dict[bytes, int] = {}  # prefix -> subscriptions to it (> 0)
+        self.lengths: Counter[int] = Counter()  # prefix length -> prefixes of that length
+        self.untracked = 0
+        self.total = 0  # subscriptions held, tracked or not
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def note(self, msg: bytes) -> None:
+        """Apply one XPUB (un)subscription message: 0x01/0x00 then the prefix."""
+        kind, prefix = msg[:1], msg[1 : 1 + MAX_PREFIX_BYTES]
+        if kind == b"\x01":
+            self.total += 1
+            n = self.counts.get(prefix)
+            if n is not None:
+                self.counts[prefix] = n + 1
+            elif len(self.counts) < MAX_PREFIXES:
+                self.counts[prefix] = 1
+                self.lengths[len(prefix)] += 1
+            else:
+                self.untracked += 1
+        elif kind == b"\x00":
+            n = self.counts.get(prefix)
+            if n is None:
+                if self.untracked:
+                    self.untracked -= 1
+                    self.total -= 1
+                return
+            self.total -= 1
+            if n > 1:
+                self.counts[prefix] = n - 1
+            else:
+                del self.counts[prefix]
+                self.lengths[len(prefix)] -= 1
+                if not self.lengths[len(prefix)]:
+                    del self.lengths[len(prefix)]
+
+    def wanted(self, topic: bytes) -> bool:
+        """Whether some subscription's prefix starts `topic`."""
+        if self.untracked:
+            return True
+        counts, size = self.counts, len(topic)
+        return any(n <= size and topic[:n] in counts for n in self.lengths)
 
 
 class OutSocket:
@@ -64,8 +122,7 @@ class OutSocket:
         self.mode = mode
         self.send_timeout_s = send_timeout_ms / 1000.0
         self.stats = OutStats()
-        self.subscriptions: Counter[bytes] = Counter()
-        self.active_subscriptions = 0  # the sum of `subscriptions`
+        self.subscriptions = Subscriptions()
         self._blocked = False  # PUSH: the last send timed out; do not wait again until one passes
         self.asock = ctx.socket(zmq.XPUB if mode == "pub" else zmq.PUSH)
         self.sock: zmq.Socket[bytes] = zmq.Socket.shadow(self.asock.underlying)
@@ -84,20 +141,15 @@ class OutSocket:
             raise OSError(f"cannot bind {endpoint}: {e}") from None
 
     def has_subscriber(self, topic: bytes) -> bool:
-        return any(topic.startswith(p) for p, n in self.subscriptions.items() if n > 0)
+        return self.subscriptions.wanted(topic)
 
     @property
     def subscribed(self) -> bool:
         """PUB: whether any subscription is active (safe to read from another thread)."""
-        return self.active_subscriptions > 0
+        return self.subscriptions.total > 0
 
     def _note(self, msg: bytes) -> None:
-        if msg[:1] == b"\x01":
-            self.subscriptions[msg[1:]] += 1
-            self.active_subscriptions += 1
-        elif msg[:1] == b"\x00" and self.subscriptions[msg[1:]] > 0:
-            self.subscriptions[msg[1:]] -= 1
-            self.active_subscriptions -= 1
+        self.subscriptions.note(msg)
 
     async def track_subscriptions(self) -> None:
         """PUB mode, asyncio socket: keep `subscriptions` current. Run as a task for the
