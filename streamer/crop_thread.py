@@ -222,9 +222,24 @@ class CropThread:
                 match.outcome,
             )
             return
-        if self.on_paired is not None:
-            self.on_paired(match.frame, dets, now)
-        self._crop_and_publish(match.frame, dets, counters)
+        try:
+            if self.on_paired is not None:
+                self.on_paired(match.frame, dets, now)
+            self._crop_and_publish(match.frame, dets, counters)
+        except (ProtocolError, zmq.ContextTerminated):
+            raise
+        except Exception as e:  # a bug; the message keeps its one outcome, paired
+            kind = type(e).__name__
+            counters.crop_failed += 1
+            self._warn(
+                f"crop-{kind}",
+                "cropping source %s frame %s failed (%s: %s); going on with the next",
+                match.frame.source_id,
+                match.frame.frame_id,
+                kind,
+                e,
+                exc_info=e,
+            )
 
     def _crop_and_publish(self, frame: Frame, dets: Detections, counters: SourceCounters) -> None:
         params, classes = self.settings(frame.source_id)

@@ -42,6 +42,8 @@ class SourceCounters:
     in_tap: int = 0  # gauge: frames queued or being encoded for the tap
     not_tapped: int = 0  # = the sum of not_tapped_by
     not_tapped_by: Counter[str] = field(default_factory=Counter)  # reason -> frames
+    in_feed: int = 0  # gauge: a frame taken from the hand-off, waiting for room (lossless)
+    crop_failed: int = 0  # paired messages whose cropping failed (a bug: logged)
     detections: Counter[str] = field(default_factory=Counter)  # outcome -> messages
     crops: int = 0
     empty_box: int = 0
@@ -134,6 +136,7 @@ class _StatsCollector(Collector):
             crops.add_metric([sid, "produced"], s["crops"])
             crops.add_metric([sid, "empty_box"], s["empty_box"])
             crops.add_metric([sid, "no_mask"], s["no_mask"])
+            crops.add_metric([sid, "failed"], s["crop_failed"])
             reconnects.add_metric([sid], s["reconnects"])
             stalls.add_metric([sid], s["stalls"])
             for name in SOURCE_STATES:

@@ -352,11 +352,14 @@ class Pipeline:
             if self.hub is not None:
                 self.hub.sources[src.source_id].on_frame(frame, now)
             if src.lossless and self._tap is not None:
+                counters.in_feed = 1  # (accounted as in the hand-off while it waits)
                 try:
                     await self._room_for(src.source_id, frame.nbytes)
                 except asyncio.CancelledError:
                     counters.shed("stopping")  # stopping with this frame in hand
                     raise
+                finally:
+                    counters.in_feed = 0
                 now = time.monotonic()
             if self._tap is None:
                 with self._ring_lock:
@@ -465,16 +468,18 @@ class Pipeline:
             pause_s = TAP_RETRY_MIN_S
             while True:
                 # Into the ring before the send: the crop thread may get the detections for it
-                # before the send returns. Nothing is evicted for it until it is sent.
+                # before the send returns. Nothing is evicted for it until it is sent. The lock
+                # is held across the (non-blocking) send so that the crop thread cannot pair a
+                # frame that is then withdrawn (timestamp pairing needs no tap).
                 with self._ring_lock:
                     self.pairer.add_frame(frame, time.monotonic(), bound=False)
-                outcome = self._tap.attempt(message)
-                if outcome == "sent":
-                    with self._ring_lock:
+                    outcome = self._tap.attempt(message)
+                    if outcome == "sent":
                         self.pairer.bound(frame.source_id, time.monotonic())
+                    else:
+                        self.pairer.withdraw(frame)
+                if outcome == "sent":
                     break
-                with self._ring_lock:
-                    self.pairer.withdraw(frame)
                 if not lossless:
                     break
                 # A lossless source waits for a detector, and for room in its queue (an XPUB
@@ -529,17 +534,18 @@ class Pipeline:
             with self._ring_lock:
                 ring = dataclasses.replace(self.pairer.stats(sid))
             c = self.counters[sid]
+            decoded, skipped_fps, dropped_handoff, in_handoff = src.counts()
             sources[sid] = {
                 "state": src.stats.state,
                 "last_error": src.stats.last_error,
                 "reconnects": src.stats.reconnects,
                 "stalls": src.stats.stalls,
-                "decoded": src.stats.decoded,
-                "skipped_fps": src.stats.skipped_fps,
+                "decoded": decoded,
+                "skipped_fps": skipped_fps,
                 "skipped_decode": src.stats.skipped_decode,
                 "skip_level": src.stats.skip_level,
-                "dropped_handoff": src.stats.dropped_handoff,
-                "in_handoff": src.in_handoff,
+                "dropped_handoff": dropped_handoff,
+                "in_handoff": in_handoff + c.in_feed,
                 "in_tap": c.in_tap,
                 "not_tapped": c.not_tapped,
                 "not_tapped_by": dict(c.not_tapped_by),
@@ -555,6 +561,7 @@ class Pipeline:
                 "ring_bytes": ring.ring_bytes,
                 "detections": dict(c.detections),
                 "crops": c.crops,
+                "crop_failed": c.crop_failed,
                 "empty_box": c.empty_box,
                 "no_mask": c.no_mask,
                 "filtered_class": c.filtered_class,

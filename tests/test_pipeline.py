@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -196,3 +197,130 @@ def test_message_params_override_config_for_that_message_only(endpoint: Any) -> 
     asyncio.run(asyncio.wait_for(main(), 60))
     # Config: blue (RGB #0000ff -> BGR (255, 0, 0)); odd messages ask for red, for themselves.
     assert got == [(i, (0, 0, 255) if i % 2 else (255, 0, 0)) for i in range(6)]
+
+
+def test_accounting_invariant_holds_at_every_moment_of_a_busy_run(
+    endpoint: Any, tmp_path: Any
+) -> None:
+    """Sampled about every millisecond from the loop, not only at the end: an unpaced file that
+    waits for room (in the hand-off and before the ring), a live source skipping frames for
+    max_fps, a tap too small for the detector, which answers only some frames."""
+    from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
+    from tests.conftest import write_clip
+    from tests.live import until
+
+    clip = write_clip(tmp_path / "clip.mp4", 30, (320, 240))
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [
+            {"id": "file", "url": str(clip), "realtime": False, "loop": True},
+            {"id": "live", "url": "lavfi:testsrc2=size=160x120:rate=60", "max_fps": 25},
+        ],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "hwm": 2},
+        "ring": {"max_frames": 4, "max_age_ms": 200},
+        "publish": [{"bind": pub}],
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    off: list[tuple[str, int, dict[str, Any]]] = []
+    samples = 0
+
+    async def sampler() -> None:
+        nonlocal samples
+        while True:
+            for sid, s in pipeline.stats()["sources"].items():
+                if accounting_balance(s) != 0:
+                    off.append((sid, accounting_balance(s), s))
+            samples += 1
+            await asyncio.sleep(0.001)
+
+    async def detector() -> None:
+        async with (
+            AsyncFrameSubscriber(tap, hwm=2) as frames,
+            AsyncDetectionSender(dets) as sender,
+        ):
+            async for frame in frames:
+                if frame.frame_id % 3:  # the rest expire
+                    await sender.send(frame, [BOX])
+                await asyncio.sleep(0.002)
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        tasks = [asyncio.create_task(sampler()), asyncio.create_task(detector())]
+        try:
+            await until(
+                lambda: all(s["paired"] > 50 for s in pipeline.stats()["sources"].values()),
+                30,
+                "both sources paired",
+            )
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    stats = pipeline.stats()
+    assert samples > 100
+    assert not off, f"{len(off)} of {samples} samples off, first: {off[0]}"
+    for s in stats["sources"].values():
+        assert accounting_balance(s) == 0, s
+    assert stats["sources"]["live"]["skipped_fps"] > 0
+
+
+def test_a_failed_crop_leaves_its_message_counted_once() -> None:
+    """A paired message whose cropping fails (a bug, here a preview hook that raises) is
+    counted paired, and the failure on its own counter: one outcome per message."""
+    import threading
+
+    from streamer.config import DetectionsConfig
+    from streamer.crop_thread import CropThread
+    from streamer.metrics import SourceCounters
+    from streamer.pairing import Pairer
+    from streamer.types import CropParams, Frame
+    from tests.conftest import free_port
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind(endpoint)
+    push.connect(endpoint)
+    pairer = Pairer(["cam"], max_frames=8, max_bytes=1 << 20, max_age_s=60.0)
+    y = np.zeros((120, 160), np.uint8)
+    uv = np.full((60, 80), 128, np.uint8)
+    frame = Frame("cam", 0, 0, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
+    pairer.add_frame(frame, time.monotonic())
+    counters = {"cam": SourceCounters()}
+
+    def broken_preview(header: dict[str, Any], image: Any) -> None:
+        raise RuntimeError("injected bug")
+
+    crops = CropThread(
+        pull,
+        [],
+        pairer,
+        threading.Lock(),
+        counters,
+        DetectionsConfig(bind=endpoint),
+        lambda sid: (CropParams(0.0, (0, 0, 0)), None),
+        (),
+        lambda sid, s: None,
+        on_crop=broken_preview,
+    )
+    crops.start()
+    try:
+        push.send_multipart(encode_detections("cam", 0, (160, 120), [BOX]))
+        for _ in range(500):
+            if counters["cam"].detections:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        crops.stop()
+        assert crops.join(5)
+        pull.close(linger=0)
+        push.close(linger=0)
+        ctx.term()
+    assert crops.handled == 1
+    assert dict(counters["cam"].detections) == {"paired": 1}
+    assert counters["cam"].crop_failed == 1

@@ -103,7 +103,12 @@ class SourceStats:
 class Handoff:
     """A bounded queue from one producer thread to the asyncio loop. When full, the oldest frame
     is dropped (latest frames win) and counted in ``stats.dropped_handoff`` -- or, when the
-    producer passes a stop event to `put`, the producer waits for room (lossless)."""
+    producer passes a stop event to `put`, the producer waits for room (lossless).
+
+    It also counts, under its lock, every frame the producer decoded (``decoded``, and
+    ``skipped_fps`` for those `skip` is told of), so `snapshot` gives counts that agree with
+    each other: a decoded frame is skipped, dropped, or in the hand-off (a frame waiting for
+    room counts as in it) until the loop takes it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stats: SourceStats, maxlen: int) -> None:
         self._loop = loop
@@ -114,19 +119,35 @@ class Handoff:
         self._room = threading.Condition(self._lock)
         self._ready = asyncio.Event()
         self._ended = False
+        self._waiting = 0  # 1 while the producer holds a frame waiting for room
         self.waiting_for_room = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + self._waiting
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        """(decoded, skipped_fps, dropped_handoff, in the hand-off), taken together."""
+        with self._lock:
+            s = self._stats
+            return s.decoded, s.skipped_fps, s.dropped_handoff, len(self._items) + self._waiting
+
+    def skip(self) -> None:
+        """Called from the decode thread: a decoded frame the rate limit skips."""
+        with self._lock:
+            self._stats.decoded += 1
+            self._stats.skipped_fps += 1
 
     def put(self, frame: Frame, wait_unless: threading.Event | None = None) -> None:
-        """Called from the decode thread. With `wait_unless`, wait while full, until that event
-        is set (the source is stopping: then drop as usual)."""
+        """Called from the decode thread with a decoded frame. With `wait_unless`, wait while
+        full, until that event is set (the source is stopping: then drop as usual)."""
         with self._lock:
+            self._stats.decoded += 1
             if wait_unless is not None:
                 self.waiting_for_room = True
+                self._waiting = 1
                 while len(self._items) >= self._maxlen and not wait_unless.is_set():
                     self._room.wait(HANDOFF_WAIT_POLL_S)
+                self._waiting = 0
                 self.waiting_for_room = False
             if len(self._items) >= self._maxlen:
                 self._items.popleft()
@@ -219,6 +240,13 @@ class Source(abc.ABC):
     @property
     def in_handoff(self) -> int:
         return len(self._handoff) if self._handoff is not None else 0
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(decoded, skipped_fps, dropped_handoff, in_handoff), consistent with each other."""
+        if self._handoff is None:
+            s = self.stats
+            return s.decoded, s.skipped_fps, s.dropped_handoff, 0
+        return self._handoff.snapshot()
 
     @property
     def join_timeout_s(self) -> float:
@@ -332,15 +360,14 @@ class Source(abc.ABC):
         `media_time_s` is the frame's presentation time in seconds; `picture` is a PyAV frame or
         a BGR (h, w, 3) array.
         """
-        self.stats.decoded += 1
+        assert self._handoff is not None
         self._session_frames += 1
         self.stats.last_frame_at = self._watch_since = time.monotonic()
         if self.stats.state != "streaming":
             self._set_state("streaming")
         if not self._schedule.admit(media_time_s, self.max_fps):
-            self.stats.skipped_fps += 1
+            self._handoff.skip()
             return
-        assert self._handoff is not None
         frame_id = self._next_frame_id
         self._next_frame_id += 1
         now = time.time()
