@@ -274,8 +274,9 @@ class Pipeline:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for src in self.sources.values():
-                src.stop()
+            # Off the loop: a decode thread blocked in a stalled read takes up to its stall
+            # timeout to end, and the loop must keep serving (/healthz, the signal handler).
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.sources.values()))
             for runner in web_runners:
                 await runner.cleanup()
             crops_ended = True
@@ -291,7 +292,7 @@ class Pipeline:
                     p.out.close()
             if self._tap is not None:
                 self._tap.close(linger_ms=0)
-            self._executor.shutdown(wait=True)
+            await asyncio.to_thread(self._executor.shutdown, True)
             if authenticator is not None:
                 authenticator.stop()
             if crops_ended:

@@ -1,5 +1,6 @@
 """ZeroMQ CURVE: streamer's bound sockets as CURVE servers that accept only the client keys in
-an authorised directory (checked by a ZAP authenticator), and keys made with `streamer keygen`."""
+an authorised directory (checked by a ZAP authenticator), its connecting detections socket as a
+CURVE client, and keys made with `streamer keygen`."""
 
 from __future__ import annotations
 

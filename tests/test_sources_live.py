@@ -476,3 +476,53 @@ def test_camera_passwords_never_leave_the_process(tmp_path: Path) -> None:
     for what, text in texts.items():
         for password in (good, wrong):  # ... and never with a password
             assert password not in text, (what, password)
+
+
+def test_loop_stays_responsive_while_a_stalled_camera_shuts_down(endpoint: Any) -> None:
+    """The run is cancelled while a camera's read is stalled inside FFmpeg (it returns only at
+    the stall timeout, 3 s): the decode threads and the worker pool are joined off the event
+    loop, which keeps ticking meanwhile."""
+    from streamer.config import parse_config
+    from streamer.pipeline import Pipeline
+
+    relay = free_port()
+    server = RtspServer(relay_port=relay).start()
+    feeder = RtpFeeder(relay)
+    cfg = {
+        "sources": [{"id": "cam", "url": server.url("relay"), "stall_timeout_s": 3}],
+        "detections": {"bind": endpoint()},
+        "publish": [{"bind": endpoint()}],
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async def main() -> float:
+        run = asyncio.create_task(pipeline.run())
+        await until(lambda: pipeline.sources["cam"].stats.decoded >= 5, 20, "frames")
+        feeder.pause()
+        await asyncio.sleep(0.3)  # the reader is now blocked in FFmpeg's read
+        tick = asyncio.create_task(ticker())
+        started = time.monotonic()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        took = time.monotonic() - started
+        tick.cancel()
+        return took
+
+    try:
+        took = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        feeder.kill()
+        server.kill()
+    print(f"shutdown took {took:.2f} s; the loop's longest gap {max(gaps):.3f} s")
+    assert gaps and max(gaps) < 0.5, max(gaps)
+    thread = pipeline.sources["cam"]._thread
+    assert thread is not None and not thread.is_alive()
