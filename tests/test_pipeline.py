@@ -324,3 +324,56 @@ def test_a_failed_crop_leaves_its_message_counted_once() -> None:
     assert crops.handled == 1
     assert dict(counters["cam"].detections) == {"paired": 1}
     assert counters["cam"].crop_failed == 1
+
+
+def test_timestamp_pairing_never_pairs_a_frame_the_tap_withdraws(endpoint: Any) -> None:
+    """Nobody subscribes to the tap, so every frame is put in the ring for its send and taken
+    back: none may be paired meanwhile by a detector that reads the camera itself and sends
+    timestamps (it was then counted both paired and not_tapped). Thread switches are made as
+    frequent as possible to give the crop thread every chance."""
+    import sys
+    import threading
+    import time as clock
+
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=64x48:rate=240"}],
+        "detections": {"bind": dets, "pairing": "timestamp", "tolerance_ms": 10_000},
+        "tap": {"bind": tap, "encoding": "raw-i420"},
+        "publish": [{"bind": pub}],
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    stop = threading.Event()
+
+    def detector() -> None:
+        ctx = zmq.Context.instance()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(dets)
+        try:
+            while not stop.is_set():
+                msg = encode_detections("cam", None, (64, 48), [BOX], captured_at=clock.time())
+                push.send_multipart(msg)
+                clock.sleep(0.0002)
+        finally:
+            push.close(linger=0)
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        thread = threading.Thread(target=detector)
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)
+        thread.start()
+        try:
+            await asyncio.sleep(3.0)  # a fixed stretch of racing: nothing to wait for
+        finally:
+            sys.setswitchinterval(old)
+            stop.set()
+            thread.join(5)
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    src = pipeline.stats()["sources"]["cam"]
+    assert src["not_tapped"] > 100
+    assert src["paired"] == 0 and sum(src["detections"].values()) > 100, src
+    assert accounting_balance(src) == 0, src
