@@ -305,3 +305,42 @@ def test_recognizers_read_letters_they_were_never_told_about(
 def test_unknown_engine_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown OCR engine"):
         make_recognizer("easyocr")
+
+
+def test_text_detector_finds_a_plate_and_sends_its_polygon() -> None:
+    from streamer.ocr.text_detector import TextDetector, to_predictions
+
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    p = ttf_plate("KQ47WB", 40)
+    frame[150 : 150 + p.shape[0], 200 : 200 + p.shape[1]] = p
+    regions = TextDetector().detect(frame)
+    assert len(regions) == 1, regions
+    preds = to_predictions(regions)
+    (pred,) = preds
+    assert pred["class"] == "text" and 0 < pred["confidence"] <= 1
+    assert len(pred["points"]) == 4
+    # The polygon surrounds the text, inside the plate's neighbourhood.
+    xs = [q["x"] for q in pred["points"]]
+    ys = [q["y"] for q in pred["points"]]
+    assert 195 <= min(xs) <= 215 and 200 + p.shape[1] - 20 <= max(xs) <= 200 + p.shape[1] + 5
+    assert min(ys) >= 145 and max(ys) <= 150 + 40 + 5
+    assert pred["x"] == pytest.approx((min(xs) + max(xs)) / 2)
+    assert TextDetector().detect(np.full((360, 640, 3), 90, np.uint8)) == []
+
+
+def test_text_is_located_in_a_crop_without_a_polygon() -> None:
+    """A plate with a wide margin of background around it: DBNet finds the text line, and the
+    reader straightens that instead of reading the whole crop."""
+    from streamer.ocr.reader import CropReader
+    from streamer.ocr.text_detector import TextDetector, locate_text
+
+    crop = np.full((70, 220, 3), (60, 140, 90), np.uint8)
+    p = ttf_plate("VX58NC", 24)
+    crop[25 : 25 + p.shape[0], 40 : 40 + p.shape[1]] = p
+    det = TextDetector()
+    pts = locate_text(det, crop)
+    assert pts is not None and pts.shape[1] == 2
+    assert pts[:, 0].min() >= 30 and pts[:, 0].max() <= 40 + p.shape[1] + 10, pts
+    assert pts[:, 1].min() >= 18 and pts[:, 1].max() <= 25 + 24 + 8, pts
+    assert locate_text(det, np.full((40, 120, 3), 128, np.uint8)) is None
+    assert CropReader(make_recognizer("rapidocr"), det).read(crop, None).text == "VX58NC"

@@ -67,3 +67,17 @@ def test_fuzz_detections_runs(tmp_path: Path) -> None:
     )
     report = [line for line in res.stdout.splitlines() if line.startswith("atheris: ")]
     assert report and "'ok'" in report[-1], res.stdout[-2000:]
+
+
+def test_bench_ocr_runs_every_recognizer_on_all_36_characters() -> None:
+    res = _run_script(
+        *("scripts/bench_ocr.py", "--tracks", "14", "--crops", "2"),
+        *("--detector-sizes", "320x180", "--detector-repeat", "2"),
+    )
+    out = res.stdout
+    assert "all 36 characters: True" in out, out
+    for engine in ("rapidocr", "tesseract"):
+        line = next(x for x in out.splitlines() if x.startswith(engine))
+        assert "exact per crop" in line and "per track" in line and "ms per plate" in line, line
+    assert "rapidocr vs tesseract: tracks exact x" in out
+    assert "text detector 320x180, 1 thread(s):" in out

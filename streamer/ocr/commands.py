@@ -49,6 +49,11 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--engine", default="rapidocr", choices=("rapidocr", "tesseract"))
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (rapidocr)")
     p.add_argument("--read-edge", action="store_true", help="also read crops at the frame edge")
+    p.add_argument(
+        "--no-locate",
+        action="store_true",
+        help="read crops without a polygon whole (default: find their text line with DBNet)",
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
@@ -67,13 +72,16 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         return 0
     from prometheus_client import start_http_server
 
+    from streamer.ocr.reader import CropReader
     from streamer.ocr.recognizers import RecognizerUnavailable, make_recognizer
+    from streamer.ocr.text_detector import TextDetector
 
     if not 1 <= args.votes <= 1000:
         print("error: --votes must be in 1..1000", file=sys.stderr)
         return 2
     try:
         recognizer = make_recognizer(args.engine, args.threads)
+        locator = None if args.no_locate else TextDetector(args.threads)
     except RecognizerUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -93,7 +101,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
     log.info("ocr worker (%s): crops from %s, results on %s", args.engine, opts.crops, opts.results)
     try:
-        worker.OcrWorker(recognizer, opts, metrics).run(stop)
+        worker.OcrWorker(CropReader(recognizer, locator), opts, metrics).run(stop)
     finally:
         if server is not None:
             server.shutdown()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from streamer.client import (
@@ -88,6 +89,23 @@ class TextDetector:
             if np.linalg.norm(pts[0] - pts[1]) > 3 and np.linalg.norm(pts[0] - pts[3]) > 3:
                 out.append(TextRegion(pts.astype(np.float32), float(score)))
         return out
+
+
+LOCATE_MIN_SIDE_PX = 96  # crops are enlarged to this short side before text is located in them
+
+
+def locate_text(detector: TextDetector, image: U8) -> np.ndarray | None:
+    """Where the text is in a crop that came without a polygon: the corners of every text
+    region DBNet finds, as one (4k, 2) float32 array in `image`'s pixels (their minimum-area
+    rectangle is the text line to straighten), or None when it finds none."""
+    h, w = image.shape[:2]
+    f = max(1.0, LOCATE_MIN_SIDE_PX / min(h, w))
+    if f > 1.0:
+        image = np.asarray(cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC))
+    regions = detector.detect(image)
+    if not regions:
+        return None
+    return np.vstack([r.points for r in regions]).astype(np.float32) / np.float32(f)
 
 
 def to_predictions(regions: list[TextRegion]) -> list[dict[str, Any]]:

@@ -36,8 +36,7 @@ from streamer.client import (
 )
 from streamer.metrics import LogOnce
 from streamer.ocr.crops import MAX_CROP_PIXELS, BadCrop, CropInfo, decode_crop, parse_crop_header
-from streamer.ocr.preprocess import prepare
-from streamer.ocr.recognizers import Recognizer
+from streamer.ocr.reader import CropReader
 from streamer.ocr.tracks import TrackVotes
 
 log = logging.getLogger(__name__)
@@ -138,8 +137,8 @@ def result_message(
 class OcrWorker:
     """One worker: a crop socket in, a recognizer, per-track votes, a result socket out."""
 
-    def __init__(self, recognizer: Recognizer, opts: WorkerOptions, metrics: WorkerMetrics) -> None:
-        self.recognizer = recognizer
+    def __init__(self, reader: CropReader, opts: WorkerOptions, metrics: WorkerMetrics) -> None:
+        self.reader = reader
         self.opts = opts
         self.metrics = metrics
         self.votes = TrackVotes(opts.votes)
@@ -213,8 +212,7 @@ class OcrWorker:
     ) -> list[bytes] | None:
         t0 = time.perf_counter()
         try:
-            image = prepare(decode_crop(info, payload), info.points)
-            got = self.recognizer.read(image)
+            got = self.reader.read(decode_crop(info, payload), info.points)
         except BadCrop as e:
             self.metrics.count("malformed")
             self.metrics.malformed.labels(e.kind).inc()

@@ -1,0 +1,26 @@
+"""Reading one crop: find the text line (the crop's polygon, or DBNet's text regions when it
+has none), straighten and enlarge it, recognize it. What `streamer ocr` and
+scripts/bench_ocr.py both run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamer.ocr.preprocess import prepare
+from streamer.ocr.recognizers import Reading, Recognizer
+from streamer.ocr.text_detector import TextDetector, locate_text
+from streamer.types import U8
+
+
+class CropReader:
+    """A recognizer, with an optional text locator for crops that come without a polygon."""
+
+    def __init__(self, recognizer: Recognizer, locator: TextDetector | None) -> None:
+        self.recognizer = recognizer
+        self.locator = locator
+
+    def read(self, image: U8, points: np.ndarray | None) -> Reading:
+        """Read the text of a BGR (h, w, 3) crop; `points` (N, 2) is its polygon, if any."""
+        if points is None and self.locator is not None:
+            points = locate_text(self.locator, image)
+        return self.recognizer.read(prepare(image, points))
