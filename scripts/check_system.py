@@ -5,7 +5,7 @@ and names the Debian package that provides each missing one.
 A package list alone is not enough: a package that happens to be installed hides a missing entry
 (that is how `gstreamer1.0-x`, which has GStreamer's `timeoverlay`, went missing from the list).
 So this looks for what is used: each GStreamer element the test RTSP server and the RTP feeders
-build, the GObject typelibs, the binaries and Tesseract's language data.
+build, the GObject typelibs, the binaries, Tesseract's language data and the fonts.
 
     python3 scripts/check_system.py            # exit 0, or 1 listing what is missing
     python3 scripts/check_system.py --packages # print the Debian packages that provide it all
@@ -16,6 +16,7 @@ Standard library only: it runs before any virtual environment exists.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,12 @@ BINARIES = {
     "chromium": "chromium",
 }
 TESSERACT_LANGS = {"eng": "tesseract-ocr-eng"}
+# Data file -> Debian package: the TrueType fonts scripts/bench_ocr.py and the OCR tests draw
+# plates with.
+DATA_FILES = {
+    f"/usr/share/fonts/truetype/dejavu/{name}.ttf": "fonts-dejavu-core"
+    for name in ("DejaVuSans-Bold", "DejaVuSansMono-Bold", "DejaVuSerif-Bold")
+}
 # The RTSP server's library: a dependency of its typelib, named for completeness of the install.
 EXTRA_PACKAGES = ["gstreamer1.0-rtsp"]
 
@@ -81,6 +88,7 @@ def packages() -> list[str]:
         *TYPELIBS.values(),
         *GST_ELEMENTS.values(),
         *TESSERACT_LANGS.values(),
+        *DATA_FILES.values(),
         *EXTRA_PACKAGES,
     ]
     return list(dict.fromkeys(names))
@@ -116,6 +124,9 @@ def missing() -> list[tuple[str, str]]:
         for lang, package in TESSERACT_LANGS.items():
             if lang not in langs:
                 found.append((f"Tesseract language data '{lang}'", package))
+    for path, package in DATA_FILES.items():
+        if not os.path.isfile(path):
+            found.append((f"file {path}", package))
     return found
 
 

@@ -344,3 +344,35 @@ def test_text_is_located_in_a_crop_without_a_polygon() -> None:
     assert pts[:, 1].min() >= 18 and pts[:, 1].max() <= 25 + 24 + 8, pts
     assert locate_text(det, np.full((40, 120, 3), 128, np.uint8)) is None
     assert CropReader(make_recognizer("rapidocr"), det).read(crop, None).text == "VX58NC"
+
+
+def test_rapidocr_runs_on_the_headless_opencv() -> None:
+    """rapidocr-onnxruntime asks for the GUI build of OpenCV; pyproject overrides it away, so
+    only opencv-python-headless provides cv2 (two wheels would overwrite one cv2 package)."""
+    from importlib import metadata
+
+    import rapidocr_onnxruntime.ch_ppocr_rec  # noqa: F401  (imports cv2)
+
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.distribution("opencv-python")
+    files = metadata.distribution("opencv-python-headless").files or []
+    assert any(str(f).startswith("cv2/") for f in files)
+    assert Path(cv2.__file__).parent.name == "cv2"
+
+
+def test_locating_text_in_a_huge_or_thin_crop_is_bounded() -> None:
+    """The locator works on at most LOCATE_MAX_SIDE_PX a side, whatever the crop's shape."""
+    from streamer.ocr import text_detector as td
+
+    seen: list[tuple[int, ...]] = []
+
+    class Spy(td.TextDetector):
+        def detect(self, image: np.ndarray) -> list[td.TextRegion]:
+            seen.append(image.shape)
+            return super().detect(image)
+
+    spy = Spy()
+    for shape in ((2000, 2000, 3), (8, 3000, 3), (30, 60, 3)):
+        td.locate_text(spy, np.full(shape, 128, np.uint8))
+    assert all(max(s[:2]) <= td.LOCATE_MAX_SIDE_PX for s in seen), seen
+    assert seen[-1][:2] == (96, 192)

@@ -92,6 +92,7 @@ class TextDetector:
 
 
 LOCATE_MIN_SIDE_PX = 96  # crops are enlarged to this short side before text is located in them
+LOCATE_MAX_SIDE_PX = 960  # and shrunk to at most this long side
 
 
 def locate_text(detector: TextDetector, image: U8) -> np.ndarray | None:
@@ -100,7 +101,8 @@ def locate_text(detector: TextDetector, image: U8) -> np.ndarray | None:
     rectangle is the text line to straighten), or None when it finds none."""
     h, w = image.shape[:2]
     f = max(1.0, LOCATE_MIN_SIDE_PX / min(h, w))
-    if f > 1.0:
+    f = min(f, LOCATE_MAX_SIDE_PX / max(h, w))  # the cost grows with the area: bound it
+    if f != 1.0:
         image = np.asarray(cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC))
     regions = detector.detect(image)
     if not regions:
