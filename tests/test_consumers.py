@@ -285,4 +285,4 @@ def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
         f"{len(readings)} readings; {worker_err.strip().splitlines()[-1]}"
     )
     assert len(plates) >= 6
-    assert accuracy >= 0.9, {t: per_plate[t].most_common(2) for t in plates}
+    assert accuracy >= 0.9, {t: per_plate[t].most_common(2) for t in plates if t not in right}

@@ -376,3 +376,40 @@ def test_locating_text_in_a_huge_or_thin_crop_is_bounded() -> None:
         td.locate_text(spy, np.full(shape, 128, np.uint8))
     assert all(max(s[:2]) <= td.LOCATE_MAX_SIDE_PX for s in seen), seen
     assert seen[-1][:2] == (96, 192)
+
+
+def test_a_crop_without_polygon_keeps_the_more_confident_of_whole_and_located() -> None:
+    from streamer.ocr.reader import CropReader
+    from streamer.ocr.recognizers import Reading
+    from streamer.ocr.text_detector import TextDetector
+
+    class ByWidth:
+        """A fake recognizer: reads an image's width, more confident the wider (or the
+        narrower) it is."""
+
+        name = "fake"
+
+        def __init__(self, prefer_wide: bool) -> None:
+            self.prefer_wide = prefer_wide
+            self.widths: list[int] = []
+
+        def read(self, image: np.ndarray) -> Reading:
+            w = image.shape[1]
+            self.widths.append(w)
+            return Reading(str(w), w / 1000 if self.prefer_wide else 1 - w / 1000, "")
+
+    crop = np.full((70, 220, 3), (60, 140, 90), np.uint8)
+    p = ttf_plate("VX58NC", 24)
+    crop[25 : 25 + p.shape[0], 40 : 40 + p.shape[1]] = p
+    det = TextDetector()
+    wide, narrow = ByWidth(True), ByWidth(False)
+    assert CropReader(wide, det).read(crop, None).text == "220"  # the whole crop
+    got = CropReader(narrow, det).read(crop, None)
+    whole_w, line_w = narrow.widths
+    assert whole_w == 220 and line_w < 220 and got.text == str(line_w)
+    # With a polygon, or without a locator, one read.
+    poly = np.array([[40, 25], [40 + p.shape[1], 25], [40 + p.shape[1], 49], [40, 49]], np.float32)
+    one = ByWidth(True)
+    CropReader(one, det).read(crop, poly)
+    CropReader(one, None).read(crop, None)
+    assert len(one.widths) == 2

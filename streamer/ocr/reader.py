@@ -20,7 +20,17 @@ class CropReader:
         self.locator = locator
 
     def read(self, image: U8, points: np.ndarray | None) -> Reading:
-        """Read the text of a BGR (h, w, 3) crop; `points` (N, 2) is its polygon, if any."""
-        if points is None and self.locator is not None:
-            points = locate_text(self.locator, image)
-        return self.recognizer.read(prepare(image, points))
+        """Read the text of a BGR (h, w, 3) crop; `points` (N, 2) is its polygon, if any.
+
+        A crop without a polygon is read twice, whole and as the text line the locator finds
+        in it, and the more confident reading wins: locating helps where background and a
+        border surround the text, but can miss a character the border touches.
+        """
+        if points is not None or self.locator is None:
+            return self.recognizer.read(prepare(image, points))
+        whole = self.recognizer.read(prepare(image, None))
+        located = locate_text(self.locator, image)
+        if located is None:
+            return whole
+        line = self.recognizer.read(prepare(image, located))
+        return line if line.confidence > whole.confidence else whole
