@@ -1,9 +1,11 @@
-"""How much of a camera's stream is shed, over a sliding window: for /healthz to name a camera
-that the box cannot serve. Pure: counters and `now` are passed in."""
+"""Watches for /healthz, fed with running totals: how much of a camera's stream is shed over a
+sliding window (a camera the box cannot serve), and whether its frames still pair (a detector
+that died). Pure: counters and `now` are passed in."""
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 # Frames turned away on purpose or for want of a detector: not a sign of overload.
@@ -56,3 +58,38 @@ class ShedWatch:
         (_, r0, s0), (_, r1, s1) = self._samples[0], self._samples[-1]
         received = r1 - r0
         return ((s1 - s0) / received if received > 0 else 0.0), received
+
+
+@dataclass
+class PairingWatch:
+    """Notices a source whose frames keep entering its ring (tapped, or decoded when there is no
+    tap) while no detection pairs with any of them, e.g. because its detector died.
+
+    Feed it the ring's running totals now and then (`observe`); `unpaired_for` says for how long
+    frames have come without a pairing. A detector that answers with empty prediction lists
+    still pairs. Pure: `now` is passed in.
+    """
+
+    added: int = 0
+    paired: int = 0
+    since: float | None = None  # the first frame added after the last pairing was seen then
+    last_added_at: float | None = None
+
+    def observe(self, added: int, paired: int, now: float) -> None:
+        """`added` and `paired`: the source's running totals of frames put in its ring and of
+        frames paired."""
+        if paired != self.paired:
+            self.paired = paired
+            self.since = None
+        if added != self.added:
+            self.added = added
+            self.last_added_at = now
+            if self.since is None:
+                self.since = now
+
+    def unpaired_for(self, now: float, window_s: float) -> float | None:
+        """Seconds since frames began to come with nothing paired, if frames still come (one
+        within the last `window_s`); None when pairing works or no frame comes."""
+        if self.since is None or self.last_added_at is None or now - self.last_added_at > window_s:
+            return None
+        return now - self.since

@@ -270,36 +270,3 @@ class Pairer:
         if len(ring.paired_ids) > PAIRED_MEMORY_FRAMES:
             ring.paired_ids.popitem(last=False)
         return frame
-
-
-@dataclass
-class PairingWatch:
-    """Notices a source whose frames keep entering its ring (tapped, or decoded when there is no
-    tap) while no detection pairs with any of them, e.g. because its detector died.
-
-    Feed it the ring's counters now and then (`observe`); `unpaired_for` says for how long
-    frames have come without a pairing. A detector that answers with empty prediction lists
-    still pairs. Pure: `now` is passed in.
-    """
-
-    added: int = 0
-    paired: int = 0
-    since: float | None = None  # the first frame added after the last pairing was seen then
-    last_added_at: float | None = None
-
-    def observe(self, stats: RingStats, now: float) -> None:
-        if stats.paired != self.paired:
-            self.paired = stats.paired
-            self.since = None
-        if stats.added != self.added:
-            self.added = stats.added
-            self.last_added_at = now
-            if self.since is None:
-                self.since = now
-
-    def unpaired_for(self, now: float, window_s: float) -> float | None:
-        """Seconds since frames began to come with nothing paired, if frames still come (one
-        within the last `window_s`); None when pairing works or no frame comes."""
-        if self.since is None or self.last_added_at is None or now - self.last_added_at > window_s:
-            return None
-        return now - self.since

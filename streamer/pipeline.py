@@ -28,9 +28,9 @@ from streamer.config import StreamerConfig, parse_patch
 from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import EndOfStream
-from streamer.health import ShedWatch, overload_shed
+from streamer.health import PairingWatch, ShedWatch, overload_shed
 from streamer.metrics import LogOnce, Metrics, SourceCounters
-from streamer.pairing import Pairer, PairingWatch
+from streamer.pairing import Pairer
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
@@ -516,7 +516,8 @@ class Pipeline:
                 self.pairer.expire(now)
                 for sid in self.sources:
                     watch = self._pairing_watch.setdefault(sid, PairingWatch())
-                    watch.observe(self.pairer.stats(sid), now)
+                    ring = self.pairer.stats(sid)
+                    watch.observe(ring.added, ring.paired, now)
             for src in self.sources.values():
                 src.check_stall(now)
             if now - self._shed_sampled_at >= SHED_SAMPLE_INTERVAL_S:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.health import ShedWatch
+from streamer.health import PairingWatch, ShedWatch
 
 
 def test_share_over_the_window() -> None:
@@ -22,3 +22,18 @@ def test_a_source_receiving_nothing_sheds_nothing() -> None:
     w.observe(0.0, 10, 2)
     w.observe(1.0, 10, 2)
     assert w.share() == (0.0, 0)
+
+
+def test_pairing_watch_notices_frames_that_never_pair() -> None:
+    w = PairingWatch()
+    assert w.unpaired_for(0.0, 5.0) is None  # nothing yet
+    w.observe(3, 0, 1.0)
+    w.observe(9, 0, 4.0)
+    assert w.unpaired_for(4.0, 5.0) == 3.0  # frames since 1.0, none paired
+    w.observe(10, 1, 4.5)  # a pairing (an empty list counts) resets it
+    assert w.unpaired_for(4.5, 5.0) == 0.0
+    w.observe(10, 1, 6.0)
+    w.observe(12, 1, 7.0)
+    assert w.unpaired_for(7.0, 5.0) == 2.5  # since the frame added by 4.5
+    # Frames stopped coming (a stalled source is reported by its own state): no verdict.
+    assert w.unpaired_for(12.5, 5.0) is None

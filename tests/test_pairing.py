@@ -191,20 +191,3 @@ def test_budget_admits_a_source_below_its_share() -> None:
     assert p.budget_allows("b", 100)  # "b" holds nothing: "a" gives way
     p.add_frame(frame(0, 100, "b"), now=0.0)
     assert (p.stats("a").expired_budget, p.stats("b").in_ring) == (1, 1)
-
-
-def test_pairing_watch_notices_frames_that_never_pair() -> None:
-    from streamer.pairing import PairingWatch, RingStats
-
-    w = PairingWatch()
-    assert w.unpaired_for(0.0, 5.0) is None  # nothing yet
-    w.observe(RingStats(added=3), 1.0)
-    w.observe(RingStats(added=9), 4.0)
-    assert w.unpaired_for(4.0, 5.0) == 3.0  # frames since 1.0, none paired
-    w.observe(RingStats(added=10, paired=1), 4.5)  # a pairing (an empty list counts) resets it
-    assert w.unpaired_for(4.5, 5.0) == 0.0
-    w.observe(RingStats(added=10, paired=1), 6.0)
-    w.observe(RingStats(added=12, paired=1), 7.0)
-    assert w.unpaired_for(7.0, 5.0) == 2.5  # since the frame added by 4.5
-    # Frames stopped coming (a stalled source is reported by its own state): no verdict.
-    assert w.unpaired_for(12.5, 5.0) is None
