@@ -175,6 +175,14 @@ class _StatsCollector(Collector):
         for p in st["publishers"]:
             for o in ("sent", "dropped_no_subscriber", "dropped_hwm", "dropped_timeout"):
                 publish.add_metric([p["endpoint"], o], p[o])
+        refused = CounterMetricFamily(
+            "streamer_http_refused",
+            "HTTP requests answered 4xx: 'host' (not a served Host), 'origin' (cross-origin"
+            " change), or the status code (bad input, no token, ...)",
+            labels=["reason"],
+        )
+        for reason, n in st.get("http_refused", {}).items():
+            refused.add_metric([reason], n)
         lag = GaugeMetricFamily("streamer_loop_lag_seconds", "event loop lag, last measured")
         lag.add_metric([], st.get("loop_lag_s", 0.0))
         budget = GaugeMetricFamily(
@@ -198,6 +206,7 @@ class _StatsCollector(Collector):
             restarts,
             unknown,
             publish,
+            refused,
             lag,
             budget,
             held,

@@ -589,6 +589,7 @@ class Pipeline:
                 for p in self._publishers
             ],
             "tap": None if self._tap is None else dataclasses.asdict(self._tap.stats),
+            "http_refused": dict(self.preview_server.refused) if self.preview_server else {},
         }
 
 

@@ -201,11 +201,37 @@ def test_hostile_requests_get_4xx_with_a_reason(endpoint: Any) -> None:
         for what, request, _ in cases:
             got[what] = await _raw(port, request)
         got["source still decoding"] = (p.sources["cam"].stats.state == "streaming", "")
+        got["metrics"] = (0, p.metrics_text().decode())
 
     _with_pipeline(cfg, body)
+    metrics = got.pop("metrics")[1]
+    refused = _server_refused(cases, got)
+    for reason, n in refused.items():  # every refusal counted, by reason
+        assert f'streamer_http_refused_total{{reason="{reason}"}} {float(n)}' in metrics, reason
     wrong = {what: got[what] for what, _, want in cases if got[what][0] != want or not got[what][1]}
     assert not wrong, wrong  # every refusal says why (a non-empty body)
     assert got["source still decoding"][0]
+
+
+def _server_refused(
+    cases: list[tuple[str, bytes, int]], got: dict[str, tuple[int, str]]
+) -> dict[str, int]:
+    """What the server should have counted: host and origin refusals by name, the rest of the
+    4xx answers by status."""
+    out: dict[str, int] = {}
+    for what, _, _ in cases:
+        status, text = got[what]
+        if status < 400:
+            continue
+        reason = (
+            "host"
+            if text.startswith("Host ")
+            else "origin"
+            if "cross-origin" in text
+            else str(status)
+        )
+        out[reason] = out.get(reason, 0) + 1
+    return out
 
 
 def test_random_requests_never_get_500(endpoint: Any) -> None:

@@ -152,7 +152,7 @@ class PreviewServer:
         self.control = control
         self.viewers: set[Viewer] = set()
         self.connecting: Counter[str] = Counter()  # per client address
-        self.refused: Counter[str] = Counter()  # requests refused, per reason
+        self.refused: Counter[str] = Counter()  # requests answered 4xx, per reason or status
         self.hosts = HostCheck(cfg.host, cfg.allowed_hosts)
         if cfg.host_candidates:
             limit_host_candidates(cfg.host_candidates)
@@ -196,7 +196,11 @@ class PreviewServer:
         ):
             self.refused["origin"] += 1
             raise web.HTTPForbidden(text=f"cross-origin request from {origin[:100]!r} refused\n")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPClientError as e:  # bad input, refused with its reason: counted
+            self.refused[str(e.status)] += 1
+            raise
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -303,7 +307,6 @@ class PreviewServer:
             raise web.HTTPServiceUnavailable(text="too many viewers\n")
         client = request.remote or "?"
         if self.connecting[client] >= MAX_CONNECTING_PER_CLIENT:
-            self.refused["connecting"] += 1
             raise web.HTTPTooManyRequests(text="too many viewers still connecting from here\n")
         ice = [RTCIceServer(urls=u) for u in self.cfg.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
