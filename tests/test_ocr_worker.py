@@ -176,3 +176,65 @@ def test_listen_prints_stable_readings(endpoint: Any) -> None:
         if listener.poll() is None:
             listener.kill()
             listener.wait()
+
+
+def test_text_detector_process_survives_bad_tap_frames_and_stops_on_sigterm(endpoint: Any) -> None:
+    """Hostile tapped frames (not JSON, wrong part count, a picture of the wrong size, a
+    non-integer frame_id) are counted; good frames between them are answered with text
+    polygons; SIGTERM ends it with exit 0."""
+    tap, dets = endpoint(), endpoint()
+    ctx = zmq.Context.instance()
+    pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+    pub.bind(tap)
+    pull: zmq.Socket[bytes] = ctx.socket(zmq.PULL)
+    pull.bind(dets)
+    detector = spawn("-m", "streamer", "detect", "text", "--tap", tap, "--detections", dets)
+    frame = np.full((180, 320, 3), 90, np.uint8)
+    plate = ttf_plate("KQ47WB", 32)
+    frame[60 : 60 + plate.shape[0], 40 : 40 + plate.shape[1]] = plate
+
+    def tap_header(**over: Any) -> bytes:
+        h = {"v": 1, "source_id": "cam", "frame_id": 5, "pts": 5, "captured_at": 1.0}
+        h.update({"width": 320, "height": 180, "encoding": "raw-bgr24", **over})
+        return json.dumps(h).encode()
+
+    bad = [
+        [b"frame/cam", b"[" * 50_000 + b"]" * 50_000, b""],
+        [b"frame/cam", tap_header()],
+        [b"frame/cam", tap_header(), bytes(100)],
+        [b"frame/cam", tap_header(frame_id="x"), frame.tobytes()],
+        [b"frame/cam", tap_header(width=100_000), frame.tobytes()],
+    ]
+    got = None
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while got is None and time.monotonic() < deadline:
+            for msg in bad:
+                pub.send_multipart(msg)
+            pub.send_multipart([b"frame/cam", tap_header(), frame.tobytes()])
+            if pull.poll(500):
+                got = json.loads(pull.recv_multipart()[1])
+        assert got is not None, "no detections from the text detector"
+        (pred,) = got["predictions"]
+        assert pred["class"] == "text" and len(pred["points"]) == 4 and pred["tracker_id"] == 1
+        assert got["frame_id"] == 5 and got["image"] == {"width": 320, "height": 180}
+        # After more bad frames it still answers (a frame may be dropped by the tap's
+        # high-water mark while the detector is busy, so frame 6 is sent until answered).
+        again = None
+        deadline = time.monotonic() + WAIT_S
+        while again is None and time.monotonic() < deadline:
+            for msg in bad:
+                pub.send_multipart(msg)
+            pub.send_multipart([b"frame/cam", tap_header(frame_id=6), frame.tobytes()])
+            while pull.poll(500):
+                r = json.loads(pull.recv_multipart()[1])
+                again = r if r["frame_id"] == 6 else again
+        assert again is not None and again["predictions"][0]["tracker_id"] == 1, again
+        detector.send_signal(signal.SIGTERM)
+        assert detector.wait(timeout=10) == 0
+    finally:
+        pub.close(linger=0)
+        pull.close(linger=0)
+        _, err = stop(detector)
+    n_bad = int(err.split(" bad frames")[0].rsplit(" ", 1)[1])
+    assert n_bad >= 1, err

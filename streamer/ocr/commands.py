@@ -153,7 +153,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     n = counts["frames"]
     print(
         f"text detector: {n} frames, {counts['regions']} regions, {counts['bad_frame']} bad "
-        f"frames, {counts['detect_ms'] / n if n else 0:.1f} ms per frame",
+        f"frames, {counts['dropped'] + counts['send_failed']} not sent, "
+        f"{counts['detect_ms'] / n if n else 0:.1f} ms per frame",
         file=sys.stderr,
         flush=True,
     )

@@ -28,6 +28,7 @@ from streamer.client import (
     ProtocolVersionError,
     SubMode,
 )
+from streamer.errors import StreamerError
 from streamer.metrics import LogOnce
 from streamer.ocr.recognizers import DEFAULT_THREADS, ort_config
 from streamer.tracking import IouTracker
@@ -162,7 +163,10 @@ def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[s
                 ):
                     raise ValueError(f"frame {frame.width}x{frame.height} out of bounds")
                 image = frame.image
+                if image.shape != (frame.height, frame.width, 3):
+                    raise ValueError(f"picture {image.shape} is not the header's size")
                 source = frame.source_id[:256]
+                _ = frame.frame_id  # an integer, or the frame is bad
             except (
                 MalformedMessageError,
                 ProtocolVersionError,
@@ -181,7 +185,12 @@ def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[s
             if len(trackers) > MAX_SOURCES:
                 trackers.popitem(last=False)
             tracker.update(preds)
-            sender.send(frame, preds)
+            try:
+                if not sender.send(frame, preds):
+                    counts["dropped"] += 1  # no room towards streamer (counted by the client)
+            except (ValueError, StreamerError) as e:
+                counts["send_failed"] += 1
+                log_once(f"send_failed:{type(e).__name__}", "cannot send detections: %s", e)
             counts["frames"] += 1
             counts["regions"] += len(preds)
     finally:
