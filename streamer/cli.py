@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +126,40 @@ async def _status(pipeline: Any) -> None:
 
 
 async def _run_pipeline(
-    cfg: StreamerConfig, duration: float | None, status: bool
+    cfg: StreamerConfig,
+    duration: float | None,
+    status: bool,
+    reload: Callable[[], StreamerConfig] | None = None,
 ) -> dict[str, Any]:
+    """Run a pipeline until it ends; SIGINT/SIGTERM stop it, SIGHUP applies `reload()`'s
+    sources (a config that does not load is logged, and the running one kept)."""
     from streamer.pipeline import Pipeline
 
     pipeline = Pipeline(cfg)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)
+    reloading: set[asyncio.Task[Any]] = set()
+
+    async def apply_reload() -> None:
+        assert reload is not None
+        try:
+            new = await asyncio.to_thread(reload)
+        except ConfigError as e:
+            log.error("SIGHUP: config not reloaded, the running one is kept: %s", e)
+            return
+        await pipeline.reload(new)
+
+    def on_hup() -> None:
+        if reloading:  # one reload at a time; a HUP during one is folded into it
+            log.warning("SIGHUP: a reload is already under way")
+            return
+        task = asyncio.create_task(apply_reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     status_task = asyncio.create_task(_status(pipeline)) if status else None
     try:
         return await pipeline.run(duration_s=duration)
@@ -164,7 +191,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, shard = _load(args)
     if shard != SINGLE:
         log.info("%s", _shard_line(cfg, shard))
-    stats = asyncio.run(_run_pipeline(cfg, args.duration, status=not args.quiet))
+    stats = asyncio.run(
+        _run_pipeline(
+            cfg,
+            args.duration,
+            status=not args.quiet,
+            reload=lambda: load_config(args.config, shard),
+        )
+    )
     _finish(stats, args.stats_file)
     return 0
 

@@ -258,6 +258,17 @@ class SourcePatch(_Model):
         return v
 
 
+def parse_source(data: Any) -> SourceConfig:
+    """Validate one source, as `POST /api/sources` gets it (an entry of the config's `sources`);
+    raise ConfigError with the same messages as check-config, paths relative to the source."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): expected a source object")
+    try:
+        return SourceConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
 def parse_patch(data: Any) -> SourcePatch:
     """Validate a control-API patch; raise ConfigError with the same messages as the config."""
     if not isinstance(data, dict):

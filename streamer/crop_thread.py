@@ -16,8 +16,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -52,8 +52,13 @@ class Publisher:
         ] >= self.cfg.min_confidence
 
 
-#: Per source: the crop parameters and the class filter (None = all), read for every message.
-Settings = Callable[[str], tuple[CropParams, frozenset[str] | None]]
+class Target(Protocol):
+    """What the crop thread needs of a camera (streamer.camera.Camera is one)."""
+
+    #: Its counters, which this thread adds to.
+    counters: SourceCounters
+    #: Its crop parameters and class filter (None = all), read for every message.
+    crop: tuple[CropParams, frozenset[str] | None]
 
 
 class CropThread:
@@ -66,9 +71,8 @@ class CropThread:
         publishers: list[Publisher],
         pairer: Pairer,
         ring_lock: threading.Lock,
-        counters: dict[str, SourceCounters],
+        cameras: Mapping[str, Target],
         limits: DetectionsConfig,
-        settings: Settings,
         encodings: tuple[str, ...],
         observe_crop_seconds: Callable[[str, float], None],
         on_paired: Callable[[Frame, Detections, float], None] | None = None,
@@ -78,9 +82,8 @@ class CropThread:
         self.publishers = publishers
         self.pairer = pairer
         self.ring_lock = ring_lock
-        self.counters = counters
+        self.cameras = cameras  # the pipeline's: cameras come and go while this thread runs
         self.limits = limits
-        self.settings = settings
         self.encodings = encodings
         self.observe_crop_seconds = observe_crop_seconds
         self.on_paired = on_paired
@@ -207,11 +210,12 @@ class CropThread:
             else:
                 assert dets.frame_id is not None
                 match = self.pairer.match(dets.source_id, dets.frame_id, now)
-        if match.outcome == "unknown_source":
+        camera = self.cameras.get(dets.source_id)
+        if match.outcome == "unknown_source" or camera is None:
             self.unknown_source += 1
             self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
             return
-        counters = self.counters[dets.source_id]
+        counters = camera.counters
         counters.detections[match.outcome] += 1
         if match.frame is None:
             self._warn(
@@ -225,7 +229,7 @@ class CropThread:
         try:
             if self.on_paired is not None:
                 self.on_paired(match.frame, dets, now)
-            self._crop_and_publish(match.frame, dets, counters)
+            self._crop_and_publish(match.frame, dets, camera)
         except (ProtocolError, zmq.ContextTerminated):
             raise
         except Exception as e:  # a bug; the message keeps its one outcome, paired
@@ -241,8 +245,9 @@ class CropThread:
                 exc_info=e,
             )
 
-    def _crop_and_publish(self, frame: Frame, dets: Detections, counters: SourceCounters) -> None:
-        params, classes = self.settings(frame.source_id)
+    def _crop_and_publish(self, frame: Frame, dets: Detections, camera: Target) -> None:
+        counters = camera.counters
+        params, classes = camera.crop
         params = message_params(params, dets)
         if classes is not None:
             kept = tuple(p for p in dets.predictions if p.class_name in classes)

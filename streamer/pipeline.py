@@ -11,7 +11,9 @@ and per publisher:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -23,14 +25,14 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from streamer.colors import parse_color_bgr
-from streamer.config import StreamerConfig, parse_patch
+from streamer.camera import Camera
+from streamer.config import SourceConfig, StreamerConfig, parse_patch, parse_source
 from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
-from streamer.errors import EndOfStream
-from streamer.health import PairingWatch, ShedWatch, overload_shed
-from streamer.metrics import LogOnce, Metrics, SourceCounters
-from streamer.pairing import Pairer
+from streamer.errors import ConfigError, EndOfStream
+from streamer.health import overload_shed
+from streamer.metrics import LogOnce, Metrics
+from streamer.pairing import Pairer, RingStats
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
@@ -38,10 +40,9 @@ from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_public_key, load_server_keys, start_authenticator
 from streamer.sources.base import Source
-from streamer.sources.factory import make_source
 from streamer.supervise import Supervisor
 from streamer.tap import tap_image
-from streamer.types import CropParams, Detections, Frame
+from streamer.types import Detections, Frame
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ SHED_SAMPLE_INTERVAL_S = 1.0  # how often each source's shed share is sampled fo
 SHED_HINT_S = 0.5  # a source whose frame was turned away: its decoder skips what it can this long
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
+MAX_CAMERAS = 256  # per process: a bound on what the control API may add
+REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
 
 
 class Pipeline:
@@ -66,35 +69,23 @@ class Pipeline:
 
     def __init__(self, cfg: StreamerConfig) -> None:
         self.cfg = cfg
-        self.sources: dict[str, Source] = {s.id: make_source(s) for s in cfg.sources}
-        self.counters = {sid: SourceCounters() for sid in self.sources}
+        #: One object per camera; cameras are added and removed while running (add_source,
+        #: remove_source, reload). The crop thread reads this dict.
+        self.cameras: dict[str, Camera] = {s.id: Camera.build(s, cfg) for s in cfg.sources}
         self.pairer = Pairer(
-            list(self.sources),
+            list(self.cameras),
             max_frames=cfg.ring.max_frames,
             max_bytes=cfg.ring.max_bytes,
             max_age_s=cfg.ring.max_age_ms / 1000.0,
             max_total_bytes=cfg.ring.max_total_bytes,
         )
-        self._settings: dict[str, dict[str, Any]] = {}
-        for s in cfg.sources:
-            crop = cfg.crop_for(s.id)
-            self._settings[s.id] = {
-                "mask_opacity": crop.mask_opacity,
-                "background_color": crop.background_color,
-                "classes": s.classes,
-                "max_fps": s.max_fps,
-            }
-        self._params = {sid: self._crop_params(sid) for sid in self.sources}
-        self._classes = {sid: self._class_filter(sid) for sid in self.sources}
         self._ring_lock = threading.Lock()  # the loop adds and expires, the crop thread matches
-        self._pairing_watch = {sid: PairingWatch() for sid in self.sources}
-        self._shed_watch = {sid: ShedWatch(cfg.health.shed_window_s) for sid in self.sources}
         self._shed_sampled_at = 0.0
         self.loop_lag_s = 0.0  # the worst lag of the last LAG_WINDOW_S
         self._lags: deque[tuple[float, float]] = deque()
         self.metrics = Metrics(self.stats)
-        for sid, src in self.sources.items():
-            src.decode_observer = self.metrics.decode_seconds.labels(sid).observe
+        for camera in self.cameras.values():
+            camera.source.decode_observer = self.metrics.decode_seconds.labels(camera.id).observe
         self._encodings = tuple(sorted({p.encoding_key for p in cfg.publish}))
         self._warn = LogOnce(log)
         self._stop = asyncio.Event()
@@ -102,14 +93,16 @@ class Pipeline:
         self._publishers: list[Publisher] = []
         self._crops: CropThread | None = None
         self._tap: OutSocket | None = None
-        # Bounded by admission: each source has at most TAP_QUEUE_FRAMES in it.
-        self._tap_queue: asyncio.Queue[Frame] = asyncio.Queue()
-        self._tap_room = {sid: asyncio.Event() for sid in self.sources}  # set: in_tap went down
+        # Bounded by admission: each camera has at most TAP_QUEUE_FRAMES in it.
+        self._tap_queue: asyncio.Queue[tuple[Camera, Frame]] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None  # while running
+        self._ended = asyncio.Event()  # every camera's source has ended by itself
+        self._removed: list[dict[str, Any]] = []  # final counters of removed cameras
         self.hub: PreviewHub | None = None
         self.preview_server: PreviewServer | None = None
         if cfg.preview is not None:
             self.hub = PreviewHub(
-                list(self.sources), cfg.preview.max_width, cfg.preview.max_fps, self._executor
+                list(self.cameras), cfg.preview.max_width, cfg.preview.max_fps, self._executor
             )
         self.started_at = time.monotonic()
 
@@ -119,68 +112,126 @@ class Pipeline:
 
     # -- control (the HTTP API calls these on the loop) -------------------------------------
 
-    def _crop_params(self, sid: str) -> CropParams:
-        s = self._settings[sid]
-        return CropParams(s["mask_opacity"], parse_color_bgr(s["background_color"]))
-
-    def _class_filter(self, sid: str) -> frozenset[str] | None:
-        classes = self._settings[sid]["classes"]
-        return None if classes is None else frozenset(classes)
-
-    def _crop_settings(self, sid: str) -> tuple[CropParams, frozenset[str] | None]:
-        return self._params[sid], self._classes[sid]
+    @property
+    def sources(self) -> dict[str, Source]:
+        """Each camera's source, by id (a snapshot)."""
+        return {sid: c.source for sid, c in self.cameras.items()}
 
     def source_settings(self, sid: str) -> dict[str, Any]:
-        return dict(self._settings[sid])
+        return dict(self.cameras[sid].settings)
 
     def patch_source(self, sid: str, data: Any) -> dict[str, Any]:
         """Change a source's crop settings, class filter or max_fps from the next frame on.
         Raises ConfigError (with config-style messages) on a bad value, KeyError on a bad id."""
-        if sid not in self.sources:
-            raise KeyError(sid)
-        patch = parse_patch(data)
-        changes = patch.model_dump(exclude_unset=True)
-        self._settings[sid].update(changes)
-        self._params[sid] = self._crop_params(sid)
-        self._classes[sid] = self._class_filter(sid)
-        if "max_fps" in changes:
-            self.sources[sid].max_fps = changes["max_fps"]
+        camera = self.cameras[sid]
+        changes = parse_patch(data).model_dump(exclude_unset=True)
+        camera.patch(changes)
         log.info("source %s: settings changed: %s", sid, changes)
         return self.source_settings(sid)
+
+    async def add_source(self, data: Any, first_frame_id: int = 0) -> dict[str, Any]:
+        """Start a camera given in the config's `sources` schema, while running, leaving the
+        others untouched. Raises ConfigError (check-config's messages) on a bad source or a
+        taken id. Returns its settings."""
+        src = data if isinstance(data, SourceConfig) else parse_source(data)
+        if src.id in self.cameras:
+            raise ConfigError(f"id: source {src.id!r} already exists")
+        if len(self.cameras) >= MAX_CAMERAS:
+            raise ConfigError(f"(top level): this process serves at most {MAX_CAMERAS} sources")
+        if self._loop is None:
+            raise ConfigError("(top level): the pipeline is not running")
+        sources = [*(c.cfg for c in self.cameras.values()), src]
+        camera = Camera.build(src, self.cfg.model_copy(update={"sources": sources}))
+        with self._ring_lock:
+            self.pairer.add_source(src.id)
+        if self.hub is not None:
+            self.hub.add_source(src.id)
+        camera.source.decode_observer = self.metrics.decode_seconds.labels(src.id).observe
+        camera.source.continue_ids(first_frame_id)
+        self.cameras[src.id] = camera
+        self._ended.clear()
+        self._start(camera)
+        log.info("source %s: added", src.id)
+        return self.source_settings(src.id)
+
+    async def remove_source(self, sid: str) -> dict[str, Any]:
+        """Stop a camera and forget it, while running; its frames still waiting expire
+        (`shutdown`). Returns its final counters (also logged, once). KeyError on a bad id."""
+        camera = self.cameras.pop(sid)  # from now on its detections are unknown_source
+        await asyncio.to_thread(camera.source.stop)  # off the loop: a stalled read may block
+        if camera.feeder is not None:
+            camera.feeder.cancel()
+            await asyncio.gather(camera.feeder, return_exceptions=True)
+        deadline = time.monotonic() + REMOVE_TAP_WAIT_S
+        while camera.counters.in_tap and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the tap worker lets its frames go (not_tapped)
+        with self._ring_lock:
+            ring = self.pairer.remove_source(sid)
+        if self.hub is not None:
+            await self.hub.remove_source(sid)
+        for histogram in (self.metrics.decode_seconds, self.metrics.crop_seconds):
+            with contextlib.suppress(KeyError):
+                histogram.remove(sid)
+        final = self._camera_stats(camera, ring=ring)
+        self._removed.append({"id": sid, **final})
+        log.info("source %s: removed; final counters: %s", sid, json.dumps(final, default=str))
+        return final
+
+    async def reload(self, cfg: StreamerConfig) -> dict[str, list[str]]:
+        """Apply a re-read config's sources: new ones start, removed ones stop, changed ones
+        restart; the others are untouched. Other sections need a restart (logged)."""
+        old = {sid: c.cfg for sid, c in self.cameras.items()}
+        new = {s.id: s for s in cfg.sources}
+        if cfg.model_copy(update={"sources": []}) != self.cfg.model_copy(update={"sources": []}):
+            log.warning("config reload: only sources are applied; restart for other changes")
+        removed = [sid for sid in old if sid not in new]
+        changed = [sid for sid in old if sid in new and new[sid] != old[sid]]
+        added = [sid for sid in new if sid not in old]
+        restarting = {sid: self.cameras[sid] for sid in changed}
+        for sid in removed + changed:
+            await self.remove_source(sid)
+        for sid in changed + added:
+            old_camera = restarting.get(sid)
+            next_id = old_camera.source.next_frame_id if old_camera is not None else 0
+            await self.add_source(new[sid], first_frame_id=next_id)
+        log.info("config reload: added %s, removed %s, restarted %s", added, removed, changed)
+        return {"added": added, "removed": removed, "restarted": changed}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when the loop is responsive and no source is stalled, failed or stopped
         (streaming, connecting and deliberately backing off are all fine)."""
+        cameras = list(self.cameras.values())
         problems = {
-            sid: f"{src.stats.state}: {src.stats.last_error or ''}".rstrip(": ")
-            for sid, src in self.sources.items()
-            if src.stats.state in UNHEALTHY_STATES
+            c.id: f"{c.source.stats.state}: {c.source.stats.last_error or ''}".rstrip(": ")
+            for c in cameras
+            if c.source.stats.state in UNHEALTHY_STATES
         }
         unpaired_after_s = self.cfg.health.unpaired_after_s
-        if unpaired_after_s is not None:
-            now = time.monotonic()
-            for sid, watch in list(self._pairing_watch.items()):
-                unpaired_s = watch.unpaired_for(now, unpaired_after_s)
-                if unpaired_s is not None and unpaired_s > unpaired_after_s and sid not in problems:
-                    problems[sid] = (
+        shed_share = self.cfg.health.shed_share
+        now = time.monotonic()
+        for c in cameras:
+            if c.id in problems:
+                continue
+            if unpaired_after_s is not None:
+                unpaired_s = c.pairing_watch.unpaired_for(now, unpaired_after_s)
+                if unpaired_s is not None and unpaired_s > unpaired_after_s:
+                    problems[c.id] = (
                         f"frames reach the detectors but none paired for {unpaired_s:.1f} s"
                     )
-        shed_share = self.cfg.health.shed_share
-        if shed_share is not None:
-            for sid, shed in list(self._shed_watch.items()):
-                seen = shed.share()
-                if seen is not None and seen[0] > shed_share and sid not in problems:
-                    problems[sid] = (
-                        f"overloaded: {seen[0]:.0%} of its last {seen[1]} frames shed "
-                        f"(the box cannot serve them)"
-                    )
+                    continue
+            seen = c.shed_watch.share()
+            if shed_share is not None and seen is not None and seen[0] > shed_share:
+                problems[c.id] = (
+                    f"overloaded: {seen[0]:.0%} of its last {seen[1]} frames shed "
+                    f"(the box cannot serve them)"
+                )
         for name, supervisor in self._supervisors().items():
             problem = supervisor.problem()
             if problem is not None:
                 problems[name] = problem
         if self.loop_lag_s > LOOP_LAG_UNHEALTHY_S:
             problems["event_loop"] = f"lagging {self.loop_lag_s:.2f} s"
-        states = {sid: src.stats.state for sid, src in self.sources.items()}
+        states = {c.id: c.source.stats.state for c in cameras}
         restarts = {name: s.restarts for name, s in self._supervisors().items()}
         body = {"ok": not problems, "problems": problems, "states": states, "restarts": restarts}
         return not problems, body
@@ -191,7 +242,7 @@ class Pipeline:
         if self._crops is not None:
             out["crop_thread"] = self._crops.supervisor
         if self.hub is not None:
-            for sid, preview in self.hub.sources.items():
+            for sid, preview in list(self.hub.sources.items()):
                 out[f"preview/{sid}"] = preview.supervisor
         return out
 
@@ -239,9 +290,8 @@ class Pipeline:
                 self._publishers,
                 self.pairer,
                 self._ring_lock,
-                self.counters,
+                self.cameras,
                 self.cfg.detections,
-                self._crop_settings,
                 self._encodings,
                 lambda sid, s: self.metrics.crop_seconds.labels(sid).observe(s),
                 self._preview_paired(loop),
@@ -249,23 +299,27 @@ class Pipeline:
             )
             self._crops.start()
             self.started_at = time.monotonic()
-            for src in self.sources.values():
-                src.start(loop)
-            feeders = [asyncio.create_task(self._feed(src)) for src in self.sources.values()]
+            self._loop = loop
+            for camera in self.cameras.values():
+                self._start(camera)
             tasks = [asyncio.create_task(self._expire())]
             if self._tap is not None:
                 tasks.append(asyncio.create_task(self._tap_worker()))
                 tasks.append(asyncio.create_task(self._tap.track_subscriptions()))
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
-            if feeders:  # a shard that serves no camera runs until stopped
-                # asyncio.wait, unlike gather, does not cancel the feeders when cancelled itself.
-                waiters.append(asyncio.ensure_future(asyncio.wait(feeders)))
+            # Until stopped, or every camera's source has ended by itself (finite files); a
+            # shard that serves no camera runs until stopped.
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(self._ended.wait()),
+            ]
             if duration_s is not None:
                 waiters.append(asyncio.ensure_future(asyncio.sleep(duration_s)))
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
-            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.sources.values()))
+            cameras = list(self.cameras.values())
+            await asyncio.gather(*(asyncio.to_thread(c.source.stop) for c in cameras))
+            feeders = [c.feeder for c in cameras if c.feeder is not None]
             for f in feeders:
                 f.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
@@ -276,7 +330,10 @@ class Pipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
             # Off the loop: a decode thread blocked in a stalled read takes up to its stall
             # timeout to end, and the loop must keep serving (/healthz, the signal handler).
-            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.sources.values()))
+            await asyncio.gather(
+                *(asyncio.to_thread(c.source.stop) for c in list(self.cameras.values()))
+            )
+            self._loop = None
             for runner in web_runners:
                 await runner.cleanup()
             crops_ended = True
@@ -299,6 +356,12 @@ class Pipeline:
                 zctx.term()
         return self.stats()
 
+    def _start(self, camera: Camera) -> None:
+        """Start a camera's decode thread and its feeder task (on the loop)."""
+        assert self._loop is not None
+        camera.source.start(self._loop)
+        camera.feeder = asyncio.create_task(self._feed(camera), name=f"feed-{camera.id}")
+
     def _crop_join_s(self) -> float:
         timeouts = [p.send_timeout_ms / 1000.0 for p in self.cfg.publish if p.mode == "push"]
         return CROP_THREAD_JOIN_S + max(timeouts, default=0.0)
@@ -312,8 +375,8 @@ class Pipeline:
             return None
 
         def on_paired(frame: Frame, dets: Detections, now: float) -> None:
-            preview = hub.sources[frame.source_id]
-            if preview.viewers:
+            preview = hub.sources.get(frame.source_id)
+            if preview is not None and preview.viewers:
                 loop.call_soon_threadsafe(preview.on_paired, frame, dets, now)
 
         return on_paired
@@ -322,9 +385,10 @@ class Pipeline:
         """Give detections for frames still in the ring, and the crops being made, a bounded
         time; then the frames left in the ring expire."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        cameras = list(self.cameras.values())
         while time.monotonic() < deadline and (
-            any(self.pairer.stats(sid).in_ring for sid in self.sources)
-            or any(c.in_tap for c in self.counters.values())
+            any(self.pairer.stats(c.id).in_ring for c in cameras)
+            or any(c.counters.in_tap for c in cameras)
         ):
             await asyncio.sleep(0.02)
         with self._ring_lock:
@@ -334,9 +398,9 @@ class Pipeline:
             self._crops.stop()
             await asyncio.to_thread(self._crops.join, max(0.1, deadline - time.monotonic()))
 
-    async def _feed(self, src: Source) -> None:
-        """Frames from one source into its ring, and to the tap when one is configured."""
-        counters = self.counters[src.source_id]
+    async def _feed(self, camera: Camera) -> None:
+        """Frames from one camera into its ring, and to the tap when one is configured."""
+        src, counters = camera.source, camera.counters
         tap_period_s = 0.0
         if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
             tap_period_s = 1.0 / self.cfg.tap.max_fps
@@ -348,6 +412,9 @@ class Pipeline:
                 frame = await src.recv()
             except EndOfStream:
                 log.info("source %s: ended", src.source_id)
+                camera.ended = True
+                if self.cameras and all(c.ended for c in self.cameras.values()):
+                    self._ended.set()
                 return
             now = time.monotonic()
             if self.hub is not None:
@@ -355,7 +422,7 @@ class Pipeline:
             if src.lossless and self._tap is not None:
                 counters.in_feed = 1  # (accounted as in the hand-off while it waits)
                 try:
-                    await self._room_for(src.source_id, frame.nbytes)
+                    await self._room_for(camera, frame.nbytes)
                 except asyncio.CancelledError:
                     counters.shed("stopping")  # stopping with this frame in hand
                     raise
@@ -371,7 +438,7 @@ class Pipeline:
             if now + 1e-3 < next_tap_at:
                 counters.shed("rate")
                 continue
-            reason = None if src.lossless else self._admit(src.source_id, frame.nbytes)
+            reason = None if src.lossless else self._admit(camera, frame.nbytes)
             if reason is not None:
                 counters.shed(reason)
                 # Decode less of what would be turned away (sources/shedding.py).
@@ -379,7 +446,7 @@ class Pipeline:
                 continue
             next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
             counters.in_tap += 1
-            self._tap_queue.put_nowait(frame)
+            self._tap_queue.put_nowait((camera, frame))
 
     async def _crop_subscribers(self, sid: str) -> None:
         """A lossless source starts once every `wait_for_subscriber` publisher has a subscriber:
@@ -393,11 +460,11 @@ class Pipeline:
             )
             await asyncio.sleep(SUBSCRIBER_POLL_S)
 
-    def _admit(self, sid: str, nbytes: int) -> str | None:
+    def _admit(self, camera: Camera, nbytes: int) -> str | None:
         """Whether a live frame may be tapped now, or why not: the tap queue or the source's
         in-flight frames are full (``busy``: the detector or the crop stage is behind, so the
         frame could not be served in time), or the memory budget has no room (``budget``)."""
-        counters = self.counters[sid]
+        sid, counters = camera.id, camera.counters
         if counters.in_tap >= TAP_QUEUE_FRAMES:
             return "busy"
         assert self.cfg.tap is not None
@@ -409,15 +476,15 @@ class Pipeline:
                 return "budget"
         return None
 
-    async def _room_for(self, sid: str, nbytes: int) -> None:
+    async def _room_for(self, camera: Camera, nbytes: int) -> None:
         """A lossless source's frame waits here until it fits the tap queue, the ring and the
         memory budget, counting the frames already on their way to the ring (instead of one being
         dropped or evicted)."""
-        counters = self.counters[sid]
+        sid, counters = camera.id, camera.counters
         while True:
             if counters.in_tap >= TAP_QUEUE_FRAMES:
-                self._tap_room[sid].clear()
-                await self._tap_room[sid].wait()
+                camera.tap_room.clear()
+                await camera.tap_room.wait()
                 continue
             assert self.cfg.tap is not None
             with self._ring_lock:
@@ -433,8 +500,12 @@ class Pipeline:
         tap_cfg = self.cfg.tap
         loop = asyncio.get_running_loop()
         while True:
-            frame = await self._tap_queue.get()
-            counters = self.counters[frame.source_id]
+            camera, frame = await self._tap_queue.get()
+            counters = camera.counters
+            if self.cameras.get(camera.id) is not camera:  # removed while its frame waited
+                counters.in_tap -= 1
+                counters.shed("stopping")
+                continue
             try:
                 fields, payload = await loop.run_in_executor(
                     self._executor,
@@ -451,7 +522,7 @@ class Pipeline:
                     "frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id
                 )
                 counters.in_tap -= 1
-                self._tap_room[frame.source_id].set()
+                camera.tap_room.set()
                 counters.shed("encode_failed")
                 continue
             header = {
@@ -465,7 +536,7 @@ class Pipeline:
             if self.cfg.detections.reply_to is not None:
                 header["reply_to"] = self.cfg.detections.reply_to  # where detections go
             message = [frame_topic(frame.source_id), dumps(header), payload]
-            lossless = self.sources[frame.source_id].lossless
+            lossless = camera.source.lossless
             pause_s = TAP_RETRY_MIN_S
             while True:
                 # Into the ring before the send: the crop thread may get the detections for it
@@ -494,7 +565,7 @@ class Pipeline:
                 await asyncio.sleep(pause_s)
                 pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
             counters.in_tap -= 1
-            self._tap_room[frame.source_id].set()
+            camera.tap_room.set()
             if outcome != "sent":
                 self._tap.count_drop(outcome)
                 counters.shed(outcome)
@@ -512,68 +583,32 @@ class Pipeline:
             while self._lags and self._lags[0][0] < now - LAG_WINDOW_S:
                 self._lags.popleft()
             self.loop_lag_s = max(lag for _, lag in self._lags)
+            cameras = list(self.cameras.values())
             with self._ring_lock:
                 self.pairer.expire(now)
-                for sid in self.sources:
-                    watch = self._pairing_watch.setdefault(sid, PairingWatch())
-                    ring = self.pairer.stats(sid)
-                    watch.observe(ring.added, ring.paired, now)
-            for src in self.sources.values():
-                src.check_stall(now)
+                for c in cameras:
+                    ring = self.pairer.stats(c.id)
+                    c.pairing_watch.observe(ring.added, ring.paired, now)
+            for c in cameras:
+                c.source.check_stall(now)
             if now - self._shed_sampled_at >= SHED_SAMPLE_INTERVAL_S:
                 self._shed_sampled_at = now
-                for sid, s in self.stats()["sources"].items():
-                    window_s = self.cfg.health.shed_window_s
-                    shed = self._shed_watch.setdefault(sid, ShedWatch(window_s))
-                    shed.observe(now, s["decoded"] + s["skipped_decode"], overload_shed(s))
+                for c in cameras:
+                    s = self._camera_stats(c)
+                    c.shed_watch.observe(now, s["decoded"] + s["skipped_decode"], overload_shed(s))
 
     # -- reporting -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """A JSON-ready snapshot of every counter."""
-        sources = {}
-        for sid, src in self.sources.items():
-            with self._ring_lock:
-                ring = dataclasses.replace(self.pairer.stats(sid))
-            c = self.counters[sid]
-            decoded, skipped_fps, dropped_handoff, in_handoff = src.counts()
-            sources[sid] = {
-                "state": src.stats.state,
-                "last_error": src.stats.last_error,
-                "reconnects": src.stats.reconnects,
-                "stalls": src.stats.stalls,
-                "decoded": decoded,
-                "skipped_fps": skipped_fps,
-                "skipped_decode": src.stats.skipped_decode,
-                "skip_level": src.stats.skip_level,
-                "dropped_handoff": dropped_handoff,
-                "in_handoff": in_handoff + c.in_feed,
-                "in_tap": c.in_tap,
-                "not_tapped": c.not_tapped,
-                "not_tapped_by": dict(c.not_tapped_by),
-                "paired": ring.paired,
-                "expired": ring.expired,
-                "expired_by": {
-                    "age": ring.expired_age,
-                    "full": ring.expired_full,
-                    "budget": ring.expired_budget,
-                    "shutdown": ring.expired_shutdown,
-                },
-                "in_ring": ring.in_ring,
-                "ring_bytes": ring.ring_bytes,
-                "detections": dict(c.detections),
-                "crops": c.crops,
-                "crop_failed": c.crop_failed,
-                "empty_box": c.empty_box,
-                "no_mask": c.no_mask,
-                "filtered_class": c.filtered_class,
-            }
+        sources = {c.id: self._camera_stats(c) for c in list(self.cameras.values())}
         return {
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "loop_lag_s": round(self.loop_lag_s, 4),
             "ring_bytes": self.pairer.total_bytes,
             "ring_budget_bytes": self.cfg.ring.max_total_bytes,
             "sources": sources,
+            "removed_sources": list(self._removed),
             "malformed": dict(self._crops.malformed) if self._crops else {},
             "handler_failed": dict(self._crops.handler_failed) if self._crops else {},
             "restarts": {name: s.restarts for name, s in self._supervisors().items()},
@@ -590,6 +625,45 @@ class Pipeline:
             ],
             "tap": None if self._tap is None else dataclasses.asdict(self._tap.stats),
             "http_refused": dict(self.preview_server.refused) if self.preview_server else {},
+        }
+
+    def _camera_stats(self, camera: Camera, ring: RingStats | None = None) -> dict[str, Any]:
+        """One camera's counters, JSON-ready (`ring`: its ring's, if no longer in the pairer)."""
+        src, c = camera.source, camera.counters
+        if ring is None:
+            with self._ring_lock:
+                ring = dataclasses.replace(self.pairer.stats(camera.id))
+        decoded, skipped_fps, dropped_handoff, in_handoff = src.counts()
+        return {
+            "state": src.stats.state,
+            "last_error": src.stats.last_error,
+            "reconnects": src.stats.reconnects,
+            "stalls": src.stats.stalls,
+            "decoded": decoded,
+            "skipped_fps": skipped_fps,
+            "skipped_decode": src.stats.skipped_decode,
+            "skip_level": src.stats.skip_level,
+            "dropped_handoff": dropped_handoff,
+            "in_handoff": in_handoff + c.in_feed,
+            "in_tap": c.in_tap,
+            "not_tapped": c.not_tapped,
+            "not_tapped_by": dict(c.not_tapped_by),
+            "paired": ring.paired,
+            "expired": ring.expired,
+            "expired_by": {
+                "age": ring.expired_age,
+                "full": ring.expired_full,
+                "budget": ring.expired_budget,
+                "shutdown": ring.expired_shutdown,
+            },
+            "in_ring": ring.in_ring,
+            "ring_bytes": ring.ring_bytes,
+            "detections": dict(c.detections),
+            "crops": c.crops,
+            "crop_failed": c.crop_failed,
+            "empty_box": c.empty_box,
+            "no_mask": c.no_mask,
+            "filtered_class": c.filtered_class,
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
@@ -293,6 +294,11 @@ def test_a_failed_crop_leaves_its_message_counted_once() -> None:
     pairer.add_frame(frame, time.monotonic())
     counters = {"cam": SourceCounters()}
 
+    @dataclasses.dataclass
+    class Cam:
+        counters: SourceCounters
+        crop: tuple[CropParams, frozenset[str] | None] = (CropParams(0.0, (0, 0, 0)), None)
+
     def broken_preview(header: dict[str, Any], image: Any) -> None:
         raise RuntimeError("injected bug")
 
@@ -301,9 +307,8 @@ def test_a_failed_crop_leaves_its_message_counted_once() -> None:
         [],
         pairer,
         threading.Lock(),
-        counters,
+        {"cam": Cam(counters["cam"])},
         DetectionsConfig(bind=endpoint),
-        lambda sid: (CropParams(0.0, (0, 0, 0)), None),
         (),
         lambda sid, s: None,
         on_crop=broken_preview,

@@ -129,6 +129,17 @@ class PreviewSource:
                 self.track = None
             self._output = None
 
+    async def close(self) -> None:
+        """The source is gone: stop drawing and end the viewers' track."""
+        task, self._render_task = self._render_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.track is not None:
+            self.track.stop()
+            self.track = None
+        self._input = self._output = None
+
     async def _render_loop(self) -> None:
         loop = asyncio.get_running_loop()
         period = 1.0 / self.max_fps
@@ -172,7 +183,20 @@ class PreviewHub:
         self.sources = {s: PreviewSource(s, max_width, max_fps, executor) for s in source_ids}
         self.relay = MediaRelay()
         self._executor = executor
+        self._max_width, self._max_fps = max_width, max_fps
         self._keys = itertools.count(1)
+
+    def add_source(self, source_id: str) -> None:
+        """A camera added while running."""
+        self.sources[source_id] = PreviewSource(
+            source_id, self._max_width, self._max_fps, self._executor
+        )
+
+    async def remove_source(self, source_id: str) -> None:
+        """A camera removed while running: its viewers' track ends."""
+        preview = self.sources.pop(source_id, None)
+        if preview is not None:
+            await preview.close()
 
     def subscribe(self, source_id: str) -> MediaStreamTrack:
         """A new viewer of `source_id`: a relayed copy of its track. Nothing is drawn for it
@@ -183,10 +207,14 @@ class PreviewHub:
         self.sources[source_id].connect()
 
     def unsubscribe(self, source_id: str, connected: bool) -> None:
-        self.sources[source_id].detach(connected)
+        preview = self.sources.get(source_id)  # (gone if its camera was removed)
+        if preview is not None:
+            preview.detach(connected)
 
     def on_crop(self, header: dict[str, Any], image: np.ndarray) -> None:
-        self.sources[header["source_id"]].on_crop(next(self._keys), header, image)
+        preview = self.sources.get(header["source_id"])  # called from the crop thread
+        if preview is not None:
+            preview.on_crop(next(self._keys), header, image)
 
     def recent_crops(self, source_id: str) -> list[dict[str, Any]]:
         return [

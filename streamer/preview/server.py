@@ -48,6 +48,8 @@ class Control(Protocol):
     def metrics_text(self) -> bytes: ...
     def source_settings(self, sid: str) -> dict[str, Any]: ...
     def patch_source(self, sid: str, data: Any) -> dict[str, Any]: ...
+    async def add_source(self, data: Any) -> dict[str, Any]: ...
+    async def remove_source(self, sid: str) -> dict[str, Any]: ...
 
 
 def limit_host_candidates(addresses: list[str]) -> None:
@@ -166,6 +168,8 @@ class PreviewServer:
         self.app.router.add_get("/api/sources", self._sources)
         self.app.router.add_get("/api/sources/{sid}", self._source_get)
         self.app.router.add_patch("/api/sources/{sid}", self._source_patch)
+        self.app.router.add_post("/api/sources", self._source_add)
+        self.app.router.add_delete("/api/sources/{sid}", self._source_delete)
         self.app.router.add_get("/api/sources/{sid}/crops", self._crops)
         self.app.router.add_get("/api/sources/{sid}/crops/{key}.jpg", self._crop_jpeg)
         self.app.router.add_post("/api/offer", self._offer)
@@ -242,7 +246,8 @@ class PreviewServer:
     async def _sources(self, request: web.Request) -> web.Response:
         stats = self.control.stats()
         for sid, s in stats["sources"].items():
-            s["viewers"] = self.hub.sources[sid].viewers
+            preview = self.hub.sources.get(sid)
+            s["viewers"] = preview.viewers if preview is not None else 0
         return web.json_response(stats)
 
     async def _source_get(self, request: web.Request) -> web.Response:
@@ -250,7 +255,8 @@ class PreviewServer:
         body = dict(self.control.stats()["sources"][sid])
         body["id"] = sid
         body["settings"] = self.control.source_settings(sid)
-        body["viewers"] = self.hub.sources[sid].viewers
+        preview = self.hub.sources.get(sid)
+        body["viewers"] = preview.viewers if preview is not None else 0
         return web.json_response(body)
 
     async def _source_patch(self, request: web.Request) -> web.Response:
@@ -261,6 +267,24 @@ class PreviewServer:
         except ConfigError as e:
             raise web.HTTPBadRequest(text=f"{e}\n") from None
         return web.json_response({"id": sid, "settings": settings})
+
+    async def _source_add(self, request: web.Request) -> web.Response:
+        """Start a camera: the body is one entry of the config's `sources`."""
+        data = await json_body(request)
+        try:
+            settings = await self.control.add_source(data)
+        except ConfigError as e:
+            raise web.HTTPBadRequest(text=f"{e}\n") from None
+        return web.json_response({"id": data["id"], "settings": settings}, status=201)
+
+    async def _source_delete(self, request: web.Request) -> web.Response:
+        """Stop a camera; the answer carries its final counters."""
+        sid = self._source(request)
+        try:
+            final = await self.control.remove_source(sid)
+        except KeyError:  # removed meanwhile by another request
+            raise web.HTTPNotFound(text=f"no source {sid!r}\n") from None
+        return web.json_response({"id": sid, "final": final})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

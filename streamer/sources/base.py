@@ -238,6 +238,16 @@ class Source(abc.ABC):
         return await self._handoff.get()
 
     @property
+    def next_frame_id(self) -> int:
+        """The id the next frame will get."""
+        return self._next_frame_id
+
+    def continue_ids(self, next_frame_id: int) -> None:
+        """Before `start`: number frames on from `next_frame_id` (a camera restarted in the same
+        process keeps its ids rising, so detections for its old frames cannot pair new ones)."""
+        self._next_frame_id = next_frame_id
+
+    @property
     def in_handoff(self) -> int:
         return len(self._handoff) if self._handoff is not None else 0
 

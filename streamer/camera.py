@@ -1,0 +1,75 @@
+"""One camera: everything the pipeline keeps for one source, in one object, so that adding or
+removing a camera at run time is one operation and nothing of it can be left behind.
+
+A Camera owns its source (the decode thread), its loop-side counters, its live settings (crop
+parameters, class filter, max_fps), its health watches and its tap-room event; the pipeline owns
+the shared stages (ring, tap, crop thread, publishers) and wires cameras to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.colors import parse_color_bgr
+from streamer.config import SourceConfig, StreamerConfig
+from streamer.health import PairingWatch, ShedWatch
+from streamer.metrics import SourceCounters
+from streamer.sources.base import Source
+from streamer.sources.factory import make_source
+from streamer.types import CropParams
+
+
+@dataclass
+class Camera:
+    """One source and its state. Built from its config with `Camera.build`."""
+
+    cfg: SourceConfig
+    source: Source
+    #: Live settings (mask_opacity, background_color, classes, max_fps), changed by `patch`.
+    settings: dict[str, Any]
+    #: (crop parameters, class filter or None for all), replaced whole by `patch`.
+    crop: tuple[CropParams, frozenset[str] | None]
+    pairing_watch: PairingWatch
+    shed_watch: ShedWatch
+    counters: SourceCounters = field(default_factory=SourceCounters)
+    #: Set when a frame of this camera leaves the tap queue (a lossless source waits on it).
+    tap_room: asyncio.Event = field(default_factory=asyncio.Event)
+    feeder: asyncio.Task[None] | None = None
+    ended: bool = False  # its source ended by itself (a file played once)
+
+    @classmethod
+    def build(cls, src: SourceConfig, cfg: StreamerConfig) -> Camera:
+        crop = cfg.crop_for(src.id)
+        settings = {
+            "mask_opacity": crop.mask_opacity,
+            "background_color": crop.background_color,
+            "classes": src.classes,
+            "max_fps": src.max_fps,
+        }
+        return cls(
+            cfg=src,
+            source=make_source(src),
+            settings=settings,
+            crop=_crop_settings(settings),
+            pairing_watch=PairingWatch(),
+            shed_watch=ShedWatch(cfg.health.shed_window_s),
+        )
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+    def patch(self, changes: dict[str, Any]) -> None:
+        """Apply validated live changes (a parsed SourcePatch) from the next frame on."""
+        self.settings.update(changes)
+        self.crop = _crop_settings(self.settings)  # one assignment: the crop thread reads it
+        if "max_fps" in changes:
+            self.source.max_fps = changes["max_fps"]
+
+
+def _crop_settings(settings: dict[str, Any]) -> tuple[CropParams, frozenset[str] | None]:
+    params = CropParams(settings["mask_opacity"], parse_color_bgr(settings["background_color"]))
+    classes = settings["classes"]
+    return params, None if classes is None else frozenset(classes)

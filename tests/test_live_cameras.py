@@ -1,0 +1,189 @@
+"""Cameras added and removed while streamer runs: through the control API (POST / DELETE
+/api/sources) and by SIGHUP re-reading the config file. The other cameras are untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
+from streamer.config import parse_config
+from streamer.pipeline import Pipeline, accounting_balance
+from tests.conftest import REPO, free_port
+from tests.live import until
+
+FPS = 30
+
+
+def lavfi(sid: str, **extra: Any) -> dict[str, Any]:
+    return {"id": sid, "url": f"lavfi:testsrc2=size=160x120:rate={FPS}", **extra}
+
+
+def _cfg(endpoint: Any, port: int) -> dict[str, Any]:
+    return {
+        "sources": [lavfi("steady")],
+        "detections": {"bind": endpoint()},
+        "tap": {"bind": endpoint(), "encoding": "raw-i420"},
+        "publish": [{"bind": endpoint()}],
+        "preview": {"port": port, "host_candidates": ["127.0.0.1"]},
+    }
+
+
+async def _detector(tap: str, dets: str) -> None:
+    """Answers every frame of every camera with one box."""
+    async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as sender:
+        async for frame in frames:
+            box = {"x": 20, "y": 20, "width": 10, "height": 10, "class": "a", "confidence": 1}
+            await sender.send(frame, [box])
+
+
+def test_add_and_remove_cameras_through_the_api(endpoint: Any) -> None:
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    pipeline = Pipeline(parse_config(cfg))
+    base = f"http://127.0.0.1:{port}"
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        det = asyncio.create_task(_detector(cfg["tap"]["bind"], cfg["detections"]["bind"]))
+        try:
+            await until(lambda: pipeline.stats()["sources"]["steady"]["paired"] > 10, 20, "pairs")
+            steady0 = pipeline.stats()["sources"]["steady"]
+            t0 = time.monotonic()
+            async with aiohttp.ClientSession() as http:
+                # Bad bodies get check-config's messages, as a 400.
+                async with http.post(f"{base}/api/sources", json={"id": "x"}) as r:
+                    seen["missing_url"] = (r.status, await r.text())
+                async with http.post(f"{base}/api/sources", json=lavfi("steady")) as r:
+                    seen["duplicate"] = (r.status, await r.text())
+                async with http.post(
+                    f"{base}/api/sources", json=lavfi("x"), headers={"Origin": "http://evil"}
+                ) as r:
+                    seen["cross_site"] = r.status
+                # A new camera starts and is served.
+                async with http.post(f"{base}/api/sources", json=lavfi("new", max_fps=10)) as r:
+                    seen["added"] = (r.status, await r.json())
+                await until(
+                    lambda: pipeline.stats()["sources"]["new"]["paired"] > 5, 20, "new camera"
+                )
+                async with http.get(f"{base}/api/sources") as r:
+                    seen["listed"] = sorted((await r.json())["sources"])
+                # It is removed: stopped, its final counters reported once.
+                async with http.delete(f"{base}/api/sources/new") as r:
+                    seen["removed"] = (r.status, await r.json())
+                async with http.delete(f"{base}/api/sources/new") as r:
+                    seen["removed_again"] = r.status
+                async with http.get(f"{base}/api/sources") as r:
+                    body = await r.json()
+                    seen["listed_after"] = sorted(body["sources"])
+                    seen["removed_sources"] = [s["id"] for s in body["removed_sources"]]
+            await asyncio.sleep(0.5)  # detections still coming for it are unknown_source
+            steady1 = pipeline.stats()["sources"]["steady"]
+            seen["steady_fps"] = (steady1["decoded"] - steady0["decoded"]) / (time.monotonic() - t0)
+            seen["steady"] = steady1
+        finally:
+            det.cancel()
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+    assert seen["missing_url"][0] == 400 and "url: Field required" in seen["missing_url"][1]
+    assert seen["duplicate"][0] == 400 and "already exists" in seen["duplicate"][1]
+    assert seen["cross_site"] == 403
+    assert seen["added"][0] == 201 and seen["added"][1]["settings"]["max_fps"] == 10
+    assert seen["listed"] == ["new", "steady"]
+    status, removed = seen["removed"]
+    assert status == 200 and removed["final"]["state"] == "stopped"
+    assert removed["final"]["paired"] > 5
+    assert accounting_balance(removed["final"]) == 0, removed["final"]
+    assert seen["removed_again"] == 404
+    assert seen["listed_after"] == ["steady"] and seen["removed_sources"] == ["new"]
+    # The other camera was untouched: no drop, no reconnect, its frame rate held.
+    steady = seen["steady"]
+    assert steady["reconnects"] == 0 and steady["dropped_handoff"] == 0, steady
+    assert steady["expired"] == 0, steady
+    assert seen["steady_fps"] > 0.8 * FPS, seen["steady_fps"]
+
+
+def test_sighup_applies_the_config_files_sources(endpoint: Any, tmp_path: Path) -> None:
+    """A real `streamer run`: the config file is rewritten (one camera removed, one added, one
+    changed) and SIGHUP applies it; the unchanged camera goes on untouched."""
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    cfg["sources"] = [lavfi("steady"), lavfi("going"), lavfi("changing", max_fps=10)]
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "run", "-c", str(path), "--quiet"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def sources(http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(f"{base}/api/sources") as r:
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def main() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            body: dict[str, Any] = {}
+
+            async def poll() -> None:
+                nonlocal body
+                try:
+                    body = await sources(http)
+                except aiohttp.ClientError:
+                    body = {}
+
+            deadline = time.monotonic() + 20
+            while not body.get("sources", {}).get("steady", {}).get("decoded"):
+                assert time.monotonic() < deadline, "streamer did not start"
+                await asyncio.sleep(0.1)
+                await poll()
+            before = body["sources"]["steady"]
+            cfg["sources"] = [lavfi("steady"), lavfi("changing", max_fps=5), lavfi("arriving")]
+            path.write_text(yaml.safe_dump(cfg))
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while "arriving" not in body.get("sources", {}) or (
+                not body["sources"]["arriving"]["decoded"]
+            ):
+                assert time.monotonic() < deadline, f"reload not applied: {body}"
+                await asyncio.sleep(0.1)
+                await poll()
+            async with http.get(f"{base}/api/sources/changing") as r:
+                changing = await r.json()
+            # A config that does not load leaves the running one as it is.
+            path.write_text("sources: [oops")
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1.0)
+            await poll()
+            return {"before": before, "after": body, "changing": changing}
+
+    try:
+        got = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    after = got["after"]
+    assert sorted(after["sources"]) == ["arriving", "changing", "steady"], after["sources"]
+    assert [s["id"] for s in after["removed_sources"]] == ["going", "changing"]
+    assert got["changing"]["settings"]["max_fps"] == 5
+    steady = after["sources"]["steady"]
+    assert steady["reconnects"] == 0 and steady["dropped_handoff"] == 0, steady
+    assert steady["decoded"] > got["before"]["decoded"]
+    log = err.decode(errors="replace")
+    assert "config reload: added ['arriving'], removed ['going'], restarted ['changing']" in log
+    assert "SIGHUP: config not reloaded, the running one is kept" in log
+    assert proc.returncode == 0, log[-2000:]
