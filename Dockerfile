@@ -23,7 +23,7 @@ COPY streamer ./streamer
 # opencv-python-headless, pyzmq and aiortc carry their native libraries: no system packages
 # are needed at run time.
 RUN pip install --no-cache-dir uv==0.13.9 \
-    && uv sync --frozen --no-default-groups --no-editable --compile-bytecode \
+    && uv sync --locked --no-default-groups --no-editable --compile-bytecode \
         ${EXTRAS:+--extra "$EXTRAS"} \
     && pip uninstall -y uv \
     && groupadd --system --gid 10001 streamer \

@@ -1,11 +1,12 @@
 # Everything a fresh machine needs: `make demo` and `make test` install what they use.
-# Python packages come from uv.lock (uv sync --frozen); system packages from Debian, listed and
-# checked by capability in scripts/check_system.py.
+# Python packages come from uv.lock (uv sync --locked); system packages from Debian, checked by
+# capability in scripts/check_system.py, which names the package of each missing piece.
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 VENV := .venv
 BIN := $(VENV)/bin
-TOOLS := .tools
+# uv lives in a virtual environment named after its version: bumping UV_VERSION makes a new one.
+TOOLS := .tools/uv-$(UV_VERSION)
 UV := $(TOOLS)/bin/uv
 # uv uses this interpreter and never downloads one; the venv is the project's .venv.
 UV_ENV := UV_PYTHON=$(shell command -v $(PYTHON)) UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV)
@@ -18,6 +19,12 @@ demo: demo-venv
 
 test: system-deps venv lint typecheck pytest
 
+# In `make test` the Debian packages (python3-venv among them) are installed before anything
+# else starts, also under `make -j`.
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+$(UV) venv lint typecheck pytest: | system-deps
+endif
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -28,16 +35,20 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest -q
 
-# Installs the Debian packages that provide what the tests use, then checks each capability
-# (GStreamer elements, typelibs, binaries, Tesseract data) and names the package of any gap.
+# Installs the Debian packages that provide the missing capabilities (ensurepip, GStreamer
+# elements, typelibs, binaries, Tesseract data, fonts), then checks every capability again.
+# Capabilities, not dpkg's records: a package removed but not purged still has a record.
 system-deps:
-	@missing=""; for p in $$($(PYTHON) scripts/check_system.py --packages); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing="$$($(PYTHON) scripts/check_system.py --missing-packages)" || exit 1; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  echo "installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "cannot install Debian packages: not root and no sudo; as root run:" >&2; \
+	    echo "  apt-get install --no-install-recommends $$missing" >&2; exit 1; fi; \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    $$missing || exit 1; \
 	fi
 	$(PYTHON) scripts/check_system.py
 
@@ -45,16 +56,19 @@ check-system:
 	$(PYTHON) scripts/check_system.py
 
 $(UV):
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "$(PYTHON) cannot create virtual environments (no ensurepip): install Debian's" \
+	    "python3-venv (apt-get install python3-venv; make test installs it)" >&2; exit 1; }
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
 # The package with its OCR extra and the test tools, exactly as locked.
 venv: $(UV)
-	$(UV_ENV) $(UV) sync -q --frozen --extra ocr --group test
+	$(UV_ENV) $(UV) sync -q --locked --extra ocr --group test
 
 # Only what the demo runs: the package and its runtime dependencies.
 demo-venv: $(UV)
-	$(UV_ENV) $(UV) sync -q --frozen --inexact --no-default-groups
+	$(UV_ENV) $(UV) sync -q --locked --inexact --no-default-groups
 
 # Re-resolve uv.lock after changing dependencies in pyproject.toml.
 lock: $(UV)

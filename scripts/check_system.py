@@ -4,17 +4,22 @@ and names the Debian package that provides each missing one.
 
 A package list alone is not enough: a package that happens to be installed hides a missing entry
 (that is how `gstreamer1.0-x`, which has GStreamer's `timeoverlay`, went missing from the list).
-So this looks for what is used: each GStreamer element the test RTSP server and the RTP feeders
-build, the GObject typelibs, the binaries, Tesseract's language data and the fonts.
+So this looks for what is used: a Python that can create virtual environments (ensurepip), each
+GStreamer element the test RTSP server and the RTP feeders build, the GObject typelibs, the
+binaries the tests start, the Tesseract language file tesserocr loads, and the fonts.
 
-    python3 scripts/check_system.py            # exit 0, or 1 listing what is missing
-    python3 scripts/check_system.py --packages # print the Debian packages that provide it all
+    python3 scripts/check_system.py                    # exit 0, or 1 listing what is missing
+    python3 scripts/check_system.py --missing-packages # the Debian packages that provide what
+                                                       # is missing (none: an empty line)
+    python3 scripts/check_system.py --packages         # the Debian packages that provide it all
 
 Standard library only: it runs before any virtual environment exists.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -24,16 +29,15 @@ import sys
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 # GStreamer element -> Debian package, for every element scripts/rtsp_server.py and the tests'
-# gst-launch feeders put in a pipeline.
+# gst-launch feeders put in a pipeline (tests/test_system.py parses those pipelines and checks
+# that each of their elements is here).
 GST_ELEMENTS = {
     "videotestsrc": "gstreamer1.0-plugins-base",
     "audiotestsrc": "gstreamer1.0-plugins-base",
-    "videoconvert": "gstreamer1.0-plugins-base",
     "audioconvert": "gstreamer1.0-plugins-base",
     "valve": "libgstreamer1.0-0",
     "opusenc": "gstreamer1.0-plugins-base",
     "timeoverlay": "gstreamer1.0-x",
-    "textoverlay": "gstreamer1.0-x",
     "x264enc": "gstreamer1.0-plugins-ugly",
     "rtph264pay": "gstreamer1.0-plugins-good",
     "rtph264depay": "gstreamer1.0-plugins-good",
@@ -43,13 +47,19 @@ GST_ELEMENTS = {
 }
 # GObject introspection namespace -> Debian package (imported by scripts/rtsp_server.py).
 TYPELIBS = {"Gst": "gir1.2-gstreamer-1.0", "GstRtspServer": "gir1.2-gst-rtsp-server-1.0"}
-# Binary -> Debian package.
+# Binary -> Debian package: the RTSP server's interpreter, the RTP feeders (tests/live.py) and the
+# browser tests/test_preview.py launches (by this path).
 BINARIES = {
     SYSTEM_PYTHON: "python3-gi",
     "gst-launch-1.0": "gstreamer1.0-tools",
-    "tesseract": "tesseract-ocr",
-    "chromium": "chromium",
+    "/usr/lib/chromium/chromium": "chromium",
 }
+# The interpreter running this script makes the virtual environments (`python3 -m venv`), which
+# needs ensurepip: Debian ships it in python3-venv, not in python3.
+VENV_PACKAGE = "python3-venv"
+# Tesseract's language data, found as streamer/ocr/recognizers.py finds it ($TESSDATA_PREFIX, else
+# the newest /usr/share/tesseract-ocr/*/tessdata); the library itself comes in tesserocr's wheel.
+TESSDATA_GLOB = "/usr/share/tesseract-ocr/*/tessdata"
 TESSERACT_LANGS = {"eng": "tesseract-ocr-eng"}
 # Data file -> Debian package: the TrueType fonts scripts/bench_ocr.py and the OCR tests draw
 # plates with.
@@ -57,8 +67,9 @@ DATA_FILES = {
     f"/usr/share/fonts/truetype/dejavu/{name}.ttf": "fonts-dejavu-core"
     for name in ("DejaVuSans-Bold", "DejaVuSansMono-Bold", "DejaVuSerif-Bold")
 }
-# The RTSP server's library: a dependency of its typelib, named for completeness of the install.
-EXTRA_PACKAGES = ["gstreamer1.0-rtsp"]
+# GStreamer's RTSP server library is libgstrtspserver-1.0-0, which gir1.2-gst-rtsp-server-1.0
+# depends on. gstreamer1.0-rtsp is something else (the rtspsrc/rtspclientsink plugins, which nothing
+# here uses), so no package is installed without a capability that needs it.
 
 _GST_PROBE = """
 import json, sys
@@ -87,16 +98,27 @@ def packages() -> list[str]:
         *BINARIES.values(),
         *TYPELIBS.values(),
         *GST_ELEMENTS.values(),
+        VENV_PACKAGE,
         *TESSERACT_LANGS.values(),
         *DATA_FILES.values(),
-        *EXTRA_PACKAGES,
     ]
     return list(dict.fromkeys(names))
+
+
+def tessdata_dir() -> str | None:
+    """The folder tesserocr is given: $TESSDATA_PREFIX, else Debian's newest, else None."""
+    env = os.environ.get("TESSDATA_PREFIX")
+    if env:
+        return env
+    found = sorted(glob.glob(TESSDATA_GLOB))
+    return found[-1] if found else None
 
 
 def missing() -> list[tuple[str, str]]:
     """Returns (what is missing, Debian package that provides it) pairs."""
     found: list[tuple[str, str]] = []
+    if importlib.util.find_spec("ensurepip") is None:
+        found.append((f"ensurepip for {sys.executable} (python3 -m venv)", VENV_PACKAGE))
     for binary, package in BINARIES.items():
         if shutil.which(binary) is None:
             found.append((f"binary {binary}", package))
@@ -116,14 +138,11 @@ def missing() -> list[tuple[str, str]]:
             found.append((f"GObject typelib {ns}-1.0", TYPELIBS[ns]))
         for element in result.get("elements", []):
             found.append((f"GStreamer element {element}", GST_ELEMENTS[element]))
-    if shutil.which("tesseract"):
-        run = subprocess.run(
-            ["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60
-        )
-        langs = set((run.stdout + run.stderr).split())
-        for lang, package in TESSERACT_LANGS.items():
-            if lang not in langs:
-                found.append((f"Tesseract language data '{lang}'", package))
+    tessdata = tessdata_dir()
+    for lang, package in TESSERACT_LANGS.items():
+        path = os.path.join(tessdata or TESSDATA_GLOB, f"{lang}.traineddata")
+        if not os.path.isfile(path):
+            found.append((f"Tesseract language file {path}", package))
     for path, package in DATA_FILES.items():
         if not os.path.isfile(path):
             found.append((f"file {path}", package))
@@ -135,12 +154,15 @@ def main() -> int:
         print(" ".join(packages()))
         return 0
     gaps = missing()
+    if "--missing-packages" in sys.argv[1:]:
+        print(" ".join(dict.fromkeys(p for _, p in gaps)))
+        return 0
     if not gaps:
         print("system check: every GStreamer element, typelib, binary and data file is present")
         return 0
     print("system check: missing pieces (install the named Debian packages):", file=sys.stderr)
     for what, package in gaps:
-        print(f"  {what:<40} apt-get install {package}", file=sys.stderr)
+        print(f"  {what:<44} apt-get install {package}", file=sys.stderr)
     wanted = " ".join(dict.fromkeys(p for _, p in gaps))
     print(f"fix: apt-get install --no-install-recommends {wanted}", file=sys.stderr)
     return 1

@@ -20,11 +20,14 @@ With --user and --password every path wants those credentials (HTTP Basic over R
 Prints "READY rtsp://127.0.0.1:<port>" once it listens; stops on SIGTERM / SIGINT. Every
 media pipeline is built once before that: a missing GStreamer element makes the server exit 2
 at once, naming the element, instead of answering each client "5XX Server Error".
+--print-pipelines prints the launch line of each path as JSON and exits (tests/test_system.py
+checks that scripts/check_system.py checks each element in them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from typing import Any
@@ -50,6 +53,27 @@ def check_launch(path: str, launch: str) -> None:
 
 
 AUTH_ROLE = "user"
+
+
+def pipelines(width: int, height: int, fps: int, relay_port: int) -> dict[str, str]:
+    """The gst-launch line of each mount path (/relay only with a relay port)."""
+    picture = (
+        f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},height={height},"
+        f"framerate={fps}/1"
+    )
+    h264 = f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps}"
+    lines = {
+        "/test": f"{picture} ! timeoverlay ! {h264} ! rtph264pay name=pay0 pt=96",
+        "/test-audio": f"{picture} ! valve name=videogate ! {h264} ! rtph264pay name=pay0 pt=96 "
+        "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000 ! audioconvert "
+        "! opusenc ! rtpopuspay name=pay1 pt=97",
+    }
+    if relay_port:
+        lines["/relay"] = (
+            f'udpsrc address=127.0.0.1 port={relay_port} caps="{H264_RTP_CAPS}" '
+            "! rtph264depay ! rtph264pay name=pay0 pt=96"
+        )
+    return lines
 
 
 def factory(path: str, launch: str, auth: bool) -> GstRtspServer.RTSPMediaFactory:
@@ -83,11 +107,16 @@ def main() -> int:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--user", help="require this user name (with --password)")
     ap.add_argument("--password", help="... and this password")
+    ap.add_argument("--print-pipelines", action="store_true", help="print them as JSON, exit")
     args = ap.parse_args()
     if (args.user is None) != (args.password is None):
         ap.error("give --user and --password together")
     auth = args.user is not None
     w, h = (int(v) for v in args.size.split("x"))
+    launch = pipelines(w, h, args.fps, args.relay_port)
+    if args.print_pipelines:
+        print(json.dumps(launch))
+        return 0
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -96,35 +125,10 @@ def main() -> int:
     if auth:
         require_password(server, args.user, args.password)
     mounts = server.get_mount_points()
-    mounts.add_factory(
-        "/test",
-        factory(
-            "/test",
-            f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
-            f"framerate={args.fps}/1 ! timeoverlay ! x264enc tune=zerolatency "
-            f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96",
-            auth,
-        ),
-    )
-    if args.relay_port:
-        mounts.add_factory(
-            "/relay",
-            factory(
-                "/relay",
-                f'udpsrc address=127.0.0.1 port={args.relay_port} caps="{H264_RTP_CAPS}" '
-                "! rtph264depay ! rtph264pay name=pay0 pt=96",
-                auth,
-            ),
-        )
-    with_audio = factory(
-        "/test-audio",
-        f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
-        f"framerate={args.fps}/1 ! valve name=videogate ! x264enc tune=zerolatency "
-        f"speed-preset=ultrafast key-int-max={args.fps} ! rtph264pay name=pay0 pt=96 "
-        "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000 ! audioconvert "
-        "! opusenc ! rtpopuspay name=pay1 pt=97",
-        auth,
-    )
+    mounts.add_factory("/test", factory("/test", launch["/test"], auth))
+    if "/relay" in launch:
+        mounts.add_factory("/relay", factory("/relay", launch["/relay"], auth))
+    with_audio = factory("/test-audio", launch["/test-audio"], auth)
     gates: list[Any] = []  # the video valves of /test-audio's media (one: it is shared)
     with_audio.connect(
         "media-configure",

@@ -24,6 +24,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def _kill_live_leftovers() -> Iterator[None]:
+    """Whatever a test does, no RTSP server or RTP feeder it started outlives it."""
+    yield
+    from tests.live import kill_leftovers  # tests.live imports this module
+
+    kill_leftovers()
+
+
 @pytest.fixture
 def endpoint() -> Iterator[object]:
     """A factory of fresh ``tcp://127.0.0.1:<port>`` endpoints."""

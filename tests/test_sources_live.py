@@ -131,10 +131,10 @@ def test_stalled_stream_is_detected_by_watchdog() -> None:
 
 def test_server_down_at_start_then_up() -> None:
     port = free_port()
+    server = RtspServer(port=port)
 
-    async def main() -> RtspServer:
+    async def main() -> None:
         c = Consumer(rtsp_source(f"rtsp://127.0.0.1:{port}/test")).start()
-        server = RtspServer(port=port)
         try:
             await until(lambda: c.source.stats.reconnects >= 2, 10, "retries while down")
             assert c.source.stats.state in ("backing_off", "connecting")
@@ -144,14 +144,11 @@ def test_server_down_at_start_then_up() -> None:
             print(f"start-up: server ready -> 5 frames in {took:.2f} s")
         finally:
             await c.stop()
-        return server
 
-    server = None
     try:
-        server = asyncio.run(asyncio.wait_for(main(), 60))
+        asyncio.run(asyncio.wait_for(main(), 60))
     finally:
-        if server is not None:
-            server.kill()
+        server.kill()
 
 
 @pytest.mark.parametrize(
@@ -180,7 +177,7 @@ def test_unreachable_urls_retry_with_a_clear_state(url: str, reason: str) -> Non
 
 
 def test_two_cameras_one_killed_other_keeps_its_rate() -> None:
-    a, b = RtspServer().start(), RtspServer().start()
+    a, b = RtspServer(), RtspServer()
 
     async def main() -> None:
         ca = Consumer(rtsp_source(a.url(), "a")).start()
@@ -201,6 +198,8 @@ def test_two_cameras_one_killed_other_keeps_its_rate() -> None:
             await asyncio.gather(ca.stop(), cb.stop())
 
     try:
+        a.start()
+        b.start()
         asyncio.run(asyncio.wait_for(main(), 90))
     finally:
         a.kill()

@@ -3,15 +3,20 @@ with the Debian package that provides it (scripts/check_system.py, scripts/rtsp_
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.live import RtspServer
+from tests.conftest import REPO, free_port, load_script
+from tests.live import SYSTEM_PYTHON, RtpFeeder, RtspServer, feeder_launch, until
+from tests.test_preview import CHROMIUM
 
 
 def _without_gstreamer_plugins(tmp_path: Path) -> dict[str, str]:
@@ -75,3 +80,130 @@ def test_rtsp_server_fails_fast_with_the_missing_element(tmp_path: Path) -> None
     message = str(failed.value)
     assert "exit code 2" in message, message  # it ended by itself (a kill at timeout is -9)
     assert "videotestsrc" in message, message  # the first element GStreamer could not find
+
+
+def test_missing_capabilities_name_the_packages_to_install(tmp_path: Path) -> None:
+    """`make` installs what `--missing-packages` names: packages whose capability is gone,
+    whatever dpkg says (here the plugin packages are installed but GStreamer finds no element,
+    as after `apt-get remove` without purge)."""
+    env = {**_without_gstreamer_plugins(tmp_path), "TESSDATA_PREFIX": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, "scripts/check_system.py", "--missing-packages"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    named = res.stdout.split()
+    assert len(named) == len(set(named)), named
+    assert {"gstreamer1.0-x", "gstreamer1.0-plugins-ugly", "tesseract-ocr-eng"} <= set(named)
+    assert "fonts-dejavu-core" not in named  # only what is missing
+    res = subprocess.run(
+        [sys.executable, "scripts/check_system.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert f"{tmp_path}/eng.traineddata" in res.stderr, res.stderr  # TESSDATA_PREFIX honoured
+
+
+def test_a_python_without_ensurepip_is_named_with_python3_venv() -> None:
+    run_without_ensurepip = (
+        "import runpy, sys; sys.modules['ensurepip'] = None; "
+        "sys.argv = ['check_system.py', '--missing-packages']; "
+        "runpy.run_path('scripts/check_system.py', run_name='__main__')"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", run_without_ensurepip],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.stdout.split() == ["python3-venv"], (res.stdout, res.stderr)
+
+
+def _elements(launch: str) -> set[str]:
+    """The element names in a gst-launch line: each word that is neither a property (=), caps
+    (/), a link (!) nor a bracket."""
+    words = [w for w in shlex.split(launch) if w not in ("!", "(", ")")]
+    return {w for w in words if "=" not in w and "/" not in w}
+
+
+def test_every_element_the_servers_build_is_checked() -> None:
+    """Read from the pipelines themselves, so a new element cannot be left out of the check."""
+    check = load_script("check_system")
+    res = subprocess.run(
+        [SYSTEM_PYTHON, "scripts/rtsp_server.py", "--print-pipelines", "--relay-port", "5600"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    server = json.loads(res.stdout)
+    assert set(server) == {"/test", "/test-audio", "/relay"}
+    used = set().union(*map(_elements, server.values())) | _elements(" ".join(feeder_launch(1)))
+    assert {"videotestsrc", "timeoverlay", "rtpopuspay", "udpsrc", "udpsink"} <= used
+    assert used <= set(check.GST_ELEMENTS), used - set(check.GST_ELEMENTS)
+    assert set(check.GST_ELEMENTS) <= used, set(check.GST_ELEMENTS) - used  # nothing unused
+    assert CHROMIUM in check.BINARIES  # the browser test_preview.py launches, by its path
+
+
+def test_rtsp_server_silent_past_its_deadline_is_killed(tmp_path: Path) -> None:
+    """A server that lives but never says READY is killed at the deadline (a blocking
+    readline would wait for as long as it lives)."""
+    silent = tmp_path / "silent.py"
+    silent.write_text(
+        "import sys, time\nprint('starting', file=sys.stderr, flush=True)\ntime.sleep(30)\n"
+    )
+    server = RtspServer(ready_timeout_s=1.0)
+    server.script = silent
+    t = time.monotonic()
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert time.monotonic() - t < 5
+    message = str(failed.value)
+    assert "said nothing within 1.0 s" in message and "starting" in message, message
+
+
+def _fake_server(tmp_path: Path, after_ready: str) -> RtspServer:
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import sys, time\nprint('READY', flush=True)\n"
+        f"print({after_ready!r}, file=sys.stderr, flush=True)\ntime.sleep(30)\n"
+    )
+    server = RtspServer()
+    server.script = script
+    return server
+
+
+def test_a_wait_that_times_out_reports_the_servers_stderr(tmp_path: Path) -> None:
+    server = _fake_server(tmp_path, "pipeline error: no more buffers").start()
+    try:
+        with pytest.raises(AssertionError) as failed:
+            asyncio.run(until(lambda: False, 0.3, "frames"))
+    finally:
+        server.kill()
+    message = str(failed.value)
+    assert "timed out after 0.3 s waiting for frames" in message, message
+    assert f"stderr of RTSP server on port {server.port}" in message, message
+    assert "pipeline error: no more buffers" in message, message
+
+
+def test_a_feeder_that_dies_fails_the_wait_at_once_with_its_error(tmp_path: Path) -> None:
+    feeder = RtpFeeder(free_port(), env=_without_gstreamer_plugins(tmp_path))
+    try:
+        t = time.monotonic()
+        with pytest.raises(AssertionError) as failed:
+            asyncio.run(until(lambda: False, 30, "relayed frames"))
+        assert time.monotonic() - t < 10
+    finally:
+        feeder.kill()
+    message = str(failed.value)
+    assert "RTP feeder" in message and "exited" in message, message
+    assert "videotestsrc" in message, message  # gst-launch's own error: no such element
