@@ -4,7 +4,10 @@
 (a) bare PyAV decode of a generated H.264 clip, as fast as possible.
 (b) `streamer run` on the same clip, unpaced: tap at 640 px (raw I420), the echo detector
     process answering 10 boxes per frame, a subscriber (this process) receiving every crop.
-    Throughput = frames fully served (paired, all 10 crops received) per second of the run.
+    The clip is read lossless, and streamer starts decoding once the subscriber's subscription
+    has reached it (publish.wait_for_subscriber); the subscriber takes crops until it has every
+    one streamer sent (its stats file says how many). Throughput = frames fully served (paired,
+    all crops received) per second of the run.
 (c) the same paced at 30 fps: latency from the detector sending a detection message to each of
     its crops arriving at the subscriber (p50, p99), streamer's CPU and peak RSS; with --soak S,
     RSS sampled over S seconds to show it stays flat.
@@ -35,6 +38,8 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 BOXES = 10
 WARMUP_FRAMES = 30
+SUBSCRIBE_TIMEOUT_S = 20.0  # for the crop subscriber to connect to streamer
+DRAIN_TIMEOUT_S = 10.0  # after streamer exits, for the crops it sent to arrive
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -124,15 +129,21 @@ class Probe:
 
 
 def collect(
-    endpoint: str, arrivals: dict[int, list[float]], ready: threading.Event, done: threading.Event
+    endpoint: str,
+    arrivals: dict[int, list[float]],
+    received: list[int],
+    ready: threading.Event,
+    done: threading.Event,
 ) -> None:
-    """The crop subscriber: receives every crop (payload uncopied), notes each one's arrival."""
+    """The crop subscriber: receives every crop (payload uncopied) until `done`, notes each
+    one's arrival in `arrivals` (frame id -> arrival times) and counts them in received[0];
+    sets `ready` once connected to streamer."""
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sock.connect(endpoint)
-    if monitor.poll(20_000):
+    if monitor.poll(int(SUBSCRIBE_TIMEOUT_S * 1000)):
         ready.set()
     sock.disable_monitor()
     monitor.close(linger=0)
@@ -141,6 +152,7 @@ def collect(
             parts = sock.recv_multipart(copy=False)
             now = time.monotonic()
             arrivals.setdefault(json.loads(parts[1].bytes)["frame_id"], []).append(now)
+            received[0] += 1
     sock.close(linger=0)
 
 
@@ -230,10 +242,11 @@ def run_pipeline(
     if run_s:
         cmd += ["--duration", str(run_s)]
     arrivals: dict[int, list[float]] = {}
+    received = [0]
     ready, done = threading.Event(), threading.Event()
     # The detector and the subscriber connect first (ZeroMQ retries until streamer binds), so
     # frames are not decoded before anyone listens.
-    collector = threading.Thread(target=collect, args=(pub, arrivals, ready, done))
+    collector = threading.Thread(target=collect, args=(pub, arrivals, received, ready, done))
     collector.start()
     detector = subprocess.Popen(
         [
@@ -253,7 +266,13 @@ def run_pipeline(
     )
     time.sleep(1.0)  # the detector's imports
     streamer = subprocess.Popen(cmd, cwd=REPO)
-    ready.wait(20)
+    if not ready.wait(SUBSCRIBE_TIMEOUT_S + 1):
+        for proc in (streamer, detector):
+            proc.kill()
+            proc.wait(10)
+        done.set()
+        collector.join()
+        sys.exit(f"bench: the crop subscriber never connected to {pub} in {SUBSCRIBE_TIMEOUT_S} s")
     if viewer:
         viewer_thread = threading.Thread(target=watch_preview, args=(port, done, viewed))
         viewer_thread.start()
@@ -274,12 +293,18 @@ def run_pipeline(
     streamer.wait()
     detector.terminate()
     detector.wait(10)
-    time.sleep(0.3)
+    stats = json.loads(stats_file.read_text())
+    # Crops streamer sent may still be in flight: wait (bounded) until every one has arrived.
+    sent = sum(p["sent"] for p in stats["publishers"])
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while received[0] < sent and time.monotonic() < deadline:
+        time.sleep(0.02)
     done.set()
     collector.join()
+    if received[0] != sent:
+        print(f"bench: streamer sent {sent} crops, {received[0]} arrived", file=sys.stderr)
     if viewer:
         viewer_thread.join()
-    stats = json.loads(stats_file.read_text())
     sent_at = {}
     for line in times_file.read_text().splitlines():
         fid, t = line.split()
@@ -314,6 +339,7 @@ def run_pipeline(
         "p50_ms": statistics.median(lat) if lat else float("nan"),
         "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"),
         "crops": sum(len(v) for v in arrivals.values()),
+        "sent": sent,
         "viewer_frames": viewed[0],
     }
 
@@ -339,7 +365,8 @@ def main() -> None:
             f"{w}x{h}: (a) bare decode {a:.1f} fps ({a_threads or 'default'} threads); "
             f"(b) streamer served {b['served_fps']:.1f} "
             f"fps with {BOXES} boxes ({b['served']} of {s['decoded']} frames fully served, "
-            f"not_tapped {s['not_tapped']}, expired {s['expired']}) -> (b)/(a) = "
+            f"paired {s['paired']}, not_tapped {s['not_tapped']}, expired {s['expired']}, "
+            f"{b['crops']} of {b['sent']} crops sent received) -> (b)/(a) = "
             f"{b['served_fps'] / a:.2f}; peak RSS {b['peak_mb']:.0f} MB"
         )
         fps = b["served_fps"]

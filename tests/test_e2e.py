@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from tests.conftest import REPO, decode_bgr, free_port, load_script, spawn, stop
 
 N_BOXES = 6
 MAX_CODEC_DIFF = 4  # our crop-only I420->BGR vs FFmpeg's full-frame conversion
+RUN_TIMEOUT_S = 30.0  # for streamer to serve the 60-frame clip and exit
+SILENCE_S = 2.0  # after streamer exits: no crop for this long means no more are coming
 
 
 def _collect(endpoint: str, out: list[Crop], ready: threading.Event, done: threading.Event) -> None:
@@ -38,6 +41,16 @@ def _collect(endpoint: str, out: list[Crop], ready: threading.Event, done: threa
             crop = sub.recv(timeout_s=0.2)
             if crop is not None:
                 out.append(crop)
+
+
+def _until_all_or_silent(crops: list[Crop], expected: int) -> None:
+    """Waits until `crops` (filled by another thread) holds `expected` crops, or none has
+    arrived for SILENCE_S."""
+    n, changed_at = len(crops), time.monotonic()
+    while len(crops) < expected and time.monotonic() - changed_at < SILENCE_S:
+        time.sleep(0.02)
+        if len(crops) != n:
+            n, changed_at = len(crops), time.monotonic()
 
 
 @pytest.mark.parametrize("masks", [False, True], ids=["boxes", "masks-keypoints"])
@@ -77,15 +90,22 @@ def test_clip_to_crops_end_to_end(tmp_path: Path, clip: Path, endpoint: Any, mas
             str(N_BOXES),
             *(["--masks"] if masks else []),
         )
-        streamer.wait(timeout=30)
+        try:
+            _, err_bytes = streamer.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _, err = stop(streamer)
+            pytest.fail(f"streamer still running after {RUN_TIMEOUT_S} s; its stderr:\n{err}")
+        err = err_bytes.decode(errors="replace")
+        assert streamer.returncode == 0, err
+        stats = json.loads(stats_path.read_text())
+        # Crops sent just before streamer exited may still be on their way.
+        _until_all_or_silent(crops, stats["publishers"][0]["sent"])
     finally:
         done.set()
         collector.join(5)
-        _, err = stop(streamer)
+        stop(streamer)
         if detector is not None:
             stop(detector)
-    assert streamer.returncode == 0, err
-    stats = json.loads(stats_path.read_text())
     src = stats["sources"]["cam1"]
 
     # Every frame is accounted for and paired.
