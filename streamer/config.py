@@ -211,8 +211,18 @@ class PublishConfig(_Model):
     wait_for_subscriber: bool = Field(
         False,
         description="pub: lossless sources (realtime: false) start only once this publisher has "
-        "a subscriber, so a consumer that connects with the run loses no crop",
+        "a subscriber, so a consumer that connects with the run loses no crop; live sources "
+        "(realtime: true) never wait",
     )
+
+    @model_validator(mode="after")
+    def _wait_needs_pub(self) -> PublishConfig:
+        if self.wait_for_subscriber and self.mode == "push":
+            raise ValueError(
+                "wait_for_subscriber applies to mode: pub only (a push socket has no "
+                "subscription to wait for; send_timeout_ms is how long it waits for a worker)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quality_fits(self) -> PublishConfig:

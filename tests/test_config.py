@@ -58,6 +58,11 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("crop", {"background_color": [1, 2, 256]}, "channels must be in 0..255"),
         ("detections", {}, "give exactly one of 'bind' (PULL) or 'connect' (SUB)"),
         ("publish.0.encoding", "gif", "publish[0].encoding: Input should be"),
+        (
+            "publish.0",
+            {"bind": "tcp://127.0.0.1:5560", "mode": "push", "wait_for_subscriber": True},
+            "publish[0]: wait_for_subscriber applies to mode: pub only",
+        ),
         ("tap", {"bind": "x", "encoding": "png"}, "tap.encoding: Input should be"),
         ("ring", {"max_frames": 0}, "ring.max_frames: Input should be greater than or equal to 1"),
         ("bogus", 1, "bogus: Extra inputs are not permitted"),
