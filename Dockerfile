@@ -1,15 +1,21 @@
-# streamer: run a config mounted at /config/streamer.yaml.
+# streamer: runs the config file mounted at /config/streamer.yaml.
 #   docker build -t streamer .
 #   docker build --build-arg EXTRAS=ocr -t streamer-ocr .   # also `streamer ocr`'s recognizers
-#   docker run --rm -v "$PWD/configs:/config:ro" -p 8080:8080 streamer
+#   docker run --rm -v "$PWD/site.yaml:/config/streamer.yaml:ro" -p 8080:8080 streamer
 # The config's preview section must listen on 0.0.0.0:8080 inside the container for the port
-# mapping and the health check below (which calls /healthz, served without a token).
+# mapping and the health check below (which calls /healthz, served without a token), as
+# configs/site.yaml's does. Relative paths in the config (site.yaml's CURVE keys) are relative to
+# /app: mount them there too (-v "$PWD/keys:/app/keys:ro").
+# The ocr image has no Tesseract language data: `streamer ocr` works with its default engine
+# (rapidocr); for --engine tesseract mount a tessdata folder with eng.traineddata and set
+# TESSDATA_PREFIX to it.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
     UV_PROJECT_ENVIRONMENT=/opt/streamer \
     UV_PYTHON_DOWNLOADS=never \
     PATH=/opt/streamer/bin:$PATH
