@@ -45,16 +45,15 @@ WARMUP_S = 3.0  # connections, decoder start-up: not measured
 
 def bare_decode(clip: Path, n: int, seconds: float) -> None:
     """(child process) Decode `n` copies of the clip paced at their frame rate, looped, each in
-    its own thread with streamer's decoder settings; print frames per camera as JSON."""
+    its own thread with streamer's decoder settings for cameras (FFmpeg's defaults); print frames
+    per camera as JSON."""
     stop = threading.Event()
     counts = [0] * n
 
     def run(i: int) -> None:
         while not stop.is_set():
             with av.open(str(clip)) as c:
-                stream = c.streams.video[0]
-                stream.thread_type = "AUTO"
-                stream.codec_context.thread_count = os.cpu_count() or 0
+                stream = c.streams.video[0]  # FFmpeg's default threading, as streamer's
                 start, first = time.monotonic(), None
                 for f in c.decode(stream):
                     t = float(f.time or 0.0)

@@ -122,7 +122,7 @@ class RingConfig(_Model):
     max_bytes: int = Field(512 * MIB, ge=1 * MIB)
     max_age_ms: int = Field(5_000, ge=1, le=600_000)
     max_total_bytes: int = Field(
-        192 * MIB,
+        128 * MIB,
         ge=1 * MIB,
         description="every source's waiting frames together (one budget for the process); past "
         "it the source holding the most loses its oldest frame (expired_budget)",
@@ -186,7 +186,7 @@ class TapConfig(_Model):
     jpeg_quality: int = Field(85, ge=1, le=100)
     hwm: int = Field(4, ge=1, le=10_000, description="frames queued per detector before drops")
     max_in_flight: int = Field(
-        8,
+        4,
         ge=1,
         le=1_000,
         description="per source: frames tapped and still waiting for their detections; past "

@@ -99,12 +99,15 @@ class AvSource(Source):
         while True:
             with self._open() as container:
                 stream = container.streams.video[0]
-                if not self.live:
-                    # Frame threading adds ~2 frames of delay: fine for files, not for cameras.
-                    # One thread per core: FFmpeg's default (cores + 1) decodes a 1080p H.264
-                    # file ~20% slower on 2 cores (scripts/bench_pipeline.py measures both).
+                if self.lossless:
+                    # Read as fast as served: frame threading, one thread per core (FFmpeg's
+                    # default, cores + 1, decodes a 1080p H.264 file ~20% slower on 2 cores;
+                    # scripts/bench_pipeline.py measures both). Cameras, and files played in
+                    # real time like one, keep FFmpeg's slice threading: no frames of delay, and
+                    # no per-thread frame buffers in each of many decoders.
                     stream.thread_type = "AUTO"
                     stream.codec_context.thread_count = os.cpu_count() or 0
+                if not self.live:
                     for other in container.streams:
                         if other.index != stream.index:
                             other.discard = "all"  # a file's audio and data: not even read
