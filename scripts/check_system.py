@@ -68,8 +68,8 @@ DATA_FILES = {
     for name in ("DejaVuSans-Bold", "DejaVuSansMono-Bold", "DejaVuSerif-Bold")
 }
 # GStreamer's RTSP server library is libgstrtspserver-1.0-0, which gir1.2-gst-rtsp-server-1.0
-# depends on. gstreamer1.0-rtsp is something else (the rtspsrc/rtspclientsink plugins, which nothing
-# here uses), so no package is installed without a capability that needs it.
+# depends on (its import is checked). gstreamer1.0-rtsp is something else, the rtspclientsink
+# plugin, which nothing here uses: no package is listed without a capability that needs it.
 
 _GST_PROBE = """
 import json, sys

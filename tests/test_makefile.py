@@ -158,3 +158,13 @@ def test_a_new_uv_version_installs_that_uv(tmp_path: Path) -> None:
     made = [line for line in _log(env) if line.startswith("python -m venv")]
     assert made == ["python -m venv .tools/uv-0.13.9", "python -m venv .tools/uv-9.9.9"], made
     assert os.access(work / ".tools" / "uv-9.9.9" / "bin" / "uv", os.X_OK)
+
+
+def test_a_gap_left_after_installing_stops_make(tmp_path: Path) -> None:
+    work, env = _scratch(tmp_path)
+    env["MISSING"], env["CHECK_RC"] = "chromium", "1"
+    res = _make(work, env, "test")
+    assert res.returncode != 0
+    log = _log(env)
+    assert log[-1] == "check done", log  # nothing runs after the failed re-check
+    assert "apt-get install -y -q --no-install-recommends chromium" in log, log
