@@ -59,7 +59,7 @@ def _totals(stats: dict[str, Any]) -> dict[str, int]:
         "late": 0,
         "duplicate": 0,
     }
-    for s in stats["sources"].values():
+    for s in [*stats["sources"].values(), *stats.get("removed_sources", [])]:
         for k in ("decoded", "paired", "crops", "expired", "not_tapped", "dropped_handoff"):
             t[k] += s[k]
         t["late"] += s["detections"].get("late", 0) + s["detections"].get("unknown_frame", 0)
@@ -140,19 +140,25 @@ async def _run_pipeline(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)
     reloading: set[asyncio.Task[Any]] = set()
+    again = asyncio.Event()  # a SIGHUP came during a reload: read the file once more after it
 
     async def apply_reload() -> None:
         assert reload is not None
-        try:
-            new = await asyncio.to_thread(reload)
-        except ConfigError as e:
-            log.error("SIGHUP: config not reloaded, the running one is kept: %s", e)
-            return
-        await pipeline.reload(new)
+        while True:
+            again.clear()
+            try:
+                new = await asyncio.to_thread(reload)
+                await pipeline.reload(new)
+            except ConfigError as e:
+                log.error("SIGHUP: config not reloaded, the running one is kept: %s", e)
+            except Exception:  # a bug: say so; the pipeline goes on as it is
+                log.exception("SIGHUP: reload failed; the running config is kept")
+            if not again.is_set():
+                return
 
     def on_hup() -> None:
-        if reloading:  # one reload at a time; a HUP during one is folded into it
-            log.warning("SIGHUP: a reload is already under way")
+        if reloading:
+            again.set()  # applied when the reload under way ends
             return
         task = asyncio.create_task(apply_reload())
         reloading.add(task)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,6 +80,50 @@ class CropConfig(_Model):
         return parse_color_bgr(self.background_color)
 
 
+MAX_SOURCES = 256  # per process: a config file's, and what the control API may add
+SYNTHETIC_PREFIX = "synthetic:"
+# Bounds of a synthetic scene's options (name -> (min, max)): its picture is allocated up front.
+SYNTHETIC_BOUNDS = {
+    "width": (16, 4096),
+    "height": (16, 4096),
+    "fps": (1, 120),
+    "seed": (0, 2**31 - 1),
+    "plates": (0, 32),
+    "blobs": (0, 32),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticSpec:
+    """A ``synthetic:`` source's options, parsed from its URL."""
+
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    seed: int = 1
+    plates: int = 3
+    blobs: int = 3
+
+    @classmethod
+    def from_url(cls, url: str) -> SyntheticSpec:
+        """``synthetic:width=1280&height=720&fps=30&seed=1&plates=3&blobs=3`` (all optional).
+        Raises ValueError naming the bad option."""
+        query = url[len(SYNTHETIC_PREFIX) :].lstrip("?")
+        try:
+            pairs = parse_qsl(query, strict_parsing=bool(query))
+        except ValueError:
+            raise ValueError(f"synthetic options must be name=value&...: {query[:100]!r}") from None
+        fields: dict[str, int] = {}
+        for name, value in pairs:
+            if name not in SYNTHETIC_BOUNDS:
+                raise ValueError(f"unknown synthetic source option {name[:40]!r}")
+            lo, hi = SYNTHETIC_BOUNDS[name]
+            if not (value.isascii() and value.isdigit() and lo <= int(value) <= hi):
+                raise ValueError(f"synthetic option {name} must be an integer {lo}..{hi}")
+            fields[name] = int(value)
+        return cls(**fields)
+
+
 class SourceConfig(_Model):
     """A camera or stand-in. `url`: ``rtsp://...`` (also rtsps, http(s) MJPEG/HLS), ``webcam:0``
     or ``/dev/videoN``, a file path, ``lavfi:<graph>``, or ``synthetic:[k=v&...]``."""
@@ -107,6 +153,13 @@ class SourceConfig(_Model):
     width: int | None = Field(None, ge=16, le=8192, description="webcam capture width request")
     height: int | None = Field(None, ge=16, le=8192, description="webcam capture height request")
     fps: float | None = Field(None, gt=0, le=240, description="webcam capture rate request")
+
+    @field_validator("url")
+    @classmethod
+    def _synthetic_options(cls, v: str) -> str:
+        if v.startswith(SYNTHETIC_PREFIX):
+            SyntheticSpec.from_url(v)  # raises ValueError naming the bad option
+        return v
 
     @model_validator(mode="after")
     def _backoff_order(self) -> SourceConfig:
@@ -354,7 +407,7 @@ class HealthConfig(_Model):
 
 
 class StreamerConfig(_Model):
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(min_length=1, max_length=MAX_SOURCES)
     detections: DetectionsConfig
     tap: TapConfig | None = None
     crop: CropConfig = CropConfig()
@@ -467,8 +520,12 @@ def load_config(path: str | Path, shard: Shard = SINGLE) -> StreamerConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML: nested too deep (a recursive alias?)") from None
     return parse_config(data, shard)

@@ -130,8 +130,10 @@ class Pairer:
         return self._rings[source_id].stats
 
     def add_source(self, source_id: str) -> None:
-        """Give a new source an empty ring (no-op if it has one)."""
-        self._rings.setdefault(source_id, _Ring(self._total))
+        """Give a new source an empty ring. ValueError if it has one."""
+        if source_id in self._rings:
+            raise ValueError(f"source {source_id!r} already has a ring")
+        self._rings[source_id] = _Ring(self._total)
 
     def remove_source(self, source_id: str) -> RingStats:
         """Expire what the source still has waiting and forget its ring; return its final

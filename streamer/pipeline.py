@@ -26,7 +26,7 @@ import zmq
 import zmq.asyncio
 
 from streamer.camera import Camera
-from streamer.config import SourceConfig, StreamerConfig, parse_patch, parse_source
+from streamer.config import MAX_SOURCES, SourceConfig, StreamerConfig, parse_patch, parse_source
 from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import ConfigError, EndOfStream
@@ -60,7 +60,7 @@ SHED_SAMPLE_INTERVAL_S = 1.0  # how often each source's shed share is sampled fo
 SHED_HINT_S = 0.5  # a source whose frame was turned away: its decoder skips what it can this long
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
-MAX_CAMERAS = 256  # per process: a bound on what the control API may add
+REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
 REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
 
 
@@ -97,7 +97,10 @@ class Pipeline:
         self._tap_queue: asyncio.Queue[tuple[Camera, Frame]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None  # while running
         self._ended = asyncio.Event()  # every camera's source has ended by itself
-        self._removed: list[dict[str, Any]] = []  # final counters of removed cameras
+        # Final counters of the most recently removed cameras (all of them are logged).
+        self._removed: deque[dict[str, Any]] = deque(maxlen=REMOVED_KEPT)
+        self._changing: set[str] = set()  # ids being removed: not to be added meanwhile
+        self._tap_supervisor = Supervisor("frame tap")
         self.hub: PreviewHub | None = None
         self.preview_server: PreviewServer | None = None
         if cfg.preview is not None:
@@ -136,12 +139,17 @@ class Pipeline:
         src = data if isinstance(data, SourceConfig) else parse_source(data)
         if src.id in self.cameras:
             raise ConfigError(f"id: source {src.id!r} already exists")
-        if len(self.cameras) >= MAX_CAMERAS:
-            raise ConfigError(f"(top level): this process serves at most {MAX_CAMERAS} sources")
+        if src.id in self._changing:
+            raise ConfigError(f"id: source {src.id!r} is being removed; try again")
+        if len(self.cameras) >= MAX_SOURCES:
+            raise ConfigError(f"(top level): this process serves at most {MAX_SOURCES} sources")
         if self._loop is None:
             raise ConfigError("(top level): the pipeline is not running")
         sources = [*(c.cfg for c in self.cameras.values()), src]
-        camera = Camera.build(src, self.cfg.model_copy(update={"sources": sources}))
+        try:
+            camera = Camera.build(src, self.cfg.model_copy(update={"sources": sources}))
+        except (ValueError, OSError) as e:  # a source that cannot even be set up
+            raise ConfigError(f"url: {str(e)[:200]}") from None
         with self._ring_lock:
             self.pairer.add_source(src.id)
         if self.hub is not None:
@@ -158,24 +166,34 @@ class Pipeline:
         """Stop a camera and forget it, while running; its frames still waiting expire
         (`shutdown`). Returns its final counters (also logged, once). KeyError on a bad id."""
         camera = self.cameras.pop(sid)  # from now on its detections are unknown_source
-        await asyncio.to_thread(camera.source.stop)  # off the loop: a stalled read may block
-        if camera.feeder is not None:
-            camera.feeder.cancel()
-            await asyncio.gather(camera.feeder, return_exceptions=True)
-        deadline = time.monotonic() + REMOVE_TAP_WAIT_S
-        while camera.counters.in_tap and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # the tap worker lets its frames go (not_tapped)
-        with self._ring_lock:
-            ring = self.pairer.remove_source(sid)
-        if self.hub is not None:
-            await self.hub.remove_source(sid)
-        for histogram in (self.metrics.decode_seconds, self.metrics.crop_seconds):
-            with contextlib.suppress(KeyError):
-                histogram.remove(sid)
-        final = self._camera_stats(camera, ring=ring)
-        self._removed.append({"id": sid, **final})
-        log.info("source %s: removed; final counters: %s", sid, json.dumps(final, default=str))
-        return final
+        self._changing.add(sid)
+        try:
+            if self.preview_server is not None:
+                await self.preview_server.close_viewers(sid, "source removed")
+            await asyncio.to_thread(camera.source.stop)  # off the loop: a stalled read may block
+            if camera.feeder is not None:
+                camera.feeder.cancel()
+                await asyncio.gather(camera.feeder, return_exceptions=True)
+            for _ in range(camera.source.discard_handoff()):
+                camera.counters.shed("stopping")  # decoded, never to be tapped
+            deadline = time.monotonic() + REMOVE_TAP_WAIT_S
+            while camera.counters.in_tap and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the tap worker lets its frames go (not_tapped)
+            with self._ring_lock:
+                ring = self.pairer.remove_source(sid)
+            if self.hub is not None:
+                await self.hub.remove_source(sid)
+            for histogram in (self.metrics.decode_seconds, self.metrics.crop_seconds):
+                with contextlib.suppress(KeyError):
+                    histogram.remove(sid)
+            final = self._camera_stats(camera, ring=ring)
+            self._removed.append({"id": sid, **final})
+            log.info("source %s: removed; final counters: %s", sid, json.dumps(final, default=str))
+            if self.cameras and all(c.ended for c in self.cameras.values()):
+                self._ended.set()  # what is left had ended by itself
+            return final
+        finally:
+            self._changing.discard(sid)
 
     async def reload(self, cfg: StreamerConfig) -> dict[str, list[str]]:
         """Apply a re-read config's sources: new ones start, removed ones stop, changed ones
@@ -189,11 +207,15 @@ class Pipeline:
         added = [sid for sid in new if sid not in old]
         restarting = {sid: self.cameras[sid] for sid in changed}
         for sid in removed + changed:
-            await self.remove_source(sid)
+            with contextlib.suppress(KeyError):  # removed meanwhile (the API)
+                await self.remove_source(sid)
         for sid in changed + added:
             old_camera = restarting.get(sid)
             next_id = old_camera.source.next_frame_id if old_camera is not None else 0
-            await self.add_source(new[sid], first_frame_id=next_id)
+            try:
+                await self.add_source(new[sid], first_frame_id=next_id)
+            except ConfigError as e:  # added meanwhile (the API), or no room: the rest go on
+                log.error("config reload: source %s not started: %s", sid, e)
         log.info("config reload: added %s, removed %s, restarted %s", added, removed, changed)
         return {"added": added, "removed": removed, "restarted": changed}
 
@@ -241,6 +263,8 @@ class Pipeline:
         out = {}
         if self._crops is not None:
             out["crop_thread"] = self._crops.supervisor
+        if self._tap is not None:
+            out["frame_tap"] = self._tap_supervisor
         if self.hub is not None:
             for sid, preview in list(self.hub.sources.items()):
                 out[f"preview/{sid}"] = preview.supervisor
@@ -293,7 +317,7 @@ class Pipeline:
                 self.cameras,
                 self.cfg.detections,
                 self._encodings,
-                lambda sid, s: self.metrics.crop_seconds.labels(sid).observe(s),
+                self._observe_crop_seconds,
                 self._preview_paired(loop),
                 self.hub.on_crop if self.hub is not None else None,
             )
@@ -304,7 +328,7 @@ class Pipeline:
                 self._start(camera)
             tasks = [asyncio.create_task(self._expire())]
             if self._tap is not None:
-                tasks.append(asyncio.create_task(self._tap_worker()))
+                tasks.append(asyncio.create_task(self._tap_supervisor.run_async(self._tap_worker)))
                 tasks.append(asyncio.create_task(self._tap.track_subscriptions()))
             # Until stopped, or every camera's source has ended by itself (finite files); a
             # shard that serves no camera runs until stopped.
@@ -355,6 +379,11 @@ class Pipeline:
             if crops_ended:
                 zctx.term()
         return self.stats()
+
+    def _observe_crop_seconds(self, sid: str, seconds: float) -> None:
+        """From the crop thread (a removed camera's series is not created again)."""
+        if sid in self.cameras:
+            self.metrics.crop_seconds.labels(sid).observe(seconds)
 
     def _start(self, camera: Camera) -> None:
         """Start a camera's decode thread and its feeder task (on the loop)."""
@@ -538,12 +567,16 @@ class Pipeline:
             message = [frame_topic(frame.source_id), dumps(header), payload]
             lossless = camera.source.lossless
             pause_s = TAP_RETRY_MIN_S
+            gone = False
             while True:
                 # Into the ring before the send: the crop thread may get the detections for it
                 # before the send returns. Nothing is evicted for it until it is sent. The lock
                 # is held across the (non-blocking) send so that the crop thread cannot pair a
                 # frame that is then withdrawn (timestamp pairing needs no tap).
                 with self._ring_lock:
+                    if self.cameras.get(camera.id) is not camera:
+                        gone = True  # removed while this frame waited (its ring is gone)
+                        break
                     self.pairer.add_frame(frame, time.monotonic(), bound=False)
                     outcome = self._tap.attempt(message)
                     if outcome == "sent":
@@ -566,7 +599,9 @@ class Pipeline:
                 pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
             counters.in_tap -= 1
             camera.tap_room.set()
-            if outcome != "sent":
+            if gone:
+                counters.shed("stopping")
+            elif outcome != "sent":
                 self._tap.count_drop(outcome)
                 counters.shed(outcome)
                 self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)

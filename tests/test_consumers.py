@@ -16,10 +16,10 @@ import zmq
 import zmq.asyncio
 
 from streamer.client import Crop, CropSubscriber, ProtocolVersionError
-from streamer.config import parse_config
+from streamer.config import SyntheticSpec, parse_config
 from streamer.detections.codec import encode_detections
 from streamer.pipeline import Pipeline
-from streamer.sources.synthetic import SyntheticScene, SyntheticSpec
+from streamer.sources.synthetic import SyntheticScene
 from tests.conftest import spawn, stop
 
 BOXES = [

@@ -187,3 +187,75 @@ def test_sighup_applies_the_config_files_sources(endpoint: Any, tmp_path: Path) 
     assert "config reload: added ['arriving'], removed ['going'], restarted ['changing']" in log
     assert "SIGHUP: config not reloaded, the running one is kept" in log
     assert proc.returncode == 0, log[-2000:]
+
+
+def test_racing_requests_and_a_lossless_camera_removed_mid_wait(endpoint: Any) -> None:
+    """DELETE and POST of one id at once, GET during a DELETE, a bad synthetic URL, and a
+    `realtime: false` camera removed while its frames wait for a detector that never came: every
+    answer is 2xx or 4xx, never 500, and the frame tap goes on serving the other camera."""
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    pipeline = Pipeline(parse_config(cfg))
+    base = f"http://127.0.0.1:{port}"
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.stats()["sources"]["steady"]["decoded"] > 5, 20, "start")
+            async with aiohttp.ClientSession() as http:
+
+                async def status(method: str, path: str, body: Any = None) -> int:
+                    async with http.request(method, f"{base}{path}", json=body) as r:
+                        await r.read()
+                        return r.status
+
+                bad = lavfi("bad")
+                bad["url"] = "synthetic:width=abc"
+                seen["bad_url"] = await status("POST", "/api/sources", bad)
+                seen["huge"] = await status(
+                    "POST", "/api/sources", {"id": "huge", "url": "synthetic:width=30000"}
+                )
+                # A lossless camera: with no detector, its frames wait in the tap worker.
+                lossless = lavfi("lossless", realtime=False)
+                seen["lossless"] = await status("POST", "/api/sources", lossless)
+                await asyncio.sleep(0.5)
+                seen["race"] = await asyncio.gather(
+                    status("DELETE", "/api/sources/lossless"),
+                    status("POST", "/api/sources", lavfi("lossless")),
+                    status("GET", "/api/sources/lossless"),
+                    status("PATCH", "/api/sources/lossless", {"max_fps": 5}),
+                )
+                await asyncio.sleep(0.5)
+                seen["list"] = await status("GET", "/api/sources")
+                seen["metrics"] = await status("GET", "/metrics")
+            # The tap still serves: a detector that comes now gets frames of "steady".
+            got: list[str] = []
+
+            async def detector() -> None:
+                async with AsyncFrameSubscriber(cfg["tap"]["bind"]) as frames:
+                    async for frame in frames:
+                        got.append(frame.source_id)
+
+            task = asyncio.create_task(detector())
+            try:
+                await until(lambda: got.count("steady") >= 10, 20, "tapped frames of steady")
+            finally:
+                task.cancel()
+            seen["health"] = pipeline.health()[1]
+        finally:
+            pipeline.stop()
+            seen["stats"] = await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+    assert seen["bad_url"] == 400 and seen["huge"] == 400
+    assert seen["lossless"] == 201
+    delete, post, get, patch = seen["race"]
+    assert delete == 200 and post == 400, seen["race"]  # the id was still being removed
+    assert get in (200, 404) and patch in (200, 404), seen["race"]
+    assert seen["list"] == 200 and seen["metrics"] == 200
+    assert "frame_tap" not in seen["health"]["problems"], seen["health"]
+    removed = [s for s in seen["stats"]["removed_sources"] if s["id"] == "lossless"]
+    assert len(removed) == 1
+    assert removed[0]["in_tap"] == removed[0]["in_handoff"] == 0, removed[0]
+    assert accounting_balance(removed[0]) == 0, removed[0]

@@ -187,7 +187,9 @@ class PreviewHub:
         self._keys = itertools.count(1)
 
     def add_source(self, source_id: str) -> None:
-        """A camera added while running."""
+        """A camera added while running. ValueError if the id has a preview."""
+        if source_id in self.sources:
+            raise ValueError(f"source {source_id!r} already has a preview")
         self.sources[source_id] = PreviewSource(
             source_id, self._max_width, self._max_fps, self._executor
         )
@@ -198,18 +200,12 @@ class PreviewHub:
         if preview is not None:
             await preview.close()
 
-    def subscribe(self, source_id: str) -> MediaStreamTrack:
-        """A new viewer of `source_id`: a relayed copy of its track. Nothing is drawn for it
-        until `connected`; end with `unsubscribe`."""
-        return self.relay.subscribe(self.sources[source_id].attach(), buffered=False)
-
-    def connected(self, source_id: str) -> None:
-        self.sources[source_id].connect()
-
-    def unsubscribe(self, source_id: str, connected: bool) -> None:
-        preview = self.sources.get(source_id)  # (gone if its camera was removed)
-        if preview is not None:
-            preview.detach(connected)
+    def subscribe(self, source_id: str) -> tuple[PreviewSource, MediaStreamTrack]:
+        """A new viewer of `source_id`: its preview and a relayed copy of its track. Nothing is
+        drawn for it until the preview's `connect`; end with its `detach` (on that object: the
+        id may have a new preview by then)."""
+        preview = self.sources[source_id]
+        return preview, self.relay.subscribe(preview.attach(), buffered=False)
 
     def on_crop(self, header: dict[str, Any], image: np.ndarray) -> None:
         preview = self.sources.get(header["source_id"])  # called from the crop thread

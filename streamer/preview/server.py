@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from streamer.config import PreviewConfig
 from streamer.errors import ConfigError
-from streamer.preview.hub import PreviewHub
+from streamer.preview.hub import PreviewHub, PreviewSource
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Viewer:
 
     pc: RTCPeerConnection
     source_id: str
+    preview: PreviewSource  # this viewer's: a source removed and added again has a new one
     client: str
     connected: bool = False
     closed: bool = False
@@ -252,9 +253,12 @@ class PreviewServer:
 
     async def _source_get(self, request: web.Request) -> web.Response:
         sid = self._source(request)
-        body = dict(self.control.stats()["sources"][sid])
+        try:
+            body = dict(self.control.stats()["sources"][sid])
+            body["settings"] = self.control.source_settings(sid)
+        except KeyError:  # being removed
+            raise web.HTTPNotFound(text=f"no source {sid!r}\n") from None
         body["id"] = sid
-        body["settings"] = self.control.source_settings(sid)
         preview = self.hub.sources.get(sid)
         body["viewers"] = preview.viewers if preview is not None else 0
         return web.json_response(body)
@@ -266,6 +270,8 @@ class PreviewServer:
             settings = self.control.patch_source(sid, data)
         except ConfigError as e:
             raise web.HTTPBadRequest(text=f"{e}\n") from None
+        except KeyError:  # being removed
+            raise web.HTTPNotFound(text=f"no source {sid!r}\n") from None
         return web.json_response({"id": sid, "settings": settings})
 
     async def _source_add(self, request: web.Request) -> web.Response:
@@ -334,10 +340,11 @@ class PreviewServer:
             raise web.HTTPTooManyRequests(text="too many viewers still connecting from here\n")
         ice = [RTCIceServer(urls=u) for u in self.cfg.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        viewer = Viewer(pc, sid, client)
+        preview, track = self.hub.subscribe(sid)
+        viewer = Viewer(pc, sid, preview, client)
         self.viewers.add(viewer)
         self.connecting[client] += 1
-        pc.addTrack(self.hub.subscribe(sid))
+        pc.addTrack(track)
         loop = asyncio.get_running_loop()
         viewer.deadline = loop.call_later(
             self.cfg.connect_timeout_s, self._close_later, viewer, "not connected in time"
@@ -348,7 +355,7 @@ class PreviewServer:
             if pc.connectionState == "connected" and not viewer.connected and not viewer.closed:
                 viewer.connected = True
                 self._done_connecting(viewer)
-                self.hub.connected(sid)
+                viewer.preview.connect()
             elif pc.connectionState in ("failed", "closed", "disconnected"):
                 await self._close(viewer, pc.connectionState)
 
@@ -386,9 +393,14 @@ class PreviewServer:
         viewer.closed = True
         self._done_connecting(viewer)
         self.viewers.discard(viewer)
-        self.hub.unsubscribe(viewer.source_id, viewer.connected)
+        viewer.preview.detach(viewer.connected)
         log.info("preview: viewer of %s left (%s)", viewer.source_id, why)
         await viewer.pc.close()
+
+    async def close_viewers(self, source_id: str, why: str) -> None:
+        """Close every viewer of a source (it is being removed)."""
+        viewers = [v for v in list(self.viewers) if v.source_id == source_id]
+        await asyncio.gather(*(self._close(v, why) for v in viewers), return_exceptions=True)
 
     async def _close_all(self, app: web.Application) -> None:
         await asyncio.gather(

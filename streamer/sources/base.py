@@ -125,6 +125,13 @@ class Handoff:
     def __len__(self) -> int:
         return len(self._items) + self._waiting
 
+    def discard(self) -> int:
+        """Empty the queue (its producer has stopped); returns how many frames it held."""
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+            return n
+
     def snapshot(self) -> tuple[int, int, int, int]:
         """(decoded, skipped_fps, dropped_handoff, in the hand-off), taken together."""
         with self._lock:
@@ -236,6 +243,10 @@ class Source(abc.ABC):
     async def recv(self) -> Frame:
         assert self._handoff is not None, "start() first"
         return await self._handoff.get()
+
+    def discard_handoff(self) -> int:
+        """After `stop`: let go of the frames still in the hand-off; returns how many."""
+        return self._handoff.discard() if self._handoff is not None else 0
 
     @property
     def next_frame_id(self) -> int:

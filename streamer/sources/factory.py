@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from streamer.config import SourceConfig
+from streamer.config import SYNTHETIC_PREFIX, SourceConfig
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.cv_source import CvSource, is_webcam
-from streamer.sources.synthetic import SYNTHETIC_PREFIX, SyntheticSource
+from streamer.sources.synthetic import SyntheticSource
 
 
 def make_source(cfg: SourceConfig) -> Source:

@@ -11,15 +11,14 @@ import random
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from urllib.parse import parse_qsl
 
 import av
 import cv2
 import numpy as np
 
+from streamer.config import SyntheticSpec
 from streamer.sources.base import Source
 
-SYNTHETIC_PREFIX = "synthetic:"
 # No O, I, Q or 0: easily confused on real plates and by OCR, so real plates leave them out too.
 PLATE_CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ123456789"
 PLATE_TEXT_LEN = 7
@@ -33,26 +32,6 @@ class SceneObject:
     class_name: str
     text: str | None
     box: tuple[int, int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class SyntheticSpec:
-    width: int = 1280
-    height: int = 720
-    fps: int = 30
-    seed: int = 1
-    plates: int = 3
-    blobs: int = 3
-
-    @classmethod
-    def from_url(cls, url: str) -> SyntheticSpec:
-        """``synthetic:width=1280&height=720&fps=30&seed=1&plates=3&blobs=3`` (all optional)."""
-        query = url[len(SYNTHETIC_PREFIX) :].lstrip("?")
-        fields = {k: int(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
-        unknown = set(fields) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown synthetic source option(s): {', '.join(sorted(unknown))}")
-        return cls(**fields)
 
 
 class SyntheticScene:
