@@ -8,8 +8,11 @@ BIN := $(VENV)/bin
 # uv lives in a virtual environment named after its version: bumping UV_VERSION makes a new one.
 TOOLS := .tools/uv-$(UV_VERSION)
 UV := $(TOOLS)/bin/uv
-# uv uses this interpreter and never downloads one; the venv is the project's .venv.
-UV_ENV := UV_PYTHON=$(shell command -v $(PYTHON)) UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV)
+# uv uses this interpreter and never downloads one; the venv is the project's .venv. The
+# interpreter is named by its real path (sys.executable): a launcher such as pyenv's shim differs
+# from the path the venv records, and uv would then delete and re-create .venv on every sync.
+UV_ENV := UV_PYTHON="$$($(PYTHON) -c 'import sys; print(sys.executable)')" \
+	UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV)
 DEMO_ARGS ?=
 
 .PHONY: demo test lint typecheck pytest system-deps check-system venv demo-venv lock clean

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -168,3 +169,37 @@ def test_a_gap_left_after_installing_stops_make(tmp_path: Path) -> None:
     log = _log(env)
     assert log[-1] == "check done", log  # nothing runs after the failed re-check
     assert "apt-get install -y -q --no-install-recommends chromium" in log, log
+
+
+def test_syncing_again_keeps_the_venv_when_python_is_a_launcher(tmp_path: Path) -> None:
+    """`python3` as a launcher script (as pyenv's shim is): a second `make venv` must not
+    delete and re-create .venv (uv does when the interpreter it is given is not the one the
+    venv records). Real uv, on a project with no dependencies."""
+    uv = sorted(REPO.glob(".tools/uv-*/bin/uv"))
+    assert uv, "make venv installs uv into .tools/"
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "Makefile", work / "Makefile")
+    (work / "pyproject.toml").write_text(
+        '[project]\nname = "t"\nversion = "0"\nrequires-python = ">=3.11"\n'
+        "[project.optional-dependencies]\nocr = []\n[dependency-groups]\ntest = []\n"
+    )
+    launcher = tmp_path / "python3"
+    launcher.write_text(f'#!/bin/sh\nexec {sys._base_executable} "$@"\n')
+    launcher.chmod(0o755)
+    env = {**os.environ, "UV_OFFLINE": "1", "UV_NO_CONFIG": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    make = [MAKE, "--no-print-directory", f"PYTHON={launcher}", f"UV={uv[-1]}"]
+
+    def run(*args: str) -> None:
+        res = subprocess.run(
+            [*make, *args], cwd=work, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+
+    run("lock")
+    run("venv")
+    marker = work / ".venv" / "marker"
+    marker.touch()
+    run("venv")
+    assert marker.exists(), ".venv was re-created"
