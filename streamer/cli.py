@@ -130,12 +130,13 @@ async def _run_pipeline(
     duration: float | None,
     status: bool,
     reload: Callable[[], StreamerConfig] | None = None,
+    shard: Shard = SINGLE,
 ) -> dict[str, Any]:
     """Run a pipeline until it ends; SIGINT/SIGTERM stop it, SIGHUP applies `reload()`'s
     sources (a config that does not load is logged, and the running one kept)."""
     from streamer.pipeline import Pipeline
 
-    pipeline = Pipeline(cfg)
+    pipeline = Pipeline(cfg, shard)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)
@@ -203,6 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.duration,
             status=not args.quiet,
             reload=lambda: load_config(args.config, shard),
+            shard=shard,
         )
     )
     _finish(stats, args.stats_file)

@@ -39,6 +39,7 @@ from streamer.preview.server import start as start_preview
 from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_public_key, load_server_keys, start_authenticator
+from streamer.sharding import SINGLE, Shard, shard_of
 from streamer.sources.base import Source
 from streamer.supervise import Supervisor
 from streamer.tap import tap_image
@@ -67,8 +68,9 @@ REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: tim
 class Pipeline:
     """Runs a StreamerConfig until stopped or until every (finite) source has ended."""
 
-    def __init__(self, cfg: StreamerConfig) -> None:
+    def __init__(self, cfg: StreamerConfig, shard: Shard = SINGLE) -> None:
         self.cfg = cfg
+        self.shard = shard  # cameras added live must belong to it
         #: One object per camera; cameras are added and removed while running (add_source,
         #: remove_source, reload). The crop thread reads this dict.
         self.cameras: dict[str, Camera] = {s.id: Camera.build(s, cfg) for s in cfg.sources}
@@ -141,6 +143,11 @@ class Pipeline:
             raise ConfigError(f"id: source {src.id!r} already exists")
         if src.id in self._changing:
             raise ConfigError(f"id: source {src.id!r} is being removed; try again")
+        if not self.shard.serves(src.id):
+            raise ConfigError(
+                f"id: source {src.id!r} belongs to shard {shard_of(src.id, self.shard.count)}"
+                f" of {self.shard.count}, not to this one ({self.shard})"
+            )
         if len(self.cameras) >= MAX_SOURCES:
             raise ConfigError(f"(top level): this process serves at most {MAX_SOURCES} sources")
         if self._loop is None:
@@ -205,6 +212,16 @@ class Pipeline:
         removed = [sid for sid in old if sid not in new]
         changed = [sid for sid in old if sid in new and new[sid] != old[sid]]
         added = [sid for sid in new if sid not in old]
+        # What PATCH could change (crop settings, classes, max_fps) is applied live, without a
+        # restart; any other change restarts the camera.
+        patched = [sid for sid in changed if _live_patch(old[sid], new[sid], cfg) is not None]
+        for sid in patched:
+            camera = self.cameras.get(sid)
+            changes = _live_patch(old[sid], new[sid], cfg)
+            if camera is not None and changes is not None:
+                camera.cfg = new[sid]
+                camera.patch(changes)
+        changed = [sid for sid in changed if sid not in patched]
         restarting = {sid: self.cameras[sid] for sid in changed}
         for sid in removed + changed:
             with contextlib.suppress(KeyError):  # removed meanwhile (the API)
@@ -216,8 +233,14 @@ class Pipeline:
                 await self.add_source(new[sid], first_frame_id=next_id)
             except ConfigError as e:  # added meanwhile (the API), or no room: the rest go on
                 log.error("config reload: source %s not started: %s", sid, e)
-        log.info("config reload: added %s, removed %s, restarted %s", added, removed, changed)
-        return {"added": added, "removed": removed, "restarted": changed}
+        log.info(
+            "config reload: added %s, removed %s, restarted %s, changed live %s",
+            added,
+            removed,
+            changed,
+            patched,
+        )
+        return {"added": added, "removed": removed, "restarted": changed, "patched": patched}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when the loop is responsive and no source is stalled, failed or stopped
@@ -700,6 +723,24 @@ class Pipeline:
             "no_mask": c.no_mask,
             "filtered_class": c.filtered_class,
         }
+
+
+LIVE_FIELDS = ("crop", "classes", "max_fps")  # what a reload applies without a restart
+
+
+def _live_patch(old: SourceConfig, new: SourceConfig, cfg: StreamerConfig) -> dict[str, Any] | None:
+    """The live settings that turn `old` into `new`, or None if anything else differs."""
+    if old.model_copy(update=dict.fromkeys(LIVE_FIELDS)) != new.model_copy(
+        update=dict.fromkeys(LIVE_FIELDS)
+    ):
+        return None
+    crop = new.crop or cfg.crop
+    return {
+        "mask_opacity": crop.mask_opacity,
+        "background_color": crop.background_color,
+        "classes": new.classes,
+        "max_fps": new.max_fps,
+    }
 
 
 def accounting_balance(source_stats: dict[str, Any]) -> int:

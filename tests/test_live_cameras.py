@@ -16,6 +16,7 @@ import yaml
 
 from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
 from streamer.config import parse_config
+from streamer.errors import ConfigError
 from streamer.pipeline import Pipeline, accounting_balance
 from tests.conftest import REPO, free_port
 from tests.live import until
@@ -116,10 +117,16 @@ def test_add_and_remove_cameras_through_the_api(endpoint: Any) -> None:
 
 def test_sighup_applies_the_config_files_sources(endpoint: Any, tmp_path: Path) -> None:
     """A real `streamer run`: the config file is rewritten (one camera removed, one added, one
-    changed) and SIGHUP applies it; the unchanged camera goes on untouched."""
+    with a new max_fps, one with a new stall timeout) and SIGHUP applies it: the max_fps live,
+    the stall timeout by a restart; the unchanged camera goes on untouched."""
     port = free_port()
     cfg = _cfg(endpoint, port)
-    cfg["sources"] = [lavfi("steady"), lavfi("going"), lavfi("changing", max_fps=10)]
+    cfg["sources"] = [
+        lavfi("steady"),
+        lavfi("going"),
+        lavfi("changing", max_fps=10),
+        lavfi("restarting"),
+    ]
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen(
@@ -152,7 +159,12 @@ def test_sighup_applies_the_config_files_sources(endpoint: Any, tmp_path: Path) 
                 await asyncio.sleep(0.1)
                 await poll()
             before = body["sources"]["steady"]
-            cfg["sources"] = [lavfi("steady"), lavfi("changing", max_fps=5), lavfi("arriving")]
+            cfg["sources"] = [
+                lavfi("steady"),
+                lavfi("changing", max_fps=5),
+                lavfi("restarting", stall_timeout_s=3),
+                lavfi("arriving"),
+            ]
             path.write_text(yaml.safe_dump(cfg))
             proc.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 20
@@ -177,14 +189,18 @@ def test_sighup_applies_the_config_files_sources(endpoint: Any, tmp_path: Path) 
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     after = got["after"]
-    assert sorted(after["sources"]) == ["arriving", "changing", "steady"], after["sources"]
-    assert [s["id"] for s in after["removed_sources"]] == ["going", "changing"]
+    assert sorted(after["sources"]) == ["arriving", "changing", "restarting", "steady"]
+    assert [s["id"] for s in after["removed_sources"]] == ["going", "restarting"]
     assert got["changing"]["settings"]["max_fps"] == 5
+    assert got["changing"]["reconnects"] == 0  # changed live, not restarted
     steady = after["sources"]["steady"]
     assert steady["reconnects"] == 0 and steady["dropped_handoff"] == 0, steady
     assert steady["decoded"] > got["before"]["decoded"]
     log = err.decode(errors="replace")
-    assert "config reload: added ['arriving'], removed ['going'], restarted ['changing']" in log
+    assert (
+        "config reload: added ['arriving'], removed ['going'], restarted ['restarting'], "
+        "changed live ['changing']" in log
+    )
     assert "SIGHUP: config not reloaded, the running one is kept" in log
     assert proc.returncode == 0, log[-2000:]
 
@@ -259,3 +275,30 @@ def test_racing_requests_and_a_lossless_camera_removed_mid_wait(endpoint: Any) -
     assert len(removed) == 1
     assert removed[0]["in_tap"] == removed[0]["in_handoff"] == 0, removed[0]
     assert accounting_balance(removed[0]) == 0, removed[0]
+
+
+def test_a_shard_refuses_a_camera_of_another_shard(endpoint: Any) -> None:
+    from streamer.sharding import Shard, shard_of
+
+    shard = Shard(0, 3)
+    mine = next(f"cam-{i}" for i in range(100) if shard_of(f"cam-{i}", 3) == 0)
+    other = next(f"cam-{i}" for i in range(100) if shard_of(f"cam-{i}", 3) == 1)
+    cfg = _cfg(endpoint, free_port())
+    cfg["sources"] = [lavfi(mine)]
+    pipeline = Pipeline(parse_config(cfg, shard), shard)
+    errors: list[str] = []
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.stats()["sources"][mine]["decoded"] > 0, 20, "start")
+            try:
+                await pipeline.add_source(lavfi(other))
+            except ConfigError as e:
+                errors.append(str(e))
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert errors == [f"id: source {other!r} belongs to shard 1 of 3, not to this one (0/3)"]
