@@ -59,7 +59,7 @@ check-system:
 	$(PYTHON) scripts/check_system.py
 
 $(UV):
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	@$(PYTHON) -c 'import ensurepip, venv; ensurepip.version()' 2>/dev/null || { \
 	  echo "$(PYTHON) cannot create virtual environments (no ensurepip): install Debian's" \
 	    "python3-venv (apt-get install python3-venv; make test installs it)" >&2; exit 1; }
 	$(PYTHON) -m venv $(TOOLS)

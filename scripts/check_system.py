@@ -19,12 +19,12 @@ Standard library only: it runs before any virtual environment exists.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -71,13 +71,15 @@ DATA_FILES = {
 # depends on (its import is checked). gstreamer1.0-rtsp is something else, the rtspclientsink
 # plugin, which nothing here uses: no package is listed without a capability that needs it.
 
+# Run by SYSTEM_PYTHON: the typelibs it cannot load, and the elements GStreamer cannot find
+# (null when GStreamer itself could not be loaded, so the elements were not looked for).
 _GST_PROBE = """
 import json, sys
-out = {"typelibs": [], "elements": []}
+out = {"typelibs": [], "elements": None}
 try:
     import gi
 except ImportError:
-    print(json.dumps({"no_gi": True})); sys.exit(0)
+    print(json.dumps({"no_gi": True, "elements": None})); sys.exit(0)
 for ns in %(typelibs)r:
     try:
         gi.require_version(ns, "1.0")
@@ -114,14 +116,26 @@ def tessdata_dir() -> str | None:
     return found[-1] if found else None
 
 
+def venv_can_bootstrap_pip() -> bool:
+    """Whether this interpreter's `python3 -m venv` can put pip into a new environment."""
+    try:
+        import ensurepip
+
+        ensurepip.version()  # finds the bundled pip wheel
+    except Exception:  # any failure here means `python3 -m venv` fails too
+        return False
+    return True
+
+
 def missing() -> list[tuple[str, str]]:
     """Returns (what is missing, Debian package that provides it) pairs."""
     found: list[tuple[str, str]] = []
-    if importlib.util.find_spec("ensurepip") is None:
+    if not venv_can_bootstrap_pip():
         found.append((f"ensurepip for {sys.executable} (python3 -m venv)", VENV_PACKAGE))
     for binary, package in BINARIES.items():
         if shutil.which(binary) is None:
             found.append((f"binary {binary}", package))
+    result: dict[str, Any] = {}
     if shutil.which(SYSTEM_PYTHON):
         probe = _GST_PROBE % {"typelibs": list(TYPELIBS), "elements": list(GST_ELEMENTS)}
         run = subprocess.run(
@@ -131,13 +145,16 @@ def missing() -> list[tuple[str, str]]:
             result = json.loads(run.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
             found.append((f"GStreamer probe failed: {run.stderr.strip()[-500:]}", "python3-gi"))
-            result = {}
         if result.get("no_gi"):
             found.append((f"PyGObject for {SYSTEM_PYTHON}", "python3-gi"))
         for ns in result.get("typelibs", []):
             found.append((f"GObject typelib {ns}-1.0", TYPELIBS[ns]))
-        for element in result.get("elements", []):
-            found.append((f"GStreamer element {element}", GST_ELEMENTS[element]))
+    # Without GStreamer the elements cannot be looked for: their packages are named too, so that
+    # one install gives a fresh machine everything (installing a present package changes nothing).
+    not_found = result.get("elements")
+    note = "" if not_found is not None else " (not checked: GStreamer not loaded)"
+    for element in GST_ELEMENTS if not_found is None else not_found:
+        found.append((f"GStreamer element {element}{note}", GST_ELEMENTS[element]))
     tessdata = tessdata_dir()
     for lang, package in TESSERACT_LANGS.items():
         path = os.path.join(tessdata or TESSDATA_GLOB, f"{lang}.traineddata")

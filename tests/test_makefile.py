@@ -29,7 +29,7 @@ case "$*" in
     /bin/sleep 0.5
     echo "check done" >> "$LOG"
     exit "${CHECK_RC:-0}";;
-  "-c import ensurepip, venv")
+  "-c import ensurepip, venv"*)
     exit "${ENSUREPIP_RC:-0}";;
   "-m venv "*)
     d="$3"

@@ -207,3 +207,29 @@ def test_a_feeder_that_dies_fails_the_wait_at_once_with_its_error(tmp_path: Path
     message = str(failed.value)
     assert "RTP feeder" in message and "exited" in message, message
     assert "videotestsrc" in message, message  # gst-launch's own error: no such element
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        '{"typelibs": ["Gst", "GstRtspServer"], "elements": null}',  # no GStreamer typelib
+        '{"no_gi": true, "elements": null}',  # no PyGObject
+        None,  # no system python3 at all
+    ],
+    ids=["no-typelib", "no-gi", "no-python"],
+)
+def test_without_gstreamer_every_element_package_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str | None
+) -> None:
+    """On a fresh machine GStreamer cannot be asked for its elements: their packages are named
+    anyway, so that one install (and not a second `make test`) brings them."""
+    check = load_script("check_system")
+    fake = tmp_path / "python3"
+    if probe is not None:
+        fake.write_text(f"#!/bin/sh\necho '{probe}'\n")
+        fake.chmod(0o755)
+    monkeypatch.setattr(check, "SYSTEM_PYTHON", str(fake))
+    named = {package for _, package in check.missing()}
+    assert set(check.GST_ELEMENTS.values()) <= named, named
+    what = [w for w, _ in check.missing() if w.startswith("GStreamer element timeoverlay")]
+    assert what == ["GStreamer element timeoverlay (not checked: GStreamer not loaded)"]
