@@ -84,3 +84,18 @@ def test_bench_ocr_runs_every_recognizer_on_all_36_characters() -> None:
         assert "exact per crop" in line and "per track" in line and "ms per plate" in line, line
     assert "rapidocr vs tesseract: tracks exact x" in out
     assert "text detector 320x180, 1 thread(s):" in out
+
+
+def test_bench_cameras_runs() -> None:
+    """The camera benchmark at a tiny size: a line per camera count, each camera served."""
+    res = _run_script(
+        "scripts/bench_cameras.py",
+        *("--cameras", "1,2", "--seconds", "2", "--size", "320x240"),
+        timeout_s=180,
+    )
+    lines = [line for line in res.stdout.splitlines() if "cameras: bare decode" in line]
+    assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
+    for line in lines:
+        delivered = float(line.split("streamer delivered ")[1].split()[0])
+        assert delivered > 0, line
+        assert "fairness" in line and "peak RSS" in line and "shed of" in line, line
