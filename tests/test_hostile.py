@@ -274,6 +274,7 @@ def test_hostile_messages_between_valid_ones_while_a_viewer_watches(endpoint: An
     assert Counter(stats["malformed"]) == expected, (stats["malformed"], expected)
     assert stats["handler_failed"] == {} and stats["restarts"] == {
         "crop_thread": 0,
+        "frame_tap": 0,
         "preview/cam": 0,
     }
     ok, health = seen["health"]
