@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from streamer.detections import codec
 from streamer.detections.codec import MALFORMED_KINDS, decode_detections, encode_detections
 from streamer.errors import ProtocolError
 
@@ -170,3 +171,88 @@ def test_malformed_messages(name: str, parts: list[bytes], kind: str, text: str)
     assert exc.value.kind == kind
     assert kind in MALFORMED_KINDS
     assert text in str(exc.value)
+
+
+def _kind(parts: list[bytes], **limits: Any) -> ProtocolError:
+    with pytest.raises(ProtocolError) as exc:
+        decode_detections(parts, **limits)
+    assert exc.value.kind in MALFORMED_KINDS
+    return exc.value
+
+
+def test_polygon_and_keypoint_counts_are_capped() -> None:
+    """A polygon of more than MAX_POLYGON_POINTS vertices, more than MAX_KEYPOINTS keypoints, or
+    a keypoint with more than MAX_KEYPOINT_FIELDS fields is refused; at the limits, accepted."""
+    pts = [{"x": i % 7, "y": i % 5} for i in range(codec.MAX_POLYGON_POINTS)]
+    kps = [{"x": 1, "y": 2} for _ in range(codec.MAX_KEYPOINTS)]
+    (pred,) = decode_detections(
+        _msg(_header(predictions=[_pred(points=pts, keypoints=kps)]))
+    ).predictions
+    assert pred.points is not None and len(pred.points) == codec.MAX_POLYGON_POINTS
+    err = _kind(_msg(_header(predictions=[_pred(points=[*pts, {"x": 0, "y": 0}])])))
+    assert err.kind == "too_many_points" and "predictions[0].points" in str(err)
+    err = _kind(_msg(_header(predictions=[_pred(keypoints=[*kps, {"x": 0, "y": 0}])])))
+    assert err.kind == "too_many_keypoints"
+    fat = {"x": 1, "y": 2, **{f"f{i}": i for i in range(codec.MAX_KEYPOINT_FIELDS - 1)}}
+    assert _kind(_msg(_header(predictions=[_pred(keypoints=[fat])]))).kind == "too_many_keypoints"
+
+
+def test_header_of_many_containers_is_refused_before_parsing() -> None:
+    """A header of nested or repeated empty arrays (cheap to send, ~30x dearer per byte to
+    parse than a valid header) is refused by counting brackets: no parse happens."""
+    flat = b"[" + b"[]," * 100_000 + b"[]]"
+    err = _kind([b"det/cam", flat])
+    assert err.kind == "too_complex" and "limit" in str(err)
+    assert _kind([b"det/cam", b"[" * 5000 + b"]" * 5000]).kind == "too_complex"
+    # The densest valid header (single-digit vertices) stays well within the limit.
+    pts = [{"x": 1, "y": 2} for _ in range(codec.MAX_POLYGON_POINTS)]
+    decode_detections(_msg(_header(predictions=[_pred(points=pts)] * 20)), max_predictions=20)
+
+
+def test_header_longer_than_max_header_bytes_is_refused() -> None:
+    body = json.dumps(_header()).encode() + b" " * codec.MAX_HEADER_BYTES
+    err = _kind([b"det/cam", body], max_bytes=2 * codec.MAX_HEADER_BYTES)
+    assert err.kind == "oversize" and "header" in str(err)
+
+
+@pytest.mark.parametrize(
+    "colour",
+    [
+        ["NESTED", 1, 2],  # 1000 levels deep: parse_color_bgr's repr raised RecursionError
+        ["x" * 1_000_000, 1, 2],
+        [1, 2, 256],
+        [1, 2, True],
+        [1.0, 2, 3],
+        "x" * 1_000_000,
+    ],
+    ids=["nested", "long string item", "256", "bool", "float", "long string"],
+)
+def test_background_colour_is_three_ints_or_a_short_string(colour: Any) -> None:
+    """Only ProtocolError escapes, and its message stays short whatever the value."""
+    body = json.dumps(_header(params={"background_color": colour})).encode()
+    nested = b"[" * 1000 + b"]" * 1000 + b" " * 10_000  # spaces: not refused as too_complex
+    parts = [b"det/cam", body.replace(b'"NESTED"', nested)]
+    err = _kind(parts, max_bytes=4 << 20)
+    assert err.kind in ("bad_value", "too_long")
+    assert len(str(err)) < 200
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u202e", "\ufeff", "\u200b", "\u0085"])
+def test_format_and_separator_characters_are_refused(char: str) -> None:
+    """Characters that can forge or hide log lines (line/paragraph separators, bidi overrides,
+    BOM, zero-width), as a class name: refused, and the error quotes them as ASCII escapes."""
+    err = _kind(_msg(_header(predictions=[_pred(**{"class": f"car{char}x"})])))
+    assert err.kind == "bad_string"
+    assert str(err).isascii() and char not in str(err)
+
+
+def test_error_messages_quote_at_most_a_short_prefix() -> None:
+    """Every quoted value is cut to MAX_QUOTE_CHARS and escaped to ASCII."""
+    for header in (
+        _header(params={"\u2028" + "k" * 10_000: 1}),  # unknown parameter name
+        _header(predictions=[_pred(**{"class": "\u202e" * 300})]),
+        _header(predictions=[_pred(x="\u2028" * 10_000)]),
+        _header(v="v" * 10_000),
+    ):
+        err = _kind(_msg(header), max_bytes=1 << 20)
+        assert len(str(err)) < 250 and str(err).isascii(), str(err)[:300]

@@ -233,16 +233,17 @@ def _coco_string(runs: list[int]) -> str:
     )
 )
 def test_rle_string_decoders_agree(text: str) -> None:
-    """The plain-Python decoder (short strings) and the vectorised one (long strings) give the
-    same counts, or both refuse the string."""
+    """The plain-Python decoder (short strings) and the vectorised one (long strings, a chunk at
+    a time) give the same counts, or both refuse the string."""
     from streamer.detections.codec import _rle_string_short, _rle_string_vectorised
 
     try:
         short: list[int] | str = _rle_string_short(text)
     except ValueError:
         short = "refused"
-    try:
-        vectorised: list[int] | str = _rle_string_vectorised(text).tolist()
-    except ValueError:
-        vectorised = "refused"
-    assert short == vectorised
+    for chunk_chars in (0, 21, 40):  # the default chunk, and small ones to cut counts often
+        try:
+            vectorised: list[int] | str = _rle_string_vectorised(text, None, chunk_chars).tolist()
+        except ValueError:
+            vectorised = "refused"
+        assert short == vectorised

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from typing import Any
 
 import cv2
@@ -14,6 +16,7 @@ from streamer.crop.masks import crop_mask
 from streamer.crop.stage import make_crops
 from streamer.detections.codec import decode_detections, encode_detections, rle_string_to_counts
 from streamer.errors import ProtocolError
+from streamer.preview.draw import annotate
 from streamer.types import CropParams, Detections, Frame
 
 W, H = 64, 48
@@ -192,3 +195,82 @@ def test_polygon_equals_full_frame_rasterisation() -> None:
         cv2.fillPoly(full, [np.rint(pts).astype(np.int32)], 255)
         got = crop_mask(pred, (1.0, 1.0), (W, H), (x0, y0, x1, y1))
         assert got is not None and np.array_equal(got, full[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("counts", [[5, 0, 3], [0, 0, 8], "0" * 300, "0" * 100_000, "11" + "0" * 5])
+def test_zero_length_runs_after_the_first_are_refused(counts: Any) -> None:
+    """pycocotools never writes an empty run except the first; refusing them bounds the number of
+    runs by the mask's area, whatever the string's length."""
+    rle = {"size": [2, 4], "counts": counts}
+    with pytest.raises(ProtocolError, match="zero-length run"):
+        _decode(dict(BOX, rle=rle))
+
+
+def test_long_rle_string_decodes_in_bounded_memory() -> None:
+    """4 M characters of ``0`` (each a run of 0) made the decoder allocate ~60 bytes per
+    character (240 MB); now it stops in its first chunk: peak under 2 bytes per character."""
+    text = "0" * 4_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="zero-length run"):
+            rle_string_to_counts(text, H * W)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(text), peak
+
+
+def test_rle_runs_beyond_the_area_stop_decoding_early() -> None:
+    """Runs adding up past the mask's area are refused as soon as a chunk shows it."""
+    one = coco.encode(np.asfortranarray(np.ones((H, W), np.uint8)))["counts"].decode()
+    text = one + "1" * 1_000_000  # more runs after the whole area is covered
+    with pytest.raises(ValueError, match=r"(longer|more) than 3072"):
+        rle_string_to_counts(text, H * W)
+
+
+def test_far_out_polygon_costs_what_the_canvas_costs() -> None:
+    """Three polygons of 1,024 vertices zig-zagging between y = +-1e9 (a 120 KB message) took
+    OpenCV ~12 s to rasterise (each edge walked over its 2**21 rows), in the crop stage and as
+    much again in the preview; clipped to the canvas first, a few milliseconds. The bound is
+    over 10x below the broken cost, generous for a loaded machine."""
+    fw, fh = 640, 360
+    pts = [{"x": 0.6 * i, "y": 1e9 if i % 2 else -1e9} for i in range(1_024)]
+    box = dict(BOX, x=320, y=180, width=640, height=360)
+    preds = [dict(box, points=pts)] * 3
+    dets = decode_detections(encode_detections("s", 0, (fw, fh), preds))
+    y = np.full((fh, fw), 128, np.uint8)
+    frame = Frame("s", 0, 0, 0.0, fw, fh, "gray", (y,), y.nbytes)
+    started = time.perf_counter()
+    crops = make_crops(frame, dets, CropParams(mask_opacity=1.0), ("raw-bgr24",)).crops
+    img = annotate(frame, dets, fw)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, elapsed
+    assert [c.image.shape[:2] for c in crops] == [(fh, fw)] * 3 and img.shape[:2] == (fh, fw)
+
+
+def _near_an_edge(pixels: np.ndarray, pts: np.ndarray, tolerance_px: float) -> np.ndarray:
+    """For each (row, col) pixel: is its centre within `tolerance_px` of an edge of `pts`?"""
+    p = pixels[:, ::-1].astype(np.float64)[:, None, :]  # (n, 1, 2) as x, y
+    a, b = pts[None, :, :], np.roll(pts, -1, axis=0)[None, :, :]
+    ab = b - a
+    t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0, 1)
+    d = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1)
+    return np.asarray(d.min(axis=1) <= tolerance_px)
+
+
+def test_clipped_polygon_matches_the_full_rasterisation_but_along_edges() -> None:
+    """A polygon reaching far outside the frame is clipped before it is rasterised: it covers
+    the same pixels as one rasterised on a canvas holding all of it, except pixels within a
+    pixel of one of its edges."""
+    rng = np.random.default_rng(7)
+    off = 4_000
+    for _ in range(60):
+        pts = np.rint(rng.uniform(-3_000, 3_000, (int(rng.integers(3, 10)), 2)))
+        big = np.zeros((H + 2 * off, W + 2 * off), np.uint8)
+        cv2.fillPoly(big, [(pts + off).astype(np.int32)], 255)
+        full = big[off : off + H, off : off + W]
+        (pred,) = _decode(dict(BOX, points=[{"x": x, "y": y} for x, y in pts])).predictions
+        got = crop_mask(pred, (1.0, 1.0), (W, H), (0, 0, W, H))
+        assert got is not None
+        differ = np.argwhere(got != full)
+        assert _near_an_edge(differ, pts, 1.0).all()

@@ -16,8 +16,13 @@ from streamer.types import U8, BitmapMask, Prediction, RleMask
 
 I64 = npt.NDArray[np.int64]
 
-# Polygon vertices are clipped to this many pixels from the origin (OpenCV takes int32).
-POLYGON_COORD_LIMIT = 1 << 20
+# A polygon whose vertices all lie within this many pixels of its canvas is rasterised as given
+# (exactly as on the whole frame); one reaching further is first clipped to the canvas grown by
+# this margin, so that OpenCV's cost (each edge walked over its vertical extent) follows the
+# canvas, not the coordinates. Edges cut by the clip may move by a fraction of a pixel.
+POLYGON_CLIP_MARGIN_PX = 64
+# Sub-pixel bits for the vertices the clip creates (cv2.fillPoly's `shift`).
+POLYGON_SUBPIXEL_BITS = 8
 # An RLE's columns under a crop are decoded whole when they hold at most this many times the
 # mask pixels the crop samples; beyond that the sampled pixels are looked up one by one.
 RLE_DECODE_SPAN_FACTOR = 4
@@ -112,6 +117,36 @@ def crop_mask(
     return None
 
 
+def clip_polygon(
+    points: npt.NDArray[np.float64], lo: tuple[float, float], hi: tuple[float, float]
+) -> npt.NDArray[np.float64]:
+    """The polygon `points` ((N, 2) x, y) clipped to the rectangle ``lo <= (x, y) <= hi``
+    (Sutherland-Hodgman, one vectorised pass per side). Returns (M, 2) float64, M <= 2N + 4;
+    fewer than 3 points when nothing is left."""
+    pts = points
+    for axis, bound, below in (
+        (0, lo[0], False),
+        (0, hi[0], True),
+        (1, lo[1], False),
+        (1, hi[1], True),
+    ):
+        if len(pts) == 0:
+            break
+        v = pts[:, axis]
+        inside = v <= bound if below else v >= bound
+        nxt = np.roll(pts, -1, axis=0)
+        cross = inside != np.roll(inside, -1)
+        # Each edge p -> q emits p if p is inside, then the crossing point if it crosses.
+        out = np.empty((len(pts), 2, 2), dtype=np.float64)
+        out[:, 0] = pts
+        p, q = pts[cross], nxt[cross]
+        t = (bound - p[:, axis]) / (q[:, axis] - p[:, axis])
+        out[cross, 1] = p + t[:, None] * (q - p)
+        out[cross, 1, axis] = bound
+        pts = out[np.stack([inside, cross], axis=1)]
+    return pts
+
+
 def _polygon(
     points: npt.NDArray[np.float64], frame_size: tuple[int, int], rect: tuple[int, int, int, int]
 ) -> U8:
@@ -119,15 +154,26 @@ def _polygon(
 
     The canvas is the polygon's bounding box (within the frame) joined with the crop, so edges
     are clipped only where the frame clips them: the result equals rasterising on the whole frame
-    (as dynamic_crop@v1 does) and slicing, at the cost of the polygon's area.
+    (as dynamic_crop@v1 does) and slicing, at the cost of the polygon's area. A polygon reaching
+    further than POLYGON_CLIP_MARGIN_PX beyond the canvas is clipped to it first: the cost is
+    then the number of vertices times the canvas height, whatever the coordinates.
     """
     x0, y0, x1, y1 = rect
     fw, fh = frame_size
-    pts = np.clip(np.rint(points), -POLYGON_COORD_LIMIT, POLYGON_COORD_LIMIT).astype(np.int64)
-    lx = max(0, min(int(pts[:, 0].min()), x0))
-    ly = max(0, min(int(pts[:, 1].min()), y0))
-    hx = min(fw, max(int(pts[:, 0].max()) + 1, x1))
-    hy = min(fh, max(int(pts[:, 1].max()) + 1, y1))
+    pts = np.rint(points)
+    lx = max(0, min(int(max(pts[:, 0].min(), -1.0)), x0))
+    ly = max(0, min(int(max(pts[:, 1].min(), -1.0)), y0))
+    hx = min(fw, max(int(min(pts[:, 0].max(), fw)) + 1, x1))
+    hy = min(fh, max(int(min(pts[:, 1].max(), fh)) + 1, y1))
     canvas = np.zeros((hy - ly, hx - lx), dtype=np.uint8)
-    cv2.fillPoly(canvas, [(pts - (lx, ly)).astype(np.int32)], 255)
+    m = POLYGON_CLIP_MARGIN_PX
+    lo, hi = (lx - m, ly - m), (hx + m, hy + m)
+    if np.all((pts >= lo) & (pts <= hi)):
+        cv2.fillPoly(canvas, [(pts - (lx, ly)).astype(np.int32)], 255)
+    else:
+        clipped = clip_polygon(pts, lo, hi)
+        if len(clipped) >= 3:
+            one = 1 << POLYGON_SUBPIXEL_BITS
+            fixed = np.rint((clipped - (lx, ly)) * one).astype(np.int32)
+            cv2.fillPoly(canvas, [fixed], 255, cv2.LINE_8, POLYGON_SUBPIXEL_BITS)
     return np.ascontiguousarray(canvas[y0 - ly : y1 - ly, x0 - lx : x1 - lx])

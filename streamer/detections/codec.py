@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,6 +40,18 @@ INT64_MIN = -(1 << 63)
 # A compressed RLE count takes 5 bits per character; counts are at most MAX_IMAGE_SIDE_PX**2 =
 # 2**30, and deltas between counts need a sign bit more: 7 characters (35 bits) always suffice.
 MAX_RLE_CHARS_PER_COUNT = 7
+MAX_POLYGON_POINTS = 1_024  # vertices of one polygon (`points`; the OCR worker takes as many)
+MAX_KEYPOINTS = 256  # keypoints of one prediction
+MAX_KEYPOINT_FIELDS = 16  # fields of one keypoint, x and y included
+# The header is refused before it is parsed if it is longer than this (payload parts, such as
+# bitmap masks, count only towards max_message_bytes) ...
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+# ... or if it opens more than one JSON array or object per this many bytes (plus a few): a valid
+# header spends at least 13 bytes on each (`{"x":1,"y":2},`), while one of nested empty arrays
+# (1 byte each) costs the parser ~30 times more per byte than a valid one.
+HEADER_BYTES_PER_CONTAINER = 8
+HEADER_CONTAINERS_SLACK = 64
+MAX_QUOTE_CHARS = 64  # an error message quotes at most this much of a value
 
 # Kinds a malformed message is counted under. Stable: they are metric labels.
 MALFORMED_KINDS = (
@@ -60,15 +73,22 @@ MALFORMED_KINDS = (
     "too_long",
     "negative_size",
     "too_many_predictions",
+    "too_many_points",
+    "too_many_keypoints",
+    "too_complex",
 )
 
 # C0 and C1 control characters and UTF-16 surrogates (orjson already refuses the latter).
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Beyond ASCII, also format characters (bidi overrides such as U+202E, U+FEFF, zero-width ones)
+# and line/paragraph separators (U+2028, U+2029), which can forge or hide log lines.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
 _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset(_NUMBER)
 # Compressed RLE strings up to this long are decoded in plain Python (numpy's per-call overhead
 # is larger than the work); longer ones vectorised.
 RLE_PYTHON_MAX_CHARS = 256
+RLE_CHUNK_CHARS = 1 << 16  # longer ones a chunk at a time (bounded scratch memory)
 
 
 def _load_json(raw: bytes | memoryview) -> Any:
@@ -79,10 +99,10 @@ def _load_json(raw: bytes | memoryview) -> Any:
     except orjson.JSONDecodeError as e:
         text = str(e)
         if "depth limit" in text:
-            raise ProtocolError("too_deep", f"header nests deeper than 1024: {text}") from None
+            raise ProtocolError("too_deep", "header nests deeper than 1024") from None
         if "infinity" in text:
             raise ProtocolError(
-                "non_finite", f"header has a number beyond a float: {text}"
+                "non_finite", f"header has a number beyond a float: {_quote(text)}"
             ) from None
         # e.pos counts characters; this error path may pay a decode to look at them.
         near = bytes(raw).decode("utf-8", "replace")[e.pos : e.pos + 8]
@@ -91,7 +111,21 @@ def _load_json(raw: bytes | memoryview) -> Any:
                 raise ProtocolError(
                     "non_finite", f"header contains {token}, which JSON does not allow"
                 ) from None
-        raise ProtocolError("not_json", f"header is not UTF-8 JSON: {text}") from None
+        raise ProtocolError("not_json", f"header is not UTF-8 JSON: {_quote(text)}") from None
+
+
+def _check_complexity(raw: bytes | memoryview) -> None:
+    """Refuse a header that opens more JSON arrays and objects than its length allows, before
+    parsing it (a count of two byte values, at memory speed; brackets inside strings count too)."""
+    data = raw if isinstance(raw, bytes) else raw.tobytes()
+    containers = data.count(b"[") + data.count(b"{")
+    limit = HEADER_CONTAINERS_SLACK + len(data) // HEADER_BYTES_PER_CONTAINER
+    if containers > limit:
+        raise ProtocolError(
+            "too_complex",
+            f"header opens {containers} arrays and objects in {len(data)} bytes, limit {limit}"
+            f" (one per {HEADER_BYTES_PER_CONTAINER} bytes + {HEADER_CONTAINERS_SLACK})",
+        )
 
 
 def _number(obj: Mapping[str, Any], key: str, path: str, *, required: bool = True) -> float | None:
@@ -111,7 +145,7 @@ def _float(v: Any, path: str, limit: float = math.inf) -> float:
     except OverflowError:
         raise ProtocolError("out_of_range", f"{path}: {_show(v)} does not fit a float") from None
     if not math.isfinite(f):
-        raise ProtocolError("non_finite", f"{path}: must be finite, got {v!r}")
+        raise ProtocolError("non_finite", f"{path}: must be finite, got {_show(v)}")
     if abs(f) > limit:
         raise ProtocolError("out_of_range", f"{path}: |{f}| exceeds {limit:g}")
     return f
@@ -149,18 +183,33 @@ def _text(v: Any, path: str) -> str:
     bad = _BAD_CHARS.search(v)
     if bad is not None:
         raise ProtocolError(
-            "bad_string", f"{path}: control character or surrogate {bad.group()!r} at {bad.start()}"
+            "bad_string",
+            f"{path}: control character or surrogate {bad.group()!a} at {bad.start()}",
         )
+    if not v.isascii():
+        for i, c in enumerate(v):
+            if unicodedata.category(c) in _BAD_CATEGORIES:
+                raise ProtocolError(
+                    "bad_string", f"{path}: format or separator character {c!a} at {i}"
+                )
     return v
+
+
+def _quote(text: str) -> str:
+    """`text` for an error message: ASCII only (escapes for the rest, so no character can
+    forge a log line) and at most MAX_QUOTE_CHARS characters of it."""
+    escaped = ascii(text[:MAX_QUOTE_CHARS])[1:-1]
+    cut = len(text) > MAX_QUOTE_CHARS or len(escaped) > MAX_QUOTE_CHARS
+    return escaped[:MAX_QUOTE_CHARS] + ("..." if cut else "")
 
 
 def _show(v: Any) -> str:
     """A short description of a value for an error message (never the whole of a huge one)."""
     if isinstance(v, int | float | bool) or v is None:
-        text = repr(v)
-        return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+        text = repr(v) if type(v) is not int or abs(v) < 10**40 else "an integer of over 40 digits"
+        return text
     if isinstance(v, str):
-        return repr(v[:40]) + ("..." if len(v) > 40 else "")
+        return "'" + _quote(v) + "'"
     return type(v).__name__
 
 
@@ -168,6 +217,10 @@ def _points(raw: Any, path: str) -> npt.NDArray[np.float64]:
     """A polygon as an (N, 2) float64 array; every point a ``{x, y}`` object."""
     if not isinstance(raw, list):
         raise ProtocolError("wrong_type", f"{path}: expected a list of {{x, y}}")
+    if len(raw) > MAX_POLYGON_POINTS:
+        raise ProtocolError(
+            "too_many_points", f"{path}: {len(raw)} points, limit {MAX_POLYGON_POINTS}"
+        )
     try:  # the common case in bulk; any defect is found again below, with its path
         xs = [p["x"] for p in raw]
         ys = [p["y"] for p in raw]
@@ -203,11 +256,19 @@ def _scalar(v: Any, path: str) -> Any:
 def _keypoints(raw: Any, path: str) -> tuple[dict[str, Any], ...]:
     if not isinstance(raw, list):
         raise ProtocolError("wrong_type", f"{path}: expected a list of keypoints")
+    if len(raw) > MAX_KEYPOINTS:
+        raise ProtocolError(
+            "too_many_keypoints", f"{path}: {len(raw)} keypoints, limit {MAX_KEYPOINTS}"
+        )
     out = []
     for i, kp in enumerate(raw):
         p = f"{path}[{i}]"
         if not isinstance(kp, dict):
             raise ProtocolError("wrong_type", f"{p}: expected an object, got {_show(kp)}")
+        if len(kp) > MAX_KEYPOINT_FIELDS:
+            raise ProtocolError(
+                "too_many_keypoints", f"{p}: {len(kp)} fields, limit {MAX_KEYPOINT_FIELDS}"
+            )
         clean = {_text(k, f"{p} key"): _scalar(v, f"{p}.{k}") for k, v in kp.items()}
         clean["x"] = _coordinate(kp, "x", p)
         clean["y"] = _coordinate(kp, "y", p)
@@ -215,58 +276,98 @@ def _keypoints(raw: Any, path: str) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def rle_string_to_counts(text: str) -> npt.NDArray[np.int64]:
+def rle_string_to_counts(text: str, area: int | None = None) -> npt.NDArray[np.int64]:
     """Decode COCO's compressed RLE string (pycocotools' LEB128-like form) into run lengths.
 
-    Linear in the string's length (vectorised); a count longer than MAX_RLE_CHARS_PER_COUNT
-    characters, a character outside ``0``-``o`` or a truncated count raises ValueError.
+    Linear in the string's length, and decoded in chunks of RLE_CHUNK_CHARS characters so that
+    memory beyond the result (8 bytes per run) stays small. Raises ValueError for a count longer
+    than MAX_RLE_CHARS_PER_COUNT characters, a character outside ``0``-``o``, a truncated count,
+    a negative run, a zero-length run after the first (pycocotools never writes one), or runs
+    adding up to more than `area` (when given; checked as it goes, so it stops early).
     """
     if len(text) <= RLE_PYTHON_MAX_CHARS:
-        return np.array(_rle_string_short(text), dtype=np.int64)
-    return _rle_string_vectorised(text)
+        return np.array(_rle_string_short(text, area), dtype=np.int64)
+    return _rle_string_vectorised(text, area)
 
 
-def _rle_string_vectorised(text: str) -> npt.NDArray[np.int64]:
-    """`rle_string_to_counts` for a long string, with numpy."""
+def _check_runs(x: npt.NDArray[np.int64], first: int, total: int, area: int | None) -> int:
+    """Check decoded runs `x` (the first of them run number `first`): none negative, none empty
+    but the very first, together with `total` (the sum of the runs before them) no more than
+    `area`. Returns `total` plus their sum."""
+    if x.size == 0:
+        return total
+    later = x[1:] if first == 0 else x
+    if int(x[0]) < 0 or (later.size and int(later.min()) <= 0):
+        raise ValueError("a negative run, or a zero-length run after the first")
+    if area is not None:
+        if int(x.max()) > area:
+            raise ValueError(f"a run longer than {area}")
+        total += int(x.sum())  # fewer than 2**17 runs of at most 2**30 here: no overflow
+        if total > area:
+            raise ValueError(f"runs add up to more than {area}")
+    return total
+
+
+def _rle_string_vectorised(
+    text: str, area: int | None = None, chunk_chars: int = 0
+) -> npt.NDArray[np.int64]:
+    """`rle_string_to_counts` for a long string, with numpy, `chunk_chars` (default
+    RLE_CHUNK_CHARS) characters at a time."""
     if not text.isascii():
         raise ValueError("non-ASCII character in RLE string")
-    c = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return np.zeros(0, np.int64)
-    bad = (c < 0) | (c >= 64)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"invalid character {text[i]!r} at {i} in RLE string")
-    more = (c & 0x20) != 0
-    if more[-1]:
-        raise ValueError("truncated RLE string")
-    ends = np.flatnonzero(~more)  # the last character of each count
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if int(lengths.max()) > MAX_RLE_CHARS_PER_COUNT:
-        raise ValueError(f"an RLE count longer than {MAX_RLE_CHARS_PER_COUNT} characters")
-    shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
-    x = np.add.reduceat((c & 0x1F) << shift, starts)
-    negative = (c[ends] & 0x10) != 0  # sign-extend: x | (-1 << 5k) == x - 2**(5k)
-    x[negative] -= np.left_shift(1, 5 * lengths[negative])
-    # From the fourth count on, each is a delta to the count two before it.
-    x[1::2] = np.cumsum(x[1::2])
-    x[2::2] = np.cumsum(x[2::2])
-    return x
+    chunk_chars = max(chunk_chars or RLE_CHUNK_CHARS, 3 * MAX_RLE_CHARS_PER_COUNT)
+    data = np.frombuffer(text.encode("ascii"), np.uint8)
+    out: list[npt.NDArray[np.int64]] = []
+    done = total = 0  # characters and runs decoded so far
+    runs = 0
+    while done < data.size:
+        c = data[done : done + chunk_chars].astype(np.int64) - 48
+        bad = (c < 0) | (c >= 64)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"invalid character {text[done + i]!a} at {done + i} in RLE string")
+        more = (c & 0x20) != 0
+        ends = np.flatnonzero(~more)  # the last character of each count
+        if ends.size == 0:
+            raise ValueError(
+                "truncated RLE string" if done + c.size == data.size else "an RLE count too long"
+            )
+        c = c[: int(ends[-1]) + 1]  # whole counts only; the rest starts the next chunk
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts + 1
+        if int(lengths.max()) > MAX_RLE_CHARS_PER_COUNT:
+            raise ValueError(f"an RLE count longer than {MAX_RLE_CHARS_PER_COUNT} characters")
+        shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
+        x = np.add.reduceat((c & 0x1F) << shift, starts)
+        negative = (c[ends] & 0x10) != 0  # sign-extend: x | (-1 << 5k) == x - 2**(5k)
+        x[negative] -= np.left_shift(1, 5 * lengths[negative])
+        # From the fourth count on, each is a delta to the count two before it. A first chunk
+        # of a string longer than one chunk holds at least 3 counts (each <= 7 characters).
+        if runs == 0:
+            x[1::2] = np.cumsum(x[1::2])
+            x[2::2] = np.cumsum(x[2::2])
+        else:
+            x[0::2] = np.cumsum(x[0::2]) + out[-1][-2]
+            x[1::2] = np.cumsum(x[1::2]) + out[-1][-1]
+        total = _check_runs(x, runs, total, area)
+        out.append(x)
+        runs += x.size
+        done += c.size
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def _rle_string_short(text: str) -> list[int]:
+def _rle_string_short(text: str, area: int | None = None) -> list[int]:
     """`rle_string_to_counts` for a short string, one character at a time."""
     try:
         data = text.encode("ascii")
     except UnicodeEncodeError:
         raise ValueError("non-ASCII character in RLE string") from None
     counts: list[int] = []
-    x = k = n = 0
+    x = k = n = total = 0
     for i, byte in enumerate(data):
         c = byte - 48
         if not 0 <= c < 64:
-            raise ValueError(f"invalid character {chr(byte)!r} at {i} in RLE string")
+            raise ValueError(f"invalid character {chr(byte)!a} at {i} in RLE string")
         x |= (c & 0x1F) << (5 * k)
         k += 1
         if c & 0x20:
@@ -277,6 +378,11 @@ def _rle_string_short(text: str) -> list[int]:
             x |= -1 << (5 * k)
         if n > 2:
             x += counts[-2]
+        if x < 0 or (x == 0 and n > 0):
+            raise ValueError("a negative run, or a zero-length run after the first")
+        total += x
+        if area is not None and total > area:
+            raise ValueError(f"runs add up to more than {area}")
         counts.append(x)
         n += 1
         x = k = 0
@@ -311,9 +417,9 @@ def _rle(raw: Any, path: str, image: tuple[int, int]) -> RleMask:
     counts = raw.get("counts")
     if isinstance(counts, str):
         try:
-            arr = rle_string_to_counts(counts)
+            arr = rle_string_to_counts(counts, h * w)
         except ValueError as e:
-            raise ProtocolError("bad_value", f"{path}.counts: {e}") from None
+            raise ProtocolError("bad_value", f"{path}.counts: {_quote(str(e))}") from None
     elif isinstance(counts, list):
         if not all(type(c) is int for c in counts):
             raise ProtocolError("wrong_type", f"{path}.counts: expected a list of ints")
@@ -324,8 +430,10 @@ def _rle(raw: Any, path: str, image: tuple[int, int]) -> RleMask:
     else:
         raise ProtocolError("wrong_type", f"{path}.counts: expected a string or a list of ints")
     area = h * w
-    if arr.size and arr.min() < 0:
-        raise ProtocolError("bad_value", f"{path}.counts: negative run length")
+    if arr.size and (arr[0] < 0 or (arr.size > 1 and arr[1:].min() <= 0)):
+        raise ProtocolError(
+            "bad_value", f"{path}.counts: a negative run, or a zero-length run after the first"
+        )
     if arr.size and arr.max() > area:
         raise ProtocolError("bad_value", f"{path}.counts: a run longer than {h}x{w}={area}")
     # Each run <= 2**30 and fewer than 2**31 of them: the sum cannot overflow an int64.
@@ -433,19 +541,27 @@ def _params(raw: Any) -> dict[str, Any]:
                 )
             out[key] = op
         elif key == "background_color":
-            # Bounded before parse_color_bgr quotes the value in its error.
+            # Checked here (three ints, or a short clean string) so that parse_color_bgr never
+            # sees, nor quotes in its error, anything unbounded.
             if isinstance(value, str):
                 _text(value, "params.background_color")
-            elif not isinstance(value, list) or len(value) != 3:
+            elif not (
+                isinstance(value, list)
+                and len(value) == 3
+                and all(type(c) is int and 0 <= c <= 255 for c in value)
+            ):
                 raise ProtocolError(
-                    "bad_value", "params.background_color: expected a string or [r, g, b]"
+                    "bad_value",
+                    "params.background_color: expected a colour string or [r, g, b] ints in 0..255",
                 )
             try:
                 out["background_bgr"] = parse_color_bgr(value)
             except ValueError as e:
-                raise ProtocolError("bad_value", f"params.background_color: {e}") from None
+                raise ProtocolError(
+                    "bad_value", f"params.background_color: {_quote(str(e))}"
+                ) from None
         else:
-            raise ProtocolError("bad_value", f"params.{_text(key, 'params')}: unknown parameter")
+            raise ProtocolError("bad_value", f"params.{_quote(key)}: unknown parameter")
     return out
 
 
@@ -470,7 +586,13 @@ def decode_detections(
     topic = bytes(parts[0])
     if not topic.startswith(TOPIC_PREFIX) or len(topic) == len(TOPIC_PREFIX):
         raise ProtocolError("bad_topic", f"topic must be 'det/<source_id>', got {topic[:64]!r}")
-    header = _load_json(parts[1])
+    raw_header = parts[1]
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            "oversize", f"header is {len(raw_header)} bytes, limit {MAX_HEADER_BYTES}"
+        )
+    _check_complexity(raw_header)
+    header = _load_json(raw_header)
     if not isinstance(header, dict):
         raise ProtocolError(
             "bad_header", f"header must be a JSON object, got {type(header).__name__}"
@@ -487,7 +609,8 @@ def decode_detections(
     _text(source_id, "source_id")
     if topic[len(TOPIC_PREFIX) :] != source_id.encode():
         raise ProtocolError(
-            "topic_mismatch", f"topic {topic[:64]!r} does not match source_id {source_id!r}"
+            "topic_mismatch",
+            f"topic {topic[:MAX_QUOTE_CHARS]!r} does not match source_id {_show(source_id)}",
         )
     frame_id = _int(header, "frame_id", "(header)", required=False)
     if frame_id is not None and frame_id < 0:
