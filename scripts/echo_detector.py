@@ -103,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         help="for frames that do not say where their detections go (reply_to); without it, "
         "such frames are counted (no_route) and not answered",
     )
+    ap.add_argument(
+        "--allow-ipc-reply-to",
+        action="store_true",
+        help="follow ipc:// reply_to endpoints too (every shard on this host); by default only "
+        "tcp:// ones are followed: a tapped frame must not steer detections into local socket "
+        "files",
+    )
     add_shards_arg(ap)
     ap.add_argument("--boxes", type=int, default=10)
     ap.add_argument("--masks", action="store_true", help="add polygons and keypoints")
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = FrameSubscriber(
         endpoints_arg(ap, args.tap, args.shards), mode="pull" if args.pull else "sub"
     )
-    sender = DetectionSender(args.detections)
+    sender = DetectionSender(args.detections, allow_ipc_reply_to=args.allow_ipc_reply_to)
     times = open(args.times, "a", buffering=1) if args.times else None  # noqa: SIM115
     handled = 0
     try:

@@ -39,7 +39,18 @@ that tapped it, so the detector needs no routing code::
 
 A frame without a usable ``reply_to`` (an older streamer, a wildcard bind without
 ``detections.advertise``) goes to the sender's `endpoint`; with neither, it is dropped and
-counted in ``sender.stats``.
+counted in ``sender.stats``. ``reply_to`` is network input: only ``tcp://HOST:PORT`` is
+followed, and ``ipc://PATH`` only with ``allow_ipc_reply_to=True`` (a single-host setup; else
+a tapped frame could make the detector write into any local socket file). A host name is
+resolved by ZeroMQ's I/O thread when the route is opened and on every reconnect: a slow DNS
+server delays that route's connection (not the sender, nor other routes).
+
+Sends never block: each route queues at most `hwm` messages; a route whose shard takes nothing
+(dead, stalled, unreachable) fills its queue, then drops its messages (counted per route in
+``sender.route_drops``, in total as ``stats["dropped_full"]``) while the other routes go on
+at full rate. Every socket sends ZeroMQ heartbeats (streamer.zmq_heartbeat): a connection to a
+peer that vanished without closing it (a lost node) is dropped within seconds and redialled,
+name resolved again, so a shard rescheduled elsewhere is found.
 
 With a PUSH tap (frames shared among several detector workers) pass ``mode="pull"``. When
 streamer runs with CURVE, every class takes ``curve=(client_key_secret_file,
@@ -71,12 +82,15 @@ from streamer.config import check_reply_to
 from streamer.detections.codec import encode_detections
 from streamer.metrics import LogOnce
 from streamer.security import make_client
+from streamer.sharding import MAX_SHARDS
+from streamer.zmq_heartbeat import set_heartbeat
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-MAX_REPLY_ROUTES = 64  # detection sockets a sender keeps open, besides its default endpoint
-SEND_TIMEOUT_MS = 1000  # a detections endpoint that takes nothing this long: message dropped
+# Detection sockets a sender keeps open besides its default endpoint: one per shard it hears
+# from, opened on first use, so every shard of the largest deployment has its own.
+MAX_REPLY_ROUTES = MAX_SHARDS
 T = TypeVar("T")
 Endpoints = str | Sequence[str]
 
@@ -141,6 +155,12 @@ class TapFrame(_Received):
         REPLY_TO_MAX_CHARS characters: it is network input."""
         value = self.header.get("reply_to")
         return None if value is None else check_reply_to(value)
+
+    def reply_route(self, allow_ipc: bool) -> str | None:
+        """`reply_to` as a sender may follow it: as the property, and ValueError on an
+        ``ipc://`` endpoint unless `allow_ipc`."""
+        value = self.header.get("reply_to")
+        return None if value is None else check_reply_to(value, allow_ipc=allow_ipc)
 
 
 class Crop(_Received):
@@ -275,6 +295,7 @@ def _input_socket(
         make_client(sock, *curve)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)
+    set_heartbeat(sock)
     if mode == "sub":
         for t in topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
@@ -283,16 +304,15 @@ def _input_socket(
     return sock
 
 
-def _output_socket(
-    ctx: Any, endpoint: str, hwm: int, curve: Curve | None, send_timeout_ms: int
-) -> Any:
-    """A PUSH socket to a detections endpoint (linger 1 s so the last sends go out)."""
+def _output_socket(ctx: Any, endpoint: str, hwm: int, curve: Curve | None) -> Any:
+    """A PUSH socket to a detections endpoint, queueing at most `hwm` messages (linger 1 s so
+    the last sends go out)."""
     sock = ctx.socket(zmq.PUSH)
     if curve is not None:
         make_client(sock, *curve)
     sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
     sock.setsockopt(zmq.LINGER, 1000)
+    set_heartbeat(sock)
     sock.connect(endpoint)
     return sock
 
@@ -300,8 +320,10 @@ def _output_socket(
 class _Routes:
     """The sockets a detection sender sends on: one per detections endpoint that tapped frames
     name in ``reply_to``, least recently used closed beyond `max_routes`, plus the default
-    endpoint's (kept). Counts in `stats`: ``bad_reply_to`` (unusable, so the default was
-    used), ``no_route`` (neither: dropped), ``routes_opened``, ``routes_closed``."""
+    endpoint's (kept). Counts in `stats`: ``sent``, ``dropped_full`` (a route's queue full),
+    ``bad_reply_to`` (unusable or refused, so the default was used), ``no_route`` (neither:
+    dropped), ``routes_opened``, ``routes_closed``; in `drops`, ``dropped_full`` per open
+    route's endpoint."""
 
     def __init__(
         self,
@@ -309,6 +331,7 @@ class _Routes:
         default: str | None,
         follow_reply_to: bool,
         max_routes: int,
+        allow_ipc: bool,
     ) -> None:
         if max_routes < 1:
             raise ValueError(f"max_routes must be >= 1, got {max_routes}")
@@ -316,22 +339,24 @@ class _Routes:
         self.default = None if default is None else open_socket(default)
         self._default_endpoint = default
         self._follow = follow_reply_to
+        self._allow_ipc = allow_ipc
         self._max = max_routes
         self._routes: OrderedDict[str, Any] = OrderedDict()
         self.stats: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # endpoint -> dropped_full, open routes only
         self._warn = LogOnce(log)
 
-    def socket_for(self, frame: TapFrame) -> Any | None:
-        """The socket for `frame`'s detections; None (counted) when there is none."""
+    def route_for(self, frame: TapFrame) -> tuple[str, Any] | None:
+        """The endpoint and socket for `frame`'s detections; None (counted) when none."""
         target = None
-        if self._follow:
+        if self._follow and frame.header.get("reply_to") != self._default_endpoint:
             try:
-                target = frame.reply_to
+                target = frame.reply_route(self._allow_ipc)
             except ValueError as e:
                 self.stats["bad_reply_to"] += 1
                 self._warn("bad_reply_to", "tapped frame with an unusable reply_to: %s", e)
-        if target is None or target == self._default_endpoint:
-            if self.default is None:
+        if target is None:
+            if self.default is None or self._default_endpoint is None:
                 self.stats["no_route"] += 1
                 self._warn(
                     "no_route",
@@ -340,14 +365,16 @@ class _Routes:
                     frame.header.get("source_id"),
                     frame.header.get("frame_id"),
                 )
-            return self.default
+                return None
+            return self._default_endpoint, self.default
         sock = self._routes.get(target)
         if sock is not None:
             self._routes.move_to_end(target)
-            return sock
+            return target, sock
         if len(self._routes) >= self._max:
-            _, old = self._routes.popitem(last=False)
+            old_endpoint, old = self._routes.popitem(last=False)
             old.close()
+            self.drops.pop(old_endpoint, None)
             self.stats["routes_closed"] += 1
             self._warn(
                 "routes_full", "more than %s detections endpoints: closing the oldest", self._max
@@ -356,11 +383,19 @@ class _Routes:
         self.stats["routes_opened"] += 1
         if self.stats["routes_opened"] <= self._max:  # past that, "routes_full" says it, rarely
             log.info("detections for frames tapped by %s go there", target)
-        return sock
+        return target, sock
 
-    def dropped(self, kind: str) -> None:
-        self.stats[kind] += 1
-        self._warn(kind, "detections not sent (%s): the endpoint takes nothing", kind)
+    def sent(self) -> None:
+        self.stats["sent"] += 1
+
+    def dropped(self, endpoint: str) -> None:
+        self.stats["dropped_full"] += 1
+        self.drops[endpoint] += 1
+        self._warn(
+            f"dropped_full:{endpoint}",
+            "detections for %s dropped: its queue is full (the shard takes nothing)",
+            endpoint,
+        )
 
     def close(self) -> None:
         for sock in self._routes.values():
@@ -447,9 +482,11 @@ class DetectionSender:
     """PUSHes detection messages where each frame came from: the frame's ``reply_to``, else
     `endpoint` (streamer's detections endpoint; None: frames must say where).
 
-    A send waits at most `send_timeout_ms` for room (`hwm` messages queued per endpoint), then
-    drops the message and counts it (``stats["dropped_full"]``): a dead shard never stalls the
-    detections of the others. ``follow_reply_to=False`` always uses `endpoint`.
+    A send never waits: each endpoint queues at most `hwm` messages, and a message that does
+    not fit is dropped and counted (``stats["dropped_full"]``, and per endpoint in
+    `route_drops`), so a dead or stalled shard never slows the detections of the others.
+    ``follow_reply_to=False`` always uses `endpoint`; ``allow_ipc_reply_to=True`` follows
+    ``ipc://`` reply_to endpoints too (a single-host setup; refused and counted by default).
     """
 
     def __init__(
@@ -457,16 +494,17 @@ class DetectionSender:
         endpoint: str | None = None,
         hwm: int = 100,
         curve: Curve | None = None,
-        send_timeout_ms: int = SEND_TIMEOUT_MS,
         follow_reply_to: bool = True,
         max_routes: int = MAX_REPLY_ROUTES,
+        allow_ipc_reply_to: bool = False,
     ) -> None:
         ctx: zmq.Context[Any] = zmq.Context.instance()
         self._routes = _Routes(
-            lambda e: _output_socket(ctx, e, hwm, curve, send_timeout_ms),
+            lambda e: _output_socket(ctx, e, hwm, curve),
             endpoint,
             follow_reply_to,
             max_routes,
+            allow_ipc_reply_to,
         )
         self.sock: zmq.Socket[bytes] | None = self._routes.default  # the default endpoint's
 
@@ -475,6 +513,11 @@ class DetectionSender:
         """``sent``, ``dropped_full``, ``bad_reply_to``, ``no_route``, ``routes_opened``, ..."""
         return self._routes.stats
 
+    @property
+    def route_drops(self) -> Counter[str]:
+        """Messages dropped for a full queue, by endpoint (the routes open now)."""
+        return self._routes.drops
+
     def send(self, frame: TapFrame, detections: Any) -> bool:
         """Send the detections for `frame`: Roboflow-style dicts (centre boxes in
         `frame.image` pixels) or a ``supervision.Detections`` (xyxy in those pixels).
@@ -482,16 +525,17 @@ class DetectionSender:
         return self.send_message(frame, _detection_message(frame, detections))
 
     def send_message(self, frame: TapFrame, message: list[bytes]) -> bool:
-        """Send an encoded detection message where `frame`'s detections go; False if dropped."""
-        sock = self._routes.socket_for(frame)
-        if sock is None:
+        """Queue an encoded detection message where `frame`'s detections go, without waiting;
+        False if dropped (counted)."""
+        route = self._routes.route_for(frame)
+        if route is None:
             return False
         try:
-            sock.send_multipart(message)
+            route[1].send_multipart(message, flags=zmq.NOBLOCK)
         except zmq.Again:
-            self._routes.dropped("dropped_full")
+            self._routes.dropped(route[0])
             return False
-        self._routes.stats["sent"] += 1
+        self._routes.sent()
         return True
 
     def close(self) -> None:
@@ -566,23 +610,24 @@ class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
 
 
 class AsyncDetectionSender:
-    """asyncio twin of DetectionSender (same routing, timeout and counters)."""
+    """asyncio twin of DetectionSender (same routing, non-blocking sends and counters)."""
 
     def __init__(
         self,
         endpoint: str | None = None,
         hwm: int = 100,
         curve: Curve | None = None,
-        send_timeout_ms: int = SEND_TIMEOUT_MS,
         follow_reply_to: bool = True,
         max_routes: int = MAX_REPLY_ROUTES,
+        allow_ipc_reply_to: bool = False,
     ) -> None:
         ctx: zmq.asyncio.Context = zmq.asyncio.Context.instance()
         self._routes = _Routes(
-            lambda e: _output_socket(ctx, e, hwm, curve, send_timeout_ms),
+            lambda e: _output_socket(ctx, e, hwm, curve),
             endpoint,
             follow_reply_to,
             max_routes,
+            allow_ipc_reply_to,
         )
         self.sock: zmq.asyncio.Socket | None = self._routes.default
 
@@ -590,19 +635,23 @@ class AsyncDetectionSender:
     def stats(self) -> Counter[str]:
         return self._routes.stats
 
+    @property
+    def route_drops(self) -> Counter[str]:
+        return self._routes.drops
+
     async def send(self, frame: TapFrame, detections: Any) -> bool:
         return await self.send_message(frame, _detection_message(frame, detections))
 
     async def send_message(self, frame: TapFrame, message: list[bytes]) -> bool:
-        sock = self._routes.socket_for(frame)
-        if sock is None:
+        route = self._routes.route_for(frame)
+        if route is None:
             return False
         try:
-            await sock.send_multipart(message)
+            await route[1].send_multipart(message, flags=zmq.NOBLOCK)
         except zmq.Again:
-            self._routes.dropped("dropped_full")
+            self._routes.dropped(route[0])
             return False
-        self._routes.stats["sent"] += 1
+        self._routes.sent()
         return True
 
     def close(self) -> None:

@@ -34,16 +34,20 @@ _IPC_REPLY = re.compile(r"ipc://[\x21-\x7e]{1,250}")
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "[::]", "[::0]", "[0:0:0:0:0:0:0:0]"})
 
 
-def check_reply_to(value: object) -> str:
+def check_reply_to(value: object, allow_ipc: bool = True) -> str:
     """`value` if it is an endpoint a detector may send detections to: ``tcp://host:port``
-    (not a wildcard host) or ``ipc://path``, printable ASCII, at most REPLY_TO_MAX_CHARS long.
-    Raises ValueError saying why not. Used on the config's advertised address and, by
-    streamer.client, on every tapped frame's ``reply_to`` (hostile input)."""
+    (not a wildcard host) or, when `allow_ipc`, ``ipc://path``; printable ASCII, at most
+    REPLY_TO_MAX_CHARS long. Raises ValueError saying why not. Used on the config's advertised
+    address and, by streamer.client, on every tapped frame's ``reply_to`` (hostile input)."""
     if not isinstance(value, str):
         raise ValueError(f"expected a string endpoint, got {type(value).__name__}")
     if len(value) > REPLY_TO_MAX_CHARS:
         raise ValueError(f"endpoint longer than {REPLY_TO_MAX_CHARS} characters")
     if _IPC_REPLY.fullmatch(value):
+        if not allow_ipc:
+            raise ValueError(
+                f"{value!r}: ipc:// reply_to not followed (allow_ipc_reply_to for one host)"
+            )
         return value
     m = _TCP_REPLY.fullmatch(value)
     if m is None:

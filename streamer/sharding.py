@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from streamer.errors import ConfigError
 
-MAX_SHARDS = 1024
+# Each detector keeps a socket per shard (streamer.client.MAX_REPLY_ROUTES), within a ZeroMQ
+# context's default 1023 sockets and a container's file descriptors.
+MAX_SHARDS = 256
 SHARD_ENV = "STREAMER_SHARD"  # "I/N" or "auto"
 SHARDS_ENV = "STREAMER_SHARDS"  # N, for "auto"
 POD_NAME_ENVS = ("POD_NAME", "HOSTNAME")  # where "auto" finds the StatefulSet pod name

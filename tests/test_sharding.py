@@ -90,8 +90,8 @@ def test_parse_shard(spec: str, env: dict[str, str], expected: Shard) -> None:
     ("spec", "env", "message"),
     [
         ("3/3", {}, "shard index must be 0..2 for 3 shard(s), got 3"),
-        ("0/0", {}, "shard count must be 1..1024, got 0"),
-        (f"0/{MAX_SHARDS + 1}", {}, "shard count must be 1..1024"),
+        ("0/0", {}, f"shard count must be 1..{MAX_SHARDS}, got 0"),
+        (f"0/{MAX_SHARDS + 1}", {}, f"shard count must be 1..{MAX_SHARDS}"),
         ("1", {}, "expected I/N (e.g. 0/3) or 'auto', got '1'"),
         ("-1/3", {}, "expected I/N"),
         ("1/3\n", {}, None),  # stripped: valid

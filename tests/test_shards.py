@@ -190,6 +190,7 @@ def test_three_shards_one_detector_one_consumer(tmp_path: Path) -> None:
             f"ipc://{tmp_path}/tap-{{shard}}",
             "--boxes",
             str(BOXES),
+            "--allow-ipc-reply-to",  # every shard on this host, over ipc://
         ],  # no --detections: every answer goes where its frame's reply_to says
         stdout=subprocess.PIPE,
         stderr=logs,

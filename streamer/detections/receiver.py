@@ -8,6 +8,7 @@ from typing import Any
 import zmq
 
 from streamer.config import DetectionsConfig
+from streamer.zmq_heartbeat import set_heartbeat
 
 RECV_HWM = 1_000
 # ZeroMQ drops the connection of a peer that sends a part larger than this; messages between the
@@ -40,6 +41,7 @@ class DetectionReceiver:
         self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * HARD_LIMIT_FACTOR)
         self.sock.setsockopt(zmq.LINGER, 0)
+        set_heartbeat(self.sock)  # connect: redial a vanished detector; bind: free its queue
         try:
             if cfg.bind:
                 self.sock.bind(cfg.bind)

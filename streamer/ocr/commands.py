@@ -124,6 +124,13 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         default="tcp://127.0.0.1:5555",
         help="for frames that do not say where their detections go (reply_to)",
     )
+    p.add_argument(
+        "--allow-ipc-reply-to",
+        action="store_true",
+        help="follow ipc:// reply_to endpoints too (every shard on this host); by default only "
+        "tcp:// ones are followed: a tapped frame must not steer detections into local socket "
+        "files",
+    )
     add_shards_arg(p)
     p.add_argument("--pull", action="store_true", help="the tap is PUSH: join its pool")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
@@ -144,6 +151,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         threads=args.threads,
         box_threshold=args.box_threshold,
         curve=_curve(args.curve),
+        allow_ipc_reply_to=args.allow_ipc_reply_to,
     )
     try:
         counts = run_text_detector(opts, stop)

@@ -140,6 +140,7 @@ class DetectorOptions:
     threads: int = DEFAULT_THREADS
     box_threshold: float = 0.5
     curve: Curve | None = None
+    allow_ipc_reply_to: bool = False
 
 
 def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[str]:
@@ -150,7 +151,9 @@ def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[s
     counts: Counter[str] = Counter()
     log_once = LogOnce(log)
     frames = FrameSubscriber(opts.tap, mode=opts.mode, curve=opts.curve)
-    sender = DetectionSender(opts.detections, curve=opts.curve)
+    sender = DetectionSender(
+        opts.detections, curve=opts.curve, allow_ipc_reply_to=opts.allow_ipc_reply_to
+    )
     try:
         while not stop.is_set():
             try:

@@ -38,6 +38,7 @@ from streamer.metrics import LogOnce
 from streamer.ocr.crops import MAX_CROP_PIXELS, BadCrop, CropInfo, decode_crop, parse_crop_header
 from streamer.ocr.reader import CropReader
 from streamer.ocr.tracks import TrackVotes
+from streamer.zmq_heartbeat import set_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class OcrWorker:
         sub.sock.setsockopt(zmq.MAXMSGSIZE, MAX_PART_BYTES)
         pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, 10_000)
+        set_heartbeat(pub)
         try:
             pub.bind(self.opts.results)
             while not stop.is_set():
@@ -245,6 +247,7 @@ def listen(endpoints: Sequence[str], stop: threading.Event, out: Any) -> None:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.SUBSCRIBE, b"ocr/")
     sock.setsockopt(zmq.MAXMSGSIZE, 65536)
+    set_heartbeat(sock)  # a vanished worker's connection is redialled
     shown: OrderedDict[tuple[str, Any], str] = OrderedDict()
     try:
         for endpoint in endpoints:

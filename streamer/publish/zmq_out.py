@@ -24,6 +24,8 @@ from typing import Any, Literal
 import zmq
 import zmq.asyncio
 
+from streamer.zmq_heartbeat import set_heartbeat
+
 log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # below this pyzmq copies anyway, and copying is cheaper
@@ -128,6 +130,7 @@ class OutSocket:
         self.sock: zmq.Socket[bytes] = zmq.Socket.shadow(self.asock.underlying)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        set_heartbeat(self.sock)  # a vanished subscriber's or worker's queue is freed
         if curve_keys is not None:
             self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
             self.sock.curve_server = True
