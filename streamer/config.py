@@ -17,6 +17,7 @@ from streamer.sharding import SINGLE, Shard
 
 MIB = 1024 * 1024
 REPLY_TO_MAX_CHARS = 256
+TOKEN_FILE_MAX_BYTES = 4096
 SHARD_PLACEHOLDER = "{shard}"
 # Where "{shard}" is replaced (paths in the YAML tree; "*" is any list index): the endpoints.
 SHARD_FIELDS = (
@@ -352,6 +353,11 @@ class PreviewConfig(_Model):
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8080, ge=0, le=65_535)
     token: str | None = Field(None, min_length=8, description="bearer token for every route")
+    token_file: str | None = Field(
+        None,
+        description="read the token from this file instead (a mounted Kubernetes Secret, a "
+        "file only the service user reads), once at start; surrounding whitespace ignored",
+    )
     ice_servers: list[str] = Field(
         default_factory=list, description="STUN/TURN URLs; none by default (loopback/LAN only)"
     )
@@ -371,6 +377,32 @@ class PreviewConfig(_Model):
         description="Host header names accepted besides the bound address (and localhost on"
         " loopback); '*' accepts any (behind a reverse proxy that checks it)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("token_file") is None:
+            return data
+        if data.get("token") is not None:
+            raise ValueError("give token or token_file, not both")
+        path = data["token_file"]
+        if not isinstance(path, str) or not path:
+            raise ValueError("token_file: expected a file path")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(TOKEN_FILE_MAX_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"token_file: cannot read {path}: {e.strerror}") from None
+        if len(raw) > TOKEN_FILE_MAX_BYTES:
+            raise ValueError(f"token_file: {path} is longer than {TOKEN_FILE_MAX_BYTES} bytes")
+        try:
+            token = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"token_file: {path} is not ASCII text") from None
+        if not token.isprintable() or " " in token:
+            raise ValueError(f"token_file: {path} holds spaces or control characters")
+        # token_file leaves once read: the model (and a re-validated dump of it) holds the token.
+        return {**{k: v for k, v in data.items() if k != "token_file"}, "token": token}
 
 
 class CurveConfig(_Model):
@@ -514,6 +546,15 @@ def parse_config(data: Any, shard: Shard = SINGLE) -> StreamerConfig:
         raise ConfigError(format_validation_error(e)) from None
     if shard.count == 1:
         return cfg
+    if cfg.tap is not None and cfg.detections.bind is not None and cfg.detections.reply_to is None:
+        raise ConfigError(
+            f"detections.advertise: required with {shard.count} shards and a tap when "
+            f"detections.bind ({cfg.detections.bind}) is a wildcard address: tapped frames "
+            "would not say where their detections go (reply_to), so detectors would send them "
+            "to their own default endpoint and every shard but one would lose them; give the "
+            "address detectors reach this shard's bind at, e.g. "
+            "tcp://streamer-{shard}.streamer:5555"
+        )
     return cfg.model_copy(update={"sources": [s for s in cfg.sources if shard.serves(s.id)]})
 
 

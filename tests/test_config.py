@@ -221,6 +221,33 @@ def test_bad_advertised_endpoint(detections: dict[str, Any], expected: str) -> N
     assert "detections" in str(e.value) and expected in str(e.value)
 
 
+@pytest.mark.parametrize("bind", ["tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://[::]:5555"])
+def test_shards_with_a_tap_and_a_wildcard_bind_need_advertise(tmp_path: Path, bind: str) -> None:
+    """Without advertise the tapped frames carry no reply_to, and detectors serving every
+    shard would send every shard's detections to one default endpoint: refused."""
+    from streamer.sharding import SINGLE, Shard
+
+    data = _with("detections", {"bind": bind})
+    data["tap"] = {"bind": "tcp://0.0.0.0:5554"}
+    with pytest.raises(ConfigError, match=r"detections\.advertise: required with 3 shards"):
+        parse_config(data, Shard(0, 3))
+    assert parse_config(data, SINGLE).detections.reply_to is None  # one process: as before
+    del data["tap"]  # no tap: detectors read the cameras themselves and know their shard
+    assert parse_config(data, Shard(0, 3)).detections.reply_to is None
+    data["tap"] = {"bind": "tcp://0.0.0.0:5554"}
+    data["detections"]["advertise"] = "tcp://streamer-{shard}.streamer:5555"
+    assert parse_config(data, Shard(2, 3)).detections.reply_to == "tcp://streamer-2.streamer:5555"
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(dict(data, detections={"bind": bind})))
+    res = subprocess.run(
+        [sys.executable, "-m", "streamer", "check-config", str(path), "--shard", "1/3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode != 0 and "detections.advertise: required" in res.stderr, res.stderr
+
+
 def test_check_config_with_shards(tmp_path: Path) -> None:
     path = REPO / "configs" / "shards.yaml"
     outs = []
@@ -241,3 +268,25 @@ def test_check_config_with_shards(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "shard index must be 0..2 for 3 shard(s), got 7" in res.stderr
+
+
+def test_preview_token_from_a_file(tmp_path: Path) -> None:
+    """The token can live in a file (a mounted Secret) rather than in the config."""
+    secret = tmp_path / "token"
+    secret.write_text("s3cret-token-value\n")
+    cfg = parse_config(_with("preview", {"host": "0.0.0.0", "token_file": str(secret)}))
+    assert cfg.preview is not None and cfg.preview.token == "s3cret-token-value"
+    assert cfg.preview.token_file is None  # read once; the model holds the token
+    for content, expected in [
+        ("short\n", "at least 8 characters"),
+        ("a" * 5000, "longer than 4096 bytes"),
+        ("two words here", "spaces or control characters"),
+        ("t\u00f6ken-value-x", "not ASCII"),
+    ]:
+        secret.write_text(content)
+        with pytest.raises(ConfigError, match=expected):
+            parse_config(_with("preview", {"token_file": str(secret)}))
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse_config(_with("preview", {"token_file": str(tmp_path / "missing")}))
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config(_with("preview", {"token_file": str(secret), "token": "x" * 10}))

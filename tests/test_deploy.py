@@ -85,8 +85,10 @@ def test_statefulset_shards(objects: dict[tuple[str, str], dict[str, Any]]) -> N
     c = _container(sts)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports.keys()
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # Ready follows /healthz (cameras, detections pairing, shedding); alive only asks that the
+    # event loop answers (/metrics): a dead detector pool must not restart every shard.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
@@ -97,6 +99,11 @@ def test_statefulset_shards(objects: dict[tuple[str, str], dict[str, Any]]) -> N
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert volumes[mounts["/config"]]["configMap"]["name"] == "streamer-site"
+    # The preview token comes from a Secret the user makes, mounted where the config reads it.
+    site = yaml.safe_load(objects[("ConfigMap", "streamer-site")]["data"]["streamer.yaml"])
+    token_dir = str(Path(site["preview"]["token_file"]).parent)
+    assert volumes[mounts[token_dir]]["secret"]["secretName"] == "streamer-preview-token"
+    assert ("Secret", "streamer-preview-token") not in objects, "never commit the token"
 
     # The command line is streamer's, and --shard auto finds each pod's shard.
     args = build_parser().parse_args(c["args"])
@@ -109,10 +116,21 @@ def test_statefulset_shards(objects: dict[tuple[str, str], dict[str, Any]]) -> N
         assert resolve_shard(args.shard, env) == Shard(i, n)
 
 
+def _site(objects: dict[tuple[str, str], dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
+    """The site config, its token_file pointed at a stand-in for the mounted Secret."""
+    site: dict[str, Any] = yaml.safe_load(
+        objects[("ConfigMap", "streamer-site")]["data"]["streamer.yaml"]
+    )
+    token = tmp_path / "token"
+    token.write_text("a-token-from-the-secret\n")
+    site["preview"]["token_file"] = str(token)
+    return site
+
+
 def test_site_config_serves_every_camera_once_and_advertises_dns_names(
-    objects: dict[tuple[str, str], dict[str, Any]],
+    objects: dict[tuple[str, str], dict[str, Any]], tmp_path: Path
 ) -> None:
-    site = yaml.safe_load(objects[("ConfigMap", "streamer-site")]["data"]["streamer.yaml"])
+    site = _site(objects, tmp_path)
     n = _shards(objects)
     served: list[str] = []
     ports = {
@@ -124,6 +142,7 @@ def test_site_config_serves_every_camera_once_and_advertises_dns_names(
         served += [s.id for s in cfg.sources]
         assert cfg.detections.reply_to == f"tcp://streamer-{i}.streamer:{ports['detections']}"
         assert cfg.preview is not None and cfg.preview.metrics_port == ports["metrics"]
+        assert cfg.preview.token == "a-token-from-the-secret"  # the page and API want it
         assert cfg.tap is not None and cfg.tap.bind.endswith(f":{ports['tap']}")
     ids = [s["id"] for s in site["sources"]]
     assert sorted(served) == sorted(ids)
@@ -131,12 +150,10 @@ def test_site_config_serves_every_camera_once_and_advertises_dns_names(
 
 
 def test_detectors_and_workers_reach_every_shard(
-    objects: dict[tuple[str, str], dict[str, Any]],
+    objects: dict[tuple[str, str], dict[str, Any]], tmp_path: Path
 ) -> None:
     n = _shards(objects)
-    site = parse_config(
-        yaml.safe_load(objects[("ConfigMap", "streamer-site")]["data"]["streamer.yaml"])
-    )
+    site = parse_config(_site(objects, tmp_path))
     sts = objects[("StatefulSet", "streamer")]
     ports = {p["name"]: p["containerPort"] for p in _container(sts)["ports"]}
     names = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}" for i in range(n)]
@@ -158,3 +175,38 @@ def test_detectors_and_workers_reach_every_shard(
         pod = objects[kind]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _selects(selector: dict[str, Any], obj: dict[str, Any]) -> bool:
+    labels = obj["spec"]["template"]["metadata"]["labels"]
+    return bool(selector["matchLabels"].items() <= labels.items())
+
+
+def test_network_policy_lets_each_port_in_only_from_its_clients(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    policy = objects[("NetworkPolicy", "streamer-shards")]["spec"]
+    sts = objects[("StatefulSet", "streamer")]
+    assert _selects(policy["podSelector"], sts)
+    assert policy["policyTypes"] == ["Ingress"]
+    ports = {p["name"] for p in _container(sts)["ports"]}
+    allowed: dict[str, list[dict[str, Any]]] = {}
+    for rule in policy["ingress"]:
+        for port in rule["ports"]:
+            assert port["port"] in ports, port
+            allowed.setdefault(port["port"], []).extend(rule["from"])
+    assert allowed.keys() == ports, "every port has its rule, none is open to all"
+    for port, client in (
+        ("tap", "detector"),
+        ("detections", "detector"),
+        ("crops-ocr", "ocr-worker"),
+    ):
+        (peer,) = allowed[port]
+        assert _selects(peer["podSelector"], objects[("Deployment", client)])
+        assert not _selects(
+            peer["podSelector"],
+            objects[("Deployment", "ocr-worker" if client == "detector" else "detector")],
+        )
+    for port in ("preview", "metrics"):
+        (peer,) = allowed[port]
+        assert set(peer) == {"namespaceSelector"}, "not every pod of the namespace"
