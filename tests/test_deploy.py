@@ -210,3 +210,30 @@ def test_network_policy_lets_each_port_in_only_from_its_clients(
     for port in ("preview", "metrics"):
         (peer,) = allowed[port]
         assert set(peer) == {"namespaceSelector"}, "not every pod of the namespace"
+
+
+CAMERAS_PER_CORE = 2.0  # 1080p30, docs/scaling.md "Sizing a site" (1.5-2 measured)
+MIB_PER_CAMERA = 64  # ~50 MB measured, plus the base below
+BASE_MIB = 128
+
+
+def _cpu(text: str) -> float:
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _mib(text: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(text[:-2]) * units[text[-2:]]
+
+
+def test_shard_resources_cover_the_busiest_shard(
+    objects: dict[tuple[str, str], dict[str, Any]], tmp_path: Path
+) -> None:
+    """Rendezvous hashing is uneven: every pod gets what the busiest shard needs."""
+    site = _site(objects, tmp_path)
+    n = _shards(objects)
+    busiest = max(len(parse_config(site, Shard(i, n)).sources) for i in range(n))
+    resources = _container(objects[("StatefulSet", "streamer")])["resources"]
+    assert _cpu(resources["limits"]["cpu"]) >= busiest / CAMERAS_PER_CORE, busiest
+    assert _cpu(resources["requests"]["cpu"]) >= busiest / CAMERAS_PER_CORE, busiest
+    assert _mib(resources["limits"]["memory"]) >= BASE_MIB + MIB_PER_CAMERA * busiest, busiest
