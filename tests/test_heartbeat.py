@@ -123,3 +123,39 @@ def test_a_subscriber_reconnects_past_a_blackholed_connection(
             print(f"reconnected to the new server after {took:.1f} s")
     finally:
         proxy.close()
+
+
+def test_streamers_own_sockets_send_heartbeats(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """The detections socket (bound or connecting), the tap and crop publishers, and every
+    client socket: a vanished peer is noticed (connect: redialled; bind: its queue freed)."""
+    from streamer.client import DetectionSender
+    from streamer.config import DetectionsConfig
+    from streamer.detections.receiver import DetectionReceiver
+    from streamer.publish.zmq_out import OutSocket
+    from streamer.zmq_heartbeat import HEARTBEAT_IVL_MS, HEARTBEAT_TTL_MS
+
+    bound = DetectionReceiver(ctx, DetectionsConfig(bind="tcp://127.0.0.1:0"))
+    connecting = DetectionReceiver(ctx, DetectionsConfig(connect=["tcp://127.0.0.1:9"]))
+    outs = [OutSocket(ctx, "tcp://127.0.0.1:0", mode, 10) for mode in ("pub", "push")]
+    sender = DetectionSender("tcp://127.0.0.1:9")
+    sub = FrameSubscriber("tcp://127.0.0.1:9")
+    socks: list[zmq.Socket[bytes]] = [
+        bound.sock,
+        connecting.sock,
+        *(o.sock for o in outs),
+        sub.sock,
+    ]
+    assert sender.sock is not None
+    socks.append(sender.sock)
+    try:
+        for sock in socks:
+            assert sock.getsockopt(zmq.HEARTBEAT_IVL) == HEARTBEAT_IVL_MS, sock
+            assert sock.getsockopt(zmq.HEARTBEAT_TIMEOUT) == HEARTBEAT_TIMEOUT_MS, sock
+            assert sock.getsockopt(zmq.HEARTBEAT_TTL) == HEARTBEAT_TTL_MS, sock
+    finally:
+        bound.close()
+        connecting.close()
+        for o in outs:
+            o.close(0)
+        sender.close()
+        sub.close()
