@@ -64,7 +64,7 @@ class AvSource(Source):
     ) -> None:
         super().__init__(source_id, max_fps=max_fps, retry=retry, stall_timeout_s=stall_timeout_s)
         self.url = url
-        self.secrets = url_secrets(url)
+        self.secrets = url_secrets(url, av_options)
         self.live = is_live(url)
         self.realtime = realtime and not self.live
         self.loop = loop
