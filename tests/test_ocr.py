@@ -17,7 +17,13 @@ import zmq
 
 from streamer.client import MalformedMessageError, ProtocolVersionError, parse_crop
 from streamer.ocr.crops import BadCrop, declared_size, decode_crop, parse_crop_header
-from streamer.ocr.preprocess import normalize_text, prepare, straighten, upscale
+from streamer.ocr.preprocess import (
+    MAX_LINE_ASPECT,
+    normalize_text,
+    prepare,
+    straighten,
+    upscale,
+)
 from streamer.ocr.recognizers import (
     RapidOcrRecognizer,
     TesseractRecognizer,
@@ -413,3 +419,80 @@ def test_a_crop_without_polygon_keeps_the_more_confident_of_whole_and_located() 
     CropReader(one, det).read(crop, poly)
     CropReader(one, None).read(crop, None)
     assert len(one.widths) == 2
+
+
+def _centre_ink(glyph: np.ndarray) -> float:
+    """The share of ink in the middle fifth (each way) of a glyph's ink box; `glyph` is a
+    plate of one character drawn dark on light by bench_ocr.draw_text."""
+    b = max(2, glyph.shape[0] // 24) + 2
+    ink = cv2.cvtColor(glyph, cv2.COLOR_BGR2GRAY)[b:-b, b:-b] < 128
+    ys, xs = np.nonzero(ink)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = y1 - y0, x1 - x0
+    mid = ink[y0 + 2 * h // 5 : y0 + 3 * h // 5, x0 + 2 * w // 5 : x0 + 3 * w // 5]
+    return float(mid.mean())
+
+
+def test_bench_folds_o_and_0_only_in_fonts_that_draw_them_alike() -> None:
+    """A zero with a dot or slash has ink in its middle, an O none: the benchmark may count
+    them as equal only where both are plain rings (DejaVu Sans Mono dots its zero)."""
+    from tests.conftest import load_script
+
+    bench = load_script("bench_ocr")
+    fonts = [*bench.HERSHEY_FONTS, *bench.TTF_FONTS]
+    marked = {}
+    for font in fonts:
+        zero, oh = (
+            _centre_ink(bench.draw_text(ch, font, 96, (235, 235, 235), (25, 25, 25))) for ch in "0O"
+        )
+        assert oh < 0.05, (font, oh)
+        marked[font] = zero > 0.2
+        assert ("O" in bench.folds_for(font)) == (not marked[font]), (font, zero)
+    assert marked["DejaVuSansMono-Bold.ttf"], marked
+
+
+@pytest.mark.parametrize(
+    ("shape", "points"),
+    [
+        ((1, 4096, 3), None),  # a 12 KB raw crop: the recognizer asked for a 48x196608 input
+        ((4096, 1, 3), None),
+        ((64, 4096, 3), [[-8192, -128], [8192, 128], [8192, 129]]),  # far outside, a sliver
+        ((976, 4096, 3), [[-8192, -1952], [8192, 1952], [8190, 1952]]),
+        ((976, 4096, 3), [[-8192, -1952], [8192, -1952], [8192, 1952], [-8192, 1952]]),
+    ],
+)
+def test_prepare_bounds_the_recognizers_input_whatever_the_crop_and_polygon(
+    shape: tuple[int, int, int], points: list[list[int]] | None
+) -> None:
+    """The recognizer's input width follows the aspect ratio; a hostile crop or polygon must
+    not make it (or the straightened image) huge."""
+    image = np.zeros(shape, np.uint8)
+    out = prepare(image, None if points is None else np.array(points, np.float32))
+    h, w = out.shape[:2]
+    assert w <= MAX_LINE_ASPECT * h, out.shape
+    assert h * w <= 2 * shape[0] * shape[1] + 48 * 48 * MAX_LINE_ASPECT, out.shape
+
+
+def test_crops_waiting_to_be_read_are_bounded_in_bytes() -> None:
+    """Up to MAX_PENDING tracks wait for the recognizer, each with its newest crop: 256 raw
+    crops of 12 MB were 3 GB. The oldest beyond MAX_PENDING_BYTES are skipped (counted)."""
+    from streamer.ocr import worker as w
+
+    side_w, side_h = 4096, 976
+    frame = zmq.Frame(bytes(side_w * side_h * 3))  # one buffer shared by every message
+    ocr = w.OcrWorker(None, w.WorkerOptions(), w.WorkerMetrics("test"))  # type: ignore[arg-type]
+    n = 12
+    for tid in range(n):
+        h = header(
+            tracker_id=tid,
+            width=side_w,
+            height=side_h,
+            origin={"x": 10, "y": 10, "frame_width": 8192, "frame_height": 8192},
+        )
+        ocr._take([zmq.Frame(b"crop/cam/plate"), zmq.Frame(json.dumps(h).encode()), frame])
+    held = sum(len(p) for _, p in ocr._pending.values())
+    assert 0 < held <= w.MAX_PENDING_BYTES, held
+    assert ocr._pending_bytes == held
+    kept = len(ocr._pending)
+    assert ocr.metrics.counts == {"skipped_overflow": n - kept}
+    assert [k[1] for k in ocr._pending] == list(range(n - kept, n))  # the newest kept

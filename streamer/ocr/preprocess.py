@@ -13,6 +13,10 @@ from streamer.types import U8
 MIN_TEXT_HEIGHT_PX = 48  # smaller crops are enlarged to this height (PP-OCR reads 48 px lines)
 MAX_UPSCALE = 4.0  # never enlarge more than this
 MAX_TEXT_CHARS = 64  # a reading longer than this is cut
+# A text line wider than this many times its height is squeezed to it: the recognizer's input
+# is 48 px high and as wide as the aspect ratio makes it (a 4096x1 crop would ask for a
+# 48x196608 input, gigabytes). 64 characters of ~0.6 of the height fit in 40.
+MAX_LINE_ASPECT = 40
 
 
 def straighten(image: U8, points: np.ndarray) -> U8:
@@ -20,8 +24,12 @@ def straighten(image: U8, points: np.ndarray) -> U8:
 
     `image` is (h, w, 3) uint8; `points` (N >= 3, 2) in its pixels. Returns a new (H, W, 3)
     image with W >= H, or `image` itself when the rectangle is degenerate (under 2 px a side).
+    Points outside the image are moved onto its border first, so the result is at most about
+    twice the image's area.
     """
-    rect = cv2.minAreaRect(points.astype(np.float32))
+    h_img, w_img = image.shape[:2]
+    inside = np.clip(points.astype(np.float32), 0, [w_img - 1, h_img - 1]).astype(np.float32)
+    rect = cv2.minAreaRect(inside)
     box = cv2.boxPoints(rect).astype(np.float32)  # 4 corners, consecutive
     sides = [float(np.linalg.norm(box[(i + 1) % 4] - box[i])) for i in range(4)]
     long_px, short_px = max(sides), min(sides)
@@ -64,11 +72,21 @@ def upscale(image: U8, min_height_px: int = MIN_TEXT_HEIGHT_PX) -> U8:
     return np.asarray(cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC), np.uint8)
 
 
+def limit_aspect(image: U8, max_aspect: float = MAX_LINE_ASPECT) -> U8:
+    """`image` squeezed horizontally to at most `max_aspect` times as wide as high (`image`
+    itself when it is not wider)."""
+    h, w = image.shape[:2]
+    if w <= max_aspect * h:
+        return image
+    size = (max(1, int(max_aspect * h)), h)
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
 def prepare(image: U8, points: np.ndarray | None) -> U8:
-    """Straighten by `points` when given, then enlarge if small."""
+    """Straighten by `points` when given, bound the aspect ratio, then enlarge if small."""
     if points is not None:
         image = straighten(image, points)
-    return upscale(image)
+    return upscale(limit_aspect(image))
 
 
 def normalize_text(raw: str) -> str:

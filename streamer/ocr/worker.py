@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # how often the loop looks at the stop flag while idle
 MAX_PENDING = 256  # tracks with a crop waiting to be read; the oldest is skipped beyond it
+MAX_PENDING_BYTES = 64 << 20  # and their payloads' bytes (one raw crop may be 12 MB)
 RECV_HWM = 64  # crops ZeroMQ queues for this worker (a PUSH publisher then serves the others)
 MAX_PART_BYTES = MAX_CROP_PIXELS * 3 + 65536  # any one message part (ZMQ_MAXMSGSIZE)
 MAX_DRAIN = 1000  # messages taken between two reads, so reads go on under a flood
@@ -144,6 +145,7 @@ class OcrWorker:
         self.metrics = metrics
         self.votes = TrackVotes(opts.votes)
         self._pending: OrderedDict[Hashable, tuple[CropInfo, bytes | memoryview]] = OrderedDict()
+        self._pending_bytes = 0  # payload bytes in _pending
         self._log_once = LogOnce(log)
 
     def run(self, stop: threading.Event) -> None:
@@ -164,7 +166,7 @@ class OcrWorker:
             while not stop.is_set():
                 self._drain(sub)
                 if self._pending:
-                    key, (info, payload) = self._pending.popitem(last=False)
+                    key, (info, payload) = self._pop_oldest()
                     msg = self._read(key, info, payload)
                     if msg is not None:
                         pub.send_multipart(msg)
@@ -202,12 +204,22 @@ class OcrWorker:
         if self.votes.stable(key):
             self.metrics.count("skipped_stable")
             return
-        if self._pending.pop(key, None) is not None:
+        old = self._pending.pop(key, None)
+        if old is not None:
+            self._pending_bytes -= len(old[1])
             self.metrics.count("skipped_superseded")
         self._pending[key] = (info, crop.payload)
-        if len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
+        self._pending_bytes += len(crop.payload)
+        while len(self._pending) > 1 and (
+            len(self._pending) > MAX_PENDING or self._pending_bytes > MAX_PENDING_BYTES
+        ):
+            self._pop_oldest()
             self.metrics.count("skipped_overflow")
+
+    def _pop_oldest(self) -> tuple[Hashable, tuple[CropInfo, bytes | memoryview]]:
+        key, item = self._pending.popitem(last=False)
+        self._pending_bytes -= len(item[1])
+        return key, item
 
     def _read(
         self, key: Hashable, info: CropInfo, payload: bytes | memoryview
