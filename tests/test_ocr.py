@@ -382,6 +382,11 @@ def test_locating_text_in_a_huge_or_thin_crop_is_bounded() -> None:
         td.locate_text(spy, np.full(shape, 128, np.uint8))
     assert all(max(s[:2]) <= td.LOCATE_MAX_SIDE_PX for s in seen), seen
     assert seen[-1][:2] == (96, 192)
+    # A sliver would shrink to under a pixel (cv2.resize raised): nothing to locate.
+    n = len(seen)
+    for shape in ((1, 4096, 3), (4096, 1, 3), (20, 4096, 3)):
+        assert td.locate_text(spy, np.full(shape, 128, np.uint8)) is None
+    assert len(seen) == n
 
 
 def test_a_crop_without_polygon_keeps_the_more_confident_of_whole_and_located() -> None:

@@ -165,6 +165,11 @@ def test_listen_prints_stable_readings(endpoint: Any) -> None:
         while not line and time.monotonic() < deadline:
             pub.send_multipart([b"ocr/cam", json.dumps({**msg, "stable": False}).encode()])
             pub.send_multipart([b"ocr/cam", b"not json"])
+            for bad in ({"tracker_id": [1]}, {"tracker_id": {}}, {"source_id": None}):
+                # an unhashable id used to kill the listener (TypeError outside its try)
+                pub.send_multipart(
+                    [b"ocr/cam", json.dumps({**msg, "stable": True, **bad}).encode()]
+                )
             pub.send_multipart([b"ocr/cam", json.dumps({**msg, "stable": True}).encode()])
             if select.select([listener.stdout], [], [], 0.3)[0]:
                 line = listener.stdout.readline()

@@ -94,15 +94,19 @@ class TextDetector:
 
 LOCATE_MIN_SIDE_PX = 96  # crops are enlarged to this short side before text is located in them
 LOCATE_MAX_SIDE_PX = 960  # and shrunk to at most this long side
+LOCATE_MIN_LINE_PX = 8  # a crop thinner than this after that holds no line to locate
 
 
 def locate_text(detector: TextDetector, image: U8) -> np.ndarray | None:
     """Where the text is in a crop that came without a polygon: the corners of every text
     region DBNet finds, as one (4k, 2) float32 array in `image`'s pixels (their minimum-area
-    rectangle is the text line to straighten), or None when it finds none."""
+    rectangle is the text line to straighten), or None when it finds none, or when the crop
+    is too thin to hold a line once shrunk to LOCATE_MAX_SIDE_PX."""
     h, w = image.shape[:2]
     f = max(1.0, LOCATE_MIN_SIDE_PX / min(h, w))
     f = min(f, LOCATE_MAX_SIDE_PX / max(h, w))  # the cost grows with the area: bound it
+    if min(h, w) * f < LOCATE_MIN_LINE_PX:
+        return None
     if f != 1.0:
         image = np.asarray(cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC))
     regions = detector.detect(image)

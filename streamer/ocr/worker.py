@@ -253,6 +253,18 @@ def summary(metrics: WorkerMetrics) -> str:
     return f"ocr worker: {dict(sorted(metrics.counts.items()))}, {mean_ms:.1f} ms per read"
 
 
+def _result_fields(r: Any) -> tuple[tuple[str, int | str], str, bool]:
+    """(track key, reading, stable) of a result message; raises ValueError, KeyError or
+    TypeError when it is not one (the key must be hashable: ids are ints or strings)."""
+    tid = r["tracker_id"] if r["tracker_id"] is not None else r["detection_id"]
+    if isinstance(tid, bool) or not isinstance(tid, int | str):
+        raise TypeError(f"tracker_id/detection_id: {type(tid).__name__}")
+    source, reading, stable = r["source_id"], r["reading"], r["stable"]
+    if not (isinstance(source, str) and isinstance(reading, str) and isinstance(stable, bool)):
+        raise TypeError("source_id and reading must be strings, stable a boolean")
+    return (source[:256], tid if isinstance(tid, int) else tid[:256]), reading[:256], stable
+
+
 def listen(endpoints: Sequence[str], stop: threading.Event, out: Any) -> None:
     """Print each track's stable reading once (and again if it changes) from the workers'
     result endpoints, until `stop` is set; `out` is a text stream."""
@@ -260,7 +272,8 @@ def listen(endpoints: Sequence[str], stop: threading.Event, out: Any) -> None:
     sock.setsockopt(zmq.SUBSCRIBE, b"ocr/")
     sock.setsockopt(zmq.MAXMSGSIZE, 65536)
     set_heartbeat(sock)  # a vanished worker's connection is redialled
-    shown: OrderedDict[tuple[str, Any], str] = OrderedDict()
+    shown: OrderedDict[tuple[str, int | str], str] = OrderedDict()
+    log_once = LogOnce(log)
     try:
         for endpoint in endpoints:
             sock.connect(endpoint)
@@ -268,11 +281,9 @@ def listen(endpoints: Sequence[str], stop: threading.Event, out: Any) -> None:
             if not sock.poll(POLL_MS):
                 continue
             try:
-                r = json.loads(sock.recv_multipart()[1])
-                key = (str(r["source_id"]), r["tracker_id"] or r["detection_id"])
-                stable, reading = bool(r["stable"]), str(r["reading"])
+                key, reading, stable = _result_fields(json.loads(sock.recv_multipart()[1]))
             except (ValueError, RecursionError, KeyError, TypeError, IndexError) as e:
-                log.warning("bad result message: %r", e)
+                log_once(f"bad:{type(e).__name__}", "bad result message: %r", e)
                 continue
             if stable and shown.get(key) != reading:
                 shown[key] = reading
