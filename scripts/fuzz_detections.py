@@ -26,6 +26,7 @@ import random
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,20 +34,29 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as coco
 
-FRAME_W, FRAME_H = 96, 64  # the frame a valid message is paired with
+FRAME_W, FRAME_H = 640, 360  # the frame a valid message is paired with (a realistic size)
 IMAGE_W, IMAGE_H = 64, 48  # the detector image of the seed messages
 TOPIC = b"det/cam"
-MAX_BYTES = 1 << 20
+MAX_BYTES = 16 << 20  # the default detections.max_message_bytes
 MAX_PREDICTIONS = 100
-# Per message: a fixed allowance plus a per-byte one. A linear decoder takes microseconds per
-# kilobyte; the old quadratic RLE decoder took ~100 s for 2 MB, far beyond this.
-TIME_BASE_S = 2.0
-TIME_PER_BYTE_S = 20e-6
+# Per message: a fixed allowance plus a per-byte one (generous for a loaded machine). A valid
+# 4 MB header decodes in ~0.1 s; the old quadratic RLE decoder took ~100 s for 2 MB, a polygon
+# zig-zagging to y = +-1e9 ~12 s for 40 KB, far beyond this.
+TIME_BASE_S = 1.0
+TIME_PER_BYTE_S = 2e-6
+# Python allocations (tracemalloc, numpy's included) while one message is decoded, cut and
+# drawn: the frame's worth of crops and drawing plus a small multiple of the message's size.
+ALLOC_BASE_BYTES = 48 * 1024 * 1024
+ALLOC_PER_BYTE = 16
 REPORT_EVERY_S = 30.0
 
 
 def time_bound_s(parts: list[bytes]) -> float:
     return TIME_BASE_S + TIME_PER_BYTE_S * sum(len(p) for p in parts)
+
+
+def alloc_bound_bytes(parts: list[bytes]) -> int:
+    return ALLOC_BASE_BYTES + ALLOC_PER_BYTE * sum(len(p) for p in parts)
 
 
 def _mask() -> np.ndarray:
@@ -69,9 +79,12 @@ def seed_predictions() -> tuple[list[dict[str, Any]], list[bytes]]:
         runs = [0, *runs]
     base = {"x": 26.0, "y": 27.0, "width": 30.0, "height": 36.0, "confidence": 0.8}
     square = [{"x": 14, "y": 12}, {"x": 38, "y": 12}, {"x": 38, "y": 40}, {"x": 14, "y": 40}]
+    # Valid, but each edge spans 2e9 rows: rasterised unclipped it took seconds per prediction.
+    zigzag = [{"x": 14 + i * 0.25, "y": 1e9 if i % 2 else -1e9} for i in range(96)]
     preds = [
         {**base, "class": "car", "class_id": 2, "detection_id": "d-0", "tracker_id": 7},
         {**base, "class": "poly", "class_id": 1, "points": square},
+        {**base, "class": "far-poly", "class_id": 1, "points": zigzag},
         {**base, "class": "rle-s", "rle": {"size": [IMAGE_H, IMAGE_W], "counts": rle_text}},
         {**base, "class": "rle-l", "rle_mask": {"size": [IMAGE_H, IMAGE_W], "counts": runs}},
         {**base, "class": "bitmap", "mask_part": 0},
@@ -151,15 +164,29 @@ def exercise(parts: list[bytes]) -> str:
     return "ok"
 
 
-def check(parts: list[bytes], outcomes: Counter[str] | None = None) -> None:
-    """`exercise` one message and assert its time bound."""
+def check(
+    parts: list[bytes], outcomes: Counter[str] | None = None, *, trace_memory: bool = False
+) -> None:
+    """`exercise` one message and assert its time bound, and with `trace_memory` its bound on
+    Python allocations (tracemalloc: slower, so not for every fuzzed message)."""
+    if trace_memory:
+        tracemalloc.start()
     started = time.perf_counter()
-    outcome = exercise(parts)
-    took = time.perf_counter() - started
+    try:
+        outcome = exercise(parts)
+        took = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1] if trace_memory else 0
+    finally:
+        if trace_memory:
+            tracemalloc.stop()
+    size = sum(len(p) for p in parts)
     bound = time_bound_s(parts)
-    if took > bound:
+    if took > bound and not trace_memory:  # (tracing slows everything down)
+        raise AssertionError(f"{size}-byte message took {took:.2f} s (bound {bound:.2f} s)")
+    if peak > alloc_bound_bytes(parts):
         raise AssertionError(
-            f"{sum(len(p) for p in parts)}-byte message took {took:.2f} s (bound {bound:.2f} s)"
+            f"{size}-byte message allocated {peak / 1e6:.0f} MB at peak"
+            f" (bound {alloc_bound_bytes(parts) / 1e6:.0f} MB)"
         )
     if outcomes is not None:
         outcomes[outcome] += 1

@@ -429,8 +429,12 @@ class HealthConfig(_Model):
         10.0,
         gt=0,
         le=3600,
-        description="frames reach the detectors but none is paired this long: unhealthy "
-        "(null: never)",
+        description="a source is unhealthy when its frames keep coming but no detection has "
+        "paired for this long (once one has paired: a source without a tap proves no detector "
+        "by its frames), or when no detector has subscribed to its tap for this long (null: "
+        "never). It counts the time without any pairing, not a detection's latency, so it need "
+        "not exceed ring.max_age_ms: a slow detector still pairs a frame every frame interval; "
+        "set it above the longest pause between a detector's answers",
     )
     shed_share: float | None = Field(
         0.5,

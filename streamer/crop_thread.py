@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from streamer.config import DetectionsConfig, PublishConfig
-from streamer.crop.stage import CropResult, iter_crops, message_params
+from streamer.crop.stage import CROP_BUDGET_FRAMES, CropResult, iter_crops, message_params
 from streamer.detections.codec import decode_detections
 from streamer.errors import ProtocolError
 from streamer.metrics import LogOnce, SourceCounters
@@ -268,6 +268,15 @@ class CropThread:
         self.observe_crop_seconds(frame.source_id, time.perf_counter() - started)
         counters.empty_box += result.empty_box
         counters.no_mask += result.no_mask
+        counters.crop_budget += result.crop_budget
+        if result.crop_budget:
+            self._warn(
+                "crop_budget",
+                "source %s: %d prediction(s) not cropped: the message's crops exceed %d frames",
+                frame.source_id,
+                result.crop_budget,
+                CROP_BUDGET_FRAMES,
+            )
         if result.empty_box:
             self._warn(
                 "empty_box",

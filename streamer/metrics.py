@@ -49,6 +49,7 @@ class SourceCounters:
     empty_box: int = 0
     no_mask: int = 0
     filtered_class: int = 0
+    crop_budget: int = 0  # predictions not cropped: their message's crop pixel budget was spent
 
     def shed(self, reason: str) -> None:
         """Count a frame that was not tapped, and why: ``rate`` (tap.max_fps), ``busy`` (its

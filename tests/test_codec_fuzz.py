@@ -186,6 +186,27 @@ HOSTILE = {
         fuzz.TOPIC,
         _header(predictions=[_pred(points=[{"x": 1e300, "y": 0}] * 3)]),
     ],
+    # Found in review (the codec took them, later stages paid):
+    "1,025-vertex polygon": [
+        fuzz.TOPIC,
+        _header(predictions=[_pred(points=[{"x": i, "y": 0} for i in range(1025)])]),
+    ],
+    "junk arrays (1 MB of [])": [fuzz.TOPIC, _header(junk=[[]] * 300_000)],
+    "nested background colour": [
+        fuzz.TOPIC,
+        _header(params={"background_color": ["NEST", 1, 2]}).replace(
+            b'"NEST"', b"[" * 1000 + b"]" * 1000 + b" " * 10_000
+        ),
+    ],
+    "10 MB background colour item": [
+        fuzz.TOPIC,
+        _header(params={"background_color": ["c" * 3_000_000, 1, 2]}),
+    ],
+    "3 M empty RLE runs": [
+        fuzz.TOPIC,
+        _header(predictions=[_pred(rle={"size": [360, 640], "counts": "0" * 3_000_000})]),
+    ],
+    "U+2028 in class": [fuzz.TOPIC, _header(predictions=[_pred(**{"class": "a\u2028b"})])],
 }
 
 
@@ -200,6 +221,7 @@ def test_hostile_cases_are_protocol_errors(name: str) -> None:
     parts = HOSTILE[name]
     assert fuzz.exercise(parts) != "ok"
     fuzz.check(parts)
+    fuzz.check(parts, trace_memory=True)
 
 
 def test_seed_messages_are_valid_and_exercise_every_mask_form() -> None:

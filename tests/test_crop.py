@@ -172,3 +172,20 @@ def test_headers_shift_points_and_keypoints_into_crop() -> None:
     kp = h["keypoints"][0]
     assert (kp["x"] + h["origin"]["x"], kp["y"] + h["origin"]["y"]) == (90.0, 44.0)
     assert kp["class"] == "nose"
+
+
+def test_crops_of_one_message_stop_at_the_pixel_budget() -> None:
+    """A message of many whole-frame boxes is cropped up to CROP_BUDGET_FRAMES frames' worth of
+    pixels; the rest are skipped and counted (before: all 50 cut, 50 frames of pixels)."""
+    from streamer.crop.stage import CROP_BUDGET_FRAMES
+
+    frame, _ = _frame(64, 48)
+    whole = Prediction(32, 24, 64, 48, 0.9, "car", 0, "d", None, None, None, None)
+    small = Prediction(10, 10, 4, 4, 0.9, "car", 0, "s", None, None, None, None)
+    preds = (small, *[whole] * 50, small)
+    dets = Detections("s", 0, None, 64, 48, preds, None)
+    result = make_crops(frame, dets, CropParams(), ("raw-bgr24",))
+    # The first small box and CROP_BUDGET_FRAMES - 1 whole ones fit; then the budget is spent.
+    assert len(result.crops) == CROP_BUDGET_FRAMES
+    assert result.crop_budget == len(preds) - CROP_BUDGET_FRAMES
+    assert [c.header["count"] for c in result.crops] == [CROP_BUDGET_FRAMES] * CROP_BUDGET_FRAMES

@@ -25,7 +25,7 @@ def test_a_source_receiving_nothing_sheds_nothing() -> None:
 
 
 def test_pairing_watch_notices_frames_that_never_pair() -> None:
-    w = PairingWatch()
+    w = PairingWatch(armed=True)  # a tapped source: its frames reach a subscribed detector
     assert w.unpaired_for(0.0, 5.0) is None  # nothing yet
     w.observe(3, 0, 1.0)
     w.observe(9, 0, 4.0)
@@ -37,3 +37,53 @@ def test_pairing_watch_notices_frames_that_never_pair() -> None:
     assert w.unpaired_for(7.0, 5.0) == 2.5  # since the frame added by 4.5
     # Frames stopped coming (a stalled source is reported by its own state): no verdict.
     assert w.unpaired_for(12.5, 5.0) is None
+
+
+def test_unpaired_check_is_armed_by_a_first_pairing() -> None:
+    """A source without a tap puts every decoded frame in its ring whether or not a detector
+    exists: no verdict until something paired once (then a detector that stops answering is
+    noticed)."""
+    w = PairingWatch()
+    for t in range(30):
+        w.observe(t, 0, float(t))
+    assert w.unpaired_for(29.0, 5.0) is None and w.problem(29.0, 5.0) is None
+    w.observe(31, 1, 31.0)  # the detector answered once
+    for t in range(32, 45):
+        w.observe(t, 1, float(t))
+    assert w.problem(44.0, 10.0) == (
+        "detections not coming back: frames arrive but none paired for 13.0 s"
+    )
+
+
+def test_a_hung_detector_is_reported_while_frames_are_shed_as_busy() -> None:
+    """The detector hangs: its in-flight frames fill up, the tap sheds every later frame as
+    busy, so nothing enters the ring; frames still arrive (decoded), so the verdict is that
+    detections are not coming back (not that the box is overloaded)."""
+    w = PairingWatch(armed=True)
+    w.observe(10, 10, 0.0, received=10)
+    w.observe(14, 10, 1.0, received=40)  # 4 in flight, then busy
+    for t in range(2, 20):
+        w.observe(14, 10, float(t), received=40 + 30 * t)
+    assert w.problem(19.0, 10.0) == (
+        "detections not coming back: frames arrive but none paired for 19.0 s"
+    )
+    # Without `received`, frames seem to have stopped (as before): no verdict.
+    old = PairingWatch(armed=True)
+    old.observe(10, 10, 0.0)
+    old.observe(14, 10, 1.0)
+    for t in range(2, 20):
+        old.observe(14, 10, float(t))
+    assert old.problem(19.0, 10.0) is None
+
+
+def test_no_detector_subscribed_to_the_tap_is_its_own_problem() -> None:
+    """The detector process died: frames are not tapped (no subscriber), never enter the ring;
+    /healthz says so, naming the cause."""
+    w = PairingWatch(armed=True)
+    w.observe(50, 50, 0.0, received=50, no_subscriber=0)
+    for t in range(1, 16):
+        w.observe(50, 50, float(t), received=50 + 30 * t, no_subscriber=30 * t)
+    assert w.problem(15.0, 10.0) == "no detector subscribed to the tap for 14.0 s"
+    assert w.problem(15.0, 20.0) is None  # not yet for that long
+    w.observe(51, 50, 16.0, received=600, no_subscriber=450)  # a detector subscribed again
+    assert w.unsubscribed_for(16.0, 10.0) is None

@@ -18,6 +18,7 @@ import zmq.asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from streamer.config import parse_config
+from streamer.crop.stage import CROP_BUDGET_FRAMES
 from streamer.crop_thread import CropThread
 from streamer.detections.codec import decode_detections, encode_detections
 from streamer.errors import ProtocolError
@@ -39,7 +40,9 @@ PERSON = {
     "class": "person",
     "points": [{"x": 175, "y": 115}, {"x": 225, "y": 115}, {"x": 200, "y": 185}],
 }
-RSS_GROWTH_LIMIT_BYTES = 400 * 1024 * 1024  # one bad RLE used to cost 1.3 GB per prediction
+RSS_GROWTH_LIMIT_BYTES = (
+    150 * 1024 * 1024
+)  # a bad RLE used to cost 1.3 GB per prediction; 3 M empty runs ~180 MB
 
 
 def _rss_bytes() -> int:
@@ -246,11 +249,12 @@ def test_hostile_messages_between_valid_ones_while_a_viewer_watches(endpoint: An
             # The message that turns masking on for itself, with the costliest valid masks.
             frame_id = await det.next_frame_id()
             await det.push.send_multipart(_heavy_masked_message(frame_id))
-            det.expected |= {(frame_id, f"{frame_id}-heavy-{i}") for i in range(20)}
-            # A part beyond ZMQ_MAXMSGSIZE (4x the limit): that peer is disconnected.
+            # 20 whole-frame crops: the first CROP_BUDGET_FRAMES are cut, the rest counted.
+            det.expected |= {(frame_id, f"{frame_id}-heavy-{i}") for i in range(CROP_BUDGET_FRAMES)}
+            # A part beyond ZMQ_MAXMSGSIZE (2x the limit): that peer is disconnected.
             rogue = zmq.asyncio.Context.instance().socket(zmq.PUSH)
             rogue.connect(cfg["detections"]["bind"])
-            await rogue.send_multipart([b"det/cam", b"x" * (4 * MAX_MESSAGE_BYTES + 1)])
+            await rogue.send_multipart([b"det/cam", b"x" * (2 * MAX_MESSAGE_BYTES + 1)])
             for _ in range(10):
                 await det.answer(await det.next_frame_id(), [CAR, PERSON])
                 rss_peak = max(rss_peak, _rss_bytes())
@@ -260,6 +264,7 @@ def test_hostile_messages_between_valid_ones_while_a_viewer_watches(endpoint: An
             seen["rss_growth"] = rss_peak - rss_before
             seen["missing"] = det.expected - crops.got
             seen["health"] = p.health()
+            seen["crop_budget"] = p.cameras["cam"].counters.crop_budget
         finally:
             stop_viewer.set()
             await asyncio.gather(viewer, return_exceptions=True)
@@ -269,6 +274,7 @@ def test_hostile_messages_between_valid_ones_while_a_viewer_watches(endpoint: An
     p = _run(cfg, body)
     stats = p.stats()
     assert seen["missing"] == set()
+    assert seen["crop_budget"] == 20 - CROP_BUDGET_FRAMES
     assert seen["rss_growth"] < RSS_GROWTH_LIMIT_BYTES, seen["rss_growth"]
     expected = Counter(kind for _, _, kind in hostile)
     assert Counter(stats["malformed"]) == expected, (stats["malformed"], expected)

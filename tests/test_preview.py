@@ -311,3 +311,30 @@ def test_labels_with_any_code_point_are_drawn_without_crashing() -> None:
         out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "drawn" in out
+
+
+def test_the_crop_strip_keeps_only_what_it_shows() -> None:
+    """Every crop of every source, watched or not, passes through the strip: it keeps the image
+    and the fields the page shows, never the rest of the header (keypoints, polygons)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from streamer.preview.hub import SHOWN_FIELDS, PreviewSource
+
+    with ThreadPoolExecutor(1) as pool:
+        source = PreviewSource("cam", 320, 5.0, pool)
+        header = {
+            "frame_id": 3,
+            "class": "car",
+            "confidence": 0.5,
+            "tracker_id": None,
+            "width": 4,
+            "height": 2,
+            "keypoints": [{"x": 1.0, "y": 2.0}] * 256,
+            "points": [{"x": 1.0, "y": 2.0}] * 1024,
+        }
+        source.on_crop(7, header, np.zeros((2, 4, 3), np.uint8))
+    (kept,) = source.crops
+    assert kept.key == 7 and set(vars(kept)) == {"key", "shown", "image"}
+    assert kept.shown == {k: header[k] for k in SHOWN_FIELDS}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streamer.supervise import CRASH_LOOP_FAILURES, Supervisor
+from streamer.supervise import REPEATED_FAILURES, Supervisor
 
 
 class Flaky:
@@ -65,9 +65,76 @@ def test_stop_ends_the_back_off_at_once() -> None:
 
 def test_a_body_that_ran_long_enough_starts_the_back_off_afresh() -> None:
     sup = Supervisor("worker", base_s=0.01, cap_s=1.0, healthy_after_s=0.0)
-    sup.run(Flaky(CRASH_LOOP_FAILURES + 2), threading.Event())
+    body = Flaky(REPEATED_FAILURES - 1)
+    sup.run(body, threading.Event())
     # Every failure counted as after a healthy run: never a crash loop, always the base delay.
-    assert sup.restarts == CRASH_LOOP_FAILURES + 2 and sup.problem() is None
+    gaps = [b - a for a, b in zip(body.times, body.times[1:], strict=False)]
+    assert sup.restarts == REPEATED_FAILURES - 1 and all(g < 0.5 for g in gaps)
+    assert sup.problem() is None
+
+
+def test_repeated_failures_are_reported_even_if_each_run_was_long() -> None:
+    """A body that fails now and then (each run longer than healthy_after_s, so never "in a
+    row") is still reported once it failed REPEATED_FAILURES times within the window."""
+    sup = Supervisor("worker", base_s=0.01, cap_s=0.01, healthy_after_s=0.0)
+    sup.run(Flaky(REPEATED_FAILURES), threading.Event())
+    problem = sup.problem() or ""
+    assert problem.startswith(f"failed {REPEATED_FAILURES} times in ") and "ValueError" in problem
+    sup.failure_window_s = 0.0  # failures older than the window no longer count
+    assert sup.problem() is None
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_a_base_exception_ends_the_thread_body_and_is_reported(exc: BaseException) -> None:
+    """A BaseException that is not an Exception is not restarted (it means "stop"), but it is
+    recorded: problem() reports it for good, so /healthz turns unhealthy."""
+    sup = Supervisor("worker", base_s=0.01)
+
+    def body() -> None:
+        raise exc
+
+    with pytest.raises(type(exc)):
+        sup.run(body, threading.Event())
+    assert sup.restarts == 0 and sup.fatal is not None
+    assert (sup.problem() or "").startswith(f"stopped for good by {type(exc).__name__}")
+
+
+def test_a_base_exception_in_a_thread_is_reported() -> None:
+    """The crop thread's case: SystemExit raised in a thread ends it silently (threading ignores
+    SystemExit), so only the supervisor can tell."""
+    sup = Supervisor("worker", base_s=0.01)
+
+    def body() -> None:
+        raise SystemExit("bye")
+
+    ended: list[BaseException] = []
+
+    def thread_main() -> None:
+        try:
+            sup.run(body, threading.Event())
+        except SystemExit as e:  # what threading would swallow
+            ended.append(e)
+
+    t = threading.Thread(target=thread_main)
+    t.start()
+    t.join(5)
+    assert not t.is_alive() and len(ended) == 1
+    assert sup.problem() == "stopped for good by SystemExit: bye (0 restarts before)"
+
+
+def test_a_base_exception_ends_an_async_body_and_is_reported() -> None:
+    async def main() -> Supervisor:
+        sup = Supervisor("task", base_s=0.01)
+
+        async def body() -> None:
+            raise SystemExit("bye")
+
+        with pytest.raises(SystemExit):
+            await sup.run_async(body)
+        return sup
+
+    sup = asyncio.run(main())
+    assert sup.problem() == "stopped for good by SystemExit: bye (0 restarts before)"
 
 
 def test_async_body_restarted_and_cancellation_ends_it() -> None:

@@ -86,3 +86,22 @@ def test_prefix_matching() -> None:
     subs.note(b"\x01")  # everything
     assert subs.wanted(b"crop/b/car")
     assert subs.total == 3
+
+
+def test_detections_socket_bounds_what_one_peer_can_queue() -> None:
+    """libzmq holds at most RECV_HWM whole messages per peer (was 1,000) and drops a peer that
+    sends a part over 2 x max_message_bytes (was 4 x): docs/protocol.md gives the product."""
+    from streamer.config import DetectionsConfig
+    from streamer.detections.receiver import DetectionReceiver
+
+    ctx = zmq.Context()
+    try:
+        cfg = DetectionsConfig(bind="inproc://dets-bounds", max_message_bytes=1 << 20)
+        rx = DetectionReceiver(ctx, cfg)
+        try:
+            assert rx.sock.getsockopt(zmq.RCVHWM) == 64
+            assert rx.sock.getsockopt(zmq.MAXMSGSIZE) == 2 << 20
+        finally:
+            rx.close()
+    finally:
+        ctx.term()

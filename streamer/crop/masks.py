@@ -17,9 +17,9 @@ from streamer.types import U8, BitmapMask, Prediction, RleMask
 I64 = npt.NDArray[np.int64]
 
 # A polygon whose vertices all lie within this many pixels of its canvas is rasterised as given
-# (exactly as on the whole frame); one reaching further is first clipped to the canvas grown by
+# (exactly as on the whole frame); one reaching further is first clipped to the crop grown by
 # this margin, so that OpenCV's cost (each edge walked over its vertical extent) follows the
-# canvas, not the coordinates. Edges cut by the clip may move by a fraction of a pixel.
+# crop, not the coordinates. Pixels within a pixel of an edge cut by the clip may differ.
 POLYGON_CLIP_MARGIN_PX = 64
 # Sub-pixel bits for the vertices the clip creates (cv2.fillPoly's `shift`).
 POLYGON_SUBPIXEL_BITS = 8
@@ -155,25 +155,27 @@ def _polygon(
     The canvas is the polygon's bounding box (within the frame) joined with the crop, so edges
     are clipped only where the frame clips them: the result equals rasterising on the whole frame
     (as dynamic_crop@v1 does) and slicing, at the cost of the polygon's area. A polygon reaching
-    further than POLYGON_CLIP_MARGIN_PX beyond the canvas is clipped to it first: the cost is
-    then the number of vertices times the canvas height, whatever the coordinates.
+    further than POLYGON_CLIP_MARGIN_PX beyond that canvas is instead clipped to the crop (plus
+    the margin) and rasterised on the crop: the cost is then the number of vertices times the
+    crop's height, whatever the coordinates.
     """
     x0, y0, x1, y1 = rect
     fw, fh = frame_size
     pts = np.rint(points)
+    m = POLYGON_CLIP_MARGIN_PX
     lx = max(0, min(int(max(pts[:, 0].min(), -1.0)), x0))
     ly = max(0, min(int(max(pts[:, 1].min(), -1.0)), y0))
     hx = min(fw, max(int(min(pts[:, 0].max(), fw)) + 1, x1))
     hy = min(fh, max(int(min(pts[:, 1].max(), fh)) + 1, y1))
-    canvas = np.zeros((hy - ly, hx - lx), dtype=np.uint8)
-    m = POLYGON_CLIP_MARGIN_PX
-    lo, hi = (lx - m, ly - m), (hx + m, hy + m)
-    if np.all((pts >= lo) & (pts <= hi)):
+    if np.all((pts >= (lx - m, ly - m)) & (pts <= (hx + m, hy + m))):
+        canvas = np.zeros((hy - ly, hx - lx), dtype=np.uint8)
         cv2.fillPoly(canvas, [(pts - (lx, ly)).astype(np.int32)], 255)
-    else:
-        clipped = clip_polygon(pts, lo, hi)
-        if len(clipped) >= 3:
-            one = 1 << POLYGON_SUBPIXEL_BITS
-            fixed = np.rint((clipped - (lx, ly)) * one).astype(np.int32)
-            cv2.fillPoly(canvas, [fixed], 255, cv2.LINE_8, POLYGON_SUBPIXEL_BITS)
-    return np.ascontiguousarray(canvas[y0 - ly : y1 - ly, x0 - lx : x1 - lx])
+        return np.ascontiguousarray(canvas[y0 - ly : y1 - ly, x0 - lx : x1 - lx])
+    # Reaching far out: clipped to the crop (plus the margin), rasterised on the crop alone.
+    out = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    clipped = clip_polygon(pts, (x0 - m, y0 - m), (x1 + m, y1 + m))
+    if len(clipped) >= 3:
+        one = 1 << POLYGON_SUBPIXEL_BITS
+        fixed = np.rint((clipped - (x0, y0)) * one).astype(np.int32)
+        cv2.fillPoly(out, [fixed], 255, cv2.LINE_8, POLYGON_SUBPIXEL_BITS)
+    return out

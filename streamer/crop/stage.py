@@ -21,6 +21,10 @@ PROTOCOL_VERSION = 1
 PNG_COMPRESSION_LEVEL = 1
 JPEG_QUALITY = 90
 WEBP_QUALITY = 90
+# The crops of one message may add up to at most this many frames' worth of pixels; the
+# predictions beyond are skipped and counted in `crop_budget` (overlapping boxes of a crowd stay
+# well within it; a message of 1,000 whole-frame boxes does not).
+CROP_BUDGET_FRAMES = 4
 
 
 @dataclass
@@ -28,6 +32,7 @@ class CropResult:
     crops: list[Crop] = field(default_factory=list)
     empty_box: int = 0
     no_mask: int = 0
+    crop_budget: int = 0  # predictions skipped: the message's crops had used up the budget
 
 
 def encode_image(image: np.ndarray, key: str) -> bytes | memoryview:
@@ -88,8 +93,10 @@ def iter_crops(
     can be sent while the next is cut); `result` gets the counts (its `crops` stay empty).
 
     Boxes are rescaled from the message's image size to the frame's, rounded and clamped; a box
-    empty after clamping yields no crop and counts in ``empty_box``. Each crop carries its wire
-    header and one payload per requested encoding.
+    empty after clamping yields no crop and counts in ``empty_box``. Once the crops add up to
+    CROP_BUDGET_FRAMES frames' worth of pixels, the remaining predictions yield no crop and
+    count in ``crop_budget``. Each crop carries its wire header and one payload per requested
+    encoding.
     """
     preds = dets.predictions
     if not preds:
@@ -100,7 +107,11 @@ def iter_crops(
     corners = centre_to_corners(xywh, (sx, sy), (frame.width, frame.height))
     empty = is_empty(corners)
     result.empty_box = int(empty.sum())
-    count = len(preds) - result.empty_box
+    areas = np.where(empty, 0, (corners[:, 2] - corners[:, 0]) * (corners[:, 3] - corners[:, 1]))
+    within = np.cumsum(areas) <= CROP_BUDGET_FRAMES * frame.width * frame.height
+    result.crop_budget = int((~within & ~empty).sum())
+    empty |= ~within
+    count = len(preds) - result.empty_box - result.crop_budget
     index = 0
     encodings = tuple(encodings)
     for pred, (x0, y0, x1, y1), is_void in zip(

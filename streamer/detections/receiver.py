@@ -10,10 +10,16 @@ import zmq
 from streamer.config import DetectionsConfig
 from streamer.zmq_heartbeat import set_heartbeat
 
-RECV_HWM = 1_000
-# ZeroMQ drops the connection of a peer that sends a part larger than this; messages between the
-# configured limit and this hard bound still arrive, and the codec counts them as ``oversize``.
-HARD_LIMIT_FACTOR = 4
+# Whole messages libzmq queues per peer before it stops reading that peer (a PUSH peer's sends
+# then wait; a PUB peer's messages are dropped by libzmq): at 30 detection messages a second per
+# camera, 64 cover a crop thread busy for a quarter of a second with 8 cameras on one detector.
+RECV_HWM = 64
+# ZeroMQ drops the connection of a peer that sends a part larger than this many times
+# max_message_bytes; a message between the limit and this bound still arrives, and is counted as
+# ``oversize``. So one peer can make libzmq hold RECV_HWM messages of parts of at most
+# 2 x max_message_bytes each; ZeroMQ bounds neither the parts per message nor their sum, so only
+# CURVE bounds what an untrusted peer can make it buffer (docs/protocol.md).
+HARD_LIMIT_FACTOR = 2
 
 
 class DetectionReceiver:

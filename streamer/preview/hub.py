@@ -33,10 +33,15 @@ VIDEO_CLOCK_RATE = 90_000
 CROP_JPEG_QUALITY = 80
 
 
+# The crop header fields the crop strip shows; a RecentCrop keeps only these (not, e.g., a
+# prediction's keypoints or polygon), for every source, watched or not.
+SHOWN_FIELDS = ("frame_id", "class", "confidence", "tracker_id", "width", "height")
+
+
 @dataclass
 class RecentCrop:
     key: int
-    header: dict[str, Any]
+    shown: dict[str, Any]  # SHOWN_FIELDS of its header
     image: np.ndarray
 
 
@@ -92,7 +97,8 @@ class PreviewSource:
             self._set_input(frame, dets)
 
     def on_crop(self, key: int, header: dict[str, Any], image: np.ndarray) -> None:
-        self.crops.append(RecentCrop(key, header, image))
+        shown = {name: header[name] for name in SHOWN_FIELDS}
+        self.crops.append(RecentCrop(key, shown, image))
 
     def _set_input(self, frame: Frame, dets: Detections | None) -> None:
         self._input = (frame, dets)
@@ -214,15 +220,7 @@ class PreviewHub:
 
     def recent_crops(self, source_id: str) -> list[dict[str, Any]]:
         return [
-            {
-                "key": c.key,
-                "frame_id": c.header["frame_id"],
-                "class": c.header["class"],
-                "confidence": c.header["confidence"],
-                "tracker_id": c.header["tracker_id"],
-                "width": c.header["width"],
-                "height": c.header["height"],
-            }
+            {"key": c.key, **c.shown}
             for c in reversed(list(self.sources[source_id].crops))  # the crop thread appends
         ]
 
