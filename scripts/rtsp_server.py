@@ -64,6 +64,9 @@ def pipelines(width: int, height: int, fps: int, relay_port: int) -> dict[str, s
     h264 = f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps}"
     lines = {
         "/test": f"{picture} ! timeoverlay ! {h264} ! rtph264pay name=pay0 pt=96",
+        # One keyframe, at the start, then none (like a camera using intra refresh).
+        "/one-keyframe": f"{picture} ! {h264.replace(f'key-int-max={fps}', 'key-int-max=1000000')}"
+        " ! rtph264pay name=pay0 pt=96",
         "/test-audio": f"{picture} ! valve name=videogate ! {h264} ! rtph264pay name=pay0 pt=96 "
         "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000 ! audioconvert "
         "! opusenc ! rtpopuspay name=pay1 pt=97",
@@ -126,6 +129,7 @@ def main() -> int:
         require_password(server, args.user, args.password)
     mounts = server.get_mount_points()
     mounts.add_factory("/test", factory("/test", launch["/test"], auth))
+    mounts.add_factory("/one-keyframe", factory("/one-keyframe", launch["/one-keyframe"], auth))
     if "/relay" in launch:
         mounts.add_factory("/relay", factory("/relay", launch["/relay"], auth))
     with_audio = factory("/test-audio", launch["/test-audio"], auth)

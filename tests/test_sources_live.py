@@ -19,6 +19,7 @@ import yaml
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import RetryPolicy
 from streamer.sources.cv_source import CvSource
+from streamer.sources.shedding import DecodeShedder, SkipLevel
 from tests.conftest import REPO, free_port, spawn, stop
 from tests.live import Consumer, RtpFeeder, RtspServer, until
 
@@ -408,6 +409,55 @@ def test_camera_whose_video_stops_while_audio_flows(av_options: dict[str, str]) 
         asyncio.run(asyncio.wait_for(main(), 90))
     finally:
         server.kill()
+
+
+class _FarBehind(DecodeShedder):
+    """A decoder that always finds itself far behind: it wants keyframes only."""
+
+    def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
+        return "NONKEY"
+
+
+def test_shedding_cannot_starve_the_watchdog_of_a_camera_without_keyframes() -> None:
+    """A decoder skipping to keyframes on a camera that sends none after its first: each
+    packet skipped on purpose says "alive", but not for longer than the stall timeout; then
+    the decoder decodes everything again and the watchdog judges by frames (before: no frame
+    after the first, for good, while "streaming" with no stall)."""
+    server = RtspServer().start()
+    stall_s = 1.0
+
+    async def main() -> tuple[AvSource, int]:
+        src = AvSource(
+            "cam", server.url("one-keyframe"), stall_timeout_s=stall_s, open_timeout_s=5.0
+        )
+        src._shedder = _FarBehind()  # stands in for a decoder far behind the camera
+        c = Consumer(src).start()
+
+        async def watchdog() -> None:
+            while True:
+                src.check_stall(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        wd = asyncio.create_task(watchdog())
+        try:
+            await until(lambda: len(c.frames) >= 1, 20, "the first frame")
+            first = time.monotonic()
+            await until(
+                lambda: c.count_since(first + 0.01) >= 10 or src.stats.stalls > 0,
+                4 * stall_s + 3,
+                "frames again, or a stall",
+            )
+            return src, c.count_since(first + 0.01)
+        finally:
+            wd.cancel()
+            await c.stop()
+
+    try:
+        src, later = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        server.kill()
+    print(f"one keyframe: {later} frame(s) after the first, {src.stats}")
+    assert src.stats.skip_level == "DEFAULT", src.stats
 
 
 def test_camera_passwords_never_leave_the_process(tmp_path: Path) -> None:

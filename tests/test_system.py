@@ -146,7 +146,7 @@ def test_every_element_the_servers_build_is_checked() -> None:
     )
     assert res.returncode == 0, res.stderr
     server = json.loads(res.stdout)
-    assert set(server) == {"/test", "/test-audio", "/relay"}
+    assert set(server) == {"/test", "/one-keyframe", "/test-audio", "/relay"}
     used = set().union(*map(_elements, server.values())) | _elements(" ".join(feeder_launch(1)))
     assert {"videotestsrc", "timeoverlay", "rtpopuspay", "udpsrc", "udpsink"} <= used
     assert used <= set(check.GST_ELEMENTS), used - set(check.GST_ELEMENTS)

@@ -130,6 +130,7 @@ class AvSource(Source):
         shedder_level = "DEFAULT"
         if shedder is not None:
             shedder.reset()
+        shed_blind = False  # shedding left no frame for a stall timeout: not again this session
         for packet in container.demux():
             if self._stop.is_set():
                 return
@@ -142,7 +143,21 @@ class AvSource(Source):
             if self.decode_observer is not None:
                 self.decode_observer(time.perf_counter() - t0)
             if shedder_level != "DEFAULT" and packet.size:
-                self._note_progress()
+                if time.monotonic() - last_wall <= self.stall_timeout_s:
+                    self._note_progress()  # skipped on purpose: not a stall (for a while)
+                else:
+                    # Skipping this long left no frame at all (a stream with too few keyframes,
+                    # or none: intra refresh): decode everything again, and let the watchdogs
+                    # judge the stream by its frames.
+                    log.warning(
+                        "source %s: no frame for %.1f s while the decoder skipped %s; "
+                        "decoding every frame again for this session",
+                        self.source_id,
+                        time.monotonic() - last_wall,
+                        shedder_level,
+                    )
+                    shed_blind = True
+                    ctx.skip_frame = shedder_level = self.stats.skip_level = "DEFAULT"
             for vf in decoded:
                 now = time.monotonic()
                 if vf.time is not None:
@@ -166,7 +181,7 @@ class AvSource(Source):
                     level = shedder.update(
                         now, shedder.lag_s(now, t), now < self.shed_downstream_until
                     )
-                    if level != shedder_level:
+                    if level != shedder_level and not shed_blind:
                         ctx.skip_frame = shedder_level = level
                         self.stats.skip_level = level
                         log.info("source %s: decoder skips %s", self.source_id, level)
