@@ -58,3 +58,22 @@ def test_lag_forgets_offsets_older_than_its_window() -> None:
     for t in range(2, 30):
         s.lag_s(float(t), t - 0.5)
     assert s.lag_s(30.0, 29.5) == pytest.approx(0.0)
+
+
+def test_a_camera_clock_that_jumps_back_is_not_lag() -> None:
+    """A camera whose timestamps jump back within a session (its clock re-synced): the offset
+    to the wall clock grows by the jump at once, which is not the decoder falling behind
+    (before: 5 s of "lag", keyframes only for the next ten seconds)."""
+    s = DecodeShedder()
+    for i in range(30):
+        assert s.lag_s(100.0 + i / 30, 50.0 + i / 30) == pytest.approx(0.0, abs=1e-9)
+    assert s.lag_s(101.0, 46.0) == pytest.approx(0.0)  # 5 s back
+    assert s.update(101.0, s.lag_s(101.0 + 1 / 30, 46.0 + 1 / 30), False) == "DEFAULT"
+    assert s.lag_s(102.0, 46.5) == pytest.approx(0.5)  # and real lag still counts after it
+
+
+def test_a_camera_clock_that_jumps_forward_is_not_lag_either() -> None:
+    s = DecodeShedder()
+    s.lag_s(100.0, 50.0)
+    assert s.lag_s(101.0, 3651.0) == pytest.approx(0.0)  # an hour ahead
+    assert s.lag_s(102.0, 3651.5) == pytest.approx(0.5)

@@ -35,18 +35,23 @@ class DecodeShedder:
         # (now, wall - media), oldest first, each offset smaller than the ones after it: the
         # window's minimum is the first (a monotonic queue).
         self._offsets: deque[tuple[float, float]] = deque()
+        self._last_media_s: float | None = None
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
         self.level = "DEFAULT"
         self._calm_since = None
         self._offsets.clear()
+        self._last_media_s = None
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
         offset seen in the last `LAG_WINDOW_S` (a live camera's clock is its own; only a growing
-        offset means the decoder falls behind)."""
+        offset means the decoder falls behind; a clock that jumps back starts a new reference)."""
         offset = now - media_s
+        if self._last_media_s is not None and media_s < self._last_media_s - BEHIND_S:
+            self._offsets.clear()  # the camera's clock went back: a new reference, not lag
+        self._last_media_s = media_s
         while self._offsets and self._offsets[-1][1] >= offset:
             self._offsets.pop()
         self._offsets.append((now, offset))
