@@ -94,3 +94,25 @@ def test_an_http_camera_refusing_a_query_password_does_not_leak_it(
     assert "401" in error and "pwd=***" in error, error
     for secret in ("S3cret%21Pw", "S3cret!Pw", "T0kenValue"):
         assert secret not in error and secret not in caplog.text, (secret, error)
+
+
+def test_a_url_given_to_opencv_does_not_leak_its_password() -> None:
+    """``webcam:`` hands its target to OpenCV as is, a URL included; a password holding an
+    ``@`` defeats the pattern alone (``admin:p@ss...``)."""
+    from streamer.sources.cv_source import CvSource
+
+    url = "webcam:rtsp://admin:p@ss%40w0rd@127.0.0.1:1/x?pwd=Pw0rd2"
+
+    async def main() -> CvSource:
+        src = CvSource("cam", url, open_timeout_s=2.0, stall_timeout_s=1.0)
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.reconnects >= 1, 20, "OpenCV gave up")
+        finally:
+            await c.stop()
+        return src
+
+    error = asyncio.run(asyncio.wait_for(main(), 30)).stats.last_error or ""
+    assert "127.0.0.1" in error, error
+    for secret in ("p@ss", "ss%40w0rd", "ss@w0rd", "Pw0rd2"):
+        assert secret not in error, (secret, error)

@@ -11,6 +11,7 @@ import cv2
 
 from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
+from streamer.sources.redact import url_secrets
 
 WEBCAM_PREFIX = "webcam:"
 
@@ -47,6 +48,8 @@ class CvSource(Source):
     ) -> None:
         super().__init__(source_id, max_fps=max_fps, retry=retry, stall_timeout_s=stall_timeout_s)
         self.device = device_of(url)
+        if isinstance(self.device, str):  # OpenCV also opens URLs, passwords and all
+            self.secrets = url_secrets(self.device)
         self.requested = {
             cv2.CAP_PROP_FRAME_WIDTH: width,
             cv2.CAP_PROP_FRAME_HEIGHT: height,
