@@ -12,6 +12,7 @@ import pytest
 
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import EvenSkip
+from streamer.sources.shedding import DecodeShedder, SkipLevel
 from tests.live import Consumer, until
 
 
@@ -90,3 +91,50 @@ def test_frames_without_timestamps_do_not_freeze_max_fps(tmp_path: Path) -> None
     src = asyncio.run(asyncio.wait_for(main(), 30))
     assert src.stats.decoded == 60
     assert 19 <= src.stats.decoded - src.stats.skipped_fps <= 21, src.stats
+
+
+def _jumping_h264(path: Path, jump_s: float) -> Path:
+    """An MP4 of 60 frames at 30 fps whose timestamps jump `jump_s` ahead after frame 29 (a
+    camera whose clock was set forward); no B-frames (x264 ultrafast)."""
+    src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30)
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= 60:
+                break
+            frame.pts = i + (round(jump_s * 30) if i >= 30 else 0)
+            frame.time_base = Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    src.close()
+    return path
+
+
+class _Shedding(DecodeShedder):
+    """A decoder that always skips non-reference frames (there are none in this stream)."""
+
+    def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
+        return "NONREF"
+
+
+def test_a_timestamp_jump_while_shedding_is_not_counted_as_skipped_frames(tmp_path: Path) -> None:
+    """Frames the decoder skipped on purpose are counted from the gaps in the timestamps, but
+    never more than the packets that gave no frame (before: a 3 s jump counted 89 frames
+    skipped that were all decoded)."""
+    path = _jumping_h264(tmp_path / "jump.mp4", 3.0)
+
+    async def main() -> AvSource:
+        src = AvSource("cam", str(path), realtime=True)
+        src._shedder = _Shedding()
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "ended", 20, "the file played")
+        finally:
+            await c.stop()
+        return src
+
+    src = asyncio.run(asyncio.wait_for(main(), 30))
+    assert src.stats.decoded == 60 and src.stats.skip_level == "NONREF", src.stats
+    assert src.stats.skipped_decode == 0, src.stats

@@ -131,6 +131,7 @@ class AvSource(Source):
         if shedder is not None:
             shedder.reset()
         shed_blind = False  # shedding left no frame for a stall timeout: not again this session
+        unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
         for packet in container.demux():
             if self._stop.is_set():
                 return
@@ -143,6 +144,7 @@ class AvSource(Source):
             if self.decode_observer is not None:
                 self.decode_observer(time.perf_counter() - t0)
             if shedder_level != "DEFAULT" and packet.size:
+                unanswered += not decoded
                 if time.monotonic() - last_wall <= self.stall_timeout_s:
                     self._note_progress()  # skipped on purpose: not a stall (for a while)
                 else:
@@ -168,9 +170,12 @@ class AvSource(Source):
                     t = last_s + frame_s  # ... or as the stream's frame rate says
                 if first_s is None:
                     first_s = t
-                elif shedder_level != "DEFAULT" and frame_s is not None:
-                    # Frames the decoder skipped on purpose leave a gap in the pts.
-                    self.stats.skipped_decode += max(0, round((t - last_s) / frame_s) - 1)
+                elif unanswered and frame_s is not None:
+                    # Frames the decoder skipped on purpose leave a gap in the pts; no more
+                    # than the packets that gave no frame (a clock that jumps is no skipping).
+                    gap = max(0, round((t - last_s) / frame_s) - 1)
+                    self.stats.skipped_decode += min(gap, unanswered)
+                unanswered = 0
                 last_s, last_wall = t, now
                 if self.realtime:
                     delay = start_wall + (t - first_s) - time.monotonic()
