@@ -501,3 +501,53 @@ def test_crops_waiting_to_be_read_are_bounded_in_bytes() -> None:
     kept = len(ocr._pending)
     assert ocr.metrics.counts == {"skipped_overflow": n - kept}
     assert [k[1] for k in ocr._pending] == list(range(n - kept, n))  # the newest kept
+
+
+def test_text_detector_shrinks_huge_frames_and_maps_regions_back() -> None:
+    """A tapped frame may be 4096 px a side: DBNet's cost and memory grow with the area, so
+    it works on at most MAX_DETECT_SIDE_PX; the polygons come back in the frame's pixels."""
+    from streamer.ocr import text_detector as td
+
+    det = td.TextDetector()
+    seen: list[tuple[int, ...]] = []
+    infer = det._db.infer
+
+    def spy(x: np.ndarray) -> Any:
+        seen.append(x.shape)
+        return infer(x)
+
+    det._db.infer = spy
+    frame = np.full((2048, 4096, 3), 90, np.uint8)
+    p = cv2.resize(ttf_plate("KQ47WB", 40), None, fx=4, fy=4)
+    frame[800 : 800 + p.shape[0], 1000 : 1000 + p.shape[1]] = p
+    (region,) = det.detect(frame)
+    assert max(seen[-1][2:]) <= td.MAX_DETECT_SIDE_PX, seen
+    xs, ys = region.points[:, 0], region.points[:, 1]
+    assert 950 <= xs.min() <= 1100 and 1000 + p.shape[1] - 120 <= xs.max() <= 1000 + p.shape[1] + 40
+    assert 760 <= ys.min() <= 840 and 800 + 160 - 40 <= ys.max() <= 800 + 160 + 40, ys
+
+
+def test_crops_taken_but_not_read_when_the_worker_stops_are_counted() -> None:
+    import threading
+
+    from streamer.ocr import worker as w
+    from tests.conftest import free_port
+
+    opts = w.WorkerOptions(
+        crops=(f"tcp://127.0.0.1:{free_port()}",), results=f"tcp://127.0.0.1:{free_port()}"
+    )
+    ocr = w.OcrWorker(None, opts, w.WorkerMetrics("test"))  # type: ignore[arg-type]
+    for tid in range(3):
+        h = header(tracker_id=tid)
+        ocr._take(
+            [
+                zmq.Frame(b"crop/cam/plate"),
+                zmq.Frame(json.dumps(h).encode()),
+                zmq.Frame(bytes(100 * 40 * 3)),
+            ]
+        )
+    stop = threading.Event()
+    stop.set()
+    ocr.run(stop)
+    assert ocr.metrics.counts == {"skipped_stopping": 3}
+    assert not ocr._pending and ocr._pending_bytes == 0

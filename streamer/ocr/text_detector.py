@@ -3,8 +3,9 @@ from the rapidocr-onnxruntime wheel, on ONNX Runtime's CPU) runs on every tapped
 sends each text region back as class ``text`` with its polygon (4 corners of a rotated box, an
 instance mask streamer can cut the background with) and a tracker id (streamer.tracking).
 
-The detector runs at the tap's own size (rounded to multiples of 32), so the tap's ``width``
-sets its cost; see README ("Reading text with neural models") for its speed here.
+The detector runs at the tap's own size (rounded to multiples of 32; frames larger than
+MAX_DETECT_SIDE_PX are shrunk to it), so the tap's ``width`` sets its cost; see README
+("Reading text with neural models") for its speed here.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 MAX_TEXT_BOXES = 100  # regions per frame
 MAX_SOURCES = 1024  # trackers kept, least recently seen forgotten first
 MAX_FRAME_SIDE_PX = 4096  # tapped frames larger than this are skipped
+MAX_DETECT_SIDE_PX = 1280  # larger ones are shrunk to this long side before detection
 POLL_S = 0.1
 TEXT_CLASS = "text"
 
@@ -77,8 +79,17 @@ class TextDetector:
         self._db = DbNet(cfg)
 
     def detect(self, image: U8) -> list[TextRegion]:
-        """Text regions in a BGR (h, w, 3) uint8 image, at most MAX_TEXT_BOXES."""
+        """Text regions in a BGR (h, w, 3) uint8 image, at most MAX_TEXT_BOXES; an image
+        larger than MAX_DETECT_SIDE_PX is detected on shrunk (the cost grows with the area),
+        the regions given in `image`'s pixels either way."""
         h, w = image.shape[:2]
+        f = MAX_DETECT_SIDE_PX / max(h, w)
+        if f < 1.0:
+            small = np.asarray(cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA))
+            return [
+                TextRegion(r.points / np.float32(f), r.score)
+                for r in self.detect(np.asarray(small, np.uint8))
+            ]
         db = self._db
         pre = db.get_preprocess(max(h, w))(image)
         if pre is None:

@@ -56,6 +56,7 @@ OUTCOMES = (
     "skipped_stable",
     "skipped_superseded",
     "skipped_overflow",
+    "skipped_stopping",
     "malformed",
     "failed",
 )
@@ -171,6 +172,9 @@ class OcrWorker:
                     if msg is not None:
                         pub.send_multipart(msg)
         finally:
+            while self._pending:  # taken but not read: counted, not lost silently
+                self._pop_oldest()
+                self.metrics.count("skipped_stopping")
             sub.close()
             pub.close(linger=500)
 
