@@ -551,3 +551,21 @@ def test_crops_taken_but_not_read_when_the_worker_stops_are_counted() -> None:
     ocr.run(stop)
     assert ocr.metrics.counts == {"skipped_stopping": 3}
     assert not ocr._pending and ocr._pending_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ocr", "--threads", "0"],  # ONNX Runtime would take every core
+        ["ocr", "--threads", "-1"],  # ONNX Runtime raised, a traceback
+        ["detect", "text", "--threads", "0"],
+        ["detect", "text", "--box-threshold", "nan"],
+        ["detect", "text", "--box-threshold", "2"],
+    ],
+)
+def test_ocr_commands_refuse_bad_threads_and_thresholds(argv: list[str]) -> None:
+    from streamer.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2

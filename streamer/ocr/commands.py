@@ -22,6 +22,25 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+MAX_THREADS = 64  # ONNX Runtime intra-op threads a command accepts
+
+
+def _threads(value: str) -> int:
+    """--threads: an integer in 1..MAX_THREADS (ONNX Runtime takes 0 as "every core")."""
+    n = int(value)
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_THREADS}, got {n}")
+    return n
+
+
+def _probability(value: str) -> float:
+    """--box-threshold: a number in [0, 1]."""
+    f = float(value)
+    if not 0.0 <= f <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in 0..1, got {value}")
+    return f
+
+
 def _curve(value: list[str] | None) -> tuple[str, str] | None:
     return (value[0], value[1]) if value else None
 
@@ -47,7 +66,7 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--results", default="tcp://127.0.0.1:5570", help="bind: results go out here")
     p.add_argument("--votes", type=int, default=3, help="agreeing readings for a stable reading")
     p.add_argument("--engine", default="rapidocr", choices=("rapidocr", "tesseract"))
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (rapidocr)")
+    p.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads (rapidocr)")
     p.add_argument("--read-edge", action="store_true", help="also read crops at the frame edge")
     p.add_argument(
         "--no-locate",
@@ -133,8 +152,10 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     add_shards_arg(p)
     p.add_argument("--pull", action="store_true", help="the tap is PUSH: join its pool")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
-    p.add_argument("--box-threshold", type=float, default=0.5, help="min mean text probability")
+    p.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads")
+    p.add_argument(
+        "--box-threshold", type=_probability, default=0.5, help="min mean text probability"
+    )
     p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
     p.set_defaults(fn=cmd_detect, parser=p)
 
