@@ -95,7 +95,7 @@ class WorkerMetrics:
         )
         self.read_seconds = Histogram(
             "streamer_ocr_read_seconds",
-            "time to prepare and recognize one crop",
+            "time to decode, prepare and recognize one crop",
             ["engine"],
             buckets=READ_BUCKETS_S,
             registry=self.registry,
