@@ -28,10 +28,10 @@ from streamer.detections.codec import decode_detections
 from streamer.errors import ProtocolError
 from streamer.metrics import LogOnce, SourceCounters
 from streamer.pairing import Pairer
-from streamer.publish.wire import crop_message
+from streamer.publish.wire import crop_message, crop_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.supervise import Supervisor
-from streamer.types import CropParams, Detections, Frame
+from streamer.types import CropParams, Detections, Frame, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,13 @@ class Publisher:
     offered: int = 0
 
     def wants(self, header: dict[str, Any]) -> bool:
-        return (self.classes is None or header["class"] in self.classes) and header[
-            "confidence"
-        ] >= self.cfg.min_confidence
+        return self.takes(header["class"], header["confidence"])
+
+    def takes(self, class_name: str, confidence: float) -> bool:
+        """Whether this publisher's class filter and confidence floor let a crop through."""
+        return (
+            self.classes is None or class_name in self.classes
+        ) and confidence >= self.cfg.min_confidence
 
 
 class Target(Protocol):
@@ -77,6 +81,7 @@ class CropThread:
         observe_crop_seconds: Callable[[str, float], None],
         on_paired: Callable[[Frame, Detections, float], None] | None = None,
         on_crop: Callable[[dict[str, Any], np.ndarray], None] | None = None,
+        preview_watches: Callable[[str], bool] | None = None,
     ) -> None:
         self.receiver = receiver
         self.publishers = publishers
@@ -88,6 +93,7 @@ class CropThread:
         self.observe_crop_seconds = observe_crop_seconds
         self.on_paired = on_paired
         self.on_crop = on_crop
+        self.preview_watches = preview_watches  # a viewer of that source wants every crop
         self.malformed: Counter[str] = Counter()
         self.unknown_source = 0
         self.handled = 0  # detection messages taken off the socket
@@ -245,6 +251,25 @@ class CropThread:
                 exc_info=e,
             )
 
+    def _wanted(self, source_id: str) -> Callable[[Prediction], bool]:
+        """Whether any publisher would send a prediction's crop: a PUSH publisher whose filters
+        take it, or a PUB publisher whose filters take it and with a subscriber to its topic
+        (known from the XPUB's subscriptions). Crops nobody would get are not cut."""
+
+        def wanted(pred: Prediction) -> bool:
+            topic = None
+            for pub in self.publishers:
+                if not pub.takes(pred.class_name, pred.confidence):
+                    continue
+                if pub.out.mode != "pub":
+                    return True
+                topic = topic or crop_topic(source_id, pred.class_name)
+                if pub.out.has_subscriber(topic):
+                    return True
+            return False
+
+        return wanted
+
     def _crop_and_publish(self, frame: Frame, dets: Detections, camera: Target) -> None:
         counters = camera.counters
         params, classes = camera.crop
@@ -255,8 +280,10 @@ class CropThread:
             dets = dataclasses.replace(dets, predictions=kept)
         started = time.perf_counter()
         result = CropResult()
+        watched = self.preview_watches is not None and self.preview_watches(frame.source_id)
+        wanted = None if watched else self._wanted(frame.source_id)
         # Each crop goes out as soon as it is cut: the first does not wait for the last.
-        for crop in iter_crops(frame, dets, params, self.encodings, result):
+        for crop in iter_crops(frame, dets, params, self.encodings, result, wanted):
             counters.crops += 1
             if self.on_crop is not None:
                 self.on_crop(crop.header, crop.image)
@@ -277,6 +304,7 @@ class CropThread:
                 result.crop_budget,
                 CROP_BUDGET_FRAMES,
             )
+        counters.unwanted += result.unwanted
         if result.empty_box:
             self._warn(
                 "empty_box",

@@ -50,6 +50,7 @@ class SourceCounters:
     no_mask: int = 0
     filtered_class: int = 0
     crop_budget: int = 0  # predictions not cropped: their message's crop pixel budget was spent
+    unwanted: int = 0  # boxes not cut: no publisher or viewer would have received the crop
 
     def shed(self, reason: str) -> None:
         """Count a frame that was not tapped, and why: ``rate`` (tap.max_fps), ``busy`` (its

@@ -343,6 +343,7 @@ class Pipeline:
                 self._observe_crop_seconds,
                 self._preview_paired(loop),
                 self.hub.on_crop if self.hub is not None else None,
+                self.hub.watched if self.hub is not None else None,
             )
             self._crops.start()
             self.started_at = time.monotonic()
@@ -722,6 +723,7 @@ class Pipeline:
             "empty_box": c.empty_box,
             "no_mask": c.no_mask,
             "filtered_class": c.filtered_class,
+            "unwanted": c.unwanted,
         }
 
 

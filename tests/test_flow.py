@@ -267,7 +267,8 @@ def test_unpaced_file_is_lossless_with_a_slow_late_detector(
     assert src["detections"] == {"paired": n_frames}  # none late, early or twice
     assert src["not_tapped"] == src["dropped_handoff"] == src["expired"] == 0
     assert src["stalls"] == 0  # waiting for the pipeline is not a stall
-    assert src["crops"] == n_frames
+    # Every frame's box is accounted for: nobody subscribed to the crops, so none was cut.
+    assert (src["crops"], src["unwanted"]) == (0, n_frames)
 
 
 def test_lossless_file_waits_for_a_late_crop_subscriber(endpoint: Any, tmp_path: Any) -> None:
@@ -391,3 +392,43 @@ def test_a_camera_that_cannot_be_served_decodes_less(endpoint: Any, tmp_path: An
     assert "NONREF" in levels, levels
     assert src["skipped_decode"] > 20, src  # ~40% of the frames of 3 s at 30 fps
     assert src["not_tapped_by"].get("busy", 0) > 0, src
+
+
+def test_crops_nobody_subscribed_to_are_not_cut(endpoint: Any) -> None:
+    """A subscriber to plates only: the people's boxes are not cut or converted at all
+    (counted as unwanted), rather than cut and then dropped as unsubscribed."""
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [SOURCE],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420"},
+        "publish": [{"bind": pub}],
+    }
+    got: list[str] = []
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as sender:
+            async for frame in frames:
+                boxes = [
+                    {"x": 20, "y": 20, "width": 10, "height": 10, "class": c, "confidence": 1}
+                    for c in ("plate", "person", "person")
+                ]
+                await sender.send(frame, boxes)
+
+    async def body(p: Pipeline) -> None:
+        sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"crop/cam/plate")
+        sub.connect(pub)
+        task = asyncio.create_task(detector())
+        try:
+            while len(got) < 20:
+                parts = await asyncio.wait_for(sub.recv_multipart(), 20)
+                got.append(json.loads(parts[1])["class"])
+        finally:
+            task.cancel()
+            sub.close(linger=0)
+
+    src = _run(cfg, body)["sources"]["cam"]
+    assert set(got) == {"plate"}
+    assert src["unwanted"] >= 2 * src["crops"] - 2, src  # two people per plate, not cut
+    assert src["crops"] >= 20, src

@@ -312,6 +312,7 @@ def test_a_failed_crop_leaves_its_message_counted_once() -> None:
         (),
         lambda sid, s: None,
         on_crop=broken_preview,
+        preview_watches=lambda sid: True,  # a viewer: every crop is cut for it
     )
     crops.start()
     try:

@@ -4,7 +4,7 @@ the pipeline runs it in the crop thread; OpenCV and numpy release the GIL while 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ class CropResult:
     empty_box: int = 0
     no_mask: int = 0
     crop_budget: int = 0  # predictions skipped: the message's crops had used up the budget
+    unwanted: int = 0  # predictions not cut: no publisher or viewer would receive them
 
 
 def encode_image(image: np.ndarray, key: str) -> bytes | memoryview:
@@ -88,9 +89,12 @@ def iter_crops(
     params: CropParams,
     encodings: Iterable[str],
     result: CropResult,
+    wanted: Callable[[Prediction], bool] | None = None,
 ) -> Iterator[Crop]:
     """Cut one crop per prediction out of `frame`, yielding each as soon as it is made (so it
     can be sent while the next is cut); `result` gets the counts (its `crops` stay empty).
+    With `wanted`, a prediction it refuses is not cut at all (nobody would receive it); it
+    keeps its `index`, so the crops that are cut carry the same headers either way.
 
     Boxes are rescaled from the message's image size to the frame's, rounded and clamped; a box
     empty after clamping yields no crop and counts in ``empty_box``. Once the crops add up to
@@ -118,6 +122,10 @@ def iter_crops(
         preds, corners.tolist(), empty.tolist(), strict=True
     ):
         if is_void:
+            continue
+        if wanted is not None and not wanted(pred):
+            result.unwanted += 1
+            index += 1
             continue
         image = crop_bgr(frame, x0, y0, x1, y1)
         points = None

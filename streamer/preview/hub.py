@@ -213,6 +213,11 @@ class PreviewHub:
         preview = self.sources[source_id]
         return preview, self.relay.subscribe(preview.attach(), buffered=False)
 
+    def watched(self, source_id: str) -> bool:
+        """Whether a viewer has `source_id` open (its crop strip wants every crop)."""
+        preview = self.sources.get(source_id)  # called from the crop thread
+        return preview is not None and preview.attached > 0
+
     def on_crop(self, header: dict[str, Any], image: np.ndarray) -> None:
         preview = self.sources.get(header["source_id"])  # called from the crop thread
         if preview is not None:
