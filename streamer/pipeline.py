@@ -724,6 +724,7 @@ class Pipeline:
             "no_mask": c.no_mask,
             "filtered_class": c.filtered_class,
             "unwanted": c.unwanted,
+            "crop_budget": c.crop_budget,
         }
 
 
