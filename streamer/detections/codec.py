@@ -363,7 +363,7 @@ def _rle_string_short(text: str, area: int | None = None) -> list[int]:
     except UnicodeEncodeError:
         raise ValueError("non-ASCII character in RLE string") from None
     counts: list[int] = []
-    x = k = n = total = 0
+    x = k = n = 0
     for i, byte in enumerate(data):
         c = byte - 48
         if not 0 <= c < 64:
@@ -378,16 +378,16 @@ def _rle_string_short(text: str, area: int | None = None) -> list[int]:
             x |= -1 << (5 * k)
         if n > 2:
             x += counts[-2]
-        if x < 0 or (x == 0 and n > 0):
-            raise ValueError("a negative run, or a zero-length run after the first")
-        total += x
-        if area is not None and total > area:
-            raise ValueError(f"runs add up to more than {area}")
         counts.append(x)
         n += 1
         x = k = 0
     if k:
         raise ValueError("truncated RLE string")
+    # (at most 256 counts: checked once at the end, by C loops)
+    if counts and (counts[0] < 0 or min(counts[1:], default=1) <= 0):
+        raise ValueError("a negative run, or a zero-length run after the first")
+    if area is not None and sum(counts) > area:
+        raise ValueError(f"runs add up to more than {area}")
     return counts
 
 
@@ -430,12 +430,13 @@ def _rle(raw: Any, path: str, image: tuple[int, int]) -> RleMask:
     else:
         raise ProtocolError("wrong_type", f"{path}.counts: expected a string or a list of ints")
     area = h * w
-    if arr.size and (arr[0] < 0 or (arr.size > 1 and arr[1:].min() <= 0)):
-        raise ProtocolError(
-            "bad_value", f"{path}.counts: a negative run, or a zero-length run after the first"
-        )
-    if arr.size and arr.max() > area:
-        raise ProtocolError("bad_value", f"{path}.counts: a run longer than {h}x{w}={area}")
+    if isinstance(counts, list) and arr.size:  # (a string's runs were checked as decoded)
+        if arr[0] < 0 or (arr.size > 1 and arr[1:].min() <= 0):
+            raise ProtocolError(
+                "bad_value", f"{path}.counts: a negative run, or a zero-length run after the first"
+            )
+        if arr.max() > area:
+            raise ProtocolError("bad_value", f"{path}.counts: a run longer than {h}x{w}={area}")
     # Each run <= 2**30 and fewer than 2**31 of them: the sum cannot overflow an int64.
     total = int(arr.sum())
     if total != area:
