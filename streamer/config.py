@@ -129,12 +129,16 @@ class SyntheticSpec:
         return cls(**fields)
 
 
+MAX_URL_CHARS = 4096
+MAX_AV_OPTIONS = 64
+
+
 class SourceConfig(_Model):
     """A camera or stand-in. `url`: ``rtsp://...`` (also rtsps, http(s) MJPEG/HLS), ``webcam:0``
     or ``/dev/videoN``, a file path, ``lavfi:<graph>``, or ``synthetic:[k=v&...]``."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="used in topics; no '/'")
-    url: str = Field(min_length=1)
+    url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
     max_fps: float | None = Field(None, gt=0, le=240, description="skip frames evenly above this")
     realtime: bool = Field(
         True,
@@ -153,7 +157,9 @@ class SourceConfig(_Model):
         10.0, gt=0, le=3600, description="streaming this long resets back-off"
     )
     av_options: dict[str, str] = Field(
-        default_factory=dict, description="FFmpeg options, passed through"
+        default_factory=dict,
+        max_length=MAX_AV_OPTIONS,
+        description="FFmpeg options, passed through",
     )
     width: int | None = Field(None, ge=16, le=8192, description="webcam capture width request")
     height: int | None = Field(None, ge=16, le=8192, description="webcam capture height request")

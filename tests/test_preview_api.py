@@ -153,6 +153,38 @@ def _hostile(port: int) -> list[tuple[str, bytes, int]]:
             401,
         ),
         ("latin-1 bearer", _request("GET", "/api/sources", port, auth=b"Bearer \xff\xfe"), 401),
+        (
+            "lower-case bearer scheme",
+            _request("GET", "/api/sources", port, auth=b"bearer " + TOKEN.encode()),
+            200,
+        ),
+        ("empty bearer", _request("GET", "/api/sources", port, auth=b"Bearer "), 401),
+        (
+            "add a source with a 5000-character url",
+            _request(
+                "POST",
+                "/api/sources",
+                port,
+                body=json.dumps({"id": "long", "url": "rtsp://h/" + "a" * 5000}).encode(),
+            ),
+            400,
+        ),
+        (
+            "add a source with 1000 av_options",
+            _request(
+                "POST",
+                "/api/sources",
+                port,
+                body=json.dumps(
+                    {
+                        "id": "opts",
+                        "url": "rtsp://h/",
+                        "av_options": {str(i): "1" for i in range(1000)},
+                    }
+                ).encode(),
+            ),
+            400,
+        ),
         ("bad query token", _request("GET", "/?token=%FF%FE", port, auth=None), 401),
         ("surrogate token", _request("GET", "/?token=%ED%A0%80", port, auth=None), 401),
         # Bodies.

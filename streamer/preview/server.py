@@ -215,10 +215,10 @@ class PreviewServer:
         token = self.cfg.token
         if not token or request.path in OPEN_PATHS:
             return await handler(request)
-        auth = request.headers.get("Authorization", "")
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         given = (
-            auth[len("Bearer ") :]
-            if auth.startswith("Bearer ")
+            credentials.strip()
+            if scheme.lower() == "bearer"  # a scheme name is case-insensitive (RFC 9110)
             else request.query.get("token") or request.cookies.get(COOKIE, "")
         )
         try:
