@@ -138,3 +138,45 @@ def test_a_timestamp_jump_while_shedding_is_not_counted_as_skipped_frames(tmp_pa
     src = asyncio.run(asyncio.wait_for(main(), 30))
     assert src.stats.decoded == 60 and src.stats.skip_level == "NONREF", src.stats
     assert src.stats.skipped_decode == 0, src.stats
+
+
+def _concatenated_ts(path: Path, n: int) -> Path:
+    """Two MPEG-TS recordings of `n` frames at 30 fps, one after the other in one file: the
+    timestamps jump back to the start at the seam (a camera's recordings joined)."""
+    src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
+    part = path.with_suffix(".part.ts")
+    with av.open(str(part), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= n:
+                break
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    src.close()
+    path.write_bytes(part.read_bytes() * 2)
+    return path
+
+
+def test_a_file_whose_timestamps_jump_back_is_still_played_in_real_time(tmp_path: Path) -> None:
+    """After the seam, the second recording is paced like the first, and no frame is dropped
+    (before: its frames were all overdue against the first recording's clock, came as fast as
+    decoded, and overflowed the hand-off)."""
+    path = _concatenated_ts(tmp_path / "joined.ts", 30)
+
+    async def main() -> Consumer:
+        src = AvSource("cam", str(path), realtime=True)
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "ended", 20, "the file played")
+            await until(lambda: src.in_handoff == 0, 5, "every frame taken")
+        finally:
+            await c.stop()
+        return c
+
+    c = asyncio.run(asyncio.wait_for(main(), 30))
+    arrivals = [at for at, _ in c.frames]
+    assert len(arrivals) == 60  # none dropped in a burst
+    first, second = arrivals[29] - arrivals[0], arrivals[59] - arrivals[30]
+    assert second >= 0.6 * first, (first, second)  # 29 frame periods each (~0.97 s)

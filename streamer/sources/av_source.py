@@ -168,6 +168,10 @@ class AvSource(Source):
                     t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
                 else:
                     t = last_s + frame_s  # ... or as the stream's frame rate says
+                if first_s is not None and t < last_s:
+                    # The clock went back (recordings joined, a camera re-synced): pace on
+                    # from the previous frame rather than against the old clock (a burst).
+                    first_s += t - last_s - (frame_s or 0.0)
                 if first_s is None:
                     first_s = t
                 elif unanswered and frame_s is not None:
