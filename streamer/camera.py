@@ -53,7 +53,10 @@ class Camera:
             source=make_source(src),
             settings=settings,
             crop=_crop_settings(settings),
-            pairing_watch=PairingWatch(),
+            # With a tap, frames are sent to detectors from the start: a detector that never
+            # answers is a problem. Without one (a detector reading the camera itself), the
+            # check arms at the first pairing.
+            pairing_watch=PairingWatch(armed=cfg.tap is not None),
             shed_watch=ShedWatch(cfg.health.shed_window_s),
         )
 

@@ -258,11 +258,9 @@ class Pipeline:
             if c.id in problems:
                 continue
             if unpaired_after_s is not None:
-                unpaired_s = c.pairing_watch.unpaired_for(now, unpaired_after_s)
-                if unpaired_s is not None and unpaired_s > unpaired_after_s:
-                    problems[c.id] = (
-                        f"frames reach the detectors but none paired for {unpaired_s:.1f} s"
-                    )
+                problem = c.pairing_watch.problem(now, unpaired_after_s)
+                if problem is not None:
+                    problems[c.id] = problem
                     continue
             seen = c.shed_watch.share()
             if shed_share is not None and seen is not None and seen[0] > shed_share:
@@ -647,7 +645,13 @@ class Pipeline:
                 self.pairer.expire(now)
                 for c in cameras:
                     ring = self.pairer.stats(c.id)
-                    c.pairing_watch.observe(ring.added, ring.paired, now)
+                    c.pairing_watch.observe(
+                        ring.added,
+                        ring.paired,
+                        now,
+                        received=c.source.counts()[0],
+                        no_subscriber=c.counters.not_tapped_by["no_subscriber"],
+                    )
             for c in cameras:
                 c.source.check_stall(now)
             if now - self._shed_sampled_at >= SHED_SAMPLE_INTERVAL_S:

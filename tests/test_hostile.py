@@ -445,3 +445,40 @@ def test_a_preview_render_failure_is_restarted_and_the_viewer_keeps_getting_fram
     assert failures == 2
     assert p.stats()["restarts"]["preview/cam"] == 2
     assert seen["health"]["restarts"]["preview/cam"] == 2
+
+
+def test_healthz_names_a_source_whose_detector_died(endpoint: Any) -> None:
+    """The detector process dies (its sockets close): frames are no longer tapped (no
+    subscriber), so none enters the ring; /healthz says so, and keeps saying it."""
+    cfg = _cfg(endpoint, health={"unpaired_after_s": 0.5})
+    seen: dict[str, Any] = {}
+
+    async def healthz() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{cfg['preview']['port']}/healthz") as r,
+        ):
+            return r.status, await r.json()
+
+    def decoded(p: Pipeline) -> int:
+        return int(p.stats()["sources"]["cam"]["decoded"])
+
+    async def body(p: Pipeline) -> None:
+        det = Detector(cfg)
+        for _ in range(5):
+            await det.answer(await det.next_frame_id(), [])
+        seen["answering"] = await healthz()
+        det.close()
+        await until(lambda: not p.health()[0], 10, "unhealthy")
+        seen["dead"] = []
+        for _ in range(5):  # it persists: checked as frames keep being decoded
+            before = decoded(p)
+            await until(lambda b=before: decoded(p) >= b + 3, 10, "3 more frames decoded")
+            seen["dead"].append(await healthz())
+
+    _run(cfg, body)
+    status, health = seen["answering"]
+    assert status == 200 and health["ok"], health
+    for status, health in seen["dead"]:
+        assert status == 503 and list(health["problems"]) == ["cam"], health
+        assert health["problems"]["cam"].startswith("no detector subscribed to the tap for")
