@@ -706,6 +706,7 @@ class Pipeline:
             "skipped_fps": skipped_fps,
             "skipped_decode": src.stats.skipped_decode,
             "skip_level": src.stats.skip_level,
+            "bad_packets": src.stats.bad_packets,
             "dropped_handoff": dropped_handoff,
             "in_handoff": in_handoff + c.in_feed,
             "in_tap": c.in_tap,

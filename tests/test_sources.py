@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from fractions import Fraction
 from pathlib import Path
 
@@ -180,3 +181,44 @@ def test_a_file_whose_timestamps_jump_back_is_still_played_in_real_time(tmp_path
     assert len(arrivals) == 60  # none dropped in a burst
     first, second = arrivals[29] - arrivals[0], arrivals[59] - arrivals[30]
     assert second >= 0.6 * first, (first, second)  # 29 frame periods each (~0.97 s)
+
+
+def _damaged_ts(path: Path) -> Path:
+    """An MPEG-TS of 30 frames remuxed with 20 bytes of each of packets 5..19 overwritten at
+    random (seeded): what a lossy network makes of a camera's stream."""
+    good = _concatenated_ts(path.with_name("good.ts"), 30).with_suffix(".part.ts")
+    rnd = random.Random(1)
+    with av.open(str(good)) as src, av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for i, packet in enumerate(src.demux(video=0)):
+            if packet.size == 0:
+                continue
+            data = bytearray(bytes(packet))
+            if 5 <= i < 20:
+                for _ in range(20):
+                    data[rnd.randrange(len(data))] = rnd.randrange(256)
+            damaged = av.Packet(bytes(data))
+            damaged.pts, damaged.dts, damaged.time_base = packet.pts, packet.dts, packet.time_base
+            damaged.is_keyframe = packet.is_keyframe
+            damaged.stream = stream
+            out.mux(damaged)
+    return path
+
+
+def test_damaged_packets_are_skipped_and_counted_not_a_reconnect(tmp_path: Path) -> None:
+    """A decoder that refuses damaged packets goes on with the next ones (before: each one
+    ended the session, and a file with one started over from its beginning, for ever)."""
+    path = _damaged_ts(tmp_path / "damaged.ts")
+
+    async def main() -> AvSource:
+        src = AvSource("cam", str(path), realtime=False)
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "ended", 20, "the file played to its end")
+        finally:
+            await c.stop()
+        return src
+
+    src = asyncio.run(asyncio.wait_for(main(), 30))
+    assert src.stats.reconnects == 0 and src.stats.bad_packets > 0, src.stats
+    assert src.stats.decoded >= 15, src.stats  # the rest of the stream decoded

@@ -132,6 +132,7 @@ class AvSource(Source):
             shedder.reset()
         shed_blind = False  # shedding left no frame for a stall timeout: not again this session
         unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
+        bad_in_session = 0
         for packet in container.demux():
             if self._stop.is_set():
                 return
@@ -140,7 +141,16 @@ class AvSource(Source):
                     self._check_watchdog()
                 continue
             t0 = time.perf_counter()
-            decoded = packet.decode()
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError as e:
+                # A damaged packet (lost or corrupted on the way): the decoder resumes at the
+                # next one; only a stream that gives no frame at all is a stall.
+                self.stats.bad_packets += 1
+                if not bad_in_session:  # logged once a session; counted always
+                    log.warning("source %s: damaged packet(s) skipped (%s)", self.source_id, e)
+                bad_in_session += 1
+                decoded = []
             if self.decode_observer is not None:
                 self.decode_observer(time.perf_counter() - t0)
             if shedder_level != "DEFAULT" and packet.size:

@@ -93,6 +93,7 @@ class SourceStats:
     dropped_handoff: int = 0
     skipped_decode: int = 0  # frames the decoder skipped on purpose, shedding load (never decoded)
     skip_level: str = "DEFAULT"  # what the decoder skips now (sources/shedding.py)
+    bad_packets: int = 0  # damaged packets the decoder refused (skipped; decoding went on)
     reconnects: int = 0
     stalls: int = 0
     state: str = "starting"
