@@ -147,8 +147,11 @@ def missing() -> list[tuple[str, str]]:
             found.append((f"GStreamer probe failed: {run.stderr.strip()[-500:]}", "python3-gi"))
         if result.get("no_gi"):
             found.append((f"PyGObject for {SYSTEM_PYTHON}", "python3-gi"))
-        for ns in result.get("typelibs", []):
-            found.append((f"GObject typelib {ns}-1.0", TYPELIBS[ns]))
+    # Without PyGObject the typelibs cannot be looked for either: name their packages too.
+    missing_typelibs = result.get("typelibs")
+    typelib_note = "" if missing_typelibs is not None else " (not checked: PyGObject not loaded)"
+    for ns in TYPELIBS if missing_typelibs is None else missing_typelibs:
+        found.append((f"GObject typelib {ns}-1.0{typelib_note}", TYPELIBS[ns]))
     # Without GStreamer the elements cannot be looked for: their packages are named too, so that
     # one install gives a fresh machine everything (installing a present package changes nothing).
     not_found = result.get("elements")

@@ -221,8 +221,9 @@ def test_a_feeder_that_dies_fails_the_wait_at_once_with_its_error(tmp_path: Path
 def test_without_gstreamer_every_element_package_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str | None
 ) -> None:
-    """On a fresh machine GStreamer cannot be asked for its elements: their packages are named
-    anyway, so that one install (and not a second `make test`) brings them."""
+    """On a fresh machine GStreamer cannot be asked for its elements (or PyGObject for its
+    typelibs): their packages are named anyway, so that one install (and not a second
+    `make test`) brings them."""
     check = load_script("check_system")
     fake = tmp_path / "python3"
     if probe is not None:
@@ -231,5 +232,8 @@ def test_without_gstreamer_every_element_package_is_named(
     monkeypatch.setattr(check, "SYSTEM_PYTHON", str(fake))
     named = {package for _, package in check.missing()}
     assert set(check.GST_ELEMENTS.values()) <= named, named
+    # The typelibs' packages too (a fresh machine without PyGObject stopped after its first
+    # install because they were only found missing once python3-gi was there).
+    assert set(check.TYPELIBS.values()) <= named, named
     what = [w for w, _ in check.missing() if w.startswith("GStreamer element timeoverlay")]
     assert what == ["GStreamer element timeoverlay (not checked: GStreamer not loaded)"]
