@@ -58,12 +58,14 @@ def _totals(stats: dict[str, Any]) -> dict[str, int]:
         "dropped_handoff": 0,
         "late": 0,
         "duplicate": 0,
+        "unwanted": 0,
     }
     for s in [*stats["sources"].values(), *stats.get("removed_sources", [])]:
         for k in ("decoded", "paired", "crops", "expired", "not_tapped", "dropped_handoff"):
             t[k] += s[k]
         t["late"] += s["detections"].get("late", 0) + s["detections"].get("unknown_frame", 0)
         t["duplicate"] += s["detections"].get("duplicate", 0)
+        t["unwanted"] += s.get("unwanted", 0)
     t["malformed"] = sum(stats["malformed"].values())
     t["sent"] = sum(p["sent"] for p in stats["publishers"])
     t["no_subscriber"] = sum(p["dropped_no_subscriber"] for p in stats["publishers"])
@@ -75,7 +77,8 @@ def _summary(stats: dict[str, Any]) -> str:
     t = _totals(stats)
     return (
         f"totals: frames {t['decoded']}, paired {t['paired']}, crops {t['crops']} "
-        f"(sent {t['sent']}), drops: expired {t['expired']}, not_tapped {t['not_tapped']}, "
+        f"(sent {t['sent']}; not cut, nobody subscribed: {t['unwanted']}), "
+        f"drops: expired {t['expired']}, not_tapped {t['not_tapped']}, "
         f"handoff {t['dropped_handoff']}, late {t['late']}, duplicate {t['duplicate']}, "
         f"malformed {t['malformed']}, publish full {t['publish_full']}, "
         f"no subscriber {t['no_subscriber']}; "
