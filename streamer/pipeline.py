@@ -214,10 +214,10 @@ class Pipeline:
         added = [sid for sid in new if sid not in old]
         # What PATCH could change (crop settings, classes, max_fps) is applied live, without a
         # restart; any other change restarts the camera.
-        patched = [sid for sid in changed if _live_patch(old[sid], new[sid], cfg) is not None]
+        live = {sid: _live_patch(old[sid], new[sid], cfg) for sid in changed}
+        patched = [sid for sid, changes in live.items() if changes is not None]
         for sid in patched:
-            camera = self.cameras.get(sid)
-            changes = _live_patch(old[sid], new[sid], cfg)
+            camera, changes = self.cameras.get(sid), live[sid]
             if camera is not None and changes is not None:
                 camera.cfg = new[sid]
                 camera.patch(changes)
