@@ -214,6 +214,15 @@ def _crop(parts: list[zmq.Frame]) -> Crop:
     return Crop(_header(parts[1].bytes), parts[2].buffer)
 
 
+def parse_tap_frame(parts: list[zmq.Frame]) -> TapFrame:
+    """A received tapped frame's parts as a TapFrame (header parsed, picture not yet viewed).
+
+    Raises MalformedMessageError (wrong part count, header not a JSON object) or
+    ProtocolVersionError; the header's fields are checked when read.
+    """
+    return _tap_frame(parts)
+
+
 def parse_crop(parts: list[zmq.Frame]) -> Crop:
     """A received crop message's parts as a Crop (header parsed, image not yet decoded).
 

@@ -183,17 +183,22 @@ def test_listen_prints_stable_readings(endpoint: Any) -> None:
             listener.wait()
 
 
-def test_text_detector_process_survives_bad_tap_frames_and_stops_on_sigterm(endpoint: Any) -> None:
+def test_text_detector_process_survives_bad_tap_frames_serves_metrics_and_stops_on_sigterm(
+    endpoint: Any,
+) -> None:
     """Hostile tapped frames (not JSON, wrong part count, a picture of the wrong size, a
     non-integer frame_id) are counted; good frames between them are answered with text
-    polygons; SIGTERM ends it with exit 0."""
-    tap, dets = endpoint(), endpoint()
+    polygons; /metrics counts both and the time per frame; SIGTERM ends it with exit 0."""
+    tap, dets, port = endpoint(), endpoint(), free_port()
     ctx = zmq.Context.instance()
     pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
     pub.bind(tap)
     pull: zmq.Socket[bytes] = ctx.socket(zmq.PULL)
     pull.bind(dets)
-    detector = spawn("-m", "streamer", "detect", "text", "--tap", tap, "--detections", dets)
+    detector = spawn(
+        *("-m", "streamer", "detect", "text", "--tap", tap, "--detections", dets),
+        *("--metrics-port", str(port)),
+    )
     frame = np.full((180, 320, 3), 90, np.uint8)
     plate = ttf_plate("KQ47WB", 32)
     frame[60 : 60 + plate.shape[0], 40 : 40 + plate.shape[1]] = plate
@@ -235,11 +240,20 @@ def test_text_detector_process_survives_bad_tap_frames_and_stops_on_sigterm(endp
                 r = json.loads(pull.recv_multipart()[1])
                 again = r if r["frame_id"] == 6 else again
         assert again is not None and again["predictions"][0]["tracker_id"] == 1, again
+        answered = _metric(port, "streamer_text_detector_frames_answered_total")
+        n_bad = _metric(port, 'streamer_text_detector_errors_total{kind="bad_frame"}')
+        received = _metric(port, "streamer_text_detector_frames_received_total")
+        assert answered >= 2 and n_bad >= 1, (answered, n_bad)
+        assert received >= answered + n_bad, (received, answered, n_bad)
+        assert _metric(port, "streamer_text_detector_detect_seconds_count") >= answered
+        assert _metric(port, "streamer_text_detector_detect_seconds_sum") > 0
+        assert _metric(port, "streamer_text_detector_regions_total") >= answered
+        assert _metric(port, 'streamer_text_detector_errors_total{kind="detect_failed"}') == 0
         detector.send_signal(signal.SIGTERM)
         assert detector.wait(timeout=10) == 0
     finally:
         pub.close(linger=0)
         pull.close(linger=0)
         _, err = stop(detector)
-    n_bad = int(err.split(" bad frames")[0].rsplit(" ", 1)[1])
-    assert n_bad >= 1, err
+    assert int(err.split(" bad frames")[0].rsplit(" ", 1)[1]) >= n_bad, err
+    assert " ms per frame" in err, err

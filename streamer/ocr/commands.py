@@ -156,14 +156,18 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--box-threshold", type=_probability, default=0.5, help="min mean text probability"
     )
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
     p.set_defaults(fn=cmd_detect, parser=p)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
+    from prometheus_client import start_http_server
+
     from streamer.ocr.recognizers import RecognizerUnavailable
-    from streamer.ocr.text_detector import DetectorOptions, run_text_detector
+    from streamer.ocr.text_detector import DetectorMetrics, DetectorOptions, run_text_detector
 
     opts = DetectorOptions(
         tap=tuple(endpoints_arg(args.parser, args.tap, args.shards)),
@@ -174,17 +178,18 @@ def cmd_detect(args: argparse.Namespace) -> int:
         curve=_curve(args.curve),
         allow_ipc_reply_to=args.allow_ipc_reply_to,
     )
+    metrics = DetectorMetrics()
+    server = None
+    if args.metrics_port is not None:
+        server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
     try:
-        counts = run_text_detector(opts, stop)
+        run_text_detector(opts, stop, metrics)
     except RecognizerUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    n = counts["frames"]
-    print(
-        f"text detector: {n} frames, {counts['regions']} regions, {counts['bad_frame']} bad "
-        f"frames, {counts['dropped'] + counts['send_failed']} not sent, "
-        f"{counts['detect_ms'] / n if n else 0:.1f} ms per frame",
-        file=sys.stderr,
-        flush=True,
-    )
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    print(metrics.summary(), file=sys.stderr, flush=True)
     return 0

@@ -20,6 +20,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
 
 from streamer.client import (
     Curve,
@@ -28,6 +30,7 @@ from streamer.client import (
     MalformedMessageError,
     ProtocolVersionError,
     SubMode,
+    parse_tap_frame,
 )
 from streamer.errors import StreamerError
 from streamer.metrics import LogOnce
@@ -43,6 +46,10 @@ MAX_FRAME_SIDE_PX = 4096  # tapped frames larger than this are skipped
 MAX_DETECT_SIDE_PX = 1280  # larger ones are shrunk to this long side before detection
 POLL_S = 0.1
 TEXT_CLASS = "text"
+DETECT_BUCKETS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# Why a received frame was not answered: not a valid tapped frame; the model raised; no room
+# towards streamer (the client's queue was full); the send raised.
+ERROR_KINDS = ("bad_frame", "detect_failed", "not_sent", "send_failed")
 
 
 @dataclass(frozen=True)
@@ -158,12 +165,79 @@ class DetectorOptions:
     allow_ipc_reply_to: bool = False
 
 
-def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[str]:
-    """Detect text on every tapped frame and send it back until `stop` is set; returns the
-    counts (frames, regions, bad_frame, detect_ms as a total)."""
+class DetectorMetrics:
+    """The detector's Prometheus counters, in a registry of their own (``/metrics``), and the
+    same numbers as plain counts for the exit summary."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.received = PromCounter(
+            "streamer_text_detector_frames_received",
+            "tapped frames received, bad ones included",
+            registry=self.registry,
+        )
+        self.answered = PromCounter(
+            "streamer_text_detector_frames_answered",
+            "frames whose detections were sent back to streamer",
+            registry=self.registry,
+        )
+        self.regions = PromCounter(
+            "streamer_text_detector_regions",
+            "text regions sent",
+            registry=self.registry,
+        )
+        self.errors = PromCounter(
+            "streamer_text_detector_errors",
+            "received frames not answered, by kind (" + ", ".join(ERROR_KINDS) + ")",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.detect_seconds = Histogram(
+            "streamer_text_detector_detect_seconds",
+            "time to detect the text of one frame",
+            buckets=DETECT_BUCKETS_S,
+            registry=self.registry,
+        )
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        self.counts: Counter[str] = Counter()  # received, answered, regions, errors by kind
+        self.detect_total_s = 0.0
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Count `n` of `what`: received, answered, regions, or one of ERROR_KINDS."""
+        if what == "received":
+            self.received.inc(n)
+        elif what == "answered":
+            self.answered.inc(n)
+        elif what == "regions":
+            self.regions.inc(n)
+        else:
+            self.errors.labels(what).inc(n)
+        self.counts[what] += n
+
+    def detected(self, elapsed_s: float) -> None:
+        self.detect_seconds.observe(elapsed_s)
+        self.detect_total_s += elapsed_s
+
+    def summary(self) -> str:
+        """One line for the exit: frames answered, regions, errors, ms per frame."""
+        c = self.counts
+        n = c["answered"]
+        timed = n + c["not_sent"] + c["send_failed"]
+        return (
+            f"text detector: {n} frames, {c['regions']} regions, {c['bad_frame']} bad frames, "
+            f"{c['detect_failed']} failed, {c['not_sent'] + c['send_failed']} not sent, "
+            f"{1000 * self.detect_total_s / timed if timed else 0:.1f} ms per frame"
+        )
+
+
+def run_text_detector(
+    opts: DetectorOptions, stop: threading.Event, metrics: DetectorMetrics
+) -> None:
+    """Detect text on every tapped frame and send it back until `stop` is set, counting
+    into `metrics`. A frame that cannot be parsed, detected or sent is counted and skipped."""
     detector = TextDetector(opts.threads, opts.box_threshold)
     trackers: OrderedDict[str, IouTracker] = OrderedDict()
-    counts: Counter[str] = Counter()
     log_once = LogOnce(log)
     frames = FrameSubscriber(opts.tap, mode=opts.mode, curve=opts.curve)
     sender = DetectionSender(
@@ -172,9 +246,11 @@ def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[s
     try:
         while not stop.is_set():
             try:
-                frame = frames.recv(timeout_s=POLL_S)
-                if frame is None:
+                parts = frames.recv_parts(timeout_s=POLL_S)
+                if parts is None:
                     continue
+                metrics.count("received")
+                frame = parse_tap_frame(parts)
                 if (
                     not 0 < frame.width <= MAX_FRAME_SIDE_PX
                     or not 0 < frame.height <= MAX_FRAME_SIDE_PX
@@ -192,12 +268,17 @@ def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[s
                 KeyError,
                 TypeError,
             ) as e:
-                counts["bad_frame"] += 1
+                metrics.count("bad_frame")
                 log_once(f"bad_frame:{type(e).__name__}", "bad tapped frame: %s", e)
                 continue
             t0 = time.perf_counter()
-            preds = to_predictions(detector.detect(image))
-            counts["detect_ms"] += round((time.perf_counter() - t0) * 1000)
+            try:
+                preds = to_predictions(detector.detect(image))
+            except Exception as e:  # a model failure on one frame must not stop the detector
+                metrics.count("detect_failed")
+                log_once(f"detect_failed:{type(e).__name__}", "text detection failed: %r", e)
+                continue
+            metrics.detected(time.perf_counter() - t0)
             tracker = trackers.pop(source, None) or IouTracker()
             trackers[source] = tracker
             if len(trackers) > MAX_SOURCES:
@@ -205,13 +286,14 @@ def run_text_detector(opts: DetectorOptions, stop: threading.Event) -> Counter[s
             tracker.update(preds)
             try:
                 if not sender.send(frame, preds):
-                    counts["dropped"] += 1  # no room towards streamer (counted by the client)
+                    metrics.count("not_sent")  # no room towards streamer (the client counts it)
+                    continue
             except (ValueError, StreamerError) as e:
-                counts["send_failed"] += 1
+                metrics.count("send_failed")
                 log_once(f"send_failed:{type(e).__name__}", "cannot send detections: %s", e)
-            counts["frames"] += 1
-            counts["regions"] += len(preds)
+                continue
+            metrics.count("answered")
+            metrics.count("regions", len(preds))
     finally:
         frames.close()
         sender.close()
-    return counts
