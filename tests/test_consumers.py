@@ -226,7 +226,7 @@ def _iou(a: list[int], b: tuple[int, int, int, int]) -> float:
 
 
 def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
-    """Synthetic camera -> demo detector process -> streamer -> `streamer ocr` process (PP-OCRv4).
+    """Synthetic camera -> demo detector process -> streamer -> `streamer ocr` process (PP-OCRv5).
     Ground truth comes from the synthetic scene; at least 90% of the plates must be read right."""
     pub, tap, dets, results = endpoint(), endpoint(), endpoint(), endpoint()
     demo = spawn(

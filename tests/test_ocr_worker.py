@@ -22,7 +22,8 @@ WAIT_S = 60.0  # model loading and a loaded machine; each loop below ends on its
 
 
 def _crop(text: str, **over: Any) -> list[bytes]:
-    img = ttf_plate(text, 32)
+    # DejaVu Sans Bold: the default recognizer reads DejaVu Sans Mono's O as 0 (tests/test_ocr.py)
+    img = ttf_plate(text, 32, "DejaVuSans-Bold.ttf")
     h = header(width=img.shape[1], height=img.shape[0], **over)
     return [b"crop/cam/plate", json.dumps(h).encode(), np.ascontiguousarray(img).tobytes()]
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from streamer.ocr.ctc import DEFAULT_CHARSET, parse_charset
 from streamer.sharding import add_shards_arg, endpoints_arg
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ def _probability(value: str) -> float:
     return f
 
 
+def _charset(value: str) -> str:
+    """--charset: its characters, deduplicated (streamer.ocr.ctc.parse_charset)."""
+    try:
+        return parse_charset(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def _curve(value: list[str] | None) -> tuple[str, str] | None:
     return (value[0], value[1]) if value else None
 
@@ -65,8 +74,19 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--classes", help="comma-separated classes to read; default every class")
     p.add_argument("--results", default="tcp://127.0.0.1:5570", help="bind: results go out here")
     p.add_argument("--votes", type=int, default=3, help="agreeing readings for a stable reading")
-    p.add_argument("--engine", default="rapidocr", choices=("rapidocr", "tesseract"))
-    p.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads (rapidocr)")
+    p.add_argument(
+        "--engine",
+        default="ppocrv5",
+        choices=("ppocrv5", "rapidocr", "tesseract"),
+        help="ppocrv5: PP-OCRv5 (default); rapidocr: PP-OCRv4; tesseract",
+    )
+    p.add_argument(
+        "--charset",
+        type=_charset,
+        default=DEFAULT_CHARSET,
+        help="the characters plates may hold, read over them (default A-Z and 0-9)",
+    )
+    p.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads (PP-OCR)")
     p.add_argument("--read-edge", action="store_true", help="also read crops at the frame edge")
     p.add_argument(
         "--no-locate",
@@ -99,7 +119,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         print("error: --votes must be in 1..1000", file=sys.stderr)
         return 2
     try:
-        recognizer = make_recognizer(args.engine, args.threads)
+        recognizer = make_recognizer(args.engine, args.threads, args.charset)
         locator = None if args.no_locate else TextDetector(args.threads)
     except RecognizerUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

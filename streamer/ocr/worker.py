@@ -244,7 +244,7 @@ class OcrWorker:
         self.metrics.read_seconds.observe(elapsed_s)
         self.metrics.read_total_s += elapsed_s
         self.metrics.count("read")
-        reading, stable = self.votes.add(key, got.text)
+        reading, stable = self.votes.add(key, got.text, got.confidence)
         return result_message(
             info, got.text, got.raw, got.confidence, reading, stable, elapsed_s * 1000
         )

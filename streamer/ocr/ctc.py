@@ -1,0 +1,86 @@
+"""CTC decoding of a text recognizer's per-timestep character probabilities, restricted to the
+characters a plate may hold. Pure.
+
+A CTC recognizer (PP-OCR's) gives, for each of T horizontal steps, a probability for each entry
+of its dictionary (thousands of Chinese, Latin and other characters, plus "blank"). Decoding the
+best path over the whole dictionary and filtering afterwards loses information: where the best
+entry is one no plate holds (a Chinese character, a '|'), the plate character that came second is
+thrown away with it, and where the model splits its belief between 'S', 's' and 'Ｓ' (full-width),
+each counts alone. CharsetDecoder first adds up the probabilities of the dictionary entries that
+stand for the same plate character (its NFKC form; upper-cased when the charset has no lower
+case), then takes the best path over blank and the charset only.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_CHARSET = string.ascii_uppercase + string.digits
+MAX_CHARSET = 256  # characters a charset may hold
+
+
+def parse_charset(value: str) -> str:
+    """A charset as given on a command line: its characters, NFKC-normalised, duplicates and
+    whitespace dropped, in order. Raises ValueError when nothing is left or it is too long."""
+    seen: dict[str, None] = {}
+    for ch in unicodedata.normalize("NFKC", value[: 4 * MAX_CHARSET]):
+        if not ch.isspace() and ch.isprintable():
+            seen[ch] = None
+    chars = "".join(seen)
+    if not chars:
+        raise ValueError("the charset is empty")
+    if len(chars) > MAX_CHARSET:
+        raise ValueError(f"the charset has {len(chars)} characters, at most {MAX_CHARSET}")
+    return chars
+
+
+class CharsetDecoder:
+    """Best-path CTC decoding over blank and `charset`, for a model whose output columns are
+    `dictionary` (index 0 is blank)."""
+
+    def __init__(self, dictionary: Sequence[str], charset: str = DEFAULT_CHARSET) -> None:
+        self.charset = charset
+        fold_case = not any(ch.islower() for ch in charset)
+        position = {ch: i + 1 for i, ch in enumerate(charset)}
+        other = len(charset) + 1  # entries that are no charset character: dropped
+        column = np.full(len(dictionary), other, np.intp)
+        column[0] = 0
+        for i, entry in enumerate(dictionary[1:], start=1):
+            norm = unicodedata.normalize("NFKC", entry)
+            if norm not in position and fold_case:
+                norm = norm.upper()
+            column[i] = position.get(norm, other)
+        self._column = column
+        self._n = len(charset) + 2
+        self.dictionary = list(dictionary)
+
+    def decode(self, probs: npt.NDArray[np.float32]) -> tuple[str, float]:
+        """`probs` (T, len(dictionary)), each row a distribution -> (text over the charset,
+        confidence: the mean probability of its characters at the steps they were read, 0.0
+        for an empty text)."""
+        if probs.ndim != 2 or probs.shape[1] != len(self._column):
+            raise ValueError(f"expected (T, {len(self._column)}) probabilities, got {probs.shape}")
+        summed = np.zeros((self._n, probs.shape[0]), np.float32)
+        np.add.at(summed, self._column, probs.T.astype(np.float32))
+        summed = summed[:-1]  # blank and the charset; the rest is left out
+        best = summed.argmax(axis=0)
+        p = summed.max(axis=0)
+        emit = best != 0
+        emit[1:] &= best[1:] != best[:-1]
+        if not emit.any():
+            return "", 0.0
+        text = "".join(self.charset[i - 1] for i in best[emit])
+        return text, float(p[emit].mean())
+
+    def best_path(self, probs: npt.NDArray[np.float32]) -> str:
+        """The unrestricted best path over the whole dictionary (what the model read, for
+        `raw_text`)."""
+        best = probs.argmax(axis=1)
+        emit = best != 0
+        emit[1:] &= best[1:] != best[:-1]
+        return "".join(self.dictionary[i] for i in best[emit])
