@@ -15,6 +15,7 @@ For each N it prints:
 
     .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
                                               [--size 1920x1080]
+                                              [--variants zmq-bgr,shm-bgr,shm-i420]
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import REPO, Probe, free_endpoint, make_clip
 
+from streamer.client import RingCache, StaleCropError, parse_crop
 from streamer.health import shed_by_reason
 
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
+CROP_ENCODINGS = {"bgr": "raw-bgr24", "i420": "raw-i420"}
+SHM_RING_BYTES = 256 * 1024 * 1024  # --transport shm: ~1 s of 8 cameras' crops
 
 
 def bare_decode(clip: Path, n: int, seconds: float) -> None:
@@ -100,34 +104,58 @@ def measure_bare(clip: Path, n: int, seconds: float) -> dict[str, Any]:
     return {"cpu": probe.cpu_percent(t0, t1), "fps_min": min(fps), "fps_mean": sum(fps) / n}
 
 
+def expected_bytes(h: dict[str, Any]) -> int:
+    """A raw crop's size from its header (raw-i420: its rectangle widened to even bounds)."""
+    w, hh = h["width"], h["height"]
+    if h["encoding"] == "raw-bgr24":
+        return int(w * hh * 3)
+    x0, y0 = h["origin"]["x"], h["origin"]["y"]
+    aw = x0 + w + ((x0 + w) & 1) - (x0 & ~1)
+    ah = y0 + hh + ((y0 + hh) & 1) - (y0 & ~1)
+    return int(aw * ah * 3 // 2)
+
+
 def collect(
     endpoint: str,
     complete: dict[str, list[float]],
     ready: threading.Event,
     done: threading.Event,
+    stale: list[int],
 ) -> None:
-    """The crop subscriber: counts crops per (source, frame); a frame is complete when its
-    `count` crops have all arrived, and its completion time is noted per source."""
+    """The crop subscriber: takes each crop's pixels (out of the shm ring when they are there),
+    counts crops per (source, frame); a frame is complete when its `count` crops have all
+    arrived, and its completion time is noted per source. Crops overwritten in the ring before
+    they were read are counted in `stale`."""
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
     sock.connect(endpoint)
+    rings = RingCache(Path("/dev/shm"))
     ready.set()
     got: dict[tuple[str, int], int] = defaultdict(int)
     while not done.is_set():
         if not sock.poll(100):
             continue
-        parts = sock.recv_multipart(copy=False)
-        h = json.loads(parts[1].bytes)
+        try:
+            crop = parse_crop(sock.recv_multipart(copy=False), rings)
+        except StaleCropError:
+            stale[0] += 1
+            continue
+        h = crop.header
+        if len(crop.payload) != expected_bytes(h):
+            raise AssertionError(f"crop of {len(crop.payload)} bytes for {h}")
         key = (h["source_id"], h["frame_id"])
         got[key] += 1
         if got[key] == h["count"]:
             complete[h["source_id"]].append(time.monotonic())
             del got[key]
     sock.close(linger=0)
+    rings.close()
 
 
-def measure_streamer(clip: Path, n: int, seconds: float) -> dict[str, Any]:
+def measure_streamer(clip: Path, n: int, seconds: float, variant: str) -> dict[str, Any]:
+    """`variant`: transport and crop encoding, ``zmq-bgr``, ``shm-bgr`` or ``shm-i420``."""
+    transport, encoding = variant.split("-")
     tmp = Path(tempfile.mkdtemp())
     tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
     ids = [f"cam{i}" for i in range(n)]
@@ -135,13 +163,16 @@ def measure_streamer(clip: Path, n: int, seconds: float) -> dict[str, Any]:
         "sources": [{"id": sid, "url": str(clip), "loop": True} for sid in ids],
         "detections": {"bind": dets},
         "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
-        "publish": [{"bind": pub, "encoding": "raw-bgr24", "hwm": 100_000}],
+        "publish": [{"bind": pub, "encoding": CROP_ENCODINGS[encoding], "hwm": 100_000}],
     }
+    if transport == "shm":
+        cfg["publish"][0]["shm"] = {"bytes": SHM_RING_BYTES}
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     stats_file = tmp / "stats.json"
     complete: dict[str, list[float]] = defaultdict(list)
     ready, done = threading.Event(), threading.Event()
-    collector = threading.Thread(target=collect, args=(pub, complete, ready, done))
+    stale = [0]
+    collector = threading.Thread(target=collect, args=(pub, complete, ready, done, stale))
     collector.start()
     ready.wait(10)
     detector = subprocess.Popen(
@@ -199,6 +230,7 @@ def measure_streamer(clip: Path, n: int, seconds: float) -> dict[str, Any]:
         "peak_mb": probes[0].peak_mb,
         "decoded": sum(int(s["decoded"]) for s in stats["sources"].values()),
         "shed": dict(shed),
+        "stale": stale[0],
     }
 
 
@@ -207,6 +239,12 @@ def main() -> None:
     ap.add_argument("--cameras", default="1,2,4,6,8,10")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured, after a warm-up")
     ap.add_argument("--size", default="1920x1080")
+    ap.add_argument(
+        "--variants",
+        default="zmq-bgr,shm-bgr,shm-i420",
+        help="each in turn: crops in their messages (zmq) or in a shared-memory ring (shm), "
+        "as raw BGR (bgr) or raw I420 (i420)",
+    )
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,18 +257,23 @@ def main() -> None:
     print(f"{w}x{h} 30 fps, 10 crops a frame, {args.seconds:.0f} s measured per run")
     for n in (int(v) for v in args.cameras.split(",")):
         bare = measure_bare(clip, n, args.seconds)
-        s = measure_streamer(clip, n, args.seconds)
-        shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"
         print(
             f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
-            f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera | streamer delivered "
-            f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
-            f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
-            f"(x{s['cpu'] / max(bare['cpu'], 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
-            f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; "
-            f"shed of {s['decoded']} decoded: {shed}",
+            f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
             flush=True,
         )
+        for variant in args.variants.split(","):
+            s = measure_streamer(clip, n, args.seconds, variant)
+            shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"
+            print(
+                f"   {variant:8s}: streamer delivered "
+                f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
+                f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
+                f"(x{s['cpu'] / max(bare['cpu'], 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
+                f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; "
+                f"shed of {s['decoded']} decoded: {shed}; stale in the ring {s['stale']}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

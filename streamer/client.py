@@ -69,8 +69,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import cv2
@@ -81,13 +83,18 @@ import zmq.asyncio
 from streamer.config import check_reply_to
 from streamer.detections.codec import encode_detections
 from streamer.metrics import LogOnce
+from streamer.publish.shm import RingCache as RingCache
+from streamer.publish.shm import RingUnavailableError as RingUnavailableError
+from streamer.publish.shm import StaleCropError as StaleCropError
 from streamer.security import make_client
 from streamer.sharding import MAX_SHARDS
 from streamer.zmq_heartbeat import set_heartbeat
 
 log = logging.getLogger(__name__)
+_log_once = LogOnce(log)
 
 PROTOCOL_VERSION = 1
+DEFAULT_SHM_DIR = "/dev/shm"  # where crops published with `shm` are (streamer's shm.dir)
 # Detection sockets a sender keeps open besides its default endpoint: one per shard it hears
 # from, opened on first use, so every shard of the largest deployment has its own.
 MAX_REPLY_ROUTES = MAX_SHARDS
@@ -189,8 +196,16 @@ def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.n
     if enc == "raw-bgr24":
         return np.frombuffer(payload, np.uint8).reshape(h, w, 3)
     if enc == "raw-i420":
-        yuv = np.frombuffer(payload, np.uint8).reshape(h * 3 // 2, w)
-        return cast(np.ndarray, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
+        origin = header.get("origin")
+        if origin is None:  # a tapped frame: even-sized, whole
+            yuv = np.frombuffer(payload, np.uint8).reshape(h * 3 // 2, w)
+            return cast(np.ndarray, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
+        # A crop: its rectangle widened to even coordinates (streamer.crop.convert.i420_bounds).
+        x0, y0 = int(origin["x"]), int(origin["y"])
+        ax0, ay0, ax1, ay1 = x0 & ~1, y0 & ~1, x0 + w + ((x0 + w) & 1), y0 + h + ((y0 + h) & 1)
+        yuv = np.frombuffer(payload, np.uint8).reshape((ay1 - ay0) * 3 // 2, ax1 - ax0)
+        bgr = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)
+        return bgr[y0 - ay0 : y0 - ay0 + h, x0 - ax0 : x0 - ax0 + w]
     if enc in ("png", "jpeg", "webp"):
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
@@ -209,11 +224,6 @@ def _tap_frame(parts: list[zmq.Frame]) -> TapFrame:
     return TapFrame(_header(parts[1].bytes), parts[2].buffer)
 
 
-def _crop(parts: list[zmq.Frame]) -> Crop:
-    _check_parts(parts)
-    return Crop(_header(parts[1].bytes), parts[2].buffer)
-
-
 def parse_tap_frame(parts: list[zmq.Frame]) -> TapFrame:
     """A received tapped frame's parts as a TapFrame (header parsed, picture not yet viewed).
 
@@ -223,13 +233,30 @@ def parse_tap_frame(parts: list[zmq.Frame]) -> TapFrame:
     return _tap_frame(parts)
 
 
-def parse_crop(parts: list[zmq.Frame]) -> Crop:
+def parse_crop(parts: list[zmq.Frame], rings: RingCache | None = None) -> Crop:
     """A received crop message's parts as a Crop (header parsed, image not yet decoded).
 
-    Raises MalformedMessageError (wrong part count, header not a JSON object) or
-    ProtocolVersionError; the header's fields are the caller's to check (see streamer.ocr).
+    A crop in a shared-memory ring (the header's ``shm``) is copied out of it through `rings`
+    (the rings this consumer has mapped). Raises MalformedMessageError (wrong part count,
+    header not a JSON object, a bad ``shm`` handle, or one without `rings`),
+    ProtocolVersionError, RingUnavailableError (the ring is not on this host) or
+    StaleCropError (the crop was overwritten before it was read: the consumer is behind by
+    more than the ring holds); the header's other fields are the caller's to check (see
+    streamer.ocr).
     """
-    return _crop(parts)
+    _check_parts(parts)
+    header = _header(parts[1].bytes)
+    handle = header.get("shm")
+    if handle is None:
+        return Crop(header, parts[2].buffer)
+    if rings is None:
+        raise MalformedMessageError("the crop is in shared memory (shm) and no ring cache given")
+    try:
+        return Crop(header, rings.read(handle))
+    except (StaleCropError, RingUnavailableError):
+        raise
+    except ValueError as e:
+        raise MalformedMessageError(str(e)) from None
 
 
 def to_predictions(detections: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -425,6 +452,7 @@ class _Subscriber(Generic[T]):
         curve: Curve | None,
     ) -> None:
         self._decode = decode
+        self.stale = 0  # crops overwritten in their shm ring before they were read
         self.sock: zmq.Socket[bytes] = _input_socket(
             zmq.Context.instance(), endpoint, topics, hwm, mode, curve
         )
@@ -437,12 +465,31 @@ class _Subscriber(Generic[T]):
 
     def recv(self, timeout_s: float | None = None) -> T | None:
         """The next message, decoded; None after `timeout_s` (None waits forever)."""
-        parts = self.recv_parts(timeout_s)
-        return None if parts is None else self._decode(parts)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            parts = self.recv_parts(left)
+            if parts is None:
+                return None
+            item = self._take(parts)
+            if item is not None:
+                return item
 
     def __iter__(self) -> Iterator[T]:
         while True:
-            yield self._decode(self.sock.recv_multipart(copy=False))
+            item = self._take(self.sock.recv_multipart(copy=False))
+            if item is not None:
+                yield item
+
+    def _take(self, parts: list[zmq.Frame]) -> T | None:
+        """The message decoded, or None for a crop overwritten in its ring (counted in
+        `stale`; a consumer that falls behind loses crops, counted, and goes on)."""
+        try:
+            return self._decode(parts)
+        except StaleCropError as e:
+            self.stale += 1
+            _log_once("stale", "crop(s) overwritten in the shm ring before read (%s)", e)
+            return None
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -469,8 +516,17 @@ class CropSubscriber(_Subscriber[Crop]):
         hwm: int = 1000,
         mode: SubMode = "sub",
         curve: Curve | None = None,
+        shm_dir: str | Path = DEFAULT_SHM_DIR,
     ) -> None:
-        super().__init__(_crop, endpoint, topics, hwm, mode, curve)
+        self.rings = RingCache(Path(shm_dir))
+        super().__init__(self._parse, endpoint, topics, hwm, mode, curve)
+
+    def _parse(self, parts: list[zmq.Frame]) -> Crop:
+        return parse_crop(parts, self.rings)
+
+    def close(self) -> None:
+        super().close()
+        self.rings.close()
 
 
 class FrameSubscriber(_Subscriber[TapFrame]):
@@ -568,13 +624,21 @@ class _AsyncSubscriber(Generic[T]):
         curve: Curve | None,
     ) -> None:
         self._decode = decode
+        self.stale = 0  # crops overwritten in their shm ring before they were read
         self.sock: zmq.asyncio.Socket = _input_socket(
             zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
     async def recv(self) -> T:
-        parts: list[zmq.Frame] = await self.sock.recv_multipart(copy=False)
-        return self._decode(parts)
+        """The next message, decoded (crops overwritten in their shm ring are skipped and
+        counted in `stale`)."""
+        while True:
+            parts: list[zmq.Frame] = await self.sock.recv_multipart(copy=False)
+            try:
+                return self._decode(parts)
+            except StaleCropError as e:
+                self.stale += 1
+                _log_once("stale", "crop(s) overwritten in the shm ring before read (%s)", e)
 
     async def __aiter__(self) -> AsyncIterator[T]:
         while True:
@@ -614,8 +678,17 @@ class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
         hwm: int = 1000,
         mode: SubMode = "sub",
         curve: Curve | None = None,
+        shm_dir: str | Path = DEFAULT_SHM_DIR,
     ) -> None:
-        super().__init__(_crop, endpoint, topics, hwm, mode, curve)
+        self.rings = RingCache(Path(shm_dir))
+        super().__init__(self._parse, endpoint, topics, hwm, mode, curve)
+
+    def _parse(self, parts: list[zmq.Frame]) -> Crop:
+        return parse_crop(parts, self.rings)
+
+    def close(self) -> None:
+        super().close()
+        self.rings.close()
 
 
 class AsyncDetectionSender:

@@ -259,12 +259,36 @@ class TapConfig(_Model):
     )
 
 
+SHM_NAME_PATTERN = r"streamer-[A-Za-z0-9_.-]{1,200}"
+
+
+class ShmConfig(_Model):
+    """Crops in a shared-memory ring instead of in their messages (consumers on this host)."""
+
+    bytes: int = Field(
+        128 * MIB,
+        ge=1 * MIB,
+        le=64 * 1024 * MIB,
+        description="ring size: holds the crops published during the slowest consumer's lag",
+    )
+    dir: Path = Field(Path("/dev/shm"), description="a tmpfs the consumers can read")
+    name: str | None = Field(
+        None,
+        pattern=SHM_NAME_PATTERN,
+        description="the ring's file name (default: from the bind endpoint)",
+    )
+
+
 class PublishConfig(_Model):
     """A crop output socket."""
 
     bind: str
     mode: Literal["pub", "push"] = "pub"
-    encoding: Literal["raw-bgr24", "png", "jpeg", "webp"] = "raw-bgr24"
+    encoding: Literal["raw-bgr24", "raw-i420", "png", "jpeg", "webp"] = Field(
+        "raw-bgr24",
+        description="raw-i420: the crop's planes as decoded, no conversion (half the bytes of "
+        "raw-bgr24); its rectangle is widened to even coordinates (docs/protocol.md)",
+    )
     quality: int | None = Field(
         None, ge=0, le=100, description="png: compression level 0-9 (1); jpeg/webp: 1-100 (90)"
     )
@@ -278,6 +302,17 @@ class PublishConfig(_Model):
         "a subscriber, so a consumer that connects with the run loses no crop; live sources "
         "(realtime: true) never wait",
     )
+    shm: ShmConfig | None = Field(
+        None, description="raw crops in a shared-memory ring; messages carry a handle"
+    )
+
+    @model_validator(mode="after")
+    def _shm_needs_raw(self) -> PublishConfig:
+        if self.shm is not None and not self.encoding.startswith("raw-"):
+            raise ValueError(
+                f"shm carries raw crops ({self.encoding} crops are small: send them inline)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _wait_needs_pub(self) -> PublishConfig:
@@ -293,8 +328,8 @@ class PublishConfig(_Model):
         q = self.quality
         if q is None:
             return self
-        if self.encoding == "raw-bgr24":
-            raise ValueError("quality does not apply to raw-bgr24")
+        if self.encoding.startswith("raw-"):
+            raise ValueError(f"quality does not apply to {self.encoding}")
         if self.encoding == "png" and q > 9:
             raise ValueError(f"png compression level must be 0..9, got {q}")
         if self.encoding in ("jpeg", "webp") and q < 1:

@@ -28,10 +28,11 @@ from streamer.detections.codec import decode_detections
 from streamer.errors import ProtocolError
 from streamer.metrics import LogOnce, SourceCounters
 from streamer.pairing import Pairer
+from streamer.publish.shm import RingWriter
 from streamer.publish.wire import crop_message, crop_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.supervise import Supervisor
-from streamer.types import CropParams, Detections, Frame, Prediction
+from streamer.types import U8, CropParams, Detections, Frame, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,38 @@ class Publisher:
     cfg: PublishConfig
     out: OutSocket
     classes: frozenset[str] | None
+    ring: RingWriter | None = None  # with `shm`: where this publisher's crops go
     offered: int = 0
+    shm_inline: int = 0  # crops too big for the ring, sent in their message instead
 
     def wants(self, header: dict[str, Any]) -> bool:
         return self.takes(header["class"], header["confidence"])
+
+    def receives(self, source_id: str, pred: Prediction) -> bool:
+        """Whether this publisher would send `pred`'s crop: its filters take it and (PUB) a
+        subscriber's topic asks for it."""
+        if not self.takes(pred.class_name, pred.confidence):
+            return False
+        return self.out.mode != "pub" or self.out.has_subscriber(
+            crop_topic(source_id, pred.class_name)
+        )
+
+    def send(self, header: dict[str, Any], payload: bytes | memoryview, pos: int | None) -> None:
+        """Send one crop: inline, or (with a ring) as a handle to its bytes in the ring, copied
+        there unless they already are (`pos`, where the crop stage wrote them)."""
+        ring, encoding = self.ring, self.cfg.encoding
+        if ring is None:
+            self.out.send(crop_message(header, encoding, payload))
+            return
+        size = len(payload)
+        if pos is None:
+            if size > ring.max_item_bytes:
+                self.shm_inline += 1
+                self.out.send(crop_message(header, encoding, bytes(payload)))
+                return
+            pos = ring.put(payload)
+        shm_header = {**header, "shm": ring.handle(pos, size)}
+        self.out.send(crop_message(shm_header, encoding, b""))
 
     def takes(self, class_name: str, confidence: float) -> bool:
         """Whether this publisher's class filter and confidence floor let a crop through."""
@@ -257,18 +286,40 @@ class CropThread:
         (known from the XPUB's subscriptions). Crops nobody would get are not cut."""
 
         def wanted(pred: Prediction) -> bool:
-            topic = None
-            for pub in self.publishers:
-                if not pub.takes(pred.class_name, pred.confidence):
-                    continue
-                if pub.out.mode != "pub":
-                    return True
-                topic = topic or crop_topic(source_id, pred.class_name)
-                if pub.out.has_subscriber(topic):
-                    return True
-            return False
+            return any(pub.receives(source_id, pred) for pub in self.publishers)
 
         return wanted
+
+    def _placer(
+        self, source_id: str
+    ) -> tuple[
+        Callable[[Prediction, str, int], U8 | None] | None, dict[str, tuple[Publisher, int]]
+    ]:
+        """Where the crop stage writes a crop's raw bytes: straight into the ring of the first
+        shm publisher of that encoding that will send it (no copy afterwards). Returns the
+        stage's `dest` (None if no publisher has a ring) and a dict that holds, after each
+        crop, encoding -> (publisher, position) for the bytes placed so."""
+        placed: dict[str, tuple[Publisher, int]] = {}
+        direct = [p for p in self.publishers if p.ring is not None]
+        if not direct:
+            return None, placed
+
+        def dest(pred: Prediction, encoding: str, size: int) -> U8 | None:
+            placed.pop(encoding, None)
+            for pub in direct:
+                ring = pub.ring
+                assert ring is not None
+                if (
+                    pub.cfg.encoding == encoding
+                    and size <= ring.max_item_bytes
+                    and pub.receives(source_id, pred)
+                ):
+                    pos, view = ring.reserve(size)
+                    placed[encoding] = (pub, pos)
+                    return view
+            return None
+
+        return dest, placed
 
     def _crop_and_publish(self, frame: Frame, dets: Detections, camera: Target) -> None:
         counters = camera.counters
@@ -282,16 +333,25 @@ class CropThread:
         result = CropResult()
         watched = self.preview_watches is not None and self.preview_watches(frame.source_id)
         wanted = None if watched else self._wanted(frame.source_id)
+        dest, placed = self._placer(frame.source_id)
+        crops = iter_crops(frame, dets, params, self.encodings, result, wanted, dest, watched)
         # Each crop goes out as soon as it is cut: the first does not wait for the last.
-        for crop in iter_crops(frame, dets, params, self.encodings, result, wanted):
+        for crop in crops:
             counters.crops += 1
-            if self.on_crop is not None:
-                self.on_crop(crop.header, crop.image)
+            if self.on_crop is not None and crop.image is not None:
+                # The preview keeps its crops a while: not a view of a ring that moves on.
+                in_ring = "raw-bgr24" in placed
+                self.on_crop(crop.header, crop.image.copy() if in_ring else crop.image)
             for pub in self.publishers:
                 if pub.wants(crop.header):
                     pub.offered += 1
-                    payload = crop.payloads[pub.cfg.encoding_key]
-                    pub.out.send(crop_message(crop.header, pub.cfg.encoding, payload))
+                    key = pub.cfg.encoding_key
+                    payload = crop.payloads[key]
+                    owner, pos = placed.get(key, (None, None))
+                    if owner is not None and owner is not pub and pub.ring is None:
+                        payload = bytes(payload)  # a socket may send it after the ring moved on
+                    pub.send(crop.header, payload, pos if owner is pub else None)
+            placed.clear()
         self.observe_crop_seconds(frame.source_id, time.perf_counter() - started)
         counters.empty_box += result.empty_box
         counters.no_mask += result.no_mask

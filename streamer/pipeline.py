@@ -26,7 +26,14 @@ import zmq
 import zmq.asyncio
 
 from streamer.camera import Camera
-from streamer.config import MAX_SOURCES, SourceConfig, StreamerConfig, parse_patch, parse_source
+from streamer.config import (
+    MAX_SOURCES,
+    PublishConfig,
+    SourceConfig,
+    StreamerConfig,
+    parse_patch,
+    parse_source,
+)
 from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import ConfigError, EndOfStream
@@ -36,6 +43,7 @@ from streamer.pairing import Pairer, RingStats
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
+from streamer.publish.shm import RingWriter, default_name
 from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_public_key, load_server_keys, start_authenticator
@@ -318,14 +326,12 @@ class Pipeline:
                 if curve.detector_server_key is not None:
                     detector_key = load_public_key(curve.detector_server_key)
                 authenticator = start_authenticator(zctx, curve)
-            self._publishers = [
-                Publisher(
-                    p,
-                    OutSocket(plain_ctx, p.bind, p.mode, p.hwm, p.send_timeout_ms, keys),
-                    frozenset(p.classes) if p.classes is not None else None,
-                )
-                for p in self.cfg.publish
-            ]
+            self._publishers = []
+            for pc in self.cfg.publish:  # one by one: what was made is closed if one fails
+                out = OutSocket(plain_ctx, pc.bind, pc.mode, pc.hwm, pc.send_timeout_ms, keys)
+                classes = frozenset(pc.classes) if pc.classes is not None else None
+                self._publishers.append(Publisher(pc, out, classes))
+                self._publishers[-1].ring = _ring(pc)
             if self.cfg.tap is not None:
                 tap = self.cfg.tap
                 self._tap = OutSocket(zctx, tap.bind, tap.mode, tap.hwm, curve_keys=keys)
@@ -393,6 +399,8 @@ class Pipeline:
                     receiver.close()
                 for p in self._publishers:
                     p.out.close()
+                    if p.ring is not None:
+                        p.ring.close()
             if self._tap is not None:
                 self._tap.close(linger_ms=0)
             await asyncio.to_thread(self._executor.shutdown, True)
@@ -682,6 +690,7 @@ class Pipeline:
                     "offered": p.offered,
                     "mode": p.cfg.mode,
                     "subscriptions": p.out.subscriptions.total,
+                    "shm_inline": p.shm_inline,
                     **dataclasses.asdict(p.out.stats),
                 }
                 for p in self._publishers
@@ -734,6 +743,20 @@ class Pipeline:
 
 
 LIVE_FIELDS = ("crop", "classes", "max_fps")  # what a reload applies without a restart
+
+
+def _ring(cfg: PublishConfig) -> RingWriter | None:
+    """The shared-memory ring of a publisher with ``shm`` (None without)."""
+    if cfg.shm is None:
+        return None
+    name = cfg.shm.name or default_name(cfg.bind)
+    try:
+        return RingWriter(cfg.shm.dir, name, cfg.shm.bytes)
+    except OSError as e:
+        raise OSError(
+            f"publisher {cfg.bind}: cannot create its shm ring {cfg.shm.dir / name}: "
+            f"{e.strerror or e}"
+        ) from None
 
 
 def _live_patch(old: SourceConfig, new: SourceConfig, cfg: StreamerConfig) -> dict[str, Any] | None:

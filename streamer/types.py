@@ -99,8 +99,9 @@ class Detections:
 
 @dataclass(frozen=True, slots=True)
 class Crop:
-    """One crop of one detection: a BGR image (h, w, 3) and its header fields."""
+    """One crop of one detection: a BGR image (h, w, 3), unless only raw-i420 was asked for
+    (None), and its header fields."""
 
     header: dict[str, Any]
-    image: U8
+    image: U8 | None
     payloads: dict[str, bytes | memoryview] = field(default_factory=dict)

@@ -88,15 +88,22 @@ def test_bench_ocr_runs_every_recognizer_on_all_36_characters() -> None:
 
 
 def test_bench_cameras_runs() -> None:
-    """The camera benchmark at a tiny size: a line per camera count, each camera served."""
+    """The camera benchmark at a tiny size: a line per camera count, then one per variant
+    (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and
+    every crop's size what its header says (the collector checks it)."""
     res = _run_script(
         "scripts/bench_cameras.py",
         *("--cameras", "1,2", "--seconds", "2", "--size", "320x240"),
-        timeout_s=180,
+        timeout_s=240,
     )
-    lines = [line for line in res.stdout.splitlines() if "cameras: bare decode" in line]
+    out = res.stdout.splitlines()
+    lines = [line for line in out if "cameras: bare decode" in line]
     assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
-    for line in lines:
-        delivered = float(line.split("streamer delivered ")[1].split()[0])
-        assert delivered > 0, line
-        assert "fairness" in line and "peak RSS" in line and "shed of" in line, line
+    variants = [line.split(":")[0].strip() for line in out if "streamer delivered" in line]
+    assert variants == ["zmq-bgr", "shm-bgr", "shm-i420"] * 2, res.stdout
+    for line in out:
+        if "streamer delivered" in line:
+            delivered = float(line.split("streamer delivered ")[1].split()[0])
+            assert delivered > 0, line
+            assert "fairness" in line and "peak RSS" in line and "shed of" in line, line
+            assert line.endswith("stale in the ring 0"), line

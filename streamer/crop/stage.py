@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 
 from streamer.crop.background import remove_background
-from streamer.crop.convert import crop_bgr
+from streamer.crop.convert import bgr_to_i420, crop_bgr, crop_i420, i420_size
 from streamer.crop.geometry import centre_to_corners, is_empty
 from streamer.crop.masks import crop_mask
-from streamer.types import Crop, CropParams, Detections, Frame, Prediction
+from streamer.types import U8, Crop, CropParams, Detections, Frame, Prediction
 
 PROTOCOL_VERSION = 1
 PNG_COMPRESSION_LEVEL = 1
@@ -90,11 +90,17 @@ def iter_crops(
     encodings: Iterable[str],
     result: CropResult,
     wanted: Callable[[Prediction], bool] | None = None,
+    dest: Callable[[Prediction, str, int], U8 | None] | None = None,
+    need_image: bool = True,
 ) -> Iterator[Crop]:
     """Cut one crop per prediction out of `frame`, yielding each as soon as it is made (so it
     can be sent while the next is cut); `result` gets the counts (its `crops` stay empty).
     With `wanted`, a prediction it refuses is not cut at all (nobody would receive it); it
     keeps its `index`, so the crops that are cut carry the same headers either way.
+    With `dest`, a raw encoding's bytes are written into the flat uint8 array it returns for
+    (prediction, encoding, size in bytes) (None: a new array), e.g. straight into a
+    shared-memory ring. Without `need_image`, a crop that only raw-i420 publishers take is
+    never converted to BGR (its `image` is None).
 
     Boxes are rescaled from the message's image size to the frame's, rounded and clamped; a box
     empty after clamping yields no crop and counts in ``empty_box``. Once the crops add up to
@@ -118,6 +124,8 @@ def iter_crops(
     count = len(preds) - result.empty_box - result.crop_budget
     index = 0
     encodings = tuple(encodings)
+    masked = params.mask_opacity > 0
+    bgr_needed = need_image or masked or any(key != "raw-i420" for key in encodings)
     for pred, (x0, y0, x1, y1), is_void in zip(
         preds, corners.tolist(), empty.tolist(), strict=True
     ):
@@ -127,16 +135,33 @@ def iter_crops(
             result.unwanted += 1
             index += 1
             continue
-        image = crop_bgr(frame, x0, y0, x1, y1)
+        image = None
+        if bgr_needed:
+            out = (
+                None
+                if dest is None or masked
+                else dest(pred, "raw-bgr24", (y1 - y0) * (x1 - x0) * 3)
+            )
+            image = crop_bgr(
+                frame, x0, y0, x1, y1, None if out is None else out.reshape(y1 - y0, x1 - x0, 3)
+            )
         points = None
         if pred.points is not None:
             points = pred.points * (sx, sy) - (x0, y0)
-        if params.mask_opacity > 0:
+        changed = False  # pixels changed after cutting: background removed
+        if masked:
+            assert image is not None
             mask = crop_mask(pred, (sx, sy), (frame.width, frame.height), (x0, y0, x1, y1))
             if mask is None:
                 result.no_mask += 1
             else:
                 image = remove_background(image, mask, params.mask_opacity, params.background_bgr)
+                changed = True
+            if dest is not None:
+                out = dest(pred, "raw-bgr24", image.nbytes)
+                if out is not None:
+                    out[:] = image.reshape(-1)
+                    image = out.reshape(image.shape)
         header: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "source_id": frame.source_id,
@@ -159,6 +184,18 @@ def iter_crops(
             header["keypoints"] = kps
         if points is not None:
             header["points"] = [{"x": float(px), "y": float(py)} for px, py in points]
-        payloads = {key: encode_image(image, key) for key in encodings}
+        payloads: dict[str, bytes | memoryview] = {}
+        for key in encodings:
+            if key == "raw-i420":
+                slot = None if dest is None else dest(pred, key, i420_size(x0, y0, x1, y1))
+                if changed:
+                    assert image is not None
+                    yuv = bgr_to_i420(image, x0, y0, slot)
+                else:
+                    yuv = crop_i420(frame, x0, y0, x1, y1, slot)
+                payloads[key] = yuv.data
+            else:
+                assert image is not None
+                payloads[key] = encode_image(image, key)
         yield Crop(header=header, image=image, payloads=payloads)
         index += 1

@@ -31,6 +31,9 @@ from streamer.client import (
     Curve,
     MalformedMessageError,
     ProtocolVersionError,
+    RingCache,
+    RingUnavailableError,
+    StaleCropError,
     SubMode,
     parse_crop,
 )
@@ -57,6 +60,7 @@ OUTCOMES = (
     "skipped_superseded",
     "skipped_overflow",
     "skipped_stopping",
+    "skipped_stale",
     "malformed",
     "failed",
 )
@@ -186,13 +190,17 @@ class OcrWorker:
             if parts is None:
                 return
             timeout_s = 0.0
-            self._take(parts)
+            self._take(parts, sub.rings)
 
-    def _take(self, parts: list[zmq.Frame]) -> None:
+    def _take(self, parts: list[zmq.Frame], rings: RingCache) -> None:
         try:
-            crop = parse_crop(parts)
+            crop = parse_crop(parts, rings)
             info = parse_crop_header(crop.header)
-        except (MalformedMessageError, ProtocolVersionError, BadCrop) as e:
+        except StaleCropError as e:
+            self.metrics.count("skipped_stale")
+            self._log_once("stale", "crop(s) overwritten in the shm ring before read: %s", e)
+            return
+        except (MalformedMessageError, ProtocolVersionError, RingUnavailableError, BadCrop) as e:
             kind = e.kind if isinstance(e, BadCrop) else type(e).__name__
             self.metrics.count("malformed")
             self.metrics.malformed.labels(kind).inc()

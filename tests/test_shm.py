@@ -1,0 +1,425 @@
+"""Crops in a shared-memory ring and as raw I420: the ring's overwrite detection (against a
+writer in another process), hostile handles, and the whole pipeline sending the same crops
+through every transport and encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.client import (
+    AsyncCropSubscriber,
+    CropSubscriber,
+    MalformedMessageError,
+    decode_image,
+    parse_crop,
+)
+from streamer.config import parse_config
+from streamer.crop.convert import bgr_to_i420, crop_bgr, crop_i420, i420_bounds
+from streamer.detections.codec import encode_detections
+from streamer.errors import ConfigError
+from streamer.pipeline import Pipeline
+from streamer.publish.shm import (
+    MIN_CAPACITY_BYTES,
+    RingCache,
+    RingReader,
+    RingUnavailableError,
+    RingWriter,
+    StaleCropError,
+)
+from streamer.types import Frame
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _frame(w: int, h: int, seed: int = 0) -> Frame:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 256, (h, w), np.uint8)
+    u = rng.integers(0, 256, ((h + 1) // 2, (w + 1) // 2), np.uint8)
+    v = rng.integers(0, 256, ((h + 1) // 2, (w + 1) // 2), np.uint8)
+    return Frame("s", 0, None, 0.0, w, h, "yuv420p", (y, u, v), y.nbytes + u.nbytes + v.nbytes)
+
+
+# -- raw I420 crops -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "rect"),
+    [
+        ((64, 48), (10, 10, 20, 20)),  # even everywhere
+        ((64, 48), (11, 9, 20, 21)),  # odd origin, odd end
+        ((64, 48), (0, 0, 1, 1)),  # one pixel
+        ((63, 47), (50, 40, 63, 47)),  # an odd-sized frame's last row and column
+        ((63, 47), (0, 0, 63, 47)),  # the whole odd-sized frame
+    ],
+)
+def test_i420_crop_decodes_to_the_same_pixels_as_the_bgr_crop(
+    size: tuple[int, int], rect: tuple[int, int, int, int]
+) -> None:
+    frame = _frame(*size)
+    x0, y0, x1, y1 = rect
+    header = {"encoding": "raw-i420", "width": x1 - x0, "height": y1 - y0}
+    header["origin"] = {"x": x0, "y": y0}
+    got = decode_image(header, crop_i420(frame, *rect).data)
+    assert np.array_equal(got, crop_bgr(frame, *rect))
+    ax0, ay0, ax1, ay1 = i420_bounds(*rect)
+    assert crop_i420(frame, *rect).nbytes == (ax1 - ax0) * (ay1 - ay0) * 3 // 2
+
+
+def test_a_crop_changed_after_cutting_goes_to_i420_with_its_geometry() -> None:
+    frame = _frame(64, 48)
+    rect = (11, 9, 30, 28)
+    bgr = crop_bgr(frame, *rect)
+    bgr[:5] = (0, 0, 255)  # background removed, say
+    header = {"encoding": "raw-i420", "width": 19, "height": 19, "origin": {"x": 11, "y": 9}}
+    got = decode_image(header, bgr_to_i420(bgr, 11, 9).data)
+    assert got.shape == bgr.shape
+    # I420 halves the chroma resolution: close, not identical.
+    assert np.abs(got.astype(int) - bgr.astype(int)).mean() < 12
+
+
+def test_bgr_written_into_a_given_array() -> None:
+    frame = _frame(64, 48)
+    for rect in ((10, 10, 20, 20), (11, 9, 20, 21)):
+        out = np.zeros((rect[3] - rect[1], rect[2] - rect[0], 3), np.uint8)
+        got = crop_bgr(frame, *rect, out=out)
+        assert got is out or np.shares_memory(got, out)
+        assert np.array_equal(out, crop_bgr(frame, *rect))
+
+
+# -- the ring -----------------------------------------------------------------------------
+
+
+def test_ring_round_trip_and_overwrite_detection(tmp_path: Path) -> None:
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    try:
+        items = [bytes([i]) * 100_000 for i in range(1, 30)]
+        handles = [ring.handle(ring.put(item), len(item)) for item in items]
+        cache = RingCache(tmp_path)
+        # The last ~10 (1 MiB / 100 kB) are intact, the first were overwritten.
+        assert cache.read(handles[-1]) == items[-1]
+        assert cache.read(handles[-5]) == items[-5]
+        with pytest.raises(StaleCropError):
+            cache.read(handles[0])
+        cache.close()
+    finally:
+        ring.close()
+    assert not (tmp_path / "streamer-t").exists()
+
+
+def test_a_restarted_ring_is_told_apart(tmp_path: Path) -> None:
+    first = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    handle = first.handle(first.put(b"x" * 1000), 1000)
+    cache = RingCache(tmp_path)
+    assert cache.read(handle) == b"x" * 1000
+    second = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)  # a restart: replaced
+    try:
+        # Still mapped, the old ring's bytes are intact: read them.
+        assert cache.read(handle) == b"x" * 1000
+        new = second.handle(second.put(b"y" * 10), 10)
+        assert cache.read(new) == b"y" * 10  # the new ring is mapped in the old one's place
+        with pytest.raises(StaleCropError, match="replaced"):
+            cache.read(handle)
+    finally:
+        cache.close()
+        first.close()
+        second.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import zmq
+    from streamer.publish.shm import RingWriter
+    ring = RingWriter(Path(sys.argv[1]), "streamer-race", 1 << 20)
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 100000)
+    sock.connect(sys.argv[2])
+    end = time.monotonic() + float(sys.argv[3])
+    k = 0
+    while time.monotonic() < end:
+        size = 20_000 + (k * 7919) % 200_000
+        pos, view = ring.reserve(size)
+        view[:] = k % 251           # written after the handle's space was claimed
+        sock.send(json.dumps([k, ring.handle(pos, size)]).encode())
+        k += 1
+        time.sleep(0.0005)  # ~8 items a ring's worth every few ms: the reader keeps up, mostly
+    sock.send(b"end")
+    sock.close(linger=2000)
+    ring.close()
+    """
+)
+
+
+def test_a_reader_never_gets_torn_bytes_from_a_writer_in_another_process(
+    tmp_path: Path, endpoint: Any
+) -> None:
+    """A writer process fills the ring as fast as it can while this process reads its handles,
+    late on purpose: every read is either the item whole, or StaleCropError."""
+    addr = endpoint()
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    sock.bind(addr)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path), addr, "3"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    cache = RingCache(tmp_path)
+    good = stale = 0
+    try:
+        while sock.poll(10_000):
+            msg = sock.recv()
+            if msg == b"end":
+                break
+            k, handle = json.loads(msg)
+            if k % 50 == 0:
+                time.sleep(0.02)  # fall behind by more than the ring now and then
+            try:
+                data = cache.read(handle)
+            except StaleCropError:
+                stale += 1
+                continue
+            except RingUnavailableError:
+                break  # the writer has finished and removed its ring
+            arr = np.frombuffer(data, np.uint8)
+            assert arr.min() == arr.max() == k % 251, f"item {k} torn"
+            good += 1
+    finally:
+        writer.wait(20)
+        cache.close()
+        sock.close(linger=0)
+    assert writer.returncode == 0
+    assert good > 100 and stale > 0, (good, stale)
+
+
+@pytest.mark.parametrize(
+    ("handle", "match"),
+    [
+        ("x", "expected an object"),
+        ({"name": "streamer-t", "ring": "0" * 32, "offset": 0}, "expected an object"),
+        ({"name": "../etc/passwd", "ring": "0" * 32, "offset": 0, "size": 1}, "shm.name"),
+        ({"name": "streamer-a/b", "ring": "0" * 32, "offset": 0, "size": 1}, "shm.name"),
+        ({"name": "streamer-..", "ring": "0" * 31, "offset": 0, "size": 1}, "shm.ring"),
+        ({"name": "streamer-t", "ring": "0" * 32, "offset": -1, "size": 1}, "shm.offset"),
+        ({"name": "streamer-t", "ring": "0" * 32, "offset": True, "size": 1}, "shm.offset"),
+        ({"name": "streamer-t", "ring": "0" * 32, "offset": 1.5, "size": 1}, "shm.offset"),
+        ({"name": "streamer-t", "ring": "0" * 32, "offset": 0, "size": 2**70}, "shm.size"),
+    ],
+)
+def test_hostile_handles_are_refused_before_any_file_is_opened(
+    tmp_path: Path, handle: Any, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        RingCache(tmp_path).read(handle)
+
+
+def test_handles_that_do_not_fit_the_ring_are_refused(tmp_path: Path) -> None:
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    try:
+        pos = ring.put(b"z" * 1000)
+        cache = RingCache(tmp_path)
+        base = {"name": "streamer-t", "ring": ring.ring_id}
+        for offset, size, match in (
+            (pos, MIN_CAPACITY_BYTES, "does not fit"),  # more than a ring's share
+            (MIN_CAPACITY_BYTES - 10, 100, "does not fit"),  # across the end
+            (pos + 1000, 1000, "past the ring's head"),  # not written yet
+        ):
+            with pytest.raises(ValueError, match=match):
+                cache.read({**base, "offset": offset, "size": size})
+        cache.close()
+    finally:
+        ring.close()
+
+
+def test_files_that_are_not_rings_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "streamer-junk").write_bytes(b"\0" * (5 << 20))
+    (tmp_path / "streamer-small").write_bytes(b"STRMRNG1")
+    (tmp_path / "streamer-dir").mkdir()
+    os.mkfifo(tmp_path / "streamer-fifo")  # must not hang the open
+    real = RingWriter(tmp_path, "streamer-real", MIN_CAPACITY_BYTES)
+    (tmp_path / "streamer-link").symlink_to(tmp_path / "streamer-real")
+    try:
+        for name in ("junk", "small", "dir", "fifo", "link", "missing"):
+            with pytest.raises(RingUnavailableError):
+                RingReader(tmp_path / f"streamer-{name}")
+    finally:
+        real.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["name", "ring", "offset", "size", "x"]), inner, max_size=5
+            )
+        ),
+        max_leaves=12,
+    )
+)
+def test_any_shm_value_in_a_crop_header_raises_only_the_clients_errors(value: Any) -> None:
+    header = {"v": 1, "encoding": "raw-bgr24", "width": 1, "height": 1, "shm": value}
+    parts = [zmq.Frame(b"crop/s/c"), zmq.Frame(json.dumps(header).encode()), zmq.Frame(b"")]
+    cache = RingCache(Path("/nonexistent-dir-for-test"))
+    if value is None:  # no handle: an inline crop
+        assert parse_crop(parts, cache).payload == b""
+        return
+    # No ring can be read from a missing directory: every value is refused, with our errors.
+    with pytest.raises((MalformedMessageError, RingUnavailableError)):
+        parse_crop(parts, cache)
+
+
+def test_a_subscriber_skips_and_counts_crops_overwritten_before_it_read_them(
+    tmp_path: Path, endpoint: Any
+) -> None:
+    addr = endpoint()
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(addr)
+    try:
+        with CropSubscriber(addr, shm_dir=tmp_path) as sub:
+            time.sleep(0.2)  # the subscription reaches the publisher
+            sent = []
+            for i in range(15):  # 15 x 100 kB through a 1 MiB ring: the first are overwritten
+                data = bytes([i]) * 100_000
+                header = {"v": 1, "encoding": "raw-bgr24", "width": 100, "height": 1000 // 3}
+                header["shm"] = ring.handle(ring.put(data), len(data))
+                sent.append(data)
+            for i in range(15):
+                header = {"v": 1, "encoding": "raw-bgr24", "width": 1, "height": 1, "i": i}
+                pos = ring.put(sent[i])
+                header["shm"] = ring.handle(pos, len(sent[i]))
+                pub.send_multipart([b"crop/s/c", json.dumps(header).encode(), b""])
+            got = []
+            while (crop := sub.recv(timeout_s=2)) is not None:
+                got.append(crop.header["i"])
+                assert crop.payload == sent[crop.header["i"]]
+            # All 15 were written before any was read: only the last ~10 survived.
+            assert got and got == list(range(15 - len(got), 15)), got
+            assert sub.stale == 15 - len(got)
+    finally:
+        pub.close(linger=0)
+        ring.close()
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("publish", "match"),
+    [
+        ({"bind": "tcp://127.0.0.1:1", "encoding": "png", "shm": {}}, "shm carries raw crops"),
+        ({"bind": "tcp://127.0.0.1:1", "encoding": "raw-i420", "quality": 5}, "quality"),
+        ({"bind": "tcp://127.0.0.1:1", "shm": {"bytes": 1000}}, "greater than or equal"),
+        ({"bind": "tcp://127.0.0.1:1", "shm": {"name": "../x"}}, "pattern"),
+    ],
+)
+def test_shm_config_is_checked(publish: dict[str, Any], match: str) -> None:
+    cfg = {"sources": [{"id": "a", "url": "lavfi:testsrc2"}], "publish": [publish]}
+    cfg["detections"] = {"bind": "tcp://127.0.0.1:2"}
+    with pytest.raises(ConfigError, match=match):
+        parse_config(cfg)
+
+
+# -- the pipeline -------------------------------------------------------------------------
+
+SQUARE = [{"x": 31, "y": 21}, {"x": 61, "y": 21}, {"x": 61, "y": 45}, {"x": 31, "y": 45}]
+BOXES = [
+    {"x": 45, "y": 33, "width": 31, "height": 25, "class": "plate", "confidence": 0.9},
+    {"x": 100.5, "y": 60.5, "width": 41, "height": 37, "class": "car", "confidence": 0.8},
+    {**{"x": 46, "y": 33, "width": 32, "height": 26, "class": "masked"}, "points": SQUARE},
+]
+
+
+def test_every_transport_and_encoding_delivers_the_same_crops(
+    tmp_path: Path, endpoint: Any
+) -> None:
+    """Four publishers (BGR and I420, each inline and in a shared-memory ring) and the masks of
+    a polygon with the background removed: the ring's BGR crops are the inline ones, byte for
+    byte; I420 crops decode to them exactly where no background was removed."""
+    tap, dets = endpoint(), endpoint()
+    pubs = {k: endpoint() for k in ("bgr", "shm-bgr", "i420", "shm-i420")}
+    shm = {"dir": str(tmp_path), "bytes": 4 << 20}
+    cfg = parse_config(
+        {
+            "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+            "detections": {"bind": dets},
+            "tap": {"bind": tap, "encoding": "raw-i420"},
+            "crop": {"mask_opacity": 1.0, "background_color": "#00ff00"},
+            "publish": [
+                {"bind": pubs["bgr"], "wait_for_subscriber": False},
+                {"bind": pubs["shm-bgr"], "shm": shm},
+                {"bind": pubs["i420"], "encoding": "raw-i420"},
+                {"bind": pubs["shm-i420"], "encoding": "raw-i420", "shm": shm},
+            ],
+        }
+    )
+    pipeline = Pipeline(cfg)
+    frames = 6
+    got: dict[str, dict[tuple[int, int], np.ndarray]] = {k: {} for k in pubs}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        ctx = zmq.asyncio.Context.instance()
+        sub, push = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH)
+        subs = {k: AsyncCropSubscriber(v, shm_dir=tmp_path) for k, v in pubs.items()}
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
+            sub.connect(tap)
+            push.connect(dets)
+            for _ in range(300):  # until every publisher has its subscriber
+                made = pipeline.stats()["publishers"]
+                if len(made) == len(pubs) and all(p["subscriptions"] for p in made):
+                    break
+                await asyncio.sleep(0.02)
+            ports = (pubs[k].rsplit(":", 1)[1] for k in ("shm-bgr", "shm-i420"))
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+                f"streamer-tcp-127.0.0.1-{port}" for port in ports
+            )
+            for _ in range(frames):
+                header = json.loads((await asyncio.wait_for(sub.recv_multipart(), 5))[1])
+                await push.send_multipart(
+                    encode_detections("cam", header["frame_id"], (160, 120), BOXES)
+                )
+                for key, s in subs.items():
+                    for _ in BOXES:
+                        crop = await asyncio.wait_for(s.recv(), 5)
+                        assert ("shm" in crop.header) == key.startswith("shm"), crop.header
+                        got[key][(crop.frame_id, crop.header["index"])] = crop.image
+        finally:
+            for s2 in subs.values():
+                s2.close()
+            sub.close(linger=0)
+            push.close(linger=0)
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(got["bgr"]) == frames * len(BOXES)
+    for key in pubs:
+        assert got[key].keys() == got["bgr"].keys(), key
+    for k, ref in got["bgr"].items():
+        assert np.array_equal(got["shm-bgr"][k], ref)
+        assert np.array_equal(got["shm-i420"][k], got["i420"][k])
+        if k[1] < 2:  # no polygon: the background stays, decoded I420 is the BGR crop
+            assert np.array_equal(got["i420"][k], ref)
+        else:  # background removed (green), then subsampled: close
+            assert np.abs(got["i420"][k].astype(int) - ref.astype(int)).mean() < 12
+            assert tuple(ref[0, 0]) == (0, 255, 0)
+    assert not list(tmp_path.iterdir()), "the rings are removed at shutdown"
