@@ -196,7 +196,9 @@ def test_two_cameras_one_killed_other_keeps_its_rate() -> None:
             after = ca.count_since(t1) / 3.0
             print(f"camera a: {before:.1f} fps before b died, {after:.1f} fps after")
             assert cb.source.stats.state in ("backing_off", "stalled", "connecting")
-            assert after >= 0.85 * before and after > 20
+            # Against the stream's 30 fps, not only `before`: the first window may hold the
+            # burst of frames the RTSP session buffered while starting (35.7 fps was seen).
+            assert after >= 0.85 * min(before, 30.0) and after > 20
         finally:
             await asyncio.gather(ca.stop(), cb.stop())
 

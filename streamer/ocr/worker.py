@@ -20,6 +20,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 
 from streamer.client import (
+    DEFAULT_SHM_DIR,
     CropSubscriber,
     Curve,
     MalformedMessageError,
@@ -152,6 +154,7 @@ class OcrWorker:
         self._pending: OrderedDict[Hashable, tuple[CropInfo, bytes | memoryview]] = OrderedDict()
         self._pending_bytes = 0  # payload bytes in _pending
         self._log_once = LogOnce(log)
+        self._rings = RingCache(Path(DEFAULT_SHM_DIR))  # crops published with shm
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; sockets are closed on the way out."""
@@ -181,6 +184,7 @@ class OcrWorker:
                 self.metrics.count("skipped_stopping")
             sub.close()
             pub.close(linger=500)
+            self._rings.close()
 
     def _drain(self, sub: CropSubscriber) -> None:
         """Take what is waiting (waiting up to POLL_MS when nothing is pending)."""
@@ -190,11 +194,11 @@ class OcrWorker:
             if parts is None:
                 return
             timeout_s = 0.0
-            self._take(parts, sub.rings)
+            self._take(parts)
 
-    def _take(self, parts: list[zmq.Frame], rings: RingCache) -> None:
+    def _take(self, parts: list[zmq.Frame]) -> None:
         try:
-            crop = parse_crop(parts, rings)
+            crop = parse_crop(parts, self._rings)
             info = parse_crop_header(crop.header)
         except StaleCropError as e:
             self.metrics.count("skipped_stale")
