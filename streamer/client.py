@@ -81,6 +81,7 @@ import zmq
 import zmq.asyncio
 
 from streamer.config import check_reply_to
+from streamer.crop.convert import i420_crop_to_bgr
 from streamer.detections.codec import encode_detections
 from streamer.metrics import LogOnce
 from streamer.publish.shm import RingCache as RingCache
@@ -200,12 +201,8 @@ def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.n
         if origin is None:  # a tapped frame: even-sized, whole
             yuv = np.frombuffer(payload, np.uint8).reshape(h * 3 // 2, w)
             return cast(np.ndarray, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
-        # A crop: its rectangle widened to even coordinates (streamer.crop.convert.i420_bounds).
-        x0, y0 = int(origin["x"]), int(origin["y"])
-        ax0, ay0, ax1, ay1 = x0 & ~1, y0 & ~1, x0 + w + ((x0 + w) & 1), y0 + h + ((y0 + h) & 1)
-        yuv = np.frombuffer(payload, np.uint8).reshape((ay1 - ay0) * 3 // 2, ax1 - ax0)
-        bgr = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)
-        return bgr[y0 - ay0 : y0 - ay0 + h, x0 - ax0 : x0 - ax0 + w]
+        # A crop: its rectangle widened to even coordinates (docs/protocol.md).
+        return i420_crop_to_bgr(payload, int(origin["x"]), int(origin["y"]), w, h)
     if enc in ("png", "jpeg", "webp"):
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
         if img is None:

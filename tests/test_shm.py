@@ -79,6 +79,30 @@ def test_i420_crop_decodes_to_the_same_pixels_as_the_bgr_crop(
     assert crop_i420(frame, *rect).nbytes == (ax1 - ax0) * (ay1 - ay0) * 3 // 2
 
 
+def test_the_ocr_worker_reads_i420_crops_and_refuses_a_wrong_size() -> None:
+    from streamer.ocr.crops import BadCrop, decode_crop, parse_crop_header
+
+    frame = _frame(64, 48)
+    x0, y0, x1, y1 = 11, 9, 40, 30
+    header = {
+        "v": 1,
+        "source_id": "s",
+        "frame_id": 0,
+        "detection_id": "d",
+        "class": "plate",
+        "tracker_id": 1,
+        "origin": {"x": x0, "y": y0, "frame_width": 64, "frame_height": 48},
+        "width": x1 - x0,
+        "height": y1 - y0,
+        "encoding": "raw-i420",
+    }
+    info = parse_crop_header(header)
+    payload = crop_i420(frame, x0, y0, x1, y1).tobytes()
+    assert np.array_equal(decode_crop(info, payload), crop_bgr(frame, x0, y0, x1, y1))
+    with pytest.raises(BadCrop, match="raw-i420 payload of"):
+        decode_crop(info, payload[:-1])
+
+
 def test_a_crop_changed_after_cutting_goes_to_i420_with_its_geometry() -> None:
     frame = _frame(64, 48)
     rect = (11, 9, 30, 28)

@@ -90,3 +90,13 @@ def bgr_to_i420(image: U8, x0: int, y0: int, out: U8 | None = None) -> U8:
         return cast(U8, yuv.reshape(-1))
     out[:] = yuv.reshape(-1)
     return out
+
+
+def i420_crop_to_bgr(payload: bytes | memoryview, x0: int, y0: int, width: int, height: int) -> U8:
+    """A raw-i420 crop's payload (its rectangle at (x0, y0) of `width` x `height`, widened as
+    `i420_bounds` says) as the BGR (height, width, 3) crop. The payload must be
+    `i420_size(...)` bytes."""
+    ax0, ay0, ax1, ay1 = i420_bounds(x0, y0, x0 + width, y0 + height)
+    yuv = np.frombuffer(payload, np.uint8).reshape((ay1 - ay0) * 3 // 2, ax1 - ax0)
+    bgr = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)
+    return np.ascontiguousarray(bgr[y0 - ay0 : y0 - ay0 + height, x0 - ax0 : x0 - ax0 + width])
