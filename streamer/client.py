@@ -81,7 +81,7 @@ import zmq
 import zmq.asyncio
 
 from streamer.config import check_reply_to
-from streamer.crop.convert import i420_crop_to_bgr
+from streamer.crop.convert import i420_bounds, i420_crop_to_bgr
 from streamer.detections.codec import encode_detections
 from streamer.metrics import LogOnce
 from streamer.publish.shm import RingCache as RingCache
@@ -95,6 +95,7 @@ log = logging.getLogger(__name__)
 _log_once = LogOnce(log)
 
 PROTOCOL_VERSION = 1
+MAX_SIDE_PX = 32768  # a raw crop's width or height, as the detection codec bounds frames
 DEFAULT_SHM_DIR = "/dev/shm"  # where crops published with `shm` are (streamer's shm.dir)
 # Detection sockets a sender keeps open besides its default endpoint: one per shard it hears
 # from, opened on first use, so every shard of the largest deployment has its own.
@@ -191,6 +192,35 @@ def _header(part: bytes) -> dict[str, Any]:
     return header
 
 
+def _int_field(value: Any, name: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_SIDE_PX * 8:
+        raise MalformedMessageError(f"{name}: expected an integer in [0, {MAX_SIDE_PX * 8}]")
+    return value
+
+
+def _crop_origin(header: Mapping[str, Any]) -> tuple[int, int]:
+    origin = header.get("origin")
+    if not isinstance(origin, dict):
+        raise MalformedMessageError("origin: expected an object")
+    return _int_field(origin.get("x"), "origin.x"), _int_field(origin.get("y"), "origin.y")
+
+
+def _raw_size(header: Mapping[str, Any]) -> int:
+    """The bytes of a raw crop's picture as its header declares it (MalformedMessageError for
+    another encoding or bad fields)."""
+    w, h = _int_field(header.get("width"), "width"), _int_field(header.get("height"), "height")
+    if w > MAX_SIDE_PX or h > MAX_SIDE_PX:
+        raise MalformedMessageError(f"a crop of {w}x{h}: over {MAX_SIDE_PX} px a side")
+    encoding = header.get("encoding")
+    if encoding == "raw-bgr24":
+        return w * h * 3
+    if encoding == "raw-i420":
+        x0, y0 = _crop_origin(header)
+        ax0, ay0, ax1, ay1 = i420_bounds(x0, y0, x0 + w, y0 + h)
+        return (ax1 - ax0) * (ay1 - ay0) * 3 // 2
+    raise MalformedMessageError(f"encoding {str(encoding)[:32]!r} is not a raw one (shm)")
+
+
 def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.ndarray:
     """Rebuild a BGR image from a crop or tap payload according to ``header['encoding']``."""
     enc, w, h = header["encoding"], int(header["width"]), int(header["height"])
@@ -202,7 +232,10 @@ def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.n
             yuv = np.frombuffer(payload, np.uint8).reshape(h * 3 // 2, w)
             return cast(np.ndarray, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
         # A crop: its rectangle widened to even coordinates (docs/protocol.md).
-        return i420_crop_to_bgr(payload, int(origin["x"]), int(origin["y"]), w, h)
+        x0, y0 = _crop_origin(header)
+        if len(payload) != _raw_size(header):
+            raise ValueError(f"raw-i420 crop payload of {len(payload)} bytes for {w}x{h}")
+        return i420_crop_to_bgr(payload, x0, y0, w, h)
     if enc in ("png", "jpeg", "webp"):
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
@@ -248,6 +281,9 @@ def parse_crop(parts: list[zmq.Frame], rings: RingCache | None = None) -> Crop:
         return Crop(header, parts[2].buffer)
     if rings is None:
         raise MalformedMessageError("the crop is in shared memory (shm) and no ring cache given")
+    size = handle.get("size") if isinstance(handle, dict) else None
+    if size != _raw_size(header):  # never copy more than the header's picture
+        raise MalformedMessageError(f"shm.size {size!r} is not the size the header declares")
     try:
         return Crop(header, rings.read(handle))
     except (StaleCropError, RingUnavailableError):

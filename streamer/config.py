@@ -266,10 +266,11 @@ class ShmConfig(_Model):
     """Crops in a shared-memory ring instead of in their messages (consumers on this host)."""
 
     bytes: int = Field(
-        128 * MIB,
+        32 * MIB,
         ge=1 * MIB,
         le=64 * 1024 * MIB,
-        description="ring size: holds the crops published during the slowest consumer's lag",
+        description="ring size, reserved at start (RSS): holds the crops published during the "
+        "slowest consumer's lag (Docker's default /dev/shm is 64 MB)",
     )
     dir: Path = Field(Path("/dev/shm"), description="a tmpfs the consumers can read")
     name: str | None = Field(
@@ -335,6 +336,16 @@ class PublishConfig(_Model):
         if self.encoding in ("jpeg", "webp") and q < 1:
             raise ValueError(f"{self.encoding} quality must be 1..100, got {q}")
         return self
+
+    @property
+    def shm_name(self) -> str | None:
+        """The shm ring's file name (None without shm): `shm.name`, or one made from the bind
+        endpoint (the same across restarts, so a restart replaces its ring)."""
+        if self.shm is None:
+            return None
+        if self.shm.name is not None:
+            return self.shm.name
+        return "streamer-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", self.bind).strip("-")[:200]
 
     @property
     def encoding_key(self) -> str:
@@ -507,6 +518,21 @@ class StreamerConfig(_Model):
                 raise ValueError(f"duplicate source id {s.id!r}")
             seen.add(s.id)
         return v
+
+    @model_validator(mode="after")
+    def _unique_rings(self) -> StreamerConfig:
+        seen: set[tuple[Path, str]] = set()
+        for p in self.publish:
+            if p.shm is None or p.shm_name is None:
+                continue
+            key = (p.shm.dir, p.shm_name)
+            if key in seen:
+                raise ValueError(
+                    f"two publishers write the shm ring {p.shm.dir / p.shm_name}: give each its "
+                    "own shm.name"
+                )
+            seen.add(key)
+        return self
 
     @model_validator(mode="after")
     def _curve_covers_connect(self) -> StreamerConfig:

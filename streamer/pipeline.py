@@ -43,7 +43,7 @@ from streamer.pairing import Pairer, RingStats
 from streamer.preview.hub import PreviewHub
 from streamer.preview.server import PreviewServer
 from streamer.preview.server import start as start_preview
-from streamer.publish.shm import RingWriter, default_name
+from streamer.publish.shm import RingWriter
 from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_public_key, load_server_keys, start_authenticator
@@ -749,7 +749,8 @@ def _ring(cfg: PublishConfig) -> RingWriter | None:
     """The shared-memory ring of a publisher with ``shm`` (None without)."""
     if cfg.shm is None:
         return None
-    name = cfg.shm.name or default_name(cfg.bind)
+    name = cfg.shm_name
+    assert name is not None
     try:
         return RingWriter(cfg.shm.dir, name, cfg.shm.bytes)
     except OSError as e:

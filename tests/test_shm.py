@@ -145,11 +145,30 @@ def test_ring_round_trip_and_overwrite_detection(tmp_path: Path) -> None:
 
 
 def test_a_restarted_ring_is_told_apart(tmp_path: Path) -> None:
-    first = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
-    handle = first.handle(first.put(b"x" * 1000), 1000)
+    """A streamer killed without cleaning up (its ring file stays), then started again: the
+    new ring replaces the file, old handles are told apart by the ring id."""
+    code = textwrap.dedent(
+        f"""
+        import json, os
+        from pathlib import Path
+        from streamer.publish.shm import RingWriter
+        ring = RingWriter(Path({str(tmp_path)!r}), "streamer-t", 1 << 20)
+        print(json.dumps(ring.handle(ring.put(b"x" * 1000), 1000)), flush=True)
+        os._exit(0)  # killed: no close()
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    handle = json.loads(res.stdout)
     cache = RingCache(tmp_path)
-    assert cache.read(handle) == b"x" * 1000
-    second = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)  # a restart: replaced
+    assert cache.read(handle) == b"x" * 1000  # the dead one's ring is still there, whole
+    second = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)  # its restart replaces it
     try:
         # Still mapped, the old ring's bytes are intact: read them.
         assert cache.read(handle) == b"x" * 1000
@@ -159,8 +178,8 @@ def test_a_restarted_ring_is_told_apart(tmp_path: Path) -> None:
             cache.read(handle)
     finally:
         cache.close()
-        first.close()
         second.close()
+    assert not list(tmp_path.iterdir())
 
 
 _WRITER = textwrap.dedent(
@@ -228,6 +247,111 @@ def test_a_reader_never_gets_torn_bytes_from_a_writer_in_another_process(
         sock.close(linger=0)
     assert writer.returncode == 0
     assert good > 100 and stale > 0, (good, stale)
+
+
+def test_head_covers_a_reservation_before_its_bytes_are_written(tmp_path: Path) -> None:
+    """The writer's claim is visible before it writes: a reader of an older crop in that space
+    already knows it is gone."""
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    reader = RingReader(tmp_path / "streamer-t")
+    try:
+        size = MIN_CAPACITY_BYTES // 4
+        first = ring.put(b"a" * size)
+        for _ in range(3):
+            ring.put(b"b" * size)
+        assert reader.read(first, size) == b"a" * size  # intact: the ring is just full
+        ring.reserve(size)  # claimed, nothing written yet
+        with pytest.raises(StaleCropError):
+            reader.read(first, size)
+    finally:
+        reader.close()
+        ring.close()
+
+
+def test_a_write_during_the_copy_is_detected(tmp_path: Path) -> None:
+    """The writer comes round while the reader copies (injected into the copy): the reader's
+    second look at the head catches it."""
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    size = MIN_CAPACITY_BYTES // 4
+    handle = ring.handle(ring.put(b"a" * size), size)
+    cache = RingCache(tmp_path)
+    assert cache.read(handle) == b"a" * size  # mapped
+    reader = cache._rings["streamer-t"]
+    real = reader._data
+
+    class WriterComesRound:
+        def __getitem__(self, key: slice) -> np.ndarray:
+            for _ in range(4):
+                ring.put(b"b" * size)
+            return real[key]
+
+    reader._data = WriterComesRound()  # type: ignore[assignment]
+    try:
+        with pytest.raises(StaleCropError, match="while it was read"):
+            cache.read(handle)
+    finally:
+        reader._data = real
+        cache.close()
+        ring.close()
+
+
+def test_a_ring_that_does_not_fit_its_tmpfs_fails_at_start_not_in_a_write(tmp_path: Path) -> None:
+    """Memory is reserved when the ring is made: without room (here a file size limit) the
+    start fails with the reason, and nothing is left behind (a sparse ring would die of SIGBUS
+    at its first write past the free space)."""
+    code = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        from pathlib import Path
+        from streamer.publish.shm import RingWriter
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+        try:
+            RingWriter(Path({str(tmp_path)!r}), "streamer-big", 4 << 20)
+        except OSError as e:
+            print("refused:", e)
+            sys.exit(0)
+        sys.exit("made a ring that does not fit")
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "no room for a 4 MiB ring" in res.stdout and "shm.bytes" in res.stdout, res.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_ring_name_one_live_writer(tmp_path: Path) -> None:
+    first = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    with pytest.raises(OSError, match="in use by another running writer"):
+        RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    first.close()
+    second = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)  # free again
+    assert (tmp_path / "streamer-t").exists()
+    second.close()
+
+
+def test_rings_of_other_users_and_other_machines_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)  # "we" are another user
+        with pytest.raises(RingUnavailableError, match="belongs to user"):
+            RingReader(tmp_path / "streamer-t")
+    finally:
+        ring.close()
+    monkeypatch.undo()
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    with pytest.raises(OSError, match="x86-64"):
+        RingWriter(tmp_path, "streamer-u", MIN_CAPACITY_BYTES)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -314,32 +438,62 @@ def test_a_subscriber_skips_and_counts_crops_overwritten_before_it_read_them(
 ) -> None:
     addr = endpoint()
     ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
-    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub = zmq.Context.instance().socket(zmq.XPUB)
     pub.bind(addr)
     try:
         with CropSubscriber(addr, shm_dir=tmp_path) as sub:
-            time.sleep(0.2)  # the subscription reaches the publisher
-            sent = []
-            for i in range(15):  # 15 x 100 kB through a 1 MiB ring: the first are overwritten
-                data = bytes([i]) * 100_000
-                header = {"v": 1, "encoding": "raw-bgr24", "width": 100, "height": 1000 // 3}
+            assert pub.poll(5000), "no subscription"
+            pub.recv()  # the subscriber's subscription has arrived
+            w, h = 100, 333
+            sent = [bytes([i]) * (w * h * 3) for i in range(15)]
+            # 15 x 100 kB through a 1 MiB ring, all written before any is read: the first are
+            # overwritten.
+            for i, data in enumerate(sent):
+                header = {"v": 1, "encoding": "raw-bgr24", "width": w, "height": h, "i": i}
                 header["shm"] = ring.handle(ring.put(data), len(data))
-                sent.append(data)
-            for i in range(15):
-                header = {"v": 1, "encoding": "raw-bgr24", "width": 1, "height": 1, "i": i}
-                pos = ring.put(sent[i])
-                header["shm"] = ring.handle(pos, len(sent[i]))
                 pub.send_multipart([b"crop/s/c", json.dumps(header).encode(), b""])
             got = []
             while (crop := sub.recv(timeout_s=2)) is not None:
                 got.append(crop.header["i"])
                 assert crop.payload == sent[crop.header["i"]]
-            # All 15 were written before any was read: only the last ~10 survived.
             assert got and got == list(range(15 - len(got), 15)), got
-            assert sub.stale == 15 - len(got)
+            assert sub.stale == 15 - len(got) > 0
     finally:
         pub.close(linger=0)
         ring.close()
+
+
+def test_a_handle_must_be_the_size_its_header_declares(tmp_path: Path) -> None:
+    """A 100-byte message cannot make a consumer copy megabytes: the handle's size is checked
+    against the picture the header declares before anything is read."""
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    try:
+        big = ring.handle(ring.put(b"x" * 200_000), 200_000)
+        cache = RingCache(tmp_path)
+        for header in (
+            {"encoding": "raw-bgr24", "width": 1, "height": 1},
+            {"encoding": "raw-i420", "width": 2, "height": 2, "origin": {"x": 0, "y": 0}},
+            {"encoding": "raw-i420", "width": 2, "height": 2, "origin": {"x": -1, "y": 0}},
+            {"encoding": "png", "width": 1, "height": 1},
+            {"encoding": "raw-bgr24", "width": True, "height": 1},
+        ):
+            parts = [
+                zmq.Frame(b"crop/s/c"),
+                zmq.Frame(json.dumps({"v": 1, **header, "shm": big}).encode()),
+                zmq.Frame(b""),
+            ]
+            with pytest.raises(MalformedMessageError):
+                parse_crop(parts, cache)
+        cache.close()
+    finally:
+        ring.close()
+
+
+@pytest.mark.parametrize("origin", [[], "x", {"x": 1}, {"x": -2, "y": 0}, {"x": 1e9, "y": 0}])
+def test_a_hostile_origin_on_an_i420_crop_is_a_clients_error(origin: Any) -> None:
+    header = {"encoding": "raw-i420", "width": 2, "height": 2, "origin": origin}
+    with pytest.raises(MalformedMessageError):
+        decode_image(header, b"\0" * 6)
 
 
 # -- config -------------------------------------------------------------------------------
@@ -366,7 +520,9 @@ def test_shm_config_is_checked(publish: dict[str, Any], match: str) -> None:
 SQUARE = [{"x": 31, "y": 21}, {"x": 61, "y": 21}, {"x": 61, "y": 45}, {"x": 31, "y": 45}]
 BOXES = [
     {"x": 45, "y": 33, "width": 31, "height": 25, "class": "plate", "confidence": 0.9},
-    {"x": 100.5, "y": 60.5, "width": 41, "height": 37, "class": "car", "confidence": 0.8},
+    # 201 x 201 x 3 = 121 kB: above the size ZeroMQ sends without copying (a view of the ring
+    # sent that way could go out after the ring moved on), and 12 of them go round the ring
+    {"x": 160.5, "y": 120.5, "width": 201, "height": 201, "class": "car", "confidence": 0.8},
     {**{"x": 46, "y": 33, "width": 32, "height": 26, "class": "masked"}, "points": SQUARE},
 ]
 
@@ -379,10 +535,10 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
     byte; I420 crops decode to them exactly where no background was removed."""
     tap, dets = endpoint(), endpoint()
     pubs = {k: endpoint() for k in ("bgr", "shm-bgr", "i420", "shm-i420")}
-    shm = {"dir": str(tmp_path), "bytes": 4 << 20}
+    shm = {"dir": str(tmp_path), "bytes": 1 << 20}  # 1 MiB: the BGR ring goes round
     cfg = parse_config(
         {
-            "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+            "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=320x240:rate=30"}],
             "detections": {"bind": dets},
             "tap": {"bind": tap, "encoding": "raw-i420"},
             "crop": {"mask_opacity": 1.0, "background_color": "#00ff00"},
@@ -395,7 +551,7 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
         }
     )
     pipeline = Pipeline(cfg)
-    frames = 6
+    frames = 12
     got: dict[str, dict[tuple[int, int], np.ndarray]] = {k: {} for k in pubs}
 
     async def main() -> None:
@@ -419,7 +575,7 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
             for _ in range(frames):
                 header = json.loads((await asyncio.wait_for(sub.recv_multipart(), 5))[1])
                 await push.send_multipart(
-                    encode_detections("cam", header["frame_id"], (160, 120), BOXES)
+                    encode_detections("cam", header["frame_id"], (320, 240), BOXES)
                 )
                 for key, s in subs.items():
                     for _ in BOXES:

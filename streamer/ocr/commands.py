@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from streamer.ocr.ctc import DEFAULT_CHARSET, parse_charset
 from streamer.sharding import add_shards_arg, endpoints_arg
@@ -89,6 +90,11 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads (PP-OCR)")
     p.add_argument("--read-edge", action="store_true", help="also read crops at the frame edge")
     p.add_argument(
+        "--shm-dir",
+        default="/dev/shm",
+        help="where streamer's shared-memory crop rings are (its publish shm.dir)",
+    )
+    p.add_argument(
         "--no-locate",
         action="store_true",
         help="read crops without a polygon whole (default: find their text line with DBNet)",
@@ -133,6 +139,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         votes=args.votes,
         read_edge=args.read_edge,
         curve=_curve(args.curve),
+        shm_dir=Path(args.shm_dir),
     )
     metrics = worker.WorkerMetrics(args.engine)
     server = None

@@ -80,6 +80,7 @@ class WorkerOptions:
     votes: int = 3
     read_edge: bool = False  # also read crops that touch the frame's border
     curve: Curve | None = None
+    shm_dir: Path = Path(DEFAULT_SHM_DIR)  # streamer's shm.dir, for crops in a ring
 
 
 class WorkerMetrics:
@@ -154,7 +155,7 @@ class OcrWorker:
         self._pending: OrderedDict[Hashable, tuple[CropInfo, bytes | memoryview]] = OrderedDict()
         self._pending_bytes = 0  # payload bytes in _pending
         self._log_once = LogOnce(log)
-        self._rings = RingCache(Path(DEFAULT_SHM_DIR))  # crops published with shm
+        self._rings = RingCache(opts.shm_dir)  # crops published with shm
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; sockets are closed on the way out."""

@@ -8,8 +8,14 @@ absolute (never wrapping) byte position up to which space has been claimed; the 
 *before* writing into the space it claims. A crop at absolute position `offset` is intact for
 as long as ``head <= offset + capacity`` (no later claim reaches its bytes), so the reader checks
 that after copying the crop out: a crop overwritten meanwhile is detected, never returned torn.
-This relies on stores becoming visible in program order (x86-64's memory model; streamer's
-images and Dockerfile are amd64).
+This relies on stores becoming visible in program order (x86-64's memory model): the writer
+refuses to start on other machines.
+
+The writer reserves the ring's memory when it starts (a tmpfs without room for it is an error
+then, not a SIGBUS in the middle of a write), holds an exclusive lock on its file (a second
+writer of the same name is refused) and removes the file when it stops, if it is still its own.
+Readers open only files of the ring name pattern, owned by their own user, without following
+links.
 
 Layout (little-endian): magic ``STRMRNG1`` (8 bytes), header size (u64), capacity (u64), ring id
 (16 random bytes: a new ring each start), head (u64 at byte 40); the data from byte
@@ -19,9 +25,11 @@ HEADER_BYTES on.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import mmap
 import os
+import platform
 import re
 import secrets
 import stat
@@ -46,6 +54,7 @@ MAX_CAPACITY_BYTES = 64 << 30
 # several crops, or each would overwrite the one before it while its consumer reads it.
 MAX_ITEM_SHARE = 4
 NAME_RE = re.compile(SHM_NAME_PATTERN)
+X86_64 = ("x86_64", "amd64")
 MAX_OFFSET = 1 << 62  # absolute positions: 4 EiB at 1 GB/s is 146 years
 
 
@@ -59,43 +68,53 @@ class RingUnavailableError(ValueError):
     not a streamer ring)."""
 
 
-def default_name(bind: str) -> str:
-    """The ring's file name for a publisher bound to `bind` (the same across restarts, so a
-    restart replaces its ring instead of leaving one behind)."""
-    return "streamer-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", bind).strip("-")[:200]
-
-
 class RingWriter:
     """The writing side: made by streamer for a publisher with ``shm``; used by one thread."""
 
     def __init__(self, directory: Path, name: str, capacity: int) -> None:
         """Create (or replace, atomically) `directory`/`name` as a new ring of `capacity` data
-        bytes. Pages are allocated as they are first written (tmpfs is sparse)."""
+        bytes, its memory reserved now. Raises OSError with the reason (no room in the tmpfs,
+        a live writer holds the name, not x86-64, ...)."""
         if not NAME_RE.fullmatch(name):
             raise ValueError(f"shm ring name {name!r} must match {NAME_RE.pattern}")
+        if platform.machine().lower() not in X86_64:
+            raise OSError(
+                f"shm rings need x86-64's store ordering; this machine is {platform.machine()}"
+            )
         self.name = name
         self.path = directory / name
         self.capacity = capacity
         self.max_item_bytes = capacity // MAX_ITEM_SHARE
         self.ring_id = secrets.token_hex(16)
+        _refuse_if_held(self.path)
         tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, HEADER_BYTES + capacity)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                os.posix_fallocate(fd, 0, HEADER_BYTES + capacity)
+            except OSError as e:
+                raise OSError(
+                    e.errno,
+                    f"no room for a {capacity >> 20} MiB ring in {directory} ({e.strerror}): "
+                    "lower shm.bytes or give the tmpfs more (docker --shm-size, a Kubernetes "
+                    "emptyDir with medium: Memory and a sizeLimit)",
+                ) from None
             self._mm = mmap.mmap(fd, HEADER_BYTES + capacity)
-        except OSError:
-            os.unlink(tmp)
-            raise
-        finally:
+            self._mm[:8] = MAGIC
+            words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
+            words[1], words[2] = HEADER_BYTES, capacity
+            self._mm[24:40] = bytes.fromhex(self.ring_id)
+            os.rename(tmp, self.path)  # readers see a whole ring or none
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             os.close(fd)
-        self._mm[:8] = MAGIC
-        words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
-        words[1], words[2] = HEADER_BYTES, capacity
-        self._mm[24:40] = bytes.fromhex(self.ring_id)
+            raise
+        self._fd = fd  # kept open: it holds the lock, and tells our file from a successor's
         self._words = words
         self._data: U8 = np.frombuffer(self._mm, np.uint8, offset=HEADER_BYTES)
         self.head = 0
-        os.rename(tmp, self.path)  # readers see a whole ring or none
 
     def reserve(self, size: int) -> tuple[int, U8]:
         """Claim `size` contiguous bytes (<= max_item_bytes): their absolute position and a
@@ -120,27 +139,50 @@ class RingWriter:
         return {"name": self.name, "ring": self.ring_id, "offset": pos, "size": size}
 
     def close(self) -> None:
-        """Remove the ring's file (readers that mapped it keep their mapping)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Remove the ring's file if it is still ours (readers that mapped it keep their
+        mapping)."""
+        with contextlib.suppress(OSError):
+            mine, there = os.fstat(self._fd), os.stat(self.path, follow_symlinks=False)
+            if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                os.unlink(self.path)
+        os.close(self._fd)
         del self._words, self._data
         # A view still held (a crop being sent) keeps the mapping: the GC frees it.
         with contextlib.suppress(BufferError):
             self._mm.close()
 
 
+def _refuse_if_held(path: Path) -> None:
+    """OSError if a live writer holds the ring file at `path` (two publishers, or two
+    streamers, with one ring name); a file left by a writer that died is replaced."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return  # none (or not ours to open: the rename will say)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(
+            f"shm ring {path} is in use by another running writer: give each publisher its "
+            "own shm.name"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 class RingReader:
     """The reading side of one ring, mapped read-only."""
 
     def __init__(self, path: Path) -> None:
-        """Map `path`; RingUnavailableError if it is missing or not a streamer ring."""
+        """Map `path`; RingUnavailableError if it is missing, not a streamer ring, not owned by
+        this process's user, or cannot be mapped."""
         try:
             # O_NONBLOCK: a FIFO planted under a ring's name must not hang the open.
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             raise RingUnavailableError(
                 f"shared-memory ring {path} cannot be opened ({e.strerror}): shm crops need the "
-                "consumer on streamer's host, with the same /dev/shm (or shm.dir)"
+                "consumer on streamer's host, with the same shm directory, and streamer running"
             ) from None
         try:
             st = os.fstat(fd)
@@ -149,7 +191,14 @@ class RingReader:
                 HEADER_BYTES + MIN_CAPACITY_BYTES <= size <= HEADER_BYTES + MAX_CAPACITY_BYTES
             ):
                 raise RingUnavailableError(f"{path} is not a streamer shm ring")
-            self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            if st.st_uid != os.geteuid():
+                raise RingUnavailableError(
+                    f"{path} belongs to user {st.st_uid}, not to this consumer's: not read"
+                )
+            try:
+                self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            except OSError as e:
+                raise RingUnavailableError(f"cannot map {path}: {e.strerror}") from None
         finally:
             os.close(fd)
         words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
