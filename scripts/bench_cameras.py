@@ -15,7 +15,7 @@ For each N it prints:
 
     .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
                                               [--size 1920x1080]
-                                              [--variants zmq-bgr,shm-bgr,shm-i420]
+                                              [--variants zmq-bgr,shm-bgr,shm-i420] [--shards 1,2]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def expected_bytes(h: dict[str, Any]) -> int:
 
 
 def collect(
-    endpoint: str,
+    endpoints: list[str],
     complete: dict[str, list[float]],
     ready: threading.Event,
     done: threading.Event,
@@ -129,7 +129,8 @@ def collect(
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
-    sock.connect(endpoint)
+    for endpoint in endpoints:
+        sock.connect(endpoint)
     rings = RingCache(Path("/dev/shm"))
     ready.set()
     got: dict[tuple[str, int], int] = defaultdict(int)
@@ -153,61 +154,78 @@ def collect(
     rings.close()
 
 
-def measure_streamer(clip: Path, n: int, seconds: float, variant: str) -> dict[str, Any]:
-    """`variant`: transport and crop encoding, ``zmq-bgr``, ``shm-bgr`` or ``shm-i420``."""
+def measure_streamer(
+    clip: Path, n: int, seconds: float, variant: str, shards: int = 1
+) -> dict[str, Any]:
+    """`variant`: transport and crop encoding, ``zmq-bgr``, ``shm-bgr`` or ``shm-i420``. With
+    `shards` > 1 the cameras are split among that many streamer processes (as `--shard I/N`
+    would), each with its own endpoints; the detector and the subscriber serve them all."""
     transport, encoding = variant.split("-")
     tmp = Path(tempfile.mkdtemp())
-    tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
     ids = [f"cam{i}" for i in range(n)]
-    cfg = {
-        "sources": [{"id": sid, "url": str(clip), "loop": True} for sid in ids],
-        "detections": {"bind": dets},
-        "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
-        "publish": [{"bind": pub, "encoding": CROP_ENCODINGS[encoding], "hwm": 100_000}],
-    }
-    if transport == "shm":
-        cfg["publish"][0]["shm"] = {"bytes": SHM_RING_BYTES}
-    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    stats_file = tmp / "stats.json"
+    taps, pubs, stats_files, configs = [], [], [], []
+    for k in range(shards):
+        tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
+        cfg: dict[str, Any] = {
+            "sources": [{"id": sid, "url": str(clip), "loop": True} for sid in ids[k::shards]],
+            "detections": {"bind": dets},  # tapped frames carry it as reply_to
+            "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
+            "publish": [{"bind": pub, "encoding": CROP_ENCODINGS[encoding], "hwm": 100_000}],
+        }
+        if transport == "shm":
+            cfg["publish"][0]["shm"] = {"bytes": SHM_RING_BYTES // shards}
+        configs.append(tmp / f"cfg{k}.yaml")
+        configs[-1].write_text(yaml.safe_dump(cfg))
+        taps.append(tap)
+        pubs.append(pub)
+        stats_files.append(tmp / f"stats{k}.json")
     complete: dict[str, list[float]] = defaultdict(list)
     ready, done = threading.Event(), threading.Event()
     stale = [0]
-    collector = threading.Thread(target=collect, args=(pub, complete, ready, done, stale))
+    collector = threading.Thread(target=collect, args=(pubs, complete, ready, done, stale))
     collector.start()
     ready.wait(10)
     detector = subprocess.Popen(
-        [sys.executable, "scripts/echo_detector.py", "--site", "--tap", tap, "--detections", dets],
+        [sys.executable, "scripts/echo_detector.py", "--site", "--tap", *taps],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
     )
     time.sleep(1.0)  # the detector's imports
     total_s = WARMUP_S + seconds
-    streamer = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "streamer", "--log-level", "WARNING"),
-            *("run", "-c", str(tmp / "cfg.yaml"), "--quiet", "--duration", str(total_s)),
-            *("--stats-file", str(stats_file)),
-        ],
-        cwd=REPO,
-    )
-    probes = [Probe(streamer.pid), Probe(detector.pid), Probe(os.getpid())]
+    streamers = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streamer", "--log-level", "WARNING"),
+                *("run", "-c", str(config), "--quiet", "--duration", str(total_s)),
+                *("--stats-file", str(stats_file)),
+            ],
+            cwd=REPO,
+        )
+        for config, stats_file in zip(configs, stats_files, strict=True)
+    ]
+    probes = [Probe(p.pid) for p in streamers]
+    others = [Probe(detector.pid), Probe(os.getpid())]
     start = time.monotonic()
     t0 = start + WARMUP_S
     t1 = t0 + seconds - 0.5  # before streamer's own stop
-    while streamer.poll() is None:
+    while all(p.poll() is None for p in streamers):
         try:
-            for p in probes:
-                p.sample_cpu()
-            probes[0].sample()
+            for probe in probes + others:
+                probe.sample_cpu()
+            for probe in probes:
+                probe.sample()
         except FileNotFoundError:
             break
         time.sleep(0.1)
-    streamer.wait()
+    for p in streamers:
+        p.wait()
     detector.terminate()
     detector.wait(10)
     done.set()
     collector.join()
-    stats = json.loads(stats_file.read_text())
+    sources: dict[str, Any] = {}
+    for stats_file in stats_files:
+        sources.update(json.loads(stats_file.read_text())["sources"])
     # On a loaded machine the detector may start late: measure from a second after the first
     # frame completes if that is after the warm-up.
     first = min((ts[0] for ts in complete.values() if ts), default=t0)
@@ -215,7 +233,7 @@ def measure_streamer(clip: Path, n: int, seconds: float, variant: str) -> dict[s
     window = t1 - t0
     rates = {sid: sum(t0 <= t < t1 for t in complete.get(sid, [])) / window for sid in ids}
     shed: dict[str, int] = defaultdict(int)
-    for src in stats["sources"].values():
+    for src in sources.values():
         for key, count in shed_by_reason(src).items():
             shed[key] += count
     mean = sum(rates.values()) / n
@@ -224,11 +242,11 @@ def measure_streamer(clip: Path, n: int, seconds: float, variant: str) -> dict[s
         "mean": mean,
         "total": sum(rates.values()),
         "fair": min(rates.values()) / mean if mean else 0.0,
-        "cpu": probes[0].cpu_percent(t0, t1),
-        "det_cpu": probes[1].cpu_percent(t0, t1),
-        "sub_cpu": probes[2].cpu_percent(t0, t1),
-        "peak_mb": probes[0].peak_mb,
-        "decoded": sum(int(s["decoded"]) for s in stats["sources"].values()),
+        "cpu": sum(probe.cpu_percent(t0, t1) for probe in probes),
+        "det_cpu": others[0].cpu_percent(t0, t1),
+        "sub_cpu": others[1].cpu_percent(t0, t1),
+        "peak_mb": sum(probe.peak_mb for probe in probes),
+        "decoded": sum(int(s["decoded"]) for s in sources.values()),
         "shed": dict(shed),
         "stale": stale[0],
     }
@@ -244,6 +262,11 @@ def main() -> None:
         default="zmq-bgr,shm-bgr,shm-i420",
         help="each in turn: crops in their messages (zmq) or in a shared-memory ring (shm), "
         "as raw BGR (bgr) or raw I420 (i420)",
+    )
+    ap.add_argument(
+        "--shards",
+        default="1",
+        help="streamer processes sharing the cameras (comma-separated: each in turn)",
     )
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
@@ -262,11 +285,14 @@ def main() -> None:
             f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
             flush=True,
         )
-        for variant in args.variants.split(","):
-            s = measure_streamer(clip, n, args.seconds, variant)
+        runs = [(v, int(k)) for k in args.shards.split(",") for v in args.variants.split(",")]
+        for variant, shards in runs:
+            s = measure_streamer(clip, n, args.seconds, variant, shards)
+            if shards > 1:
+                variant = f"{variant} x{shards}"
             shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"
             print(
-                f"   {variant:8s}: streamer delivered "
+                f"   {variant:11s}: streamer delivered "
                 f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
                 f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
                 f"(x{s['cpu'] / max(bare['cpu'], 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
