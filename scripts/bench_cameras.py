@@ -44,7 +44,7 @@ from streamer.health import shed_by_reason
 
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
 CROP_ENCODINGS = {"bgr": "raw-bgr24", "i420": "raw-i420"}
-SHM_RING_BYTES = 128 * 1024 * 1024  # the default: ~0.35 s of 8 cameras' I420 crops
+SHM_RING_BYTES = 128 * 1024 * 1024  # ~0.35 s of 8 cameras' I420 crops (the default: 32 MiB)
 
 
 def bare_decode(clip: Path, n: int, seconds: float) -> None:

@@ -266,7 +266,7 @@ def cmd_crops(args: argparse.Namespace) -> int:
         save_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     endpoints = endpoints_arg(args.parser, args.endpoint, args.shards)
-    with CropSubscriber(endpoints, topics=[args.topic]) as sub:
+    with CropSubscriber(endpoints, topics=[args.topic], shm_dir=args.shm_dir) as sub:
         while args.count is None or n < args.count:
             crop = sub.recv(timeout_s=args.timeout)
             if crop is None:
@@ -356,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", help="write each crop as <source>_<frame_id>_<index>_<class>.png")
     p.add_argument("--count", type=int, help="exit after this many crops")
     p.add_argument("--timeout", type=float, help="exit 1 if no crop arrives for this long")
+    p.add_argument("--shm-dir", default="/dev/shm", help="streamer's shm.dir, for shm crops")
     p.set_defaults(fn=cmd_crops, parser=p)
 
     add_ocr_parser(sub)

@@ -73,7 +73,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, Literal, Self, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar, cast
 
 import cv2
 import numpy as np
@@ -97,6 +97,7 @@ _log_once = LogOnce(log)
 PROTOCOL_VERSION = 1
 MAX_SIDE_PX = 32768  # a raw crop's width or height, as the detection codec bounds frames
 DEFAULT_SHM_DIR = "/dev/shm"  # where crops published with `shm` are (streamer's shm.dir)
+IDLE_S = 1.0  # a subscriber with nothing to read looks after its rings this often
 # Detection sockets a sender keeps open besides its default endpoint: one per shard it hears
 # from, opened on first use, so every shard of the largest deployment has its own.
 MAX_REPLY_ROUTES = MAX_SHARDS
@@ -209,8 +210,8 @@ def _raw_size(header: Mapping[str, Any]) -> int:
     """The bytes of a raw crop's picture as its header declares it (MalformedMessageError for
     another encoding or bad fields)."""
     w, h = _int_field(header.get("width"), "width"), _int_field(header.get("height"), "height")
-    if w > MAX_SIDE_PX or h > MAX_SIDE_PX:
-        raise MalformedMessageError(f"a crop of {w}x{h}: over {MAX_SIDE_PX} px a side")
+    if not (1 <= w <= MAX_SIDE_PX and 1 <= h <= MAX_SIDE_PX):
+        raise MalformedMessageError(f"a crop of {w}x{h}: sides must be 1..{MAX_SIDE_PX} px")
     encoding = header.get("encoding")
     if encoding == "raw-bgr24":
         return w * h * 3
@@ -474,6 +475,28 @@ class _Routes:
             self.default.close()
 
 
+class _Counts(Protocol):
+    stale: int
+    unavailable: int
+
+
+def _take(
+    counts: _Counts, decode: Callable[[list[zmq.Frame]], T], parts: list[zmq.Frame]
+) -> T | None:
+    """The message decoded, or None for a crop overwritten in its ring or whose ring cannot be
+    opened (counted in `stale` / `unavailable`, logged once: a consumer that falls behind, or
+    outlives its streamer, loses those crops and goes on)."""
+    try:
+        return decode(parts)
+    except StaleCropError as e:
+        counts.stale += 1
+        _log_once("stale", "crop(s) overwritten in the shm ring before read (%s)", e)
+    except RingUnavailableError as e:
+        counts.unavailable += 1
+        _log_once("unavailable", "crop(s) skipped: %s", e)
+    return None
+
+
 class _Subscriber(Generic[T]):
     def __init__(
         self,
@@ -486,15 +509,21 @@ class _Subscriber(Generic[T]):
     ) -> None:
         self._decode = decode
         self.stale = 0  # crops overwritten in their shm ring before they were read
+        self.unavailable = 0  # crops whose shm ring could not be opened here
         self.sock: zmq.Socket[bytes] = _input_socket(
             zmq.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
     def recv_parts(self, timeout_s: float | None) -> list[zmq.Frame] | None:
         """Next message's parts (uncopied), or None after `timeout_s` (None waits forever)."""
-        if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000)):
-            return None
-        return self.sock.recv_multipart(copy=False)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = IDLE_S if deadline is None else min(IDLE_S, deadline - time.monotonic())
+            if self.sock.poll(max(0, int(left * 1000))):
+                return self.sock.recv_multipart(copy=False)
+            self._idle()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
     def recv(self, timeout_s: float | None = None) -> T | None:
         """The next message, decoded; None after `timeout_s` (None waits forever)."""
@@ -504,25 +533,18 @@ class _Subscriber(Generic[T]):
             parts = self.recv_parts(left)
             if parts is None:
                 return None
-            item = self._take(parts)
+            item = _take(self, self._decode, parts)
             if item is not None:
                 return item
 
     def __iter__(self) -> Iterator[T]:
         while True:
-            item = self._take(self.sock.recv_multipart(copy=False))
+            item = self.recv()
             if item is not None:
                 yield item
 
-    def _take(self, parts: list[zmq.Frame]) -> T | None:
-        """The message decoded, or None for a crop overwritten in its ring (counted in
-        `stale`; a consumer that falls behind loses crops, counted, and goes on)."""
-        try:
-            return self._decode(parts)
-        except StaleCropError as e:
-            self.stale += 1
-            _log_once("stale", "crop(s) overwritten in the shm ring before read (%s)", e)
-            return None
+    def _idle(self) -> None:
+        """Called about every IDLE_S while nothing arrives."""
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -556,6 +578,9 @@ class CropSubscriber(_Subscriber[Crop]):
 
     def _parse(self, parts: list[zmq.Frame]) -> Crop:
         return parse_crop(parts, self.rings)
+
+    def _idle(self) -> None:
+        self.rings.prune()  # a stopped streamer's ring is let go, its memory freed
 
     def close(self) -> None:
         super().close()
@@ -658,20 +683,25 @@ class _AsyncSubscriber(Generic[T]):
     ) -> None:
         self._decode = decode
         self.stale = 0  # crops overwritten in their shm ring before they were read
+        self.unavailable = 0  # crops whose shm ring could not be opened here
         self.sock: zmq.asyncio.Socket = _input_socket(
             zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode, curve
         )
 
     async def recv(self) -> T:
-        """The next message, decoded (crops overwritten in their shm ring are skipped and
-        counted in `stale`)."""
+        """The next message, decoded (crops overwritten in their shm ring, or whose ring is
+        gone, are skipped and counted in `stale` / `unavailable`)."""
         while True:
+            if not await self.sock.poll(int(IDLE_S * 1000)):
+                self._idle()
+                continue
             parts: list[zmq.Frame] = await self.sock.recv_multipart(copy=False)
-            try:
-                return self._decode(parts)
-            except StaleCropError as e:
-                self.stale += 1
-                _log_once("stale", "crop(s) overwritten in the shm ring before read (%s)", e)
+            item = _take(self, self._decode, parts)
+            if item is not None:
+                return item
+
+    def _idle(self) -> None:
+        """Called about every IDLE_S while nothing arrives."""
 
     async def __aiter__(self) -> AsyncIterator[T]:
         while True:
@@ -718,6 +748,9 @@ class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
 
     def _parse(self, parts: list[zmq.Frame]) -> Crop:
         return parse_crop(parts, self.rings)
+
+    def _idle(self) -> None:
+        self.rings.prune()  # a stopped streamer's ring is let go, its memory freed
 
     def close(self) -> None:
         super().close()

@@ -45,6 +45,11 @@ from streamer.types import Frame
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _files(directory: Path) -> list[str]:
+    """What is in `directory` besides ring name locks (empty files that stay, as lock files do)."""
+    return [p.name for p in directory.iterdir() if not p.name.endswith(".lock")]
+
+
 def _frame(w: int, h: int, seed: int = 0) -> Frame:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 256, (h, w), np.uint8)
@@ -115,6 +120,16 @@ def test_a_crop_changed_after_cutting_goes_to_i420_with_its_geometry() -> None:
     assert np.abs(got.astype(int) - bgr.astype(int)).mean() < 12
 
 
+def test_a_gray_frames_i420_crop_decodes_to_its_bgr_crop() -> None:
+    y = np.arange(48 * 64, dtype=np.uint32).reshape(48, 64).astype(np.uint8)  # every level
+    frame = Frame("s", 0, None, 0.0, 64, 48, "gray", (y,), y.nbytes)
+    rect = (3, 5, 60, 45)
+    header = {"encoding": "raw-i420", "width": 57, "height": 40, "origin": {"x": 3, "y": 5}}
+    got = decode_image(header, crop_i420(frame, *rect).data)
+    diff = np.abs(got.astype(int) - crop_bgr(frame, *rect).astype(int))
+    assert diff.max() <= 1, diff.max()  # video range in I420: full range once decoded
+
+
 def test_bgr_written_into_a_given_array() -> None:
     frame = _frame(64, 48)
     for rect in ((10, 10, 20, 20), (11, 9, 20, 21)):
@@ -179,7 +194,7 @@ def test_a_restarted_ring_is_told_apart(tmp_path: Path) -> None:
     finally:
         cache.close()
         second.close()
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
 
 
 _WRITER = textwrap.dedent(
@@ -324,7 +339,7 @@ def test_a_ring_that_does_not_fit_its_tmpfs_fails_at_start_not_in_a_write(tmp_pa
     )
     assert res.returncode == 0, res.stderr
     assert "no room for a 4 MiB ring" in res.stdout and "shm.bytes" in res.stdout, res.stdout
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
 
 
 def test_one_ring_name_one_live_writer(tmp_path: Path) -> None:
@@ -335,6 +350,73 @@ def test_one_ring_name_one_live_writer(tmp_path: Path) -> None:
     second = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)  # free again
     assert (tmp_path / "streamer-t").exists()
     second.close()
+
+
+def test_a_dead_writers_ring_is_removed_before_the_new_one_is_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart after a crash must not need room for two rings (the default fills half of
+    Docker's /dev/shm): the dead one's file is gone when the new one's memory is reserved."""
+    code = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from streamer.publish.shm import RingWriter
+        RingWriter(Path({str(tmp_path)!r}), "streamer-t", 1 << 20)
+        os._exit(0)  # killed: no close()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=60)
+    assert (tmp_path / "streamer-t").exists()
+    seen = []
+    real = os.posix_fallocate
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        seen.append((tmp_path / "streamer-t").exists())
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    ring.close()
+    assert seen == [False]
+
+
+def test_two_writers_starting_together_cannot_both_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second writer starts while the first is still reserving its ring (before the
+    first's file exists under the name): it is refused, the first one runs."""
+    real = os.posix_fallocate
+    second: list[BaseException] = []
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if not second:
+            try:
+                RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+            except OSError as e:
+                second.append(e)
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    first = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    try:
+        assert second and "in use by another running writer" in str(second[0])
+        handle = first.handle(first.put(b"z" * 10), 10)
+        assert RingCache(tmp_path).read(handle) == b"z" * 10
+    finally:
+        first.close()
+
+
+def test_a_reader_lets_go_of_a_ring_whose_writer_stopped(tmp_path: Path) -> None:
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    cache = RingCache(tmp_path)
+    cache.read(ring.handle(ring.put(b"a" * 10), 10))
+    assert cache.prune(force=True) == 0  # still there
+    ring.close()
+    assert cache.prune(force=True) == 1  # removed: its mapping goes, and its memory with it
+    assert not cache._rings
+    cache.close()
 
 
 def test_rings_of_other_users_and_other_machines_are_refused(
@@ -351,7 +433,7 @@ def test_rings_of_other_users_and_other_machines_are_refused(
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     with pytest.raises(OSError, match="x86-64"):
         RingWriter(tmp_path, "streamer-u", MIN_CAPACITY_BYTES)
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -463,6 +545,29 @@ def test_a_subscriber_skips_and_counts_crops_overwritten_before_it_read_them(
         ring.close()
 
 
+def test_a_subscriber_skips_and_counts_crops_whose_ring_is_gone(
+    tmp_path: Path, endpoint: Any
+) -> None:
+    """Crops still queued when their streamer stopped (its ring removed): counted, skipped,
+    and the subscriber goes on with the next crop."""
+    addr = endpoint()
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.bind(addr)
+    try:
+        with CropSubscriber(addr, shm_dir=tmp_path) as sub:
+            assert pub.poll(5000), "no subscription"
+            pub.recv()
+            gone = {"name": "streamer-gone", "ring": "0" * 32, "offset": 0, "size": 3}
+            base = {"v": 1, "encoding": "raw-bgr24", "width": 1, "height": 1}
+            pub.send_multipart([b"crop/s/c", json.dumps({**base, "shm": gone}).encode(), b""])
+            pub.send_multipart([b"crop/s/c", json.dumps(base).encode(), b"abc"])
+            crop = sub.recv(timeout_s=5)
+            assert crop is not None and crop.payload == b"abc"
+            assert sub.unavailable == 1
+    finally:
+        pub.close(linger=0)
+
+
 def test_a_handle_must_be_the_size_its_header_declares(tmp_path: Path) -> None:
     """A 100-byte message cannot make a consumer copy megabytes: the handle's size is checked
     against the picture the header declares before anything is read."""
@@ -476,6 +581,7 @@ def test_a_handle_must_be_the_size_its_header_declares(tmp_path: Path) -> None:
             {"encoding": "raw-i420", "width": 2, "height": 2, "origin": {"x": -1, "y": 0}},
             {"encoding": "png", "width": 1, "height": 1},
             {"encoding": "raw-bgr24", "width": True, "height": 1},
+            {"encoding": "raw-bgr24", "width": 0, "height": 5},
         ):
             parts = [
                 zmq.Frame(b"crop/s/c"),
@@ -569,7 +675,7 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
                     break
                 await asyncio.sleep(0.02)
             ports = (pubs[k].rsplit(":", 1)[1] for k in ("shm-bgr", "shm-i420"))
-            assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            assert sorted(_files(tmp_path)) == sorted(
                 f"streamer-tcp-127.0.0.1-{port}" for port in ports
             )
             for _ in range(frames):
@@ -602,4 +708,4 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
         else:  # background removed (green), then subsampled: close
             assert np.abs(got["i420"][k].astype(int) - ref.astype(int)).mean() < 12
             assert tuple(ref[0, 0]) == (0, 255, 0)
-    assert not list(tmp_path.iterdir()), "the rings are removed at shutdown"
+    assert not _files(tmp_path), "the rings are removed at shutdown"

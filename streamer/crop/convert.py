@@ -16,6 +16,8 @@ import numpy as np
 
 from streamer.types import U8, Frame
 
+_GRAY_TO_VIDEO_Y = np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8)
+
 
 def i420_bounds(x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
     """The rectangle (x0, y0, x1, y1) widened to even coordinates."""
@@ -46,10 +48,12 @@ def crop_i420(frame: Frame, x0: int, y0: int, x1: int, y1: int, out: U8 | None =
     if src.shape != (ah, aw):
         # An odd-sized frame: the widened rectangle passes its last row/column; repeat the edge.
         src = np.pad(src, ((0, ah - src.shape[0]), (0, aw - src.shape[1])), mode="edge")
-    luma[:] = src
     if frame.pixel_format == "gray":
+        # Gray is full range; I420 crops are decoded as video range: map 0..255 to 16..235.
+        luma[:] = _GRAY_TO_VIDEO_Y[src]
         buf[n_luma:] = 128
         return buf
+    luma[:] = src
     cy0, cy1, cx0, cx1 = ay0 // 2, ay1 // 2, ax0 // 2, ax1 // 2
     buf[n_luma : n_luma + n_chroma].reshape(ah // 2, aw // 2)[:] = frame.planes[1][cy0:cy1, cx0:cx1]
     buf[n_luma + n_chroma :].reshape(ah // 2, aw // 2)[:] = frame.planes[2][cy0:cy1, cx0:cx1]

@@ -63,6 +63,7 @@ OUTCOMES = (
     "skipped_overflow",
     "skipped_stopping",
     "skipped_stale",
+    "skipped_unavailable",
     "malformed",
     "failed",
 )
@@ -193,6 +194,7 @@ class OcrWorker:
         for _ in range(MAX_DRAIN):
             parts = sub.recv_parts(timeout_s)
             if parts is None:
+                self._rings.prune()  # a stopped streamer's ring is let go, its memory freed
                 return
             timeout_s = 0.0
             self._take(parts)
@@ -205,7 +207,11 @@ class OcrWorker:
             self.metrics.count("skipped_stale")
             self._log_once("stale", "crop(s) overwritten in the shm ring before read: %s", e)
             return
-        except (MalformedMessageError, ProtocolVersionError, RingUnavailableError, BadCrop) as e:
+        except RingUnavailableError as e:
+            self.metrics.count("skipped_unavailable")
+            self._log_once("unavailable", "crop(s) skipped: %s", e)
+            return
+        except (MalformedMessageError, ProtocolVersionError, BadCrop) as e:
             kind = e.kind if isinstance(e, BadCrop) else type(e).__name__
             self.metrics.count("malformed")
             self.metrics.malformed.labels(kind).inc()

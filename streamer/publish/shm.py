@@ -12,8 +12,11 @@ This relies on stores becoming visible in program order (x86-64's memory model):
 refuses to start on other machines.
 
 The writer reserves the ring's memory when it starts (a tmpfs without room for it is an error
-then, not a SIGBUS in the middle of a write), holds an exclusive lock on its file (a second
-writer of the same name is refused) and removes the file when it stops, if it is still its own.
+then, not a SIGBUS in the middle of a write), holds an exclusive lock on the ring's name (a
+``.<name>.lock`` file: a second writer of the name is refused), removes a ring left by a writer
+that died before it makes its own (so the two never need room together) and removes its file
+when it stops, if it is still its own. Readers let go of a ring whose file was removed within
+PRUNE_INTERVAL_S, so that its memory goes back to the tmpfs.
 Readers open only files of the ring name pattern, owned by their own user, without following
 links.
 
@@ -25,6 +28,7 @@ HEADER_BYTES on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import mmap
@@ -33,6 +37,7 @@ import platform
 import re
 import secrets
 import stat
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,7 @@ MAX_ITEM_SHARE = 4
 NAME_RE = re.compile(SHM_NAME_PATTERN)
 X86_64 = ("x86_64", "amd64")
 MAX_OFFSET = 1 << 62  # absolute positions: 4 EiB at 1 GB/s is 146 years
+PRUNE_INTERVAL_S = 1.0  # how often a reader looks for rings whose file was removed
 
 
 class StaleCropError(ValueError):
@@ -86,33 +92,13 @@ class RingWriter:
         self.capacity = capacity
         self.max_item_bytes = capacity // MAX_ITEM_SHARE
         self.ring_id = secrets.token_hex(16)
-        _refuse_if_held(self.path)
-        tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._lock_fd = _take_name(directory, name)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            try:
-                os.posix_fallocate(fd, 0, HEADER_BYTES + capacity)
-            except OSError as e:
-                raise OSError(
-                    e.errno,
-                    f"no room for a {capacity >> 20} MiB ring in {directory} ({e.strerror}): "
-                    "lower shm.bytes or give the tmpfs more (docker --shm-size, a Kubernetes "
-                    "emptyDir with medium: Memory and a sizeLimit)",
-                ) from None
-            self._mm = mmap.mmap(fd, HEADER_BYTES + capacity)
-            self._mm[:8] = MAGIC
-            words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
-            words[1], words[2] = HEADER_BYTES, capacity
-            self._mm[24:40] = bytes.fromhex(self.ring_id)
-            os.rename(tmp, self.path)  # readers see a whole ring or none
+            self._fd, self._mm = _create(directory, name, capacity, self.ring_id)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            os.close(fd)
+            os.close(self._lock_fd)
             raise
-        self._fd = fd  # kept open: it holds the lock, and tells our file from a successor's
-        self._words = words
+        self._words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
         self._data: U8 = np.frombuffer(self._mm, np.uint8, offset=HEADER_BYTES)
         self.head = 0
 
@@ -146,28 +132,99 @@ class RingWriter:
             if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
                 os.unlink(self.path)
         os.close(self._fd)
+        os.close(self._lock_fd)  # the name is free again (the lock file stays: it is empty)
         del self._words, self._data
         # A view still held (a crop being sent) keeps the mapping: the GC frees it.
         with contextlib.suppress(BufferError):
             self._mm.close()
 
 
-def _refuse_if_held(path: Path) -> None:
-    """OSError if a live writer holds the ring file at `path` (two publishers, or two
-    streamers, with one ring name); a file left by a writer that died is replaced."""
+def _take_name(directory: Path, name: str) -> int:
+    """Lock the ring name for this writer's life (an exclusive flock on ``.<name>.lock``): a
+    second writer of the name, started before or at the same time, is refused. Returns the lock
+    file's descriptor."""
+    lock_path = directory / f".{name}.lock"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return  # none (or not ours to open: the rename will say)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create {lock_path}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise OSError(
-            f"shm ring {path} is in use by another running writer: give each publisher its "
-            "own shm.name"
-        ) from None
-    finally:
         os.close(fd)
+        raise OSError(
+            f"shm ring {directory / name} is in use by another running writer: give each "
+            "publisher its own shm.name"
+        ) from None
+    return fd
+
+
+def _create(directory: Path, name: str, capacity: int, ring_id: str) -> tuple[int, mmap.mmap]:
+    """Make the ring file, its memory reserved, its header written, and rename it into place
+    (readers see a whole ring or none). A ring left by a writer that died is removed first, so
+    that the two never need room together. Returns the file's descriptor and its mapping."""
+    path = directory / name
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        if st.st_uid != os.geteuid():
+            raise OSError(
+                f"{path} belongs to user {st.st_uid}, not to streamer's ({os.geteuid()}): "
+                "remove it, or give this publisher another shm.name"
+            )
+        path.unlink()  # a dead writer's (we hold the name): its memory goes back to the tmpfs
+    _warn_if_not_tmpfs(directory)
+    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, HEADER_BYTES + capacity)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EFBIG):  # full, or over a size limit
+                raise OSError(e.errno, f"cannot reserve {tmp}: {e.strerror}") from None
+            raise OSError(
+                e.errno,
+                f"no room for a {capacity >> 20} MiB ring in {directory} ({e.strerror}): "
+                "lower shm.bytes or give the tmpfs more (docker --shm-size, a Kubernetes "
+                "emptyDir with medium: Memory and a sizeLimit)",
+            ) from None
+        mm = mmap.mmap(fd, HEADER_BYTES + capacity)
+        mm[:8] = MAGIC
+        words = np.frombuffer(mm, np.uint64, count=3)
+        words[1], words[2] = HEADER_BYTES, capacity
+        del words
+        mm[24:40] = bytes.fromhex(ring_id)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        os.close(fd)
+        raise
+    return fd, mm
+
+
+def _warn_if_not_tmpfs(directory: Path) -> None:
+    """A ring on a disk is written back to it: say so (once per ring made)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return
+    best, fstype = "", ""
+    target = str(directory.resolve())
+    for point, kind in mounts:
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(
+            best
+        ):
+            best, fstype = point, kind
+    if fstype and fstype not in ("tmpfs", "ramfs", "hugetlbfs"):
+        log.warning(
+            "shm.dir %s is on %s, not a tmpfs: the ring's pages are written back to disk",
+            directory,
+            fstype,
+        )
 
 
 class RingReader:
@@ -199,8 +256,10 @@ class RingReader:
                 self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
             except OSError as e:
                 raise RingUnavailableError(f"cannot map {path}: {e.strerror}") from None
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd  # kept: tells when the file is removed (its memory then is ours alone)
         words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
         if (
             self._mm[:8] != MAGIC
@@ -209,6 +268,7 @@ class RingReader:
         ):
             del words
             self._mm.close()
+            os.close(fd)
             raise RingUnavailableError(f"{path} is not a streamer shm ring")
         self.capacity = size - HEADER_BYTES
         self.ring_id = self._mm[24:40].hex()
@@ -231,7 +291,13 @@ class RingReader:
             raise StaleCropError("crop overwritten while it was read")
         return data
 
+    @property
+    def removed(self) -> bool:
+        """Whether the ring's file was removed (its writer stopped, or was replaced)."""
+        return os.fstat(self._fd).st_nlink == 0
+
     def close(self) -> None:
+        os.close(self._fd)
         del self._words, self._data
         with contextlib.suppress(BufferError):
             self._mm.close()
@@ -245,11 +311,13 @@ class RingCache:
         self.directory = directory
         self.max_rings = max_rings
         self._rings: OrderedDict[str, RingReader] = OrderedDict()
+        self._pruned_at = time.monotonic()
 
     def read(self, handle: Any) -> bytes:
         """The bytes a message's ``shm`` handle points to (a copy). Raises ValueError for a
         handle that is not one, RingUnavailableError, or StaleCropError."""
         name, ring_id, offset, size = _parse_handle(handle)
+        self.prune()
         reader = self._rings.get(name)
         if reader is None or reader.ring_id != ring_id:
             if reader is not None:  # streamer restarted: its new ring replaced the file
@@ -264,6 +332,19 @@ class RingCache:
                 self._rings.popitem(last=False)[1].close()
         self._rings.move_to_end(name)
         return reader.read(offset, size)
+
+    def prune(self, force: bool = False) -> int:
+        """Let go of rings whose file was removed (at most every PRUNE_INTERVAL_S unless
+        `force`); call it while idle too, so a stopped streamer's memory is freed. Returns how
+        many were let go."""
+        now = time.monotonic()
+        if not force and now - self._pruned_at < PRUNE_INTERVAL_S:
+            return 0
+        self._pruned_at = now
+        gone = [name for name, reader in self._rings.items() if reader.removed]
+        for name in gone:
+            self._rings.pop(name).close()
+        return len(gone)
 
     def close(self) -> None:
         for reader in self._rings.values():
