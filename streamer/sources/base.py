@@ -160,8 +160,14 @@ class Handoff:
             if len(self._items) >= self._maxlen:
                 self._items.popleft()
                 self._stats.dropped_handoff += 1
+            # Only an empty queue's consumer may be waiting: when frames are already queued,
+            # the wake-up that came with the first of them is still pending or being served
+            # (`get` waits only after finding the queue empty, under this lock). Under load
+            # this saves a loop wake-up per frame.
+            first = not self._items
             self._items.append(frame)
-        self._wake()
+        if first:
+            self._wake()
 
     def end(self) -> None:
         """Called from the decode thread when no more frames will come."""
