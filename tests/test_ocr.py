@@ -21,7 +21,6 @@ from streamer.client import MalformedMessageError, ProtocolVersionError, parse_c
 from streamer.ocr.crops import BadCrop, declared_size, decode_crop, parse_crop_header
 from streamer.ocr.preprocess import (
     MAX_LINE_ASPECT,
-    normalize_text,
     prepare,
     straighten,
     upscale,
@@ -228,15 +227,26 @@ def test_upscale_enlarges_only_small_crops_and_boundedly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "text"),
-    [("ab-12 c", "AB12C"), ("ＡＢ１２", "AB12"), ("|KX 47|", "KX47"), ("ÄÖ9", "ÄÖ9"), ("", "")],
+    ("raw", "charset", "text"),
+    [
+        ("ab-12 c", "ABC12", "AB12C"),
+        ("ＡＢ１２", "AB12", "AB12"),
+        ("|KX 47|", "KX47", "KX47"),
+        ("äÖ9", "ÄÖ9", "ÄÖ9"),  # upper-cased: the charset has no lower case
+        ("äÖ9", "äÖ9", "äÖ9"),  # kept apart: it has
+        ("", "AB", ""),
+    ],
 )
-def test_normalize_text_keeps_letters_and_digits_of_any_script(raw: str, text: str) -> None:
-    assert normalize_text(raw) == text
+def test_text_read_without_a_charset_is_restricted_to_it(raw: str, charset: str, text: str) -> None:
+    from streamer.ocr.ctc import restrict_text
+
+    assert restrict_text(raw, charset) == text
 
 
-def test_normalize_text_is_bounded() -> None:
-    assert len(normalize_text("A" * 1_000_000)) == 64
+def test_restricted_text_is_bounded() -> None:
+    from streamer.ocr.ctc import restrict_text
+
+    assert len(restrict_text("A" * 1_000_000, "A")) == 64
 
 
 def test_track_votes_settle_after_enough_agreeing_readings() -> None:

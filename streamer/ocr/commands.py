@@ -59,7 +59,7 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p = sub.add_parser(
         "ocr",
         help="OCR worker: read text on crops, vote per track, publish readings",
-        description="Reads crops from streamer, recognizes their text (PP-OCRv4 by default), "
+        description="Reads crops from streamer, recognizes their text (PP-OCRv5 by default), "
         "votes per track and publishes one JSON result per read crop on ocr/<source_id>. "
         "With --listen, prints the stable readings of running workers instead.",
     )

@@ -8,7 +8,8 @@ entry is one no plate holds (a Chinese character, a '|'), the plate character th
 thrown away with it, and where the model splits its belief between 'S', 's' and 'Ｓ' (full-width),
 each counts alone. CharsetDecoder first adds up the probabilities of the dictionary entries that
 stand for the same plate character (its NFKC form; upper-cased when the charset has no lower
-case), then takes the best path over blank and the charset only.
+case), then takes the best path over blank and the charset only. restrict_text does what can
+be done for a reader that decodes on its own (Tesseract): keep the charset's characters.
 """
 
 from __future__ import annotations
@@ -22,6 +23,23 @@ import numpy.typing as npt
 
 DEFAULT_CHARSET = string.ascii_uppercase + string.digits
 MAX_CHARSET = 256  # characters a charset may hold
+MAX_TEXT_CHARS = 64  # a reading longer than this is cut
+
+
+def fold_case(charset: str) -> bool:
+    """Whether readings are upper-cased before they are matched to `charset`: when it has no
+    lower-case letter."""
+    return not any(ch.islower() for ch in charset)
+
+
+def restrict_text(raw: str, charset: str) -> str:
+    """A text read without a charset (Tesseract's) as a reading over it: NFKC (full-width forms
+    become ASCII), upper-cased if fold_case, only `charset`'s characters kept (spaces, dashes
+    and stray border marks dropped), at most MAX_TEXT_CHARS."""
+    text = unicodedata.normalize("NFKC", raw[: 4 * MAX_TEXT_CHARS])
+    if fold_case(charset):
+        text = text.upper()
+    return "".join(ch for ch in text if ch in charset)[:MAX_TEXT_CHARS]
 
 
 def parse_charset(value: str) -> str:
@@ -45,31 +63,34 @@ class CharsetDecoder:
 
     def __init__(self, dictionary: Sequence[str], charset: str = DEFAULT_CHARSET) -> None:
         self.charset = charset
-        fold_case = not any(ch.islower() for ch in charset)
+        upper = fold_case(charset)
         position = {ch: i + 1 for i, ch in enumerate(charset)}
-        other = len(charset) + 1  # entries that are no charset character: dropped
-        column = np.full(len(dictionary), other, np.intp)
-        column[0] = 0
+        entries = [0]  # the dictionary entries that stand for blank or a charset character
+        columns = [0]  # and which: 0 blank, i the charset's i-th character (from 1)
         for i, entry in enumerate(dictionary[1:], start=1):
             norm = unicodedata.normalize("NFKC", entry)
-            if norm not in position and fold_case:
+            if norm not in position and upper:
                 norm = norm.upper()
-            column[i] = position.get(norm, other)
-        self._column = column
-        self._n = len(charset) + 2
+            if norm in position:
+                entries.append(i)
+                columns.append(position[norm])
+        self._entries = np.array(entries, np.intp)
+        # (entries, 1 + len(charset)) one-hot: probabilities @ it adds up each character's forms
+        self._to_charset = np.zeros((len(entries), len(charset) + 1), np.float32)
+        self._to_charset[np.arange(len(entries)), columns] = 1.0
         self.dictionary = list(dictionary)
 
     def decode(self, probs: npt.NDArray[np.float32]) -> tuple[str, float]:
         """`probs` (T, len(dictionary)), each row a distribution -> (text over the charset,
         confidence: the mean probability of its characters at the steps they were read, 0.0
         for an empty text)."""
-        if probs.ndim != 2 or probs.shape[1] != len(self._column):
-            raise ValueError(f"expected (T, {len(self._column)}) probabilities, got {probs.shape}")
-        summed = np.zeros((self._n, probs.shape[0]), np.float32)
-        np.add.at(summed, self._column, probs.T.astype(np.float32))
-        summed = summed[:-1]  # blank and the charset; the rest is left out
-        best = summed.argmax(axis=0)
-        p = summed.max(axis=0)
+        if probs.ndim != 2 or probs.shape[1] != len(self.dictionary):
+            raise ValueError(
+                f"expected (T, {len(self.dictionary)}) probabilities, got {probs.shape}"
+            )
+        summed = probs[:, self._entries].astype(np.float32) @ self._to_charset
+        best = summed.argmax(axis=1)
+        p = summed.max(axis=1)
         emit = best != 0
         emit[1:] &= best[1:] != best[:-1]
         if not emit.any():

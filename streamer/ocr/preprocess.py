@@ -1,9 +1,7 @@
 """What a text recognizer needs done to a crop first: straighten it by its polygon, enlarge it
-when it is small, and turn what comes out into a comparable string. Pure functions."""
+when it is small. Pure functions."""
 
 from __future__ import annotations
-
-import unicodedata
 
 import cv2
 import numpy as np
@@ -12,7 +10,6 @@ from streamer.types import U8
 
 MIN_TEXT_HEIGHT_PX = 48  # smaller crops are enlarged to this height (PP-OCR reads 48 px lines)
 MAX_UPSCALE = 4.0  # never enlarge more than this
-MAX_TEXT_CHARS = 64  # a reading longer than this is cut
 # A text line wider than this many times its height is squeezed to it: the recognizer's input
 # is 48 px high and as wide as the aspect ratio makes it (a 4096x1 crop would ask for a
 # 48x196608 input, gigabytes). 64 characters of ~0.6 of the height fit in 40.
@@ -87,11 +84,3 @@ def prepare(image: U8, points: np.ndarray | None) -> U8:
     if points is not None:
         image = straighten(image, points)
     return upscale(limit_aspect(image))
-
-
-def normalize_text(raw: str) -> str:
-    """A reading as compared and voted on: NFKC (full-width forms become ASCII), letters and
-    digits only (of any script; spaces, dashes, dots and stray border marks are dropped),
-    upper case, at most MAX_TEXT_CHARS."""
-    text = unicodedata.normalize("NFKC", raw[: 4 * MAX_TEXT_CHARS])
-    return "".join(ch for ch in text if ch.isalnum()).upper()[:MAX_TEXT_CHARS]

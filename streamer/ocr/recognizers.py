@@ -27,8 +27,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from streamer.ocr.ctc import DEFAULT_CHARSET, CharsetDecoder
-from streamer.ocr.preprocess import MAX_TEXT_CHARS, normalize_text
+from streamer.ocr.ctc import DEFAULT_CHARSET, MAX_TEXT_CHARS, CharsetDecoder, restrict_text
 from streamer.types import U8
 
 DEFAULT_THREADS = 1  # ONNX Runtime intra-op threads per model: a worker is one core
@@ -190,7 +189,7 @@ class TesseractRecognizer:
             psm=tesserocr.PSM.SINGLE_LINE,
         )
         self._api.SetVariable("tessedit_char_whitelist", charset)
-        self._charset = frozenset(charset)
+        self._charset = charset
 
     def read(self, image: U8) -> Reading:
         gray = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
@@ -198,8 +197,7 @@ class TesseractRecognizer:
         self._api.SetImageBytes(gray.tobytes(), w, h, 1, w)
         raw = str(self._api.GetUTF8Text())
         conf = max(0.0, float(self._api.MeanTextConf()) / 100.0)
-        text = "".join(ch for ch in normalize_text(raw) if ch in self._charset)
-        return Reading(text, conf, raw.strip()[:256])
+        return Reading(restrict_text(raw, self._charset), conf, raw.strip()[:256])
 
 
 def make_recognizer(
