@@ -44,6 +44,7 @@ from streamer.health import shed_by_reason
 
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
 CROP_ENCODINGS = {"bgr": "raw-bgr24", "i420": "raw-i420"}
+FIRST_FRAME_TIMEOUT_S = 60.0  # streamer, the detector and the subscriber all up by then
 SHM_RING_BYTES = 128 * 1024 * 1024  # ~0.35 s of 8 cameras' I420 crops (the default: 32 MiB)
 
 
@@ -190,14 +191,11 @@ def measure_streamer(
         cwd=REPO,
         stdout=subprocess.DEVNULL,
     )
-    time.sleep(1.0)  # the detector's imports
-    total_s = WARMUP_S + seconds
     streamers = [
         subprocess.Popen(
             [
                 *(sys.executable, "-m", "streamer", "--log-level", "WARNING"),
-                *("run", "-c", str(config), "--quiet", "--duration", str(total_s)),
-                *("--stats-file", str(stats_file)),
+                *("run", "-c", str(config), "--quiet", "--stats-file", str(stats_file)),
             ],
             cwd=REPO,
         )
@@ -206,9 +204,17 @@ def measure_streamer(
     probes = [Probe(p.pid) for p in streamers]
     others = [Probe(detector.pid), Probe(os.getpid())]
     start = time.monotonic()
-    t0 = start + WARMUP_S
-    t1 = t0 + seconds - 0.5  # before streamer's own stop
-    while all(p.poll() is None for p in streamers):
+    # The measured window starts after the warm-up and a second after the first frame came
+    # back complete (a loaded machine may start the detector late), and lasts `seconds`; then
+    # streamer is stopped (SIGTERM), so a late start never shortens the window.
+    t0: float | None = None
+    while t0 is None or time.monotonic() < t0 + seconds:
+        if t0 is None:
+            first = min((ts[0] for ts in list(complete.values()) if ts), default=None)
+            if first is not None:
+                t0 = max(start + WARMUP_S, first + 1.0)
+            elif time.monotonic() - start > FIRST_FRAME_TIMEOUT_S:
+                break
         try:
             for probe in probes + others:
                 probe.sample_cpu()
@@ -218,18 +224,19 @@ def measure_streamer(
             break
         time.sleep(0.1)
     for p in streamers:
-        p.wait()
+        p.terminate()
+    for p in streamers:
+        p.wait(30)
     detector.terminate()
     detector.wait(10)
     done.set()
     collector.join()
+    if t0 is None:
+        raise SystemExit(f"no frame came back complete within {FIRST_FRAME_TIMEOUT_S} s")
+    t1 = t0 + seconds
     sources: dict[str, Any] = {}
     for stats_file in stats_files:
         sources.update(json.loads(stats_file.read_text())["sources"])
-    # On a loaded machine the detector may start late: measure from a second after the first
-    # frame completes if that is after the warm-up.
-    first = min((ts[0] for ts in complete.values() if ts), default=t0)
-    t0 = max(t0, min(first + 1.0, t1 - 1.0))
     window = t1 - t0
     rates = {sid: sum(t0 <= t < t1 for t in complete.get(sid, [])) / window for sid in ids}
     shed: dict[str, int] = defaultdict(int)
