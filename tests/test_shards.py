@@ -127,7 +127,10 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
 
 
 def _check_life(
-    stats_path: Path, crops: list[tuple[float, str, int, int, int]], cameras: list[str]
+    stats_path: Path,
+    crops: list[tuple[float, str, int, int, int]],
+    cameras: list[str],
+    started_at: float,
 ) -> None:
     """One shard process's counters against the crops the consumer got from it: every crop
     sent arrived exactly once, every frame's crops complete; the only crops not sent are those
@@ -158,8 +161,12 @@ def _check_life(
         missed = pub["dropped_no_subscriber"] + src["unwanted"]
         assert len(per_frame) >= src["paired"] - missed // BOXES
     assert cut == pub["sent"] + pub["dropped_no_subscriber"], (cut, pub)
-    # The consumer subscribes within moments of a process's start: a few frames at most.
-    assert pub["dropped_no_subscriber"] + unwanted <= BOXES * FPS * len(cameras), pub
+    # Crops are lost only until the consumer's subscription reaches the new process: no more
+    # than its cameras make from the process's start to the first crop that arrived, plus a
+    # second (a loaded machine starts the consumer late: 1.4 s was seen).
+    first_s = min(t for t, cam, *_ in crops if cam in cameras) - started_at
+    allowed = BOXES * FPS * len(cameras) * (first_s + 1.0)
+    assert pub["dropped_no_subscriber"] + unwanted <= allowed, (pub, unwanted, first_s)
 
 
 @pytest.mark.timeout(120)
@@ -200,6 +207,7 @@ def test_three_shards_one_detector_one_consumer(tmp_path: Path) -> None:
         cwd=REPO,
         env={**os.environ, "STREAMER_SHARDS": str(SHARDS)},  # the detector's {shard} count
     )
+    t_spawn = time.monotonic()
     shards = {i: _spawn_shard(cfg_path, i, 0, tmp_path) for i in range(SHARDS)}
     victim = 1
     try:
@@ -249,12 +257,12 @@ def test_three_shards_one_detector_one_consumer(tmp_path: Path) -> None:
     for i in range(SHARDS):
         if i == victim:
             life = consumer.since(t_restart)
-            _check_life(tmp_path / f"stats-{i}-1.json", life, served[i])
+            _check_life(tmp_path / f"stats-{i}-1.json", life, served[i], t_restart)
             assert not (tmp_path / f"stats-{i}-0.json").exists()  # killed: no final counters
             before = [c[1:4] for c in consumer.crops if c[0] < t_kill and c[1] in served[i]]
             assert before and len(before) == len(set(before))  # its first life: none twice
         else:
-            _check_life(tmp_path / f"stats-{i}-0.json", consumer.since(0.0), served[i])
+            _check_life(tmp_path / f"stats-{i}-0.json", consumer.since(0.0), served[i], t_spawn)
     assert all(t <= t_end + 5 for t, *_ in consumer.crops)
 
     # The detector routed by reply_to alone: one socket per shard, nothing unroutable.
