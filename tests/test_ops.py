@@ -129,14 +129,23 @@ def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
     status, text = seen["metrics"]
     assert status == 200
     assert _metric(text, 'streamer_frames_decoded_total{source="cam"}') > 0
-    assert _metric(text, 'streamer_source_state{source="down",state="backing_off"}') == 1.0
+    # The down camera retries every 0.1-0.3 s: a sample finds it backing off or reconnecting
+    # (a loaded machine caught it connecting once).
+    down_states = ("backing_off", "connecting")
+    assert (
+        sum(
+            _metric(text, f'streamer_source_state{{source="down",state="{st}"}}')
+            for st in down_states
+        )
+        == 1.0
+    )
     assert _metric(text, 'streamer_source_reconnects_total{source="down"}') >= 2
     assert _metric(text, 'streamer_frames_total{outcome="not_tapped",source="cam"}') >= 0
     assert 'streamer_decode_seconds_bucket{le="0.005",source="cam"}' in text
     assert "streamer_in_ring" in text and "streamer_loop_lag_seconds" in text
     assert seen["metrics_main_no_token"] == 401 and seen["metrics_main_token"] == 200
     status, text = seen["healthy"]
-    assert status == 200 and json.loads(text)["states"]["down"] == "backing_off"
+    assert status == 200 and json.loads(text)["states"]["down"] in down_states
     status, text = seen["lagging"]
     body = json.loads(text)
     assert status == 503 and not body["ok"] and "lagging" in body["problems"]["event_loop"]
