@@ -11,8 +11,10 @@ with its own jitter, as a moving plate gives. Every recognizer reads every track
 once 3 readings agree) and the script reports exact matches per crop and per track (the track's
 final reading), and ms per plate (prepare + recognize).
 
-O/0 and I/1 are folded only for fonts that draw them alike (see folds_for: O/0 in all of these
-fonts but DejaVu Sans Mono, whose zero is dotted; I/1 in none); the script prints which.
+O/0 and I/1 are folded only for fonts that draw them alike, measured on the rendered glyphs
+(folds_for: a zero without dot or slash and an O at most 15% wider; a 1 without a flag): O/0 in
+the four Hershey fonts, nothing in the DejaVu ones, I/1 in none. The script prints the folds,
+and the per-track rate with nothing folded too.
 Nothing here is shared with the demo's plate renderer, and the recognizers get no hint beyond
 their default charset (A-Z and 0-9, every plate character here; nothing per font or position).
 
@@ -89,17 +91,59 @@ def draw_text(
     return img
 
 
-# Fonts whose zero is marked (DejaVu Sans Mono dots it): O and 0 look different there.
-MARKED_ZERO_FONTS = frozenset({"DejaVuSansMono-Bold.ttf"})
+# When two characters count as drawn alike (folds_for). Measured on glyphs drawn GLYPH_PX high.
+GLYPH_PX = 96
+MARKED_CENTRE_INK = 0.2  # a zero with this share of ink in its middle is dotted or slashed
+# O and 0 are folded only when O is at most this much wider than 0. The Hershey fonts' O is 11%
+# wider (5 px in 44 at GLYPH_PX): at the benchmark's characters (12-30 px high, a zero 9-21 px
+# wide) that is 1-2 px, which the crops' blur and rescaling smear, and a reader cannot tell the
+# two apart without a plate-wide width reference. DejaVu Sans and Serif Bold draw O 26% and 31%
+# wider (3-7 px here): a visibly rounder letter, so counting it as 0 would hide real errors.
+MAX_FOLD_WIDTH_RATIO = 1.15
+# A 1 whose top leans left of its stem by this share of its height has a flag; an I has none.
+FLAG_LEAN = 0.015
+
+
+def glyph_ink(ch: str, font: str) -> np.ndarray:
+    """The ink (bool, cropped to its box) of `ch` drawn alone by draw_text, dark on light."""
+    img = draw_text(ch, font, GLYPH_PX, (235, 235, 235), (25, 25, 25))
+    b = max(2, GLYPH_PX // 24) + 2  # inside the plate's border
+    ink = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[b:-b, b:-b] < 128
+    ys, xs = np.nonzero(ink)
+    return np.asarray(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+
+
+def centre_ink(ink: np.ndarray) -> float:
+    """The share of ink in the middle fifth (each way) of a glyph's ink box."""
+    h, w = ink.shape
+    return float(ink[2 * h // 5 : 3 * h // 5, 2 * w // 5 : 3 * w // 5].mean())
+
+
+def flag_lean(ink: np.ndarray) -> float:
+    """How far left of the stem (the middle third's mean ink column) the top quarter's ink
+    lies, as a share of the glyph's height: a 1's flag makes it positive, an I's serifs
+    balance out."""
+    h, w = ink.shape
+    cols = ink[h // 3 : 2 * h // 3].sum(axis=0)
+    stem_x = float((cols * np.arange(w)).sum() / cols.sum())
+    _, xs = np.nonzero(ink[: h // 4])
+    return (stem_x - float(xs.mean())) / h
 
 
 def folds_for(font: str) -> dict[str, str]:
-    """Character folds for `font`. Looked at side by side (draw "O0I1" with each font, or
-    `--save-dir`): DejaVu Sans Mono dots its zero, so nothing is folded there; in the others O
-    and 0 are plain rings that differ only in width and are folded; every font gives 1 a flag
-    and I none (or serifs on both ends), so I/1 is never folded. tests/test_ocr.py checks this
-    table against the rendered glyphs."""
-    return {} if font in MARKED_ZERO_FONTS else {"O": "0"}
+    """Character folds for `font`, measured on its rendered glyphs: O is counted as 0 when the
+    zero has no dot or slash (centre_ink under MARKED_CENTRE_INK) and O is at most
+    MAX_FOLD_WIDTH_RATIO times as wide as 0; I as 1 when the 1 has no flag (flag_lean under
+    FLAG_LEAN) and their widths are as close. For these fonts: O/0 in the four Hershey fonts
+    only; I/1 in none. tests/test_ocr.py checks the outcome."""
+    folds = {}
+    o, zero, i, one = (glyph_ink(ch, font) for ch in "O0I1")
+    if centre_ink(zero) < MARKED_CENTRE_INK and o.shape[1] <= MAX_FOLD_WIDTH_RATIO * zero.shape[1]:
+        folds["O"] = "0"
+    ratio = i.shape[1] / one.shape[1]
+    if flag_lean(one) < FLAG_LEAN and 1 / MAX_FOLD_WIDTH_RATIO <= ratio <= MAX_FOLD_WIDTH_RATIO:
+        folds["I"] = "1"
+    return folds
 
 
 @dataclass
@@ -189,20 +233,31 @@ class EngineResult:
     n_crops: int
     groups: dict[str, Counter[str]]  # per font and per polygon/box: crops, crops_ok, tracks, ...
     misses: list[tuple[str, str, str]]  # (truth, reading, font)
+    also_exact: dict[str, float]  # tracks exact under each of run_engine's `also` fold tables
 
 
 def run_engine(
-    engine: str, tracks: list[Track], folds: dict[str, dict[str, str]], threads: int, locate: bool
+    engine: str,
+    tracks: list[Track],
+    folds: dict[str, dict[str, str]],
+    threads: int,
+    locate: bool,
+    also: dict[str, dict[str, dict[str, str]]] | None = None,
 ) -> EngineResult:
     """Read every track as `streamer ocr` does (until VOTES readings agree); `locate`: find
-    the text line with DBNet in crops without a polygon."""
+    the text line with DBNet in crops without a polygon. `folds` (per font) decide what counts
+    as exact; each of `also` (name -> per-font folds) scores the same readings once more, with
+    votes of its own (the crops read stay those `folds` asked for)."""
+    also = also or {}
     rec = CropReader(make_recognizer(engine, threads), TextDetector(threads) if locate else None)
     rec.read(tracks[0].crops[0][0], None)  # warm-up, not timed
     groups: dict[str, Counter[str]] = defaultdict(Counter)
     ms: list[float] = []
     misses: list[tuple[str, str, str]] = []
+    also_ok: Counter[str] = Counter()
     for t in tracks:
         votes = TrackVotes(VOTES)
+        also_votes = {name: TrackVotes(VOTES) for name in also}
         fd = folds[t.font]
         truth = fold(t.text, fd)
         reading = ""
@@ -218,11 +273,15 @@ def run_engine(
                 groups[k]["crops"] += 1
                 groups[k]["crops_ok"] += text == truth
             reading, _ = votes.add(0, text, got.confidence)
+            for name, table in also.items():
+                also_votes[name].add(0, fold(got.text, table[t.font]), got.confidence)
         for k in kinds:
             groups[k]["tracks"] += 1
             groups[k]["tracks_ok"] += reading == truth
         if reading != truth:
             misses.append((t.text, reading, t.font))
+        for name, table in also.items():
+            also_ok[name] += also_votes[name].reading(0)[0] == fold(t.text, table[t.font])
     total = groups["all"]
     return EngineResult(
         crops_exact=total["crops_ok"] / total["crops"],
@@ -232,6 +291,7 @@ def run_engine(
         n_crops=total["crops"],
         groups=groups,
         misses=misses,
+        also_exact={name: also_ok[name] / len(tracks) for name in also},
     )
 
 
@@ -281,6 +341,7 @@ def main() -> int:
     else:
         print(f"no DejaVu fonts in {DEJAVU_DIR} (Debian: fonts-dejavu-core): Hershey only")
     folds = {f: folds_for(f) for f in fonts}
+    unfolded: dict[str, dict[str, str]] = {f: {} for f in fonts}
     for f in fonts:
         print(
             f"font {f:24s} folded: {', '.join(f'{a}={b}' for a, b in folds[f].items()) or 'none'}"
@@ -302,10 +363,14 @@ def main() -> int:
             cv2.imwrite(str(out / f"{i:03d}_{t.text}_{t.font}.png"), t.crops[0][0])
     results: dict[str, EngineResult] = {}
     for engine in args.engines.split(","):
-        r = results[engine] = run_engine(engine, tracks, folds, args.threads, not args.no_locate)
+        r = results[engine] = run_engine(
+            engine, tracks, folds, args.threads, not args.no_locate, {"nothing folded": unfolded}
+        )
+        n_ok = round(r.tracks_exact * len(tracks))
         print(
             f"{engine:10s} exact per crop {r.crops_exact:6.1%} ({r.n_crops} crops read)  "
-            f"per track {r.tracks_exact:6.1%}  {r.ms_median:.1f} ms per plate "
+            f"per track {r.tracks_exact:6.1%} ({n_ok}/{len(tracks)}; nothing folded "
+            f"{r.also_exact['nothing folded']:.1%})  {r.ms_median:.1f} ms per plate "
             f"(median; mean {r.ms_mean:.1f})"
         )
         for k in [*fonts, "with polygon", "box only"]:
