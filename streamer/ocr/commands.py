@@ -43,8 +43,17 @@ def _probability(value: str) -> float:
     return f
 
 
+def _port(value: str) -> int:
+    """--metrics-port: an integer in 0..65535 (0: any free port)."""
+    n = int(value)
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {n}")
+    return n
+
+
 def _charset(value: str) -> str:
-    """--charset: its characters, deduplicated (streamer.ocr.ctc.parse_charset)."""
+    """--charset: its characters, ranges such as A-Z expanded, deduplicated
+    (streamer.ocr.ctc.parse_charset)."""
     try:
         return parse_charset(value)
     except ValueError as e:
@@ -85,7 +94,8 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "--charset",
         type=_charset,
         default=DEFAULT_CHARSET,
-        help="the characters plates may hold, read over them (default A-Z and 0-9)",
+        help="the characters plates may hold, read over them: characters and ranges X-Y of "
+        "A-Z, a-z or 0-9 (a literal '-' first or last); default A-Z0-9",
     )
     p.add_argument("--threads", type=_threads, default=1, help="ONNX Runtime threads (PP-OCR)")
     p.add_argument("--read-edge", action="store_true", help="also read crops at the frame edge")
@@ -99,7 +109,7 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         action="store_true",
         help="read crops without a polygon whole (default: find their text line with DBNet)",
     )
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=_port, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
     p.add_argument(
@@ -145,7 +155,13 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     server = None
     if args.metrics_port is not None:
         server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
-    log.info("ocr worker (%s): crops from %s, results on %s", args.engine, opts.crops, opts.results)
+    log.info(
+        "ocr worker (%s, charset %s): crops from %s, results on %s",
+        args.engine,
+        args.charset,
+        opts.crops,
+        opts.results,
+    )
     try:
         worker.OcrWorker(CropReader(recognizer, locator), opts, metrics).run(stop)
     finally:
@@ -183,7 +199,7 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--box-threshold", type=_probability, default=0.5, help="min mean text probability"
     )
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=_port, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--curve", nargs=2, metavar=("CLIENT_SECRET", "SERVER_PUBLIC"))
     p.set_defaults(fn=cmd_detect, parser=p)

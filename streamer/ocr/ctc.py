@@ -42,11 +42,47 @@ def restrict_text(raw: str, charset: str) -> str:
     return "".join(ch for ch in text if ch in charset)[:MAX_TEXT_CHARS]
 
 
+MAX_CHARSET_ARG = 4096  # characters a --charset value may have before ranges are expanded
+RANGE_CLASSES = (string.ascii_uppercase, string.ascii_lowercase, string.digits)
+
+
+def _expand_ranges(value: str) -> str:
+    """`value` with each range X-Y (both ends ASCII upper-case letters, lower-case letters or
+    digits, of the same kind, X <= Y) replaced by its characters. A '-' is literal only as the
+    first or last character; anywhere else it must make a range. Raises ValueError."""
+    out: list[str] = []
+    i, n = 0, len(value)
+    range_end = -1  # where the last range ended: a range cannot start there (A-C-E)
+    while i < n:
+        ch = value[i]
+        if ch == "-" and 0 < i < n - 1:
+            lo, hi = value[i - 1], value[i + 1]
+            kind = next((k for k in RANGE_CLASSES if lo in k), None)
+            if kind is None or hi not in kind or lo > hi or range_end == i - 1:
+                raise ValueError(
+                    f"{value[i - 1 : i + 2]!r} is not a range: ranges are X-Y with both ends "
+                    "A-Z, a-z or 0-9 and X <= Y (e.g. A-Z0-9ÄÖÜ); put a literal '-' first or "
+                    "last"
+                )
+            out.extend(kind[kind.index(lo) + 1 : kind.index(hi) + 1])
+            range_end = i + 1
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def parse_charset(value: str) -> str:
-    """A charset as given on a command line: its characters, NFKC-normalised, duplicates and
-    whitespace dropped, in order. Raises ValueError when nothing is left or it is too long."""
+    """A charset as given on a command line: its characters, with ranges such as A-Z expanded
+    (_expand_ranges), NFKC-normalised, duplicates (over the whole value), whitespace and
+    control characters dropped, in order. Raises ValueError when the value is longer than
+    MAX_CHARSET_ARG, has a bad range, nothing is left, or more than MAX_CHARSET characters
+    are."""
+    if len(value) > MAX_CHARSET_ARG:
+        raise ValueError(f"the charset is {len(value)} characters long, at most {MAX_CHARSET_ARG}")
     seen: dict[str, None] = {}
-    for ch in unicodedata.normalize("NFKC", value[: 4 * MAX_CHARSET]):
+    for ch in unicodedata.normalize("NFKC", _expand_ranges(value)):
         if not ch.isspace() and ch.isprintable():
             seen[ch] = None
     chars = "".join(seen)
@@ -74,6 +110,9 @@ class CharsetDecoder:
             if norm in position:
                 entries.append(i)
                 columns.append(position[norm])
+        # The charset's characters no dictionary entry stands for: the model cannot read them.
+        found = set(columns)
+        self.unreadable = "".join(ch for i, ch in enumerate(charset, 1) if i not in found)
         self._entries = np.array(entries, np.intp)
         # (entries, 1 + len(charset)) one-hot: probabilities @ it adds up each character's forms
         self._to_charset = np.zeros((len(entries), len(charset) + 1), np.float32)

@@ -11,6 +11,8 @@ from streamer.ocr.recognizers import Reading, Recognizer
 from streamer.ocr.text_detector import TextDetector, locate_text
 from streamer.types import U8
 
+NOTHING = Reading("", 0.0, "")  # what a crop without pixels reads as
+
 
 class CropReader:
     """A recognizer, with an optional text locator for crops that come without a polygon."""
@@ -24,8 +26,11 @@ class CropReader:
 
         A crop without a polygon is read twice, whole and as the text line the locator finds
         in it, and the more confident reading wins: locating helps where background and a
-        border surround the text, but can miss a character the border touches.
+        border surround the text, but can miss a character the border touches. A crop without
+        pixels (0 high or wide) reads as nothing: an empty text with confidence 0.
         """
+        if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            return NOTHING
         if points is not None or self.locator is None:
             return self.recognizer.read(prepare(image, points))
         whole = self.recognizer.read(prepare(image, None))

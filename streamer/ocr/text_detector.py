@@ -34,7 +34,7 @@ from streamer.client import (
 )
 from streamer.errors import StreamerError
 from streamer.metrics import LogOnce
-from streamer.ocr.recognizers import DEFAULT_THREADS, ort_config
+from streamer.ocr.recognizers import DEFAULT_THREADS, RecognizerUnavailable, ort_config
 from streamer.tracking import IouTracker
 from streamer.types import U8
 
@@ -67,7 +67,12 @@ class TextDetector:
     MODEL = "ch_PP-OCRv4_det_infer.onnx"
 
     def __init__(self, threads: int = DEFAULT_THREADS, box_threshold: float = 0.5) -> None:
-        from rapidocr_onnxruntime.ch_ppocr_det import TextDetector as DbNet
+        try:
+            from rapidocr_onnxruntime.ch_ppocr_det import TextDetector as DbNet
+        except ImportError as e:
+            raise RecognizerUnavailable(
+                "rapidocr-onnxruntime is not installed: pip install 'streamer[ocr]'"
+            ) from e
 
         cfg = {
             **ort_config(self.MODEL, threads),
