@@ -19,7 +19,7 @@ import zmq
 
 from tests.conftest import load_script, spawn, stop
 
-PLATES = ("KX47WB", "M3ZP9Q")  # no O/0 or I/1: the fonts draw O and 0 alike
+PLATES = ("KX47WB", "M3ZP9Q")  # no O/0 or I/1: Hershey draws O and 0 alike (bench_ocr.folds_for)
 N_FRAMES = 24
 FPS = 12
 SIZE = (640, 360)
