@@ -898,3 +898,33 @@ def test_a_model_failure_on_one_frame_is_counted_and_the_detector_goes_on(
     assert metrics.counts["detect_failed"] == 5 and metrics.counts["answered"] == 5, metrics.counts
     assert sorted(a["frame_id"] for a in answered) == [1, 3, 5, 7, 9], answered
     assert "5 failed" in metrics.summary(), metrics.summary()
+
+
+def test_ocr_worker_logs_its_charset_and_what_the_model_cannot_read() -> None:
+    """At start the worker says which charset it reads over (ranges expanded) and warns about
+    characters its model has no dictionary entry for."""
+    import select
+    import time
+
+    from tests.conftest import free_port, spawn, stop
+
+    proc = spawn(
+        *("-m", "streamer", "ocr", "--charset", "A-CК", "--no-locate"),
+        *("--crops", f"tcp://127.0.0.1:{free_port()}"),
+        *("--results", f"tcp://127.0.0.1:{free_port()}"),
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not any("ocr worker (" in x for x in lines):
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                lines.append(line.decode(errors="replace"))
+    finally:
+        _, rest = stop(proc)
+    log = "".join(lines) + rest
+    assert "charset ABCК" in log, log
+    assert "'К' are not in the model's dictionary" in log, log
