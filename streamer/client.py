@@ -497,6 +497,18 @@ def _take(
     return None
 
 
+class _CropRings:
+    """What a crop subscriber (sync or asyncio) does with its shm rings."""
+
+    rings: RingCache
+
+    def _parse(self, parts: list[zmq.Frame]) -> Crop:
+        return parse_crop(parts, self.rings)
+
+    def _idle(self) -> None:
+        self.rings.prune()  # a stopped streamer's ring is let go, its memory freed
+
+
 class _Subscriber(Generic[T]):
     def __init__(
         self,
@@ -556,7 +568,7 @@ class _Subscriber(Generic[T]):
         self.close()
 
 
-class CropSubscriber(_Subscriber[Crop]):
+class CropSubscriber(_CropRings, _Subscriber[Crop]):
     """Receives crops; `topics` are prefixes of ``crop/<source_id>/<class>``.
 
     ``mode="pull"`` joins a PUSH publisher's worker pool (each crop to one worker).
@@ -575,12 +587,6 @@ class CropSubscriber(_Subscriber[Crop]):
     ) -> None:
         self.rings = RingCache(Path(shm_dir))
         super().__init__(self._parse, endpoint, topics, hwm, mode, curve)
-
-    def _parse(self, parts: list[zmq.Frame]) -> Crop:
-        return parse_crop(parts, self.rings)
-
-    def _idle(self) -> None:
-        self.rings.prune()  # a stopped streamer's ring is let go, its memory freed
 
     def close(self) -> None:
         super().close()
@@ -731,7 +737,7 @@ class AsyncFrameSubscriber(_AsyncSubscriber[TapFrame]):
         super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve)
 
 
-class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
+class AsyncCropSubscriber(_CropRings, _AsyncSubscriber[Crop]):
     """asyncio twin of CropSubscriber: ``async for crop in AsyncCropSubscriber(...)``."""
 
     def __init__(
@@ -745,12 +751,6 @@ class AsyncCropSubscriber(_AsyncSubscriber[Crop]):
     ) -> None:
         self.rings = RingCache(Path(shm_dir))
         super().__init__(self._parse, endpoint, topics, hwm, mode, curve)
-
-    def _parse(self, parts: list[zmq.Frame]) -> Crop:
-        return parse_crop(parts, self.rings)
-
-    def _idle(self) -> None:
-        self.rings.prune()  # a stopped streamer's ring is let go, its memory freed
 
     def close(self) -> None:
         super().close()

@@ -45,6 +45,14 @@ from streamer.types import Frame
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter (another process) with this tree importable."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def _files(directory: Path) -> list[str]:
     """What is in `directory` besides ring name locks (empty files that stay, as lock files do)."""
     return [p.name for p in directory.iterdir() if not p.name.endswith(".lock")]
@@ -172,14 +180,7 @@ def test_a_restarted_ring_is_told_apart(tmp_path: Path) -> None:
         os._exit(0)  # killed: no close()
         """
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _python(code)
     handle = json.loads(res.stdout)
     cache = RingCache(tmp_path)
     assert cache.read(handle) == b"x" * 1000  # the dead one's ring is still there, whole
@@ -329,14 +330,7 @@ def test_a_ring_that_does_not_fit_its_tmpfs_fails_at_start_not_in_a_write(tmp_pa
         sys.exit("made a ring that does not fit")
         """
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _python(code)
     assert res.returncode == 0, res.stderr
     assert "no room for a 4 MiB ring" in res.stdout and "shm.bytes" in res.stdout, res.stdout
     assert not _files(tmp_path)
@@ -366,8 +360,7 @@ def test_a_dead_writers_ring_is_removed_before_the_new_one_is_reserved(
         os._exit(0)  # killed: no close()
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=60)
+    assert _python(code).returncode == 0
     assert (tmp_path / "streamer-t").exists()
     seen = []
     real = os.posix_fallocate
