@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import REPO, Probe, free_endpoint, make_clip
 
 from streamer.client import RingCache, StaleCropError, parse_crop
+from streamer.crop.convert import i420_size
 from streamer.health import shed_by_reason
 
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
@@ -111,9 +112,7 @@ def expected_bytes(h: dict[str, Any]) -> int:
     if h["encoding"] == "raw-bgr24":
         return int(w * hh * 3)
     x0, y0 = h["origin"]["x"], h["origin"]["y"]
-    aw = x0 + w + ((x0 + w) & 1) - (x0 & ~1)
-    ah = y0 + hh + ((y0 + hh) & 1) - (y0 & ~1)
-    return int(aw * ah * 3 // 2)
+    return i420_size(x0, y0, x0 + w, y0 + hh)
 
 
 def collect(
@@ -156,7 +155,12 @@ def collect(
 
 
 def measure_streamer(
-    clip: Path, n: int, seconds: float, variant: str, shards: int = 1
+    clip: Path,
+    n: int,
+    seconds: float,
+    variant: str,
+    shards: int = 1,
+    shm_bytes: int = SHM_RING_BYTES,
 ) -> dict[str, Any]:
     """`variant`: transport and crop encoding, ``zmq-bgr``, ``shm-bgr`` or ``shm-i420``. With
     `shards` > 1 the cameras are split among that many streamer processes (as `--shard I/N`
@@ -174,7 +178,7 @@ def measure_streamer(
             "publish": [{"bind": pub, "encoding": CROP_ENCODINGS[encoding], "hwm": 100_000}],
         }
         if transport == "shm":
-            cfg["publish"][0]["shm"] = {"bytes": SHM_RING_BYTES // shards}
+            cfg["publish"][0]["shm"] = {"bytes": shm_bytes // shards}
         configs.append(tmp / f"cfg{k}.yaml")
         configs[-1].write_text(yaml.safe_dump(cfg))
         taps.append(tap)
@@ -271,6 +275,12 @@ def main() -> None:
         "as raw BGR (bgr) or raw I420 (i420)",
     )
     ap.add_argument(
+        "--shm-bytes",
+        type=int,
+        default=SHM_RING_BYTES,
+        help="the shm ring's size, split among the shards (it must fit /dev/shm)",
+    )
+    ap.add_argument(
         "--shards",
         default="1",
         help="streamer processes sharing the cameras (comma-separated: each in turn)",
@@ -294,7 +304,7 @@ def main() -> None:
         )
         runs = [(v, int(k)) for k in args.shards.split(",") for v in args.variants.split(",")]
         for variant, shards in runs:
-            s = measure_streamer(clip, n, args.seconds, variant, shards)
+            s = measure_streamer(clip, n, args.seconds, variant, shards, args.shm_bytes)
             if shards > 1:
                 variant = f"{variant} x{shards}"
             shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"

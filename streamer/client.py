@@ -81,7 +81,7 @@ import zmq
 import zmq.asyncio
 
 from streamer.config import check_reply_to
-from streamer.crop.convert import i420_bounds, i420_crop_to_bgr
+from streamer.crop.convert import i420_crop_to_bgr, i420_size
 from streamer.detections.codec import encode_detections
 from streamer.metrics import LogOnce
 from streamer.publish.shm import RingCache as RingCache
@@ -217,8 +217,7 @@ def _raw_size(header: Mapping[str, Any]) -> int:
         return w * h * 3
     if encoding == "raw-i420":
         x0, y0 = _crop_origin(header)
-        ax0, ay0, ax1, ay1 = i420_bounds(x0, y0, x0 + w, y0 + h)
-        return (ax1 - ax0) * (ay1 - ay0) * 3 // 2
+        return i420_size(x0, y0, x0 + w, y0 + h)
     raise MalformedMessageError(f"encoding {str(encoding)[:32]!r} is not a raw one (shm)")
 
 

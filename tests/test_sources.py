@@ -57,6 +57,23 @@ def test_raising_max_fps_applies_from_the_next_frame() -> None:
     assert skip.admit(0.2, 30.0)  # not held back until 1.0 s
 
 
+def _play(src: AvSource, all_taken: bool = False) -> Consumer:
+    """Play a file source to its end with a consumer taking its frames (with `all_taken`, until
+    the consumer has taken every one); the consumer, stopped, with what it got."""
+
+    async def main() -> Consumer:
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "ended", 20, "the file played to its end")
+            if all_taken:
+                await until(lambda: src.in_handoff == 0, 5, "every frame taken")
+        finally:
+            await c.stop()
+        return c
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def _raw_h264(path: Path, n: int) -> Path:
     """An H.264 elementary stream: its frames carry no timestamps."""
     src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
@@ -79,17 +96,7 @@ def test_frames_without_timestamps_do_not_freeze_max_fps(tmp_path: Path) -> None
     time emitted one and skipped the rest)."""
     path = _raw_h264(tmp_path / "raw.h264", 60)
 
-    async def main() -> AvSource:
-        src = AvSource("cam", str(path), max_fps=10.0, realtime=False)
-        c = Consumer(src).start()
-        try:
-            await until(lambda: src.stats.state == "ended", 20, "the file played")
-            await until(lambda: src.in_handoff == 0, 5, "every frame taken")
-        finally:
-            await c.stop()
-        return src
-
-    src = asyncio.run(asyncio.wait_for(main(), 30))
+    src = _play(AvSource("cam", str(path), max_fps=10.0, realtime=False), all_taken=True).source
     assert src.stats.decoded == 60
     assert 19 <= src.stats.decoded - src.stats.skipped_fps <= 21, src.stats
 
@@ -126,17 +133,9 @@ def test_a_timestamp_jump_while_shedding_is_not_counted_as_skipped_frames(tmp_pa
     skipped that were all decoded)."""
     path = _jumping_h264(tmp_path / "jump.mp4", 3.0)
 
-    async def main() -> AvSource:
-        src = AvSource("cam", str(path), realtime=True)
-        src._shedder = _Shedding()
-        c = Consumer(src).start()
-        try:
-            await until(lambda: src.stats.state == "ended", 20, "the file played")
-        finally:
-            await c.stop()
-        return src
-
-    src = asyncio.run(asyncio.wait_for(main(), 30))
+    src = AvSource("cam", str(path), realtime=True)
+    src._shedder = _Shedding()
+    _play(src)
     assert src.stats.decoded == 60 and src.stats.skip_level == "NONREF", src.stats
     assert src.stats.skipped_decode == 0, src.stats
 
@@ -166,17 +165,7 @@ def test_a_file_whose_timestamps_jump_back_is_still_played_in_real_time(tmp_path
     decoded, and overflowed the hand-off)."""
     path = _concatenated_ts(tmp_path / "joined.ts", 30)
 
-    async def main() -> Consumer:
-        src = AvSource("cam", str(path), realtime=True)
-        c = Consumer(src).start()
-        try:
-            await until(lambda: src.stats.state == "ended", 20, "the file played")
-            await until(lambda: src.in_handoff == 0, 5, "every frame taken")
-        finally:
-            await c.stop()
-        return c
-
-    c = asyncio.run(asyncio.wait_for(main(), 30))
+    c = _play(AvSource("cam", str(path), realtime=True), all_taken=True)
     arrivals = [at for at, _ in c.frames]
     assert len(arrivals) == 60  # none dropped in a burst
     first, second = arrivals[29] - arrivals[0], arrivals[59] - arrivals[30]
@@ -210,15 +199,7 @@ def test_damaged_packets_are_skipped_and_counted_not_a_reconnect(tmp_path: Path)
     ended the session, and a file with one started over from its beginning, for ever)."""
     path = _damaged_ts(tmp_path / "damaged.ts")
 
-    async def main() -> AvSource:
-        src = AvSource("cam", str(path), realtime=False)
-        c = Consumer(src).start()
-        try:
-            await until(lambda: src.stats.state == "ended", 20, "the file played to its end")
-        finally:
-            await c.stop()
-        return src
-
-    src = asyncio.run(asyncio.wait_for(main(), 30))
+    src = AvSource("cam", str(path), realtime=False)
+    _play(src)
     assert src.stats.reconnects == 0 and src.stats.bad_packets > 0, src.stats
     assert src.stats.decoded >= 15, src.stats  # the rest of the stream decoded

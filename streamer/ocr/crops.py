@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer.crop.convert import i420_bounds, i420_crop_to_bgr
+from streamer.crop.convert import i420_crop_to_bgr, i420_size
 from streamer.types import U8
 
 MAX_CROP_SIDE_PX = 4096  # a crop wider or higher than this is refused
@@ -231,9 +231,7 @@ def decode_crop(info: CropInfo, payload: bytes | memoryview) -> U8:
             raise BadCrop("bad_image", f"raw-bgr24 payload of {len(payload)} bytes, want {want}")
         return np.frombuffer(payload, np.uint8).reshape(info.height, info.width, 3)
     if info.encoding == "raw-i420":
-        x1, y1 = info.x + info.width, info.y + info.height
-        ax0, ay0, ax1, ay1 = i420_bounds(info.x, info.y, x1, y1)
-        want = (ax1 - ax0) * (ay1 - ay0) * 3 // 2
+        want = i420_size(info.x, info.y, info.x + info.width, info.y + info.height)
         if len(payload) != want:
             raise BadCrop("bad_image", f"raw-i420 payload of {len(payload)} bytes, want {want}")
         return i420_crop_to_bgr(payload, info.x, info.y, info.width, info.height)
