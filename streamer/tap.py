@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from streamer.crop.convert import gray_to_video_range
 from streamer.types import U8, Frame
 
 _local = threading.local()  # one swscale context per thread: a reformatter is not thread-safe
@@ -61,10 +62,13 @@ def scaled_i420(frame: Frame, width: int | None, height: int | None) -> tuple[U8
         _fill_swscale(buf, frame.decoded, tw, th)
         return buf, tw, th
     n_luma, n_chroma = tw * th, tw * th // 4
-    buf[:n_luma].reshape(th, tw)[:] = _resized(frame.planes[0], (tw, th))
+    luma = buf[:n_luma].reshape(th, tw)
     if frame.pixel_format == "gray":
+        # Gray is full range, I420 video range (swscale converts it so, above).
+        gray_to_video_range(_resized(frame.planes[0], (tw, th)), luma)
         buf[n_luma:] = 128
     else:
+        luma[:] = _resized(frame.planes[0], (tw, th))
         half = (tw // 2, th // 2)
         # Odd-sized frames have one chroma sample more than half the even size: resize handles it.
         buf[n_luma : n_luma + n_chroma].reshape(th // 2, tw // 2)[:] = _resized(

@@ -56,13 +56,21 @@ def test_swscale_and_opencv_area_downscales_agree(size: tuple[int, int], width: 
     assert np.percentile(diff, 99) <= 12
 
 
-def test_gray_frames_scale_to_neutral_chroma() -> None:
+@pytest.mark.parametrize("width", [320, 640])  # scaled (swscale or OpenCV), and not scaled
+def test_gray_frames_decode_to_their_gray(width: int) -> None:
+    """A gray camera's tap is I420 in video range, as decoders read it, with neutral chroma:
+    its BGR is the gray picture (the luma of a gray frame is full range)."""
     frame = from_av(_decoded((640, 360), "gray"), "cam", 0, 0.0)
     assert frame.pixel_format == "gray"
+    want = cv2.resize(frame.planes[0], tap_size(640, 360, width), interpolation=cv2.INTER_AREA)
     for f in (frame, dataclasses.replace(frame, decoded=None)):
-        buf, tw, th = scaled_i420(f, 320, None)
-        assert (tw, th) == (320, 180)
+        buf, tw, th = scaled_i420(f, width, None)
+        assert (tw, th) == tap_size(640, 360, width)
         assert np.all(np.abs(buf[tw * th :].astype(int) - 128) <= 1)
+        bgr = cv2.cvtColor(buf.reshape(th * 3 // 2, tw), cv2.COLOR_YUV2BGR_I420)
+        diff = np.abs(bgr.astype(int) - want[:, :, None].astype(int))
+        assert np.mean(diff) < 1.5, (f.decoded is not None, np.mean(diff))
+        assert np.max(diff) <= 12
 
 
 def test_tap_encodings_decode_to_the_same_picture() -> None:

@@ -19,6 +19,12 @@ from streamer.types import U8, Frame
 _GRAY_TO_VIDEO_Y = np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8)
 
 
+def gray_to_video_range(gray: U8, out: U8) -> None:
+    """Write `gray` (full range, 0..255) into `out` (same shape) as the luma of a video-range
+    picture (16..235): how I420 consumers and OpenCV decode luma."""
+    out[:] = _GRAY_TO_VIDEO_Y[gray]
+
+
 def i420_bounds(x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
     """The rectangle (x0, y0, x1, y1) widened to even coordinates."""
     return x0 & ~1, y0 & ~1, x1 + (x1 & 1), y1 + (y1 & 1)
@@ -50,7 +56,7 @@ def crop_i420(frame: Frame, x0: int, y0: int, x1: int, y1: int, out: U8 | None =
         src = np.pad(src, ((0, ah - src.shape[0]), (0, aw - src.shape[1])), mode="edge")
     if frame.pixel_format == "gray":
         # Gray is full range; I420 crops are decoded as video range: map 0..255 to 16..235.
-        luma[:] = _GRAY_TO_VIDEO_Y[src]
+        gray_to_video_range(src, luma)
         buf[n_luma:] = 128
         return buf
     luma[:] = src
