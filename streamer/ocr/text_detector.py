@@ -16,6 +16,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -34,7 +35,13 @@ from streamer.client import (
 )
 from streamer.errors import StreamerError
 from streamer.metrics import LogOnce
-from streamer.ocr.recognizers import DEFAULT_THREADS, RecognizerUnavailable, ort_config
+from streamer.ocr.recognizers import (
+    DBNET_MODEL,
+    DEFAULT_THREADS,
+    RecognizerUnavailable,
+    ort_session,
+    rapidocr_model,
+)
 from streamer.tracking import IouTracker
 from streamer.types import U8
 
@@ -62,33 +69,36 @@ class TextRegion:
 
 
 class TextDetector:
-    """PP-OCRv4 DBNet: BGR image -> text regions."""
+    """PP-OCRv4 DBNet: BGR image -> text regions. The model (from rapidocr-onnxruntime, checked
+    against its recorded sha256, streamer.ocr.recognizers.RAPIDOCR_SHA256) runs on our own ONNX
+    Runtime session; rapidocr's DBNet pre- and post-processing turn images into its input and
+    its probability map into boxes. `root`: a folder laid out as the wheel's models/."""
 
-    MODEL = "ch_PP-OCRv4_det_infer.onnx"
-
-    def __init__(self, threads: int = DEFAULT_THREADS, box_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        threads: int = DEFAULT_THREADS,
+        box_threshold: float = 0.5,
+        root: Path | None = None,
+    ) -> None:
         try:
-            from rapidocr_onnxruntime.ch_ppocr_det import TextDetector as DbNet
+            from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
         except ImportError as e:
             raise RecognizerUnavailable(
                 "rapidocr-onnxruntime is not installed: pip install 'streamer[ocr]'"
             ) from e
 
-        cfg = {
-            **ort_config(self.MODEL, threads),
-            # limit_type "min" with a tiny limit: never resized, only rounded to 32 px.
-            "limit_side_len": 32,
-            "limit_type": "min",
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.5, 0.5, 0.5],
-            "thresh": 0.3,
-            "box_thresh": box_threshold,
-            "max_candidates": MAX_TEXT_BOXES,
-            "unclip_ratio": 1.6,
-            "use_dilation": True,
-            "score_mode": "fast",
-        }
-        self._db = DbNet(cfg)
+        self._session = ort_session(rapidocr_model(DBNET_MODEL, root), threads)
+        self._input = self._session.get_inputs()[0].name
+        # limit_type "min" with a tiny limit: never resized, only rounded to 32 px.
+        self._pre = DetPreProcess(32, "min", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+        self._post = DBPostProcess(
+            thresh=0.3,
+            box_thresh=box_threshold,
+            max_candidates=MAX_TEXT_BOXES,
+            unclip_ratio=1.6,
+            score_mode="fast",
+            use_dilation=True,
+        )
 
     def detect(self, image: U8) -> list[TextRegion]:
         """Text regions in a BGR (h, w, 3) uint8 image, at most MAX_TEXT_BOXES; an image
@@ -102,17 +112,30 @@ class TextDetector:
                 TextRegion(r.points / np.float32(f), r.score)
                 for r in self.detect(np.asarray(small, np.uint8))
             ]
-        db = self._db
-        pre = db.get_preprocess(max(h, w))(image)
+        pre = self._pre(image)
         if pre is None:
             return []
-        boxes, scores = db.postprocess_op(db.infer(pre)[0], (h, w))
+        probs = self._session.run(None, {self._input: pre})[0]
+        boxes, scores = self._post(probs, (h, w))
         out = []
         for box, score in zip(boxes, scores, strict=True):
-            pts = db.clip_det_res(db.order_points_clockwise(np.asarray(box, np.float32)), h, w)
+            pts = clockwise_in(np.asarray(box, np.float32), w, h)
             if np.linalg.norm(pts[0] - pts[1]) > 3 and np.linalg.norm(pts[0] - pts[3]) > 3:
-                out.append(TextRegion(pts.astype(np.float32), float(score)))
+                out.append(TextRegion(pts, float(score)))
         return out
+
+
+def clockwise_in(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A (4, 2) box's corners ordered top-left, top-right, bottom-right, bottom-left (the two
+    leftmost are the left side), each moved onto the nearest whole pixel inside a `width` x
+    `height` image; float32."""
+    by_x = box[np.argsort(box[:, 0], kind="stable")]
+    left = by_x[:2][np.argsort(by_x[:2, 1], kind="stable")]
+    right = by_x[2:][np.argsort(by_x[2:, 1], kind="stable")]
+    pts = np.array([left[0], right[0], right[1], left[1]], np.float32)
+    pts[:, 0] = np.clip(pts[:, 0], 0, width - 1)
+    pts[:, 1] = np.clip(pts[:, 1], 0, height - 1)
+    return np.trunc(pts).astype(np.float32)
 
 
 LOCATE_MIN_SIDE_PX = 96  # crops are enlarged to this short side before text is located in them
