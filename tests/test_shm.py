@@ -702,3 +702,85 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
             assert np.abs(got["i420"][k].astype(int) - ref.astype(int)).mean() < 12
             assert tuple(ref[0, 0]) == (0, 255, 0)
     assert not _files(tmp_path), "the rings are removed at shutdown"
+
+
+def test_an_inline_publisher_never_sends_bytes_the_ring_has_moved_past(
+    tmp_path: Path, endpoint: Any
+) -> None:
+    """An inline publisher of the same encoding as a ring's gets its own copy of a crop the
+    crop stage wrote into the ring: its messages may wait in ZeroMQ's queue (here, for a reader
+    that does not read) long after the ring has gone round and overwritten those bytes."""
+    tap, dets, shm_pub, inline_pub = endpoint(), endpoint(), endpoint(), endpoint()
+    ring_bytes = 1 << 20
+    cfg = parse_config(
+        {
+            "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=1280x720:rate=30"}],
+            "detections": {"bind": dets},
+            "tap": {"bind": tap, "encoding": "raw-i420"},
+            "publish": [
+                {
+                    "bind": shm_pub,
+                    "encoding": "raw-i420",
+                    "shm": {"dir": str(tmp_path), "bytes": ring_bytes},
+                },
+                {"bind": inline_pub, "encoding": "raw-i420", "hwm": 1000},
+            ],
+        }
+    )
+    # Crops of ~200 KB (over pyzmq's zero-copy threshold): a frame's four fill most of the ring.
+    boxes = [
+        {"x": 200 + 280 * i, "y": 360, "width": 400, "height": 340, "class": "c"} for i in range(4)
+    ]
+    # 19 MB of crops: more than the kernel's socket buffers take (Linux: 4 MiB to send by
+    # default, a few KB to receive here), so most wait in the publisher's queue.
+    frames = 24
+    via_ring: dict[tuple[int, int], np.ndarray] = {}
+    inline: dict[tuple[int, int], np.ndarray] = {}
+    stale: list[int] = []
+    pipeline = Pipeline(cfg)
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        ctx = zmq.asyncio.Context.instance()
+        sub, push, slow = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+        ring = AsyncCropSubscriber(shm_pub, shm_dir=tmp_path)
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
+            sub.connect(tap)
+            push.connect(dets)
+            # A reader whose queue is full: its kernel holds little, the sender's queue the rest.
+            slow.setsockopt(zmq.RCVBUF, 4096)
+            slow.setsockopt(zmq.RCVHWM, 1)
+            slow.setsockopt(zmq.SUBSCRIBE, b"crop/")
+            slow.connect(inline_pub)
+            for _ in range(300):  # until both publishers have their subscriber
+                made = pipeline.stats()["publishers"]
+                if len(made) == 2 and all(p["subscriptions"] for p in made):
+                    break
+                await asyncio.sleep(0.02)
+            for _ in range(frames):
+                header = json.loads((await asyncio.wait_for(sub.recv_multipart(), 5))[1])
+                await push.send_multipart(
+                    encode_detections("cam", header["frame_id"], (1280, 720), boxes)
+                )
+                for _ in boxes:  # read out of the ring before the next frame's crops go in
+                    crop = await asyncio.wait_for(ring.recv(), 5)
+                    via_ring[(crop.frame_id, crop.header["index"])] = crop.image
+            for _ in range(frames * len(boxes)):  # only now is the slow reader read
+                parts = await asyncio.wait_for(slow.recv_multipart(copy=False), 5)
+                crop = parse_crop(parts)
+                inline[(crop.frame_id, crop.header["index"])] = crop.image
+        finally:
+            stale.append(ring.stale)
+            ring.close()
+            for s in (sub, push, slow):
+                s.close(linger=0)
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert stale == [0]
+    assert inline.keys() == via_ring.keys() and len(inline) == frames * len(boxes)
+    assert sum(image.nbytes for image in via_ring.values()) > 16 * ring_bytes
+    for key, image in via_ring.items():
+        assert np.array_equal(inline[key], image), key
