@@ -16,6 +16,11 @@ For each N it prints:
     .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
                                               [--size 1920x1080]
                                               [--variants zmq-bgr,shm-bgr,shm-i420] [--shards 1,2]
+    .venv/bin/python scripts/bench_cameras.py --stages [--seconds 20]
+
+`--stages` says where one camera's CPU goes: streamer with the stages switched on one after
+the other (decoding only; then the tap and the detector's answers, no crop cut because nobody
+subscribes; then everything, shm-i420), each against decoding alone, in one run.
 """
 
 from __future__ import annotations
@@ -263,6 +268,69 @@ def measure_streamer(
     }
 
 
+def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
+    """CPU % of streamer at one camera with crops that nobody subscribes to (so none is cut):
+    decoding only, or (`tap`) with the tap and the echo detector answering every frame."""
+    tmp = Path(tempfile.mkdtemp())
+    tap_at, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
+    cfg: dict[str, Any] = {
+        "sources": [{"id": "cam0", "url": str(clip), "loop": True}],
+        "detections": {"bind": dets},
+        "publish": [{"bind": pub, "encoding": "raw-i420"}],
+    }
+    if tap:
+        cfg["tap"] = {"bind": tap_at, "encoding": "raw-i420", "width": 640, "hwm": 8}
+    config = tmp / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    procs = []
+    if tap:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "scripts/echo_detector.py", "--site", "--tap", tap_at],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    streamer = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streamer", "--log-level", "ERROR"),
+            *("run", "-c", str(config), "--quiet"),
+        ],
+        cwd=REPO,
+    )
+    procs.append(streamer)
+    probe = Probe(streamer.pid)
+    time.sleep(2 * WARMUP_S)  # started, connected, the detector answering
+    probe.sample_cpu()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    probe.sample_cpu()
+    cpu = probe.cpu_percent(t0, time.monotonic())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+    return cpu
+
+
+def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
+    """Print streamer's CPU at one camera stage by stage, each against decoding alone."""
+    bare = measure_bare(clip, 1, seconds)["cpu"]
+    rows = [
+        ("decoding only (no tap)", measure_stage(clip, seconds, tap=False)),
+        ("+ tap 640 px, detector's answers", measure_stage(clip, seconds, tap=True)),
+        (
+            "+ 10 crops cut and sent (shm-i420)",
+            measure_streamer(clip, 1, seconds, "shm-i420", 1, shm_bytes)["cpu"],
+        ),
+    ]
+    print(f"bare decode {bare:.1f}% CPU")
+    before = bare
+    for name, cpu in rows:
+        print(f"   {name:36s} {cpu:5.1f}% (x{cpu / max(bare, 1e-9):.2f} bare, {cpu - before:+.1f})")
+        before = cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cameras", default="1,2,4,6,8,10")
@@ -285,6 +353,7 @@ def main() -> None:
         default="1",
         help="streamer processes sharing the cameras (comma-separated: each in turn)",
     )
+    ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -295,6 +364,9 @@ def main() -> None:
     clip = Path(tempfile.mkdtemp()) / f"clip{w}x{h}.mp4"
     make_clip(clip, w, h, 300)
     print(f"{w}x{h} 30 fps, 10 crops a frame, {args.seconds:.0f} s measured per run")
+    if args.stages:
+        stages(clip, args.seconds, args.shm_bytes)
+        return
     for n in (int(v) for v in args.cameras.split(",")):
         bare = measure_bare(clip, n, args.seconds)
         print(

@@ -87,6 +87,26 @@ def test_bench_ocr_runs_every_recognizer_on_all_36_characters() -> None:
     assert "text detector 320x180, 1 thread(s):" in out
 
 
+def test_bench_cameras_stages_runs() -> None:
+    """`bench_cameras.py --stages`: decoding alone, then streamer with its stages switched on one
+    after the other, each with its CPU and its ratio to decoding alone."""
+    res = _run_script(
+        "scripts/bench_cameras.py",
+        *("--stages", "--seconds", "2", "--size", "320x240", "--shm-bytes", str(8 << 20)),
+        timeout_s=240,
+    )
+    out = res.stdout.splitlines()
+    assert any(line.startswith("bare decode ") for line in out), res.stdout
+    rows = [line for line in out if "bare," in line]
+    assert [row.split("%")[0].rsplit(None, 1)[0].strip() for row in rows] == [
+        "decoding only (no tap)",
+        "+ tap 640 px, detector's answers",
+        "+ 10 crops cut and sent (shm-i420)",
+    ], res.stdout
+    for row in rows:
+        assert float(row.split("%")[0].split()[-1]) > 0, row
+
+
 def test_bench_cameras_runs() -> None:
     """The camera benchmark at a tiny size: a line per camera count, then one per variant
     (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and
