@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.client import Crop, CropSubscriber, ProtocolVersionError
 from streamer.config import SyntheticSpec, parse_config
@@ -139,6 +141,44 @@ def test_topic_sanitised_class_kept(endpoint: Any) -> None:
 
     assert crop_topic("cam", "person/adult") == b"crop/cam/person_adult"
     assert crop_topic("cam", "plate") == b"crop/cam/plate"
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"])), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=20), _JSON_VALUES, max_size=8))
+def test_headers_are_compact_utf8_json_that_reads_back(header: dict[str, Any]) -> None:
+    from streamer.publish.wire import dumps
+
+    header = {k: v for k, v in header.items() if not any(0xD800 <= ord(c) < 0xE000 for c in k)}
+    raw = dumps(header)
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in a header")
+
+    assert json.loads(raw.decode("utf-8"), parse_constant=no_constants) == header
+
+
+def test_headers_never_carry_nan_and_refuse_what_json_cannot_hold() -> None:
+    from streamer.publish.wire import dumps
+
+    assert json.loads(dumps({"x": float("nan"), "y": float("inf")})) == {"x": None, "y": None}
+    assert dumps({"class": "caf\u00e9"}) == '{"class":"caf\u00e9"}'.encode()  # UTF-8, compact
+    for bad in ({"class": "\ud800"}, {"n": 2**64}):
+        with pytest.raises(TypeError):
+            dumps(bad)
 
 
 def test_topic_cache_bounded_in_bytes() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 from typing import Any
+
+import orjson
 
 PROTOCOL_VERSION = 1
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -41,7 +42,12 @@ def frame_topic(source_id: str) -> bytes:
 
 
 def dumps(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+    """`header` as compact UTF-8 JSON (orjson: ~10x faster than the standard library's, which
+    took ~4% of the crop thread at 300 crops a second). Raises orjson.JSONEncodeError (a
+    TypeError) for what JSON cannot hold: lone surrogates, integers over 64 bits; NaN and
+    infinities, which no header field can carry (the detection codec refuses them), would be
+    written as null."""
+    return orjson.dumps(header)
 
 
 def crop_message(
