@@ -773,6 +773,43 @@ def test_ppocrv5_files_are_checked_against_their_recorded_sha256(tmp_path: Path)
         ppocrv5(root=root)
 
 
+@pytest.mark.parametrize(
+    ("readings", "crops_read", "exact"),
+    [
+        # Folded (O=0 in Hershey) these agree 3 times; raw, no text gets 3 votes, so the worker
+        # reads on, and publishes the 2 votes of the last two.
+        (("H0O7", "HO07", "HOO7", "XY12", "XY12"), 5, False),
+        (("H0O7", "H0O7", "HO07", "H0O7", "XY12"), 4, True),
+    ],
+)
+def test_bench_scores_the_reading_the_worker_would_publish(
+    monkeypatch: pytest.MonkeyPatch, readings: tuple[str, ...], crops_read: int, exact: bool
+) -> None:
+    """bench_ocr votes on the raw readings with the worker's TrackVotes, stops when the worker
+    would, and folds only to compare the result with the truth (it used to fold first, so
+    readings that differ only by an O/0 agreed in the bench and not in the worker)."""
+    from streamer.ocr.recognizers import Reading
+    from tests.conftest import load_script
+
+    bench = load_script("bench_ocr")
+    said = iter(("", *readings))  # "": the bench's warm-up read
+
+    class Scripted:
+        name = "scripted"
+
+        def read(self, image: np.ndarray) -> Reading:
+            return Reading(next(said), 0.9, "")
+
+    monkeypatch.setattr(bench, "make_recognizer", lambda *_: Scripted())
+    font = "hershey-simplex"
+    image = np.full((24, 80, 3), 200, np.uint8)
+    crops = [(image, np.zeros((4, 2), np.float32))] * len(readings)
+    track = bench.Track("H007", font, 24, 0, 0.0, True, crops)
+    r = bench.run_engine("scripted", [track], {font: {"O": "0"}}, 1, False)
+    assert r.n_crops == crops_read
+    assert r.tracks_exact == (1.0 if exact else 0.0)
+
+
 def test_tesseract_warns_about_charset_characters_its_data_cannot_read(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -107,6 +107,35 @@ def test_bench_cameras_stages_runs() -> None:
         assert float(row.split("%")[0].split()[-1]) > 0, row
 
 
+def test_ocr_experiments_runs_on_development_seeds_only(tmp_path: Path) -> None:
+    """The replay of the OCR design experiments on a few tracks: one row per way of deciding,
+    its counts within the tracks read, the model outputs cached and replayed identically; a
+    held-out seed is refused."""
+    args = ("scripts/ocr_experiments.py", "--seeds", "16:3,17:2", "--cache-dir", str(tmp_path))
+    first = _run_script(*args, timeout_s=240).stdout
+    rows = {
+        line[:48].strip(): line[48:].split()
+        for line in first.splitlines()
+        if line[:48].strip() and "/" in line[48:]
+    }
+    assert "PP-OCRv5 (streamer ocr)" in rows and "track fusion, soft CTC votes" in rows, first
+    for cells in rows.values():  # seed 16, seed 17, all: "ok/n pct%"
+        counts = [tuple(map(int, c.split("/"))) for c in cells[0::2]]
+        assert [n for _, n in counts] == [3, 2, 5], cells
+        assert counts[0][0] + counts[1][0] == counts[2][0], cells
+    assert "O between digits" in first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed16_3.pkl", "seed17_2.pkl"]
+    assert _run_script(*args).stdout == first
+    refused = subprocess.run(
+        [sys.executable, "scripts/ocr_experiments.py", "--seeds", "101"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert refused.returncode == 2 and "development seeds only" in refused.stderr
+
+
 def test_bench_cameras_runs() -> None:
     """The camera benchmark at a tiny size: a line per camera count, then one per variant
     (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and

@@ -119,15 +119,21 @@ class CharsetDecoder:
         self._to_charset[np.arange(len(entries)), columns] = 1.0
         self.dictionary = list(dictionary)
 
-    def decode(self, probs: npt.NDArray[np.float32]) -> tuple[str, float]:
-        """`probs` (T, len(dictionary)), each row a distribution -> (text over the charset,
-        confidence: the mean probability of its characters at the steps they were read, 0.0
-        for an empty text)."""
+    def charset_probs(self, probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """`probs` (T, len(dictionary)), each row a distribution -> (T, 1 + len(charset)):
+        per step, the probability of blank and of each charset character (its forms added
+        up)."""
         if probs.ndim != 2 or probs.shape[1] != len(self.dictionary):
             raise ValueError(
                 f"expected (T, {len(self.dictionary)}) probabilities, got {probs.shape}"
             )
-        summed = probs[:, self._entries].astype(np.float32) @ self._to_charset
+        return np.asarray(probs[:, self._entries].astype(np.float32) @ self._to_charset)
+
+    def decode(self, probs: npt.NDArray[np.float32]) -> tuple[str, float]:
+        """`probs` (T, len(dictionary)), each row a distribution -> (text over the charset,
+        confidence: the mean probability of its characters at the steps they were read, 0.0
+        for an empty text)."""
+        summed = self.charset_probs(probs)
         best = summed.argmax(axis=1)
         p = summed.max(axis=1)
         emit = best != 0
