@@ -171,7 +171,8 @@ def scored(keys: tuple[str, ...]) -> CropFn:
 
 
 def voted(read: CropFn, fold_first: bool = False) -> TrackFn:
-    """Crops read until 3 readings agree (TrackVotes, as streamer ocr)."""
+    """Crops read until 3 readings agree (TrackVotes, as streamer ocr); a track whose readings
+    never agree that often has no stable reading ("")."""
 
     def track(t: TrackData) -> tuple[str, int]:
         votes, reading, n = TrackVotes(b.VOTES), "", 0
@@ -182,7 +183,7 @@ def voted(read: CropFn, fold_first: bool = False) -> TrackFn:
             text, conf = read(crop)
             n += 1
             reading, _ = votes.add(0, b.fold(text, folds), conf)
-        return reading, n
+        return (reading if votes.stable(0) else ""), n
 
     return track
 
@@ -219,7 +220,7 @@ def fused(mode: str) -> TrackFn:
                     for c in cands:
                         total[c] += float(np.exp(ll[c] - top) / z)
             reading = max(total, key=total.__getitem__)
-        return reading, n
+        return (reading if votes.stable(0) else ""), n
 
     return track
 

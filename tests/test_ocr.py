@@ -774,21 +774,29 @@ def test_ppocrv5_files_are_checked_against_their_recorded_sha256(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    ("readings", "crops_read", "exact"),
+    ("readings", "crops_read", "exact", "last_exact"),
     [
         # Folded (O=0 in Hershey) these agree 3 times; raw, no text gets 3 votes, so the worker
         # reads on, and publishes the 2 votes of the last two.
-        (("H0O7", "HO07", "HOO7", "XY12", "XY12"), 5, False),
-        (("H0O7", "H0O7", "HO07", "H0O7", "XY12"), 4, True),
+        (("H0O7", "HO07", "HOO7", "XY12", "XY12"), 5, False, False),
+        (("H0O7", "H0O7", "HO07", "H0O7", "XY12"), 4, True, True),
+        # Right, but only 2 readings agree: never stable, so no user of the worker sees it.
+        (("H0O7", "H0O7", "XY12", "XY99", "XY98"), 5, False, True),
     ],
 )
 def test_bench_scores_the_reading_the_worker_would_publish(
-    monkeypatch: pytest.MonkeyPatch, readings: tuple[str, ...], crops_read: int, exact: bool
+    monkeypatch: pytest.MonkeyPatch,
+    readings: tuple[str, ...],
+    crops_read: int,
+    exact: bool,
+    last_exact: bool,
 ) -> None:
     """bench_ocr votes on the raw readings with the worker's TrackVotes, stops when the worker
     would, and folds only to compare the result with the truth (it used to fold first, so
-    readings that differ only by an O/0 agreed in the bench and not in the worker)."""
+    readings that differ only by an O/0 agreed in the bench and not in the worker). A track
+    counts as exact only once its reading is stable, as the worker marks it."""
     from streamer.ocr.recognizers import Reading
+    from streamer.ocr.worker import WorkerOptions
     from tests.conftest import load_script
 
     bench = load_script("bench_ocr")
@@ -808,6 +816,8 @@ def test_bench_scores_the_reading_the_worker_would_publish(
     r = bench.run_engine("scripted", [track], {font: {"O": "0"}}, 1, False)
     assert r.n_crops == crops_read
     assert r.tracks_exact == (1.0 if exact else 0.0)
+    assert r.tracks_final_exact == (1.0 if last_exact else 0.0)
+    assert WorkerOptions.votes == bench.VOTES
 
 
 def test_tesseract_warns_about_charset_characters_its_data_cannot_read(
