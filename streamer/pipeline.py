@@ -575,6 +575,17 @@ class Pipeline:
                     tap_cfg.height,
                     tap_cfg.jpeg_quality,
                 )
+                header = {
+                    "v": 1,
+                    "source_id": frame.source_id,
+                    "frame_id": frame.frame_id,
+                    "pts": frame.pts,
+                    "captured_at": frame.captured_at,
+                    **fields,
+                }
+                if self.cfg.detections.reply_to is not None:
+                    header["reply_to"] = self.cfg.detections.reply_to  # where detections go
+                message = [frame_topic(frame.source_id), dumps(header), payload]
             except Exception:
                 # A frame the tap cannot encode is not sent (and counted); the tap goes on.
                 log.exception(
@@ -584,17 +595,6 @@ class Pipeline:
                 camera.tap_room.set()
                 counters.shed("encode_failed")
                 continue
-            header = {
-                "v": 1,
-                "source_id": frame.source_id,
-                "frame_id": frame.frame_id,
-                "pts": frame.pts,
-                "captured_at": frame.captured_at,
-                **fields,
-            }
-            if self.cfg.detections.reply_to is not None:
-                header["reply_to"] = self.cfg.detections.reply_to  # where detections go
-            message = [frame_topic(frame.source_id), dumps(header), payload]
             lossless = camera.source.lossless
             pause_s = TAP_RETRY_MIN_S
             gone = False

@@ -171,10 +171,14 @@ def test_headers_are_compact_utf8_json_that_reads_back(header: dict[str, Any]) -
     assert json.loads(raw.decode("utf-8"), parse_constant=no_constants) == header
 
 
-def test_headers_never_carry_nan_and_refuse_what_json_cannot_hold() -> None:
+def test_headers_take_numpy_numbers_never_carry_nan_and_refuse_what_json_cannot_hold() -> None:
     from streamer.publish.wire import dumps
 
     assert json.loads(dumps({"x": float("nan"), "y": float("inf")})) == {"x": None, "y": None}
+    # NumPy scalars (a float64 is a float to the standard library's json) and tuples: numbers
+    # and arrays.
+    numeric = {"a": np.float64(1.5), "b": np.int64(3), "c": (1, 2), "d": np.float32(0.5)}
+    assert dumps(numeric) == b'{"a":1.5,"b":3,"c":[1,2],"d":0.5}'
     assert dumps({"class": "caf\u00e9"}) == '{"class":"caf\u00e9"}'.encode()  # UTF-8, compact
     for bad in ({"class": "\ud800"}, {"n": 2**64}):
         with pytest.raises(TypeError):

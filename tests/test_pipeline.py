@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -383,3 +384,49 @@ def test_timestamp_pairing_never_pairs_a_frame_the_tap_withdraws(endpoint: Any) 
     assert src["not_tapped"] > 100
     assert src["paired"] == 0 and sum(src["detections"].values()) > 100, src
     assert accounting_balance(src) == 0, src
+
+
+def test_a_tap_header_that_cannot_be_written_is_counted_and_the_tap_goes_on(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame whose tap header cannot be serialised is shed as ``encode_failed`` with its
+    place in the tap given back: the tap keeps sending the frames after it (a failure there
+    once left the frame counted as in the tap for ever, and enough of them stopped the tap)."""
+    import streamer.pipeline as pipeline_module
+
+    real_dumps = pipeline_module.dumps
+
+    def dumps(header: dict[str, Any]) -> bytes:
+        if header["frame_id"] % 2:
+            raise TypeError("Integer exceeds 64-bit range")  # what orjson says for 2**64
+        return real_dumps(header)
+
+    monkeypatch.setattr(pipeline_module, "dumps", dumps)
+    cfg, tap, dets, _ = _config(endpoint)  # (two stuck frames would fill the tap's queue)
+    pipeline = Pipeline(parse_config(cfg))
+    got: list[int] = []
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        ctx = zmq.asyncio.Context.instance()
+        sub, push = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH)
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
+            sub.connect(tap)
+            push.connect(dets)
+            while len(got) < 10:
+                parts = await asyncio.wait_for(sub.recv_multipart(), 5)
+                got.append(json.loads(parts[1])["frame_id"])
+                # Answered (no boxes), so that no frame waits in the ring at the stop.
+                await push.send_multipart(encode_detections("cam", got[-1], (160, 120), []))
+        finally:
+            sub.close(linger=0)
+            push.close(linger=0)
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert all(frame_id % 2 == 0 for frame_id in got)
+    src = pipeline.stats()["sources"]["cam"]
+    assert src["not_tapped_by"]["encode_failed"] >= 5, src
+    assert src["in_tap"] == 0 and accounting_balance(src) == 0, src

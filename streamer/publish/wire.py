@@ -43,11 +43,11 @@ def frame_topic(source_id: str) -> bytes:
 
 def dumps(header: dict[str, Any]) -> bytes:
     """`header` as compact UTF-8 JSON (orjson: ~10x faster than the standard library's, which
-    took ~4% of the crop thread at 300 crops a second). Raises orjson.JSONEncodeError (a
-    TypeError) for what JSON cannot hold: lone surrogates, integers over 64 bits; NaN and
-    infinities, which no header field can carry (the detection codec refuses them), would be
-    written as null."""
-    return orjson.dumps(header)
+    took ~4% of the crop thread at 300 crops a second); NumPy scalars are numbers. Raises
+    orjson.JSONEncodeError (a TypeError) for what JSON cannot hold: lone surrogates, integers
+    over 64 bits. NaN and infinities, which no header field can carry (the detection codec
+    refuses them), would be written as null."""
+    return orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def crop_message(
