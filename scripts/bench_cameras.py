@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from streamer.health import shed_by_reason
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
 CROP_ENCODINGS = {"bgr": "raw-bgr24", "i420": "raw-i420"}
 FIRST_FRAME_TIMEOUT_S = 60.0  # streamer, the detector and the subscriber all up by then
+CLIP_FPS = 30  # make_clip's rate
 SHM_RING_BYTES = 128 * 1024 * 1024  # ~0.35 s of 8 cameras' I420 crops (the default: 32 MiB)
 
 
@@ -246,6 +248,7 @@ def measure_streamer(
     sources: dict[str, Any] = {}
     for stats_file in stats_files:
         sources.update(json.loads(stats_file.read_text())["sources"])
+    shutil.rmtree(tmp, ignore_errors=True)
     window = t1 - t0
     rates = {sid: sum(t0 <= t < t1 for t in complete.get(sid, [])) / window for sid in ids}
     shed: dict[str, int] = defaultdict(int)
@@ -270,7 +273,9 @@ def measure_streamer(
 
 def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
     """CPU % of streamer at one camera with crops that nobody subscribes to (so none is cut):
-    decoding only, or (`tap`) with the tap and the echo detector answering every frame."""
+    decoding only, or (`tap`) with the tap and the echo detector answering every frame.
+    Raises SystemExit if streamer decoded nothing, or (`tap`) if the detector did not answer
+    at the clip's rate through the measured window (the stage would not be what it says)."""
     tmp = Path(tempfile.mkdtemp())
     tap_at, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
     cfg: dict[str, Any] = {
@@ -280,36 +285,52 @@ def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
     }
     if tap:
         cfg["tap"] = {"bind": tap_at, "encoding": "raw-i420", "width": 640, "hwm": 8}
-    config = tmp / "cfg.yaml"
+    config, stats_file, times = tmp / "cfg.yaml", tmp / "stats.json", tmp / "answers.txt"
     config.write_text(yaml.safe_dump(cfg))
-    procs = []
-    if tap:
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "scripts/echo_detector.py", "--site", "--tap", tap_at],
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        if tap:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *(sys.executable, "scripts/echo_detector.py", "--site"),
+                        *("--tap", tap_at, "--times", str(times)),
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                )
             )
+        streamer = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streamer", "--log-level", "ERROR"),
+                *("run", "-c", str(config), "--quiet", "--stats-file", str(stats_file)),
+            ],
+            cwd=REPO,
         )
-    streamer = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "streamer", "--log-level", "ERROR"),
-            *("run", "-c", str(config), "--quiet"),
-        ],
-        cwd=REPO,
-    )
-    procs.append(streamer)
-    probe = Probe(streamer.pid)
-    time.sleep(2 * WARMUP_S)  # started, connected, the detector answering
-    probe.sample_cpu()
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    probe.sample_cpu()
-    cpu = probe.cpu_percent(t0, time.monotonic())
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(30)
+        procs.append(streamer)
+        probe = Probe(streamer.pid)
+        time.sleep(2 * WARMUP_S)  # started, connected, the detector answering
+        probe.sample_cpu()
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        probe.sample_cpu()
+        t1 = time.monotonic()
+        cpu = probe.cpu_percent(t0, t1)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    try:
+        decoded = int(json.loads(stats_file.read_text())["sources"]["cam0"]["decoded"])
+        sent = [float(line.split()[1]) for line in times.read_text().splitlines()] if tap else []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not decoded:
+        raise SystemExit("stage: streamer decoded no frame")
+    answered = sum(t0 <= t < t1 for t in sent)
+    if tap and answered < 0.8 * CLIP_FPS * seconds:
+        raise SystemExit(f"stage: the detector answered {answered} frames in {seconds:.0f} s")
     return cpu
 
 
@@ -329,6 +350,32 @@ def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
     for name, cpu in rows:
         print(f"   {name:36s} {cpu:5.1f}% (x{cpu / max(bare, 1e-9):.2f} bare, {cpu - before:+.1f})")
         before = cpu
+
+
+def cameras(clip: Path, args: argparse.Namespace) -> None:
+    """Print, for each camera count, decoding alone and then each variant and shard count."""
+    for n in (int(v) for v in args.cameras.split(",")):
+        bare = measure_bare(clip, n, args.seconds)
+        print(
+            f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
+            f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
+            flush=True,
+        )
+        runs = [(v, int(k)) for k in args.shards.split(",") for v in args.variants.split(",")]
+        for variant, shards in runs:
+            s = measure_streamer(clip, n, args.seconds, variant, shards, args.shm_bytes)
+            if shards > 1:
+                variant = f"{variant} x{shards}"
+            shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"
+            print(
+                f"   {variant:11s}: streamer delivered "
+                f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
+                f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
+                f"(x{s['cpu'] / max(bare['cpu'], 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
+                f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; "
+                f"shed of {s['decoded']} decoded: {shed}; stale in the ring {s['stale']}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -362,33 +409,15 @@ def main() -> None:
         return
     w, h = (int(v) for v in args.size.split("x"))
     clip = Path(tempfile.mkdtemp()) / f"clip{w}x{h}.mp4"
-    make_clip(clip, w, h, 300)
-    print(f"{w}x{h} 30 fps, 10 crops a frame, {args.seconds:.0f} s measured per run")
-    if args.stages:
-        stages(clip, args.seconds, args.shm_bytes)
-        return
-    for n in (int(v) for v in args.cameras.split(",")):
-        bare = measure_bare(clip, n, args.seconds)
-        print(
-            f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
-            f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
-            flush=True,
-        )
-        runs = [(v, int(k)) for k in args.shards.split(",") for v in args.variants.split(",")]
-        for variant, shards in runs:
-            s = measure_streamer(clip, n, args.seconds, variant, shards, args.shm_bytes)
-            if shards > 1:
-                variant = f"{variant} x{shards}"
-            shed = ", ".join(f"{k} {v}" for k, v in s["shed"].items() if v) or "none"
-            print(
-                f"   {variant:11s}: streamer delivered "
-                f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
-                f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
-                f"(x{s['cpu'] / max(bare['cpu'], 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
-                f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; "
-                f"shed of {s['decoded']} decoded: {shed}; stale in the ring {s['stale']}",
-                flush=True,
-            )
+    try:
+        make_clip(clip, w, h, 300)
+        print(f"{w}x{h} 30 fps, 10 crops a frame, {args.seconds:.0f} s measured per run")
+        if args.stages:
+            stages(clip, args.seconds, args.shm_bytes)
+        else:
+            cameras(clip, args)
+    finally:
+        shutil.rmtree(clip.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
