@@ -76,9 +76,9 @@ def rapidocr_models() -> Path:
     return Path(rapidocr_onnxruntime.__file__).parent / "models"
 
 
-def ort_session(model: Path | bytes, threads: int) -> Any:
-    """An ONNX Runtime CPU session on `model` (a file, or its bytes), `threads` intra-op
-    threads."""
+def ort_session(model: bytes, threads: int) -> Any:
+    """An ONNX Runtime CPU session on `model` (the bytes of a model file, checked by
+    `read_checked` first), `threads` intra-op threads."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -86,14 +86,11 @@ def ort_session(model: Path | bytes, threads: int) -> Any:
             "onnxruntime is not installed: pip install 'streamer[ocr]'"
         ) from e
 
-    if isinstance(model, Path) and not model.is_file():
-        raise RecognizerUnavailable(f"model file {model} is missing")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def rec_input(image: U8) -> np.ndarray:
