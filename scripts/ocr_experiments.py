@@ -29,6 +29,7 @@ For development seeds only (16-30); never for the held-out ones.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import pickle
 import sys
 from collections import Counter
@@ -43,7 +44,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_ocr as b
 
 from streamer.ocr.preprocess import prepare
-from streamer.ocr.recognizers import PpOcrRecognizer, ppocrv4, ppocrv5
+from streamer.ocr.recognizers import (
+    PPOCRV5_SHA256,
+    RAPIDOCR_SHA256,
+    PpOcrRecognizer,
+    ppocrv4,
+    ppocrv5,
+)
 from streamer.ocr.text_detector import TextDetector, locate_text
 from streamer.ocr.tracks import TrackVotes
 
@@ -71,12 +78,26 @@ def views(v5: PpOcrRecognizer, v4: PpOcrRecognizer, line: np.ndarray) -> View:
     }
 
 
+def cache_tag() -> str:
+    """What the cached outputs depend on: the plate generator (bench_ocr.py), this script's
+    views, and the models' recorded digests. A change to any of them misses the cache."""
+    h = hashlib.sha256(Path(b.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    h.update(repr(sorted({**PPOCRV5_SHA256, **RAPIDOCR_SHA256}.items())).encode())
+    return h.hexdigest()[:12]
+
+
 def read_seed(seed: int, n: int, cache_dir: Path | None) -> list[TrackData]:
-    path = cache_dir / f"seed{seed}_{n}.pkl" if cache_dir else None
+    """Every view's per-step probabilities for the crops of `n` tracks of `seed` (from
+    `cache_dir` when computed before with the same generator, views and models)."""
+    path = cache_dir / f"seed{seed}_{n}_{cache_tag()}.pkl" if cache_dir else None
     if path is not None and path.is_file():
         with path.open("rb") as f:
             data: list[TrackData] = pickle.load(f)  # our own file, written below
             return data
+    missing = [f for f in b.TTF_FONTS if not (b.DEJAVU_DIR / f).is_file()]
+    if missing:  # the development seeds were all made with them (bench_ocr falls back)
+        raise SystemExit(f"{', '.join(missing)} missing: apt-get install fonts-dejavu-core")
     fonts = list(b.HERSHEY_FONTS) + list(b.TTF_FONTS)
     v5, v4, det = ppocrv5(1), ppocrv4(1), TextDetector(1)
     data = []
@@ -282,6 +303,8 @@ def main() -> int:
     groups: list[tuple[str, list[TrackData]]] = []
     for item in args.seeds.split(","):
         seed, _, n = item.partition(":")
+        if not (seed.isdigit() and (n.isdigit() or not n)):
+            ap.error(f"--seeds: {item!r} is not seed[:tracks]")
         if not 16 <= int(seed) <= 30:
             ap.error("development seeds only: 16-30")
         groups.append((f"seed {seed}", read_seed(int(seed), int(n or 70), args.cache_dir)))
