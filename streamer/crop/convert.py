@@ -22,7 +22,7 @@ _GRAY_TO_VIDEO_Y = np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8)
 def gray_to_video_range(gray: U8, out: U8) -> None:
     """Write `gray` (full range, 0..255) into `out` (same shape) as the luma of a video-range
     picture (16..235): how I420 consumers and OpenCV decode luma."""
-    out[:] = _GRAY_TO_VIDEO_Y[gray]
+    cv2.LUT(gray, _GRAY_TO_VIDEO_Y, dst=out)
 
 
 def i420_bounds(x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
