@@ -7,7 +7,7 @@
 # configs/site.yaml's does. Relative paths in the config (site.yaml's CURVE keys) are relative to
 # /app: mount them there too (-v "$PWD/keys:/app/keys:ro").
 # The ocr image has no Tesseract language data: `streamer ocr` works with its default engine
-# (ppocrv5); for --engine tesseract mount a tessdata folder with eng.traineddata and set
+# (ppocrv6); for --engine tesseract mount a tessdata folder with eng.traineddata and set
 # TESSDATA_PREFIX to it.
 FROM python:3.11-slim
 

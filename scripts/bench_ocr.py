@@ -20,7 +20,7 @@ Nothing here is shared with the demo's plate renderer, and the recognizers get n
 their default charset (A-Z and 0-9, every plate character here; nothing per font or position).
 
     .venv/bin/python scripts/bench_ocr.py [--tracks 120] [--crops 5]
-        [--engines ppocrv5,rapidocr,tesseract] [--seed 16]
+        [--engines ppocrv6,ppocrv5,rapidocr,tesseract] [--seed 16]
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def main() -> int:
     )
     ap.add_argument("--tracks", type=int, default=120)
     ap.add_argument("--crops", type=int, default=5, help="crops per track (read until stable)")
-    ap.add_argument("--engines", default="ppocrv5,rapidocr,tesseract")
+    ap.add_argument("--engines", default="ppocrv6,ppocrv5,rapidocr,tesseract")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
     ap.add_argument("--no-locate", action="store_true", help="as streamer ocr --no-locate")
     ap.add_argument("--seed", type=int, default=16)

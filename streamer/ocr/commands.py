@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from streamer.ocr.ctc import DEFAULT_CHARSET, parse_charset
+from streamer.ocr.recognizers import DEFAULT_ENGINE, ENGINES
 from streamer.sharding import add_shards_arg, endpoints_arg
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p = sub.add_parser(
         "ocr",
         help="OCR worker: read text on crops, vote per track, publish readings",
-        description="Reads crops from streamer, recognizes their text (PP-OCRv5 by default), "
+        description="Reads crops from streamer, recognizes their text (PP-OCRv6 small by default), "
         "votes per track and publishes one JSON result per read crop on ocr/<source_id>. "
         "With --listen, prints the stable readings of running workers instead.",
     )
@@ -86,9 +87,10 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--votes", type=int, default=3, help="agreeing readings for a stable reading")
     p.add_argument(
         "--engine",
-        default="ppocrv5",
-        choices=("ppocrv5", "rapidocr", "tesseract"),
-        help="ppocrv5: PP-OCRv5 (default); rapidocr: PP-OCRv4; tesseract",
+        default=DEFAULT_ENGINE,
+        choices=ENGINES,
+        help="ppocrv6: PP-OCRv6 small (default); ppocrv5: PP-OCRv5 mobile; rapidocr: PP-OCRv4; "
+        "tesseract",
     )
     p.add_argument(
         "--charset",
