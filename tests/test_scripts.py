@@ -79,9 +79,10 @@ def test_bench_ocr_runs_every_recognizer_on_all_36_characters() -> None:
     )
     out = res.stdout
     assert "all 36 characters: True" in out, out
-    for engine in ("ppocrv5", "rapidocr", "tesseract"):
+    for engine in ("ppocrv6", "ppocrv5", "rapidocr", "tesseract"):
         line = next(x for x in out.splitlines() if x.startswith(engine))
         assert "exact per crop" in line and "per track" in line and "ms per plate" in line, line
+    assert "ppocrv6 vs tesseract: tracks exact x" in out
     assert "ppocrv5 vs tesseract: tracks exact x" in out
     assert "rapidocr vs tesseract: tracks exact x" in out
     assert "text detector 320x180, 1 thread(s):" in out
