@@ -87,6 +87,22 @@ def cache_tag() -> str:
     return h.hexdigest()[:12]
 
 
+def prepared(det: TextDetector, t: b.Track) -> list[dict[str, np.ndarray]]:
+    """Each crop of track `t` as `streamer ocr` prepares it: "line", straightened by its
+    polygon or located by DBNet, and "whole" for a crop without a polygon."""
+    crops: list[dict[str, np.ndarray]] = []
+    for img, poly in t.crops:
+        if t.polygon:
+            crops.append({"line": prepare(img, poly)})
+            continue
+        crop = {"whole": prepare(img, None)}
+        located = locate_text(det, img)
+        if located is not None:
+            crop["line"] = prepare(img, located)
+        crops.append(crop)
+    return crops
+
+
 def read_seed(seed: int, n: int, cache_dir: Path | None) -> list[TrackData]:
     """Every view's per-step probabilities for the crops of `n` tracks of `seed` (from
     `cache_dir` when computed before with the same generator, views and models)."""
@@ -102,16 +118,10 @@ def read_seed(seed: int, n: int, cache_dir: Path | None) -> list[TrackData]:
     v5, v4, det = ppocrv5(1), ppocrv4(1), TextDetector(1)
     data = []
     for t in b.make_tracks(n, 5, seed, fonts):
-        crops: list[Crop] = []
-        for img, poly in t.crops:
-            if t.polygon:
-                crops.append({"line": views(v5, v4, prepare(img, poly))})
-                continue
-            crop = {"whole": views(v5, v4, prepare(img, None))}
-            located = locate_text(det, img)
-            if located is not None:
-                crop["line"] = views(v5, v4, prepare(img, located))
-            crops.append(crop)
+        crops: list[Crop] = [
+            {kind: views(v5, v4, line) for kind, line in lines.items()}
+            for lines in prepared(det, t)
+        ]
         data.append({"text": t.text, "font": t.font, "crops": crops})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,8 @@ import bench_ocr as b
 import ocr_experiments as x
 
 from streamer.ocr import preprocess
-from streamer.ocr.preprocess import prepare
 from streamer.ocr.recognizers import DBNET_MODEL, RAPIDOCR_SHA256, PpOcrRecognizer, ort_session
-from streamer.ocr.text_detector import TextDetector, locate_text
+from streamer.ocr.text_detector import TextDetector
 from streamer.ocr.tracks import TrackVotes
 
 SPEED_LINES = 300  # lines timed per model
@@ -62,10 +61,12 @@ def load_model(spec: str) -> tuple[str, PpOcrRecognizer]:
 
 
 def cache_tag() -> str:
-    """What the prepared lines depend on: the plate generator (bench_ocr.py), this script,
-    the preprocessing and DBNet's recorded digest. A change to any of them misses the cache."""
+    """What the prepared lines depend on: the plate generator (bench_ocr.py), this script and
+    ocr_experiments.py (which prepares them), the preprocessing and DBNet's recorded digest. A
+    change to any of them misses the cache."""
     h = hashlib.sha256(Path(b.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
+    h.update(Path(x.__file__).read_bytes())
     h.update(Path(preprocess.__file__).read_bytes())
     h.update(RAPIDOCR_SHA256[DBNET_MODEL].encode())
     return h.hexdigest()[:12]
@@ -85,17 +86,7 @@ def prepared_lines(seed: int, n: int, cache_dir: Path | None) -> list[dict[str, 
     det = TextDetector(1)
     data = []
     for t in b.make_tracks(n, 5, seed, list(b.HERSHEY_FONTS) + list(b.TTF_FONTS)):
-        crops = []
-        for img, poly in t.crops:
-            if t.polygon:
-                crops.append({"line": prepare(img, poly)})
-                continue
-            crop = {"whole": prepare(img, None)}
-            located = locate_text(det, img)
-            if located is not None:
-                crop["line"] = prepare(img, located)
-            crops.append(crop)
-        data.append({"text": t.text, "font": t.font, "crops": crops})
+        data.append({"text": t.text, "font": t.font, "crops": x.prepared(det, t)})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as out:
