@@ -303,6 +303,20 @@ def o_zero_by_context(data: list[TrackData]) -> None:
             )
 
 
+def dev_seeds(ap: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    """`--seeds` ("seed[:tracks],...", 70 tracks by default) as (seed, tracks) pairs; exits
+    through `ap` on a malformed item or a seed outside the development seeds 16-30."""
+    seeds = []
+    for item in text.split(","):
+        seed, _, n = item.partition(":")
+        if not (seed.isdigit() and (n.isdigit() or not n)):
+            ap.error(f"--seeds: {item!r} is not seed[:tracks]")
+        if not 16 <= int(seed) <= 30:
+            ap.error("development seeds only: 16-30")
+        seeds.append((int(seed), int(n or 70)))
+    return seeds
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -310,14 +324,10 @@ def main() -> int:
     ap.add_argument("--seeds", default="16:140,17,18", help="seed[:tracks], 70 tracks by default")
     ap.add_argument("--cache-dir", type=Path, help="keep the models' outputs here")
     args = ap.parse_args()
-    groups: list[tuple[str, list[TrackData]]] = []
-    for item in args.seeds.split(","):
-        seed, _, n = item.partition(":")
-        if not (seed.isdigit() and (n.isdigit() or not n)):
-            ap.error(f"--seeds: {item!r} is not seed[:tracks]")
-        if not 16 <= int(seed) <= 30:
-            ap.error("development seeds only: 16-30")
-        groups.append((f"seed {seed}", read_seed(int(seed), int(n or 70), args.cache_dir)))
+    groups: list[tuple[str, list[TrackData]]] = [
+        (f"seed {seed}", read_seed(seed, n, args.cache_dir))
+        for seed, n in dev_seeds(ap, args.seeds)
+    ]
     everything = [t for _, data in groups for t in data]
     if len(groups) > 1:
         groups.append(("all", everything))

@@ -124,14 +124,7 @@ def main() -> int:
     ap.add_argument("--model", action="append", required=True, help="NAME=REC.onnx[:DICT.txt]")
     ap.add_argument("--cache-dir", type=Path, help="keep the prepared lines here")
     args = ap.parse_args()
-    seeds = []
-    for item in args.seeds.split(","):
-        seed, _, n = item.partition(":")
-        if not (seed.isdigit() and (n.isdigit() or not n)):
-            ap.error(f"--seeds: {item!r} is not seed[:tracks]")
-        if not 16 <= int(seed) <= 30:
-            ap.error("development seeds only: 16-30")
-        seeds.append((int(seed), int(n or 70)))
+    seeds = x.dev_seeds(ap, args.seeds)
     models = dict(load_model(spec) for spec in args.model)
     tracks = [(s, t) for s, n in seeds for t in prepared_lines(s, n, args.cache_dir)]
     for name, rec in models.items():
