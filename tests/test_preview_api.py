@@ -46,14 +46,28 @@ async def _post_offer(port: int, sdp: str, client_ip: str) -> int:
 def test_viewers_that_never_connect_are_closed_and_draw_nothing(endpoint: Any) -> None:
     port = free_port()
     cfg = _cfg(endpoint, port)
-    # Long enough that no viewer is closed before all 45 offers are answered, also on a loaded
-    # machine (at 1 s, a load of 10 once closed the first ones early: 19 of 32 slots taken).
-    cfg["preview"]["connect_timeout_s"] = 4.0
+    cfg["preview"]["connect_timeout_s"] = 1.0
     out: dict[str, Any] = {}
 
     async def body(p: Pipeline) -> None:
         assert p.hub is not None
         cam = p.hub.sources["cam"]
+        # Closing on the deadline waits until all 45 offers are answered: on a loaded machine a
+        # deadline could otherwise pass before the last offer (at a load of 10, 1 s once closed
+        # the first viewers early: 19 of 32 slots taken).
+        server, answered, held = _server(p), asyncio.Event(), set()
+        close_later = server._close_later
+
+        async def close_once_answered(viewer: Any, why: str) -> None:
+            await answered.wait()
+            close_later(viewer, why)
+
+        def deadline_passed(viewer: Any, why: str) -> None:
+            task = asyncio.ensure_future(close_once_answered(viewer, why))
+            held.add(task)
+            task.add_done_callback(held.discard)
+
+        server._close_later = deadline_passed
         sdp = await _offer_without_candidates()
         # Five from one address (four may be connecting at once), then enough from 10 other
         # loopback addresses to take every slot.
@@ -61,6 +75,7 @@ def test_viewers_that_never_connect_are_closed_and_draw_nothing(endpoint: Any) -
         many = [f"127.0.1.{i}" for i in range(10) for _ in range(4)]
         out["many"] = sorted(await asyncio.gather(*(_post_offer(port, sdp, ip) for ip in many)))
         out["slots_taken"] = len(_server(p).pcs)
+        answered.set()
         await asyncio.sleep(0.5)  # frames flow meanwhile; nobody is connected
         out["viewers_while_connecting"] = cam.viewers
         out["rendered_while_connecting"] = cam.rendered
