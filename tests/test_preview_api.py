@@ -46,42 +46,54 @@ async def _post_offer(port: int, sdp: str, client_ip: str) -> int:
 def test_viewers_that_never_connect_are_closed_and_draw_nothing(endpoint: Any) -> None:
     port = free_port()
     cfg = _cfg(endpoint, port)
-    cfg["preview"]["connect_timeout_s"] = 1.0
+    timeout_s = cfg["preview"]["connect_timeout_s"] = 1.0
     out: dict[str, Any] = {}
 
     async def body(p: Pipeline) -> None:
         assert p.hub is not None
         cam = p.hub.sources["cam"]
-        # Closing on the deadline waits until all 45 offers are answered: on a loaded machine a
-        # deadline could otherwise pass before the last offer (at a load of 10, 1 s once closed
-        # the first viewers early: 19 of 32 slots taken).
-        server, answered, held = _server(p), asyncio.Event(), set()
+        loop = asyncio.get_running_loop()
+        # A viewer whose deadline passes is closed only once all 45 offers are answered and
+        # the checks while they connect are done: on a loaded machine a deadline could
+        # otherwise pass before the last offer (at a load of 10, 1 s once closed the first
+        # viewers early: 19 of 32 slots taken). When each deadline passed is recorded.
+        server, go, held, passed = _server(p), asyncio.Event(), set(), []
         close_later = server._close_later
 
-        async def close_once_answered(viewer: Any, why: str) -> None:
-            await answered.wait()
-            close_later(viewer, why)
+        async def close_when_told(viewer: Any, why: str) -> None:
+            await go.wait()
+            if not viewer.closed:
+                close_later(viewer, why)
 
         def deadline_passed(viewer: Any, why: str) -> None:
-            task = asyncio.ensure_future(close_once_answered(viewer, why))
+            passed.append(loop.time())
+            task = asyncio.ensure_future(close_when_told(viewer, why))
             held.add(task)
             task.add_done_callback(held.discard)
 
         server._close_later = deadline_passed
         sdp = await _offer_without_candidates()
+        first_offer_at = loop.time()
         # Five from one address (four may be connecting at once), then enough from 10 other
         # loopback addresses to take every slot.
         out["one_client"] = [await _post_offer(port, sdp, "127.0.0.2") for _ in range(5)]
         many = [f"127.0.1.{i}" for i in range(10) for _ in range(4)]
         out["many"] = sorted(await asyncio.gather(*(_post_offer(port, sdp, ip) for ip in many)))
-        out["slots_taken"] = len(_server(p).pcs)
-        answered.set()
+        out["slots_taken"] = len(server.pcs)
         await asyncio.sleep(0.5)  # frames flow meanwhile; nobody is connected
         out["viewers_while_connecting"] = cam.viewers
         out["rendered_while_connecting"] = cam.rendered
-        await until(lambda: not _server(p).pcs, 10, "unconnected viewers closed")
+        go.set()
+        await until(lambda: not server.pcs, 10, "unconnected viewers closed")
+        out["deadlines_passed"] = len(passed)
+        out["first_deadline_after_s"] = min(passed) - first_offer_at
+        out["connecting_after"] = dict(server.connecting)
         out["track_after"] = cam.track
-        pc = await _connect(cfg)  # a real viewer gets a slot again
+        # A real viewer gets a slot again (with the server's own deadline handling, and time
+        # to connect on a loaded machine).
+        del server._close_later
+        server.cfg = server.cfg.model_copy(update={"connect_timeout_s": 30.0})
+        pc = await _connect(cfg)
         try:
             await until(lambda: pc.connectionState == "connected", 10, "real viewer connects")
             await until(lambda: cam.rendered > 0, 10, "frames drawn for the real viewer")
@@ -93,6 +105,11 @@ def test_viewers_that_never_connect_are_closed_and_draw_nothing(endpoint: Any) -
     assert out["many"].count(200) == MAX_VIEWERS - 4 and set(out["many"]) == {200, 503}
     assert out["slots_taken"] == MAX_VIEWERS
     assert out["viewers_while_connecting"] == 0 and out["rendered_while_connecting"] == 0
+    # Every viewer was closed by its deadline, none before the deadline, and each address's
+    # count of viewers connecting went back to nothing.
+    assert out["deadlines_passed"] == MAX_VIEWERS
+    assert out["first_deadline_after_s"] >= timeout_s - 0.05
+    assert out["connecting_after"] == {}
     assert out["track_after"] is None
 
 
