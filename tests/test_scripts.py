@@ -180,21 +180,43 @@ def test_ocr_models_compares_recognizers_on_development_seeds_only(tmp_path: Pat
 
 
 def test_bench_cameras_runs() -> None:
-    """The camera benchmark at a tiny size: a line per camera count, then one per variant
-    (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and
-    every crop's size what its header says (the collector checks it)."""
+    """The camera benchmark at a tiny size, two rounds: a line per camera count, then one per
+    variant (crops inline as BGR, in a shared-memory ring as BGR), each camera served and every
+    crop's size what its header says (the collector checks it); then the summary of the
+    rounds."""
     res = _run_script(
         "scripts/bench_cameras.py",
         *("--cameras", "1,2", "--seconds", "2", "--size", "320x240"),
         # A ring that fits any /dev/shm (Docker's is 64 MB; the bench's default is 128 MiB).
         *("--shm-bytes", str(8 << 20)),
-        timeout_s=240,
+        # (shm-i420 runs in the --stages test above; two rounds, for the summary.)
+        *("--variants", "zmq-bgr,shm-bgr", "--rounds", "2"),
+        timeout_s=400,
     )
     out = res.stdout.splitlines()
     lines = [line for line in out if "cameras: bare decode" in line]
-    assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
+    assert [line.split()[0] for line in lines] == ["1", "2"] * 2, res.stdout
     variants = [line.split(":")[0].strip() for line in out if "streamer delivered" in line]
-    assert variants == ["zmq-bgr", "shm-bgr", "shm-i420"] * 2, res.stdout
+    assert variants == ["zmq-bgr", "shm-bgr"] * 4, res.stdout
+    # The summary: per variant and camera count, the mean of the two rounds' lines, as a share
+    # of the variant's highest mean.
+    runs: dict[tuple[str, str], list[float]] = {}
+    count = ""
+    for line in out:
+        if "cameras: bare decode" in line:
+            count = line.split()[0]
+        elif "streamer delivered" in line:
+            variant = line.split(":")[0].strip()
+            total = float(line.split("streamer delivered ")[1].split()[0])
+            runs.setdefault((variant, count), []).append(total)
+    summary = out[out.index(next(line for line in out if line.startswith("summary"))) + 1 :]
+    assert len(summary) == 4, res.stdout
+    for line in summary:
+        variant, n = line.split()[0], line.split()[1]
+        mean = sum(runs[variant, n]) / 2
+        peak = max(sum(v) / 2 for (var, _), v in runs.items() if var == variant)
+        assert line.split(": ")[1].startswith(f"{mean:.0f} ("), (line, runs)
+        assert f"{mean / peak:.0%} of the peak ({peak:.0f})" in line, (line, runs)
     for line in out:
         if "streamer delivered" in line:
             delivered = float(line.split("streamer delivered ")[1].split()[0])
