@@ -19,9 +19,12 @@ For each N it prints:
                                               [--rounds 3]
     .venv/bin/python scripts/bench_cameras.py --stages [--seconds 20]
 
-With `--rounds K` every camera count is run K times over (all counts, then again), and a summary
-gives each variant's complete frames/s per camera count (mean and range over the rounds) as a
-share of its peak: two runs of the same code can differ by a quarter on a shared 2-core box.
+At the end a summary gives, per variant and camera count, the complete frames/s (mean and range
+over the runs) against what the cameras offer, the lowest fairness and the share of the
+variant's peak, then the capacity (the most cameras fully served) and whether twice that many
+kept >= 90% of the peak with every camera >= 80% of the mean (issue 15's first target). With
+`--rounds K` every camera count is run K times over (all counts, then again): two runs of the
+same code can differ by a quarter on a shared 2-core box.
 
 `--stages` says where one camera's CPU goes: streamer with the stages switched on one after
 the other (decoding only; then the tap and the detector's answers, no crop cut because nobody
@@ -361,24 +364,27 @@ def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
 def cameras(clip: Path, args: argparse.Namespace) -> None:
     """Print, for each camera count, decoding alone and then each variant and shard count;
     with `--rounds` K, all of that K times over, then a summary (`summarise`)."""
-    counts = [int(v) for v in args.cameras.split(",")]
-    runs = [(v, int(k)) for k in args.shards.split(",") for v in args.variants.split(",")]
-    delivered: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for _ in range(args.rounds):
-        for n in counts:
-            bare = measure_bare(clip, n, args.seconds)
-            print(
-                f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
-                f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
-                flush=True,
-            )
-            for variant, shards in runs:
-                name = variant if shards == 1 else f"{variant} x{shards}"
-                s = measure_streamer(clip, n, args.seconds, variant, shards, args.shm_bytes)
-                delivered[name, n].append(s["total"])
-                print_run(name, s, bare["cpu"])
-    if args.rounds > 1:
-        summarise(delivered)
+    counts = list(dict.fromkeys(int(v) for v in args.cameras.split(",")))
+    runs = list(
+        dict.fromkeys((v, int(k)) for k in args.shards.split(",") for v in args.variants.split(","))
+    )
+    results: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    try:
+        for _ in range(args.rounds):
+            for n in counts:
+                bare = measure_bare(clip, n, args.seconds)
+                print(
+                    f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
+                    f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
+                    flush=True,
+                )
+                for variant, shards in runs:
+                    name = variant if shards == 1 else f"{variant} x{shards}"
+                    s = measure_streamer(clip, n, args.seconds, variant, shards, args.shm_bytes)
+                    results[name, n].append((s["total"], s["fair"]))
+                    print_run(name, s, bare["cpu"])
+    finally:  # (also what was measured before a failed run or Ctrl-C)
+        print("\n".join(summary(results, CLIP_FPS)), flush=True)
 
 
 def print_run(variant: str, s: dict[str, Any], bare_cpu: float) -> None:
@@ -395,23 +401,44 @@ def print_run(variant: str, s: dict[str, Any], bare_cpu: float) -> None:
     )
 
 
-def summarise(delivered: dict[tuple[str, int], list[float]]) -> None:
-    """Per variant and camera count: complete frames/s delivered, mean and range over the
-    rounds, and the mean as a share of the variant's peak (its highest mean over the camera
-    counts): issue 15 asks twice the capacity to keep >= 90% of the peak. Two runs of the same
-    code differed by up to 30 frames/s (~25%) at 8 cameras on this 2-core machine, hence the
-    rounds."""
-    print("summary (complete frames/s over the rounds: mean, range; share of the peak):")
-    for variant in dict.fromkeys(v for v, _ in delivered):
-        means = {n: statistics.fmean(d) for (v, n), d in delivered.items() if v == variant}
+def summary(results: dict[tuple[str, int], list[tuple[float, float]]], fps: float) -> list[str]:
+    """Per variant and camera count, over its runs: complete frames/s delivered (mean and
+    range) against the `fps` x N offered, the lowest fairness, and the mean as a share of the
+    variant's peak (its highest mean). Then issue 15's first target per variant: the capacity
+    (the most cameras whose mean is >= 99% of what they offer) and, if that many cameras twice
+    over were run, whether they kept >= 90% of the peak and every camera >= 80% of the mean
+    (fairness) in every run. One run can differ from the next by a quarter on a shared 2-core
+    box: hence several rounds."""
+    lines = ["summary (complete frames/s over the runs: mean, range; of what was offered):"]
+    for variant in dict.fromkeys(v for v, _ in results):
+        rows = {n: r for (v, n), r in results.items() if v == variant}
+        means = {n: statistics.fmean(t for t, _ in r) for n, r in rows.items()}
         peak = max(means.values())
-        for n, mean in means.items():
-            runs = delivered[variant, n]
-            print(
-                f"   {variant:11s} {n:2d} cameras: {mean:.0f} ({min(runs):.0f}-{max(runs):.0f}), "
-                f"{mean / max(peak, 1e-9):.0%} of the peak ({peak:.0f})",
-                flush=True,
+        for n, r in rows.items():
+            totals = [t for t, _ in r]
+            lines.append(
+                f"   {variant:11s} {n:2d} cameras: {means[n]:.1f} ({min(totals):.1f}-"
+                f"{max(totals):.1f}) of {fps * n:.0f}, fairness >= {min(f for _, f in r):.2f}, "
+                f"{means[n] / peak if peak else 0.0:.0%} of the peak ({peak:.1f}), "
+                f"{len(r)} run(s)"
             )
+        served = [n for n in rows if means[n] >= 0.99 * fps * n]
+        if not served:
+            lines.append(f"   {variant}: no camera count fully served")
+            continue
+        capacity = max(served)
+        twice = rows.get(2 * capacity)
+        if twice is None:
+            verdict = f"{2 * capacity} cameras not run"
+        else:
+            held = means[2 * capacity] >= 0.9 * peak and min(f for _, f in twice) >= 0.8
+            verdict = (
+                f"{2 * capacity} cameras {means[2 * capacity] / peak if peak else 0.0:.0%} of "
+                f"the peak, fairness >= {min(f for _, f in twice):.2f}: "
+                + ("held (>= 90%, >= 0.80)" if held else "not held (>= 90%, >= 0.80)")
+            )
+        lines.append(f"   {variant}: capacity {capacity} camera(s) fully served; twice: {verdict}")
+    return lines
 
 
 def main() -> None:
@@ -440,13 +467,15 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="run every camera count this many times over, then print each variant's mean, "
-        "range and share of its peak",
+        help="run every camera count this many times over (the summary at the end is over all "
+        "of a row's runs)",
     )
     ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.bare:
         bare_decode(Path(args.clip), args.bare, args.seconds)
         return

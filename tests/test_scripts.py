@@ -6,8 +6,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def _run_script(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -180,46 +181,76 @@ def test_ocr_models_compares_recognizers_on_development_seeds_only(tmp_path: Pat
 
 
 def test_bench_cameras_runs() -> None:
-    """The camera benchmark at a tiny size, two rounds: a line per camera count, then one per
-    variant (crops inline as BGR, in a shared-memory ring as BGR), each camera served and every
-    crop's size what its header says (the collector checks it); then the summary of the
-    rounds."""
+    """The camera benchmark at a tiny size: a line per camera count, then one per variant
+    (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and
+    every crop's size what its header says (the collector checks it); then the summary, a line
+    per variant and camera count and a verdict per variant."""
     res = _run_script(
         "scripts/bench_cameras.py",
         *("--cameras", "1,2", "--seconds", "2", "--size", "320x240"),
         # A ring that fits any /dev/shm (Docker's is 64 MB; the bench's default is 128 MiB).
         *("--shm-bytes", str(8 << 20)),
-        # (shm-i420 runs in the --stages test above; two rounds, for the summary.)
-        *("--variants", "zmq-bgr,shm-bgr", "--rounds", "2"),
-        timeout_s=400,
+        timeout_s=240,
     )
     out = res.stdout.splitlines()
     lines = [line for line in out if "cameras: bare decode" in line]
-    assert [line.split()[0] for line in lines] == ["1", "2"] * 2, res.stdout
+    assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
     variants = [line.split(":")[0].strip() for line in out if "streamer delivered" in line]
-    assert variants == ["zmq-bgr", "shm-bgr"] * 4, res.stdout
-    # The summary: per variant and camera count, the mean of the two rounds' lines, as a share
-    # of the variant's highest mean.
-    runs: dict[tuple[str, str], list[float]] = {}
-    count = ""
-    for line in out:
-        if "cameras: bare decode" in line:
-            count = line.split()[0]
-        elif "streamer delivered" in line:
-            variant = line.split(":")[0].strip()
-            total = float(line.split("streamer delivered ")[1].split()[0])
-            runs.setdefault((variant, count), []).append(total)
-    summary = out[out.index(next(line for line in out if line.startswith("summary"))) + 1 :]
-    assert len(summary) == 4, res.stdout
-    for line in summary:
-        variant, n = line.split()[0], line.split()[1]
-        mean = sum(runs[variant, n]) / 2
-        peak = max(sum(v) / 2 for (var, _), v in runs.items() if var == variant)
-        assert line.split(": ")[1].startswith(f"{mean:.0f} ("), (line, runs)
-        assert f"{mean / peak:.0%} of the peak ({peak:.0f})" in line, (line, runs)
+    assert variants == ["zmq-bgr", "shm-bgr", "shm-i420"] * 2, res.stdout
     for line in out:
         if "streamer delivered" in line:
             delivered = float(line.split("streamer delivered ")[1].split()[0])
             assert delivered > 0, line
             assert "fairness" in line and "peak RSS" in line and "shed of" in line, line
             assert line.endswith("stale in the ring 0"), line
+    summary = out[out.index(next(line for line in out if line.startswith("summary"))) + 1 :]
+    rows = [tuple(line.split()[:2]) for line in summary if "cameras:" in line]
+    assert rows == [(v, n) for v in ("zmq-bgr", "shm-bgr", "shm-i420") for n in "12"], summary
+    verdicts = [line.split(":")[0].strip() for line in summary if "cameras:" not in line]
+    assert verdicts == ["zmq-bgr", "shm-bgr", "shm-i420"], summary
+
+
+def test_bench_cameras_summary_judges_the_first_target(monkeypatch: Any) -> None:
+    """The summary's numbers and verdicts (issue 15: twice the capacity keeps >= 90% of the
+    peak, every camera >= 80% of the mean), on made-up runs (total frames/s, fairness)."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    bench = load_script("bench_cameras")
+    results = {
+        # Two cameras are the capacity (59.85 >= 99% of 60; 4 give 114 of 120); four keep
+        # 100% of the peak (114) with fairness 0.97: held.
+        ("a", 2): [(60.0, 1.0), (59.7, 0.99)],
+        ("a", 4): [(110.0, 0.97), (118.0, 0.99)],
+        ("a", 8): [(100.0, 0.9), (116.0, 0.95)],
+        # Four cameras are the capacity; eight give 100 of the 120 peak (83%): not held.
+        ("b", 4): [(120.0, 1.0)],
+        ("b", 8): [(100.0, 0.95)],
+        # Capacity 1; 2 cameras were not run.
+        ("c", 1): [(30.0, 1.0)],
+        ("c", 3): [(60.0, 0.9)],
+        ("d", 2): [(10.0, 0.5)],
+    }
+    assert bench.summary(results, 30) == [
+        "summary (complete frames/s over the runs: mean, range; of what was offered):",
+        "   a            2 cameras: 59.9 (59.7-60.0) of 60, fairness >= 0.99, 52% of the peak "
+        "(114.0), 2 run(s)",
+        "   a            4 cameras: 114.0 (110.0-118.0) of 120, fairness >= 0.97, 100% of the "
+        "peak (114.0), 2 run(s)",
+        "   a            8 cameras: 108.0 (100.0-116.0) of 240, fairness >= 0.90, 95% of the "
+        "peak (114.0), 2 run(s)",
+        "   a: capacity 2 camera(s) fully served; twice: 4 cameras 100% of the peak, fairness "
+        ">= 0.97: held (>= 90%, >= 0.80)",
+        "   b            4 cameras: 120.0 (120.0-120.0) of 120, fairness >= 1.00, 100% of the "
+        "peak (120.0), 1 run(s)",
+        "   b            8 cameras: 100.0 (100.0-100.0) of 240, fairness >= 0.95, 83% of the "
+        "peak (120.0), 1 run(s)",
+        "   b: capacity 4 camera(s) fully served; twice: 8 cameras 83% of the peak, fairness "
+        ">= 0.95: not held (>= 90%, >= 0.80)",
+        "   c            1 cameras: 30.0 (30.0-30.0) of 30, fairness >= 1.00, 50% of the peak "
+        "(60.0), 1 run(s)",
+        "   c            3 cameras: 60.0 (60.0-60.0) of 90, fairness >= 0.90, 100% of the peak "
+        "(60.0), 1 run(s)",
+        "   c: capacity 1 camera(s) fully served; twice: 2 cameras not run",
+        "   d            2 cameras: 10.0 (10.0-10.0) of 60, fairness >= 0.50, 100% of the peak "
+        "(10.0), 1 run(s)",
+        "   d: no camera count fully served",
+    ]
