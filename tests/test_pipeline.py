@@ -124,9 +124,12 @@ def test_malformed_messages_are_counted_and_pipeline_keeps_running(endpoint: Any
     assert accounting_balance(src) == 0, src
 
 
-def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
-    cfg, tap, dets, _ = _config(endpoint)
-    pipeline = Pipeline(parse_config(cfg))
+def _answer_with_no_boxes(
+    pipeline: Pipeline, tap: str, dets: str, frames: int, settle_s: float = 0.0
+) -> list[int]:
+    """Run `pipeline`, answer its first `frames` tapped frames with an empty prediction list
+    (for source "cam", 160x120), wait `settle_s`, stop it; the answered frame ids."""
+    got: list[int] = []
 
     async def main() -> None:
         run = asyncio.create_task(pipeline.run())
@@ -136,11 +139,11 @@ def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
             sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
             sub.connect(tap)
             push.connect(dets)
-            for _ in range(5):
+            while len(got) < frames:
                 parts = await asyncio.wait_for(sub.recv_multipart(), 5)
-                fid = json.loads(parts[1])["frame_id"]
-                await push.send_multipart(encode_detections("cam", fid, (160, 120), []))
-            await asyncio.sleep(0.2)
+                got.append(json.loads(parts[1])["frame_id"])
+                await push.send_multipart(encode_detections("cam", got[-1], (160, 120), []))
+            await asyncio.sleep(settle_s)
         finally:
             sub.close(linger=0)
             push.close(linger=0)
@@ -148,6 +151,13 @@ def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
             await asyncio.wait_for(run, 10)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+    return got
+
+
+def test_empty_prediction_list_pairs_with_zero_crops(endpoint: Any) -> None:
+    cfg, tap, dets, _ = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+    _answer_with_no_boxes(pipeline, tap, dets, 5, settle_s=0.2)
     src = pipeline.stats()["sources"]["cam"]
     assert src["detections"]["paired"] == 5 and src["crops"] == 0
     assert accounting_balance(src) == 0
@@ -404,28 +414,8 @@ def test_a_tap_header_that_cannot_be_written_is_counted_and_the_tap_goes_on(
     monkeypatch.setattr(pipeline_module, "dumps", dumps)
     cfg, tap, dets, _ = _config(endpoint)  # (two stuck frames would fill the tap's queue)
     pipeline = Pipeline(parse_config(cfg))
-    got: list[int] = []
-
-    async def main() -> None:
-        run = asyncio.create_task(pipeline.run())
-        ctx = zmq.asyncio.Context.instance()
-        sub, push = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH)
-        try:
-            sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
-            sub.connect(tap)
-            push.connect(dets)
-            while len(got) < 10:
-                parts = await asyncio.wait_for(sub.recv_multipart(), 5)
-                got.append(json.loads(parts[1])["frame_id"])
-                # Answered (no boxes), so that no frame waits in the ring at the stop.
-                await push.send_multipart(encode_detections("cam", got[-1], (160, 120), []))
-        finally:
-            sub.close(linger=0)
-            push.close(linger=0)
-            pipeline.stop()
-            await asyncio.wait_for(run, 10)
-
-    asyncio.run(asyncio.wait_for(main(), 60))
+    # Answered (no boxes), so that no frame waits in the ring at the stop.
+    got = _answer_with_no_boxes(pipeline, tap, dets, 10)
     assert all(frame_id % 2 == 0 for frame_id in got)
     src = pipeline.stats()["sources"]["cam"]
     assert src["not_tapped_by"]["encode_failed"] >= 5, src
