@@ -255,7 +255,9 @@ def run_engine(
     only to be compared with the truth: `folds` (per font) decide what counts as exact, and
     each of `also` (name -> per-font folds) scores the same readings once more."""
     also = also or {}
-    rec = CropReader(make_recognizer(engine, threads), TextDetector(threads) if locate else None)
+    name, _, variant = engine.partition(":")
+    recognizer = make_recognizer(name, threads, pairs=variant != "plain")
+    rec = CropReader(recognizer, TextDetector(threads) if locate else None)
     rec.read(tracks[0].crops[0][0], None)  # warm-up, not timed
     groups: dict[str, Counter[str]] = defaultdict(Counter)
     ms: list[float] = []
@@ -329,7 +331,11 @@ def main() -> int:
     )
     ap.add_argument("--tracks", type=int, default=120)
     ap.add_argument("--crops", type=int, default=5, help="crops per track (read until stable)")
-    ap.add_argument("--engines", default="ppocrv6,ppocrv5,rapidocr,tesseract")
+    ap.add_argument(
+        "--engines",
+        default="ppocrv6,ppocrv5,rapidocr,tesseract",
+        help="recognizers; ppocrv6:plain is ppocrv6 without its look-alike models",
+    )
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
     ap.add_argument("--no-locate", action="store_true", help="as streamer ocr --no-locate")
     ap.add_argument("--seed", type=int, default=16)

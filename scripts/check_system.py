@@ -62,10 +62,14 @@ VENV_PACKAGE = "python3-venv"
 TESSDATA_GLOB = "/usr/share/tesseract-ocr/*/tessdata"
 TESSERACT_LANGS = {"eng": "tesseract-ocr-eng"}
 # Data file -> Debian package: the TrueType fonts scripts/bench_ocr.py and the OCR tests draw
-# plates with.
+# plates with, and the one font package the test of scripts/train_lookalikes.py draws with (the
+# script's full run needs all of its FONT_PACKAGES; it names the missing ones).
 DATA_FILES = {
-    f"/usr/share/fonts/truetype/dejavu/{name}.ttf": "fonts-dejavu-core"
-    for name in ("DejaVuSans-Bold", "DejaVuSansMono-Bold", "DejaVuSerif-Bold")
+    **{
+        f"/usr/share/fonts/truetype/dejavu/{name}.ttf": "fonts-dejavu-core"
+        for name in ("DejaVuSans-Bold", "DejaVuSansMono-Bold", "DejaVuSerif-Bold")
+    },
+    "/usr/share/fonts/truetype/liberation2/LiberationSans-Regular.ttf": "fonts-liberation2",
 }
 # GStreamer's RTSP server library is libgstrtspserver-1.0-0, which gir1.2-gst-rtsp-server-1.0
 # depends on (its import is checked). gstreamer1.0-rtsp is something else, the rtspclientsink

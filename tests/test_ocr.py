@@ -848,7 +848,7 @@ def test_bench_scores_the_reading_the_worker_would_publish(
         def read(self, image: np.ndarray) -> Reading:
             return Reading(next(said), 0.9, "")
 
-    monkeypatch.setattr(bench, "make_recognizer", lambda *_: Scripted())
+    monkeypatch.setattr(bench, "make_recognizer", lambda *_, **__: Scripted())
     font = "hershey-simplex"
     image = np.full((24, 80, 3), 200, np.uint8)
     crops = [(image, np.zeros((4, 2), np.float32))] * len(readings)

@@ -93,6 +93,12 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "tesseract",
     )
     p.add_argument(
+        "--no-lookalikes",
+        action="store_true",
+        help="ppocrv6: take O/0 and I/1 as the model reads them, without the look-alike models "
+        "that tell them apart by their shape",
+    )
+    p.add_argument(
         "--charset",
         type=_charset,
         default=DEFAULT_CHARSET,
@@ -137,7 +143,9 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         print("error: --votes must be in 1..1000", file=sys.stderr)
         return 2
     try:
-        recognizer = make_recognizer(args.engine, args.threads, args.charset)
+        recognizer = make_recognizer(
+            args.engine, args.threads, args.charset, pairs=not args.no_lookalikes
+        )
         locator = None if args.no_locate else TextDetector(args.threads)
     except RecognizerUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

