@@ -44,6 +44,7 @@ from streamer.ocr.tracks import TrackVotes
 from streamer.ocr.worker import WorkerOptions
 
 ALPHABET = string.ascii_uppercase + string.digits
+LETTERS, DIGITS = string.ascii_uppercase, string.digits
 DEJAVU_DIR = Path("/usr/share/fonts/truetype/dejavu")
 TTF_FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif-Bold.ttf")
 HERSHEY_FONTS = {
@@ -197,20 +198,34 @@ def make_crop(
     return crop, corners.astype(np.float32)
 
 
-def make_tracks(n: int, crops_per_track: int, seed: int, fonts: list[str]) -> list[Track]:
-    """`n` tracks; their texts use every character of ALPHABET about equally often."""
+def make_tracks(
+    n: int, crops_per_track: int, seed: int, fonts: list[str], texts: str = "random"
+) -> list[Track]:
+    """`n` tracks; their texts use every character of ALPHABET about equally often. `texts`:
+    "random" (any character anywhere: the neighbours say nothing) or "plates" (2-3 blocks of
+    1-4 letters or digits, kinds alternating, as most plates are written: the neighbours say
+    whether a character is a letter or a digit)."""
     rng = random.Random(seed)
-    pool: list[str] = []
+    pools: dict[str, list[str]] = {}
+
+    def draw(kind: str) -> str:
+        if not pools.get(kind):
+            pools[kind] = list(kind)
+            rng.shuffle(pools[kind])
+        return pools[kind].pop()
+
     tracks = []
     for i in range(n):
-        length = rng.randint(5, 8)
-        chars = []
-        for _ in range(length):
-            if not pool:
-                pool = list(ALPHABET)
-                rng.shuffle(pool)
-            chars.append(pool.pop())
-        text = "".join(chars)
+        if texts == "random":
+            text = "".join(draw(ALPHABET) for _ in range(rng.randint(5, 8)))
+        else:
+            lengths = [0]
+            while not 5 <= sum(lengths) <= 8:
+                lengths = [rng.randint(1, 4) for _ in range(rng.randint(2, 3))]
+            kinds = [LETTERS, DIGITS] if rng.random() < 0.5 else [DIGITS, LETTERS]
+            text = "".join(
+                draw(kinds[b % 2]) for b, size in enumerate(lengths) for _ in range(size)
+            )
         font = fonts[i % len(fonts)]
         colour = rng.randrange(len(COLOURS))
         height = rng.choice(HEIGHTS_PX)
@@ -339,6 +354,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
     ap.add_argument("--no-locate", action="store_true", help="as streamer ocr --no-locate")
     ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument(
+        "--texts",
+        choices=("random", "plates"),
+        default="random",
+        help="random: any character anywhere (the target's plates); plates: blocks of letters "
+        "and of digits, as most real plates",
+    )
     ap.add_argument("--detector-sizes", default="640x360,1280x720", help="'' to skip")
     ap.add_argument("--detector-repeat", type=int, default=10)
     ap.add_argument("--save-dir", help="write each track's first crop here as PNG")
@@ -346,6 +368,10 @@ def main() -> int:
         "--only-fonts", help="comma-separated fonts: read only their tracks (same plates)"
     )
     args = ap.parse_args()
+    for engine in args.engines.split(","):
+        name, sep, variant = engine.partition(":")
+        if sep and (name != "ppocrv6" or variant != "plain"):
+            ap.error(f"--engines: {engine!r}: the only variant is ppocrv6:plain")
     fonts = list(HERSHEY_FONTS)
     if all((DEJAVU_DIR / f).is_file() for f in TTF_FONTS):
         fonts += list(TTF_FONTS)
@@ -357,7 +383,7 @@ def main() -> int:
         print(
             f"font {f:24s} folded: {', '.join(f'{a}={b}' for a, b in folds[f].items()) or 'none'}"
         )
-    tracks = make_tracks(args.tracks, args.crops, args.seed, fonts)
+    tracks = make_tracks(args.tracks, args.crops, args.seed, fonts, args.texts)
     if args.only_fonts:
         only = set(args.only_fonts.split(","))
         tracks = [t for t in tracks if t.font in only]

@@ -3,6 +3,7 @@ features, the CTC runs they act on, the model's extra output, and the training s
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import subprocess
@@ -14,11 +15,13 @@ import pytest
 
 from streamer.ocr import lookalikes
 from streamer.ocr.ctc import DEFAULT_CHARSET, best_runs, run_confidence
-from streamer.ocr.lookalikes import Lookalikes, PairModel
+from streamer.ocr.lookalikes import Lookalikes, PairModel, pair_inputs
 from streamer.ocr.preprocess import prepare
 from streamer.ocr.recognizers import (
     LOOKALIKES_SHA256,
     PPOCRV6_FEATURE_SIZE,
+    PPOCRV6_MODEL,
+    RAPIDOCR3_SHA256,
     RecognizerUnavailable,
     ppocrv6,
 )
@@ -39,14 +42,16 @@ def test_best_runs_are_the_characters_of_the_best_path_with_their_steps() -> Non
     assert best_runs(s) == [(COL["A"], 1, 2), (COL["A"], 4, 4), (COL["7"], 5, 6)]
     assert run_confidence(s, best_runs(s)) == pytest.approx(0.9)
     assert best_runs(_summed([0, 0])) == [] and run_confidence(_summed([0]), []) == 0.0
+    assert best_runs(np.zeros((0, 37), np.float32)) == []
 
 
-def _by_first_feature(pair: str, features: int = 4) -> PairModel:
-    """A pair model that picks the pair's second character when feature 0 is positive."""
-    weights = np.zeros(features + 1, np.float32)
-    weights[0] = 1.0
-    ones = np.ones(features + 1, np.float32)
-    return PairModel(pair, np.zeros(features + 1, np.float32), ones, weights, 0.0)
+def _by_first_feature(pair: str, features: int = 4, log_odds_weight: float = 0.0) -> PairModel:
+    """A pair model that picks the pair's second character when feature 0 at the character's
+    peak step, plus `log_odds_weight` times the model's log-odds, is positive."""
+    n = lookalikes.inputs(features)
+    weights = np.zeros(n, np.float32)
+    weights[0], weights[-1] = 1.0, log_odds_weight
+    return PairModel(pair, np.zeros(n, np.float32), np.ones(n, np.float32), weights, 0.0)
 
 
 def test_resolve_redecides_only_the_pairs_characters_from_their_peak_step() -> None:
@@ -61,7 +66,29 @@ def test_resolve_redecides_only_the_pairs_characters_from_their_peak_step() -> N
     feats[7, 0] = 1.0  # the I as 1
     feats[8, 0] = -1.0
     got = pairs.resolve(best_runs(s), s, feats)
-    assert "".join(DEFAULT_CHARSET[c - 1] for c in got) == "0AO18"
+    assert "".join(DEFAULT_CHARSET[c - 1] for c, _ in got) == "0AO18"
+    # A re-decided character carries the pair's probability (O or 0), any other its own.
+    pair_p = 0.9 + 0.1 / 36
+    assert [p for _, p in got] == pytest.approx([pair_p, 0.9, pair_p, pair_p, 0.9])
+
+
+def test_pair_inputs_are_the_peak_the_lines_style_and_the_runs_log_odds() -> None:
+    s = _summed([COL["O"], COL["O"], COL["O"], 0, COL["7"]])
+    s[:3, COL["0"]] = [0.05, 0.3, 0.05]  # 0 has 0.4 over the run, O 2.75
+    s[2, COL["O"]] = 0.95  # the peak: step 2
+    feats = np.arange(20, dtype=np.float32).reshape(5, 4)
+    x = pair_inputs(s, feats, (COL["O"], 0, 2), COL["O"], COL["0"])
+    assert x.shape == (lookalikes.inputs(4),)
+    np.testing.assert_array_equal(x[:4], feats[2])
+    # The style: the mean over the line's character steps (0-2 and 4), not the blank step 3.
+    np.testing.assert_allclose(x[4:8], feats[[0, 1, 2, 4]].mean(axis=0))
+    assert x[-1] == pytest.approx(np.log(0.4) - np.log(0.9 + 0.9 + 0.95), rel=1e-5)
+    # With the log-odds weighed in, the model's strong O outvotes a weakly positive feature.
+    pairs = Lookalikes([_by_first_feature("O0", log_odds_weight=1.0)], DEFAULT_CHARSET, 4)
+    feats[2, 0] = 1.0
+    assert pairs.resolve(best_runs(s), s, feats)[0][0] == COL["O"]
+    feats[2, 0] = 3.0  # log-odds -1.93: a feature of 3 outweighs it
+    assert pairs.resolve(best_runs(s), s, feats)[0][0] == COL["0"]
 
 
 def test_pairs_apply_only_where_the_charset_holds_both_characters() -> None:
@@ -70,18 +97,42 @@ def test_pairs_apply_only_where_the_charset_holds_both_characters() -> None:
     s = np.full((1, 1 + len(charset)), 0.01, np.float32)
     s[0, charset.index("O") + 1] = 0.9
     feats = np.full((1, 4), 9.0, np.float32)
-    assert pairs.resolve(best_runs(s), s, feats) == [charset.index("O") + 1]
+    assert pairs.resolve(best_runs(s), s, feats)[0][0] == charset.index("O") + 1
     with pytest.raises(ValueError, match="not for 8 features"):
         Lookalikes([_by_first_feature("O0", features=4)], DEFAULT_CHARSET, 8)
 
 
-def test_the_shipped_weights_are_checked_and_cover_both_pairs() -> None:
-    loaded = lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256)
+MODEL_SHA256 = RAPIDOCR3_SHA256[PPOCRV6_MODEL]
+
+
+def test_the_shipped_weights_are_checked_and_cover_both_pairs(tmp_path: Path) -> None:
+    loaded = lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256, MODEL_SHA256)
     assert [m.pair for m in loaded.models] == ["O0", "I1"]
     with pytest.raises(ValueError, match=r"lookalikes_ppocrv6\.npz has sha256"):
-        lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, "0" * 64)
+        lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, "0" * 64, MODEL_SHA256)
     with pytest.raises(ValueError, match="not for 64 features"):
-        lookalikes.load(DEFAULT_CHARSET, 64, LOOKALIKES_SHA256)
+        lookalikes.load(DEFAULT_CHARSET, 64, LOOKALIKES_SHA256, MODEL_SHA256)
+    # Weights trained on another recognizer model are refused: they would decide on the
+    # wrong features.
+    with pytest.raises(ValueError, match=r"trained on the recognizer model .* retrain"):
+        lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256, "1" * 64)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not an npz")
+    digest = hashlib.sha256(junk.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="not a look-alike weights file"):
+        lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, digest, MODEL_SHA256, junk)
+
+
+def test_the_weights_ship_as_package_data() -> None:
+    """The wheel (and so the Docker image) carries the weights: pyproject's package data for
+    streamer.ocr matches the file."""
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["streamer.ocr"]
+    assert any(fnmatch.fnmatch(lookalikes.WEIGHTS_FILE, g) for g in globs), globs
+    assert (ROOT / "streamer" / "ocr" / lookalikes.WEIGHTS_FILE).is_file()
 
 
 def test_a_tampered_weights_file_makes_the_recognizer_unavailable(
@@ -118,30 +169,56 @@ def test_the_extra_output_leaves_the_probabilities_as_they_were() -> None:
     np.testing.assert_array_equal(probs, plain_probs)
 
 
-def test_pair_models_read_o_0_i_1_among_the_other_kind_better_on_unseen_fonts() -> None:
-    """Lines whose O sits between digits, 0 between letters, I among digits and 1 among
-    letters (where the model's neighbour habit misleads it), in the benchmark's DejaVu fonts:
-    the pair models read more of those characters right than the model alone, and no fewer
-    lines."""
-    rng = random.Random(7)
-    with_pairs, plain = ppocrv6(), ppocrv6(pairs=False)
-    letters, digits = "ABCDEFGHJKLMNPRSTUVWXYZ", "2345789"
-    right = {"pairs": 0, "plain": 0}
-    lines = {"pairs": 0, "plain": 0}
-    fonts = ("DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf")
-    n = 0
+FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf")
+LETTERS, DIGITS = "ABCDEFGHJKLMNPRSTUVWXYZ", "2345789"
+
+
+def _read_pairs(against_context: bool, seed: int) -> dict[str, dict[str, list[int]]]:
+    """48 lines, each with one of O, 0, I, 1 among two letters or two digits before and one
+    after it, in the DejaVu fonts (the OCR benchmark's, which the training never draws with):
+    `against_context`, an O or I among digits and a 0 or 1 among letters (where the model's
+    neighbour habit misleads it), else each among its own kind (as on most plates). Returns,
+    per font and with and without the look-alike models, [that character read right, the line
+    read exactly]."""
+    rng = random.Random(seed)
+    recs = {"pairs": ppocrv6(), "plain": ppocrv6(pairs=False)}
+    out = {font: {name: [0, 0] for name in recs} for font in FONTS}
     for i in range(48):
         odd = "O0I1"[i % 4]
-        kind = digits if odd in "OI" else letters
+        own, other = (LETTERS, DIGITS) if odd in "OI" else (DIGITS, LETTERS)
+        kind = other if against_context else own
         text = "".join(rng.choice(kind) for _ in range(2)) + odd + rng.choice(kind)
-        image = prepare(_line(text, fonts[i % 3], rng.choice((24, 32, 40)), rng), None)
-        for name, rec in (("pairs", with_pairs), ("plain", plain)):
+        font = FONTS[i % 3]
+        image = prepare(_line(text, font, rng.choice((24, 32, 40)), rng), None)
+        for name, rec in recs.items():
             got = rec.read(image).text
-            lines[name] += got == text
-            right[name] += len(got) == len(text) and got[2] == odd
-        n += 1
-    assert right["pairs"] > right["plain"], (right, n)
-    assert lines["pairs"] >= lines["plain"], (lines, n)
+            out[font][name][0] += len(got) == len(text) and got[2] == odd
+            out[font][name][1] += got == text
+    return out
+
+
+def _total(counts: dict[str, dict[str, list[int]]], name: str, k: int) -> int:
+    return sum(per_font[name][k] for per_font in counts.values())
+
+
+def test_pair_models_read_o_0_i_1_among_the_other_kind_better_on_unseen_fonts() -> None:
+    """Where the neighbours mislead the model, the look-alike models read more of those
+    characters right, and no fewer lines."""
+    counts = _read_pairs(against_context=True, seed=7)
+    assert _total(counts, "pairs", 0) > _total(counts, "plain", 0) + 4, counts
+    assert _total(counts, "pairs", 1) >= _total(counts, "plain", 1), counts
+
+
+def test_pair_models_keep_what_the_neighbours_get_right() -> None:
+    """Where the neighbours are right (O and I among letters, 0 and 1 among digits, as on
+    most plates), the look-alike models lose at most 1 of the 16 lines of DejaVu Sans Bold
+    and of DejaVu Serif Bold. Not in DejaVu Sans Mono Bold, whose O is as narrow as its
+    dotted zero: there they read some O among letters as 0 (3 of these 16 lines), a known
+    limitation (docs/benchmarks.md, "Look-alike models")."""
+    counts = _read_pairs(against_context=False, seed=8)
+    for font in ("DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf"):
+        pairs, plain = counts[font]["pairs"], counts[font]["plain"]
+        assert pairs[0] >= plain[0] - 1 and pairs[1] >= plain[1] - 1, (font, counts)
 
 
 def test_train_lookalikes_writes_weights_the_reader_loads(tmp_path: Path) -> None:
@@ -159,8 +236,9 @@ def test_train_lookalikes_writes_weights_the_reader_loads(tmp_path: Path) -> Non
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "fonts in" in res.stdout and "unseen families" in res.stdout, res.stdout
+    assert "fonts in 1 lineages: Liberation" in res.stdout, res.stdout
+    assert "O0, random lines: not validated (one lineage" in res.stdout, res.stdout
     digest = re.search(r"sha256 ([0-9a-f]{64})", res.stdout)
     assert digest, res.stdout
-    loaded = lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, digest[1], path=out)
+    loaded = lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, digest[1], MODEL_SHA256, out)
     assert {m.pair for m in loaded.models} == {"O0", "I1"}

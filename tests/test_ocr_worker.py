@@ -99,6 +99,34 @@ def test_worker_reads_serves_metrics_survives_bad_crops_and_stops_on_sigterm(end
         pub.close(linger=0)
         _, err = stop(worker)
     assert "ocr worker: {" in err and "'malformed': 6" in err and "ms per read" in err, err
+    assert "ocr worker (ppocrv6, look-alike models on, charset" in err, err
+
+
+def test_no_lookalikes_reaches_the_recognizer(endpoint: Any) -> None:
+    """`--no-lookalikes` starts the worker with PP-OCRv6 alone: its start line, which states
+    what the recognizer it made has, says no look-alike models; it still reads."""
+    crops, results = endpoint(), endpoint()
+    pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(crops)
+    worker = spawn(
+        *("-m", "streamer", "ocr", "--crops", crops, "--results", results, "--no-lookalikes")
+    )
+    sub = _results([results])
+    got = None
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while got is None and time.monotonic() < deadline and worker.poll() is None:
+            pub.send_multipart(_crop("KQ47WB", tracker_id=1))
+            if sub.poll(500):
+                got = json.loads(sub.recv_multipart()[1])
+        assert got is not None and got["text"] == "KQ47WB", got
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0
+    finally:
+        sub.close(linger=0)
+        pub.close(linger=0)
+        _, err = stop(worker)
+    assert "ocr worker (ppocrv6, charset" in err and "look-alike" not in err, err
 
 
 def test_a_pool_of_two_pull_workers_reads_each_crop_once(endpoint: Any) -> None:

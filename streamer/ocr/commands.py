@@ -165,9 +165,12 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     server = None
     if args.metrics_port is not None:
         server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
+    if args.no_lookalikes and args.engine != "ppocrv6":
+        log.warning("--no-lookalikes: only ppocrv6 has look-alike models; ignored")
     log.info(
-        "ocr worker (%s, charset %s): crops from %s, results on %s",
+        "ocr worker (%s%s, charset %s): crops from %s, results on %s",
         args.engine,
+        ", look-alike models on" if getattr(recognizer, "pairs", None) else "",
         args.charset,
         opts.crops,
         opts.results,

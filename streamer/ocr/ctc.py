@@ -153,6 +153,8 @@ class CharsetDecoder:
 def best_runs(summed: npt.NDArray[np.float32]) -> list[tuple[int, int, int]]:
     """The best path over `summed` (T, 1 + charset) as the characters it emits: (charset column
     from 1, first step, last step) for each run of equal non-blank steps."""
+    if len(summed) == 0:
+        return []
     best = summed.argmax(axis=1)
     starts = np.flatnonzero(np.r_[True, best[1:] != best[:-1]])
     ends = np.r_[starts[1:], len(best)] - 1

@@ -26,19 +26,46 @@ WEIGHTS_FILE = "lookalikes_ppocrv6.npz"
 
 @dataclass(frozen=True, slots=True)
 class PairModel:
-    """A logistic regression choosing between `pair[0]` (below 0) and `pair[1]` (above) from a
-    step's features and the model's own log-odds of the two."""
+    """A logistic regression choosing between `pair[0]` (score below 0) and `pair[1]` (above)
+    from pair_inputs."""
 
     pair: str
-    mean: npt.NDArray[np.float32]  # (features + 1,) standardisation
+    mean: npt.NDArray[np.float32]  # (inputs,) standardisation
     scale: npt.NDArray[np.float32]
-    weights: npt.NDArray[np.float32]  # (features + 1,)
+    weights: npt.NDArray[np.float32]  # (inputs,)
     bias: float
 
-    def second(self, features: npt.NDArray[np.float32], log_odds: float) -> bool:
-        """Whether the step with these features is the pair's second character."""
-        x = (np.append(features, np.float32(log_odds)) - self.mean) / self.scale
-        return float(x @ self.weights) + self.bias > 0
+    def second(self, x: npt.NDArray[np.float32]) -> bool:
+        """Whether the character with these inputs is the pair's second."""
+        return float(((x - self.mean) / self.scale) @ self.weights) + self.bias > 0
+
+
+def inputs(features: int) -> int:
+    """How many inputs pair_inputs gives for a model with `features` features per step."""
+    return 2 * features + 1
+
+
+def pair_inputs(
+    summed: npt.NDArray[np.float32],
+    features: npt.NDArray[np.float32],
+    run: tuple[int, int, int],
+    first: int,
+    second: int,
+) -> npt.NDArray[np.float32]:
+    """What a pair model decides on for `run` (column, first step, last step) of the best path
+    over `summed` (T, 1 + charset), from the model's `features` (T, F):
+    - the features at the run's most probable step (the character's shape, and its neighbours);
+    - the mean features of the line's character steps (the font's style: whether an O this
+      narrow is an O depends on how wide the font draws everything);
+    - the model's log-odds of the pair's `second` column against its `first`, each summed over
+      the run's steps.
+    The training script computes its samples with this too."""
+    column, t0, t1 = run
+    seg = summed[t0 : t1 + 1]
+    peak = t0 + int(np.argmax(seg[:, column]))
+    style = features[summed.argmax(axis=1) != 0].mean(axis=0)
+    log_odds = np.log(seg[:, second].sum() + 1e-12) - np.log(seg[:, first].sum() + 1e-12)
+    return np.concatenate([features[peak], style, [log_odds]]).astype(np.float32)
 
 
 class Lookalikes:
@@ -46,11 +73,11 @@ class Lookalikes:
 
     def __init__(self, models: list[PairModel], charset: str, features: int) -> None:
         self.models = models
-        self.features = features
         # charset column (1-based, 0 is blank) -> (model, column of its first, of its second)
         self._by_column: dict[int, tuple[PairModel, int, int]] = {}
         for m in models:
-            if m.mean.shape != (features + 1,) or m.weights.shape != (features + 1,):
+            n = inputs(features)
+            if m.mean.shape != (n,) or m.weights.shape != (n,) or m.scale.shape != (n,):
                 raise ValueError(f"pair {m.pair!r}: weights are not for {features} features")
             if all(ch in charset for ch in m.pair):
                 a, b = (charset.index(ch) + 1 for ch in m.pair)
@@ -61,42 +88,62 @@ class Lookalikes:
         runs: list[tuple[int, int, int]],
         summed: npt.NDArray[np.float32],
         features: npt.NDArray[np.float32],
-    ) -> list[int]:
-        """The charset columns of `runs` ((column, first step, last step) from the best path
-        over `summed`, the (T, 1 + charset) probabilities), each one of a pair re-decided from
-        `features` (T, self.features) at the run's most probable step."""
+    ) -> list[tuple[int, float]]:
+        """The characters of `runs` ((column, first step, last step) from the best path over
+        `summed`, the (T, 1 + charset) probabilities) as (charset column, probability at the
+        run's first step). A character of a pair is re-decided from `features` (T, F) and the
+        model's log-odds (pair_inputs); its probability is then the pair's: the model's belief
+        that it is one of the two."""
         out = []
-        for column, t0, t1 in runs:
+        for run in runs:
+            column, t0, _ = run
             found = self._by_column.get(column)
             if found is None:
-                out.append(column)
+                out.append((column, float(summed[t0, column])))
                 continue
             model, a, b = found
-            peak = t0 + int(np.argmax(summed[t0 : t1 + 1, column]))
-            seg = summed[t0 : t1 + 1]
-            log_odds = float(np.log(seg[:, b].sum() + 1e-12) - np.log(seg[:, a].sum() + 1e-12))
-            out.append(b if model.second(features[peak], log_odds) else a)
+            chosen = b if model.second(pair_inputs(summed, features, run, a, b)) else a
+            out.append((chosen, float(summed[t0, a] + summed[t0, b])))
         return out
 
 
-def load(charset: str, features: int, sha256: str, path: Path | None = None) -> Lookalikes:
+def load(
+    charset: str, features: int, sha256: str, model_sha256: str, path: Path | None = None
+) -> Lookalikes:
     """The pair models in `path` (default: the shipped WEIGHTS_FILE), which must have
-    `sha256`, for `charset`, for a model with `features` features per step. Raises OSError
-    when the file cannot be read and ValueError when it is not the one recorded."""
+    `sha256` and have been trained on the recognizer model whose sha256 is `model_sha256`, for
+    `charset`, for a model with `features` features per step. Raises OSError when the file
+    cannot be read and ValueError when it is not the one recorded or not for that model."""
+    name = str(path) if path else WEIGHTS_FILE
     source = path or resources.files("streamer.ocr").joinpath(WEIGHTS_FILE)
     data = source.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise ValueError(f"{WEIGHTS_FILE} has sha256 {digest}, not the recorded {sha256}")
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        models = [
-            PairModel(
-                str(pair),
-                z[f"{pair}_mean"].astype(np.float32),
-                z[f"{pair}_scale"].astype(np.float32),
-                z[f"{pair}_weights"].astype(np.float32),
-                float(z[f"{pair}_bias"]),
-            )
-            for pair in z["pairs"]
-        ]
+        raise ValueError(f"{name} has sha256 {digest}, not the recorded {sha256}")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError, EOFError) as e:  # not an npz, or one holding objects
+        raise ValueError(f"{name} is not a look-alike weights file: {e}") from e
+    pairs = [str(pair) for pair in arrays.get("pairs", [])]
+    keys = ["model_sha256", *(f"{p}_{k}" for p in pairs for k in ("mean", "scale", "weights"))]
+    missing = [key for key in [*keys, *(f"{p}_bias" for p in pairs)] if key not in arrays]
+    if not pairs or missing:
+        raise ValueError(f"{name} is not a look-alike weights file: missing {missing or 'pairs'}")
+    trained_on = str(arrays["model_sha256"])
+    if trained_on != model_sha256:
+        raise ValueError(
+            f"{name} was trained on the recognizer model {trained_on}, not {model_sha256}: "
+            "retrain it (scripts/train_lookalikes.py)"
+        )
+    models = [
+        PairModel(
+            pair,
+            arrays[f"{pair}_mean"].astype(np.float32),
+            arrays[f"{pair}_scale"].astype(np.float32),
+            arrays[f"{pair}_weights"].astype(np.float32),
+            float(arrays[f"{pair}_bias"]),
+        )
+        for pair in pairs
+    ]
     return Lookalikes(models, charset, features)

