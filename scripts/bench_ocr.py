@@ -19,8 +19,13 @@ and the per-track rate with nothing folded too.
 Nothing here is shared with the demo's plate renderer, and the recognizers get no hint beyond
 their default charset (A-Z and 0-9, every plate character here; nothing per font or position).
 
+With `--texts plates` the texts are plate-like instead: alternating blocks of letters and of
+digits, where the neighbours say whether a character is a letter or a digit. `--engines
+ppocrv6:plain` is PP-OCRv6 without its look-alike models (streamer/ocr/lookalikes.py).
+
     .venv/bin/python scripts/bench_ocr.py [--tracks 120] [--crops 5]
-        [--engines ppocrv6,ppocrv5,rapidocr,tesseract] [--seed 16]
+        [--engines ppocrv6,ppocrv6:plain,ppocrv5,rapidocr,tesseract] [--seed 16]
+        [--texts random|plates]
 """
 
 from __future__ import annotations

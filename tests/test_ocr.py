@@ -1077,3 +1077,23 @@ def test_ocr_worker_logs_its_charset_and_what_the_model_cannot_read() -> None:
     log += rest
     assert "charset ABCК" in log, log
     assert "'К' are not in the model's dictionary" in log, log
+
+
+def test_bench_plate_like_texts_are_blocks_of_letters_and_digits() -> None:
+    """bench_ocr --texts plates: 5-8 characters in 2-3 alternating blocks of letters and of
+    digits, all 36 characters used; the default (random) plates are as before."""
+    from tests.conftest import load_script
+
+    bench = load_script("bench_ocr")
+    fonts = ["hershey-simplex"]
+    plates = bench.make_tracks(60, 1, 3, fonts, "plates")
+    used = set()
+    for t in plates:
+        assert 5 <= len(t.text) <= 8, t.text
+        blocks = re.findall(r"[A-Z]+|[0-9]+", t.text)
+        assert "".join(blocks) == t.text and 2 <= len(blocks) <= 3, t.text
+        assert all(len(b) <= 4 for b in blocks), t.text
+        used |= set(t.text)
+    assert len(used) == 36
+    random_texts = [t.text for t in bench.make_tracks(60, 1, 3, fonts)]
+    assert any(len(re.findall(r"[A-Z]+|[0-9]+", x)) > 3 for x in random_texts)
