@@ -30,8 +30,13 @@ on them.
 
 It first validates, leaving out one lineage of related fonts at a time (LINEAGES: Liberation
 with Croscore, which it derives from; the URW fonts with FreeFont, derived from them; Lato with
-Carlito; ...). It reports accuracy on the left-out lineage's samples, per kind of line, against
-the model alone. Then it fits on all and writes the weights, with the recognizer model's sha256.
+Carlito; ...), and scores every sample by a fit that never saw its lineage. On those scores it
+chooses each pair's gate (choose_gate): the smallest margin from 0 at which GATE_PRECISION of
+the pair model's overrulings of the recognizer are right. It reports accuracy per kind of line,
+fixed-pitch and proportional faces and lineage: the model alone, the pair model ungated and
+gated. Then it fits on all and writes the weights with the gates and the recognizer model's
+sha256. With one lineage nothing is validated and the gate is 0 (ungated): such weights are
+for trying the script, not for shipping.
 
     .venv/bin/python scripts/train_lookalikes.py [--lines 16000] [--seed 1]
         [--out streamer/ocr/lookalikes_ppocrv6.npz] [--packages fonts-liberation2,...]
@@ -380,7 +385,7 @@ def main() -> int:
             scores[left_out] = score(trial, x[left_out])
             validated |= left_out
         if not validated.any():
-            print(f"{pair}: not validated (one lineage): no gate")
+            print(f"{pair}: not validated (one lineage): no gate; not weights to ship")
             gate = 0.0
         else:
             gate = choose_gate(scores[validated], read[validated], truth[validated])

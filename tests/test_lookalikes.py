@@ -76,6 +76,9 @@ def test_resolve_redecides_only_the_pairs_characters_from_their_peak_step() -> N
 
     expected = [pair_p * sigmoid(2), 0.9, pair_p * sigmoid(3), pair_p * sigmoid(1), 0.9]
     assert [p for _, p in got] == pytest.approx(expected)
+    # A pair character the model agrees with keeps its own probability.
+    feats[7, 0] = -1.0
+    assert pairs.resolve(best_runs(s), s, feats)[3] == (COL["I"], pytest.approx(0.9))
 
 
 def test_a_pair_model_overrules_the_recognizer_only_past_its_gate() -> None:
@@ -95,6 +98,29 @@ def test_a_pair_model_overrules_the_recognizer_only_past_its_gate() -> None:
     assert model.second(x, read_second=True) == (True, 1.0)
     x[0], x[1] = 5.0, np.inf
     assert model.second(x, read_second=False) == (False, 1.0)
+    x[1] = 0.0  # toward the pair's first character: the same margin applies
+    x[0] = -1.5
+    assert model.second(x, read_second=True) == (True, 1.0)
+    x[0] = -2.5
+    assert model.second(x, read_second=True)[0] is False
+
+
+def test_the_training_chooses_the_smallest_gate_at_which_overrulings_are_right() -> None:
+    """scripts/train_lookalikes.py's gate: on these samples, overrulings (score sign against
+    the recognizer's reading) at |score| >= 0.75 are all right, at 0.5 one of three is wrong,
+    and at 95% a smaller gate will not do."""
+    from tests.conftest import load_script
+
+    train = load_script("train_lookalikes")
+    scores = np.array([3.0, -3.0, 0.5, -0.5, 1.0])
+    read = np.array([False, True, False, True, True])
+    truth = np.array([True, False, False, True, True])
+    assert train.choose_gate(scores, read, truth) == 0.75
+    np.testing.assert_array_equal(train.gated(scores, read, 0.75), [True, False, False, True, True])
+    # An overruling that is wrong: the gate goes past it, so the recognizer's reading stands.
+    gate = train.choose_gate(np.array([5.0]), np.array([False]), np.array([False]))
+    assert gate == 5.25
+    assert not train.gated(np.array([5.0]), np.array([False]), gate)[0]
 
 
 def test_without_a_pair_in_the_charset_the_model_runs_alone() -> None:
@@ -102,8 +128,11 @@ def test_without_a_pair_in_the_charset_the_model_runs_alone() -> None:
     models: the recognizer is made without them and without the features output."""
     assert ppocrv6(charset="ABC123").pairs is None
     assert ppocrv6(charset="ABC0123").pairs is None  # 0 without O
+    line = prepare(_line("AB0C", "DejaVuSans-Bold.ttf", 32, random.Random(2)), None)
+    assert ppocrv6(charset="ABC123").outputs(line)[1] is None
     rec = ppocrv6(charset="ABCO0")
     assert rec.pairs is not None and rec.pairs.active == ["O0"]
+    assert rec.outputs(line)[1] is not None
 
 
 def test_pair_inputs_are_the_peak_the_lines_style_and_the_runs_log_odds() -> None:
@@ -142,6 +171,8 @@ MODEL_SHA256 = RAPIDOCR3_SHA256[PPOCRV6_MODEL]
 def test_the_shipped_weights_are_checked_and_cover_both_pairs(tmp_path: Path) -> None:
     loaded = lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, LOOKALIKES_SHA256, MODEL_SHA256)
     assert [m.pair for m in loaded.models] == ["O0", "I1"]
+    # The gates the training chose (train5: O/0 2.25, I/1 0.75) ship with the weights.
+    assert [m.gate for m in loaded.models] == [2.25, 0.75]
     with pytest.raises(ValueError, match=r"lookalikes_ppocrv6\.npz has sha256"):
         lookalikes.load(DEFAULT_CHARSET, PPOCRV6_FEATURE_SIZE, "0" * 64, MODEL_SHA256)
     with pytest.raises(ValueError, match="not for 64 features"):
