@@ -54,8 +54,13 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def _files(directory: Path) -> list[str]:
-    """What is in `directory` besides ring name locks (empty files that stay, as lock files do)."""
+    """What is in `directory` besides the lock files of live ring names."""
     return [p.name for p in directory.iterdir() if not p.name.endswith(".lock")]
+
+
+def _anything(directory: Path) -> list[str]:
+    """Everything in `directory`, lock files included: after the writers stop, nothing."""
+    return sorted(p.name for p in directory.iterdir())
 
 
 def _frame(w: int, h: int, seed: int = 0) -> Frame:
@@ -333,17 +338,53 @@ def test_a_ring_that_does_not_fit_its_tmpfs_fails_at_start_not_in_a_write(tmp_pa
     res = _python(code)
     assert res.returncode == 0, res.stderr
     assert "no room for a 4 MiB ring" in res.stdout and "shm.bytes" in res.stdout, res.stdout
-    assert not _files(tmp_path)
+    assert not _anything(tmp_path)
 
 
 def test_one_ring_name_one_live_writer(tmp_path: Path) -> None:
     first = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    assert (tmp_path / ".streamer-t.lock").exists()  # the name is held while it runs
     with pytest.raises(OSError, match="in use by another running writer"):
         RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
     first.close()
+    assert not _anything(tmp_path)  # no lock file is left behind
     second = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)  # free again
     assert (tmp_path / "streamer-t").exists()
     second.close()
+    assert not _anything(tmp_path)
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer letting a name go removes its lock file while holding the lock. A writer
+    that opened that file just before then locks a file no longer at the path: it must open
+    the path again, not believe it holds the name (two writers would then share a ring)."""
+    import fcntl
+
+    from streamer.publish import shm
+
+    real_flock = fcntl.flock
+    lock_path = tmp_path / ".streamer-t.lock"
+    calls: list[int] = []
+
+    def flock_after_the_holder_let_go(fd: int, op: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the holder removes the file after our open, before our lock
+            os.unlink(lock_path)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(shm.fcntl, "flock", flock_after_the_holder_let_go)
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    try:
+        assert len(calls) == 2  # the first lock was on a removed file: opened again
+        held = os.fstat(ring._lock_fd)
+        assert (held.st_dev, held.st_ino) == (lock_path.stat().st_dev, lock_path.stat().st_ino)
+        with pytest.raises(OSError, match="in use by another running writer"):
+            RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    finally:
+        ring.close()
+    assert not _anything(tmp_path)
 
 
 def test_a_dead_writers_ring_is_removed_before_the_new_one_is_reserved(
@@ -426,7 +467,7 @@ def test_rings_of_other_users_and_other_machines_are_refused(
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     with pytest.raises(OSError, match="x86-64"):
         RingWriter(tmp_path, "streamer-u", MIN_CAPACITY_BYTES)
-    assert not _files(tmp_path)
+    assert not _anything(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -701,7 +742,7 @@ def test_every_transport_and_encoding_delivers_the_same_crops(
         else:  # background removed (green), then subsampled: close
             assert np.abs(got["i420"][k].astype(int) - ref.astype(int)).mean() < 12
             assert tuple(ref[0, 0]) == (0, 255, 0)
-    assert not _files(tmp_path), "the rings are removed at shutdown"
+    assert not _anything(tmp_path), "the rings and their lock files are removed at shutdown"
 
 
 def test_an_inline_publisher_never_sends_bytes_the_ring_has_moved_past(

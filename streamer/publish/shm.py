@@ -12,11 +12,11 @@ This relies on stores becoming visible in program order (x86-64's memory model):
 refuses to start on other machines.
 
 The writer reserves the ring's memory when it starts (a tmpfs without room for it is an error
-then, not a SIGBUS in the middle of a write), holds an exclusive lock on the ring's name (a
-``.<name>.lock`` file: a second writer of the name is refused), removes a ring left by a writer
-that died before it makes its own (so the two never need room together) and removes its file
-when it stops, if it is still its own. Readers let go of a ring whose file was removed within
-PRUNE_INTERVAL_S, so that its memory goes back to the tmpfs.
+then, not a SIGBUS in the middle of a write) and holds an exclusive lock on the ring's name (a
+``.<name>.lock`` file, removed when it stops: a second writer of the name is refused). It
+removes a ring left by a writer that died before it makes its own (so the two never need room
+together) and removes its file when it stops, if it is still its own. Readers let go of a ring
+whose file was removed within PRUNE_INTERVAL_S, so that its memory goes back to the tmpfs.
 Readers open only files of the ring name pattern, owned by their own user, without following
 links.
 
@@ -61,6 +61,7 @@ MAX_ITEM_SHARE = 4
 NAME_RE = re.compile(SHM_NAME_PATTERN)
 X86_64 = ("x86_64", "amd64")
 MAX_OFFSET = 1 << 62  # absolute positions: 4 EiB at 1 GB/s is 146 years
+TAKE_NAME_TRIES = 8  # times the ring name's lock file is opened again after it was removed
 PRUNE_INTERVAL_S = 1.0  # how often a reader looks for rings whose file was removed
 
 
@@ -96,7 +97,7 @@ class RingWriter:
         try:
             self._fd, self._mm = _create(directory, name, capacity, self.ring_id)
         except BaseException:
-            os.close(self._lock_fd)
+            _release_name(self._lock_fd, directory / f".{name}.lock")
             raise
         self._words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
         self._data: U8 = np.frombuffer(self._mm, np.uint8, offset=HEADER_BYTES)
@@ -132,7 +133,7 @@ class RingWriter:
             if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
                 os.unlink(self.path)
         os.close(self._fd)
-        os.close(self._lock_fd)  # the name is free again (the lock file stays: it is empty)
+        _release_name(self._lock_fd, self.path.parent / f".{self.name}.lock")
         del self._words, self._data
         # A view still held (a crop being sent) keeps the mapping: the GC frees it.
         with contextlib.suppress(BufferError):
@@ -142,21 +143,49 @@ class RingWriter:
 def _take_name(directory: Path, name: str) -> int:
     """Lock the ring name for this writer's life (an exclusive flock on ``.<name>.lock``): a
     second writer of the name, started before or at the same time, is refused. Returns the lock
-    file's descriptor."""
+    file's descriptor.
+
+    The writer that lets the name go removes the lock file while it still holds the lock
+    (_release_name), so no lock files pile up. A writer that opened the file just before that
+    then locks a file no longer at the path: it sees so and opens the path again, at most
+    TAKE_NAME_TRIES times."""
     lock_path = directory / f".{name}.lock"
+    for _ in range(TAKE_NAME_TRIES):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create {lock_path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(
+                f"shm ring {directory / name} is in use by another running writer: give each "
+                "publisher its own shm.name"
+            ) from None
+        if _is_at(fd, lock_path):
+            return fd
+        os.close(fd)  # removed by the writer before us after we opened it: open it again
+    raise OSError(f"cannot take the shm ring name {directory / name}: its lock file keeps changing")
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the file at `path` now."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot create {lock_path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError(
-            f"shm ring {directory / name} is in use by another running writer: give each "
-            "publisher its own shm.name"
-        ) from None
-    return fd
+        there = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _release_name(fd: int, lock_path: Path) -> None:
+    """Let the ring name go: remove its lock file if it is still ours, while the lock is held
+    (see _take_name), then release the lock."""
+    if _is_at(fd, lock_path):
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+    os.close(fd)
 
 
 def _create(directory: Path, name: str, capacity: int, ring_id: str) -> tuple[int, mmap.mmap]:
