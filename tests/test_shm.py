@@ -354,6 +354,39 @@ def test_one_ring_name_one_live_writer(tmp_path: Path) -> None:
     assert not _anything(tmp_path)
 
 
+def test_the_lock_file_is_removed_while_still_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlocking before removing would let a writer that opened the file earlier lock it, find
+    it still at the path, and then lose it to the removal: two live writers. So at the moment
+    of removal another open of the file must still fail to lock it."""
+    import fcntl
+
+    from streamer.publish import shm
+
+    lock_path = tmp_path / ".streamer-t.lock"
+    real_unlink = os.unlink
+    checked: list[bool] = []
+
+    def unlink_checking_the_lock(path: object, *args: object, **kwargs: object) -> None:
+        if Path(str(path)) == lock_path:
+            fd = os.open(lock_path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                checked.append(False)  # it was not locked any more
+            except BlockingIOError:
+                checked.append(True)
+            finally:
+                os.close(fd)
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
+    monkeypatch.setattr(shm.os, "unlink", unlink_checking_the_lock)
+    ring.close()
+    assert checked == [True]
+    assert not _anything(tmp_path)
+
+
 def test_a_lock_file_removed_between_open_and_lock_is_opened_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,6 +436,7 @@ def test_a_dead_writers_ring_is_removed_before_the_new_one_is_reserved(
     )
     assert _python(code).returncode == 0
     assert (tmp_path / "streamer-t").exists()
+    assert (tmp_path / ".streamer-t.lock").exists()  # the killed writer could not remove it
     seen = []
     real = os.posix_fallocate
 
@@ -414,6 +448,7 @@ def test_a_dead_writers_ring_is_removed_before_the_new_one_is_reserved(
     ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
     ring.close()
     assert seen == [False]
+    assert not _anything(tmp_path)  # the dead writer's lock file went with the new one
 
 
 def test_two_writers_starting_together_cannot_both_start(

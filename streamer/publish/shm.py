@@ -163,8 +163,12 @@ def _take_name(directory: Path, name: str) -> int:
                 f"shm ring {directory / name} is in use by another running writer: give each "
                 "publisher its own shm.name"
             ) from None
-        if _is_at(fd, lock_path):
-            return fd
+        try:
+            if _is_at(fd, lock_path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)  # removed by the writer before us after we opened it: open it again
     raise OSError(f"cannot take the shm ring name {directory / name}: its lock file keeps changing")
 
@@ -182,10 +186,13 @@ def _is_at(fd: int, path: Path) -> bool:
 def _release_name(fd: int, lock_path: Path) -> None:
     """Let the ring name go: remove its lock file if it is still ours, while the lock is held
     (see _take_name), then release the lock."""
-    if _is_at(fd, lock_path):
-        with contextlib.suppress(OSError):
+    try:
+        if _is_at(fd, lock_path):
             os.unlink(lock_path)
-    os.close(fd)
+    except OSError:
+        pass  # the file stays; the next writer of the name takes it and removes it
+    finally:
+        os.close(fd)
 
 
 def _create(directory: Path, name: str, capacity: int, ring_id: str) -> tuple[int, mmap.mmap]:
