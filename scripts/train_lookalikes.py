@@ -62,7 +62,7 @@ import cv2
 import numpy as np
 
 from streamer.ocr.ctc import DEFAULT_CHARSET, best_runs
-from streamer.ocr.lookalikes import pair_inputs
+from streamer.ocr.lookalikes import line_style, pair_inputs
 from streamer.ocr.preprocess import prepare
 from streamer.ocr.recognizers import (
     PPOCRV6_FEATURES,
@@ -267,13 +267,14 @@ def samples(
     out: list[tuple[str, np.ndarray, int, int]] = []
     if len(runs) != len(text):
         return read, out
+    style = line_style(summed, features)
     for run, truth in zip(runs, text, strict=True):
         ch = DEFAULT_CHARSET[run[0] - 1]
         pair = next((p for p in PAIRS if ch in p and truth in p), None)
         if pair is None:
             continue
         a, b = (DEFAULT_CHARSET.index(c) + 1 for c in pair)
-        x = pair_inputs(summed, features, run, a, b)
+        x = pair_inputs(summed, features, style, run, a, b)
         out.append((pair, x, int(truth == pair[1]), int(run[0] == b)))
     return read, out
 

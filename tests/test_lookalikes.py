@@ -15,7 +15,7 @@ import pytest
 
 from streamer.ocr import lookalikes
 from streamer.ocr.ctc import DEFAULT_CHARSET, best_runs, run_confidence
-from streamer.ocr.lookalikes import Lookalikes, PairModel, pair_inputs
+from streamer.ocr.lookalikes import Lookalikes, PairModel, line_style, pair_inputs
 from streamer.ocr.preprocess import prepare
 from streamer.ocr.recognizers import (
     LOOKALIKES_SHA256,
@@ -140,7 +140,7 @@ def test_pair_inputs_are_the_peak_the_lines_style_and_the_runs_log_odds() -> Non
     s[:3, COL["0"]] = [0.05, 0.3, 0.05]  # 0 has 0.4 over the run, O 2.75
     s[2, COL["O"]] = 0.95  # the peak: step 2
     feats = np.arange(20, dtype=np.float32).reshape(5, 4)
-    x = pair_inputs(s, feats, (COL["O"], 0, 2), COL["O"], COL["0"])
+    x = pair_inputs(s, feats, line_style(s, feats), (COL["O"], 0, 2), COL["O"], COL["0"])
     assert x.shape == (lookalikes.inputs(4),)
     np.testing.assert_array_equal(x[:4], feats[2])
     # The style: the mean over the line's character steps (0-2 and 4), not the blank step 3.

@@ -63,9 +63,18 @@ def inputs(features: int) -> int:
     return 2 * features + 1
 
 
+def line_style(
+    summed: npt.NDArray[np.float32], features: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """The mean features of the line's character steps (where the best path over `summed` is
+    not blank): the font's style, the same for every character of the line."""
+    return np.asarray(features[summed.argmax(axis=1) != 0].mean(axis=0), np.float32)
+
+
 def pair_inputs(
     summed: npt.NDArray[np.float32],
     features: npt.NDArray[np.float32],
+    style: npt.NDArray[np.float32],
     run: tuple[int, int, int],
     first: int,
     second: int,
@@ -73,15 +82,14 @@ def pair_inputs(
     """What a pair model decides on for `run` (column, first step, last step) of the best path
     over `summed` (T, 1 + charset), from the model's `features` (T, F):
     - the features at the run's most probable step (the character's shape, and its neighbours);
-    - the mean features of the line's character steps (the font's style: whether an O this
-      narrow is an O depends on how wide the font draws everything);
+    - the line's `style` (line_style: whether an O this narrow is an O depends on how wide the
+      font draws everything);
     - the model's log-odds of the pair's `second` column against its `first`, each summed over
       the run's steps.
     The training script computes its samples with this too."""
     column, t0, t1 = run
     seg = summed[t0 : t1 + 1]
     peak = t0 + int(np.argmax(seg[:, column]))
-    style = features[summed.argmax(axis=1) != 0].mean(axis=0)
     log_odds = np.log(seg[:, second].sum() + 1e-12) - np.log(seg[:, first].sum() + 1e-12)
     return np.concatenate([features[peak], style, [log_odds]]).astype(np.float32)
 
@@ -119,6 +127,7 @@ class Lookalikes:
         probability is the recognizer's belief that it is one of the two times the pair
         model's belief in its choice."""
         out = []
+        style = None
         for run in runs:
             column, t0, _ = run
             found = self._by_column.get(column)
@@ -126,7 +135,10 @@ class Lookalikes:
                 out.append((column, float(summed[t0, column])))
                 continue
             model, a, b = found
-            second, belief = model.second(pair_inputs(summed, features, run, a, b), column == b)
+            if style is None:  # once a line, and only for a line with a pair's character
+                style = line_style(summed, features)
+            x = pair_inputs(summed, features, style, run, a, b)
+            second, belief = model.second(x, column == b)
             chosen = b if second else a
             if chosen == column:
                 out.append((column, float(summed[t0, column])))
