@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import av
 import cv2
 import numpy as np
@@ -9,6 +11,21 @@ import numpy as np
 from streamer.types import U8, Frame, PixelFormat
 
 _NATIVE: dict[str, PixelFormat] = {"yuv420p": "yuv420p", "gray": "gray"}
+VIDEO_RANGE = 1  # FFmpeg's AVCOL_RANGE_MPEG: luma 16..235 ("limited", "tv")
+
+
+@functools.lru_cache(maxsize=8)
+def neutral_chroma(height: int, width: int) -> U8:
+    """A read-only chroma plane of neutral 128 for a `width` x `height` I420 picture (shared by
+    every frame of that size: at most 8 sizes, 0.5 MB each at 1080p, are kept)."""
+    plane = np.full(((height + 1) // 2, (width + 1) // 2), 128, np.uint8)
+    plane.flags.writeable = False
+    return plane
+
+
+def _view(plane: av.video.plane.VideoPlane) -> U8:
+    rows = np.frombuffer(memoryview(plane), np.uint8, count=plane.line_size * plane.height)
+    return rows.reshape(plane.height, plane.line_size)[:, : plane.width]
 
 
 def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float) -> Frame:
@@ -16,17 +33,36 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
 
     Decoders that output another layout (yuv422p, nv12, yuvj420p, rgb, ...) are converted to
     yuv420p once here, in the decode thread.
+
+    A gray frame is full range (0..255) unless its decoder says video range: H.264 and HEVC
+    monochrome (4:0:0) streams, thermal cameras among them, usually are (8 to 16 bits deep;
+    deeper ones are brought to 8 bits first). Such a frame is an I420
+    picture whose chroma is neutral, and is wrapped as one (its luma as decoded, a shared neutral
+    chroma plane), so its crops and its tap keep its luma's range and map it to BGR as video
+    range. Its tap is then downscaled by OpenCV: FFmpeg's scaler takes any gray as full range.
     """
-    fmt = _NATIVE.get(vf.format.name)
+    name = vf.format.name
+    if name.startswith("gray") and vf.color_range == VIDEO_RANGE:
+        if name != "gray":
+            vf = vf.reformat(format="gray")  # 10 to 16 bits to 8: the same range, rescaled
+        (luma,) = vf.planes
+        chroma = neutral_chroma(vf.height, vf.width)
+        return Frame(
+            source_id=source_id,
+            frame_id=frame_id,
+            pts=vf.pts,
+            captured_at=captured_at,
+            width=vf.width,
+            height=vf.height,
+            pixel_format="yuv420p",
+            planes=(_view(luma), chroma, chroma),
+            nbytes=luma.buffer_size,
+        )
+    fmt = _NATIVE.get(name)
     if fmt is None:
         vf = vf.reformat(format="yuv420p")
         fmt = "yuv420p"
-    planes = tuple(
-        np.frombuffer(memoryview(p), np.uint8, count=p.line_size * p.height).reshape(
-            p.height, p.line_size
-        )[:, : p.width]
-        for p in vf.planes
-    )
+    planes = tuple(_view(p) for p in vf.planes)
     return Frame(
         source_id=source_id,
         frame_id=frame_id,
