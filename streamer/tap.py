@@ -13,7 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, VideoReformatter
 
 from streamer.crop.convert import gray_to_video_range
 from streamer.types import U8, Frame
@@ -45,10 +45,24 @@ def _fill_swscale(buf: U8, decoded: Any, tw: int, th: int) -> None:
     scaler: VideoReformatter | None = getattr(_local, "scaler", None)
     if scaler is None:
         scaler = _local.scaler = VideoReformatter()
-    out = scaler.reformat(decoded, width=tw, height=th, format="yuv420p", interpolation="AREA")
+    if decoded.format.name == "gray" and decoded.color_range == ColorRange.MPEG:
+        # Video-range gray (sources/frames.py wraps it as I420): its luma scaled as it is (gray
+        # to gray converts no range), its chroma neutral.
+        out = scaler.reformat(decoded, width=tw, height=th, format="gray", interpolation="AREA")
+        buf[tw * th :] = 128
+    else:
+        # Into video range: FFmpeg keeps a full-range picture full range unless told.
+        out = scaler.reformat(
+            decoded,
+            width=tw,
+            height=th,
+            format="yuv420p",
+            interpolation="AREA",
+            dst_color_range=ColorRange.MPEG,
+        )
     start = 0
     sizes = ((tw, th), (tw // 2, th // 2), (tw // 2, th // 2))
-    for plane, (w, h) in zip(out.planes, sizes, strict=True):
+    for plane, (w, h) in zip(out.planes, sizes[: len(out.planes)], strict=True):
         rows = np.frombuffer(memoryview(plane), np.uint8, count=plane.line_size * h)
         buf[start : start + w * h].reshape(h, w)[:] = rows.reshape(h, plane.line_size)[:, :w]
         start += w * h
@@ -64,7 +78,7 @@ def scaled_i420(frame: Frame, width: int | None, height: int | None) -> tuple[U8
     n_luma, n_chroma = tw * th, tw * th // 4
     luma = buf[:n_luma].reshape(th, tw)
     if frame.pixel_format == "gray":
-        # Gray is full range, I420 video range (swscale converts it so, above).
+        # Gray is full range, I420 video range (swscale is told to convert it so, above).
         gray_to_video_range(_resized(frame.planes[0], (tw, th)), luma)
         buf[n_luma:] = 128
     else:

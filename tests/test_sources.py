@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from streamer.crop.convert import crop_bgr, crop_i420
@@ -17,8 +19,10 @@ from streamer.sources.av_source import AvSource
 from streamer.sources.base import EvenSkip
 from streamer.sources.shedding import DecodeShedder, SkipLevel
 from streamer.tap import scaled_i420
-from streamer.types import U8
+from streamer.types import U8, Frame
 from tests.live import Consumer, until
+
+U16 = npt.NDArray[np.uint16]
 
 
 def _kept(skip: EvenSkip, times: list[float], max_fps: float | None) -> list[int]:
@@ -209,79 +213,126 @@ def test_damaged_packets_are_skipped_and_counted_not_a_reconnect(tmp_path: Path)
     assert src.stats.decoded >= 15, src.stats  # the rest of the stream decoded
 
 
-def _gray_file(path: Path, codec: str, luma: U8, pix_fmt: str = "gray") -> Path:
-    """A gray (4:0:0) clip of three copies of `luma` (8 bits; shifted up for deeper
-    `pix_fmt`), losslessly encoded."""
-    h, w = luma.shape
-    picture = luma if pix_fmt == "gray" else (luma.astype(np.uint16) << 2).astype(np.uint16)
+def _clip(
+    path: Path, codec: str, picture: U8 | U16, pix_fmt: str, options: Mapping[str, str]
+) -> Path:
+    """A clip of three copies of `picture`, as `pix_fmt`."""
+    h, w = picture.shape[:2]
     with av.open(str(path), "w", format="matroska") as out:
         stream = out.add_stream(codec, rate=30)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        if codec == "libx265":
-            stream.options = {"x265-params": "log-level=none:lossless=1"}
+        stream.options = dict(options)
         for _ in range(3):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format=pix_fmt)))
         out.mux(stream.encode())
     return path
 
 
-# Luma columns: video range's black and white, a mid gray, and values beyond video range.
-_GRAY_STEPS = np.array([0, 16, 126, 235, 255], np.uint8)
+def _first_frames(path: Path) -> list[Frame]:
+    return [f for _, f in _play(AvSource("cam", str(path), realtime=False), True).frames]
 
 
-def _gray_picture() -> U8:
-    return np.tile(np.repeat(_GRAY_STEPS, 16), (48, 1))  # 80 x 48
+# Luma columns, 16 pixels each: 0, video range's black (16), a mid gray, white (235), 255.
+_LEVELS = np.array([0, 16, 126, 235, 255], np.uint8)
+_LUMA = np.tile(np.repeat(_LEVELS, 16), (48, 1))  # 80 x 48
+_X265 = "log-level=none:lossless=1"
+
+
+def _column_centres(row: U8, width: int) -> U8:
+    step = width // len(_LEVELS)
+    return row[step // 2 :: step]
+
+
+def _video(levels: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Full-range luma as video range (the tap's and raw-i420 crops' I420)."""
+    return np.round(16 + levels * 219 / 255)
+
+
+def _full(levels: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Video-range luma as full range (what BT.601 makes of it in BGR)."""
+    return np.clip(np.round((levels - 16) * 255 / 219), 0, 255)
 
 
 @pytest.mark.parametrize("pix_fmt", ["gray", "gray10le"])
-def test_a_video_range_gray_camera_crops_and_taps_as_video_range(
-    tmp_path: Path, pix_fmt: str
-) -> None:
+def test_a_video_range_gray_camera_keeps_its_range(tmp_path: Path, pix_fmt: str) -> None:
     """HEVC monochrome (4:0:0), as thermal cameras send it, decodes to gray luma in video
     range (16..235): its crops map 16 to black and 235 to white, its raw-i420 crops and its tap
-    keep the luma as decoded, with neutral chroma."""
-    luma = _gray_picture()
-    path = _gray_file(tmp_path / "thermal.mkv", "libx265", luma, pix_fmt)
-    frames = [f for _, f in _play(AvSource("cam", str(path), realtime=False), True).frames]
+    keep the luma as decoded, with neutral chroma. 10 bits are rounded to 8 (940 -> 235)."""
+    deep = pix_fmt != "gray"
+    # 10 bits: x << 2 | 1, which rounds back to x
+    picture: U8 | U16 = ((_LUMA.astype(np.uint16) << 2) | 1).astype(np.uint16) if deep else _LUMA
+    frames = _first_frames(
+        _clip(tmp_path / "t.mkv", "libx265", picture, pix_fmt, {"x265-params": _X265})
+    )
     assert len(frames) == 3
     frame = frames[0]
-    assert frame.pixel_format == "yuv420p" and frame.decoded is None
-    # 10 bits to 8 rescales 0..1023 to 0..255 (940 -> 234): at most 1 off.
-    assert np.abs(frame.planes[0].astype(int) - luma).max() <= (pix_fmt != "gray")
-    luma = np.array(frame.planes[0])
+    assert frame.pixel_format == "yuv420p"
+    assert np.array_equal(frame.planes[0], _LUMA)
     assert frames[1].planes[1] is frame.planes[1]  # one neutral chroma plane for every frame
     assert not frame.planes[1].flags.writeable and np.all(frame.planes[2] == 128)
-    assert frame.nbytes < luma.size * 2  # the luma's buffer only, not the shared chroma
+    assert frame.nbytes == frame.decoded.planes[0].buffer_size  # the luma: chroma is shared
 
     bgr = crop_bgr(frame, 0, 0, 80, 48)
-    # BT.601 video range: 16 -> 0, 235 -> 255, 126 -> 128; outside the range, clipped.
-    want = np.clip(np.round((luma[0, 8::16].astype(float) - 16) * 255 / 219), 0, 255)
-    got = bgr[0, 8::16]
     assert np.all(bgr == bgr[:, :, :1]), "gray stays gray"
-    assert np.all(np.abs(got[:, 0].astype(int) - want) <= 1), got[:, 0]
-    assert got[1, 0] <= 1 and got[2, 0] in (127, 128, 129) and got[3, 0] >= 253
+    got = _column_centres(bgr[0, :, 0], 80).astype(int)
+    assert np.all(np.abs(got - _full(_LEVELS.astype(float))) <= 1), got
 
-    i420 = crop_i420(frame, 16, 0, 64, 48)  # columns 16..63: luma 16, 126, 235
-    assert np.array_equal(i420[: 48 * 48].reshape(48, 48), luma[:, 16:64])
+    i420 = crop_i420(frame, 16, 0, 64, 48)
+    assert np.array_equal(i420[: 48 * 48].reshape(48, 48), _LUMA[:, 16:64])
     assert np.all(i420[48 * 48 :] == 128)
 
-    for width in (80, 40):  # not scaled, scaled (OpenCV: FFmpeg's scaler takes gray as full)
+    for width in (80, 40):  # not scaled; scaled (FFmpeg's scaler, gray to gray)
         buf, tw, th = scaled_i420(frame, width, None)
-        tap_luma = buf[: tw * th].reshape(th, tw)
-        step = 16 * tw // 80
-        assert np.all(np.abs(tap_luma[0, step // 2 :: step].astype(int) - luma[0, 8::16]) <= 1)
+        got = _column_centres(buf[:tw], tw).astype(int)
+        assert np.all(np.abs(got - _LEVELS) <= 1), (width, got)
         assert np.all(buf[tw * th :] == 128)
 
 
-def test_a_full_range_gray_file_keeps_its_full_range(tmp_path: Path) -> None:
-    """A gray stream that does not say video range (FFV1 here; PNG, raw video) is full range:
-    0 is black and 255 white in its crops, and its tap maps it to video range."""
-    luma = _gray_picture()
-    path = _gray_file(tmp_path / "gray.mkv", "ffv1", luma)
-    frame = _play(AvSource("cam", str(path), realtime=False), True).frames[0][1]
+@pytest.mark.parametrize(
+    ("codec", "options"),
+    [("ffv1", {}), ("libx265", {"x265-params": f"{_X265}:range=full"})],
+    ids=["unspecified", "full"],
+)
+def test_a_full_range_gray_camera_keeps_its_full_range(
+    tmp_path: Path, codec: str, options: dict[str, str]
+) -> None:
+    """A gray stream that says full range, or nothing (FFV1 here; PNG, raw video), is full
+    range: 0 is black and 255 white in its crops, and its tap maps it to video range."""
+    frame = _first_frames(_clip(tmp_path / "g.mkv", codec, _LUMA, "gray", options))[0]
     assert frame.pixel_format == "gray"
-    assert np.array_equal(crop_bgr(frame, 0, 0, 80, 48)[:, :, 0], luma)
-    buf, tw, th = scaled_i420(frame, 80, None)
-    video = np.round(16 + _GRAY_STEPS.astype(float) * 219 / 255)
-    assert np.all(np.abs(buf[: tw * th].reshape(th, tw)[0, 8::16] - video) <= 1)
+    assert np.array_equal(crop_bgr(frame, 0, 0, 80, 48)[:, :, 0], _LUMA)
+    for width in (80, 40):
+        buf, tw, th = scaled_i420(frame, width, None)
+        got = _column_centres(buf[:tw], tw).astype(int)
+        assert np.all(np.abs(got - _video(_LEVELS.astype(float))) <= 1), (width, got)
+        assert np.all(np.abs(buf[tw * th :].astype(int) - 128) <= 1)
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt", "options", "tolerance"),
+    [
+        ("mjpeg", "yuvj420p", {"q": "1"}, 3),  # MJPEG cameras: JPEG is full range
+        ("libx265", "yuv420p", {"x265-params": f"{_X265}:range=full"}, 1),  # flagged full range
+    ],
+    ids=["mjpeg", "hevc-full"],
+)
+def test_a_full_range_colour_camera_is_brought_to_video_range(
+    tmp_path: Path, codec: str, pix_fmt: str, options: dict[str, str], tolerance: int
+) -> None:
+    """A full-range YUV camera's frames become video range: a BGR crop of its gray levels
+    gives the levels back (not stretched), its raw-i420 crop and its tap hold them in video
+    range."""
+    picture = np.concatenate([_LUMA, np.full((24, 80), 128, np.uint8)])  # I420: Y, U, V
+    frames = _first_frames(_clip(tmp_path / "c.mkv", codec, picture, pix_fmt, options))
+    frame = frames[0]
+    assert frame.pixel_format == "yuv420p"
+    bgr = crop_bgr(frame, 0, 0, 80, 48)
+    got = _column_centres(bgr[24, :, 1], 80).astype(int)
+    assert np.all(np.abs(got - _LEVELS) <= tolerance), got
+    luma = _column_centres(crop_i420(frame, 0, 0, 80, 48)[80 * 24 : 80 * 25], 80).astype(int)
+    assert np.all(np.abs(luma - _video(_LEVELS.astype(float))) <= tolerance), luma
+    for width in (80, 40):
+        buf, tw, th = scaled_i420(frame, width, None)
+        got = _column_centres(buf[tw * (th // 2) : tw * (th // 2 + 1)], tw).astype(int)
+        assert np.all(np.abs(got - _video(_LEVELS.astype(float))) <= tolerance), (width, got)
