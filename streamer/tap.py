@@ -9,6 +9,7 @@ INTER_AREA at a 3x reduction); other frames (webcams) through OpenCV.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import cv2
@@ -18,7 +19,8 @@ from av.video.reformatter import ColorRange, VideoReformatter
 from streamer.crop.convert import gray_to_video_range
 from streamer.types import U8, Frame
 
-_local = threading.local()  # one swscale context per thread: a reformatter is not thread-safe
+_local = threading.local()  # swscale contexts per thread: a reformatter is not thread-safe
+SCALERS_PER_THREAD = 16
 
 
 def tap_size(
@@ -41,25 +43,44 @@ def _resized(plane: U8, size: tuple[int, int]) -> U8:
     return np.asarray(cv2.resize(plane, size, interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def _fill_swscale(buf: U8, decoded: Any, tw: int, th: int) -> None:
-    scaler: VideoReformatter | None = getattr(_local, "scaler", None)
+def _scaler(key: tuple[Any, ...]) -> VideoReformatter:
+    """This thread's swscale context for `key` (what it converts from and to). A context is
+    rebuilt whenever what it converts changes, so cameras of different sizes sharing a worker
+    keep one each (at most SCALERS_PER_THREAD, the least recently used goes)."""
+    scalers: OrderedDict[tuple[Any, ...], VideoReformatter] | None = getattr(
+        _local, "scalers", None
+    )
+    if scalers is None:
+        scalers = _local.scalers = OrderedDict()
+    scaler = scalers.get(key)
     if scaler is None:
-        scaler = _local.scaler = VideoReformatter()
-    if decoded.format.name == "gray" and decoded.color_range == ColorRange.MPEG:
-        # Video-range gray (sources/frames.py wraps it as I420): its luma scaled as it is (gray
-        # to gray converts no range), its chroma neutral.
-        out = scaler.reformat(decoded, width=tw, height=th, format="gray", interpolation="AREA")
-        buf[tw * th :] = 128
+        scaler = scalers[key] = VideoReformatter()
+        if len(scalers) > SCALERS_PER_THREAD:
+            scalers.popitem(last=False)
     else:
-        # Into video range: FFmpeg keeps a full-range picture full range unless told.
-        out = scaler.reformat(
-            decoded,
-            width=tw,
-            height=th,
-            format="yuv420p",
-            interpolation="AREA",
-            dst_color_range=ColorRange.MPEG,
-        )
+        scalers.move_to_end(key)
+    return scaler
+
+
+def _fill_swscale(buf: U8, frame: Frame, tw: int, th: int) -> None:
+    """Downscale `frame`'s decoder picture to `tw` x `th` I420, video range, into `buf`."""
+    decoded = frame.decoded
+    # Video-range gray, wrapped as I420 (sources/frames.py): its luma scaled as it is (gray to
+    # gray converts no range), its chroma neutral. Anything else into video range (FFmpeg
+    # keeps a full-range picture full range unless told).
+    luma_only = frame.pixel_format == "yuv420p" and decoded.format.name == "gray"
+    fmt = "gray" if luma_only else "yuv420p"
+    scaler = _scaler((decoded.format.name, decoded.width, decoded.height, tw, th, fmt))
+    out = scaler.reformat(
+        decoded,
+        width=tw,
+        height=th,
+        format=fmt,
+        interpolation="AREA",
+        dst_color_range=ColorRange.MPEG,
+    )
+    if luma_only:
+        buf[tw * th :] = 128
     start = 0
     sizes = ((tw, th), (tw // 2, th // 2), (tw // 2, th // 2))
     for plane, (w, h) in zip(out.planes, sizes[: len(out.planes)], strict=True):
@@ -73,7 +94,7 @@ def scaled_i420(frame: Frame, width: int | None, height: int | None) -> tuple[U8
     tw, th = tap_size(frame.width, frame.height, width, height)
     buf = np.empty(tw * th * 3 // 2, dtype=np.uint8)
     if frame.decoded is not None and (tw, th) != (frame.width, frame.height):
-        _fill_swscale(buf, frame.decoded, tw, th)
+        _fill_swscale(buf, frame, tw, th)
         return buf, tw, th
     n_luma, n_chroma = tw * th, tw * th // 4
     luma = buf[:n_luma].reshape(th, tw)

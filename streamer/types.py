@@ -21,8 +21,9 @@ class Frame:
     `planes` is ``(Y, U, V)`` for ``yuv420p`` (Y is (H, W); U and V are (ceil(H/2), ceil(W/2)))
     or ``(Y,)`` for ``gray``. The arrays may be views into decoder buffers: treat them as
     read-only. `nbytes` is what the frame holds in memory, for the ring's byte bound.
-    `decoded` is the decoder's own picture (a PyAV VideoFrame) when there is one: FFmpeg's
-    scaler can then downscale it for the tap and the preview without a copy.
+    `decoded` is the PyAV VideoFrame the planes are of, when there is one (the decoder's own,
+    or its conversion to 8 bits or video range; a video-range gray picture under a yuv420p
+    frame): FFmpeg's scaler can then downscale it for the tap and the preview without a copy.
     """
 
     source_id: str

@@ -1,24 +1,27 @@
 """Turning a PyAV VideoFrame into a streamer Frame, without copying pixels where it can.
 
 A streamer frame is I420 in video range (luma 16..235), what OpenCV's conversion and I420
-consumers assume, or gray in full range (0..255). What a decoder gives in another layout or range
-is brought to one of those here, once, in the decode thread.
+consumers assume, or 8-bit gray in full range (0..255). What a decoder gives in another layout,
+depth or range is brought to one of those here, once, in the decode thread. Only the range is
+converted: the colour matrix stays the camera's (crops are read as BT.601).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import threading
 
 import av
 import cv2
 import numpy as np
-from av.video.reformatter import ColorRange
+from av.video.reformatter import ColorRange, VideoReformatter
 
 from streamer.types import U8, Frame, PixelFormat
 
 # Gray of 8 to 16 bits, either byte order (not the float ones).
 _INTEGER_GRAY = re.compile(r"gray(9|1[0-6])?(le|be)?")
+_local = threading.local()  # one swscale context per decode thread: a reformatter is not shared
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,43 +34,60 @@ def _neutral_chroma(height: int, width: int) -> U8:
 
 
 def _view(plane: av.video.plane.VideoPlane) -> U8:
+    """An 8-bit plane's pixels as a (height, width) view of its buffer, row padding left out."""
     rows = np.frombuffer(memoryview(plane), np.uint8, count=plane.line_size * plane.height)
     return rows.reshape(plane.height, plane.line_size)[:, : plane.width]
 
 
-def _to_8_bits(vf: av.VideoFrame) -> av.VideoFrame:
-    """A deeper gray frame's luma rounded to 8 bits, the same range (FFmpeg's scaler would
-    rescale it as full range: 940 of 10 bits to 234, not 235)."""
+def gray_to_8_bits(vf: av.VideoFrame) -> av.VideoFrame:
+    """A 9- to 16-bit gray frame as 8-bit gray of the same range and pts, rounded: video range
+    by dropping the extra bits (940 of 10 bits is 235), full range by scaling (1023 is 255).
+    (FFmpeg's scaler takes any gray as full range, and dithers.)"""
     fmt = vf.format
-    shift = fmt.components[0].bits - 8
+    bits = fmt.components[0].bits
     plane = vf.planes[0]
     dtype = np.dtype(">u2" if fmt.is_big_endian else "<u2")
     rows = np.frombuffer(memoryview(plane), dtype, count=plane.line_size // 2 * plane.height)
-    luma = rows.reshape(plane.height, plane.line_size // 2)[:, : plane.width]
-    rounded = np.minimum((luma.astype(np.uint32) + (1 << (shift - 1))) >> shift, 255)
+    luma = rows.reshape(plane.height, plane.line_size // 2)[:, : plane.width].astype(np.uint32)
+    if vf.color_range == ColorRange.MPEG:
+        shift = bits - 8
+        rounded = np.minimum((luma + (1 << (shift - 1))) >> shift, 255)
+    else:
+        top = (1 << bits) - 1
+        rounded = (luma * 255 + top // 2) // top
     out = av.VideoFrame.from_ndarray(rounded.astype(np.uint8), format="gray")
     out.pts = vf.pts
-    out.color_range = ColorRange.MPEG
+    out.color_range = vf.color_range
     return out
+
+
+def _to_video_range_i420(vf: av.VideoFrame) -> av.VideoFrame:
+    scaler: VideoReformatter | None = getattr(_local, "scaler", None)
+    if scaler is None:
+        scaler = _local.scaler = VideoReformatter()
+    return scaler.reformat(vf, format="yuv420p", dst_color_range=ColorRange.MPEG)
 
 
 def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float) -> Frame:
     """Wrap a decoded frame's planes as numpy views (the views keep the frame alive).
 
     - yuv420p in video range (or unspecified, which is video range for YUV): as decoded.
-    - Gray in video range, as HEVC and AV1 monochrome (4:0:0) streams usually are (thermal
-      cameras among them; 9 to 16 bits are rounded to 8): an I420 picture with neutral chroma,
-      wrapped as one (its luma as decoded, a shared neutral chroma plane), so that its crops
-      and its tap keep the luma's range.
-    - Other gray (full range, or unspecified: PNG, FFV1, raw): as decoded, full range (its
-      crops and its tap map it to video range where they need I420).
+    - Gray (9 to 16 bits first rounded to 8, `gray_to_8_bits`):
+      - in video range, as HEVC monochrome (4:0:0) streams usually are (thermal cameras among
+        them): an I420 picture with neutral chroma, wrapped as one (its luma as decoded, a
+        shared neutral chroma plane), so that its crops and its tap keep the luma's range;
+      - otherwise (full range: PNG, MJPEG; unspecified: FFV1, raw video): gray, full range
+        (its crops and its tap map it to video range where they need I420).
     - Anything else (full-range YUV such as MJPEG's yuvj420p or a camera flagged full range;
       yuv422p, nv12, rgb, deeper YUV, ...): converted to yuv420p in video range.
+
+    `decoded` is the picture the planes are of (the decoder's own, or its conversion).
     """
     name = vf.format.name
-    if _INTEGER_GRAY.fullmatch(name) and vf.color_range == ColorRange.MPEG:
-        if name != "gray":
-            vf = _to_8_bits(vf)
+    if name != "gray" and _INTEGER_GRAY.fullmatch(name):
+        vf = gray_to_8_bits(vf)
+        name = "gray"
+    if name == "gray" and vf.color_range == ColorRange.MPEG:
         (luma,) = vf.planes
         chroma = _neutral_chroma(vf.height, vf.width)
         return Frame(
@@ -82,13 +102,9 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
             nbytes=luma.buffer_size,
             decoded=vf,
         )
-    if name == "gray":
-        fmt: PixelFormat = "gray"
-    elif name == "yuv420p" and vf.color_range != ColorRange.JPEG:
-        fmt = "yuv420p"
-    else:
-        vf = vf.reformat(format="yuv420p", dst_color_range=ColorRange.MPEG)
-        fmt = "yuv420p"
+    fmt: PixelFormat = "gray" if name == "gray" else "yuv420p"
+    if fmt == "yuv420p" and (name != "yuv420p" or vf.color_range == ColorRange.JPEG):
+        vf = _to_video_range_i420(vf)
     planes = tuple(_view(p) for p in vf.planes)
     return Frame(
         source_id=source_id,
