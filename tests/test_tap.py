@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+import streamer.tap as tap
 from streamer.sources.frames import from_av
 from streamer.tap import scaled_i420, tap_image, tap_size
 
@@ -104,3 +106,25 @@ def test_threads_scaling_one_frame_at_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert results == [True] * 200
+
+
+def test_cameras_of_different_sizes_keep_their_own_scaler() -> None:
+    """A tap worker serving cameras of different sizes in turn keeps one swscale context per
+    conversion (rebuilding one costs more than the downscale), the last SCALERS_PER_THREAD."""
+
+    def run() -> list[int]:
+        big = from_av(_decoded((1280, 720)), "a", 0, 0.0)
+        small = from_av(_decoded((640, 360)), "b", 0, 0.0)
+        ids = []
+        for frame in (big, small, big, small):
+            scaled_i420(frame, 320, None)
+            ids.append(id(next(reversed(tap._local.scalers.values()))))
+        # Each size's context is the one it had the time before.
+        assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
+        for w in range(40, 40 + 2 * (tap.SCALERS_PER_THREAD + 4), 2):
+            scaled_i420(big, w, None)
+        return [len(tap._local.scalers)]
+
+    # In a thread of its own: the contexts are per thread.
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(run).result() == [tap.SCALERS_PER_THREAD]
