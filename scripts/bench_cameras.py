@@ -28,7 +28,10 @@ counts, then again): two runs of the same code can differ by a quarter on a shar
 
 `--stages` says where one camera's CPU goes: streamer with the stages switched on one after
 the other (decoding only; then the tap and the detector's answers, no crop cut because nobody
-subscribes; then everything, shm-i420), each against decoding alone, in one run.
+subscribes; then everything, shm-i420), each against decoding alone, in one run; and last
+the floor: streamer's own functions for the tap's picture and the 10 crops (cut into a ring)
+called straight from the decode thread, nothing sent, no other thread: what the work itself
+costs, without the messages, threads and Python steps around it.
 """
 
 from __future__ import annotations
@@ -48,15 +51,20 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import yaml
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import REPO, Probe, free_endpoint, make_clip
+from echo_detector import site_boxes
 
 from streamer.client import RingCache, StaleCropError, parse_crop
-from streamer.crop.convert import i420_size
+from streamer.crop.convert import crop_i420, i420_size
+from streamer.crop.geometry import centre_to_corners
 from streamer.health import shed_by_reason
+from streamer.sources.frames import from_av
+from streamer.tap import scaled_i420
 
 WARMUP_S = 3.0  # connections, decoder start-up: not measured
 CROP_ENCODINGS = {"bgr": "raw-bgr24", "i420": "raw-i420"}
@@ -65,14 +73,43 @@ CLIP_FPS = 30  # make_clip's rate
 SHM_RING_BYTES = 128 * 1024 * 1024  # ~0.35 s of 8 cameras' I420 crops (the default: 32 MiB)
 
 
-def bare_decode(clip: Path, n: int, seconds: float) -> None:
+class FloorWork:
+    """streamer's own per-frame work at one camera, with nothing around it: the tap's picture
+    (640 px, raw I420) and the 10 crops of Roboflow's case cut as I420 into a ring as big as
+    streamer's default, called straight from the decode thread. No message, socket, other
+    thread, pairing or header: what the work itself costs."""
+
+    RING_BYTES = 32 * 1024 * 1024  # streamer's default shm ring
+
+    def __init__(self, width: int, height: int) -> None:
+        boxes = site_boxes(0, width, height)
+        xywh = np.array([(b["x"], b["y"], b["width"], b["height"]) for b in boxes])
+        self.corners = [
+            tuple(c) for c in centre_to_corners(xywh, (1.0, 1.0), (width, height)).tolist()
+        ]
+        self.ring = np.zeros(self.RING_BYTES, np.uint8)
+        self.pos = 0
+
+    def __call__(self, vf: av.VideoFrame) -> None:
+        frame = from_av(vf, "cam0", 0, 0.0)
+        scaled_i420(frame, 640, None)
+        for x0, y0, x1, y1 in self.corners:
+            size = i420_size(x0, y0, x1, y1)
+            if self.pos + size > self.RING_BYTES:
+                self.pos = 0
+            crop_i420(frame, x0, y0, x1, y1, self.ring[self.pos : self.pos + size])
+            self.pos += size
+
+
+def bare_decode(clip: Path, n: int, seconds: float, floor: bool = False) -> None:
     """(child process) Decode `n` copies of the clip paced at their frame rate, looped, each in
-    its own thread with streamer's decoder settings for cameras (FFmpeg's defaults); print frames
-    per camera as JSON."""
+    its own thread with streamer's decoder settings for cameras (FFmpeg's defaults); with
+    `floor`, each frame also gets FloorWork. Print frames per camera as JSON."""
     stop = threading.Event()
     counts = [0] * n
 
     def run(i: int) -> None:
+        work = None
         while not stop.is_set():
             with av.open(str(clip)) as c:
                 stream = c.streams.video[0]  # FFmpeg's default threading, as streamer's
@@ -83,6 +120,9 @@ def bare_decode(clip: Path, n: int, seconds: float) -> None:
                     delay = start + (t - first) - time.monotonic()
                     if delay > 0 and stop.wait(delay):
                         return
+                    if floor:
+                        work = work or FloorWork(f.width, f.height)
+                        work(f)
                     counts[i] += 1
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
@@ -98,12 +138,13 @@ def bare_decode(clip: Path, n: int, seconds: float) -> None:
     print(json.dumps([(a - b) / seconds for a, b in zip(after, before, strict=True)]))
 
 
-def measure_bare(clip: Path, n: int, seconds: float) -> dict[str, Any]:
+def measure_bare(clip: Path, n: int, seconds: float, floor: bool = False) -> dict[str, Any]:
     proc = subprocess.Popen(
         [
             sys.executable,
             __file__,
             *("--bare", str(n), "--clip", str(clip)),
+            *(("--floor",) if floor else ()),
             "--seconds",
             str(seconds),
         ],
@@ -356,11 +397,16 @@ def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
             measure_streamer(clip, 1, seconds, "shm-i420", 1, shm_bytes)["cpu"],
         ),
     ]
+    floor = measure_bare(clip, 1, seconds, floor=True)["cpu"]
     print(f"bare decode {bare:.1f}% CPU")
     before = bare
     for name, cpu in rows:
         print(f"   {name:36s} {cpu:5.1f}% (x{cpu / max(bare, 1e-9):.2f} bare, {cpu - before:+.1f})")
         before = cpu
+    print(
+        f"floor: decoding, the tap's picture and the 10 crops cut into a ring, in one thread, "
+        f"nothing sent {floor:.1f}% (x{floor / max(bare, 1e-9):.2f} bare)"
+    )
 
 
 def cameras(clip: Path, args: argparse.Namespace) -> None:
@@ -484,11 +530,12 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.bare:
-        bare_decode(Path(args.clip), args.bare, args.seconds)
+        bare_decode(Path(args.clip), args.bare, args.seconds, args.floor)
         return
     w, h = (int(v) for v in args.size.split("x"))
     clip = Path(tempfile.mkdtemp()) / f"clip{w}x{h}.mp4"

@@ -108,7 +108,8 @@ def test_ocr_contexts_reads_every_context_in_every_font() -> None:
 
 def test_bench_cameras_stages_runs() -> None:
     """`bench_cameras.py --stages`: decoding alone, then streamer with its stages switched on one
-    after the other, each with its CPU and its ratio to decoding alone."""
+    after the other, each with its CPU and its ratio to decoding alone; then the floor (the same
+    work called from the decode thread, nothing sent)."""
     res = _run_script(
         "scripts/bench_cameras.py",
         *("--stages", "--seconds", "2", "--size", "320x240", "--shm-bytes", str(8 << 20)),
@@ -124,6 +125,8 @@ def test_bench_cameras_stages_runs() -> None:
     ], res.stdout
     for row in rows:
         assert float(row.split("%")[0].split()[-1]) > 0, row
+    (floor,) = [line for line in out if line.startswith("floor: ")]
+    assert float(floor.split("%")[0].split()[-1]) > 0 and "bare)" in floor, floor
 
 
 def test_ocr_experiments_runs_on_development_seeds_only(tmp_path: Path) -> None:
