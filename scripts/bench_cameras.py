@@ -75,19 +75,18 @@ SHM_RING_BYTES = 128 * 1024 * 1024  # ~0.35 s of 8 cameras' I420 crops (the defa
 
 class FloorWork:
     """streamer's own per-frame work at one camera, with nothing around it: the tap's picture
-    (640 px, raw I420) and the 10 crops of Roboflow's case cut as I420 into a ring as big as
-    streamer's default, called straight from the decode thread. No message, socket, other
-    thread, pairing or header: what the work itself costs."""
+    (640 px, raw I420) and the 10 crops of Roboflow's case cut as I420 into a ring of
+    `ring_bytes` (the shm ring of the row it is compared with), by streamer's own functions
+    called straight from the decode thread. No message, socket, other thread, pairing or
+    header; the Python of those functions' calls is in it."""
 
-    RING_BYTES = 32 * 1024 * 1024  # streamer's default shm ring
-
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, ring_bytes: int) -> None:
         boxes = site_boxes(0, width, height)
         xywh = np.array([(b["x"], b["y"], b["width"], b["height"]) for b in boxes])
         self.corners = [
             tuple(c) for c in centre_to_corners(xywh, (1.0, 1.0), (width, height)).tolist()
         ]
-        self.ring = np.zeros(self.RING_BYTES, np.uint8)
+        self.ring = np.zeros(ring_bytes, np.uint8)
         self.pos = 0
 
     def __call__(self, vf: av.VideoFrame) -> None:
@@ -95,16 +94,17 @@ class FloorWork:
         scaled_i420(frame, 640, None)
         for x0, y0, x1, y1 in self.corners:
             size = i420_size(x0, y0, x1, y1)
-            if self.pos + size > self.RING_BYTES:
+            if self.pos + size > self.ring.size:
                 self.pos = 0
             crop_i420(frame, x0, y0, x1, y1, self.ring[self.pos : self.pos + size])
             self.pos += size
 
 
-def bare_decode(clip: Path, n: int, seconds: float, floor: bool = False) -> None:
+def bare_decode(clip: Path, n: int, seconds: float, floor_ring_bytes: int = 0) -> None:
     """(child process) Decode `n` copies of the clip paced at their frame rate, looped, each in
     its own thread with streamer's decoder settings for cameras (FFmpeg's defaults); with
-    `floor`, each frame also gets FloorWork. Print frames per camera as JSON."""
+    `floor_ring_bytes`, each frame also gets FloorWork with a ring that big. Print frames per
+    camera as JSON."""
     stop = threading.Event()
     counts = [0] * n
 
@@ -120,8 +120,8 @@ def bare_decode(clip: Path, n: int, seconds: float, floor: bool = False) -> None
                     delay = start + (t - first) - time.monotonic()
                     if delay > 0 and stop.wait(delay):
                         return
-                    if floor:
-                        work = work or FloorWork(f.width, f.height)
+                    if floor_ring_bytes:
+                        work = work or FloorWork(f.width, f.height, floor_ring_bytes)
                         work(f)
                     counts[i] += 1
 
@@ -138,13 +138,13 @@ def bare_decode(clip: Path, n: int, seconds: float, floor: bool = False) -> None
     print(json.dumps([(a - b) / seconds for a, b in zip(after, before, strict=True)]))
 
 
-def measure_bare(clip: Path, n: int, seconds: float, floor: bool = False) -> dict[str, Any]:
+def measure_bare(clip: Path, n: int, seconds: float, floor_ring_bytes: int = 0) -> dict[str, Any]:
     proc = subprocess.Popen(
         [
             sys.executable,
             __file__,
             *("--bare", str(n), "--clip", str(clip)),
-            *(("--floor",) if floor else ()),
+            *(("--floor", str(floor_ring_bytes)) if floor_ring_bytes else ()),
             "--seconds",
             str(seconds),
         ],
@@ -387,8 +387,9 @@ def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
 
 
 def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
-    """Print streamer's CPU at one camera stage by stage, each against decoding alone."""
-    bare = measure_bare(clip, 1, seconds)["cpu"]
+    """Print streamer's CPU at one camera stage by stage, each against decoding alone (measured
+    first and last; the ratios are to the mean), then the floor."""
+    first = measure_bare(clip, 1, seconds)["cpu"]
     rows = [
         ("decoding only (no tap)", measure_stage(clip, seconds, tap=False)),
         ("+ tap 640 px, detector's answers", measure_stage(clip, seconds, tap=True)),
@@ -397,15 +398,19 @@ def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
             measure_streamer(clip, 1, seconds, "shm-i420", 1, shm_bytes)["cpu"],
         ),
     ]
-    floor = measure_bare(clip, 1, seconds, floor=True)["cpu"]
-    print(f"bare decode {bare:.1f}% CPU")
+    floor = measure_bare(clip, 1, seconds, shm_bytes)
+    if floor["fps_min"] < 0.95 * CLIP_FPS:
+        raise SystemExit(f"floor: {floor['fps_min']:.1f} frames/s, not the clip's {CLIP_FPS}")
+    last = measure_bare(clip, 1, seconds)["cpu"]
+    bare = (first + last) / 2
+    print(f"bare decode {bare:.1f}% CPU (first {first:.1f}%, last {last:.1f}%)")
     before = bare
     for name, cpu in rows:
         print(f"   {name:36s} {cpu:5.1f}% (x{cpu / max(bare, 1e-9):.2f} bare, {cpu - before:+.1f})")
         before = cpu
     print(
         f"floor: decoding, the tap's picture and the 10 crops cut into a ring, in one thread, "
-        f"nothing sent {floor:.1f}% (x{floor / max(bare, 1e-9):.2f} bare)"
+        f"nothing sent {floor['cpu']:.1f}% (x{floor['cpu'] / max(bare, 1e-9):.2f} bare)"
     )
 
 
@@ -530,7 +535,7 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
-    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")

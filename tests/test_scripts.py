@@ -7,6 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
+import numpy as np
+
+from streamer.crop.convert import crop_i420, i420_size
+from streamer.sources.frames import from_av
+from streamer.tap import scaled_i420
 from tests.conftest import REPO, load_script
 
 
@@ -127,6 +133,34 @@ def test_bench_cameras_stages_runs() -> None:
         assert float(row.split("%")[0].split()[-1]) > 0, row
     (floor,) = [line for line in out if line.startswith("floor: ")]
     assert float(floor.split("%")[0].split()[-1]) > 0 and "bare)" in floor, floor
+
+
+def test_the_floor_cuts_the_benchs_crops_into_its_ring() -> None:
+    """The floor's work on a 1080p frame: the 10 crops the echo detector's --site boxes make,
+    each in the ring exactly as crop_i420 cuts it, one after the other, the ring wrapping when
+    the next crop does not fit; the tap's picture downscaled (the swscale path)."""
+    bench = load_script("bench_cameras")
+    with av.open("testsrc2=size=1920x1080:rate=30", format="lavfi") as src:
+        vf = next(src.decode(video=0)).reformat(format="yuv420p")
+    frame = from_av(vf, "cam0", 0, 0.0)
+    per_frame = sum(i420_size(*c) for c in bench.FloorWork(1920, 1080, 1).corners)
+    work = bench.FloorWork(1920, 1080, 3 * per_frame + per_frame // 2)
+    assert len(work.corners) == 10
+    assert sorted({(x1 - x0, y1 - y0) for x0, y0, x1, y1 in work.corners}) == [
+        (200, 100),
+        (300, 600),
+    ]
+    work(vf)
+    pos = 0
+    for corners in work.corners:
+        size = i420_size(*corners)
+        assert np.array_equal(work.ring[pos : pos + size], crop_i420(frame, *corners))
+        pos += size
+    assert work.pos == per_frame
+    for _ in range(3):
+        work(vf)
+    assert work.pos < per_frame  # wrapped within the fourth frame
+    assert scaled_i420(frame, 640, None)[1:] == (640, 360)
 
 
 def test_ocr_experiments_runs_on_development_seeds_only(tmp_path: Path) -> None:
