@@ -87,25 +87,17 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
     if name != "gray" and _INTEGER_GRAY.fullmatch(name):
         vf = gray_to_8_bits(vf)
         name = "gray"
-    if name == "gray" and vf.color_range == ColorRange.MPEG:
+    fmt: PixelFormat = "gray" if name == "gray" else "yuv420p"
+    planes: tuple[U8, ...]
+    if fmt == "gray" and vf.color_range == ColorRange.MPEG:
         (luma,) = vf.planes
         chroma = _neutral_chroma(vf.height, vf.width)
-        return Frame(
-            source_id=source_id,
-            frame_id=frame_id,
-            pts=vf.pts,
-            captured_at=captured_at,
-            width=vf.width,
-            height=vf.height,
-            pixel_format="yuv420p",
-            planes=(_view(luma), chroma, chroma),
-            nbytes=luma.buffer_size,
-            decoded=vf,
-        )
-    fmt: PixelFormat = "gray" if name == "gray" else "yuv420p"
-    if fmt == "yuv420p" and (name != "yuv420p" or vf.color_range == ColorRange.JPEG):
-        vf = _to_video_range_i420(vf)
-    planes = tuple(_view(p) for p in vf.planes)
+        fmt, planes, nbytes = "yuv420p", (_view(luma), chroma, chroma), luma.buffer_size
+    else:
+        if fmt == "yuv420p" and (name != "yuv420p" or vf.color_range == ColorRange.JPEG):
+            vf = _to_video_range_i420(vf)
+        planes = tuple(_view(p) for p in vf.planes)
+        nbytes = sum(p.buffer_size for p in vf.planes)
     return Frame(
         source_id=source_id,
         frame_id=frame_id,
@@ -115,7 +107,7 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
         height=vf.height,
         pixel_format=fmt,
         planes=planes,
-        nbytes=sum(p.buffer_size for p in vf.planes),
+        nbytes=nbytes,
         decoded=vf,
     )
 
