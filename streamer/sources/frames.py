@@ -48,14 +48,17 @@ def gray_to_8_bits(vf: av.VideoFrame) -> av.VideoFrame:
     plane = vf.planes[0]
     dtype = np.dtype(">u2" if fmt.is_big_endian else "<u2")
     rows = np.frombuffer(memoryview(plane), dtype, count=plane.line_size // 2 * plane.height)
-    luma = rows.reshape(plane.height, plane.line_size // 2)[:, : plane.width].astype(np.uint32)
+    luma = rows.reshape(plane.height, plane.line_size // 2)[:, : plane.width]
     if vf.color_range == ColorRange.MPEG:
-        shift = bits - 8
-        rounded = np.minimum((luma + (1 << (shift - 1))) >> shift, 255)
+        # Half up, in 16 bits: ((v >> (shift - 1)) + 1) >> 1, at most 256 (saturated to 255).
+        halves = np.right_shift(luma, np.uint16(bits - 9))
+        halves += np.uint16(1)
+        halves >>= np.uint16(1)
+        rounded = np.asarray(cv2.convertScaleAbs(halves), np.uint8)
     else:
         top = (1 << bits) - 1
-        rounded = (luma * 255 + top // 2) // top
-    out = av.VideoFrame.from_ndarray(rounded.astype(np.uint8), format="gray")
+        rounded = ((luma.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8)
+    out = av.VideoFrame.from_ndarray(rounded, format="gray")
     out.pts = vf.pts
     out.color_range = vf.color_range
     return out
