@@ -8,19 +8,15 @@ INTER_AREA at a 3x reduction); other frames (webcams) through OpenCV.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import cv2
 import numpy as np
-from av.video.reformatter import ColorRange, VideoReformatter
+from av.video.reformatter import ColorRange
 
 from streamer.crop.convert import gray_to_video_range
+from streamer.swscale import scaler
 from streamer.types import U8, Frame
-
-_local = threading.local()  # swscale contexts per thread: a reformatter is not thread-safe
-SCALERS_PER_THREAD = 16
 
 
 def tap_size(
@@ -43,25 +39,6 @@ def _resized(plane: U8, size: tuple[int, int]) -> U8:
     return np.asarray(cv2.resize(plane, size, interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def _scaler(key: tuple[Any, ...]) -> VideoReformatter:
-    """This thread's swscale context for `key` (what it converts from and to). A context is
-    rebuilt whenever what it converts changes, so cameras of different sizes sharing a worker
-    keep one each (at most SCALERS_PER_THREAD, the least recently used goes)."""
-    scalers: OrderedDict[tuple[Any, ...], VideoReformatter] | None = getattr(
-        _local, "scalers", None
-    )
-    if scalers is None:
-        scalers = _local.scalers = OrderedDict()
-    scaler = scalers.get(key)
-    if scaler is None:
-        scaler = scalers[key] = VideoReformatter()
-        if len(scalers) > SCALERS_PER_THREAD:
-            scalers.popitem(last=False)
-    else:
-        scalers.move_to_end(key)
-    return scaler
-
-
 def _fill_swscale(buf: U8, frame: Frame, tw: int, th: int) -> None:
     """Downscale `frame`'s decoder picture to `tw` x `th` I420, video range, into `buf`."""
     decoded = frame.decoded
@@ -70,8 +47,7 @@ def _fill_swscale(buf: U8, frame: Frame, tw: int, th: int) -> None:
     # keeps a full-range picture full range unless told).
     luma_only = frame.pixel_format == "yuv420p" and decoded.format.name == "gray"
     fmt = "gray" if luma_only else "yuv420p"
-    scaler = _scaler((decoded.format.name, decoded.width, decoded.height, tw, th, fmt))
-    out = scaler.reformat(
+    out = scaler((decoded.format.name, decoded.width, decoded.height, tw, th, fmt)).reformat(
         decoded,
         width=tw,
         height=th,

@@ -49,6 +49,19 @@ def _metric(port: int, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics:\n{body}")
 
 
+def _terminate(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: the worker drains and exits 0."""
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+
+
+def _close_and_stop(worker: subprocess.Popen[bytes], *sockets: zmq.Socket[bytes]) -> str:
+    """Close the test's sockets, stop the worker if it still runs; its stderr."""
+    for sock in sockets:
+        sock.close(linger=0)
+    return stop(worker)[1]
+
+
 def test_worker_reads_serves_metrics_survives_bad_crops_and_stops_on_sigterm(endpoint: Any) -> None:
     crops, results, port = endpoint(), endpoint(), free_port()
     pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
@@ -92,12 +105,9 @@ def test_worker_reads_serves_metrics_survives_bad_crops_and_stops_on_sigterm(end
         assert _metric(port, 'streamer_ocr_crops_total{outcome="malformed"}') == len(bad)
         assert _metric(port, 'streamer_ocr_crops_total{outcome="read"}') >= 2
         assert _metric(port, "streamer_ocr_read_seconds_count") >= 2
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0
+        _terminate(worker)
     finally:
-        sub.close(linger=0)
-        pub.close(linger=0)
-        _, err = stop(worker)
+        err = _close_and_stop(worker, sub, pub)
     assert "ocr worker: {" in err and "'malformed': 6" in err and "ms per read" in err, err
     assert "ocr worker (ppocrv6, look-alike models on (O0, I1), charset" in err, err
 
@@ -120,12 +130,9 @@ def test_no_lookalikes_reaches_the_recognizer(endpoint: Any) -> None:
             if sub.poll(500):
                 got = json.loads(sub.recv_multipart()[1])
         assert got is not None and got["text"] == "KQ47WB", got
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0
+        _terminate(worker)
     finally:
-        sub.close(linger=0)
-        pub.close(linger=0)
-        _, err = stop(worker)
+        err = _close_and_stop(worker, sub, pub)
     assert "ocr worker (ppocrv6, charset" in err and "look-alike" not in err, err
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-import streamer.tap as tap
+import streamer.swscale as swscale
 from streamer.sources.frames import from_av
 from streamer.tap import scaled_i420, tap_image, tap_size
 
@@ -118,13 +118,13 @@ def test_cameras_of_different_sizes_keep_their_own_scaler() -> None:
         ids = []
         for frame in (big, small, big, small):
             scaled_i420(frame, 320, None)
-            ids.append(id(next(reversed(tap._local.scalers.values()))))
+            ids.append(id(next(reversed(swscale._local.scalers.values()))))
         # Each size's context is the one it had the time before.
         assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
-        for w in range(40, 40 + 2 * (tap.SCALERS_PER_THREAD + 4), 2):
+        for w in range(40, 40 + 2 * (swscale.SCALERS_PER_THREAD + 4), 2):
             scaled_i420(big, w, None)
-        return [len(tap._local.scalers)]
+        return [len(swscale._local.scalers)]
 
     # In a thread of its own: the contexts are per thread.
     with ThreadPoolExecutor(1) as pool:
-        assert pool.submit(run).result() == [tap.SCALERS_PER_THREAD]
+        assert pool.submit(run).result() == [swscale.SCALERS_PER_THREAD]

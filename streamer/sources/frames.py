@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import functools
 import re
-import threading
 
 import av
 import cv2
 import numpy as np
-from av.video.reformatter import ColorRange, VideoReformatter
+from av.video.reformatter import ColorRange
 
+from streamer.swscale import scaler
 from streamer.types import U8, Frame, PixelFormat
 
 # Gray of 8 to 16 bits, either byte order (not the float ones).
 _INTEGER_GRAY = re.compile(r"gray(9|1[0-6])?(le|be)?")
-_local = threading.local()  # one swscale context per decode thread: a reformatter is not shared
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,13 +63,6 @@ def gray_to_8_bits(vf: av.VideoFrame) -> av.VideoFrame:
     return out
 
 
-def _to_video_range_i420(vf: av.VideoFrame) -> av.VideoFrame:
-    scaler: VideoReformatter | None = getattr(_local, "scaler", None)
-    if scaler is None:
-        scaler = _local.scaler = VideoReformatter()
-    return scaler.reformat(vf, format="yuv420p", dst_color_range=ColorRange.MPEG)
-
-
 def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float) -> Frame:
     """Wrap a decoded frame's planes as numpy views (the views keep the frame alive).
 
@@ -87,7 +79,7 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
     `decoded` is the picture the planes are of (the decoder's own, or its conversion).
     """
     name = vf.format.name
-    if name != "gray" and _INTEGER_GRAY.fullmatch(name):
+    if name.startswith("gray") and name != "gray" and _INTEGER_GRAY.fullmatch(name):
         vf = gray_to_8_bits(vf)
         name = "gray"
     fmt: PixelFormat = "gray" if name == "gray" else "yuv420p"
@@ -98,7 +90,8 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
         fmt, planes, nbytes = "yuv420p", (_view(luma), chroma, chroma), luma.buffer_size
     else:
         if fmt == "yuv420p" and (name != "yuv420p" or vf.color_range == ColorRange.JPEG):
-            vf = _to_video_range_i420(vf)
+            key = (name, vf.width, vf.height, "yuv420p", ColorRange.MPEG)
+            vf = scaler(key).reformat(vf, format="yuv420p", dst_color_range=ColorRange.MPEG)
         planes = tuple(_view(p) for p in vf.planes)
         nbytes = sum(p.buffer_size for p in vf.planes)
     return Frame(
