@@ -57,7 +57,7 @@ class Camera:
             # answers is a problem. Without one (a detector reading the camera itself), the
             # check arms at the first pairing.
             pairing_watch=PairingWatch(armed=cfg.tap is not None),
-            shed_watch=ShedWatch(cfg.health.shed_window_s),
+            shed_watch=ShedWatch(cfg.health.shed_window_s, cfg.health.shed_share),
         )
 
     @property

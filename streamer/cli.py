@@ -60,9 +60,10 @@ def _totals(stats: dict[str, Any]) -> dict[str, int]:
         "duplicate": 0,
         "unwanted": 0,
     }
-    for s in [*stats["sources"].values(), *stats.get("removed_sources", [])]:
+    removed = stats.get("removed_totals", {"detections": {}})  # every removed camera's, summed
+    for s in [*stats["sources"].values(), removed]:
         for k in ("decoded", "paired", "crops", "expired", "not_tapped", "dropped_handoff"):
-            t[k] += s[k]
+            t[k] += s.get(k, 0)
         t["late"] += s["detections"].get("late", 0) + s["detections"].get("unknown_frame", 0)
         t["duplicate"] += s["detections"].get("duplicate", 0)
         t["unwanted"] += s.get("unwanted", 0)

@@ -189,7 +189,10 @@ class RingConfig(_Model):
         128 * MIB,
         ge=1 * MIB,
         description="every source's waiting frames together (one budget for the process); past "
-        "it the source holding the most loses its oldest frame (expired_budget)",
+        "it the source holding the most frames loses its oldest (expired_budget), and a source "
+        "is tapped past it only while it holds fewer frames than another. Each source may keep "
+        "one frame whatever its size, so size it at least sources x tap.max_in_flight x a "
+        "frame's bytes (1080p I420: 3 MiB) to keep every frame in flight",
     )
 
 
@@ -483,7 +486,8 @@ class HealthConfig(_Model):
         le=3600,
         description="a source is unhealthy when its frames keep coming but no detection has "
         "paired for this long (once one has paired: a source without a tap proves no detector "
-        "by its frames), or when no detector has subscribed to its tap for this long (null: "
+        "by its frames), or when no detector has taken its tap's frames for this long (none "
+        "subscribed or connected, or none reading; null: "
         "never). It counts the time without any pairing, not a detection's latency, so it need "
         "not exceed ring.max_age_ms: a slow detector still pairs a frame every frame interval; "
         "set it above the longest pause between a detector's answers",
@@ -491,9 +495,11 @@ class HealthConfig(_Model):
     shed_share: float | None = Field(
         0.5,
         gt=0,
-        le=1,
-        description="a source that sheds more than this share of its frames for want of CPU or "
-        "memory (over shed_window_s) is named unhealthy (null: never)",
+        lt=1,
+        description="a source that sheds more than this share of the frames it was to serve for "
+        "want of CPU or memory (over shed_window_s; frames skipped on purpose, by max_fps or "
+        "the tap's rate, are not counted) is named unhealthy, until the share falls below 0.8 "
+        "times this (null: never)",
     )
     shed_window_s: float = Field(30.0, ge=1, le=3600)
 
@@ -541,6 +547,16 @@ class StreamerConfig(_Model):
             raise ValueError(
                 "security.curve.detector_server_key is required with detections.connect (the"
                 " detectors' PUB public key); without it those sockets would not use CURVE"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _in_flight_fits_the_ring(self) -> StreamerConfig:
+        if self.tap is not None and self.tap.max_in_flight > self.ring.max_frames:
+            raise ValueError(
+                f"tap.max_in_flight ({self.tap.max_in_flight}) exceeds ring.max_frames "
+                f"({self.ring.max_frames}): frames would be tapped, then evicted before their "
+                "detections came"
             )
         return self
 

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streamer.health import shed_by_reason
+
 REPEAT_LOG_INTERVAL_S = 60.0
 SOURCE_STATES = (
     "starting",
@@ -55,7 +57,8 @@ class SourceCounters:
     def shed(self, reason: str) -> None:
         """Count a frame that was not tapped, and why: ``rate`` (tap.max_fps), ``busy`` (its
         in-flight frames or the tap queue are full), ``budget`` (the memory budget is spent),
-        ``no_subscriber``, ``full`` (the tap socket's queue), ``encode_failed``, ``stopping``."""
+        ``no_subscriber``, ``full`` (the tap socket's queue, or no detector connected),
+        ``encode_failed``, ``stopping``, ``error`` (a bug in the tap: logged, and it restarts)."""
         self.not_tapped += 1
         self.not_tapped_by[reason] += 1
 
@@ -110,8 +113,9 @@ class _StatsCollector(Collector):
         shed = CounterMetricFamily(
             "streamer_frames_shed",
             "frames not served, by why: not_tapped/<reason> (never sent to a detector), "
-            "expired/<reason> (age, full, budget, shutdown: left the ring unmatched) and "
-            "decoder/skipped (never decoded: the decoder shed them)",
+            "expired/<reason> (age, full, budget, shutdown: left the ring unmatched), "
+            "decoder/skipped (never decoded: the decoder shed them), handoff (dropped between "
+            "the decoder and the pipeline) and max_fps (skipped by the source's max_fps)",
             labels=["source", "reason"],
         )
         reconnects = CounterMetricFamily(
@@ -130,11 +134,8 @@ class _StatsCollector(Collector):
                 frames.add_metric([sid, o], s[o])
             for o, n in s["detections"].items():
                 dets.add_metric([sid, o], n)
-            for r, n in s["not_tapped_by"].items():
-                shed.add_metric([sid, f"not_tapped/{r}"], n)
-            for r, n in s["expired_by"].items():
-                shed.add_metric([sid, f"expired/{r}"], n)
-            shed.add_metric([sid, "decoder/skipped"], s["skipped_decode"])
+            for reason, n in shed_by_reason(s).items():  # the status line's reasons too
+                shed.add_metric([sid, reason], n)
             crops.add_metric([sid, "produced"], s["crops"])
             crops.add_metric([sid, "empty_box"], s["empty_box"])
             crops.add_metric([sid, "no_mask"], s["no_mask"])

@@ -63,7 +63,8 @@ class _Total:
 
 
 class _Ring:
-    def __init__(self, total: _Total) -> None:
+    def __init__(self, total: _Total, lossless: bool = False) -> None:
+        self.lossless = lossless  # its frames wait for room: never evicted for the budget
         self.frames: OrderedDict[int, tuple[Frame, float]] = OrderedDict()
         self.paired_ids: OrderedDict[int, float] = OrderedDict()  # frame_id -> captured_at
         self.newest_id = -1
@@ -113,9 +114,10 @@ class Pairer:
         max_bytes: int,
         max_age_s: float,
         max_total_bytes: int | None = None,
+        lossless: frozenset[str] = frozenset(),
     ) -> None:
         self._total = _Total()
-        self._rings = {sid: _Ring(self._total) for sid in source_ids}
+        self._rings = {sid: _Ring(self._total, sid in lossless) for sid in source_ids}
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
@@ -129,11 +131,12 @@ class Pairer:
     def stats(self, source_id: str) -> RingStats:
         return self._rings[source_id].stats
 
-    def add_source(self, source_id: str) -> None:
-        """Give a new source an empty ring. ValueError if it has one."""
+    def add_source(self, source_id: str, lossless: bool = False) -> None:
+        """Give a new source an empty ring (`lossless`: a source whose frames wait for room
+        rather than be dropped; the budget never evicts them). ValueError if it has one."""
         if source_id in self._rings:
             raise ValueError(f"source {source_id!r} already has a ring")
-        self._rings[source_id] = _Ring(self._total)
+        self._rings[source_id] = _Ring(self._total, lossless)
 
     def remove_source(self, source_id: str) -> RingStats:
         """Expire what the source still has waiting and forget its ring; return its final
@@ -158,8 +161,8 @@ class Pairer:
 
     def bound(self, source_id: str, now: float) -> None:
         """Evict (as expired) the oldest frames beyond the ring's count and byte bounds, then
-        beyond the global budget (from the fullest rings, never the source's only frame), and
-        old ones."""
+        beyond the global budget (from the rings holding the most frames, never the source's
+        only frame, nor a lossless source's frames), and old ones."""
         ring = self._rings[source_id]
         while len(ring.frames) > self.max_frames or (
             ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
@@ -167,11 +170,22 @@ class Pairer:
             ring.pop_oldest("full")
         limit = self.max_total_bytes
         while limit is not None and self._total.bytes > limit:
-            fullest = max(self._rings.values(), key=lambda r: r.stats.ring_bytes)
-            if fullest is ring and len(ring.frames) <= 1:
-                break  # the frame just added is all this source has: keep it
-            fullest.pop_oldest("budget")
+            giving = self._fullest()
+            if giving is None:
+                break  # every other frame is a source's only one, or lossless: kept
+            giving.pop_oldest("budget")
         self.expire(now)
+
+    def _fullest(self) -> _Ring | None:
+        """The ring that gives a frame to the budget: the one holding the most frames (counted
+        in frames, not bytes: a 4K camera's frames count like any other's), the most bytes among
+        those; never a ring's only frame, nor a lossless source's (it waits for room instead)."""
+        best, best_key = None, (1, 0)
+        for r in self._rings.values():
+            key = (len(r.frames), r.stats.ring_bytes)
+            if len(r.frames) > 1 and not r.lossless and key > best_key:
+                best, best_key = r, key
+        return best
 
     def room_for(self, source_id: str, nbytes: int, frames: int) -> bool:
         """Whether `frames` more frames of `nbytes` each fit the source's ring and the global
@@ -184,14 +198,27 @@ class Pairer:
             and (limit is None or self._total.bytes + frames * nbytes <= limit)
         )
 
-    def budget_allows(self, source_id: str, nbytes: int) -> bool:
-        """Whether `nbytes` more for this source keep the global budget fair: there is room, or
-        the source holds less than its share (the budget over the number of sources), so what
-        `bound` evicts comes from a source above its share."""
+    def budget_allows(self, source_id: str, nbytes: int, frames: int = 1) -> bool:
+        """Whether `frames` more frames of `nbytes` each for this source keep the global budget
+        fair: there is room, or the source would still hold fewer frames than another one does,
+        so that what `bound` evicts comes from a source holding more (in frames: a camera with
+        large frames gets its turn like the others). A source holding none may always have
+        one: the budget gives way to one frame a source (`bound` keeps a source's only frame)."""
         limit = self.max_total_bytes
-        if limit is None or self._total.bytes + nbytes <= limit:
+        if limit is None or self._total.bytes + frames * nbytes <= limit:
             return True
-        return self._rings[source_id].stats.ring_bytes + nbytes <= limit / len(self._rings)
+        held = self._rings[source_id].stats.in_ring
+        if held == 0 and frames == 1:
+            return True
+        most = max(
+            (
+                len(r.frames)
+                for sid, r in self._rings.items()
+                if sid != source_id and not r.lossless
+            ),
+            default=0,
+        )
+        return held + frames < most
 
     def withdraw(self, frame: Frame) -> None:
         """Take back a frame added with ``bound=False``, as if it never was (its tap send

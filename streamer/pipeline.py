@@ -17,10 +17,10 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
@@ -69,6 +69,7 @@ SHED_SAMPLE_INTERVAL_S = 1.0  # how often each source's shed share is sampled fo
 SHED_HINT_S = 0.5  # a source whose frame was turned away: its decoder skips what it can this long
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
+TapOutcome = Literal["sent", "no_subscriber", "full", "stopping", "encode_failed"]
 REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
 REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
 
@@ -88,6 +89,7 @@ class Pipeline:
             max_bytes=cfg.ring.max_bytes,
             max_age_s=cfg.ring.max_age_ms / 1000.0,
             max_total_bytes=cfg.ring.max_total_bytes,
+            lossless=frozenset(c.id for c in self.cameras.values() if c.source.lossless),
         )
         self._ring_lock = threading.Lock()  # the loop adds and expires, the crop thread matches
         self._shed_sampled_at = 0.0
@@ -109,6 +111,8 @@ class Pipeline:
         self._ended = asyncio.Event()  # every camera's source has ended by itself
         # Final counters of the most recently removed cameras (all of them are logged).
         self._removed: deque[dict[str, Any]] = deque(maxlen=REMOVED_KEPT)
+        # ... and the sum of every removed camera's counters, for running totals.
+        self._removed_totals: dict[str, Any] = {"detections": Counter()}
         self._changing: set[str] = set()  # ids being removed: not to be added meanwhile
         self._tap_supervisor = Supervisor("frame tap")
         self.hub: PreviewHub | None = None
@@ -166,7 +170,7 @@ class Pipeline:
         except (ValueError, OSError) as e:  # a source that cannot even be set up
             raise ConfigError(f"url: {str(e)[:200]}") from None
         with self._ring_lock:
-            self.pairer.add_source(src.id)
+            self.pairer.add_source(src.id, lossless=camera.source.lossless)
         if self.hub is not None:
             self.hub.add_source(src.id)
         camera.source.decode_observer = self.metrics.decode_seconds.labels(src.id).observe
@@ -203,6 +207,7 @@ class Pipeline:
                     histogram.remove(sid)
             final = self._camera_stats(camera, ring=ring)
             self._removed.append({"id": sid, **final})
+            self._add_removed(final)
             log.info("source %s: removed; final counters: %s", sid, json.dumps(final, default=str))
             if self.cameras and all(c.ended for c in self.cameras.values()):
                 self._ended.set()  # what is left had ended by itself
@@ -260,7 +265,6 @@ class Pipeline:
             if c.source.stats.state in UNHEALTHY_STATES
         }
         unpaired_after_s = self.cfg.health.unpaired_after_s
-        shed_share = self.cfg.health.shed_share
         now = time.monotonic()
         for c in cameras:
             if c.id in problems:
@@ -271,10 +275,10 @@ class Pipeline:
                     problems[c.id] = problem
                     continue
             seen = c.shed_watch.share()
-            if shed_share is not None and seen is not None and seen[0] > shed_share:
+            if c.shed_watch.overloaded and seen is not None:
                 problems[c.id] = (
                     f"overloaded: {seen[0]:.0%} of its last {seen[1]} frames shed "
-                    f"(the box cannot serve them)"
+                    f"(this box, or the detector, cannot keep up with them)"
                 )
         for name, supervisor in self._supervisors().items():
             problem = supervisor.problem()
@@ -531,7 +535,7 @@ class Pipeline:
             in_ring = self.pairer.stats(sid).in_ring
             if counters.in_tap + in_ring >= self.cfg.tap.max_in_flight:
                 return "busy"
-            if not self.pairer.budget_allows(sid, (counters.in_tap + 1) * nbytes):
+            if not self.pairer.budget_allows(sid, nbytes, counters.in_tap + 1):
                 return "budget"
         return None
 
@@ -555,86 +559,95 @@ class Pipeline:
             await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring
 
     async def _tap_worker(self) -> None:
-        assert self._tap is not None and self.cfg.tap is not None
-        tap_cfg = self.cfg.tap
-        loop = asyncio.get_running_loop()
+        assert self._tap is not None
         while True:
             camera, frame = await self._tap_queue.get()
-            counters = camera.counters
-            if self.cameras.get(camera.id) is not camera:  # removed while its frame waited
-                counters.in_tap -= 1
-                counters.shed("stopping")
-                continue
             try:
-                fields, payload = await loop.run_in_executor(
-                    self._executor,
-                    tap_image,
-                    frame,
-                    tap_cfg.encoding,
-                    tap_cfg.width,
-                    tap_cfg.height,
-                    tap_cfg.jpeg_quality,
-                )
-                header = {
-                    "v": 1,
-                    "source_id": frame.source_id,
-                    "frame_id": frame.frame_id,
-                    "pts": frame.pts,
-                    "captured_at": frame.captured_at,
-                    **fields,
-                }
-                if self.cfg.detections.reply_to is not None:
-                    header["reply_to"] = self.cfg.detections.reply_to  # where detections go
-                message = [frame_topic(frame.source_id), dumps(header), payload]
+                outcome = await self._tap_one(camera, frame)
+            except asyncio.CancelledError:
+                camera.counters.shed("stopping")
+                raise
             except Exception:
-                # A frame the tap cannot encode is not sent (and counted); the tap goes on.
-                log.exception(
-                    "frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id
-                )
-                counters.in_tap -= 1
+                camera.counters.shed("error")  # a bug: counted, and the supervisor restarts us
+                raise
+            finally:
+                camera.counters.in_tap -= 1  # whatever happened, its place is given back
                 camera.tap_room.set()
-                counters.shed("encode_failed")
-                continue
-            lossless = camera.source.lossless
-            pause_s = TAP_RETRY_MIN_S
-            gone = False
-            while True:
-                # Into the ring before the send: the crop thread may get the detections for it
-                # before the send returns. Nothing is evicted for it until it is sent. The lock
-                # is held across the (non-blocking) send so that the crop thread cannot pair a
-                # frame that is then withdrawn (timestamp pairing needs no tap).
-                with self._ring_lock:
-                    if self.cameras.get(camera.id) is not camera:
-                        gone = True  # removed while this frame waited (its ring is gone)
-                        break
-                    self.pairer.add_frame(frame, time.monotonic(), bound=False)
-                    outcome = self._tap.attempt(message)
-                    if outcome == "sent":
-                        self.pairer.bound(frame.source_id, time.monotonic())
-                    else:
-                        self.pairer.withdraw(frame)
-                if outcome == "sent":
-                    break
-                if not lossless:
-                    break
-                # A lossless source waits for a detector, and for room in its queue (an XPUB
-                # polls writable even when full: retry).
-                if outcome == "no_subscriber":
-                    self._warn(
-                        "tap-wait",
-                        "frame tap: no detector subscribed; source %s waits (realtime: false)",
-                        frame.source_id,
-                    )
-                await asyncio.sleep(pause_s)
-                pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
-            counters.in_tap -= 1
-            camera.tap_room.set()
-            if gone:
-                counters.shed("stopping")
-            elif outcome != "sent":
+            if outcome != "sent":
+                camera.counters.shed(outcome)
+            if outcome == "no_subscriber" or outcome == "full":
                 self._tap.count_drop(outcome)
-                counters.shed(outcome)
                 self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)
+
+    async def _tap_one(self, camera: Camera, frame: Frame) -> TapOutcome:
+        """Make one frame's tap picture and send it; put it in the ring once sent. Returns
+        ``sent``, or why not: ``stopping`` (its camera was removed), ``no_subscriber`` or
+        ``full`` (known before the picture is made, when it can be: none is made then), or
+        ``encode_failed``. A lossless source's frame waits for a detector instead."""
+        assert self._tap is not None and self.cfg.tap is not None
+        tap_cfg = self.cfg.tap
+        if self.cameras.get(camera.id) is not camera:  # removed while its frame waited
+            return "stopping"
+        lossless = camera.source.lossless
+        refused = None if lossless else self._tap.refuses(frame_topic(camera.id))
+        if refused is not None:
+            return refused
+        try:
+            fields, payload = await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                tap_image,
+                frame,
+                tap_cfg.encoding,
+                tap_cfg.width,
+                tap_cfg.height,
+                tap_cfg.jpeg_quality,
+            )
+            header = {
+                "v": 1,
+                "source_id": frame.source_id,
+                "frame_id": frame.frame_id,
+                "pts": frame.pts,
+                "captured_at": frame.captured_at,
+                **fields,
+            }
+            if self.cfg.detections.reply_to is not None:
+                header["reply_to"] = self.cfg.detections.reply_to  # where detections go
+            message = [frame_topic(frame.source_id), dumps(header), payload]
+        except Exception:
+            # A frame the tap cannot encode is not sent (and counted); the tap goes on.
+            log.exception("frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id)
+            return "encode_failed"
+        pause_s = TAP_RETRY_MIN_S
+        while True:
+            # Into the ring before the send: the crop thread may get the detections for it
+            # before the send returns. Nothing is evicted for it until it is sent. The lock
+            # is held across the (non-blocking) send so that the crop thread cannot pair a
+            # frame that is then withdrawn (timestamp pairing needs no tap).
+            with self._ring_lock:
+                if self.cameras.get(camera.id) is not camera:
+                    return "stopping"  # removed while this frame waited (its ring is gone)
+                self.pairer.add_frame(frame, time.monotonic(), bound=False)
+                try:
+                    outcome = self._tap.attempt(message)
+                except BaseException:
+                    self.pairer.withdraw(frame)
+                    raise
+                if outcome == "sent":
+                    self.pairer.bound(frame.source_id, time.monotonic())
+                else:
+                    self.pairer.withdraw(frame)
+            if outcome == "sent" or not lossless:
+                return outcome
+            # A lossless source waits for a detector, and for room in its queue (an XPUB
+            # polls writable even when full: retry).
+            if outcome == "no_subscriber":
+                self._warn(
+                    "tap-wait",
+                    "frame tap: no detector subscribed; source %s waits (realtime: false)",
+                    frame.source_id,
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
 
     async def _expire(self) -> None:
         """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes;
@@ -658,7 +671,8 @@ class Pipeline:
                         ring.paired,
                         now,
                         received=c.source.counts()[0],
-                        no_subscriber=c.counters.not_tapped_by["no_subscriber"],
+                        untaken=c.counters.not_tapped_by["no_subscriber"]
+                        + c.counters.not_tapped_by["full"],
                     )
             for c in cameras:
                 c.source.check_stall(now)
@@ -666,7 +680,7 @@ class Pipeline:
                 self._shed_sampled_at = now
                 for c in cameras:
                     s = self._camera_stats(c)
-                    c.shed_watch.observe(now, s["decoded"] + s["skipped_decode"], overload_shed(s))
+                    c.shed_watch.observe(now, *overload_shed(s, tapped=self._tap is not None))
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -680,6 +694,10 @@ class Pipeline:
             "ring_budget_bytes": self.cfg.ring.max_total_bytes,
             "sources": sources,
             "removed_sources": list(self._removed),
+            "removed_totals": {
+                **self._removed_totals,
+                "detections": dict(self._removed_totals["detections"]),
+            },
             "malformed": dict(self._crops.malformed) if self._crops else {},
             "handler_failed": dict(self._crops.handler_failed) if self._crops else {},
             "restarts": {name: s.restarts for name, s in self._supervisors().items()},
@@ -698,6 +716,15 @@ class Pipeline:
             "tap": None if self._tap is None else dataclasses.asdict(self._tap.stats),
             "http_refused": dict(self.preview_server.refused) if self.preview_server else {},
         }
+
+    def _add_removed(self, final: dict[str, Any]) -> None:
+        """Add a removed camera's final counters to the running totals of removed cameras (its
+        own stay listed among the last REMOVED_KEPT)."""
+        totals = self._removed_totals
+        for key, value in final.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
+        totals["detections"].update(final["detections"])
 
     def _camera_stats(self, camera: Camera, ring: RingStats | None = None) -> dict[str, Any]:
         """One camera's counters, JSON-ready (`ring`: its ring's, if no longer in the pairer)."""

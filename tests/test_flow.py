@@ -432,3 +432,41 @@ def test_crops_nobody_subscribed_to_are_not_cut(endpoint: Any) -> None:
     assert set(got) == {"plate"}
     assert src["unwanted"] >= 2 * src["crops"] - 2, src  # two people per plate, not cut
     assert src["crops"] >= 20, src
+
+
+def test_a_camera_larger_than_the_budget_is_still_served(endpoint: Any) -> None:
+    """One camera's frames (1280x720 I420, 1.3 MiB) are each larger than the whole memory
+    budget (1 MiB) beside a small camera: it still gets its frames tapped and paired, one at a
+    time (each camera may keep one frame), and the small one goes on too. Before, admission
+    wanted a frame to fit the budget over the cameras in bytes: the large camera was never
+    tapped (all its frames `not_tapped` `budget`)."""
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [
+            {"id": "big", "url": "lavfi:testsrc2=size=1280x720:rate=10"},
+            {"id": "small", "url": "lavfi:testsrc2=size=320x240:rate=10"},
+        ],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "width": 320},
+        "ring": {"max_total_bytes": 1024 * 1024},
+        "publish": [{"bind": pub}],
+    }
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
+            async for frame in frames:
+                await out.send(frame, [])
+
+    def paired(p: Pipeline, sid: str) -> int:
+        return int(p.stats()["sources"][sid]["paired"])
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: min(paired(p, "big"), paired(p, "small")) >= 10, 30, "both served")
+        finally:
+            task.cancel()
+
+    stats = _run(cfg, body)
+    big = stats["sources"]["big"]
+    assert big["paired"] >= 10 and big["expired"] <= big["expired_by"]["shutdown"] + 2, big

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from streamer.health import PairingWatch, ShedWatch
+from streamer.health import RECOVER_FACTOR, PairingWatch, ShedWatch, overload_shed
 
 
 def test_share_over_the_window() -> None:
@@ -80,10 +82,61 @@ def test_no_detector_subscribed_to_the_tap_is_its_own_problem() -> None:
     """The detector process died: frames are not tapped (no subscriber), never enter the ring;
     /healthz says so, naming the cause."""
     w = PairingWatch(armed=True)
-    w.observe(50, 50, 0.0, received=50, no_subscriber=0)
+    w.observe(50, 50, 0.0, received=50, untaken=0)
     for t in range(1, 16):
-        w.observe(50, 50, float(t), received=50 + 30 * t, no_subscriber=30 * t)
-    assert w.problem(15.0, 10.0) == "no detector subscribed to the tap for 14.0 s"
+        w.observe(50, 50, float(t), received=50 + 30 * t, untaken=30 * t)
+    assert w.problem(15.0, 10.0) == (
+        "no detector takes the tap's frames (none subscribed or reading) for 14.0 s"
+    )
     assert w.problem(15.0, 20.0) is None  # not yet for that long
-    w.observe(51, 50, 16.0, received=600, no_subscriber=450)  # a detector subscribed again
-    assert w.unsubscribed_for(16.0, 10.0) is None
+    w.observe(51, 50, 16.0, received=600, untaken=450)  # a detector subscribed again
+    assert w.untaken_for(16.0, 10.0) is None
+
+
+def _source(**over: Any) -> dict[str, Any]:
+    """A source's stats snapshot with nothing shed, as `Pipeline.stats` gives it."""
+    s: dict[str, Any] = {
+        "decoded": 0,
+        "skipped_fps": 0,
+        "skipped_decode": 0,
+        "dropped_handoff": 0,
+        "not_tapped_by": {},
+        "expired_by": {"age": 0, "full": 0, "budget": 0, "shutdown": 0},
+    }
+    s.update(over)
+    return s
+
+
+def test_frames_skipped_on_purpose_are_not_in_the_share() -> None:
+    """A camera held to 15 of its 30 frames/s (max_fps) whose 15 are all turned away for want
+    of CPU sheds all it was to serve: before, the 15 skipped counted as received, the share
+    topped at exactly 0.5 and never exceeded the default limit."""
+    s = _source(decoded=30, skipped_fps=15, not_tapped_by={"busy": 15})
+    assert overload_shed(s) == (15, 15)
+    s = _source(decoded=30, not_tapped_by={"rate": 20, "busy": 5})  # tapped at 10 frames/s
+    assert overload_shed(s) == (10, 5)
+
+
+def test_a_detector_missing_or_picking_frames_is_not_overload() -> None:
+    # The tap's socket refused them (PUSH without a peer): PairingWatch reports it.
+    assert overload_shed(_source(decoded=30, not_tapped_by={"full": 30})) == (0, 0)
+    # Without a tap, the detector reads the camera and picks frames; the others expire.
+    untapped = _source(decoded=30, expired_by={"age": 10, "full": 10, "budget": 2, "shutdown": 0})
+    assert overload_shed(untapped, tapped=False) == (10, 2)
+    assert overload_shed(untapped, tapped=True) == (30, 22)
+
+
+def test_overloaded_has_hysteresis() -> None:
+    """On above the limit, off only below RECOVER_FACTOR x the limit: a share hovering at the
+    limit (40-59% shed measured at 8-10 cameras) does not flap the readiness probe."""
+    w = ShedWatch(window_s=1.0, limit=0.5)  # sampled each second: the share of the last one
+    w.observe(0.0, 0, 0)
+    eligible = shed = 0
+    states = []
+    shares = [0.3, 0.55, 0.45, 0.5, 0.42, 0.6, RECOVER_FACTOR * 0.5 - 0.05, 0.45]
+    for t, share in enumerate(shares, start=1):
+        eligible, shed = eligible + 100, shed + round(100 * share)
+        w.observe(float(t), eligible, shed)
+        states.append(w.overloaded)
+    assert states == [False, True, True, True, True, True, False, False]
+    assert not ShedWatch(window_s=10.0).overloaded  # no limit: never

@@ -135,8 +135,11 @@ class Detector:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         ctx = zmq.asyncio.Context.instance()
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"frame/cam")
+        if cfg["tap"].get("mode", "pub") == "push":
+            self.sub = ctx.socket(zmq.PULL)
+        else:
+            self.sub = ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.SUBSCRIBE, b"frame/cam")
         self.sub.connect(cfg["tap"]["bind"])
         self.push = ctx.socket(zmq.PUSH)
         self.push.connect(cfg["detections"]["bind"])
@@ -447,10 +450,14 @@ def test_a_preview_render_failure_is_restarted_and_the_viewer_keeps_getting_fram
     assert seen["health"]["restarts"]["preview/cam"] == 2
 
 
-def test_healthz_names_a_source_whose_detector_died(endpoint: Any) -> None:
-    """The detector process dies (its sockets close): frames are no longer tapped (no
-    subscriber), so none enters the ring; /healthz says so, and keeps saying it."""
+@pytest.mark.parametrize("mode", ["pub", "push"])
+def test_healthz_names_a_source_whose_detector_died(endpoint: Any, mode: str) -> None:
+    """The detector process dies (its sockets close): frames are no longer tapped (PUB: no
+    subscriber; PUSH: no peer, the socket is full), so none enters the ring; /healthz says so,
+    and keeps saying it; it does not call the camera overloaded (before, with PUSH, the frames
+    the tap refused counted as shed for want of CPU)."""
     cfg = _cfg(endpoint, health={"unpaired_after_s": 0.5})
+    cfg["tap"]["mode"] = mode
     seen: dict[str, Any] = {}
 
     async def healthz() -> tuple[int, dict[str, Any]]:
@@ -481,4 +488,4 @@ def test_healthz_names_a_source_whose_detector_died(endpoint: Any) -> None:
     assert status == 200 and health["ok"], health
     for status, health in seen["dead"]:
         assert status == 503 and list(health["problems"]) == ["cam"], health
-        assert health["problems"]["cam"].startswith("no detector subscribed to the tap for")
+        assert health["problems"]["cam"].startswith("no detector takes the tap's frames"), health

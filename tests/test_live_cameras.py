@@ -191,6 +191,8 @@ def test_sighup_applies_the_config_files_sources(endpoint: Any, tmp_path: Path) 
     after = got["after"]
     assert sorted(after["sources"]) == ["arriving", "changing", "restarting", "steady"]
     assert [s["id"] for s in after["removed_sources"]] == ["going", "restarting"]
+    for key in ("decoded", "paired", "not_tapped"):  # running totals of the removed
+        assert after["removed_totals"][key] == sum(s[key] for s in after["removed_sources"])
     assert got["changing"]["settings"]["max_fps"] == 5
     assert got["changing"]["reconnects"] == 0  # changed live, not restarted
     steady = after["sources"]["steady"]
@@ -302,3 +304,35 @@ def test_a_shard_refuses_a_camera_of_another_shard(endpoint: Any) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert errors == [f"id: source {other!r} belongs to shard 1 of 3, not to this one (0/3)"]
+
+
+def test_totals_count_every_removed_camera_not_only_those_listed() -> None:
+    """The status line's totals (frames/s from their differences) include every camera ever
+    removed: the list keeps the last REMOVED_KEPT; before, the 65th removal made the totals
+    drop, and the status line showed a large negative rate."""
+    from streamer.cli import _totals
+    from streamer.pipeline import REMOVED_KEPT
+
+    p = Pipeline(
+        parse_config(
+            {
+                "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=64x48:rate=5"}],
+                "detections": {"bind": "tcp://127.0.0.1:0"},
+                "publish": [{"bind": "tcp://127.0.0.1:0"}],
+            }
+        )
+    )
+    final = {**p._camera_stats(p.cameras["cam"]), "decoded": 10, "paired": 7}
+    final["detections"] = {"late": 1}
+    before = _totals(p.stats())
+    for i in range(REMOVED_KEPT + 6):
+        p._removed.append({"id": f"gone{i}", **final})
+        p._add_removed(final)
+    after = _totals(p.stats())
+    n = REMOVED_KEPT + 6
+    assert len(p.stats()["removed_sources"]) == REMOVED_KEPT
+    assert (after["decoded"] - before["decoded"], after["paired"] - before["paired"]) == (
+        10 * n,
+        7 * n,
+    )
+    assert after["late"] - before["late"] == n

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,10 @@ def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
     )
     assert _metric(text, 'streamer_source_reconnects_total{source="down"}') >= 2
     assert _metric(text, 'streamer_frames_total{outcome="not_tapped",source="cam"}') >= 0
+    # Shed frames by the reasons the status line and /healthz use (one vocabulary): every
+    # decoded frame not served has one (before: no handoff nor max_fps here).
+    shed = re.findall(r'streamer_frames_shed_total\{reason="([^"]+)",source="cam"\}', text)
+    assert {"handoff", "max_fps", "decoder/skipped", "expired/age", "expired/budget"} <= set(shed)
     assert 'streamer_decode_seconds_bucket{le="0.005",source="cam"}' in text
     assert "streamer_in_ring" in text and "streamer_loop_lag_seconds" in text
     assert seen["metrics_main_no_token"] == 401 and seen["metrics_main_token"] == 200

@@ -191,3 +191,59 @@ def test_budget_admits_a_source_below_its_share() -> None:
     assert p.budget_allows("b", 100)  # "b" holds nothing: "a" gives way
     p.add_frame(frame(0, 100, "b"), now=0.0)
     assert (p.stats("a").expired_budget, p.stats("b").in_ring) == (1, 1)
+
+
+def _budget(total: int, lossless: frozenset[str] = frozenset()) -> Pairer:
+    return Pairer(
+        ["a", "b", "c"],
+        max_frames=100,
+        max_bytes=100_000,
+        max_age_s=5.0,
+        max_total_bytes=total,
+        lossless=lossless,
+    )
+
+
+def test_the_budget_takes_from_the_camera_holding_the_most_frames_not_bytes() -> None:
+    """A 4K camera ("a", one frame of 1200) beside a 1080p one ("b", frames of 300): past the
+    budget, "b" gives its oldest frames, not "a" its only one. Before, the ring holding the most
+    bytes gave: the 4K camera lost its only frame to every 1080p frame that overflowed."""
+    p = _budget(2000)
+    p.add_frame(frame(0, 1200, "a"), now=0.0)
+    for i in range(3):
+        p.add_frame(frame(i, 300, "b"), now=0.0)
+    p.add_frame(frame(3, 300, "b"), now=0.0)  # 2400 > 2000
+    a, b = p.stats("a"), p.stats("b")
+    assert (a.in_ring, a.expired) == (1, 0)
+    assert (b.in_ring, b.expired_budget) == (2, 2)
+    assert p.total_bytes == 1800
+
+
+def test_the_budget_admits_a_camera_with_large_frames_in_its_turn() -> None:
+    """Admission is fair in frames: a camera holding fewer frames than another may add one
+    (that one gives way), whatever its frames' size. Before, it had to fit budget / cameras
+    in bytes: a 4K camera among 11 1080p ones was never admitted once the budget was full."""
+    p = _budget(2000)
+    for i in range(6):
+        p.add_frame(frame(i, 300, "b"), now=0.0)  # 1800
+    assert p.budget_allows("a", 1200)  # holds none: its first frame, always
+    p.add_frame(frame(0, 1200, "a"), now=0.0)
+    assert p.total_bytes <= 2000 and p.stats("a").in_ring == 1
+    assert p.stats("b").in_ring == 2  # gave 4 frames of 300 for it
+    assert not p.budget_allows("a", 1200)  # 2 frames would be no fewer than "b" holds
+    assert not p.budget_allows("b", 300, frames=1)  # 3 frames, "a" holds 1
+    assert p.budget_allows("c", 300)  # holds none
+
+
+def test_the_budget_never_evicts_a_lone_frame_or_a_lossless_source() -> None:
+    """Each camera keeps one frame whatever the budget (it is exceeded only when every camera
+    is down to one); a lossless source's frames wait for room instead of being evicted."""
+    p = _budget(500, lossless=frozenset({"c"}))
+    p.add_frame(frame(0, 400, "a"), now=0.0)
+    p.add_frame(frame(0, 400, "b"), now=0.0)  # 800 > 500: both alone, both kept
+    assert (p.stats("a").in_ring, p.stats("b").in_ring, p.total_bytes) == (1, 1, 800)
+    p.add_frame(frame(0, 100, "c"), now=0.0)
+    p.add_frame(frame(1, 100, "c"), now=0.0)
+    p.add_frame(frame(1, 400, "a"), now=0.0)  # "a" holds 2: it gives its oldest
+    assert (p.stats("a").in_ring, p.stats("a").expired_budget) == (1, 1)
+    assert (p.stats("c").in_ring, p.stats("c").expired) == (2, 0)

@@ -420,3 +420,43 @@ def test_a_tap_header_that_cannot_be_written_is_counted_and_the_tap_goes_on(
     src = pipeline.stats()["sources"]["cam"]
     assert src["not_tapped_by"]["encode_failed"] >= 5, src
     assert src["in_tap"] == 0 and accounting_balance(src) == 0, src
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("pub", "no_subscriber"), ("push", "full")])
+def test_no_picture_is_made_for_a_tap_nobody_takes(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch, mode: str, reason: str
+) -> None:
+    """With no detector (PUB: none subscribed; PUSH: none connected), the tap turns frames
+    away before making their picture (a JPEG at 960 px costs milliseconds): they are counted
+    by that reason, and the picture is never made. Before, each was encoded, then dropped."""
+    import streamer.pipeline as pipeline_module
+    from tests.live import until
+
+    made = [0]
+    real_tap_image = pipeline_module.tap_image
+
+    def tap_image(*args: Any) -> Any:
+        made[0] += 1
+        return real_tap_image(*args)
+
+    monkeypatch.setattr(pipeline_module, "tap_image", tap_image)
+    cfg, _, _, _ = _config(endpoint)
+    cfg["tap"]["mode"] = mode
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(
+                lambda: pipeline.stats()["sources"]["cam"]["not_tapped_by"].get(reason, 0) >= 20,
+                20,
+                f"20 frames not tapped ({reason})",
+            )
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 40))
+    src = pipeline.stats()["sources"]["cam"]
+    assert made[0] == 0, (made, src)
+    assert src["not_tapped_by"][reason] >= 20 and accounting_balance(src) == 0, src

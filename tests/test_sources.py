@@ -148,6 +148,43 @@ def test_a_timestamp_jump_while_shedding_is_not_counted_as_skipped_frames(tmp_pa
     assert src.stats.skipped_decode == 0, src.stats
 
 
+class _FirstSessionShedding(DecodeShedder):
+    """Skips non-reference frames in the first session only (as if it fell behind then)."""
+
+    sessions = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.sessions += 1
+
+    def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
+        return "NONREF" if self.sessions == 1 else "DEFAULT"
+
+
+def test_the_skip_level_shown_is_the_session_s_own(tmp_path: Path) -> None:
+    """A new session (here: a file looped; a camera reconnecting alike) starts its decoder
+    decoding everything, and the stats say so (before: the last session's NONREF stayed in
+    the stats while the new decoder skipped nothing)."""
+    path = _jumping_h264(tmp_path / "loop.mp4", 0.0)
+    src = AvSource("cam", str(path), realtime=True, loop=True)  # 2 s a session
+    shedder = _FirstSessionShedding()
+    src._shedder = shedder
+
+    async def main() -> list[str]:
+        levels = []
+        c = Consumer(src).start()
+        try:
+            await until(lambda: shedder.sessions >= 1 and src.stats.decoded >= 5, 20, "decoding")
+            levels.append(src.stats.skip_level)
+            await until(lambda: shedder.sessions >= 2 and src.stats.decoded >= 70, 20, "looped")
+            levels.append(src.stats.skip_level)
+        finally:
+            await c.stop()
+        return levels
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == ["NONREF", "DEFAULT"]
+
+
 def _concatenated_ts(path: Path, n: int) -> Path:
     """Two MPEG-TS recordings of `n` frames at 30 fps, one after the other in one file: the
     timestamps jump back to the start at the seam (a camera's recordings joined)."""

@@ -177,6 +177,14 @@ class OutSocket:
             return "no_subscriber"
         return "sent" if self._try_send(parts) else "full"
 
+    def refuses(self, topic: bytes) -> Outcome | None:
+        """Why a message on `topic` would not be queued now, when that is known before it is
+        built (so that nothing is spent on it): PUB, no subscriber to the topic; PUSH, no peer
+        with room (not writable). None: try it. (An XPUB polls writable even when full.)"""
+        if self.mode == "pub":
+            return None if self.has_subscriber(topic) else "no_subscriber"
+        return None if self.sock.poll(0, zmq.POLLOUT) else "full"
+
     def count_drop(self, outcome: Outcome) -> None:
         """Count a message given up on after `attempt` said `outcome`."""
         if outcome == "no_subscriber":

@@ -130,6 +130,7 @@ class AvSource(Source):
         shedder_level = "DEFAULT"
         if shedder is not None:
             shedder.reset()
+        self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for a stall timeout: not again this session
         unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
         bad_in_session = 0

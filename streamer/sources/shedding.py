@@ -15,7 +15,6 @@ It steps back down only after the camera has kept up for `CALM_S`, so it does no
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Literal
 
 SkipLevel = Literal["DEFAULT", "NONREF", "NONKEY"]
@@ -23,7 +22,12 @@ SkipLevel = Literal["DEFAULT", "NONREF", "NONKEY"]
 BEHIND_S = 0.25  # behind the wall clock by more than this: skip non-reference frames
 FAR_BEHIND_S = 2.0  # ... by more than this: keyframes only
 CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one level
-LAG_WINDOW_S = 10.0  # the stream's offset to the wall clock is measured against this window
+# How fast the reference offset may creep up on its own (seconds a second): a camera clock that
+# runs slow against ours (crystals: ~0.0001) or a one-off step in the network's delay is
+# forgotten at this rate; a decoder short of the stream's rate by more than this is seen as lag
+# that grows until it acts. (A window over the offsets, 10 s before, saw at most 10 s x the
+# deficit: a decoder at 26 of 30 frames/s read 1.3 s forever while falling behind without end.)
+DRIFT_ALLOWANCE = 0.005
 
 
 class DecodeShedder:
@@ -32,32 +36,30 @@ class DecodeShedder:
     def __init__(self) -> None:
         self.level: SkipLevel = "DEFAULT"
         self._calm_since: float | None = None
-        # (now, wall - media), oldest first, each offset smaller than the ones after it: the
-        # window's minimum is the first (a monotonic queue).
-        self._offsets: deque[tuple[float, float]] = deque()
+        # The smallest (wall - media - DRIFT_ALLOWANCE x wall) seen this session: the reference
+        # offset, allowed to creep up at DRIFT_ALLOWANCE.
+        self._reference: float | None = None
         self._last_media_s: float | None = None
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
         self.level = "DEFAULT"
         self._calm_since = None
-        self._offsets.clear()
+        self._reference = None
         self._last_media_s = None
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
-        offset seen in the last `LAG_WINDOW_S` (a live camera's clock is its own; only a growing
-        offset means the decoder falls behind; a clock that jumps back starts a new reference)."""
-        offset = now - media_s
+        offset seen this session, which creeps up at `DRIFT_ALLOWANCE` (a live camera's clock is
+        its own; only a growing offset means the decoder falls behind; a clock that jumps back
+        starts a new reference). O(1) a frame."""
+        offset = now - media_s - DRIFT_ALLOWANCE * now
         if self._last_media_s is not None and media_s < self._last_media_s - BEHIND_S:
-            self._offsets.clear()  # the camera's clock went back: a new reference, not lag
+            self._reference = None  # the camera's clock went back: a new reference, not lag
         self._last_media_s = media_s
-        while self._offsets and self._offsets[-1][1] >= offset:
-            self._offsets.pop()
-        self._offsets.append((now, offset))
-        while now - self._offsets[0][0] > LAG_WINDOW_S:
-            self._offsets.popleft()
-        return offset - self._offsets[0][1]
+        if self._reference is None or offset < self._reference:
+            self._reference = offset
+        return offset - self._reference
 
     def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
         """The level for the next packets, given the lag (seconds behind) and whether the
