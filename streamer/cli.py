@@ -18,7 +18,7 @@ from typing import Any
 
 from streamer.config import StreamerConfig, load_config, parse_config
 from streamer.errors import ConfigError
-from streamer.health import NOT_OVERLOAD, shed_by_reason
+from streamer.health import NOT_OVERLOAD, NOT_OVERLOAD_UNTAPPED, shed_by_reason
 from streamer.ocr.commands import add_detect_parser, add_ocr_parser
 from streamer.sharding import SINGLE, Shard, add_shards_arg, endpoints_arg, resolve_shard
 
@@ -97,7 +97,8 @@ def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list
             continue
         before = shed_by_reason(p)
         shed = {k: n - before.get(k, 0) for k, n in shed_by_reason(s).items()}
-        shed = {k: n for k, n in shed.items() if n > 0 and k not in NOT_OVERLOAD}
+        exempt = NOT_OVERLOAD if cur.get("tap") is not None else NOT_OVERLOAD_UNTAPPED
+        shed = {k: n for k, n in shed.items() if n > 0 and k not in exempt}
         if not shed:
             continue
         what = ", ".join(f"{k} {n}" for k, n in sorted(shed.items()))

@@ -258,7 +258,8 @@ class TapConfig(_Model):
         le=1_000,
         description="per source: frames tapped and still waiting for their detections; past "
         "it new frames are not tapped (not_tapped: busy), so no work goes into frames that "
-        "cannot be served in time. A detector pool needs at least one per worker",
+        "cannot be served in time (and never more than ring.max_frames: a live frame tapped "
+        "beyond that would be evicted first). A detector pool needs at least one per worker",
     )
 
 
@@ -495,7 +496,7 @@ class HealthConfig(_Model):
     shed_share: float | None = Field(
         0.5,
         gt=0,
-        lt=1,
+        le=1,
         description="a source that sheds more than this share of the frames it was to serve for "
         "want of CPU or memory (over shed_window_s; frames skipped on purpose, by max_fps or "
         "the tap's rate, are not counted) is named unhealthy, until the share falls below 0.8 "
@@ -547,16 +548,6 @@ class StreamerConfig(_Model):
             raise ValueError(
                 "security.curve.detector_server_key is required with detections.connect (the"
                 " detectors' PUB public key); without it those sockets would not use CURVE"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _in_flight_fits_the_ring(self) -> StreamerConfig:
-        if self.tap is not None and self.tap.max_in_flight > self.ring.max_frames:
-            raise ValueError(
-                f"tap.max_in_flight ({self.tap.max_in_flight}) exceeds ring.max_frames "
-                f"({self.ring.max_frames}): frames would be tapped, then evicted before their "
-                "detections came"
             )
         return self
 

@@ -8,15 +8,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-# Frames turned away on purpose or for want of a detector (the tap's socket refused them: no
-# detector subscribed or connected, or none reading; `PairingWatch` reports that): not a sign
-# of overload.
+# Frames turned away on purpose or for want of a subscribed detector (`PairingWatch` reports
+# that): not a sign of overload. (``full``, the tap's socket refusing them, is: a detector too
+# slow, unless none is connected at all, which the pipeline tells from `PairingWatch`.)
 NOT_OVERLOAD = frozenset(
     {
         "max_fps",
         "not_tapped/rate",
         "not_tapped/no_subscriber",
-        "not_tapped/full",
         "not_tapped/stopping",
         "not_tapped/encode_failed",
         "not_tapped/error",
@@ -24,8 +23,9 @@ NOT_OVERLOAD = frozenset(
     }
 )
 # Without a tap, the detector reads the camera itself and answers the frames it picks; the ones
-# it leaves expire in the ring (by age or count), which says nothing of the box.
-NOT_OVERLOAD_UNTAPPED = NOT_OVERLOAD | {"expired/age", "expired/full"}
+# it leaves expire in the ring (by age, count or the memory budget), which says nothing of the
+# box.
+NOT_OVERLOAD_UNTAPPED = NOT_OVERLOAD | {"expired/age", "expired/full", "expired/budget"}
 # A source named overloaded stays so until its share falls below this fraction of the limit
 # (hysteresis: a share hovering at the limit does not flap the readiness probe).
 RECOVER_FACTOR = 0.8

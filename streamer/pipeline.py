@@ -69,6 +69,7 @@ SHED_SAMPLE_INTERVAL_S = 1.0  # how often each source's shed share is sampled fo
 SHED_HINT_S = 0.5  # a source whose frame was turned away: its decoder skips what it can this long
 DRAIN_TIMEOUT_S = 2.0  # after sources end or a stop: time given to pending detections and crops
 CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
+UNTAKEN_RECENT_S = 2.0  # frames refused this recently, none tapped since: no detector takes them
 TapOutcome = Literal["sent", "no_subscriber", "full", "stopping", "encode_failed"]
 REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
 REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
@@ -275,7 +276,10 @@ class Pipeline:
                     problems[c.id] = problem
                     continue
             seen = c.shed_watch.share()
-            if c.shed_watch.overloaded and seen is not None:
+            # Frames refused by the tap's socket while no detector takes any (PUSH without a
+            # peer) are not overload: the pairing verdict names that after unpaired_after_s.
+            untaken = c.pairing_watch.untaken_for(now, UNTAKEN_RECENT_S)
+            if c.shed_watch.overloaded and seen is not None and untaken is None:
                 problems[c.id] = (
                     f"overloaded: {seen[0]:.0%} of its last {seen[1]} frames shed "
                     f"(this box, or the detector, cannot keep up with them)"
@@ -533,7 +537,11 @@ class Pipeline:
         assert self.cfg.tap is not None
         with self._ring_lock:
             in_ring = self.pairer.stats(sid).in_ring
-            if counters.in_tap + in_ring >= self.cfg.tap.max_in_flight:
+            # (no more than the ring holds: a frame tapped beyond it would be evicted before
+            # its detections came)
+            if counters.in_tap + in_ring >= min(
+                self.cfg.tap.max_in_flight, self.cfg.ring.max_frames
+            ):
                 return "busy"
             if not self.pairer.budget_allows(sid, nbytes, counters.in_tap + 1):
                 return "budget"
@@ -722,7 +730,8 @@ class Pipeline:
         own stay listed among the last REMOVED_KEPT)."""
         totals = self._removed_totals
         for key, value in final.items():
-            if isinstance(value, int) and not isinstance(value, bool):
+            running = key not in ("in_handoff", "in_tap", "in_ring", "ring_bytes")  # not levels
+            if running and isinstance(value, int) and not isinstance(value, bool):
                 totals[key] = totals.get(key, 0) + value
         totals["detections"].update(final["detections"])
 

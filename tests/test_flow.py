@@ -470,3 +470,34 @@ def test_a_camera_larger_than_the_budget_is_still_served(endpoint: Any) -> None:
     stats = _run(cfg, body)
     big = stats["sources"]["big"]
     assert big["paired"] >= 10 and big["expired"] <= big["expired_by"]["shutdown"] + 2, big
+
+
+def test_no_more_frames_in_flight_than_the_ring_holds(endpoint: Any) -> None:
+    """`tap.max_in_flight` (4) above `ring.max_frames` (2) with a detector that never answers:
+    a live camera has at most 2 frames tapped and waiting, none evicted unmatched for want of
+    room (`expired/full`); the rest are not tapped (`busy`). Before, 4 were tapped and 2 of them
+    evicted from the ring before any answer could come."""
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [SOURCE],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420"},
+        "ring": {"max_frames": 2, "max_age_ms": 60_000},
+        "publish": [{"bind": pub}],
+    }
+
+    async def silent_detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames:
+            async for _ in frames:
+                pass
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(silent_detector())
+        try:
+            await until(lambda: _src(p)["not_tapped_by"].get("busy", 0) >= 30, 20, "30 busy")
+        finally:
+            task.cancel()
+
+    src = _run(cfg, body)["sources"]["cam"]
+    assert src["expired_by"]["full"] == 0 and src["paired"] == 0, src
+    assert src["expired_by"]["shutdown"] <= 2, src

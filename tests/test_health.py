@@ -118,11 +118,14 @@ def test_frames_skipped_on_purpose_are_not_in_the_share() -> None:
 
 
 def test_a_detector_missing_or_picking_frames_is_not_overload() -> None:
-    # The tap's socket refused them (PUSH without a peer): PairingWatch reports it.
-    assert overload_shed(_source(decoded=30, not_tapped_by={"full": 30})) == (0, 0)
+    # No detector subscribed: PairingWatch reports it.
+    assert overload_shed(_source(decoded=30, not_tapped_by={"no_subscriber": 30})) == (0, 0)
+    # The tap's socket full: a detector too slow (none connected at all is told apart by the
+    # pipeline, from PairingWatch).
+    assert overload_shed(_source(decoded=30, not_tapped_by={"full": 30})) == (30, 30)
     # Without a tap, the detector reads the camera and picks frames; the others expire.
     untapped = _source(decoded=30, expired_by={"age": 10, "full": 10, "budget": 2, "shutdown": 0})
-    assert overload_shed(untapped, tapped=False) == (10, 2)
+    assert overload_shed(untapped, tapped=False) == (8, 0)
     assert overload_shed(untapped, tapped=True) == (30, 22)
 
 

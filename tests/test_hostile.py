@@ -454,8 +454,7 @@ def test_a_preview_render_failure_is_restarted_and_the_viewer_keeps_getting_fram
 def test_healthz_names_a_source_whose_detector_died(endpoint: Any, mode: str) -> None:
     """The detector process dies (its sockets close): frames are no longer tapped (PUB: no
     subscriber; PUSH: no peer, the socket is full), so none enters the ring; /healthz says so,
-    and keeps saying it; it does not call the camera overloaded (before, with PUSH, the frames
-    the tap refused counted as shed for want of CPU)."""
+    and keeps saying it, for both kinds of tap."""
     cfg = _cfg(endpoint, health={"unpaired_after_s": 0.5})
     cfg["tap"]["mode"] = mode
     seen: dict[str, Any] = {}

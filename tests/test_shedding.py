@@ -9,6 +9,7 @@ from streamer.sources.shedding import (
     CALM_S,
     DRIFT_ALLOWANCE,
     FAR_BEHIND_S,
+    PROBE_S,
     DecodeShedder,
 )
 
@@ -82,6 +83,31 @@ def test_a_decoder_short_of_the_stream_rate_catches_up_within_seconds(decode_fps
         level = s.update(wall, s.lag_s(wall, media), False)
         assert wall - 1000.0 - media < FAR_BEHIND_S + 1.0  # the real lag stays bounded
     assert catch_ups > 0
+
+
+@pytest.mark.parametrize("slow", [0.01, 0.019])
+def test_frames_stamped_slower_than_they_come_are_not_lag(slow: float) -> None:
+    """A decoder keeping up with a camera whose timestamps advance 1-1.9% slower than frames
+    come (stamped by frame count at a nominal rate above the real one): ten minutes, never a
+    frame skipped."""
+    s = DecodeShedder()
+    for i in range(30 * 600):
+        wall, media = 1000.0 + i / 30, i / 30 * (1 - slow)
+        assert s.update(wall, s.lag_s(wall, media), False) == "DEFAULT", i / 30
+
+
+@pytest.mark.parametrize("step_s", [0.5, 1.0, 3.0, 5.0])
+def test_a_delay_step_upstream_is_not_lag_for_long(step_s: float) -> None:
+    """A decoder keeping up; after a minute every frame comes `step_s` later than before (a
+    link's delay grew) and stays so. Skipping cannot bring that lag down, so after probing
+    (PROBE_S at each level) the new offset becomes the reference. With the reference creeping
+    up at DRIFT_ALLOWANCE alone, a 5 s step meant keyframes only for minutes."""
+    s, skipping = DecodeShedder(), 0
+    for i in range(30 * 600):
+        wall, media = 1000.0 + i / 30, i / 30 - (step_s if i >= 30 * 60 else 0.0)
+        skipping += s.update(wall, s.lag_s(wall, media), False) != "DEFAULT"
+    assert s.level == "DEFAULT"
+    assert skipping / 30 <= 2 * PROBE_S + 2 * CALM_S + 1.0, skipping / 30
 
 
 def test_a_camera_clock_slow_by_a_crystal_s_drift_is_not_lag_in_a_day() -> None:

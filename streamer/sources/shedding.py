@@ -22,12 +22,17 @@ SkipLevel = Literal["DEFAULT", "NONREF", "NONKEY"]
 BEHIND_S = 0.25  # behind the wall clock by more than this: skip non-reference frames
 FAR_BEHIND_S = 2.0  # ... by more than this: keyframes only
 CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one level
-# How fast the reference offset may creep up on its own (seconds a second): a camera clock that
-# runs slow against ours (crystals: ~0.0001) or a one-off step in the network's delay is
-# forgotten at this rate; a decoder short of the stream's rate by more than this is seen as lag
-# that grows until it acts. (A window over the offsets, 10 s before, saw at most 10 s x the
-# deficit: a decoder at 26 of 30 frames/s read 1.3 s forever while falling behind without end.)
-DRIFT_ALLOWANCE = 0.005
+# How fast the reference offset may creep up on its own (seconds a second): a camera clock or a
+# frame-count timestamp that runs slow against ours by less than this is not lag; a decoder
+# short of the stream's rate by more than this is seen as lag that grows until it acts. (A
+# window over the offsets, 10 s before, saw at most 10 s x the deficit: a decoder at 26 of 30
+# frames/s read 1.3 s forever while falling behind without end.)
+DRIFT_ALLOWANCE = 0.02
+# Skipping because of lag must bring the lag down: if it has not halved after this long, the
+# level goes up (non-reference frames, then keyframes only); if it has not even at keyframes
+# only, the lag is not the decoder's (the stream's timing moved: a delay step upstream, a
+# timestamp drift): the offset now becomes the reference.
+PROBE_S = 3.0
 
 
 class DecodeShedder:
@@ -39,26 +44,31 @@ class DecodeShedder:
         # The smallest (wall - media - DRIFT_ALLOWANCE x wall) seen this session: the reference
         # offset, allowed to creep up at DRIFT_ALLOWANCE.
         self._reference: float | None = None
+        self._rebase = False  # the next offset becomes the reference
         self._last_media_s: float | None = None
+        self._probe: tuple[float, float] | None = None  # (since, lag then) while lag is shed
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
         self.level = "DEFAULT"
         self._calm_since = None
         self._reference = None
+        self._rebase = False
         self._last_media_s = None
+        self._probe = None
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
         offset seen this session, which creeps up at `DRIFT_ALLOWANCE` (a live camera's clock is
         its own; only a growing offset means the decoder falls behind; a clock that jumps back
-        starts a new reference). O(1) a frame."""
+        starts a new reference, and so does a lag that skipping did not reduce). O(1) a frame."""
         offset = now - media_s - DRIFT_ALLOWANCE * now
         if self._last_media_s is not None and media_s < self._last_media_s - BEHIND_S:
             self._reference = None  # the camera's clock went back: a new reference, not lag
         self._last_media_s = media_s
-        if self._reference is None or offset < self._reference:
+        if self._rebase or self._reference is None or offset < self._reference:
             self._reference = offset
+            self._rebase = False
         return offset - self._reference
 
     def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
@@ -70,6 +80,19 @@ class DecodeShedder:
         elif lag_s > BEHIND_S or shed_downstream:
             wanted = "NONREF"
         order = ("DEFAULT", "NONREF", "NONKEY")
+        if lag_s <= BEHIND_S:
+            self._probe = None
+        elif self._probe is None:
+            self._probe = (now, lag_s)
+        elif now - self._probe[0] >= PROBE_S and lag_s > self._probe[1] / 2:
+            # Skipping did not bring the lag down: skip more, or (at keyframes only) it is not
+            # the decoder that is behind.
+            self._probe = (now, lag_s)
+            if self.level == "NONKEY":
+                self._rebase = True
+                wanted = "DEFAULT"
+            else:
+                wanted = "NONKEY"
         if order.index(wanted) >= order.index(self.level):
             self.level = wanted
             self._calm_since = None
