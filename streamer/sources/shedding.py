@@ -28,10 +28,12 @@ CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one leve
 # window over the offsets, 10 s before, saw at most 10 s x the deficit: a decoder at 26 of 30
 # frames/s read 1.3 s forever while falling behind without end.)
 DRIFT_ALLOWANCE = 0.02
-# Skipping because of lag must bring the lag down: if it has not halved after this long, the
-# level goes up (non-reference frames, then keyframes only); if it has not even at keyframes
-# only, the lag is not the decoder's (the stream's timing moved: a delay step upstream, a
-# timestamp drift): the offset now becomes the reference.
+# A lag that skipping does not bring down, nor sees grow, is not the decoder's (the stream's
+# timing moved: a delay step upstream, a timestamp drift): if the lag has neither halved nor
+# grown after this long at non-reference skipping (while the pipeline takes this camera's
+# frames: a box too busy to serve them can hold a decoder's lag level), or has not halved at
+# keyframes only, the offset now becomes the reference. (A lag that grows at non-reference
+# skipping is a decoder falling behind: it goes on to keyframes only at FAR_BEHIND_S.)
 PROBE_S = 3.0
 
 
@@ -84,15 +86,13 @@ class DecodeShedder:
             self._probe = None
         elif self._probe is None:
             self._probe = (now, lag_s)
-        elif now - self._probe[0] >= PROBE_S and lag_s > self._probe[1] / 2:
-            # Skipping did not bring the lag down: skip more, or (at keyframes only) it is not
-            # the decoder that is behind.
+        elif now - self._probe[0] >= PROBE_S:
+            lag_then = self._probe[1]
             self._probe = (now, lag_s)
-            if self.level == "NONKEY":
-                self._rebase = True
+            steady = lag_s <= lag_then and not shed_downstream  # (not a box too busy)
+            if lag_s > lag_then / 2 and (self.level == "NONKEY" or steady):
+                self._rebase = True  # skipping did not bring it down: not the decoder's lag
                 wanted = "DEFAULT"
-            else:
-                wanted = "NONKEY"
         if order.index(wanted) >= order.index(self.level):
             self.level = wanted
             self._calm_since = None
