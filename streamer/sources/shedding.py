@@ -22,19 +22,22 @@ SkipLevel = Literal["DEFAULT", "NONREF", "NONKEY"]
 BEHIND_S = 0.25  # behind the wall clock by more than this: skip non-reference frames
 FAR_BEHIND_S = 2.0  # ... by more than this: keyframes only
 CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one level
-# How fast the reference offset may creep up on its own (seconds a second): a camera clock or a
-# frame-count timestamp that runs slow against ours by less than this is not lag; a decoder
-# short of the stream's rate by more than this is seen as lag that grows until it acts. (A
-# window over the offsets, 10 s before, saw at most 10 s x the deficit: a decoder at 26 of 30
-# frames/s read 1.3 s forever while falling behind without end.)
-DRIFT_ALLOWANCE = 0.02
-# A lag that skipping does not bring down, nor sees grow, is not the decoder's (the stream's
-# timing moved: a delay step upstream, a timestamp drift): if the lag has neither halved nor
-# grown after this long at non-reference skipping (while the pipeline takes this camera's
-# frames: a box too busy to serve them can hold a decoder's lag level), or has not halved at
-# keyframes only, the offset now becomes the reference. (A lag that grows at non-reference
-# skipping is a decoder falling behind: it goes on to keyframes only at FAR_BEHIND_S.)
-PROBE_S = 3.0
+# A decoder that waited for its input (the network, or a file's pacing) for at least IDLE_SHARE
+# of a window of IDLE_WINDOW_S, and for at least WAITED_PACKETS of its packets, has caught up:
+# its stream's offset to the wall clock then is the reference the lag is measured against. A
+# decoder that is behind finds its next packet waiting; it waits only when preempted while it
+# reads, for a few of its packets. Only that evidence moves the reference up: a delay step
+# upstream, or timestamps that run slow, are forgotten within a window when the decoder keeps
+# up, and a decoder that falls behind by however little is not taken as caught up. (Before:
+# the smallest offset of the last 10 s, which read at most 10 s x the deficit: 26 of 30 frames/s
+# read 1.3 s forever, never reaching keyframes only, while the real lag grew without end; then,
+# for a day, the session's smallest offset with a 2%/s creep and re-anchoring when skipping did
+# not bring the lag down, which a review's simulation showed ratcheting a decoder 4x overloaded
+# to 400 s behind.)
+IDLE_WINDOW_S = 1.0
+IDLE_SHARE = 0.1
+WAITED_PACKETS = 0.2
+WAITED_MIN_S = 0.001  # a packet that took this long to come was waited for
 
 
 class DecodeShedder:
@@ -43,34 +46,46 @@ class DecodeShedder:
     def __init__(self) -> None:
         self.level: SkipLevel = "DEFAULT"
         self._calm_since: float | None = None
-        # The smallest (wall - media - DRIFT_ALLOWANCE x wall) seen this session: the reference
-        # offset, allowed to creep up at DRIFT_ALLOWANCE.
-        self._reference: float | None = None
-        self._rebase = False  # the next offset becomes the reference
+        self._reference: float | None = None  # the offset (wall - media) when last caught up
+        self._caught_up = False  # the next offset becomes the reference
         self._last_media_s: float | None = None
-        self._probe: tuple[float, float] | None = None  # (since, lag then) while lag is shed
+        # (since, seconds waited, packets, packets waited for) in the current window
+        self._window: tuple[float, float, int, int] | None = None
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
         self.level = "DEFAULT"
         self._calm_since = None
         self._reference = None
-        self._rebase = False
+        self._caught_up = False
         self._last_media_s = None
-        self._probe = None
+        self._window = None
+
+    def note_wait(self, now: float, waited_s: float) -> None:
+        """The decode thread waited `waited_s` for its next packet (or for a file's pacing)."""
+        since, waited, packets, waited_for = self._window or (now, 0.0, 0, 0)
+        waited += waited_s
+        packets += 1
+        waited_for += waited_s >= WAITED_MIN_S
+        if now - since < IDLE_WINDOW_S:
+            self._window = (since, waited, packets, waited_for)
+            return
+        if waited >= IDLE_SHARE * (now - since) and waited_for >= WAITED_PACKETS * packets:
+            self._caught_up = True
+        self._window = (now, 0.0, 0, 0)
 
     def lag_s(self, now: float, media_s: float) -> float:
-        """How far behind the stream is: its offset to the wall clock now, against the smallest
-        offset seen this session, which creeps up at `DRIFT_ALLOWANCE` (a live camera's clock is
-        its own; only a growing offset means the decoder falls behind; a clock that jumps back
-        starts a new reference, and so does a lag that skipping did not reduce). O(1) a frame."""
-        offset = now - media_s - DRIFT_ALLOWANCE * now
+        """How far behind the stream is: its offset to the wall clock now against the offset
+        when the decoder last had caught up (or the smallest since, if smaller: a camera's
+        clock is its own, only a growing offset means falling behind; a clock that jumps back
+        starts a new reference). O(1) a frame."""
+        offset = now - media_s
         if self._last_media_s is not None and media_s < self._last_media_s - BEHIND_S:
             self._reference = None  # the camera's clock went back: a new reference, not lag
         self._last_media_s = media_s
-        if self._rebase or self._reference is None or offset < self._reference:
+        if self._caught_up or self._reference is None or offset < self._reference:
             self._reference = offset
-            self._rebase = False
+            self._caught_up = False
         return offset - self._reference
 
     def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
@@ -82,17 +97,6 @@ class DecodeShedder:
         elif lag_s > BEHIND_S or shed_downstream:
             wanted = "NONREF"
         order = ("DEFAULT", "NONREF", "NONKEY")
-        if lag_s <= BEHIND_S:
-            self._probe = None
-        elif self._probe is None:
-            self._probe = (now, lag_s)
-        elif now - self._probe[0] >= PROBE_S:
-            lag_then = self._probe[1]
-            self._probe = (now, lag_s)
-            steady = lag_s <= lag_then and not shed_downstream  # (not a box too busy)
-            if lag_s > lag_then / 2 and (self.level == "NONKEY" or steady):
-                self._rebase = True  # skipping did not bring it down: not the decoder's lag
-                wanted = "DEFAULT"
         if order.index(wanted) >= order.index(self.level):
             self.level = wanted
             self._calm_since = None
