@@ -15,6 +15,7 @@ It steps back down only after the camera has kept up for `CALM_S`, so it does no
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Literal
 
 SkipLevel = Literal["DEFAULT", "NONREF", "NONKEY"]
@@ -22,22 +23,7 @@ SkipLevel = Literal["DEFAULT", "NONREF", "NONKEY"]
 BEHIND_S = 0.25  # behind the wall clock by more than this: skip non-reference frames
 FAR_BEHIND_S = 2.0  # ... by more than this: keyframes only
 CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one level
-# A decoder that waited for its input (the network, or a file's pacing) for at least IDLE_SHARE
-# of a window of IDLE_WINDOW_S, and for at least WAITED_PACKETS of its packets, has caught up:
-# its stream's offset to the wall clock then is the reference the lag is measured against. A
-# decoder that is behind finds its next packet waiting; it waits only when preempted while it
-# reads, for a few of its packets. Only that evidence moves the reference up: a delay step
-# upstream, or timestamps that run slow, are forgotten within a window when the decoder keeps
-# up, and a decoder that falls behind by however little is not taken as caught up. (Before:
-# the smallest offset of the last 10 s, which read at most 10 s x the deficit: 26 of 30 frames/s
-# read 1.3 s forever, never reaching keyframes only, while the real lag grew without end; then,
-# for a day, the session's smallest offset with a 2%/s creep and re-anchoring when skipping did
-# not bring the lag down, which a review's simulation showed ratcheting a decoder 4x overloaded
-# to 400 s behind.)
-IDLE_WINDOW_S = 1.0
-IDLE_SHARE = 0.1
-WAITED_PACKETS = 0.2
-WAITED_MIN_S = 0.001  # a packet that took this long to come was waited for
+LAG_WINDOW_S = 10.0  # the stream's offset to the wall clock is measured against this window
 
 
 class DecodeShedder:
@@ -46,47 +32,32 @@ class DecodeShedder:
     def __init__(self) -> None:
         self.level: SkipLevel = "DEFAULT"
         self._calm_since: float | None = None
-        self._reference: float | None = None  # the offset (wall - media) when last caught up
-        self._caught_up = False  # the next offset becomes the reference
+        # (now, wall - media), oldest first, each offset smaller than the ones after it: the
+        # window's minimum is the first (a monotonic queue).
+        self._offsets: deque[tuple[float, float]] = deque()
         self._last_media_s: float | None = None
-        # (since, seconds waited, packets, packets waited for) in the current window
-        self._window: tuple[float, float, int, int] | None = None
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
         self.level = "DEFAULT"
         self._calm_since = None
-        self._reference = None
-        self._caught_up = False
+        self._offsets.clear()
         self._last_media_s = None
-        self._window = None
-
-    def note_wait(self, now: float, waited_s: float) -> None:
-        """The decode thread waited `waited_s` for its next packet (or for a file's pacing)."""
-        since, waited, packets, waited_for = self._window or (now, 0.0, 0, 0)
-        waited += waited_s
-        packets += 1
-        waited_for += waited_s >= WAITED_MIN_S
-        if now - since < IDLE_WINDOW_S:
-            self._window = (since, waited, packets, waited_for)
-            return
-        if waited >= IDLE_SHARE * (now - since) and waited_for >= WAITED_PACKETS * packets:
-            self._caught_up = True
-        self._window = (now, 0.0, 0, 0)
 
     def lag_s(self, now: float, media_s: float) -> float:
-        """How far behind the stream is: its offset to the wall clock now against the offset
-        when the decoder last had caught up (or the smallest since, if smaller: a camera's
-        clock is its own, only a growing offset means falling behind; a clock that jumps back
-        starts a new reference). O(1) a frame."""
+        """How far behind the stream is: its offset to the wall clock now, against the smallest
+        offset seen in the last `LAG_WINDOW_S` (a live camera's clock is its own; only a growing
+        offset means the decoder falls behind; a clock that jumps back starts a new reference)."""
         offset = now - media_s
         if self._last_media_s is not None and media_s < self._last_media_s - BEHIND_S:
-            self._reference = None  # the camera's clock went back: a new reference, not lag
+            self._offsets.clear()  # the camera's clock went back: a new reference, not lag
         self._last_media_s = media_s
-        if self._caught_up or self._reference is None or offset < self._reference:
-            self._reference = offset
-            self._caught_up = False
-        return offset - self._reference
+        while self._offsets and self._offsets[-1][1] >= offset:
+            self._offsets.pop()
+        self._offsets.append((now, offset))
+        while now - self._offsets[0][0] > LAG_WINDOW_S:
+            self._offsets.popleft()
+        return offset - self._offsets[0][1]
 
     def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
         """The level for the next packets, given the lag (seconds behind) and whether the
