@@ -190,3 +190,20 @@ def test_a_decoder_that_waits_for_its_input_is_judged_by_its_lag_alone(
     """Decoders that keep up (bursty senders, a delay step upstream): the waits change no
     level, frame by frame, against the shedder as it was."""
     assert _play(DecodeShedder(), 300, **kw)["levels"] == _play(_LagOnly(), 300, **kw)["levels"]
+
+
+def test_no_keyframes_only_for_want_of_waits_while_the_pipeline_sheds() -> None:
+    """A box too busy for all its cameras turns this one's frames away: its decoder, behind
+    and never waiting, is left to the lag rule and the shedding (keyframes only on every busy
+    decoder in turn left the cores idle at twice the capacity). Ten seconds after the last
+    frame turned away, the trigger applies again."""
+    s = DecodeShedder()
+    s.note_wait(0.0, 0.02)
+    for t in range(1, 30):
+        s.note_wait(float(t), 0.0)
+        assert s.update(float(t), 0.1, True) == "NONREF"
+    for t in range(30, 40):
+        s.note_wait(float(t), 0.0)
+        assert s.update(float(t), 0.1, False) != "NONKEY"  # (steps down, calm)
+    s.note_wait(40.5, 0.0)
+    assert s.update(40.5, 0.1, False) == "NONKEY"

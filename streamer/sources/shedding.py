@@ -29,7 +29,10 @@ LAG_WINDOW_S = 10.0  # the stream's offset to the wall clock is measured against
 # short by a fraction d reads at most LAG_WINDOW_S x d: 26 of 30 frames/s read 1.3 s forever,
 # under FAR_BEHIND_S, while its real lag grew without end): keyframes only, until it waits
 # again. Only the absence of waits is taken as evidence: a decoder that waits (bursty senders,
-# a slow link, preemption while it reads) is judged by its lag alone, as before.
+# a slow link, preemption while it reads) is judged by its lag alone, as before. Nor while the
+# pipeline has shed this camera's frames in that time: a box too busy for all its cameras is
+# the shedding's to handle (keyframes only on every busy decoder in turn left the cores idle
+# and the cameras unfairly served at twice the capacity).
 BUSY_BEHIND_S = 10.0
 WAITED_S = 0.001
 
@@ -45,6 +48,7 @@ class DecodeShedder:
         self._offsets: deque[tuple[float, float]] = deque()
         self._last_media_s: float | None = None
         self._waited_at: float | None = None  # the decoder last waited for its input then
+        self._shed_at: float | None = None  # the pipeline last shed this camera's frames then
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
@@ -53,6 +57,7 @@ class DecodeShedder:
         self._offsets.clear()
         self._last_media_s = None
         self._waited_at = None
+        self._shed_at = None
 
     def note_wait(self, now: float, waited_s: float) -> None:
         """The decode thread waited `waited_s` for its next packet (or for a file's pacing)."""
@@ -78,7 +83,12 @@ class DecodeShedder:
         """The level for the next packets, given the lag (seconds behind) and whether the
         pipeline sheds this camera's frames (it cannot serve them all)."""
         wanted: SkipLevel = "DEFAULT"
-        busy_s = 0.0 if self._waited_at is None else now - self._waited_at
+        if shed_downstream:
+            self._shed_at = now
+        # (the decoder had its input ready, and the pipeline took every frame, for how long)
+        busy_s = 0.0
+        if self._waited_at is not None:
+            busy_s = now - max(self._waited_at, self._shed_at or self._waited_at)
         if lag_s > FAR_BEHIND_S or busy_s > BUSY_BEHIND_S:
             wanted = "NONKEY"
         elif lag_s > BEHIND_S or shed_downstream:
