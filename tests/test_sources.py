@@ -185,32 +185,6 @@ def test_the_skip_level_shown_is_the_session_s_own(tmp_path: Path) -> None:
     assert asyncio.run(asyncio.wait_for(main(), 30)) == ["NONREF", "DEFAULT"]
 
 
-class _WaitsSeen(DecodeShedder):
-    """Records the waits the decode loop reports."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits: list[float] = []
-
-    def note_wait(self, now: float, waited_s: float) -> None:
-        super().note_wait(now, waited_s)
-        self.waits.append(waited_s)
-
-
-def test_the_decode_loop_tells_the_shedder_how_long_it_waited(tmp_path: Path) -> None:
-    """Every packet's wait for the demuxer, and a file's pacing (here most of the time: the
-    decoder keeps up): the shedder hears of them, so a decoder that keeps up is never taken as
-    one whose input was always there."""
-    path = _jumping_h264(tmp_path / "paced.mp4", 0.0)
-    src = AvSource("cam", str(path), realtime=True)
-    shedder = _WaitsSeen()
-    src._shedder = shedder
-    _play(src)
-    assert src.stats.decoded == 60 and src.stats.skip_level == "DEFAULT", src.stats
-    assert len(shedder.waits) >= 60  # a packet's wait each, and the pacing
-    assert sum(shedder.waits) > 1.0  # two seconds of frames, played in real time
-
-
 def _concatenated_ts(path: Path, n: int) -> Path:
     """Two MPEG-TS recordings of `n` frames at 30 fps, one after the other in one file: the
     timestamps jump back to the start at the seam (a camera's recordings joined)."""

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -134,10 +134,7 @@ class AvSource(Source):
         shed_blind = False  # shedding left no frame for a stall timeout: not again this session
         unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
         bad_in_session = 0
-        packets = container.demux()
-        if shedder is not None:
-            packets = _timed(packets, shedder.note_wait)  # a decoder that waits keeps up
-        for packet in packets:
+        for packet in container.demux():
             if self._stop.is_set():
                 return
             if packet.stream_index != video:
@@ -199,8 +196,6 @@ class AvSource(Source):
                     delay = start_wall + (t - first_s) - time.monotonic()
                     if delay > 0 and self._stop.wait(delay):
                         return
-                    if delay > 0 and shedder is not None:
-                        shedder.note_wait(time.monotonic(), delay)  # ahead of the file's pace
                 if shedder is not None:
                     now = time.monotonic()
                     level = shedder.update(
@@ -216,18 +211,3 @@ class AvSource(Source):
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3
-
-
-_END = object()
-
-
-def _timed(packets: Iterator[Any], note_wait: Callable[[float, float], None]) -> Iterator[Any]:
-    """`packets`, telling `note_wait` (now, seconds) how long each took to come."""
-    while True:
-        before = time.monotonic()
-        packet = next(packets, _END)
-        if packet is _END:
-            return
-        now = time.monotonic()
-        note_wait(now, now - before)
-        yield packet

@@ -24,17 +24,6 @@ BEHIND_S = 0.25  # behind the wall clock by more than this: skip non-reference f
 FAR_BEHIND_S = 2.0  # ... by more than this: keyframes only
 CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one level
 LAG_WINDOW_S = 10.0  # the stream's offset to the wall clock is measured against this window
-# A decoder whose next packet was always there for this long (it never waited WAITED_S for its
-# input: the network, or a file's pacing) cannot keep up, however small its lag reads (a decoder
-# short by a fraction d reads at most LAG_WINDOW_S x d: 26 of 30 frames/s read 1.3 s forever,
-# under FAR_BEHIND_S, while its real lag grew without end): keyframes only, until it waits
-# again. Only the absence of waits is taken as evidence: a decoder that waits (bursty senders,
-# a slow link, preemption while it reads) is judged by its lag alone, as before. Nor while the
-# pipeline has shed this camera's frames in that time: a box too busy for all its cameras is
-# the shedding's to handle (keyframes only on every busy decoder in turn left the cores idle
-# and the cameras unfairly served at twice the capacity).
-BUSY_BEHIND_S = 10.0
-WAITED_S = 0.001
 
 
 class DecodeShedder:
@@ -47,8 +36,6 @@ class DecodeShedder:
         # window's minimum is the first (a monotonic queue).
         self._offsets: deque[tuple[float, float]] = deque()
         self._last_media_s: float | None = None
-        self._waited_at: float | None = None  # the decoder last waited for its input then
-        self._shed_at: float | None = None  # the pipeline last shed this camera's frames then
 
     def reset(self) -> None:
         """A new session: its media clock starts again."""
@@ -56,13 +43,6 @@ class DecodeShedder:
         self._calm_since = None
         self._offsets.clear()
         self._last_media_s = None
-        self._waited_at = None
-        self._shed_at = None
-
-    def note_wait(self, now: float, waited_s: float) -> None:
-        """The decode thread waited `waited_s` for its next packet (or for a file's pacing)."""
-        if waited_s >= WAITED_S or self._waited_at is None:
-            self._waited_at = now
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
@@ -83,13 +63,7 @@ class DecodeShedder:
         """The level for the next packets, given the lag (seconds behind) and whether the
         pipeline sheds this camera's frames (it cannot serve them all)."""
         wanted: SkipLevel = "DEFAULT"
-        if shed_downstream:
-            self._shed_at = now
-        # (the decoder had its input ready, and the pipeline took every frame, for how long)
-        busy_s = 0.0
-        if self._waited_at is not None:
-            busy_s = now - max(self._waited_at, self._shed_at or self._waited_at)
-        if lag_s > FAR_BEHIND_S or busy_s > BUSY_BEHIND_S:
+        if lag_s > FAR_BEHIND_S:
             wanted = "NONKEY"
         elif lag_s > BEHIND_S or shed_downstream:
             wanted = "NONREF"
