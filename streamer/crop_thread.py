@@ -225,6 +225,10 @@ class CropThread:
             return ProtocolError("too_many_parts", f"message has {count} parts, limit {max_parts}")
         return parts
 
+    def _unknown_source(self, source_id: str) -> None:
+        self.unknown_source += 1
+        self._warn("unknown_source", "detections for unknown source %r", source_id)
+
     def _handle(self, parts: list[bytes]) -> None:
         """Decode, pair, crop and publish one message; raises ProtocolError if it is malformed."""
         limits = self.limits
@@ -236,6 +240,13 @@ class CropThread:
             raise ProtocolError("missing_field", "captured_at: required for timestamp pairing")
         if not by_time and dets.frame_id is None:
             raise ProtocolError("missing_field", "frame_id: required for frame_id pairing")
+        # A camera being removed is out of `cameras` before its ring is gone: its frames are not
+        # paired any more (they expire with the ring, as shutdown), rather than counted paired
+        # and never cropped.
+        camera = self.cameras.get(dets.source_id)
+        if camera is None:
+            self._unknown_source(dets.source_id)
+            return
         now = time.monotonic()
         with self.ring_lock:
             if by_time:
@@ -245,10 +256,8 @@ class CropThread:
             else:
                 assert dets.frame_id is not None
                 match = self.pairer.match(dets.source_id, dets.frame_id, now)
-        camera = self.cameras.get(dets.source_id)
-        if match.outcome == "unknown_source" or camera is None:
-            self.unknown_source += 1
-            self._warn("unknown_source", "detections for unknown source %r", dets.source_id)
+        if match.outcome == "unknown_source":
+            self._unknown_source(dets.source_id)
             return
         counters = camera.counters
         counters.detections[match.outcome] += 1

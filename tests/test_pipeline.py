@@ -343,6 +343,58 @@ def test_a_failed_crop_leaves_its_message_counted_once() -> None:
     assert counters["cam"].crop_failed == 1
 
 
+def test_a_camera_being_removed_has_its_frames_expire_not_paired() -> None:
+    """A camera is out of the pipeline's cameras before its ring goes (remove_source): a
+    detection for one of its waiting frames is counted as for an unknown source and leaves
+    the frame to expire with the ring (before: the frame was taken out as paired, and never
+    cropped)."""
+    import threading
+
+    from streamer.config import DetectionsConfig
+    from streamer.crop_thread import CropThread
+    from streamer.pairing import Pairer
+    from streamer.types import Frame
+    from tests.conftest import free_port
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind(endpoint)
+    push.connect(endpoint)
+    pairer = Pairer(["cam"], max_frames=8, max_bytes=1 << 20, max_age_s=60.0)
+    y = np.zeros((120, 160), np.uint8)
+    uv = np.full((60, 80), 128, np.uint8)
+    pairer.add_frame(
+        Frame("cam", 0, 0, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800), time.monotonic()
+    )
+    crops = CropThread(
+        pull,
+        [],
+        pairer,
+        threading.Lock(),
+        {},  # "cam" already removed from the cameras
+        DetectionsConfig(bind=endpoint),
+        (),
+        lambda sid, s: None,
+    )
+    crops.start()
+    try:
+        push.send_multipart(encode_detections("cam", 0, (160, 120), [BOX]))
+        for _ in range(500):
+            if crops.handled:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        crops.stop()
+        assert crops.join(5)
+        pull.close(linger=0)
+        push.close(linger=0)
+        ctx.term()
+    assert crops.unknown_source == 1
+    ring = pairer.stats("cam")
+    assert (ring.paired, ring.in_ring) == (0, 1), ring
+
+
 def test_timestamp_pairing_never_pairs_a_frame_the_tap_withdraws(endpoint: Any) -> None:
     """Nobody subscribes to the tap, so every frame is put in the ring for its send and taken
     back: none may be paired meanwhile by a detector that reads the camera itself and sends
