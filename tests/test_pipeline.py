@@ -281,73 +281,10 @@ def test_accounting_invariant_holds_at_every_moment_of_a_busy_run(
     assert stats["sources"]["live"]["skipped_fps"] > 0
 
 
-def test_a_failed_crop_leaves_its_message_counted_once() -> None:
-    """A paired message whose cropping fails (a bug, here a preview hook that raises) is
-    counted paired, and the failure on its own counter: one outcome per message."""
-    import threading
-
-    from streamer.config import DetectionsConfig
-    from streamer.crop_thread import CropThread
-    from streamer.metrics import SourceCounters
-    from streamer.pairing import Pairer
-    from streamer.types import CropParams, Frame
-    from tests.conftest import free_port
-
-    ctx: zmq.Context[Any] = zmq.Context()
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-    pull.bind(endpoint)
-    push.connect(endpoint)
-    pairer = Pairer(["cam"], max_frames=8, max_bytes=1 << 20, max_age_s=60.0)
-    y = np.zeros((120, 160), np.uint8)
-    uv = np.full((60, 80), 128, np.uint8)
-    frame = Frame("cam", 0, 0, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
-    pairer.add_frame(frame, time.monotonic())
-    counters = {"cam": SourceCounters()}
-
-    @dataclasses.dataclass
-    class Cam:
-        counters: SourceCounters
-        crop: tuple[CropParams, frozenset[str] | None] = (CropParams(0.0, (0, 0, 0)), None)
-
-    def broken_preview(header: dict[str, Any], image: Any) -> None:
-        raise RuntimeError("injected bug")
-
-    crops = CropThread(
-        pull,
-        [],
-        pairer,
-        threading.Lock(),
-        {"cam": Cam(counters["cam"])},
-        DetectionsConfig(bind=endpoint),
-        (),
-        lambda sid, s: None,
-        on_crop=broken_preview,
-        preview_watches=lambda sid: True,  # a viewer: every crop is cut for it
-    )
-    crops.start()
-    try:
-        push.send_multipart(encode_detections("cam", 0, (160, 120), [BOX]))
-        for _ in range(500):
-            if counters["cam"].detections:
-                break
-            threading.Event().wait(0.01)
-    finally:
-        crops.stop()
-        assert crops.join(5)
-        pull.close(linger=0)
-        push.close(linger=0)
-        ctx.term()
-    assert crops.handled == 1
-    assert dict(counters["cam"].detections) == {"paired": 1}
-    assert counters["cam"].crop_failed == 1
-
-
-def test_a_camera_being_removed_has_its_frames_expire_not_paired() -> None:
-    """A camera is out of the pipeline's cameras before its ring goes (remove_source): a
-    detection for one of its waiting frames is counted as for an unknown source and leaves
-    the frame to expire with the ring (before: the frame was taken out as paired, and never
-    cropped)."""
+def _one_message_through_a_crop_thread(cameras: dict[str, Any], **hooks: Any) -> Any:
+    """A real crop thread, fed over a real socket: one frame of "cam" waits in the ring, one
+    detection message for it (a box) is sent. Returns (the thread, stopped, once it handled
+    the message; the pairer)."""
     import threading
 
     from streamer.config import DetectionsConfig
@@ -364,18 +301,18 @@ def test_a_camera_being_removed_has_its_frames_expire_not_paired() -> None:
     pairer = Pairer(["cam"], max_frames=8, max_bytes=1 << 20, max_age_s=60.0)
     y = np.zeros((120, 160), np.uint8)
     uv = np.full((60, 80), 128, np.uint8)
-    pairer.add_frame(
-        Frame("cam", 0, 0, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800), time.monotonic()
-    )
+    frame = Frame("cam", 0, 0, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
+    pairer.add_frame(frame, time.monotonic())
     crops = CropThread(
         pull,
         [],
         pairer,
         threading.Lock(),
-        {},  # "cam" already removed from the cameras
+        cameras,
         DetectionsConfig(bind=endpoint),
         (),
         lambda sid, s: None,
+        **hooks,
     )
     crops.start()
     try:
@@ -390,7 +327,41 @@ def test_a_camera_being_removed_has_its_frames_expire_not_paired() -> None:
         pull.close(linger=0)
         push.close(linger=0)
         ctx.term()
-    assert crops.unknown_source == 1
+    return crops, pairer
+
+
+def test_a_failed_crop_leaves_its_message_counted_once() -> None:
+    """A paired message whose cropping fails (a bug, here a preview hook that raises) is
+    counted paired, and the failure on its own counter: one outcome per message."""
+    from streamer.metrics import SourceCounters
+    from streamer.types import CropParams
+
+    @dataclasses.dataclass
+    class Cam:
+        counters: SourceCounters
+        crop: tuple[CropParams, frozenset[str] | None] = (CropParams(0.0, (0, 0, 0)), None)
+
+    def broken_preview(header: dict[str, Any], image: Any) -> None:
+        raise RuntimeError("injected bug")
+
+    counters = SourceCounters()
+    crops, _ = _one_message_through_a_crop_thread(
+        {"cam": Cam(counters)},
+        on_crop=broken_preview,
+        preview_watches=lambda sid: True,  # a viewer: every crop is cut for it
+    )
+    assert crops.handled == 1
+    assert dict(counters.detections) == {"paired": 1}
+    assert counters.crop_failed == 1
+
+
+def test_a_camera_being_removed_has_its_frames_expire_not_paired() -> None:
+    """A camera is out of the pipeline's cameras before its ring goes (remove_source): a
+    detection for one of its waiting frames is counted as for an unknown source and leaves
+    the frame to expire with the ring (before: the frame was taken out as paired, and never
+    cropped)."""
+    crops, pairer = _one_message_through_a_crop_thread({})  # "cam" already removed
+    assert crops.handled == 1 and crops.unknown_source == 1
     ring = pairer.stats("cam")
     assert (ring.paired, ring.in_ring) == (0, 1), ring
 
