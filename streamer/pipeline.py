@@ -597,7 +597,8 @@ class Pipeline:
         if self.cameras.get(camera.id) is not camera:  # removed while its frame waited
             return "stopping"
         lossless = camera.source.lossless
-        refused = None if lossless else self._tap.refuses(frame_topic(camera.id))
+        topic = frame_topic(camera.id)
+        refused = None if lossless else self._tap.refuses(topic)
         if refused is not None:
             return refused
         try:
@@ -620,7 +621,7 @@ class Pipeline:
             }
             if self.cfg.detections.reply_to is not None:
                 header["reply_to"] = self.cfg.detections.reply_to  # where detections go
-            message = [frame_topic(frame.source_id), dumps(header), payload]
+            message = [topic, dumps(header), payload]
         except Exception:
             # A frame the tap cannot encode is not sent (and counted); the tap goes on.
             log.exception("frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id)
