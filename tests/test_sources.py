@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -109,19 +110,24 @@ def test_frames_without_timestamps_do_not_freeze_max_fps(tmp_path: Path) -> None
     assert 19 <= src.stats.decoded - src.stats.skipped_fps <= 21, src.stats
 
 
-def _jumping_h264(path: Path, jump_s: float) -> Path:
-    """An MP4 of 60 frames at 30 fps whose timestamps jump `jump_s` ahead after frame 29 (a
-    camera whose clock was set forward); no B-frames (x264 ultrafast)."""
+def _jumping_h264(path: Path, jump_s: float, frames: int = 60, gop: int | None = None) -> Path:
+    """An MP4 of `frames` at 30 fps whose timestamps jump `jump_s` ahead after frame 29 (a
+    camera whose clock was set forward); no B-frames (x264 ultrafast). With `gop`, a keyframe
+    every `gop` frames and P-frames between; otherwise every frame is a keyframe (lavfi marks
+    them so)."""
     src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        options = {"preset": "ultrafast"} | ({"g": str(gop)} if gop else {})
+        stream = out.add_stream("libx264", rate=30, options=options)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 30)
         for i, frame in enumerate(src.decode(video=0)):
-            if i >= 60:
+            if i >= frames:
                 break
             frame.pts = i + (round(jump_s * 30) if i >= 30 else 0)
             frame.time_base = Fraction(1, 30)
+            if gop:
+                frame.pict_type = av.video.frame.PictureType.NONE
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
     src.close()
@@ -372,3 +378,66 @@ def test_a_full_range_colour_camera_is_brought_to_video_range(
         buf, tw, th = scaled_i420(frame, width, None)
         got = _column_centres(buf[tw * (th // 2) : tw * (th // 2 + 1)], tw).astype(int)
         assert np.all(np.abs(got - _video(_LEVELS.astype(float))) <= tolerance), (width, got)
+
+
+class _SlowCamera(AvSource):
+    """A camera played in real time whose loop needs `busy_s` for every decoded frame (as a
+    decoder on a box short of CPU): the real decoder and its real skipping, a slow hand-on.
+    Records (wall time, media time) of every frame it hands on."""
+
+    def __init__(self, path: Path, busy_s: float) -> None:
+        super().__init__("cam", str(path), realtime=True)
+        self.busy_s = busy_s
+        self.handed: list[tuple[float, float]] = []
+
+    def _offer(self, media_time_s: float, picture: av.VideoFrame | U8) -> None:
+        time.sleep(self.busy_s)
+        self.handed.append((time.monotonic(), media_time_s))
+        super()._offer(media_time_s, picture)
+
+
+def test_a_decoder_a_little_short_of_real_time_sheds_and_does_not_fall_behind(
+    tmp_path: Path,
+) -> None:
+    """A decoder 18% short of real time on a stream without B-frames (skipping non-reference
+    frames frees nothing): it decodes keyframes only now and then and stays within about a
+    second of the stream. Before, its lag read 1.8 s for ever (under the 2 s of keyframes
+    only) while it fell 1.8 s further behind every 10 s: 2.2 s behind at the end of this clip."""
+    seconds = 12.0
+    path = _jumping_h264(tmp_path / "cam.mp4", 0.0, frames=int(30 * seconds), gop=15)
+    src = _play(_SlowCamera(path, busy_s=1.18 / 30)).source
+    assert isinstance(src, _SlowCamera)
+    (wall0, media0), *_ = src.handed
+    lags = [(wall - wall0) - (media - media0) for wall, media in src.handed]
+    handed = len(src.handed)
+    print(f"max lag {max(lags):.2f} s, {handed} of {int(30 * seconds)} frames, {src.stats}")
+    assert max(lags) < 1.6, max(lags)
+    assert src.stats.skipped_decode > 0, src.stats
+    assert handed >= 0.7 * 30 * seconds, handed  # ~1/1.18 of the frames, not keyframes only
+
+
+class _KeyframesAfter(DecodeShedder):
+    """Decodes everything for the first `frames`, keyframes only after (far behind then)."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__()
+        self.frames, self.seen = frames, 0
+
+    def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
+        self.seen += 1
+        return "NONKEY" if self.seen > self.frames else "DEFAULT"
+
+
+def test_skipping_to_keyframes_further_apart_than_the_stall_timeout_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Keyframes 1.5 s apart, a stall timeout of 1 s: skipping to the next keyframe is not taken
+    for a stream that gives no frames (before: after 1 s without a frame the decoder decoded
+    everything again for the rest of the session, and fell behind for good)."""
+    path = _jumping_h264(tmp_path / "cam.mp4", 0.0, frames=150, gop=45)
+    src = AvSource("cam", str(path), realtime=True, stall_timeout_s=1.0)
+    src._shedder = _KeyframesAfter(50)
+    _play(src)
+    assert src.stats.skip_level == "NONKEY", src.stats
+    # Frames 0-50, then the keyframes 90 and 135; the other 97 skipped (14 after the last).
+    assert src.stats.decoded == 53 and src.stats.skipped_decode == 97, src.stats

@@ -131,8 +131,11 @@ class AvSource(Source):
         if shedder is not None:
             shedder.reset()
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
-        shed_blind = False  # shedding left no frame for a stall timeout: not again this session
+        shed_blind = False  # shedding left no frame for too long: not again this session
         unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
+        busy_s = 0.0  # the loop's work since the last frame (decoding, handing on; no waits)
+        last_key_s: float | None = None  # the last keyframe's time, and the longest gap seen
+        key_gap_s = 0.0  # between keyframes: skipping to the next one may take that long
         bad_in_session = 0
         for packet in container.demux():
             if self._stop.is_set():
@@ -141,6 +144,11 @@ class AvSource(Source):
                 if self.live:
                     self._check_watchdog()
                 continue
+            if packet.is_keyframe and packet.pts is not None and packet.time_base is not None:
+                key_s = float(packet.pts * packet.time_base)
+                if last_key_s is not None and key_s > last_key_s:
+                    key_gap_s = max(key_gap_s, key_s - last_key_s)
+                last_key_s = key_s
             t0 = time.perf_counter()
             try:
                 decoded = packet.decode()
@@ -154,9 +162,13 @@ class AvSource(Source):
                 decoded = []
             if self.decode_observer is not None:
                 self.decode_observer(time.perf_counter() - t0)
+            busy_s += time.perf_counter() - t0
             if shedder_level != "DEFAULT" and packet.size:
                 unanswered += not decoded
-                if time.monotonic() - last_wall <= self.stall_timeout_s:
+                # Skipping to the next keyframe takes up to the stream's keyframe interval (as
+                # seen this session, and counted up to one stall timeout more).
+                allowed_s = self.stall_timeout_s + min(key_gap_s, self.stall_timeout_s)
+                if time.monotonic() - last_wall <= allowed_s:
                     self._note_progress()  # skipped on purpose: not a stall (for a while)
                 else:
                     # Skipping this long left no frame at all (a stream with too few keyframes,
@@ -179,6 +191,7 @@ class AvSource(Source):
                     t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
                 else:
                     t = last_s + frame_s  # ... or as the stream's frame rate says
+                step_s = t - last_s if first_s is not None else 0.0  # the media it covers
                 if first_s is not None and t < last_s:
                     # The clock went back (recordings joined, a camera re-synced): pace on
                     # from the previous frame rather than against the old clock (a burst).
@@ -197,6 +210,8 @@ class AvSource(Source):
                     if delay > 0 and self._stop.wait(delay):
                         return
                 if shedder is not None:
+                    shedder.served(busy_s, step_s)
+                    busy_s = 0.0
                     now = time.monotonic()
                     level = shedder.update(
                         now, shedder.lag_s(now, t), now < self.shed_downstream_until
@@ -205,9 +220,12 @@ class AvSource(Source):
                         ctx.skip_frame = shedder_level = level
                         self.stats.skip_level = level
                         log.info("source %s: decoder skips %s", self.source_id, level)
+                t0 = time.perf_counter()
                 self._offer(self._media_offset_s + t, vf)
+                busy_s += time.perf_counter() - t0
             if self.live:
                 self._check_watchdog()
+        self.stats.skipped_decode += unanswered  # skipped after the last frame there was
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3
