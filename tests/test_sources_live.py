@@ -418,7 +418,14 @@ def test_camera_whose_video_stops_while_audio_flows(av_options: dict[str, str]) 
 class _FarBehind(DecodeShedder):
     """A decoder that always finds itself far behind: it wants keyframes only."""
 
-    def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
+    def update(
+        self,
+        now: float,
+        lag_s: float,
+        shed_downstream: bool,
+        keyframe: bool = True,
+        to_keyframe_s: float | None = None,
+    ) -> SkipLevel:
         return "NONKEY"
 
 

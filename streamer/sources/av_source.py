@@ -14,6 +14,7 @@ import av
 
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.redact import redact, url_secrets
+from streamer.sources.shedding import PacketTimes
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,14 @@ LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://
 
 def is_live(url: str) -> bool:
     return url.lower().startswith(LIVE_SCHEMES)
+
+
+def _seconds(packet: Any) -> float | None:
+    """A packet's decode timestamp (its presentation one if it has none), in seconds."""
+    ts = packet.dts if packet.dts is not None else packet.pts
+    if ts is None or packet.time_base is None:
+        return None
+    return float(ts * packet.time_base)
 
 
 def _network_reason(url: str, err: OSError) -> str:
@@ -133,9 +142,10 @@ class AvSource(Source):
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
         unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
-        busy_s = 0.0  # the loop's work since the last frame (decoding, handing on; no waits)
-        last_key_s: float | None = None  # the last keyframe's time, and the longest gap seen
-        key_gap_s = 0.0  # between keyframes: skipping to the next one may take that long
+        times = PacketTimes(frame_s)
+        lag_s = 0.0
+        busy_s = 0.0  # the loop's work on this packet (demuxing, decoding, handing on)
+        cpu_mark = time.thread_time()
         bad_in_session = 0
         for packet in container.demux():
             if self._stop.is_set():
@@ -144,11 +154,25 @@ class AvSource(Source):
                 if self.live:
                     self._check_watchdog()
                 continue
-            if packet.is_keyframe and packet.pts is not None and packet.time_base is not None:
-                key_s = float(packet.pts * packet.time_base)
-                if last_key_s is not None and key_s > last_key_s:
-                    key_gap_s = max(key_gap_s, key_s - last_key_s)
-                last_key_s = key_s
+            step_s = None
+            if shedder is not None:
+                # Demuxing counts as work on the CPU only: its waits for input are not.
+                busy_s = time.thread_time() - cpu_mark
+                step_s = times.add(_seconds(packet), packet.is_keyframe)
+                now = time.monotonic()
+                if times.newest_s is not None:
+                    lag_s = shedder.lag_s(now, times.newest_s)
+                level = shedder.update(
+                    now,
+                    lag_s,
+                    now < self.shed_downstream_until,
+                    packet.is_keyframe,
+                    times.to_keyframe_s,
+                )
+                if level != shedder_level and not shed_blind:
+                    ctx.skip_frame = shedder_level = level
+                    self.stats.skip_level = level
+                    log.info("source %s: decoder skips %s", self.source_id, level)
             t0 = time.perf_counter()
             try:
                 decoded = packet.decode()
@@ -165,10 +189,8 @@ class AvSource(Source):
             busy_s += time.perf_counter() - t0
             if shedder_level != "DEFAULT" and packet.size:
                 unanswered += not decoded
-                # Skipping to the next keyframe takes up to the stream's keyframe interval (as
-                # seen this session, and counted up to one stall timeout more).
-                allowed_s = self.stall_timeout_s + min(key_gap_s, self.stall_timeout_s)
-                if time.monotonic() - last_wall <= allowed_s:
+                # Skipping to the next keyframe may take one stall timeout longer than a stall.
+                if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
                     self._note_progress()  # skipped on purpose: not a stall (for a while)
                 else:
                     # Skipping this long left no frame at all (a stream with too few keyframes,
@@ -191,7 +213,6 @@ class AvSource(Source):
                     t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
                 else:
                     t = last_s + frame_s  # ... or as the stream's frame rate says
-                step_s = t - last_s if first_s is not None else 0.0  # the media it covers
                 if first_s is not None and t < last_s:
                     # The clock went back (recordings joined, a camera re-synced): pace on
                     # from the previous frame rather than against the old clock (a burst).
@@ -209,20 +230,13 @@ class AvSource(Source):
                     delay = start_wall + (t - first_s) - time.monotonic()
                     if delay > 0 and self._stop.wait(delay):
                         return
-                if shedder is not None:
-                    shedder.served(busy_s, step_s)
-                    busy_s = 0.0
-                    now = time.monotonic()
-                    level = shedder.update(
-                        now, shedder.lag_s(now, t), now < self.shed_downstream_until
-                    )
-                    if level != shedder_level and not shed_blind:
-                        ctx.skip_frame = shedder_level = level
-                        self.stats.skip_level = level
-                        log.info("source %s: decoder skips %s", self.source_id, level)
                 t0 = time.perf_counter()
                 self._offer(self._media_offset_s + t, vf)
                 busy_s += time.perf_counter() - t0
+            if shedder is not None:
+                if step_s is not None:
+                    shedder.served(busy_s, step_s)
+                cpu_mark = time.thread_time()
             if self.live:
                 self._check_watchdog()
         self.stats.skipped_decode += unanswered  # skipped after the last frame there was

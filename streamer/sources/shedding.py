@@ -2,14 +2,15 @@
 before any decoded frame has to be dropped.
 
 A plain state machine (no I/O, no clock reads: time is passed in). The decode loop tells it, per
-frame, how far the stream runs behind the wall clock, how long the decoder worked for the frame
+packet, how far the stream runs behind the wall clock, how long the loop worked on the packet
 and whether the pipeline is turning this camera's frames away; it answers FFmpeg's `skip_frame`
 level for the next packets:
 
 - ``DEFAULT``: decode everything (the camera keeps up);
 - ``NONREF``: skip frames no other frame references (B-frames in most encodings): they cost
   decoding time and nothing is lost for the frames after them;
-- ``NONKEY``: decode keyframes only, to catch up at all.
+- ``NONKEY``: decode keyframes only, to catch up at all. It is left only at a keyframe: the
+  frames after a skipped one reference it.
 
 Two measures of "behind", because each sees what the other cannot:
 
@@ -18,12 +19,18 @@ Two measures of "behind", because each sees what the other cannot:
   fraction d of real time reads at most ``LAG_WINDOW_S * d`` on it, for ever, while it falls
   further behind without end;
 - the **backlog**: what the decoder itself has fallen behind, from its own work and nothing
-  else. Each frame adds the time the loop spent on it (decoding, handing it on; not waiting for
-  input or pacing) and takes off the media time the frame covers, never going below zero (the
-  waiting time of a queue, Lindley's recursion). A decoder that keeps up stays near zero
-  whatever the network or the camera's clock do; one short by d grows it by d a second until
-  keyframes only take the excess off again. So a small deficit costs about its own share of
-  frames, not the stream's freshness.
+  else. Each packet adds the time the loop spent on it (demuxing it on the CPU, decoding it,
+  handing its frames on; not waiting for input or pacing) and takes off the media time it
+  moves the stream on, never going below zero (the waiting time of a queue, Lindley's
+  recursion). A decoder that keeps up stays near zero whatever the network or the camera's
+  clock do; one short of real time grows it, and sheds:
+  - the tail of a group of pictures, when the backlog is as long as what is left of it (the
+    last frames of a group are the cheapest to lose: nothing after the next keyframe needs
+    them), so a small deficit costs about its own share of frames;
+  - at once, down to the next keyframe, when the backlog passes `BACKLOG_FAR_S`;
+  but only when the decoder would not work the backlog off on its own within `DRAIN_S` (its
+  load, measured while decoding everything, says how fast it can), so a one-off pause of the
+  whole process does not cost a lightly loaded camera a group of pictures.
 
 Levels the lag and the pipeline's demand ask for step back down only after the camera has kept
 up for `CALM_S`, so they do not flap; the backlog's own levels have their hysteresis in their
@@ -32,6 +39,7 @@ thresholds.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Literal
 
@@ -43,6 +51,9 @@ FAR_BEHIND_S = 2.0  # ... by more than this: keyframes only
 CALM_S = 1.0  # caught up (and nothing shed downstream) this long: back one level
 LAG_WINDOW_S = 10.0  # the stream's offset to the wall clock is measured against this window
 BACKLOG_FAR_S = 1.0  # the decoder's own backlog over this: keyframes only, until under BEHIND_S
+DRAIN_S = 2.0  # ... unless its spare time would work the backlog off within this
+LOAD_WINDOW_S = 5.0  # the decoder's load is measured over about this much media, decoding all
+LOAD_PACKET_S = 0.25  # ... a packet counting at most this (longer: the process was paused)
 
 
 def _higher(a: SkipLevel, b: SkipLevel) -> SkipLevel:
@@ -62,6 +73,7 @@ class DecodeShedder:
     def _start(self) -> None:
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
+        self._busy_sum = self._media_sum = 0.0  # decaying sums while decoding everything
         self._paced: SkipLevel = "DEFAULT"  # what the lag and the demand ask for (with CALM_S)
         self._own: SkipLevel = "DEFAULT"  # what the backlog asks for
         self._calm_since: float | None = None
@@ -69,6 +81,11 @@ class DecodeShedder:
         # window's minimum is the first (a monotonic queue).
         self._offsets: deque[tuple[float, float]] = deque()
         self._last_media_s: float | None = None
+
+    @property
+    def load(self) -> float:
+        """The decoder's busy share of real time while decoding everything (0 until known)."""
+        return self._busy_sum / self._media_sum if self._media_sum > 0.0 else 0.0
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
@@ -86,15 +103,27 @@ class DecodeShedder:
         return offset - self._offsets[0][1]
 
     def served(self, busy_s: float, media_s: float) -> float:
-        """Account one decoded frame: the loop worked `busy_s` on it (and on the packets since
-        the last frame), and it covers `media_s` of the stream (the step in its timestamps;
-        a clock that went back covers nothing). Returns the decoder's backlog in seconds."""
-        self.backlog_s = max(0.0, self.backlog_s + max(0.0, busy_s) - max(0.0, media_s))
+        """Account one packet: the loop worked `busy_s` on it, and it moves the stream on by
+        `media_s` (0 for a timestamp that goes back). Returns the decoder's backlog."""
+        busy_s, media_s = max(0.0, busy_s), max(0.0, media_s)
+        self.backlog_s = max(0.0, self.backlog_s + busy_s - media_s)
+        if self.level == "DEFAULT":
+            keep = math.exp(-media_s / LOAD_WINDOW_S)
+            self._busy_sum = self._busy_sum * keep + min(busy_s, LOAD_PACKET_S)
+            self._media_sum = self._media_sum * keep + media_s
         return self.backlog_s
 
-    def update(self, now: float, lag_s: float, shed_downstream: bool) -> SkipLevel:
-        """The level for the next packets, given the lag (seconds behind), whether the pipeline
-        sheds this camera's frames (it cannot serve them all), and the backlog."""
+    def update(
+        self,
+        now: float,
+        lag_s: float,
+        shed_downstream: bool,
+        keyframe: bool = True,
+        to_keyframe_s: float | None = None,
+    ) -> SkipLevel:
+        """The level for the packet about to be decoded (a `keyframe` or not), given the lag
+        (seconds behind), whether the pipeline sheds this camera's frames (it cannot serve them
+        all), the backlog, and how much media is left to the next keyframe, if known."""
         wanted: SkipLevel = "DEFAULT"
         if lag_s > FAR_BEHIND_S:
             wanted = "NONKEY"
@@ -108,17 +137,67 @@ class DecodeShedder:
         elif now - self._calm_since >= CALM_S:
             self._paced = ORDER[ORDER.index(self._paced) - 1]
             self._calm_since = None if self._paced == wanted else now
-        self._own = self._own_level()
-        self.level = _higher(self._paced, self._own)
-        return self.level
+        self._own = self._own_level(to_keyframe_s)
+        level = _higher(self._paced, self._own)
+        if self.level == "NONKEY" and level != "NONKEY" and not keyframe:
+            return self.level  # the next frames reference skipped ones: on to a keyframe
+        self.level = level
+        return level
 
-    def _own_level(self) -> SkipLevel:
-        """Keyframes only above `BACKLOG_FAR_S` until the backlog is under `BEHIND_S`;
-        non-reference frames skipped above `BEHIND_S` until it is gone."""
-        if self.backlog_s > BACKLOG_FAR_S:
+    def _own_level(self, to_keyframe_s: float | None) -> SkipLevel:
+        backlog = self.backlog_s
+        if backlog <= 0.0:
+            return "DEFAULT"
+        if self._own == "NONKEY" and backlog > BEHIND_S:
             return "NONKEY"
-        if self.backlog_s > BEHIND_S:
-            return _higher(self._own, "NONREF")
-        if self.backlog_s > 0.0:
-            return "NONREF" if self._own != "DEFAULT" else "DEFAULT"
+        load = self.load
+        stuck = load >= 1.0 or backlog / (1.0 - load) > DRAIN_S  # it would not drain soon
+        tail = to_keyframe_s is not None and backlog > BEHIND_S and backlog >= to_keyframe_s
+        if stuck and (backlog > BACKLOG_FAR_S or tail):
+            return "NONKEY"
+        if backlog > BEHIND_S or self._own != "DEFAULT":
+            return "NONREF"  # (until the backlog is gone)
         return "DEFAULT"
+
+
+class PacketTimes:
+    """A stream's timeline as its packets are read, for the shedder: how far each packet moves
+    the stream on, and how much is left to the next keyframe.
+
+    Timestamps come from the camera: B-frames go back a little in presentation order (the
+    newest timestamp is what counts), a clock that jumps back by more than `CLOCK_BACK_S` starts
+    a new reference, a jump forward moves the stream on (it can only forgive backlog). Without
+    timestamps, each packet is one frame at the stream's nominal rate, if it has one.
+    """
+
+    CLOCK_BACK_S = 1.0
+
+    def __init__(self, frame_s: float | None) -> None:
+        self.frame_s = frame_s
+        self.newest_s: float | None = None
+        self._key_s: float | None = None  # the last keyframe's timestamp
+        self._key_gap_s: float | None = None  # between the last two keyframes
+
+    def add(self, ts_s: float | None, keyframe: bool) -> float | None:
+        """A packet with timestamp `ts_s` (seconds, or None): the media it moves the stream on
+        by (None: not known)."""
+        if ts_s is None or not math.isfinite(ts_s):
+            return self.frame_s
+        step = 0.0
+        if self.newest_s is None or ts_s < self.newest_s - self.CLOCK_BACK_S:
+            self.newest_s = ts_s  # the first, or the clock went back: a new reference
+            self._key_s = self._key_gap_s = None
+        elif ts_s > self.newest_s:
+            step, self.newest_s = ts_s - self.newest_s, ts_s
+        if keyframe:
+            if self._key_s is not None and ts_s > self._key_s:
+                self._key_gap_s = ts_s - self._key_s
+            self._key_s = ts_s
+        return step
+
+    @property
+    def to_keyframe_s(self) -> float | None:
+        """Media left until the next keyframe, if the last interval between keyframes holds."""
+        if self._key_gap_s is None or self._key_s is None or self.newest_s is None:
+            return None
+        return max(0.0, self._key_s + self._key_gap_s - self.newest_s)
