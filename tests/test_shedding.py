@@ -91,21 +91,28 @@ GOP = 30  # frames: a keyframe a second
 
 
 def _decode(
-    s: DecodeShedder, seconds: float, busy_s: float, pause_at: float | None = None
+    s: DecodeShedder,
+    seconds: float,
+    busy_s: float,
+    pause_at: float | None = None,
+    keyframes: frozenset[int] | None = None,
+    downstream: bool = False,
 ) -> list[float]:
     """A camera of `seconds` at 30 fps, no B-frames, read packet by packet as `AvSource` does:
     each packet decoded costs `busy_s` (one skipped costs nothing), the level is chosen before
-    each packet, and with `pause_at` the whole process stops for 1.2 s once. The lag behind
-    real time of each frame decoded."""
+    each packet (its lag read from the packet's time), and with `pause_at` the whole process
+    stops for 1.2 s once. Keyframes every `GOP` frames, or at `keyframes` (frame numbers).
+    The lag behind real time of each frame decoded."""
     times = PacketTimes(FRAME_S)
     wall, lags = 0.0, []
     for i in range(round(seconds * 30)):
         ts = i * FRAME_S
         wall = max(wall, ts)  # the packet is there at its time, or at once when behind
-        keyframe = i % GOP == 0
+        keyframe = i % GOP == 0 if keyframes is None else i in keyframes
         step = times.add(ts, keyframe)
         assert step is not None
-        level = s.update(wall, 0.0, False, keyframe, times.to_keyframe_s)
+        lag = s.lag_s(wall, ts)
+        level = s.update(wall, lag, downstream, keyframe, times.to_keyframe_s)
         cost = busy_s if level != "NONKEY" or keyframe else 0.0
         if pause_at is not None and ts >= pause_at:
             cost, pause_at = cost + 1.2, None  # frozen in the middle of decoding a packet
@@ -140,6 +147,51 @@ def test_a_decoder_short_of_real_time_sheds_about_its_deficit_and_stays_fresh(
     print(f"{short:.0%} short: {share:.3f} of the frames (ideal {ideal:.3f}), lag {max(lags):.2f}")
     assert ideal - 0.05 <= share <= ideal + 0.001, share
     assert max(lags) < BACKLOG_FAR_S + 2 * FRAME_S
+
+
+def _varying_gops(seconds: float, gops_s: tuple[float, ...]) -> frozenset[int]:
+    keys, t, i = set(), 0.0, 0
+    while t < seconds:
+        keys.add(round(t * 30))
+        t += gops_s[i % len(gops_s)]
+        i += 1
+    return frozenset(keys)
+
+
+@pytest.mark.parametrize("gops_s", [(1.0, 8.0), (0.5, 6.0), (2.0, 2.0, 0.3, 1.7)])
+def test_groups_of_pictures_that_vary_do_not_cost_more_than_the_deficit(
+    gops_s: tuple[float, ...],
+) -> None:
+    """A camera's "smart" codec (a keyframe every 1 s in motion, every 8 s when still) or a
+    keyframe at a scene cut: the next keyframe is expected within the longest recent interval,
+    and the tail of a group is not shed once that is overdue (before: 5% short delivered 53%
+    of the frames with groups of 1 s and 8 s)."""
+    s = DecodeShedder()
+    lags = _decode(s, 300.0, 1.05 * FRAME_S, keyframes=_varying_gops(300.0, gops_s))
+    share = len(lags) / (300 * 30)
+    print(f"GOPs {gops_s}: {share:.3f} of the frames, lag {max(lags):.2f}")
+    assert share >= 0.9, share
+    assert max(lags) < BACKLOG_FAR_S + 2 * FRAME_S
+
+
+def test_a_camera_whose_frames_are_turned_away_still_sheds_its_backlog() -> None:
+    """The pipeline sheds the camera's frames (non-reference frames skipped, none here): the
+    load is measured at that level too, so the backlog is still shed at once (before: the load
+    read "idle", and a decoder 30% short ran 2 s behind)."""
+    s = DecodeShedder()
+    lags = _decode(s, 60.0, 1.3 * FRAME_S, downstream=True)
+    assert max(lags) < BACKLOG_FAR_S + 2 * FRAME_S, max(lags)
+    assert len(lags) / 1800 >= 0.72, len(lags)
+
+
+def test_the_lag_the_backlog_explains_is_not_shed_twice() -> None:
+    """The lag from the stream's timing includes the decoder's own backlog: with it taken off,
+    a small backlog alone does not hold non-reference skipping on for CALM_S."""
+    s = DecodeShedder()
+    s.served(0.4, 0.0)
+    assert s.update(0.0, 0.45, False) == "NONREF"  # the backlog's own level
+    s.served(0.0, 1.0)
+    assert s.update(0.1, 0.0, False) == "DEFAULT"  # gone: at once, no calm period
 
 
 def test_a_decoder_far_short_decodes_what_it_can() -> None:
@@ -187,6 +239,26 @@ def test_packet_times() -> None:
     assert t.add(float("nan"), False) == FRAME_S
 
 
+def test_packet_times_expect_keyframes_within_the_longest_recent_gap() -> None:
+    t = PacketTimes(FRAME_S)
+    for key in (0.0, 1.0, 9.0, 10.0):  # gaps of 1, 8 and 1 s
+        t.add(key, True)
+    t.add(11.0, False)
+    assert t.to_keyframe_s == pytest.approx(7.0)  # within 8 s of the last keyframe
+    t.add(17.5, False)
+    assert t.to_keyframe_s == pytest.approx(0.5)
+    t.add(18.5, False)
+    assert t.to_keyframe_s is None  # overdue: not known
+
+
+def test_packet_times_a_clock_that_stands_still_counts_frames() -> None:
+    t = PacketTimes(FRAME_S)
+    steps = [t.add(5.0, i == 0) for i in range(30)]  # the same timestamp on every packet
+    stuck = PacketTimes.STUCK_PACKETS
+    assert steps == [0.0] * stuck + [FRAME_S] * (30 - stuck)
+    assert t.add(5.1, False) == pytest.approx(0.1)  # moving again
+
+
 def test_a_clock_that_goes_back_covers_no_media() -> None:
     s = DecodeShedder()
     assert s.served(0.01, -3600.0) == pytest.approx(0.01)  # not an hour of credit...
@@ -200,5 +272,5 @@ def test_a_new_session_owes_nothing() -> None:
     s.served(5.0, 0.0)
     assert s.update(0.0, 0.0, False) == "NONKEY"
     s.reset()
-    assert s.backlog_s == 0.0 and s.level == "DEFAULT" and s.load == 0.0
+    assert s.backlog_s == 0.0 and s.level == "DEFAULT" and s.load is None
     assert s.update(0.1, 0.0, False) == "DEFAULT"

@@ -141,9 +141,18 @@ class AvSource(Source):
             shedder.reset()
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
-        unanswered = 0  # packets skipped (no frame) since the last frame, while shedding
+        # Frames the decoder skipped on purpose are counted from the gaps in the timestamps of
+        # the frames that come out, but never more than the packets whose frames did not come
+        # out (`sent - out - counted`) beyond what the decoder holds back while it decodes
+        # everything (`held`: its reordering delay); so a clock that jumps counts nothing.
+        sent = out = counted = 0
+        held: int | None = None
+        unanswered = 0  # packets that gave no frame since the last frame
         times = PacketTimes(frame_s)
         lag_s = 0.0
+        # The last packet gave a frame on keyframes only: it was a keyframe, whatever its flag
+        # said, so the packets after it can be decoded again.
+        after_key = False
         busy_s = 0.0  # the loop's work on this packet (demuxing, decoding, handing on)
         cpu_mark = time.thread_time()
         bad_in_session = 0
@@ -166,7 +175,7 @@ class AvSource(Source):
                     now,
                     lag_s,
                     now < self.shed_downstream_until,
-                    packet.is_keyframe,
+                    packet.is_keyframe or after_key,
                     times.to_keyframe_s,
                 )
                 if level != shedder_level and not shed_blind:
@@ -174,6 +183,7 @@ class AvSource(Source):
                     self.stats.skip_level = level
                     log.info("source %s: decoder skips %s", self.source_id, level)
             t0 = time.perf_counter()
+            bad_packet = False
             try:
                 decoded = packet.decode()
             except av.error.InvalidDataError as e:
@@ -183,12 +193,14 @@ class AvSource(Source):
                 if not bad_in_session:  # logged once a session; counted always
                     log.warning("source %s: damaged packet(s) skipped (%s)", self.source_id, e)
                 bad_in_session += 1
-                decoded = []
+                decoded, bad_packet = [], True
             if self.decode_observer is not None:
                 self.decode_observer(time.perf_counter() - t0)
             busy_s += time.perf_counter() - t0
-            if shedder_level != "DEFAULT" and packet.size:
+            if shedder is not None and packet.size and not bad_packet:
+                sent += 1
                 unanswered += not decoded
+            if shedder_level != "DEFAULT" and packet.size:
                 # Skipping to the next keyframe may take one stall timeout longer than a stall.
                 if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
                     self._note_progress()  # skipped on purpose: not a stall (for a while)
@@ -217,13 +229,17 @@ class AvSource(Source):
                     # The clock went back (recordings joined, a camera re-synced): pace on
                     # from the previous frame rather than against the old clock (a burst).
                     first_s += t - last_s - (frame_s or 0.0)
+                out += 1
                 if first_s is None:
                     first_s = t
-                elif unanswered and frame_s is not None:
-                    # Frames the decoder skipped on purpose leave a gap in the pts; no more
-                    # than the packets that gave no frame (a clock that jumps is no skipping).
+                elif shedder is not None and frame_s is not None:
                     gap = max(0, round((t - last_s) / frame_s) - 1)
-                    self.stats.skipped_decode += min(gap, unanswered)
+                    waiting = sent - out - counted
+                    if shedder_level == "DEFAULT" and not gap:
+                        held = waiting if held is None else min(held, waiting)
+                    skipped = min(gap, max(0, waiting - (held or 0)))
+                    counted += skipped
+                    self.stats.skipped_decode += skipped
                 unanswered = 0
                 last_s, last_wall = t, now
                 if self.realtime:
@@ -236,10 +252,12 @@ class AvSource(Source):
             if shedder is not None:
                 if step_s is not None:
                     shedder.served(busy_s, step_s)
+                after_key = shedder_level == "NONKEY" and bool(decoded)
                 cpu_mark = time.thread_time()
             if self.live:
                 self._check_watchdog()
-        self.stats.skipped_decode += unanswered  # skipped after the last frame there was
+        if shedder_level != "DEFAULT":
+            self.stats.skipped_decode += unanswered  # skipped after the last frame there was
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3

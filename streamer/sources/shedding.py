@@ -53,7 +53,8 @@ LAG_WINDOW_S = 10.0  # the stream's offset to the wall clock is measured against
 BACKLOG_FAR_S = 1.0  # the decoder's own backlog over this: keyframes only, until under BEHIND_S
 DRAIN_S = 2.0  # ... unless its spare time would work the backlog off within this
 LOAD_WINDOW_S = 5.0  # the decoder's load is measured over about this much media, decoding all
-LOAD_PACKET_S = 0.25  # ... a packet counting at most this (longer: the process was paused)
+LOAD_PACKET_S = 0.25  # ... a packet's work counting at most this (longer: the process paused)
+LOAD_KNOWN_S = 1.0  # ... known once this much media was measured (until then: cannot drain)
 
 
 def _higher(a: SkipLevel, b: SkipLevel) -> SkipLevel:
@@ -83,9 +84,12 @@ class DecodeShedder:
         self._last_media_s: float | None = None
 
     @property
-    def load(self) -> float:
-        """The decoder's busy share of real time while decoding everything (0 until known)."""
-        return self._busy_sum / self._media_sum if self._media_sum > 0.0 else 0.0
+    def load(self) -> float | None:
+        """The decoder's busy share of real time while not on keyframes only (None until
+        known)."""
+        if self._media_sum < LOAD_KNOWN_S * (1 - math.exp(-1)):  # ~1 s of media, decayed
+            return None
+        return self._busy_sum / self._media_sum
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
@@ -107,7 +111,8 @@ class DecodeShedder:
         `media_s` (0 for a timestamp that goes back). Returns the decoder's backlog."""
         busy_s, media_s = max(0.0, busy_s), max(0.0, media_s)
         self.backlog_s = max(0.0, self.backlog_s + busy_s - media_s)
-        if self.level == "DEFAULT":
+        if self.level != "NONKEY":  # the load at the level it would drain the backlog at
+            media_s = min(media_s, LOAD_PACKET_S)  # (a clock that jumps ahead is no idle time)
             keep = math.exp(-media_s / LOAD_WINDOW_S)
             self._busy_sum = self._busy_sum * keep + min(busy_s, LOAD_PACKET_S)
             self._media_sum = self._media_sum * keep + media_s
@@ -125,6 +130,7 @@ class DecodeShedder:
         (seconds behind), whether the pipeline sheds this camera's frames (it cannot serve them
         all), the backlog, and how much media is left to the next keyframe, if known."""
         wanted: SkipLevel = "DEFAULT"
+        lag_s -= self.backlog_s  # what the decoder's own work explains is the backlog's to shed
         if lag_s > FAR_BEHIND_S:
             wanted = "NONKEY"
         elif lag_s > BEHIND_S or shed_downstream:
@@ -151,7 +157,7 @@ class DecodeShedder:
         if self._own == "NONKEY" and backlog > BEHIND_S:
             return "NONKEY"
         load = self.load
-        stuck = load >= 1.0 or backlog / (1.0 - load) > DRAIN_S  # it would not drain soon
+        stuck = load is None or load >= 1.0 or backlog / (1.0 - load) > DRAIN_S  # not soon
         tail = to_keyframe_s is not None and backlog > BEHIND_S and backlog >= to_keyframe_s
         if stuck and (backlog > BACKLOG_FAR_S or tail):
             return "NONKEY"
@@ -170,13 +176,16 @@ class PacketTimes:
     timestamps, each packet is one frame at the stream's nominal rate, if it has one.
     """
 
-    CLOCK_BACK_S = 1.0
+    CLOCK_BACK_S = 0.5
+    STUCK_PACKETS = 20  # packets in a row that move the clock on by nothing: it is broken
+    KEY_GAPS = 4  # the next keyframe is expected within the longest of the last few gaps
 
     def __init__(self, frame_s: float | None) -> None:
         self.frame_s = frame_s
         self.newest_s: float | None = None
+        self._still = 0  # packets since the clock last moved on
         self._key_s: float | None = None  # the last keyframe's timestamp
-        self._key_gap_s: float | None = None  # between the last two keyframes
+        self._key_gaps: deque[float] = deque(maxlen=self.KEY_GAPS)
 
     def add(self, ts_s: float | None, keyframe: bool) -> float | None:
         """A packet with timestamp `ts_s` (seconds, or None): the media it moves the stream on
@@ -186,18 +195,25 @@ class PacketTimes:
         step = 0.0
         if self.newest_s is None or ts_s < self.newest_s - self.CLOCK_BACK_S:
             self.newest_s = ts_s  # the first, or the clock went back: a new reference
-            self._key_s = self._key_gap_s = None
+            self._key_s = None
+            self._key_gaps.clear()
         elif ts_s > self.newest_s:
             step, self.newest_s = ts_s - self.newest_s, ts_s
+        self._still = 0 if step else self._still + 1
         if keyframe:
             if self._key_s is not None and ts_s > self._key_s:
-                self._key_gap_s = ts_s - self._key_s
+                self._key_gaps.append(ts_s - self._key_s)
             self._key_s = ts_s
+        if self._still > self.STUCK_PACKETS:
+            return self.frame_s  # a clock that stands still: one frame a packet
         return step
 
     @property
     def to_keyframe_s(self) -> float | None:
-        """Media left until the next keyframe, if the last interval between keyframes holds."""
-        if self._key_gap_s is None or self._key_s is None or self.newest_s is None:
+        """Media left until the next keyframe if it comes within the longest of the last few
+        intervals between keyframes; None if not known, or overdue (GOPs vary: a camera's
+        "smart" codec, a keyframe at a scene cut)."""
+        if not self._key_gaps or self._key_s is None or self.newest_s is None:
             return None
-        return max(0.0, self._key_s + self._key_gap_s - self.newest_s)
+        left = self._key_s + max(self._key_gaps) - self.newest_s
+        return left if left >= 0.0 else None
