@@ -11,6 +11,7 @@ from streamer.sources.shedding import (
     FAR_BEHIND_S,
     DecodeShedder,
     PacketTimes,
+    SkipCount,
 )
 
 
@@ -274,3 +275,91 @@ def test_a_new_session_owes_nothing() -> None:
     s.reset()
     assert s.backlog_s == 0.0 and s.level == "DEFAULT" and s.load is None
     assert s.update(0.1, 0.0, False) == "DEFAULT"
+
+
+def _frames(count: SkipCount, gaps: list[int], skipping: bool) -> int:
+    return sum(count.frame(gap, skipping) for gap in gaps)
+
+
+def test_skipped_frames_are_counted_when_they_come_out_late() -> None:
+    """A decoder that holds two frames back (B-frames): keyframes only for five packets; the
+    gap shows two frames later, after frames that were already in the decoder."""
+    c = SkipCount()
+    for _ in range(2):
+        c.packet(False, False)  # held back
+    for _ in range(10):
+        c.packet(True, False)
+        assert c.frame(0, False) == 0
+    assert c.held == 2
+    for _ in range(5):
+        c.packet(False, True)  # skipped
+    c.packet(True, True)  # the keyframe: out comes a frame held from before
+    assert c.frame(0, True) == 0
+    c.packet(True, False)
+    assert c.frame(0, False) == 0  # the other one held
+    c.packet(True, False)
+    assert c.frame(5, False) == 5  # the keyframe, five frames after it
+    assert c.pool == 0
+
+
+def test_gaps_count_nothing_while_nothing_is_skipped() -> None:
+    """A clock that jumps, frames lost on the way, two packets a frame (fields): never counted
+    as skipped while the decoder skipped nothing, nor at the end."""
+    c = SkipCount()
+    for _ in range(100):
+        c.packet(False, False)  # a field: no frame yet
+        c.packet(True, False)
+        assert c.frame(0, False) == 0
+    c.packet(True, False)
+    assert c.frame(3600 * 30, False) == 0
+    assert c.end(flushed=True) == 0 and c.counted == 0
+
+
+def test_a_session_that_starts_mid_group_while_skipping_counts_only_what_it_skipped() -> None:
+    c = SkipCount()
+    for _ in range(20):
+        c.packet(False, True)  # before the first keyframe: no frame can come of these
+    c.packet(True, True)
+    assert c.frame(0, True) == 0
+    for _ in range(3):
+        c.packet(False, True)  # skipped
+    c.packet(True, True)
+    assert c.frame(3, True) == 3
+    c.packet(True, True)
+    assert c.frame(40, True) == 0  # a clock jump: the pool is spent
+    assert c.end(flushed=True) == 0
+
+
+def test_frames_skipped_after_the_last_frame_are_counted_at_the_end() -> None:
+    c = SkipCount()
+    c.packet(True, False)
+    c.frame(0, False)
+    for _ in range(7):
+        c.packet(False, True)
+    assert c.end(flushed=True) == 7
+    c = SkipCount()
+    c.packet(False, False)  # held back
+    c.packet(True, False)
+    c.frame(0, False)
+    for _ in range(7):
+        c.packet(False, True)
+    # The session broke off: of the 8 packets that gave nothing, the decoder still holds one.
+    assert c.end(flushed=False) == 7
+
+
+def test_a_camera_clock_that_stands_still_is_neither_lag_nor_backlog() -> None:
+    """Every packet stamped with the same time (as the decode loop drives it: the lag is read
+    from the clock the packets move on): after STUCK_PACKETS, a frame a packet; the camera at
+    30% load decodes everything (before: the lag grew with the wall clock, keyframes only for
+    the whole session: 5% of the frames)."""
+    s, times, clock = DecodeShedder(), PacketTimes(FRAME_S), 0.0
+    levels = []
+    for i in range(900):
+        wall, keyframe = i * FRAME_S, i % GOP == 0
+        step = times.add(5.0, keyframe)
+        assert step is not None
+        clock += step
+        levels.append(s.update(wall, s.lag_s(wall, clock), False, keyframe, times.to_keyframe_s))
+        s.served(0.3 * FRAME_S, step)
+    # (the first 20 packets read as lag, forgotten with the lag's window)
+    assert levels.count("NONKEY") == 0 and levels[-500:] == ["DEFAULT"] * 500

@@ -14,7 +14,7 @@ import av
 
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.redact import redact, url_secrets
-from streamer.sources.shedding import PacketTimes
+from streamer.sources.shedding import PacketTimes, SkipCount
 
 log = logging.getLogger(__name__)
 
@@ -141,123 +141,115 @@ class AvSource(Source):
             shedder.reset()
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
-        # Frames the decoder skipped on purpose are counted from the gaps in the timestamps of
-        # the frames that come out, but never more than the packets whose frames did not come
-        # out (`sent - out - counted`) beyond what the decoder holds back while it decodes
-        # everything (`held`: its reordering delay); so a clock that jumps counts nothing.
-        sent = out = counted = 0
-        held: int | None = None
-        unanswered = 0  # packets that gave no frame since the last frame
+        skips = SkipCount()
         times = PacketTimes(frame_s)
-        lag_s = 0.0
+        clock_s = lag_s = 0.0  # the stream's clock as the packets move it on; its lag
         # The last packet gave a frame on keyframes only: it was a keyframe, whatever its flag
         # said, so the packets after it can be decoded again.
         after_key = False
         busy_s = 0.0  # the loop's work on this packet (demuxing, decoding, handing on)
         cpu_mark = time.thread_time()
         bad_in_session = 0
-        for packet in container.demux():
-            if self._stop.is_set():
-                return
-            if packet.stream_index != video:
+        flushed = False  # the demuxer ran to its end: the decoder gave out all it held
+        try:
+            for packet in container.demux():
+                if self._stop.is_set():
+                    return
+                if packet.stream_index != video:
+                    if self.live:
+                        self._check_watchdog()
+                    continue
+                step_s = None
+                if shedder is not None:
+                    # Demuxing counts as work on the CPU only: its waits for input are not.
+                    busy_s = time.thread_time() - cpu_mark
+                    step_s = times.add(_seconds(packet), packet.is_keyframe)
+                    now = time.monotonic()
+                    if step_s is not None:
+                        clock_s += step_s
+                        lag_s = shedder.lag_s(now, clock_s)
+                    level = shedder.update(
+                        now,
+                        lag_s,
+                        now < self.shed_downstream_until,
+                        packet.is_keyframe or after_key,
+                        times.to_keyframe_s,
+                    )
+                    if level != shedder_level and not shed_blind:
+                        ctx.skip_frame = shedder_level = level
+                        self.stats.skip_level = level
+                        log.info("source %s: decoder skips %s", self.source_id, level)
+                t0 = time.perf_counter()
+                bad_packet = False
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError as e:
+                    # A damaged packet (lost or corrupted on the way): the decoder resumes at the
+                    # next one; only a stream that gives no frame at all is a stall.
+                    self.stats.bad_packets += 1
+                    if not bad_in_session:  # logged once a session; counted always
+                        log.warning("source %s: damaged packet(s) skipped (%s)", self.source_id, e)
+                    bad_in_session += 1
+                    decoded, bad_packet = [], True
+                if self.decode_observer is not None:
+                    self.decode_observer(time.perf_counter() - t0)
+                busy_s += time.perf_counter() - t0
+                if shedder is not None and packet.size and not bad_packet:
+                    skips.packet(bool(decoded), shedder_level != "DEFAULT")
+                if shedder_level != "DEFAULT" and packet.size:
+                    # Skipping to the next keyframe may take one stall timeout longer than a stall.
+                    if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
+                        self._note_progress()  # skipped on purpose: not a stall (for a while)
+                    else:
+                        # Skipping this long left no frame at all (a stream with too few keyframes,
+                        # or none: intra refresh): decode everything again, and let the watchdogs
+                        # judge the stream by its frames.
+                        log.warning(
+                            "source %s: no frame for %.1f s while the decoder skipped %s; "
+                            "decoding every frame again for this session",
+                            self.source_id,
+                            time.monotonic() - last_wall,
+                            shedder_level,
+                        )
+                        shed_blind = True
+                        ctx.skip_frame = shedder_level = self.stats.skip_level = "DEFAULT"
+                for vf in decoded:
+                    now = time.monotonic()
+                    if vf.time is not None:
+                        t = float(vf.time)
+                    elif self.live or frame_s is None:
+                        t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
+                    else:
+                        t = last_s + frame_s  # ... or as the stream's frame rate says
+                    if first_s is not None and t < last_s:
+                        # The clock went back (recordings joined, a camera re-synced): pace on
+                        # from the previous frame rather than against the old clock (a burst).
+                        first_s += t - last_s - (frame_s or 0.0)
+                    gap = 0
+                    if first_s is None:
+                        first_s = t
+                    elif frame_s is not None:
+                        gap = max(0, round((t - last_s) / frame_s) - 1)
+                    if shedder is not None:
+                        self.stats.skipped_decode += skips.frame(gap, shedder_level != "DEFAULT")
+                    last_s, last_wall = t, now
+                    if self.realtime:
+                        delay = start_wall + (t - first_s) - time.monotonic()
+                        if delay > 0 and self._stop.wait(delay):
+                            return
+                    t0 = time.perf_counter()
+                    self._offer(self._media_offset_s + t, vf)
+                    busy_s += time.perf_counter() - t0
+                if shedder is not None:
+                    if step_s is not None:
+                        shedder.served(busy_s, step_s)
+                    after_key = shedder_level == "NONKEY" and bool(decoded)
+                    cpu_mark = time.thread_time()
                 if self.live:
                     self._check_watchdog()
-                continue
-            step_s = None
-            if shedder is not None:
-                # Demuxing counts as work on the CPU only: its waits for input are not.
-                busy_s = time.thread_time() - cpu_mark
-                step_s = times.add(_seconds(packet), packet.is_keyframe)
-                now = time.monotonic()
-                if times.newest_s is not None:
-                    lag_s = shedder.lag_s(now, times.newest_s)
-                level = shedder.update(
-                    now,
-                    lag_s,
-                    now < self.shed_downstream_until,
-                    packet.is_keyframe or after_key,
-                    times.to_keyframe_s,
-                )
-                if level != shedder_level and not shed_blind:
-                    ctx.skip_frame = shedder_level = level
-                    self.stats.skip_level = level
-                    log.info("source %s: decoder skips %s", self.source_id, level)
-            t0 = time.perf_counter()
-            bad_packet = False
-            try:
-                decoded = packet.decode()
-            except av.error.InvalidDataError as e:
-                # A damaged packet (lost or corrupted on the way): the decoder resumes at the
-                # next one; only a stream that gives no frame at all is a stall.
-                self.stats.bad_packets += 1
-                if not bad_in_session:  # logged once a session; counted always
-                    log.warning("source %s: damaged packet(s) skipped (%s)", self.source_id, e)
-                bad_in_session += 1
-                decoded, bad_packet = [], True
-            if self.decode_observer is not None:
-                self.decode_observer(time.perf_counter() - t0)
-            busy_s += time.perf_counter() - t0
-            if shedder is not None and packet.size and not bad_packet:
-                sent += 1
-                unanswered += not decoded
-            if shedder_level != "DEFAULT" and packet.size:
-                # Skipping to the next keyframe may take one stall timeout longer than a stall.
-                if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
-                    self._note_progress()  # skipped on purpose: not a stall (for a while)
-                else:
-                    # Skipping this long left no frame at all (a stream with too few keyframes,
-                    # or none: intra refresh): decode everything again, and let the watchdogs
-                    # judge the stream by its frames.
-                    log.warning(
-                        "source %s: no frame for %.1f s while the decoder skipped %s; "
-                        "decoding every frame again for this session",
-                        self.source_id,
-                        time.monotonic() - last_wall,
-                        shedder_level,
-                    )
-                    shed_blind = True
-                    ctx.skip_frame = shedder_level = self.stats.skip_level = "DEFAULT"
-            for vf in decoded:
-                now = time.monotonic()
-                if vf.time is not None:
-                    t = float(vf.time)
-                elif self.live or frame_s is None:
-                    t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
-                else:
-                    t = last_s + frame_s  # ... or as the stream's frame rate says
-                if first_s is not None and t < last_s:
-                    # The clock went back (recordings joined, a camera re-synced): pace on
-                    # from the previous frame rather than against the old clock (a burst).
-                    first_s += t - last_s - (frame_s or 0.0)
-                out += 1
-                if first_s is None:
-                    first_s = t
-                elif shedder is not None and frame_s is not None:
-                    gap = max(0, round((t - last_s) / frame_s) - 1)
-                    waiting = sent - out - counted
-                    if shedder_level == "DEFAULT" and not gap:
-                        held = waiting if held is None else min(held, waiting)
-                    skipped = min(gap, max(0, waiting - (held or 0)))
-                    counted += skipped
-                    self.stats.skipped_decode += skipped
-                unanswered = 0
-                last_s, last_wall = t, now
-                if self.realtime:
-                    delay = start_wall + (t - first_s) - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        return
-                t0 = time.perf_counter()
-                self._offer(self._media_offset_s + t, vf)
-                busy_s += time.perf_counter() - t0
-            if shedder is not None:
-                if step_s is not None:
-                    shedder.served(busy_s, step_s)
-                after_key = shedder_level == "NONKEY" and bool(decoded)
-                cpu_mark = time.thread_time()
-            if self.live:
-                self._check_watchdog()
-        if shedder_level != "DEFAULT":
-            self.stats.skipped_decode += unanswered  # skipped after the last frame there was
+            flushed = True
+        finally:
+            self.stats.skipped_decode += skips.end(flushed)
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3

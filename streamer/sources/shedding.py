@@ -217,3 +217,50 @@ class PacketTimes:
             return None
         left = self._key_s + max(self._key_gaps) - self.newest_s
         return left if left >= 0.0 else None
+
+
+class SkipCount:
+    """Counts the frames a decoder skipped on purpose. FFmpeg does not say which packets it
+    skipped, so they are counted from the gaps in the timestamps of the frames that come out,
+    never more than:
+
+    - the packets whose frames did not come out, beyond what the decoder holds back while it
+      decodes everything (`held`: its reordering delay), and
+    - the packets decoded while skipping that gave no frame (`pool`), once the session has
+      given its first frame (a session that starts mid-GOP has packets no frame can come of).
+
+    So a clock that jumps, frames lost on the way, or packets that are not frames (fields,
+    parameter sets) count nothing while nothing is skipped. At the session's end what is still
+    in the pool and never came out is counted too.
+    """
+
+    def __init__(self) -> None:
+        self.sent = self.out = self.counted = self.pool = 0
+        self.held: int | None = None
+
+    def packet(self, gave_frame: bool, skipping: bool) -> None:
+        """A packet went through the decoder (not a damaged one)."""
+        self.sent += 1
+        if skipping and not gave_frame and self.out:
+            self.pool += 1
+
+    def frame(self, gap: int, skipping: bool) -> int:
+        """A frame came out, `gap` frames after the previous one in its timestamps: how many
+        are newly counted as skipped."""
+        self.out += 1
+        waiting = self.sent - self.out - self.counted
+        if not skipping and not gap:
+            self.held = waiting if self.held is None else min(self.held, waiting)
+            if waiting <= self.held:
+                self.pool = 0  # all accounted for: what is left in the pool came out later
+        return self._count(min(gap, waiting - (self.held or 0)))
+
+    def end(self, flushed: bool) -> int:
+        """The session ended; `flushed`: the decoder gave out everything it held."""
+        return self._count(self.sent - self.out - self.counted - (0 if flushed else self.held or 0))
+
+    def _count(self, n: int) -> int:
+        n = max(0, min(n, self.pool))
+        self.counted += n
+        self.pool -= n
+        return n
