@@ -14,7 +14,7 @@ import av
 
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.redact import redact, url_secrets
-from streamer.sources.shedding import PacketTimes, SkipCount
+from streamer.sources.shedding import SkipCount
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,8 @@ def is_live(url: str) -> bool:
     return url.lower().startswith(LIVE_SCHEMES)
 
 
-def _seconds(packet: Any) -> float | None:
-    """A packet's decode timestamp (its presentation one if it has none), in seconds."""
-    ts = packet.dts if packet.dts is not None else packet.pts
+def _seconds(packet: Any, ts: int | None) -> float | None:
+    """One of a packet's timestamps, in seconds."""
     if ts is None or packet.time_base is None:
         return None
     return float(ts * packet.time_base)
@@ -138,19 +137,16 @@ class AvSource(Source):
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
         if shedder is not None:
-            shedder.reset()
+            shedder.reset(frame_s)
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
-        skips = SkipCount()
-        times = PacketTimes(frame_s)
-        clock_s = lag_s = 0.0  # the stream's clock as the packets move it on; its lag
+        skips = SkipCount(frame_s)
         # The last packet gave a frame on keyframes only: it was a keyframe, whatever its flag
         # said, so the packets after it can be decoded again.
         after_key = False
         busy_s = 0.0  # the loop's work on this packet (demuxing, decoding, handing on)
         cpu_mark = time.thread_time()
         bad_in_session = 0
-        flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
             for packet in container.demux():
                 if self._stop.is_set():
@@ -163,17 +159,14 @@ class AvSource(Source):
                 if shedder is not None:
                     # Demuxing counts as work on the CPU only: its waits for input are not.
                     busy_s = time.thread_time() - cpu_mark
-                    step_s = times.add(_seconds(packet), packet.is_keyframe)
+                    ts = packet.dts if packet.dts is not None else packet.pts
                     now = time.monotonic()
-                    if step_s is not None:
-                        clock_s += step_s
-                        lag_s = shedder.lag_s(now, clock_s)
-                    level = shedder.update(
+                    level, step_s = shedder.next_packet(
                         now,
-                        lag_s,
+                        _seconds(packet, ts),
+                        packet.is_keyframe,
+                        after_key,
                         now < self.shed_downstream_until,
-                        packet.is_keyframe or after_key,
-                        times.to_keyframe_s,
                     )
                     if level != shedder_level and not shed_blind:
                         ctx.skip_frame = shedder_level = level
@@ -195,7 +188,9 @@ class AvSource(Source):
                     self.decode_observer(time.perf_counter() - t0)
                 busy_s += time.perf_counter() - t0
                 if shedder is not None and packet.size and not bad_packet:
-                    skips.packet(bool(decoded), shedder_level != "DEFAULT")
+                    self.stats.skipped_decode += skips.packet(
+                        _seconds(packet, packet.pts), bool(decoded), shedder_level != "DEFAULT"
+                    )
                 if shedder_level != "DEFAULT" and packet.size:
                     # Skipping to the next keyframe may take one stall timeout longer than a stall.
                     if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
@@ -225,13 +220,10 @@ class AvSource(Source):
                         # The clock went back (recordings joined, a camera re-synced): pace on
                         # from the previous frame rather than against the old clock (a burst).
                         first_s += t - last_s - (frame_s or 0.0)
-                    gap = 0
                     if first_s is None:
                         first_s = t
-                    elif frame_s is not None:
-                        gap = max(0, round((t - last_s) / frame_s) - 1)
-                    if shedder is not None:
-                        self.stats.skipped_decode += skips.frame(gap, shedder_level != "DEFAULT")
+                    if shedder is not None and vf.time is not None:
+                        self.stats.skipped_decode += skips.frame(t)
                     last_s, last_wall = t, now
                     if self.realtime:
                         delay = start_wall + (t - first_s) - time.monotonic()
@@ -247,9 +239,8 @@ class AvSource(Source):
                     cpu_mark = time.thread_time()
                 if self.live:
                     self._check_watchdog()
-            flushed = True
         finally:
-            self.stats.skipped_decode += skips.end(flushed)
+            self.stats.skipped_decode += skips.end()
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3
