@@ -275,74 +275,74 @@ def test_a_new_session_owes_nothing() -> None:
     assert s.update(0.1, 0.0, False) == "DEFAULT"
 
 
-F = FRAME_S
+def _frames(count: SkipCount, gaps: list[int], skipping: bool) -> int:
+    return sum(count.frame(gap, skipping) for gap in gaps)
 
 
 def test_skipped_frames_are_counted_when_they_come_out_late() -> None:
-    """A decoder that holds frames back (B-frames: frame 1 comes out before 2 although
-    decoded after; the P-frame 3 is held): keyframes only for five packets; the frames skipped
-    are counted when the next frame after them comes out, not the ones held."""
-    c = SkipCount(F)
-    assert c.packet(0 * F, True, False) == 0 and c.frame(0 * F) == 0
-    assert c.packet(3 * F, False, False) == 0  # P, held back
-    assert c.packet(1 * F, True, False) == 0 and c.frame(1 * F) == 0
-    assert c.packet(2 * F, True, False) == 0 and c.frame(2 * F) == 0
-    for i in range(4, 9):
-        assert c.packet(i * F, False, True) == 0  # skipped: 4-8
-    assert c.packet(9 * F, True, True) == 0  # the keyframe: out comes the P held from before
-    assert c.frame(3 * F) == 0
-    assert c.frame(9 * F) == 5  # frames 4-8 never came out
-    assert c.end() == 0
+    """A decoder that holds two frames back (B-frames): keyframes only for five packets; the
+    gap shows two frames later, after frames that were already in the decoder."""
+    c = SkipCount()
+    for _ in range(2):
+        c.packet(False, False)  # held back
+    for _ in range(10):
+        c.packet(True, False)
+        assert c.frame(0, False) == 0
+    assert c.held == 2
+    for _ in range(5):
+        c.packet(False, True)  # skipped
+    c.packet(True, True)  # the keyframe: out comes a frame held from before
+    assert c.frame(0, True) == 0
+    c.packet(True, False)
+    assert c.frame(0, False) == 0  # the other one held
+    c.packet(True, False)
+    assert c.frame(5, False) == 5  # the keyframe, five frames after it
+    assert c.pool == 0
 
 
-def test_packets_that_are_not_frames_are_not_counted() -> None:
-    """Fields (two packets a frame) and parameter sets share their frame's time; a clock that
-    jumps moves nothing that is waiting; nothing is counted while every frame comes out."""
-    c = SkipCount(F)
-    for i in range(100):
-        skipping = i % 2 == 0
-        assert c.packet(i * F, False, skipping) == 0  # the first field, or the SPS/PPS
-        assert c.packet(i * F + F / 2, True, skipping) == 0
-        assert c.frame(i * F) == 0
-    assert c.packet(3600.0, True, False) == 0 and c.frame(3600.0) == 0  # an hour ahead
-    assert c.end() == 0
+def test_gaps_count_nothing_while_nothing_is_skipped() -> None:
+    """A clock that jumps, frames lost on the way, two packets a frame (fields): never counted
+    as skipped while the decoder skipped nothing, nor at the end."""
+    c = SkipCount()
+    for _ in range(100):
+        c.packet(False, False)  # a field: no frame yet
+        c.packet(True, False)
+        assert c.frame(0, False) == 0
+    c.packet(True, False)
+    assert c.frame(3600 * 30, False) == 0
+    assert c.end(flushed=True) == 0 and c.counted == 0
 
 
-def test_a_session_that_starts_mid_group_counts_only_what_it_skipped() -> None:
-    c = SkipCount(F)
-    for i in range(20):
-        assert c.packet(i * F, False, True) == 0  # before the first keyframe: cannot be made
-    assert c.packet(20 * F, True, True) == 0 and c.frame(20 * F) == 0
-    for i in range(21, 24):
-        c.packet(i * F, False, True)  # skipped
-    assert c.packet(24 * F, True, True) == 0 and c.frame(24 * F) == 3
-    assert c.end() == 0
+def test_a_session_that_starts_mid_group_while_skipping_counts_only_what_it_skipped() -> None:
+    c = SkipCount()
+    for _ in range(20):
+        c.packet(False, True)  # before the first keyframe: no frame can come of these
+    c.packet(True, True)
+    assert c.frame(0, True) == 0
+    for _ in range(3):
+        c.packet(False, True)  # skipped
+    c.packet(True, True)
+    assert c.frame(3, True) == 3
+    c.packet(True, True)
+    assert c.frame(40, True) == 0  # a clock jump: the pool is spent
+    assert c.end(flushed=True) == 0
 
 
-def test_frames_that_never_came_out_are_counted_at_the_end() -> None:
-    c = SkipCount(F)
-    c.packet(0.0, True, False)
-    c.frame(0.0)
-    for i in range(1, 8):
-        c.packet(i * F, False, True)
-    assert c.end() == 7
-    assert SkipCount(F).end() == 0  # a session with no frame at all: not counted
-
-
-def test_frames_without_timestamps_are_counted_when_skipped() -> None:
-    c = SkipCount(None)
-    c.packet(0.0, True, False)
-    c.frame(0.0)
-    assert c.packet(None, False, False) == 0  # held back, or not a frame: not known
-    assert c.packet(None, False, True) == 1
-
-
-def test_the_packets_waiting_are_bounded() -> None:
-    c = SkipCount(F)
-    c.packet(0.0, True, False)
-    c.frame(0.0)
-    lost = sum(c.packet(1.0 + i * F, False, True) for i in range(SkipCount.MAX_WAITING + 10))
-    assert lost == 10 and c.end() == SkipCount.MAX_WAITING
+def test_frames_skipped_after_the_last_frame_are_counted_at_the_end() -> None:
+    c = SkipCount()
+    c.packet(True, False)
+    c.frame(0, False)
+    for _ in range(7):
+        c.packet(False, True)
+    assert c.end(flushed=True) == 7
+    c = SkipCount()
+    c.packet(False, False)  # held back
+    c.packet(True, False)
+    c.frame(0, False)
+    for _ in range(7):
+        c.packet(False, True)
+    # The session broke off: of the 8 packets that gave nothing, the decoder still holds one.
+    assert c.end(flushed=False) == 7
 
 
 def test_a_camera_clock_that_stands_still_is_neither_lag_nor_backlog() -> None:

@@ -140,13 +140,14 @@ class AvSource(Source):
             shedder.reset(frame_s)
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
-        skips = SkipCount(frame_s)
+        skips = SkipCount()
         # The last packet gave a frame on keyframes only: it was a keyframe, whatever its flag
         # said, so the packets after it can be decoded again.
         after_key = False
         busy_s = 0.0  # the loop's work on this packet (demuxing, decoding, handing on)
         cpu_mark = time.thread_time()
         bad_in_session = 0
+        flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
             for packet in container.demux():
                 if self._stop.is_set():
@@ -188,9 +189,7 @@ class AvSource(Source):
                     self.decode_observer(time.perf_counter() - t0)
                 busy_s += time.perf_counter() - t0
                 if shedder is not None and packet.size and not bad_packet:
-                    self.stats.skipped_decode += skips.packet(
-                        _seconds(packet, packet.pts), bool(decoded), shedder_level != "DEFAULT"
-                    )
+                    skips.packet(bool(decoded), shedder_level != "DEFAULT")
                 if shedder_level != "DEFAULT" and packet.size:
                     # Skipping to the next keyframe may take one stall timeout longer than a stall.
                     if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
@@ -220,10 +219,13 @@ class AvSource(Source):
                         # The clock went back (recordings joined, a camera re-synced): pace on
                         # from the previous frame rather than against the old clock (a burst).
                         first_s += t - last_s - (frame_s or 0.0)
+                    gap = 0
                     if first_s is None:
                         first_s = t
-                    if shedder is not None and vf.time is not None:
-                        self.stats.skipped_decode += skips.frame(t)
+                    elif frame_s is not None:
+                        gap = max(0, round((t - last_s) / frame_s) - 1)
+                    if shedder is not None:
+                        self.stats.skipped_decode += skips.frame(gap, shedder_level != "DEFAULT")
                     last_s, last_wall = t, now
                     if self.realtime:
                         delay = start_wall + (t - first_s) - time.monotonic()
@@ -239,8 +241,9 @@ class AvSource(Source):
                     cpu_mark = time.thread_time()
                 if self.live:
                     self._check_watchdog()
+            flushed = True
         finally:
-            self.stats.skipped_decode += skips.end()
+            self.stats.skipped_decode += skips.end(flushed)
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3

@@ -39,7 +39,6 @@ thresholds.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from typing import Literal
@@ -240,47 +239,47 @@ class PacketTimes:
 
 
 class SkipCount:
-    """Counts the frames that never came out of a decoder: FFmpeg does not say which packets it
-    skipped. Each packet that gave no frame is kept by its presentation time until a frame at
-    or after that time comes out: one whose time was passed (by more than most of a frame:
-    fields and parameter sets share their frame's time), or that is left at the session's end,
-    never became a frame. The decoder skipped it on purpose, or could not make it (an open
-    group's leading frames after a skipped keyframe). Frames a packet's time cannot place
-    are counted when they are skipped. Packets before the session's first frame are not
-    counted: a session that starts mid-group has frames no decoder could make.
+    """Counts the frames a decoder skipped on purpose. FFmpeg does not say which packets it
+    skipped, so they are counted from the gaps in the timestamps of the frames that come out,
+    never more than:
+
+    - the packets whose frames did not come out, beyond what the decoder holds back while it
+      decodes everything (`held`: its reordering delay), and
+    - the packets decoded while skipping that gave no frame (`pool`), once the session has
+      given its first frame (a session that starts mid-GOP has packets no frame can come of).
+
+    So a clock that jumps, frames lost on the way, or packets that are not frames (fields,
+    parameter sets) count nothing while nothing is skipped. At the session's end what is still
+    in the pool and never came out is counted too.
     """
 
-    MAX_WAITING = 4096  # packets waiting for their frame; past it the oldest is taken as lost
+    def __init__(self) -> None:
+        self.sent = self.out = self.counted = self.pool = 0
+        self.held: int | None = None
 
-    def __init__(self, frame_s: float | None) -> None:
-        self._tolerance = 0.75 * frame_s if frame_s else 1e-6
-        self._waiting: list[float] = []  # a heap of presentation times
-        self._started = False
+    def packet(self, gave_frame: bool, skipping: bool) -> None:
+        """A packet went through the decoder (not a damaged one)."""
+        self.sent += 1
+        if skipping and not gave_frame and self.out:
+            self.pool += 1
 
-    def packet(self, pts_s: float | None, gave_frame: bool, skipping: bool) -> int:
-        """A packet went through the decoder (not a damaged one): how many frames are newly
-        counted as never made."""
-        if gave_frame:
-            return 0
-        if pts_s is None or not math.isfinite(pts_s):
-            return int(skipping and self._started)
-        heapq.heappush(self._waiting, pts_s)
-        if len(self._waiting) > self.MAX_WAITING:
-            heapq.heappop(self._waiting)
-            return int(self._started)
-        return 0
+    def frame(self, gap: int, skipping: bool) -> int:
+        """A frame came out, `gap` frames after the previous one in its timestamps: how many
+        are newly counted as skipped."""
+        self.out += 1
+        waiting = self.sent - self.out - self.counted
+        if not skipping and not gap:
+            self.held = waiting if self.held is None else min(self.held, waiting)
+            if waiting <= self.held:
+                self.pool = 0  # all accounted for: what is left in the pool came out later
+        return self._count(min(gap, waiting - (self.held or 0)))
 
-    def frame(self, t: float) -> int:
-        """A frame with presentation time `t` came out: how many are newly counted."""
-        n = 0
-        while self._waiting and self._waiting[0] <= t + 1e-6:
-            n += heapq.heappop(self._waiting) < t - self._tolerance
-        counted = n if self._started else 0
-        self._started = True
-        return counted
+    def end(self, flushed: bool) -> int:
+        """The session ended; `flushed`: the decoder gave out everything it held."""
+        return self._count(self.sent - self.out - self.counted - (0 if flushed else self.held or 0))
 
-    def end(self) -> int:
-        """The session ended: what never came out."""
-        n = len(self._waiting) if self._started else 0
-        self._waiting.clear()
+    def _count(self, n: int) -> int:
+        n = max(0, min(n, self.pool))
+        self.counted += n
+        self.pool -= n
         return n
