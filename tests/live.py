@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from streamer.errors import EndOfStream
 from streamer.sources.base import Source
+from streamer.sources.shedding import DecodeShedder, SkipLevel
 from streamer.types import Frame
 from tests.conftest import REPO, free_port
 
@@ -199,6 +200,24 @@ class RtpFeeder(_Watched):
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class ScriptedShedder(DecodeShedder):
+    """A decoder's shedder that answers the level its `script` says, whatever the stream does
+    (it stands in for a decoder far behind, or one the pipeline sheds)."""
+
+    def script(self) -> SkipLevel:
+        raise NotImplementedError
+
+    def update(
+        self,
+        now: float,
+        lag_s: float,
+        shed_downstream: bool,
+        keyframe: bool = True,
+        to_keyframe_s: float | None = None,
+    ) -> SkipLevel:
+        return self.script()
 
 
 @dataclass

@@ -18,11 +18,11 @@ import pytest
 from streamer.crop.convert import crop_bgr, crop_i420
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import EvenSkip
-from streamer.sources.shedding import DecodeShedder, SkipLevel
+from streamer.sources.shedding import SkipLevel
 from streamer.tap import scaled_i420
 from streamer.types import U8, Frame
 from tests.conftest import write_clip
-from tests.live import Consumer, until
+from tests.live import Consumer, ScriptedShedder, until
 
 U16 = npt.NDArray[np.uint16]
 
@@ -135,17 +135,10 @@ def _jumping_h264(path: Path, jump_s: float, frames: int = 60, gop: int | None =
     return path
 
 
-class _Shedding(DecodeShedder):
+class _Shedding(ScriptedShedder):
     """A decoder that always skips non-reference frames (there are none in this stream)."""
 
-    def update(
-        self,
-        now: float,
-        lag_s: float,
-        shed_downstream: bool,
-        keyframe: bool = True,
-        to_keyframe_s: float | None = None,
-    ) -> SkipLevel:
+    def script(self) -> SkipLevel:
         return "NONREF"
 
 
@@ -162,7 +155,7 @@ def test_a_timestamp_jump_while_shedding_is_not_counted_as_skipped_frames(tmp_pa
     assert src.stats.skipped_decode == 0, src.stats
 
 
-class _FirstSessionShedding(DecodeShedder):
+class _FirstSessionShedding(ScriptedShedder):
     """Skips non-reference frames in the first session only (as if it fell behind then)."""
 
     sessions = 0
@@ -171,14 +164,7 @@ class _FirstSessionShedding(DecodeShedder):
         super().reset(frame_s)
         self.sessions += 1
 
-    def update(
-        self,
-        now: float,
-        lag_s: float,
-        shed_downstream: bool,
-        keyframe: bool = True,
-        to_keyframe_s: float | None = None,
-    ) -> SkipLevel:
+    def script(self) -> SkipLevel:
         return "NONREF" if self.sessions == 1 else "DEFAULT"
 
 
@@ -437,21 +423,14 @@ def test_a_decoder_a_little_short_of_real_time_sheds_and_does_not_fall_behind(
     assert handed + src.stats.skipped_decode == frames, src.stats
 
 
-class _KeyframesAfter(DecodeShedder):
+class _KeyframesAfter(ScriptedShedder):
     """Decodes everything for the first `frames`, keyframes only after (far behind then)."""
 
     def __init__(self, frames: int) -> None:
         super().__init__()
         self.frames, self.seen = frames, 0
 
-    def update(
-        self,
-        now: float,
-        lag_s: float,
-        shed_downstream: bool,
-        keyframe: bool = True,
-        to_keyframe_s: float | None = None,
-    ) -> SkipLevel:
+    def script(self) -> SkipLevel:
         self.seen += 1
         return "NONKEY" if self.seen > self.frames else "DEFAULT"
 

@@ -19,9 +19,9 @@ import yaml
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import RetryPolicy
 from streamer.sources.cv_source import CvSource
-from streamer.sources.shedding import DecodeShedder, SkipLevel
+from streamer.sources.shedding import SkipLevel
 from tests.conftest import REPO, free_port, spawn, stop
-from tests.live import Consumer, RtpFeeder, RtspServer, until
+from tests.live import Consumer, RtpFeeder, RtspServer, ScriptedShedder, until
 
 FAST_RETRY = RetryPolicy(base_s=0.1, cap_s=0.5, healthy_after_s=1.0)
 STALL_S = 1.0
@@ -415,17 +415,10 @@ def test_camera_whose_video_stops_while_audio_flows(av_options: dict[str, str]) 
         server.kill()
 
 
-class _FarBehind(DecodeShedder):
+class _FarBehind(ScriptedShedder):
     """A decoder that always finds itself far behind: it wants keyframes only."""
 
-    def update(
-        self,
-        now: float,
-        lag_s: float,
-        shed_downstream: bool,
-        keyframe: bool = True,
-        to_keyframe_s: float | None = None,
-    ) -> SkipLevel:
+    def script(self) -> SkipLevel:
         return "NONKEY"
 
 
