@@ -275,10 +275,6 @@ def test_a_new_session_owes_nothing() -> None:
     assert s.update(0.1, 0.0, False) == "DEFAULT"
 
 
-def _frames(count: SkipCount, gaps: list[int], skipping: bool) -> int:
-    return sum(count.frame(gap, skipping) for gap in gaps)
-
-
 def test_skipped_frames_are_counted_when_they_come_out_late() -> None:
     """A decoder that holds two frames back (B-frames): keyframes only for five packets; the
     gap shows two frames later, after frames that were already in the decoder."""

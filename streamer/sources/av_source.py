@@ -26,8 +26,9 @@ def is_live(url: str) -> bool:
     return url.lower().startswith(LIVE_SCHEMES)
 
 
-def _seconds(packet: Any, ts: int | None) -> float | None:
-    """One of a packet's timestamps, in seconds."""
+def _seconds(packet: Any) -> float | None:
+    """A packet's decode timestamp (its presentation one if it has none), in seconds."""
+    ts = packet.dts if packet.dts is not None else packet.pts
     if ts is None or packet.time_base is None:
         return None
     return float(ts * packet.time_base)
@@ -160,11 +161,10 @@ class AvSource(Source):
                 if shedder is not None:
                     # Demuxing counts as work on the CPU only: its waits for input are not.
                     busy_s = time.thread_time() - cpu_mark
-                    ts = packet.dts if packet.dts is not None else packet.pts
                     now = time.monotonic()
                     level, step_s = shedder.next_packet(
                         now,
-                        _seconds(packet, ts),
+                        _seconds(packet),
                         packet.is_keyframe,
                         after_key,
                         now < self.shed_downstream_until,

@@ -412,9 +412,9 @@ class Source(abc.ABC):
 
     def _note_progress(self) -> None:
         """A packet the decoder skipped on purpose (shedding load): the stream is alive, so
-        neither watchdog may take the missing frames for a stall (for at most the stream's keyframe
-        interval, capped at one stall timeout, plus one stall timeout after the last frame:
-        `AvSource._decode` then stops skipping)."""
+        neither watchdog may take the missing frames for a stall (for at most two stall timeouts
+        after the last frame, the way to the next keyframe included: `AvSource._decode` then
+        stops skipping)."""
         self.stats.last_frame_at = self._watch_since = time.monotonic()
 
     def _check_watchdog(self) -> None:

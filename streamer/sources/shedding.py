@@ -29,7 +29,7 @@ Two measures of "behind", because each sees what the other cannot:
     them), so a small deficit costs about its own share of frames;
   - at once, down to the next keyframe, when the backlog passes `BACKLOG_FAR_S`;
   but only when the decoder would not work the backlog off on its own within `DRAIN_S` (its
-  load, measured while decoding everything, says how fast it can), so a one-off pause of the
+  load, measured while not on keyframes only, says how fast it can), so a one-off pause of the
   whole process does not cost a lightly loaded camera a group of pictures.
 
 Levels the lag and the pipeline's demand ask for step back down only after the camera has kept
@@ -55,6 +55,7 @@ DRAIN_S = 2.0  # ... unless its spare time would work the backlog off within thi
 LOAD_WINDOW_S = 5.0  # the decoder's load is measured over about this much media, decoding all
 LOAD_PACKET_S = 0.25  # ... a packet's work counting at most this (longer: the process paused)
 LOAD_KNOWN_S = 1.0  # ... known once this much media was measured (until then: cannot drain)
+_LOAD_KNOWN_SUM = LOAD_KNOWN_S * (1 - math.exp(-1))  # (~1 s of media, as the decaying sum has it)
 
 
 def _higher(a: SkipLevel, b: SkipLevel) -> SkipLevel:
@@ -73,7 +74,7 @@ class DecodeShedder:
         self._start(frame_s)
 
     def _start(self, frame_s: float | None) -> None:
-        self.times = PacketTimes(frame_s)
+        self._times = PacketTimes(frame_s)
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
@@ -90,7 +91,7 @@ class DecodeShedder:
     def load(self) -> float | None:
         """The decoder's busy share of real time while not on keyframes only (None until
         known)."""
-        if self._media_sum < LOAD_KNOWN_S * (1 - math.exp(-1)):  # ~1 s of media, decayed
+        if self._media_sum < _LOAD_KNOWN_SUM:
             return None
         return self._busy_sum / self._media_sum
 
@@ -101,12 +102,12 @@ class DecodeShedder:
         the level to decode it at, and the media it moves the stream on by (for `served`; None:
         not known). `restart`: decoding everything may start again at it (a keyframe, or the
         packet after one that gave a frame on keyframes only, whatever its flag said)."""
-        step_s = self.times.add(ts_s, keyframe)
+        step_s = self._times.add(ts_s, keyframe)
         if step_s is not None:
             self._clock_s += step_s
             self._lag_s = self.lag_s(now, self._clock_s)
         level = self.update(
-            now, self._lag_s, shed_downstream, keyframe or restart, self.times.to_keyframe_s
+            now, self._lag_s, shed_downstream, keyframe or restart, self._times.to_keyframe_s
         )
         return level, step_s
 
