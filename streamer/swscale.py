@@ -1,7 +1,11 @@
 """FFmpeg's scaler contexts, kept per thread (a reformatter is not thread-safe) and per
 conversion: a context is rebuilt whenever what it converts changes, so each conversion a
 thread makes in turn (cameras of different sizes sharing a tap worker, a decode thread's range
-conversion) keeps its own."""
+conversion) keeps its own.
+
+Every conversion runs in the calling thread alone (`THREADS`): swscale's default splits each
+picture across worker threads of its own, which on a box already running a decoder per camera
+adds two thread wake-ups per picture and no speed (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 from av.video.reformatter import VideoReformatter
 
 SCALERS_PER_THREAD = 16  # the least recently used goes beyond this
+THREADS = 1  # swscale's own threads per conversion: none besides the caller's
 
 _local = threading.local()
 

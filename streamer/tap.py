@@ -15,7 +15,7 @@ import numpy as np
 from av.video.reformatter import ColorRange
 
 from streamer.crop.convert import gray_to_video_range
-from streamer.swscale import scaler
+from streamer.swscale import THREADS, scaler
 from streamer.types import U8, Frame
 
 
@@ -54,6 +54,7 @@ def _fill_swscale(buf: U8, frame: Frame, tw: int, th: int) -> None:
         format=fmt,
         interpolation="AREA",
         dst_color_range=ColorRange.MPEG,
+        threads=THREADS,
     )
     if luma_only:
         buf[tw * th :] = 128

@@ -4,6 +4,7 @@ frames) on the same picture."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,3 +129,27 @@ def test_cameras_of_different_sizes_keep_their_own_scaler() -> None:
     # In a thread of its own: the contexts are per thread.
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(run).result() == [swscale.SCALERS_PER_THREAD]
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_the_downscale_starts_no_threads_of_its_own() -> None:
+    """swscale's default would split each picture across worker threads it starts (two more
+    wake-ups a picture beside each camera's decoder); the tap's downscale and the decode
+    thread's range conversion run in the calling thread alone. (Fails with threads=0 on any
+    machine with more than one core.)"""
+    frame = from_av(_decoded((1280, 720)), "cam", 0, 0.0)
+    full = _decoded((640, 360), "yuvj420p")
+    counts: list[int] = []
+
+    def run() -> None:
+        before = _os_threads()
+        scaled_i420(frame, 640, None)
+        from_av(full, "cam", 0, 0.0)  # full range: converted to video range
+        counts.extend((before, _os_threads()))
+
+    with ThreadPoolExecutor(1) as pool:  # the contexts (and any threads of theirs) stay alive
+        pool.submit(run).result()
+        assert counts[1] == counts[0], counts

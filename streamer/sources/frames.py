@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import ColorRange
 
-from streamer.swscale import scaler
+from streamer.swscale import THREADS, scaler
 from streamer.types import U8, Frame, PixelFormat
 
 # Gray of 8 to 16 bits, either byte order (not the float ones).
@@ -91,7 +91,9 @@ def from_av(vf: av.VideoFrame, source_id: str, frame_id: int, captured_at: float
     else:
         if fmt == "yuv420p" and (name != "yuv420p" or vf.color_range == ColorRange.JPEG):
             key = (name, vf.width, vf.height, "yuv420p", ColorRange.MPEG)
-            vf = scaler(key).reformat(vf, format="yuv420p", dst_color_range=ColorRange.MPEG)
+            vf = scaler(key).reformat(
+                vf, format="yuv420p", dst_color_range=ColorRange.MPEG, threads=THREADS
+            )
         planes = tuple(_view(p) for p in vf.planes)
         nbytes = sum(p.buffer_size for p in vf.planes)
     return Frame(
