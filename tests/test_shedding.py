@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from streamer.sources.shedding import (
@@ -98,17 +100,19 @@ def _decode(
     pause_at: float | None = None,
     keyframes: frozenset[int] | None = None,
     downstream: bool = False,
+    arrives: Callable[[float], float] | None = None,
 ) -> list[float]:
     """A camera of `seconds` at 30 fps, no B-frames, read packet by packet as `AvSource` does:
     each packet decoded costs `busy_s` (one skipped costs nothing), the level is chosen before
     each packet (its lag read from the packet's time), and with `pause_at` the whole process
     stops for 1.2 s once. Keyframes every `GOP` frames, or at `keyframes` (frame numbers).
+    A packet is there at its time, or at `arrives(its time)` (a stream that comes in bursts).
     The lag behind real time of each frame decoded."""
     s.reset(FRAME_S)
     wall, lags = 0.0, []
     for i in range(round(seconds * 30)):
         ts = i * FRAME_S
-        wall = max(wall, ts)  # the packet is there at its time, or at once when behind
+        wall = max(wall, ts if arrives is None else arrives(ts))  # there, or at once if behind
         keyframe = i % GOP == 0 if keyframes is None else i in keyframes
         level, step = s.next_packet(wall, ts, keyframe, False, downstream)
         assert step is not None
@@ -210,6 +214,39 @@ def test_a_pause_of_the_whole_process_sheds_only_where_it_would_not_drain(
     lags = _decode(s, 20.0, load * FRAME_S, pause_at=10.0)
     assert (len(lags) < 600) == sheds, len(lags)
     assert max(lags) < 1.5
+
+
+@pytest.mark.parametrize("segment_s", [2.0, 4.0, 6.0, 10.0])
+@pytest.mark.parametrize("load", [0.05, 0.3, 0.9])
+def test_a_stream_that_comes_in_segments_is_decoded_whole(segment_s: float, load: float) -> None:
+    """Live HLS: each segment arrives whole once it is complete, a segment after the one
+    before. Its first packet is up to a segment behind the wall clock, but the decoder works
+    the burst off before the next one comes (in `segment_s` x `load`): skipping would only lose
+    frames (before: keyframes only, one frame in 30, for segments over 2 s)."""
+    s = DecodeShedder()
+
+    def arrives(ts: float) -> float:
+        return (ts // segment_s + 1) * segment_s
+
+    lags = _decode(s, 60.0, load * FRAME_S, arrives=arrives)
+    assert len(lags) == 1800
+
+
+@pytest.mark.parametrize(("load", "sheds"), [(0.3, False), (0.9, True)])
+def test_a_stream_held_up_on_the_way_sheds_only_where_it_would_not_drain(
+    load: float, sheds: bool
+) -> None:
+    """The network holds the stream up for 5 s, then delivers it at once: a decoder at 30%
+    load works the 5 s off in about 2 s and loses nothing; one at 90% would be behind for 45 s,
+    and skips to a keyframe to be live again."""
+    s = DecodeShedder()
+
+    def arrives(ts: float) -> float:
+        return 15.0 if 10.0 <= ts < 15.0 else ts
+
+    lags = _decode(s, 30.0, load * FRAME_S, arrives=arrives)
+    assert (len(lags) < 900) == sheds, len(lags)
+    assert max(lags[-300:]) < 0.5  # live again at the end
 
 
 def test_keyframes_only_is_left_at_a_keyframe_only() -> None:

@@ -7,7 +7,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -285,8 +287,6 @@ def test_pipeline_on_rtsp_camera_publishes_crops(tmp_path: Path, endpoint: Any) 
 
 def test_hls_over_http(tmp_path: Path) -> None:
     """An HLS stream served over real HTTP (aiohttp on loopback), read like a camera."""
-    from fractions import Fraction
-
     import av
     from aiohttp import web
 
@@ -328,6 +328,92 @@ def test_hls_over_http(tmp_path: Path) -> None:
         assert float(np.std(frame.planes[0])) > 10
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _live_hls(directory: Path, segment_s: float, stop: threading.Event) -> None:
+    """Publish a live HLS stream into `directory` in real time, as an HLS camera or server
+    does: 320x240 at 30 fps, a keyframe a second, each segment listed once it is complete."""
+    import av
+
+    src = av.open("testsrc2=size=320x240:rate=30", format="lavfi")
+    out = av.open(
+        str(directory / "live.m3u8"),
+        "w",
+        format="hls",
+        options={
+            "hls_time": str(segment_s),
+            "hls_list_size": "5",
+            "hls_flags": "delete_segments",
+        },
+    )
+    st = out.add_stream("libx264", rate=30)
+    st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
+    st.codec_context.time_base = Fraction(1, 30)
+    st.options = {"preset": "ultrafast", "g": "30"}
+    start = time.monotonic()
+    try:
+        for i, f in enumerate(src.decode(video=0)):
+            if stop.wait(max(0.0, start + i / 30 - time.monotonic())):
+                break
+            f.pts = i
+            f.pict_type = av.video.frame.PictureType.NONE  # (lavfi marks every picture a key)
+            out.mux(st.encode(f))
+    finally:
+        out.close()
+        src.close()
+
+
+def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
+    """Live HLS delivers each segment at once, seconds after the one before: the stream's
+    offset to the wall clock jumps by a segment's length each time. The decoder works each
+    burst off in a fraction of that, so it skips nothing (before: the lag rule read every
+    segment as a decoder 3 s behind and decoded keyframes only, 3 frames of each 90)."""
+    from aiohttp import web
+
+    segment_s = 3.0
+    stop_feed = threading.Event()
+    feeder = threading.Thread(target=_live_hls, args=(tmp_path, segment_s, stop_feed))
+    feeder.start()
+    port = free_port()
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_static("/", tmp_path)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await until(lambda: (tmp_path / "live.m3u8").exists(), 10, "the first segment")
+        source = AvSource(
+            "hls",
+            f"http://127.0.0.1:{port}/live.m3u8",
+            stall_timeout_s=2 * segment_s,
+            open_timeout_s=5.0,
+            retry=FAST_RETRY,
+        )
+        c = Consumer(source).start()
+        levels: set[SkipLevel] = set()
+        try:
+            await until(lambda: len(c.frames) >= 30, 15, "the first segment's frames")
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 3 * segment_s:  # three more segments
+                levels.add(source.stats.skip_level)
+                await asyncio.sleep(0.02)
+            got = c.count_since(t0)
+        finally:
+            await c.stop()
+            await runner.cleanup()
+        assert source.stats.skipped_decode == 0, (source.stats.skipped_decode, got)
+        assert levels == {"DEFAULT"}, levels
+        # Three segments' worth came in the window (give or take a segment's arrival).
+        assert got >= 2 * 30 * segment_s, got
+        ids = [f.frame_id for _, f in c.frames]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        stop_feed.set()
+        feeder.join(10)
 
 
 def test_max_fps_source_emits_again_after_the_server_restarts() -> None:

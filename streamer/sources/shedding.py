@@ -17,7 +17,10 @@ Two measures of "behind", because each sees what the other cannot:
 - the **lag**: the stream's offset to the wall clock against its smallest offset of the last
   `LAG_WINDOW_S`. It sees a stream that arrives late or in bursts, but a decoder short by a
   fraction d of real time reads at most ``LAG_WINDOW_S * d`` on it, for ever, while it falls
-  further behind without end;
+  further behind without end. A lag the decoder would work off by itself within
+  `LAG_WINDOW_S`, at its measured load, is not shed: skipping frames does not bring late input
+  any sooner (live HLS delivers each segment at once, a segment after the last, and a decoder
+  with time to spare decodes it whole before the next);
 - the **backlog**: what the decoder itself has fallen behind, from its own work and nothing
   else. Each packet adds the time the loop spent on it (demuxing it on the CPU, decoding it,
   handing its frames on; not waiting for input or pacing) and takes off the media time it
@@ -151,6 +154,8 @@ class DecodeShedder:
         all), the backlog, and how much media is left to the next keyframe, if known."""
         wanted: SkipLevel = "DEFAULT"
         lag_s -= self.backlog_s  # what the decoder's own work explains is the backlog's to shed
+        if self._drain_s(lag_s * (self.load or 0.0)) <= LAG_WINDOW_S:
+            lag_s = 0.0  # the decoder works it off by itself: skipping would only lose frames
         if lag_s > FAR_BEHIND_S:
             wanted = "NONKEY"
         elif lag_s > BEHIND_S or shed_downstream:
@@ -170,14 +175,21 @@ class DecodeShedder:
         self.level = level
         return level
 
+    def _drain_s(self, work_s: float) -> float:
+        """How long the decoder takes to work off `work_s` of work on top of the stream's, in
+        its spare time at its measured load (infinite if the load is not known or is full)."""
+        load = self.load
+        if load is None or load >= 1.0:
+            return math.inf
+        return work_s / (1.0 - load)
+
     def _own_level(self, to_keyframe_s: float | None) -> SkipLevel:
         backlog = self.backlog_s
         if backlog <= 0.0:
             return "DEFAULT"
         if self._own == "NONKEY" and backlog > BEHIND_S:
             return "NONKEY"
-        load = self.load
-        stuck = load is None or load >= 1.0 or backlog / (1.0 - load) > DRAIN_S  # not soon
+        stuck = self._drain_s(backlog) > DRAIN_S  # not soon
         tail = to_keyframe_s is not None and backlog > BEHIND_S and backlog >= to_keyframe_s
         if stuck and (backlog > BACKLOG_FAR_S or tail):
             return "NONKEY"
