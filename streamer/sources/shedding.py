@@ -17,10 +17,10 @@ Two measures of "behind", because each sees what the other cannot:
 - the **lag**: the stream's offset to the wall clock against its smallest offset of the last
   `LAG_WINDOW_S`. It sees a stream that arrives late or in bursts, but a decoder short by a
   fraction d of real time reads at most ``LAG_WINDOW_S * d`` on it, for ever, while it falls
-  further behind without end. A lag the decoder would work off by itself within
-  `LAG_WINDOW_S`, at its measured load, is not shed: skipping frames does not bring late input
-  any sooner (live HLS delivers each segment at once, a segment after the last, and a decoder
-  with time to spare decodes it whole before the next);
+  further behind without end. Lag that comes in one step between two packets (the input held
+  up, then delivered at once: live HLS delivers each segment so, a segment after the last) is
+  not shed when the decoder would work it off by itself within `LAG_WINDOW_S` at its measured
+  load: skipping frames does not bring late input any sooner;
 - the **backlog**: what the decoder itself has fallen behind, from its own work and nothing
   else. Each packet adds the time the loop spent on it (demuxing it on the CPU, decoding it,
   handing its frames on; not waiting for input or pacing) and takes off the media time it
@@ -79,6 +79,8 @@ class DecodeShedder:
     def _start(self, frame_s: float | None) -> None:
         self._times = PacketTimes(frame_s)
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
+        self._unexplained_s = 0.0  # the lag the backlog did not explain, at the last packet
+        self._late_input_s = 0.0  # ... of which the input's own lateness (not shed)
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
         self._busy_sum = self._media_sum = 0.0  # decaying sums while decoding everything
@@ -109,10 +111,31 @@ class DecodeShedder:
         if step_s is not None:
             self._clock_s += step_s
             self._lag_s = self.lag_s(now, self._clock_s)
+            self._credit_late_input()
         level = self.update(
-            now, self._lag_s, shed_downstream, keyframe or restart, self._times.to_keyframe_s
+            now,
+            self._lag_s - self._late_input_s,
+            shed_downstream,
+            keyframe or restart,
+            self._times.to_keyframe_s,
         )
         return level, step_s
+
+    def _credit_late_input(self) -> None:
+        """Lag that came in one step, between two packets (the input held up, then delivered:
+        a live HLS segment, a network that stalled), is the input's, not the decoder's, when
+        the decoder would work it off within LAG_WINDOW_S at its measured load: it is not shed
+        (skipping would only lose frames; the input comes no sooner). Lag that grows packet by
+        packet stays the lag rule's, whatever the load says (the load misses time the loop
+        does not count: waits for the interpreter lock while demuxing). The credit shrinks
+        with the lag as the decoder works it off."""
+        unexplained = self._lag_s - self.backlog_s
+        step = unexplained - self._unexplained_s
+        self._unexplained_s = unexplained
+        late = self._late_input_s + step
+        if step > BEHIND_S and self._drain_s(late * (self.load or 0.0)) <= LAG_WINDOW_S:
+            self._late_input_s = late
+        self._late_input_s = max(0.0, min(self._late_input_s, unexplained))
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
@@ -154,8 +177,6 @@ class DecodeShedder:
         all), the backlog, and how much media is left to the next keyframe, if known."""
         wanted: SkipLevel = "DEFAULT"
         lag_s -= self.backlog_s  # what the decoder's own work explains is the backlog's to shed
-        if self._drain_s(lag_s * (self.load or 0.0)) <= LAG_WINDOW_S:
-            lag_s = 0.0  # the decoder works it off by itself: skipping would only lose frames
         if lag_s > FAR_BEHIND_S:
             wanted = "NONKEY"
         elif lag_s > BEHIND_S or shed_downstream:
