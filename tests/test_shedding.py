@@ -104,6 +104,8 @@ def _decode(
     uncounted_s: float = 0.0,
     levels: set[str] | None = None,
     stall: Callable[[int], float] | None = None,
+    bframes: bool = False,
+    cost_of: Callable[[float], float] | None = None,
 ) -> list[float]:
     """A camera of `seconds` at 30 fps, no B-frames, read packet by packet as `AvSource` does:
     each packet decoded costs `busy_s` (one skipped costs nothing), the level is chosen before
@@ -112,8 +114,10 @@ def _decode(
     A packet is there at its time, or at `arrives(its time)` (a stream that comes in bursts).
     Each packet also takes `uncounted_s` that the loop does not count as work (as waits for
     the interpreter lock while demuxing), and `stall(its number)` more before it (the process
-    held up while demuxing). The lag behind real time of each frame decoded; `levels` gets
-    every level chosen."""
+    held up while demuxing). With `bframes`, two packets in three reference nothing (skipped
+    from NONREF up); `cost_of(its time)` scales a packet's cost (content that is dearer for
+    a while). The lag behind real time of each frame decoded; `levels` gets every level
+    chosen."""
     s.reset(FRAME_S)
     wall, lags = 0.0, []
     for i in range(round(seconds * 30)):
@@ -126,7 +130,10 @@ def _decode(
         assert step is not None
         if levels is not None:
             levels.add(level)
-        cost = busy_s if level != "NONKEY" or keyframe else 0.0
+        skipped = (level == "NONKEY" and not keyframe) or (
+            level == "NONREF" and bframes and i % 3 != 0
+        )
+        cost = 0.0 if skipped else busy_s * (1.0 if cost_of is None else cost_of(ts))
         if pause_at is not None and ts >= pause_at:
             cost, pause_at = cost + 1.2, None  # frozen in the middle of decoding a packet
         wall += cost + uncounted_s
@@ -291,6 +298,42 @@ def test_lag_that_grows_packet_by_packet_is_still_shed_whatever_the_load(
     unshed = 0.3 * 120 + (0.0 if stall is None else sum(map(stall, range(3600))))
     assert len(lags) < 0.9 * 3600, len(lags)
     assert max(lags[-300:]) < 0.8 * unshed, (max(lags[-300:]), unshed)
+
+
+def test_stalls_that_come_while_the_decoder_stays_behind_do_not_keep_the_lag_rule_blind() -> None:
+    """A decoder at real time in truth (85% counted), the process stalled 0.3 s every 2 s while
+    demuxing, B-frames: each stall is a step, but the lag never comes down as the credits
+    promised, so they are withdrawn and the lag rule sheds the B-frames (before: each new step
+    restarted the check, the lag rule was blind for 137 s of 138 and the decoder 18 s behind,
+    still falling)."""
+    s = DecodeShedder()
+    lags = _decode(
+        s,
+        120.0,
+        0.85 * FRAME_S,
+        uncounted_s=0.15 * FRAME_S,
+        stall=lambda i: 0.3 if i % 60 == 30 else 0.0,
+        bframes=True,
+    )
+    assert max(lags[-300:]) < 2.0, max(lags[-300:])
+
+
+def test_a_segment_dearer_than_the_load_measured_is_decoded_whole() -> None:
+    """Live HLS, 4-s segments at 30% load, one at twice that (motion after a still scene): its
+    lag drains slower than the load promised, but within the promise's 10 s, and the next
+    segment's step adds to the credit (before: withdrawn, keyframes only for the next one)."""
+    s = DecodeShedder()
+    levels: set[str] = set()
+    lags = _decode(
+        s,
+        48.0,
+        0.3 * FRAME_S,
+        arrives=lambda ts: (ts // 4.0 + 1) * 4.0,
+        cost_of=lambda ts: 2.0 if 32.0 <= ts < 36.0 else 1.0,
+        bframes=True,
+        levels=levels,
+    )
+    assert len(lags) == 48 * 30 and levels == {"DEFAULT"}, (len(lags), levels)
 
 
 def test_a_timestamp_that_jumps_ahead_is_no_late_input() -> None:

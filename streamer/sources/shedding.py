@@ -58,7 +58,6 @@ DRAIN_S = 2.0  # ... unless its spare time would work the backlog off within thi
 LOAD_WINDOW_S = 5.0  # the decoder's load is measured over about this much media, decoding all
 LOAD_PACKET_S = 0.25  # ... a packet's work counting at most this (longer: the process paused)
 LOAD_KNOWN_S = 1.0  # ... known once this much media was measured (until then: cannot drain)
-LATE_CHECK_MIN_S = 1.0  # lag credited to late input must be gone within at least this
 _LOAD_KNOWN_SUM = LOAD_KNOWN_S * (1 - math.exp(-1))  # (~1 s of media, as the decaying sum has it)
 
 
@@ -82,8 +81,10 @@ class DecodeShedder:
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
         self._unexplained_s = 0.0  # the lag the backlog did not explain, at the last packet
         self._late_input_s = 0.0  # ... of which the input's own lateness (not shed)
-        # (since, the unexplained lag then, the credit then, to be worked off within)
-        self._late_check = (0.0, 0.0, 0.0, LATE_CHECK_MIN_S)
+        # The ceiling the unexplained lag must stay under while credited, and how fast it comes
+        # down (from `_late_at` on); a credit was withdrawn: none until the lag is under BEHIND_S.
+        self._late_ceiling_s = self._late_slope = self._late_at = 0.0
+        self._late_barred = False
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
         self._busy_sum = self._media_sum = 0.0  # decaying sums while decoding everything
@@ -128,28 +129,37 @@ class DecodeShedder:
         """Lag that came in one step, between two packets (the input held up, then delivered:
         a live HLS segment, a network that stalled), is the input's, not the decoder's, when
         the decoder would work it off within LAG_WINDOW_S at its measured load: it is not shed
-        (skipping would only lose frames; the input comes no sooner). The load misses time the
-        loop does not count (waits for the interpreter lock or the CPU while demuxing), so the
-        credit is checked against the lag as it goes: it must come down at least at half the
-        speed the load promises (BEHIND_S to spare), or the credit is withdrawn and the lag is
-        the lag rule's again. Lag that grows by less than BEHIND_S a packet is never
-        credited."""
+        (skipping would only lose frames; the input comes no sooner).
+
+        The load misses time the loop does not count (waits for the interpreter lock or the CPU
+        while demuxing), so a credit is a promise, checked as the lag goes: the lag may not
+        stay above a ceiling that each credited step raises by its size and that comes down
+        again evenly over LAG_WINDOW_S (BEHIND_S to spare). Where it does, the credit is
+        withdrawn, and none is given again until the lag has come back under BEHIND_S. Steps
+        that come while the decoder stays behind therefore do not keep the lag rule blind. Lag
+        that grows by less than BEHIND_S a packet is never credited."""
         # The backlog as this packet's media leaves it (`served` takes it off after decoding):
         # so a timestamp that jumps ahead does not read as a step.
         unexplained = max(0.0, self._lag_s - max(0.0, self.backlog_s - step_s))
         step = unexplained - self._unexplained_s
         self._unexplained_s = unexplained
-        if step > BEHIND_S:
-            late = self._late_input_s + step
-            drain_s = self._drain_s(late * (self.load or 0.0))
-            if drain_s <= LAG_WINDOW_S:
-                self._late_input_s = late
-                self._late_check = (now, unexplained, late, max(2.0 * drain_s, LATE_CHECK_MIN_S))
         if self._late_input_s:
-            since, lag_then, late, within = self._late_check
-            allowed = lag_then - late * (now - since) / within + BEHIND_S
-            if unexplained > allowed or now - since > within:
+            self._late_ceiling_s -= self._late_slope * (now - self._late_at)
+        self._late_at = now
+        if self._late_barred and unexplained < BEHIND_S:
+            self._late_barred = False  # caught up: late input may be credited again
+        if step > BEHIND_S and not self._late_barred:
+            late = self._late_input_s + step
+            if self._drain_s(late * (self.load or 0.0)) <= LAG_WINDOW_S:
+                if not self._late_input_s:
+                    self._late_ceiling_s = unexplained - step
+                self._late_ceiling_s += step
+                self._late_input_s = late
+                self._late_slope = late / LAG_WINDOW_S
+        if self._late_input_s:
+            if unexplained > self._late_ceiling_s + BEHIND_S:
                 self._late_input_s = 0.0  # it did not drain as promised: not the input's
+                self._late_barred = True
             else:
                 self._late_input_s = min(self._late_input_s, unexplained)
 
