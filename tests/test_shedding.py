@@ -106,6 +106,7 @@ def _decode(
     stall: Callable[[int], float] | None = None,
     bframes: bool = False,
     cost_of: Callable[[float], float] | None = None,
+    segmented: bool = False,
 ) -> list[float]:
     """A camera of `seconds` at 30 fps, no B-frames, read packet by packet as `AvSource` does:
     each packet decoded costs `busy_s` (one skipped costs nothing), the level is chosen before
@@ -116,9 +117,9 @@ def _decode(
     the interpreter lock while demuxing), and `stall(its number)` more before it (the process
     held up while demuxing). With `bframes`, two packets in three reference nothing (skipped
     from NONREF up); `cost_of(its time)` scales a packet's cost (content that is dearer for
-    a while). The lag behind real time of each frame decoded; `levels` gets every level
-    chosen."""
-    s.reset(FRAME_S)
+    a while); `segmented`: a stream delivered a segment at a time (live HLS). The lag behind
+    real time of each frame decoded; `levels` gets every level chosen."""
+    s.reset(FRAME_S, segmented)
     wall, lags = 0.0, []
     for i in range(round(seconds * 30)):
         ts = i * FRAME_S
@@ -246,24 +247,33 @@ def test_a_stream_that_comes_in_segments_is_decoded_whole(segment_s: float, load
         return (ts // segment_s + 1) * segment_s
 
     levels: set[str] = set()
-    lags = _decode(s, 60.0, load * FRAME_S, arrives=arrives, levels=levels)
+    lags = _decode(s, 60.0, load * FRAME_S, arrives=arrives, levels=levels, segmented=True)
     assert len(lags) == 1800
     assert levels == {"DEFAULT"}  # not even non-reference frames (B-frames) skipped
+
+
+def test_a_stream_not_in_segments_keeps_the_lag_rule() -> None:
+    """An RTSP camera whose packets come in bursts gets no credit: a stall of the process
+    while demuxing comes in one step too, and nothing tells the two apart there."""
+    s = DecodeShedder()
+    levels: set[str] = set()
+    _decode(s, 30.0, 0.3 * FRAME_S, arrives=lambda ts: (ts // 4.0 + 1) * 4.0, levels=levels)
+    assert "NONKEY" in levels
 
 
 @pytest.mark.parametrize(("load", "sheds"), [(0.3, False), (0.9, True)])
 def test_a_stream_held_up_on_the_way_sheds_only_where_it_would_not_drain(
     load: float, sheds: bool
 ) -> None:
-    """The network holds the stream up for 5 s, then delivers it at once: a decoder at 30%
-    load works the 5 s off in about 2 s and loses nothing; one at 90% would be behind for 45 s,
-    and skips to a keyframe to be live again."""
+    """A segmented stream held up for 5 s (a segment late), then delivered at once: a decoder
+    at 30% load works the 5 s off in about 2 s and loses nothing; one at 90% would be behind
+    for 45 s, and skips to a keyframe to be live again."""
     s = DecodeShedder()
 
     def arrives(ts: float) -> float:
         return 15.0 if 10.0 <= ts < 15.0 else ts
 
-    lags = _decode(s, 30.0, load * FRAME_S, arrives=arrives)
+    lags = _decode(s, 30.0, load * FRAME_S, arrives=arrives, segmented=True)
     assert (len(lags) < 900) == sheds, len(lags)
     assert max(lags[-300:]) < 0.5  # live again at the end
 
@@ -294,7 +304,14 @@ def test_lag_that_grows_packet_by_packet_is_still_shed_whatever_the_load(
     deficit only loosely: the lag window caps what the lag reads. The rule before the credit
     gave 25.8-29.4 s here, as this does within half a second.)"""
     s = DecodeShedder()
-    lags = _decode(s, 120.0, load * FRAME_S, uncounted_s=(1.3 - load) * FRAME_S, stall=stall)
+    lags = _decode(
+        s,
+        120.0,
+        load * FRAME_S,
+        uncounted_s=(1.3 - load) * FRAME_S,
+        stall=stall,
+        segmented=True,
+    )
     unshed = 0.3 * 120 + (0.0 if stall is None else sum(map(stall, range(3600))))
     assert len(lags) < 0.9 * 3600, len(lags)
     assert max(lags[-300:]) < 0.8 * unshed, (max(lags[-300:]), unshed)
@@ -314,6 +331,7 @@ def test_stalls_that_come_while_the_decoder_stays_behind_do_not_keep_the_lag_rul
         uncounted_s=0.15 * FRAME_S,
         stall=lambda i: 0.3 if i % 60 == 30 else 0.0,
         bframes=True,
+        segmented=True,
     )
     assert max(lags[-300:]) < 2.0, max(lags[-300:])
 
@@ -332,6 +350,7 @@ def test_a_segment_dearer_than_the_load_measured_is_decoded_whole() -> None:
         cost_of=lambda ts: 2.0 if 32.0 <= ts < 36.0 else 1.0,
         bframes=True,
         levels=levels,
+        segmented=True,
     )
     assert len(lags) == 48 * 30 and levels == {"DEFAULT"}, (len(lags), levels)
 
@@ -342,7 +361,7 @@ def test_a_timestamp_that_jumps_ahead_is_no_late_input() -> None:
     it. The two must not read as lag that came in one step: before, that left a credit of
     0.28 s for the rest of the session, the lag rule blind below it."""
     s = DecodeShedder()
-    s.reset(FRAME_S)
+    s.reset(FRAME_S, segmented=True)
     wall = 0.0
     for i in range(1800):  # 60 s; 50% load counted, 20% more not (short by a fifth)
         sent = i * FRAME_S

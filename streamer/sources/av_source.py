@@ -19,6 +19,7 @@ from streamer.sources.shedding import SkipCount
 log = logging.getLogger(__name__)
 
 LAVFI_PREFIX = "lavfi:"
+SEGMENTED_FORMATS = frozenset({"hls", "applehttp", "dash"})  # FFmpeg's demuxers of such streams
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://", "udp://")
 
 
@@ -32,6 +33,11 @@ def _seconds(packet: Any) -> float | None:
     if ts is None or packet.time_base is None:
         return None
     return float(ts * packet.time_base)
+
+
+def _segmented(container: Any) -> bool:
+    """Whether the stream comes a segment at a time (HLS, DASH): each segment at once."""
+    return bool(SEGMENTED_FORMATS & set(container.format.name.split(",")))
 
 
 def _network_reason(url: str, err: OSError) -> str:
@@ -138,7 +144,7 @@ class AvSource(Source):
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
         if shedder is not None:
-            shedder.reset(frame_s)
+            shedder.reset(frame_s, segmented=_segmented(container))
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
         skips = SkipCount()

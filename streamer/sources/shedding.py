@@ -17,10 +17,10 @@ Two measures of "behind", because each sees what the other cannot:
 - the **lag**: the stream's offset to the wall clock against its smallest offset of the last
   `LAG_WINDOW_S`. It sees a stream that arrives late or in bursts, but a decoder short by a
   fraction d of real time reads at most ``LAG_WINDOW_S * d`` on it, for ever, while it falls
-  further behind without end. Lag that comes in one step between two packets (the input held
-  up, then delivered at once: live HLS delivers each segment so, a segment after the last) is
-  not shed when the decoder would work it off by itself within `LAG_WINDOW_S` at its measured
-  load: skipping frames does not bring late input any sooner;
+  further behind without end. On a stream delivered a segment at a time (live HLS: each
+  segment at once, a segment after the last), lag that comes in one step between two packets
+  is not shed when the decoder would work it off by itself within `LAG_WINDOW_S` at its
+  measured load, and does: skipping frames does not bring late input any sooner;
 - the **backlog**: what the decoder itself has fallen behind, from its own work and nothing
   else. Each packet adds the time the loop spent on it (demuxing it on the CPU, decoding it,
   handing its frames on; not waiting for input or pacing) and takes off the media time it
@@ -71,13 +71,15 @@ class DecodeShedder:
     def __init__(self) -> None:
         self._start(None)
 
-    def reset(self, frame_s: float | None = None) -> None:
-        """A new session (at `frame_s` a frame, if known): its media clock starts again, and a
-        new decoder owes nothing."""
-        self._start(frame_s)
+    def reset(self, frame_s: float | None = None, segmented: bool = False) -> None:
+        """A new session (at `frame_s` a frame, if known; `segmented`: a stream delivered a
+        segment at a time, such as live HLS): its media clock starts again, and a new decoder
+        owes nothing."""
+        self._start(frame_s, segmented)
 
-    def _start(self, frame_s: float | None) -> None:
+    def _start(self, frame_s: float | None, segmented: bool = False) -> None:
         self._times = PacketTimes(frame_s)
+        self._segmented = segmented
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
         self._unexplained_s = 0.0  # the lag the backlog did not explain, at the last packet
         self._late_input_s = 0.0  # ... of which the input's own lateness (not shed)
@@ -115,7 +117,8 @@ class DecodeShedder:
         if step_s is not None:
             self._clock_s += step_s
             self._lag_s = self.lag_s(now, self._clock_s)
-            self._credit_late_input(now, step_s)
+            if self._segmented:
+                self._credit_late_input(now, step_s)
         level = self.update(
             now,
             self._lag_s - self._late_input_s,
@@ -126,10 +129,12 @@ class DecodeShedder:
         return level, step_s
 
     def _credit_late_input(self, now: float, step_s: float) -> None:
-        """Lag that came in one step, between two packets (the input held up, then delivered:
-        a live HLS segment, a network that stalled), is the input's, not the decoder's, when
-        the decoder would work it off within LAG_WINDOW_S at its measured load: it is not shed
-        (skipping would only lose frames; the input comes no sooner).
+        """A stream delivered a segment at a time (live HLS): lag that came in one step,
+        between two packets (a segment that arrived at once), is the input's, not the
+        decoder's, when the decoder would work it off within LAG_WINDOW_S at its measured load:
+        it is not shed (skipping would only lose frames; the input comes no sooner). Only for
+        such streams: a stall of the process while demuxing comes in one step too, and nothing
+        here tells the two apart, so other streams' lag stays the lag rule's.
 
         The load misses time the loop does not count (waits for the interpreter lock or the CPU
         while demuxing), so a credit is a promise, checked as the lag goes: the lag may not
@@ -151,9 +156,10 @@ class DecodeShedder:
         if step > BEHIND_S and not self._late_barred:
             late = self._late_input_s + step
             if self._drain_s(late * (self.load or 0.0)) <= LAG_WINDOW_S:
-                if not self._late_input_s:
-                    self._late_ceiling_s = unexplained - step
-                self._late_ceiling_s += step
+                before = unexplained - step  # the lag just before the step
+                if self._late_input_s:  # (headroom the lag did not use is not kept)
+                    before = min(before, self._late_ceiling_s)
+                self._late_ceiling_s = before + step
                 self._late_input_s = late
                 self._late_slope = late / LAG_WINDOW_S
         if self._late_input_s:
