@@ -16,7 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from streamer.crop.convert import crop_bgr, crop_i420
-from streamer.sources.av_source import AvSource
+from streamer.sources.av_source import AvSource, _segmented
 from streamer.sources.base import EvenSkip
 from streamer.sources.shedding import SkipLevel
 from streamer.tap import scaled_i420
@@ -160,8 +160,8 @@ class _FirstSessionShedding(ScriptedShedder):
 
     sessions = 0
 
-    def reset(self, frame_s: float | None = None) -> None:
-        super().reset(frame_s)
+    def reset(self, frame_s: float | None = None, segmented: bool = False) -> None:
+        super().reset(frame_s, segmented)
         self.sessions += 1
 
     def script(self) -> SkipLevel:
@@ -448,3 +448,25 @@ def test_skipping_to_keyframes_further_apart_than_the_stall_timeout_goes_on(
     assert src.stats.skip_level == "NONKEY", src.stats
     # Frames 0-49, then the keyframes 90 and 135; the other 98 skipped (14 after the last).
     assert src.stats.decoded == 52 and src.stats.skipped_decode == 98, src.stats
+
+
+def test_a_stream_that_comes_a_segment_at_a_time_is_told_apart(tmp_path: Path) -> None:
+    """The shedder credits late input only on streams FFmpeg reads a segment at a time: an HLS
+    playlist is one, one of its segments on its own (MPEG-TS) is not."""
+    src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
+    out = av.open(str(tmp_path / "p.m3u8"), "w", format="hls", options={"hls_time": "1"})
+    st = out.add_stream("libx264", rate=30)
+    st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+    st.codec_context.time_base = Fraction(1, 30)
+    for i, f in enumerate(src.decode(video=0)):
+        if i >= 45:
+            break
+        f.pts = i
+        out.mux(st.encode(f))
+    out.mux(st.encode())
+    out.close()
+    src.close()
+    with av.open(str(tmp_path / "p.m3u8")) as playlist:
+        assert _segmented(playlist)
+    with av.open(str(tmp_path / "p0.ts")) as segment:
+        assert not _segmented(segment)

@@ -19,7 +19,7 @@ from streamer.sources.shedding import SkipCount
 log = logging.getLogger(__name__)
 
 LAVFI_PREFIX = "lavfi:"
-SEGMENTED_FORMATS = frozenset({"hls", "applehttp", "dash"})  # FFmpeg's demuxers of such streams
+SEGMENTED_FORMATS = frozenset({"hls"})  # FFmpeg's demuxers of streams that come a segment at a time
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://", "udp://")
 
 
@@ -36,7 +36,9 @@ def _seconds(packet: Any) -> float | None:
 
 
 def _segmented(container: Any) -> bool:
-    """Whether the stream comes a segment at a time (HLS, DASH): each segment at once."""
+    """Whether the stream comes a segment at a time, each segment at once (HLS). (FFmpeg's DASH
+    demuxer is not in PyAV's build; a recorded playlist counts too: nothing here reads whether
+    the playlist is still growing.)"""
     return bool(SEGMENTED_FORMATS & set(container.format.name.split(",")))
 
 
@@ -144,7 +146,7 @@ class AvSource(Source):
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
         if shedder is not None:
-            shedder.reset(frame_s, segmented=_segmented(container))
+            shedder.reset(frame_s, segmented=self.live and _segmented(container))
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         shed_blind = False  # shedding left no frame for too long: not again this session
         skips = SkipCount()
