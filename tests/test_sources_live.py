@@ -394,20 +394,20 @@ def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
         levels: set[SkipLevel] = set()
         try:
             await until(lambda: len(c.frames) >= 30, 15, "the first segment's frames")
-            t0 = time.monotonic()
+            t0, decoded = time.monotonic(), source.stats.decoded
             while time.monotonic() - t0 < 3 * segment_s:  # three more segments
                 levels.add(source.stats.skip_level)
                 await asyncio.sleep(0.02)
-            got = c.count_since(t0)
+            decoded = source.stats.decoded - decoded
         finally:
             await c.stop()
             await runner.cleanup()
-        assert source.stats.skipped_decode == 0, (source.stats.skipped_decode, got)
+        assert source.stats.skipped_decode == 0, (source.stats.skipped_decode, decoded)
         assert levels == {"DEFAULT"}, levels
-        # Three segments' worth came in the window (give or take a segment's arrival).
-        assert got >= 2 * 30 * segment_s, got
-        ids = [f.frame_id for _, f in c.frames]
-        assert ids == list(range(ids[0], ids[0] + len(ids)))
+        # Three segments' worth decoded in the window (give or take a segment's arrival). (A
+        # segment comes at once: on a busy machine the consumer may not take every frame of
+        # the burst from the hand-off, which counts what it drops; that is not the shedder's.)
+        assert decoded >= 2 * 30 * segment_s, decoded
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))
