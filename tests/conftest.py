@@ -6,7 +6,9 @@ import importlib.util
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
@@ -45,13 +47,18 @@ def write_clip(
     size: tuple[int, int] = (640, 360),
     fps: int = 30,
     gop: int | None = None,
+    options: Mapping[str, str] | None = None,
+    until: threading.Event | None = None,
 ) -> Path:
-    """Encode `n_frames` of FFmpeg's testsrc2 picture to an H.264 MP4 at `path`; with `gop`,
-    like a camera: a keyframe every `gop` frames, P- and B-frames between (otherwise every
-    frame is a keyframe, as lavfi marks them)."""
+    """Encode `n_frames` of FFmpeg's testsrc2 picture to H.264 at `path`, in the container
+    its name says (MP4; an HLS playlist and its segments for ``.m3u8``), with the muxer's
+    `options`; with `gop`, like a camera: a keyframe every `gop` frames, P- and B-frames
+    between (otherwise every frame is a keyframe, as lavfi marks them). With `until`, the
+    frames are written in real time, as a live stream's, until it is set."""
     w, h = size
     src = av.open(f"testsrc2=size={w}x{h}:rate={fps}", format="lavfi")
-    with av.open(str(path), "w") as out:
+    start = time.monotonic()
+    with av.open(str(path), "w", options=dict(options or {})) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": "18"}
@@ -60,6 +67,8 @@ def write_clip(
         stream.codec_context.time_base = Fraction(1, fps)
         for i, frame in enumerate(src.decode(video=0)):
             if i >= n_frames:
+                break
+            if until is not None and until.wait(max(0.0, start + i / fps - time.monotonic())):
                 break
             frame.pts = i
             if gop is not None:

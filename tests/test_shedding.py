@@ -374,7 +374,7 @@ def test_a_timestamp_that_jumps_ahead_is_no_late_input() -> None:
             cost += 0.3  # one slow packet: a backlog just before the jump
         wall += cost + 0.7 * FRAME_S
         s.served(cost, step)
-        assert s._late_input_s == 0.0, (i, s._late_input_s)  # the credit for late input
+        assert s._late is not None and s._late.credit_s == 0.0, (i, s._late)  # late input
 
 
 def test_keyframes_only_is_left_at_a_keyframe_only() -> None:

@@ -453,19 +453,7 @@ def test_skipping_to_keyframes_further_apart_than_the_stall_timeout_goes_on(
 def test_a_stream_that_comes_a_segment_at_a_time_is_told_apart(tmp_path: Path) -> None:
     """The shedder credits late input only on streams FFmpeg reads a segment at a time: an HLS
     playlist is one, one of its segments on its own (MPEG-TS) is not."""
-    src = av.open("testsrc2=size=64x48:rate=30", format="lavfi")
-    out = av.open(str(tmp_path / "p.m3u8"), "w", format="hls", options={"hls_time": "1"})
-    st = out.add_stream("libx264", rate=30)
-    st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
-    st.codec_context.time_base = Fraction(1, 30)
-    for i, f in enumerate(src.decode(video=0)):
-        if i >= 45:
-            break
-        f.pts = i
-        out.mux(st.encode(f))
-    out.mux(st.encode())
-    out.close()
-    src.close()
+    write_clip(tmp_path / "p.m3u8", 45, (64, 48), options={"hls_time": "1"})
     with av.open(str(tmp_path / "p.m3u8")) as playlist:
         assert _segmented(playlist)
     with av.open(str(tmp_path / "p0.ts")) as segment:

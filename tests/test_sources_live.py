@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from streamer.sources.av_source import AvSource
 from streamer.sources.base import RetryPolicy
 from streamer.sources.cv_source import CvSource
 from streamer.sources.shedding import SkipLevel
-from tests.conftest import REPO, free_port, spawn, stop
+from tests.conftest import REPO, free_port, spawn, stop, write_clip
 from tests.live import Consumer, RtpFeeder, RtspServer, ScriptedShedder, until
 
 FAST_RETRY = RetryPolicy(base_s=0.1, cap_s=0.5, healthy_after_s=1.0)
@@ -287,28 +286,10 @@ def test_pipeline_on_rtsp_camera_publishes_crops(tmp_path: Path, endpoint: Any) 
 
 def test_hls_over_http(tmp_path: Path) -> None:
     """An HLS stream served over real HTTP (aiohttp on loopback), read like a camera."""
-    import av
     from aiohttp import web
 
-    src = av.open("testsrc2=size=320x240:rate=30", format="lavfi")
-    out = av.open(
-        str(tmp_path / "live.m3u8"),
-        "w",
-        format="hls",
-        options={"hls_time": "1", "hls_list_size": "0"},
-    )
-    st = out.add_stream("libx264", rate=30)
-    st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
-    st.codec_context.time_base = Fraction(1, 30)
-    st.options = {"preset": "ultrafast", "g": "30"}
-    for i, f in enumerate(src.decode(video=0)):
-        if i >= 90:
-            break
-        f.pts = i
-        out.mux(st.encode(f))
-    out.mux(st.encode())
-    out.close()
-    src.close()
+    options = {"hls_time": "1", "hls_list_size": "0"}
+    write_clip(tmp_path / "live.m3u8", 90, (320, 240), options=options)
     port = free_port()
 
     async def main() -> None:
@@ -330,39 +311,6 @@ def test_hls_over_http(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def _live_hls(directory: Path, segment_s: float, stop: threading.Event) -> None:
-    """Publish a live HLS stream into `directory` in real time, as an HLS camera or server
-    does: 320x240 at 30 fps, a keyframe a second, each segment listed once it is complete."""
-    import av
-
-    src = av.open("testsrc2=size=320x240:rate=30", format="lavfi")
-    out = av.open(
-        str(directory / "live.m3u8"),
-        "w",
-        format="hls",
-        options={
-            "hls_time": str(segment_s),
-            "hls_list_size": "5",
-            "hls_flags": "delete_segments",
-        },
-    )
-    st = out.add_stream("libx264", rate=30)
-    st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
-    st.codec_context.time_base = Fraction(1, 30)
-    st.options = {"preset": "ultrafast", "g": "30"}
-    start = time.monotonic()
-    try:
-        for i, f in enumerate(src.decode(video=0)):
-            if stop.wait(max(0.0, start + i / 30 - time.monotonic())):
-                break
-            f.pts = i
-            f.pict_type = av.video.frame.PictureType.NONE  # (lavfi marks every picture a key)
-            out.mux(st.encode(f))
-    finally:
-        out.close()
-        src.close()
-
-
 def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
     """Live HLS delivers each segment at once, seconds after the one before: the stream's
     offset to the wall clock jumps by a segment's length each time. The decoder works each
@@ -372,7 +320,14 @@ def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
 
     segment_s = 3.0
     stop_feed = threading.Event()
-    feeder = threading.Thread(target=_live_hls, args=(tmp_path, segment_s, stop_feed))
+    # A live HLS stream written in real time, as an HLS camera or server does: a keyframe a
+    # second, each segment listed once it is complete.
+    options = {"hls_time": str(segment_s), "hls_list_size": "5", "hls_flags": "delete_segments"}
+    feeder = threading.Thread(
+        target=write_clip,
+        args=(tmp_path / "live.m3u8", 30 * 60, (320, 240)),
+        kwargs={"gop": 30, "options": options, "until": stop_feed},
+    )
     feeder.start()
     port = free_port()
 

@@ -61,6 +61,14 @@ LOAD_KNOWN_S = 1.0  # ... known once this much media was measured (until then: c
 _LOAD_KNOWN_SUM = LOAD_KNOWN_S * (1 - math.exp(-1))  # (~1 s of media, as the decaying sum has it)
 
 
+def _drain_s(work_s: float, load: float | None) -> float:
+    """How long a decoder at `load` takes to work off `work_s` of work on top of the stream's,
+    in its spare time (infinite if the load is not known or is full)."""
+    if load is None or load >= 1.0:
+        return math.inf
+    return work_s / (1.0 - load)
+
+
 def _higher(a: SkipLevel, b: SkipLevel) -> SkipLevel:
     return a if ORDER.index(a) >= ORDER.index(b) else b
 
@@ -79,14 +87,9 @@ class DecodeShedder:
 
     def _start(self, frame_s: float | None, segmented: bool = False) -> None:
         self._times = PacketTimes(frame_s)
-        self._segmented = segmented
+        # Live HLS: the lag its segments bring, credited to the input (None: other streams).
+        self._late = LateInput() if segmented else None
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
-        self._unexplained_s = 0.0  # the lag the backlog did not explain, at the last packet
-        self._late_input_s = 0.0  # ... of which the input's own lateness (not shed)
-        # The ceiling the unexplained lag must stay under while credited, and how fast it comes
-        # down (from `_late_at` on); a credit was withdrawn: none until the lag is under BEHIND_S.
-        self._late_ceiling_s = self._late_slope = self._late_at = 0.0
-        self._late_barred = False
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
         self._busy_sum = self._media_sum = 0.0  # decaying sums while decoding everything
@@ -117,57 +120,19 @@ class DecodeShedder:
         if step_s is not None:
             self._clock_s += step_s
             self._lag_s = self.lag_s(now, self._clock_s)
-            if self._segmented:
-                self._credit_late_input(now, step_s)
+            if self._late is not None:
+                # The backlog as this packet's media leaves it (`served` takes it off after
+                # decoding): so a timestamp that jumps ahead does not read as a step.
+                unexplained = self._lag_s - max(0.0, self.backlog_s - step_s)
+                self._late.observe(now, max(0.0, unexplained), self.load)
         level = self.update(
             now,
-            self._lag_s - self._late_input_s,
+            self._lag_s - (0.0 if self._late is None else self._late.credit_s),
             shed_downstream,
             keyframe or restart,
             self._times.to_keyframe_s,
         )
         return level, step_s
-
-    def _credit_late_input(self, now: float, step_s: float) -> None:
-        """A stream delivered a segment at a time (live HLS): lag that came in one step,
-        between two packets (a segment that arrived at once), is the input's, not the
-        decoder's, when the decoder would work it off within LAG_WINDOW_S at its measured load:
-        it is not shed (skipping would only lose frames; the input comes no sooner). Only for
-        such streams: a stall of the process while demuxing comes in one step too, and nothing
-        here tells the two apart, so other streams' lag stays the lag rule's.
-
-        The load misses time the loop does not count (waits for the interpreter lock or the CPU
-        while demuxing), so a credit is a promise, checked as the lag goes: the lag may not
-        stay above a ceiling that each credited step raises by its size and that comes down
-        again evenly over LAG_WINDOW_S (BEHIND_S to spare). Where it does, the credit is
-        withdrawn, and none is given again until the lag has come back under BEHIND_S. Steps
-        that come while the decoder stays behind therefore do not keep the lag rule blind. Lag
-        that grows by less than BEHIND_S a packet is never credited."""
-        # The backlog as this packet's media leaves it (`served` takes it off after decoding):
-        # so a timestamp that jumps ahead does not read as a step.
-        unexplained = max(0.0, self._lag_s - max(0.0, self.backlog_s - step_s))
-        step = unexplained - self._unexplained_s
-        self._unexplained_s = unexplained
-        if self._late_input_s:
-            self._late_ceiling_s -= self._late_slope * (now - self._late_at)
-        self._late_at = now
-        if self._late_barred and unexplained < BEHIND_S:
-            self._late_barred = False  # caught up: late input may be credited again
-        if step > BEHIND_S and not self._late_barred:
-            late = self._late_input_s + step
-            if self._drain_s(late * (self.load or 0.0)) <= LAG_WINDOW_S:
-                before = unexplained - step  # the lag just before the step
-                if self._late_input_s:  # (headroom the lag did not use is not kept)
-                    before = min(before, self._late_ceiling_s)
-                self._late_ceiling_s = before + step
-                self._late_input_s = late
-                self._late_slope = late / LAG_WINDOW_S
-        if self._late_input_s:
-            if unexplained > self._late_ceiling_s + BEHIND_S:
-                self._late_input_s = 0.0  # it did not drain as promised: not the input's
-                self._late_barred = True
-            else:
-                self._late_input_s = min(self._late_input_s, unexplained)
 
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
@@ -228,27 +193,70 @@ class DecodeShedder:
         self.level = level
         return level
 
-    def _drain_s(self, work_s: float) -> float:
-        """How long the decoder takes to work off `work_s` of work on top of the stream's, in
-        its spare time at its measured load (infinite if the load is not known or is full)."""
-        load = self.load
-        if load is None or load >= 1.0:
-            return math.inf
-        return work_s / (1.0 - load)
-
     def _own_level(self, to_keyframe_s: float | None) -> SkipLevel:
         backlog = self.backlog_s
         if backlog <= 0.0:
             return "DEFAULT"
         if self._own == "NONKEY" and backlog > BEHIND_S:
             return "NONKEY"
-        stuck = self._drain_s(backlog) > DRAIN_S  # not soon
+        stuck = _drain_s(backlog, self.load) > DRAIN_S  # not soon
         tail = to_keyframe_s is not None and backlog > BEHIND_S and backlog >= to_keyframe_s
         if stuck and (backlog > BACKLOG_FAR_S or tail):
             return "NONKEY"
         if backlog > BEHIND_S or self._own != "DEFAULT":
             return "NONREF"  # (until the backlog is gone)
         return "DEFAULT"
+
+
+class LateInput:
+    """On a stream delivered a segment at a time (live HLS), the lag that came in one step
+    between two packets (a segment that arrived at once) is the input's, not the decoder's,
+    when the decoder would work it off within LAG_WINDOW_S at its measured load: it is credited
+    (`credit_s`) and not shed (skipping would only lose frames; the input comes no sooner).
+    Only for such streams: a stall of the process while demuxing comes in one step too, and
+    nothing here tells the two apart, so other streams' lag stays the lag rule's.
+
+    The load misses time the loop does not count (waits for the interpreter lock or the CPU
+    while demuxing), so a credit is a promise, checked as the lag goes: the lag may not stay
+    above a ceiling that each credited step raises by its size and that comes down again evenly
+    over LAG_WINDOW_S (BEHIND_S to spare). Where it does, the credit is withdrawn, and none is
+    given again until the lag has come back under BEHIND_S. Steps that come while the decoder
+    stays behind therefore do not keep the lag rule blind. Lag that grows by less than BEHIND_S
+    a packet is never credited."""
+
+    def __init__(self) -> None:
+        self.credit_s = 0.0  # of the lag the backlog does not explain, the input's own
+        self._unexplained_s = 0.0  # the lag the backlog did not explain, at the last packet
+        # The ceiling that lag must stay under while credited, and how fast it comes down
+        # (from `_at` on); a credit was withdrawn: none until the lag is under BEHIND_S.
+        self._ceiling_s = self._slope = self._at = 0.0
+        self._barred = False
+
+    def observe(self, now: float, unexplained: float, load: float | None) -> None:
+        """A packet, read at `now`, with `unexplained` seconds of lag the backlog does not
+        explain; `load`: the decoder's measured load (None: not known)."""
+        step = unexplained - self._unexplained_s
+        self._unexplained_s = unexplained
+        if self.credit_s:
+            self._ceiling_s -= self._slope * (now - self._at)
+        self._at = now
+        if self._barred and unexplained < BEHIND_S:
+            self._barred = False  # caught up: late input may be credited again
+        if step > BEHIND_S and not self._barred:
+            late = self.credit_s + step
+            if _drain_s(late * (load or 0.0), load) <= LAG_WINDOW_S:
+                before = unexplained - step  # the lag just before the step
+                if self.credit_s:  # (headroom the lag did not use is not kept)
+                    before = min(before, self._ceiling_s)
+                self._ceiling_s = before + step
+                self.credit_s = late
+                self._slope = late / LAG_WINDOW_S
+        if self.credit_s:
+            if unexplained > self._ceiling_s + BEHIND_S:
+                self.credit_s = 0.0  # it did not drain as promised: not the input's
+                self._barred = True
+            else:
+                self.credit_s = min(self.credit_s, unexplained)
 
 
 class PacketTimes:
