@@ -11,7 +11,8 @@ For each N it prints:
   bare:     decoding the N streams alone, paced, in one process: CPU % and frames/s per camera;
   streamer: frames delivered complete (all 10 crops received) per second, per camera (min,
             mean), fairness (min / mean), frames shed by reason (per camera, summed), the CPU of
-            streamer, the detector and the subscriber, and streamer's peak RSS.
+            streamer, the detector and the subscriber, streamer's peak RSS, and how far
+            behind their schedule the decoders were at the end (max and mean over cameras).
 
     .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
                                               [--size 1920x1080]
@@ -308,6 +309,10 @@ def measure_streamer(
         for key, count in shed_by_reason(src).items():
             shed[key] += count
     mean = sum(rates.values()) / n
+    # How far behind its schedule each camera's decoder was at the end (its last frame against
+    # its presentation time): complete frames/s alone cannot tell less shedding from decoders
+    # quietly falling behind.
+    behind = [float(s["behind_s"] or 0.0) for s in sources.values()]
     return {
         "min": min(rates.values()),
         "mean": mean,
@@ -320,6 +325,8 @@ def measure_streamer(
         "decoded": sum(int(s["decoded"]) for s in sources.values()),
         "shed": dict(shed),
         "stale": stale[0],
+        "behind_max": max(behind),
+        "behind_mean": sum(behind) / len(behind),
     }
 
 
@@ -450,7 +457,8 @@ def print_run(variant: str, s: dict[str, Any], bare_cpu: float) -> None:
         f"{s['total']:.0f} frames/s, per camera min {s['min']:.1f} mean {s['mean']:.1f} "
         f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
         f"(x{s['cpu'] / max(bare_cpu, 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
-        f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; "
+        f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; decoders behind at "
+        f"the end: max {s['behind_max']:.2f} s, mean {s['behind_mean']:.2f} s; "
         f"shed of {s['decoded']} decoded: {shed}; stale in the ring {s['stale']}",
         flush=True,
     )

@@ -26,6 +26,7 @@ log = logging.getLogger("streamer")
 
 STATUS_INTERVAL_S = 1.0
 DETECTOR_STOP_TIMEOUT_S = 5.0
+BEHIND_SHOWN_S = 1.0  # a camera whose decoder runs this far behind gets a status line
 
 
 def demo_config(
@@ -88,8 +89,9 @@ def _summary(stats: dict[str, Any]) -> str:
 
 
 def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list[str]:
-    """A line per source that shed frames between two stats snapshots: decoded against served
-    (paired) frames per second, and what it shed, by reason."""
+    """A line per source that shed frames between two stats snapshots, or whose decoder runs
+    more than `BEHIND_SHOWN_S` behind its schedule: decoded against served (paired) frames per
+    second, how far behind, and what it shed, by reason."""
     lines = []
     for sid, s in cur["sources"].items():
         p = prev["sources"].get(sid)
@@ -99,12 +101,16 @@ def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list
         shed = {k: n - before.get(k, 0) for k, n in shed_by_reason(s).items()}
         exempt = NOT_OVERLOAD if cur.get("tap") is not None else NOT_OVERLOAD_UNTAPPED
         shed = {k: n for k, n in shed.items() if n > 0 and k not in exempt}
-        if not shed:
+        behind = s["behind_s"]
+        late = behind is not None and behind > BEHIND_SHOWN_S
+        if not shed and not late:
             continue
-        what = ", ".join(f"{k} {n}" for k, n in sorted(shed.items()))
+        what = ", ".join(f"{k} {n}" for k, n in sorted(shed.items())) or "none"
         lines.append(
             f"  {sid}: decoded {(s['decoded'] - p['decoded']) / dt:5.1f}/s  "
-            f"served {(s['paired'] - p['paired']) / dt:5.1f}/s  shed: {what}"
+            f"served {(s['paired'] - p['paired']) / dt:5.1f}/s  "
+            + (f"behind {behind:.1f} s  " if late else "")
+            + f"shed: {what}"
         )
     return lines
 

@@ -128,8 +128,17 @@ class _StatsCollector(Collector):
         gauges = {
             k: GaugeMetricFamily(f"streamer_{k}", d, labels=["source"]) for k, d in GAUGES.items()
         }
+        behind = GaugeMetricFamily(
+            "streamer_source_behind_seconds",
+            "how far behind its schedule the decoder's last frame came (a file played in real "
+            "time: its presentation time; a network stream: the larger of the decoder's lag "
+            "and backlog, as its shedder reads them); absent where nothing says",
+            labels=["source"],
+        )
         for sid, s in st["sources"].items():
             decoded.add_metric([sid], s["decoded"])
+            if s["behind_s"] is not None:
+                behind.add_metric([sid], s["behind_s"])
             for o in FRAME_OUTCOMES:
                 frames.add_metric([sid, o], s[o])
             for o, n in s["detections"].items():
@@ -204,6 +213,7 @@ class _StatsCollector(Collector):
             stalls,
             state,
             *gauges.values(),
+            behind,
             malformed,
             failed,
             restarts,

@@ -743,6 +743,7 @@ class Pipeline:
             with self._ring_lock:
                 ring = dataclasses.replace(self.pairer.stats(camera.id))
         decoded, skipped_fps, dropped_handoff, in_handoff = src.counts()
+        behind = src.stats.behind_s
         return {
             "state": src.stats.state,
             "last_error": src.stats.last_error,
@@ -752,6 +753,7 @@ class Pipeline:
             "skipped_fps": skipped_fps,
             "skipped_decode": src.stats.skipped_decode,
             "skip_level": src.stats.skip_level,
+            "behind_s": None if behind is None else round(behind, 3),
             "bad_packets": src.stats.bad_packets,
             "dropped_handoff": dropped_handoff,
             "in_handoff": in_handoff + c.in_feed,

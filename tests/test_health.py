@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from streamer.cli import overload_lines
 from streamer.health import RECOVER_FACTOR, PairingWatch, ShedWatch, overload_shed
 
 
@@ -143,3 +144,40 @@ def test_overloaded_has_hysteresis() -> None:
         states.append(w.overloaded)
     assert states == [False, True, True, True, True, True, False, False]
     assert not ShedWatch(window_s=10.0).overloaded  # no limit: never
+
+
+def _snapshot(decoded: int, paired: int, skipped: int, behind: float | None) -> dict[str, Any]:
+    return {
+        "decoded": decoded,
+        "paired": paired,
+        "skipped_decode": skipped,
+        "skipped_fps": 0,
+        "dropped_handoff": 0,
+        "not_tapped_by": {"rate": 0, "full": 0},
+        "expired_by": {"age": 0, "full": 0, "budget": 0, "shutdown": 0},
+        "behind_s": behind,
+    }
+
+
+def test_the_status_line_names_cameras_that_shed_or_run_behind() -> None:
+    """A line per camera that shed frames for want of capacity, or whose decoder runs over a
+    second behind its schedule even though it sheds nothing; none for a camera that keeps up,
+    nor for one with nothing to say of its schedule."""
+    prev = {
+        "tap": {},
+        "sources": {k: _snapshot(0, 0, 0, None) for k in ("shedding", "behind", "fine", "webcam")},
+    }
+    cur = {
+        "tap": {},
+        "sources": {
+            "shedding": _snapshot(50, 50, 10, 0.3),
+            "behind": _snapshot(60, 60, 0, 3.25),
+            "fine": _snapshot(60, 60, 0, 0.4),
+            "webcam": _snapshot(60, 60, 0, None),
+        },
+    }
+    lines = overload_lines(prev, cur, 2.0)
+    assert lines == [
+        "  shedding: decoded  25.0/s  served  25.0/s  shed: decoder/skipped 10",
+        "  behind: decoded  30.0/s  served  30.0/s  behind 3.2 s  shed: none",
+    ]

@@ -148,6 +148,11 @@ def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
     assert {"handoff", "max_fps", "decoder/skipped", "expired/age", "expired/budget"} <= set(shed)
     assert 'streamer_decode_seconds_bucket{le="0.005",source="cam"}' in text
     assert "streamer_in_ring" in text and "streamer_loop_lag_seconds" in text
+    # How far behind: the paced lavfi camera and the live relay say; the down camera, never
+    # connected, has nothing to say and no line.
+    assert 0.0 <= _metric(text, 'streamer_source_behind_seconds{source="cam"}') < 2.0
+    assert 0.0 <= _metric(text, 'streamer_source_behind_seconds{source="relay"}') < 2.0
+    assert 'streamer_source_behind_seconds{source="down"}' not in text
     assert seen["metrics_main_no_token"] == 401 and seen["metrics_main_token"] == 200
     status, text = seen["healthy"]
     assert status == 200 and json.loads(text)["states"]["down"] in down_states

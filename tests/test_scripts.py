@@ -257,6 +257,8 @@ def test_bench_cameras_runs() -> None:
             assert delivered > 0, line
             assert "fairness" in line and "peak RSS" in line and "shed of" in line, line
             assert line.endswith("stale in the ring 0"), line
+            behind = float(line.split("behind at the end: max ")[1].split()[0])
+            assert 0.0 <= behind < 2.0, line  # two small cameras on time
     summary = out[out.index(next(line for line in out if line.startswith("summary"))) + 1 :]
     rows = [tuple(line.split()[:2]) for line in summary if "cameras:" in line]
     assert rows == [(v, n) for v in ("zmq-bgr", "shm-bgr", "shm-i420") for n in "12"], summary

@@ -205,6 +205,22 @@ def test_a_camera_whose_frames_are_turned_away_still_sheds_its_backlog() -> None
     assert len(lags) / 1800 >= 0.72, len(lags)
 
 
+def test_how_far_behind_is_the_larger_of_lag_and_backlog() -> None:
+    """What the stats report of a network camera: a stream that comes late reads its lag; a
+    decoder short of time, its backlog, which the lag's window cannot hold for ever."""
+    s = DecodeShedder()
+    s.reset(1 / 30)
+    for i in range(300):  # 10 s on time, the loop busy half of each frame
+        s.next_packet(100.0 + i / 30, i / 30, i % 30 == 0, False, False)
+        s.served(0.5 / 30, 1 / 30)
+    assert s.behind_s == pytest.approx(0.0, abs=1e-9)
+    s.next_packet(100.0 + 300 / 30 + 1.5, 300 / 30, True, False, False)  # 1.5 s late
+    assert s.behind_s == pytest.approx(1.5)
+    s.reset(1 / 30)
+    s.served(4.0, 1.0)  # three seconds' work more than the media it moved on
+    assert s.behind_s == pytest.approx(3.0)
+
+
 def test_the_lag_the_backlog_explains_is_not_shed_twice() -> None:
     """The lag from the stream's timing includes the decoder's own backlog: with it taken off,
     a small backlog alone does not hold non-reference skipping on for CALM_S."""

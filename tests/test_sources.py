@@ -384,14 +384,17 @@ def test_a_full_range_colour_camera_is_brought_to_video_range(
 class _SlowCamera(AvSource):
     """A camera played in real time whose loop needs `busy_s` for every decoded frame (as a
     decoder on a box short of CPU): the real decoder and its real skipping, a slow hand-on.
-    Records (wall time, media time) of every frame it hands on."""
+    Records (wall time, media time) of every frame it hands on, and how far behind its stats
+    said it was as it came."""
 
     def __init__(self, path: Path, busy_s: float) -> None:
         super().__init__("cam", str(path), realtime=True)
         self.busy_s = busy_s
         self.handed: list[tuple[float, float]] = []
+        self.behind: list[tuple[float, float, float | None]] = []
 
     def _offer(self, media_time_s: float, picture: av.VideoFrame | U8) -> None:
+        self.behind.append((time.monotonic(), media_time_s, self.stats.behind_s))
         time.sleep(self.busy_s)
         self.handed.append((time.monotonic(), media_time_s))
         super()._offer(media_time_s, picture)
@@ -421,6 +424,27 @@ def test_a_decoder_a_little_short_of_real_time_sheds_and_does_not_fall_behind(
     assert max(lags) < 1.0, max(lags)
     assert 0.75 * frames <= handed <= 0.9 * frames, handed  # 1/1.18: 85%
     assert handed + src.stats.skipped_decode == frames, src.stats
+    assert all(b is not None and b < 1.0 for _, _, b in src.behind), src.behind
+
+
+def test_how_far_behind_a_camera_played_in_real_time_runs_is_in_its_stats(
+    tmp_path: Path,
+) -> None:
+    """A camera 40% short of real time that has nothing to skip (every frame a keyframe) falls
+    further behind with every frame, and its stats say by how much: each frame's lateness
+    against its presentation time, as a clock outside the source measures it."""
+    path = write_clip(tmp_path / "cam.mp4", 90, (64, 48))  # 3 s, all keyframes
+    src = _play(_SlowCamera(path, busy_s=1.4 / 30)).source
+    assert isinstance(src, _SlowCamera)
+    (wall0, media0, first), *_ = src.behind
+    assert first is not None and 0.0 <= first < 0.5  # (the first frame: opening the file)
+    errors = []
+    for wall, media, behind in src.behind:
+        assert behind is not None
+        errors.append(behind - (first + (wall - wall0) - (media - media0)))
+    assert max(map(abs, errors)) < 0.02, errors
+    assert src.behind[-1][2] is not None and src.behind[-1][2] > 0.9, src.behind[-1]
+    assert src.stats.skipped_decode == 0 and len(src.behind) == 90
 
 
 class _KeyframesAfter(ScriptedShedder):

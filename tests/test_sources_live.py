@@ -47,6 +47,8 @@ def test_reads_frames_from_real_rtsp_server() -> None:
         assert (frame.width, frame.height, frame.pixel_format) == (320, 240, "yuv420p")
         assert float(np.std(frame.planes[0])) > 10  # a real picture, not a flat fill
         assert c.source.stats.state in ("streaming", "stopped")
+        behind = c.source.stats.behind_s  # a camera on time: as its shedder reads it
+        assert behind is not None and 0.0 <= behind < 2.0, behind
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))

@@ -148,6 +148,7 @@ class AvSource(Source):
         if shedder is not None:
             shedder.reset(frame_s, segmented=self.live and _segmented(container))
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
+        self.stats.behind_s = None  # ... and nothing is known of its schedule
         shed_blind = False  # shedding left no frame for too long: not again this session
         skips = SkipCount()
         # The last packet gave a frame on keyframes only: it was a keyframe, whatever its flag
@@ -177,6 +178,8 @@ class AvSource(Source):
                         after_key,
                         now < self.shed_downstream_until,
                     )
+                    if self.live:
+                        self.stats.behind_s = shedder.behind_s
                     if level != shedder_level and not shed_blind:
                         ctx.skip_frame = shedder_level = level
                         self.stats.skip_level = level
@@ -239,6 +242,7 @@ class AvSource(Source):
                         delay = start_wall + (t - first_s) - time.monotonic()
                         if delay > 0 and self._stop.wait(delay):
                             return
+                        self.stats.behind_s = max(0.0, -delay)
                     t0 = time.perf_counter()
                     self._offer(self._media_offset_s + t, vf)
                     busy_s += time.perf_counter() - t0

@@ -99,6 +99,10 @@ class SourceStats:
     state: str = "starting"
     last_error: str | None = None
     last_frame_at: float | None = None  # monotonic
+    # How far behind its schedule the decoder's last frame came, in seconds: a file played in
+    # real time, against its presentation time; a network stream, as its shedder reads it (the
+    # larger of its lag and its backlog); None where nothing says (webcams, unpaced files).
+    behind_s: float | None = None
 
 
 class Handoff:

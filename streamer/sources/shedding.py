@@ -134,6 +134,12 @@ class DecodeShedder:
         )
         return level, step_s
 
+    @property
+    def behind_s(self) -> float:
+        """How far behind the decoder is, as far as it can tell: the larger of the lag (as of the
+        last packet with a timestamp) and the backlog."""
+        return max(self._lag_s, self.backlog_s)
+
     def lag_s(self, now: float, media_s: float) -> float:
         """How far behind the stream is: its offset to the wall clock now, against the smallest
         offset seen in the last `LAG_WINDOW_S` (a live camera's clock is its own; only a growing
