@@ -184,7 +184,7 @@ def collect(
     counts crops per (source, frame); a frame is complete when its `count` crops have all
     arrived, and its completion time is noted per source. Crops overwritten in the ring before
     they were read are counted in `stale`."""
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 1_000_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
     for endpoint in endpoints:

@@ -100,7 +100,8 @@ def paired_medians_us(
     other processes on the machine weighs on both alike."""
     fa(*args, **kw)  # warm-up
     fb(*args, **kw)
-    ta, tb = [], []
+    ta: list[float] = []
+    tb: list[float] = []
     for _ in range(repeat):
         for fn, times in ((fa, ta), (fb, tb)):
             t = time.perf_counter()

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable
 from fractions import Fraction
+from typing import cast
 
 import av
 import cv2
@@ -29,7 +30,7 @@ import supervision as sv
 from streamer.crop.geometry import centre_to_corners
 from streamer.crop.stage import make_crops
 from streamer.sources.frames import from_av
-from streamer.types import CropParams, Detections, Prediction
+from streamer.types import U8, CropParams, Detections, Prediction
 
 OPACITY = 0.5
 BG_BGR = (0, 0, 0)
@@ -70,7 +71,8 @@ def predictions(n: int, w: int, h: int) -> tuple[Prediction, ...]:
 
 def baseline(vf: av.VideoFrame, preds: tuple[Prediction, ...]) -> list[np.ndarray]:
     """Full-frame BGR, supervision's crop per box, v1's masked blend for masked boxes."""
-    img = vf.to_ndarray(format="bgr24")
+    # av types to_ndarray by every format it supports; bgr24 is always uint8.
+    img = cast(U8, vf.to_ndarray(format="bgr24"))
     h, w = img.shape[:2]
     xywh = np.array([(p.x, p.y, p.width, p.height) for p in preds])
     crops = []

@@ -90,7 +90,7 @@ def draw_text(
 
         f = ImageFont.truetype(str(DEJAVU_DIR / font), text_h)
         left, top, right, bottom = f.getbbox(text)
-        im = Image.new("RGB", (right - left + height // 2, height), tuple(reversed(bg)))
+        im = Image.new("RGB", (int(right - left) + height // 2, height), tuple(reversed(bg)))
         pos = (height // 4 - left, (height - (bottom - top)) // 2 - top)
         ImageDraw.Draw(im).text(pos, text, font=f, fill=tuple(reversed(ink)))
         img = np.asarray(im)[:, :, ::-1].copy()
@@ -135,7 +135,7 @@ def flag_lean(ink: np.ndarray) -> float:
     cols = ink[h // 3 : 2 * h // 3].sum(axis=0)
     stem_x = float((cols * np.arange(w)).sum() / cols.sum())
     _, xs = np.nonzero(ink[: h // 4])
-    return (stem_x - float(xs.mean())) / h
+    return float((stem_x - float(xs.mean())) / h)
 
 
 def folds_for(font: str) -> dict[str, str]:

@@ -138,7 +138,7 @@ def collect(
     """The crop subscriber: receives every crop (payload uncopied) until `done`, notes each
     one's arrival in `arrivals` (frame id -> arrival times) and counts them in received[0];
     sets `ready` once connected to streamer."""
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.setsockopt(zmq.SUBSCRIBE, b"crop/")
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)

@@ -125,8 +125,8 @@ def read_seed(seed: int, n: int, cache_dir: Path | None) -> list[TrackData]:
         data.append({"text": t.text, "font": t.font, "crops": crops})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            pickle.dump(data, f)
+        with path.open("wb") as fh:
+            pickle.dump(data, fh)
     return data
 
 

@@ -57,6 +57,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -71,6 +72,7 @@ from streamer.ocr.recognizers import (
     PpOcrRecognizer,
     ppocrv6_session,
 )
+from streamer.types import U8
 
 PAIRS = ("O0", "I1")
 FONT_PACKAGES = (
@@ -121,7 +123,8 @@ DIGITS = "".join(ch for ch in DEFAULT_CHARSET if ch.isdigit())
 def training_fonts(packages: list[str]) -> list[Path]:
     """The TrueType and OpenType faces each of `packages` installs (dpkg-query -L), minus
     EXCLUDED; raises SystemExit naming the packages to install when one is not installed."""
-    found, missing = set(), []
+    found: set[Path] = set()
+    missing: list[str] = []
     for pkg in packages:
         res = subprocess.run(
             ["dpkg-query", "-L", pkg], capture_output=True, text=True, timeout=30, check=False
@@ -242,7 +245,9 @@ def observe(rng: random.Random, line: np.ndarray) -> np.ndarray:
     canvas = np.clip(canvas + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.4:
         _, jpeg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, rng.randrange(40, 90)])
-        canvas = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        assert decoded is not None  # a JPEG that cv2.imencode has just written
+        canvas = cast(U8, decoded)  # 8-bit in, 8-bit out
     if rng.random() < 2 / 3:
         return prepare(canvas, corners.astype(np.float32))
     x0, y0 = corners.min(axis=0)
@@ -353,8 +358,8 @@ def main() -> int:
         kind = "random" if i % 2 == 0 else "blocks"
         text = random_text(rng) if kind == "random" else block_text(rng)
         line = draw_line(rng, font, text)
-        read, found = samples(rec, text, observe(rng, line[:, :, ::-1].copy()))
-        exact[kind].append(read == text)
+        text_read, found = samples(rec, text, observe(rng, line[:, :, ::-1].copy()))
+        exact[kind].append(text_read == text)
         for pair, x, second, read_second in found:
             data[pair].append((x, second, read_second, lineage(font), kind, bool(use_fixed)))
     print(

@@ -17,19 +17,21 @@ from streamer.client import (
     AsyncCropSubscriber,
     AsyncDetectionSender,
     AsyncFrameSubscriber,
+    Crop,
     FrameSubscriber,
     to_predictions,
 )
 from streamer.config import parse_config
 from streamer.detections.codec import decode_detections, encode_detections
 from streamer.pipeline import Pipeline, accounting_balance
+from streamer.types import BitmapMask
 
 
 def test_tap_frames_decode_their_picture_only_when_asked(endpoint: Any) -> None:
     """A detector that needs only the size (or forwards the bytes) never pays for conversion;
     a bad picture fails where the picture is used, not at receipt."""
     tap = endpoint()
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     pub = ctx.socket(zmq.PUSH)
     pub.bind(tap)
     i420 = np.random.default_rng(1).integers(0, 255, 48 * 64, np.uint8)
@@ -79,7 +81,7 @@ def test_supervision_detections_become_predictions_with_masks() -> None:
     assert preds[1]["class"] == "person" and preds[1]["mask_part"] == 1
     decoded = decode_detections(encode_detections("s", 1, (60, 40), preds, payload=parts))
     m = decoded.predictions[0].mask
-    assert m is not None and np.array_equal(m.data > 0, mask[0])
+    assert isinstance(m, BitmapMask) and np.array_equal(m.data > 0, mask[0])
 
 
 def test_async_client_round_trip_through_pipeline(endpoint: Any) -> None:
@@ -110,7 +112,7 @@ def test_async_client_round_trip_through_pipeline(endpoint: Any) -> None:
     async def main() -> list[Any]:
         run = asyncio.create_task(pipeline.run())
         stop = asyncio.Event()
-        got = []
+        got: list[Crop] = []
         async with AsyncCropSubscriber(pub) as crops:
             det_task = asyncio.create_task(detector(stop))
             while len(got) < 10:

@@ -44,7 +44,7 @@ def _frame(source_id: str, frame_id: int, reply_to: Any = None) -> TapFrame:
 @pytest.fixture
 def pulls() -> Iterator[list[tuple[str, zmq.Socket[bytes]]]]:
     """Three bound PULL sockets, as three shards' detections endpoints."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     out = []
     for _ in range(3):
         sock = ctx.socket(zmq.PULL)
@@ -133,7 +133,7 @@ def test_no_route_without_reply_to_or_endpoint_is_counted() -> None:
 
 
 def test_the_sockets_a_sender_keeps_are_bounded(tmp_path: Path) -> None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     binds = []
     for i in range(5):
         s = ctx.socket(zmq.PULL)
@@ -157,7 +157,7 @@ def test_the_sockets_a_sender_keeps_are_bounded(tmp_path: Path) -> None:
 
 
 def test_ipc_reply_to_is_followed_only_when_allowed(tmp_path: Path) -> None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     local = ctx.socket(zmq.PULL)
     local.setsockopt(zmq.LINGER, 0)
     endpoint = f"ipc://{tmp_path}/dets"
@@ -188,7 +188,7 @@ def test_a_stalled_shard_never_slows_the_others(
     shard's messages fill its queue, then are dropped and counted per route, and the live
     shard gets every message as fast as it takes them (before: each drop blocked 1 s)."""
     (live, sock_live), _, _ = pulls
-    sock_stalled = zmq.Context.instance().socket(zmq.PULL)
+    sock_stalled: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
     sock_stalled.setsockopt(zmq.LINGER, 0)
     sock_stalled.setsockopt(zmq.RCVHWM, 1)  # before bind: the listener copies its options
     stalled = f"tcp://127.0.0.1:{sock_stalled.bind_to_random_port('tcp://127.0.0.1')}"
@@ -229,7 +229,7 @@ def test_async_sender_routes_the_same_way(pulls: list[tuple[str, zmq.Socket[byte
 
 @pytest.mark.parametrize("kind", ["frames", "crops"])
 def test_subscribers_take_several_endpoints(tmp_path: Path, kind: str) -> None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     pubs, endpoints = [], []
     for i in range(3):
         s = ctx.socket(zmq.PUB)

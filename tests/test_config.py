@@ -32,8 +32,8 @@ def test_demo_yaml_matches_embedded_demo() -> None:
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
-    data = yaml.safe_load(yaml.safe_dump(BASE))
-    node = data
+    data: dict[str, Any] = yaml.safe_load(yaml.safe_dump(BASE))
+    node: Any = data
     keys = path.split(".")
     for k in keys[:-1]:
         node = node[int(k)] if k.isdigit() else node[k]

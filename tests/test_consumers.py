@@ -245,7 +245,7 @@ def test_push_pool_each_crop_to_exactly_one_worker(endpoint: Any) -> None:
 
 def test_unknown_protocol_version_is_a_clear_error(endpoint: Any) -> None:
     ep = endpoint()
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
     pub.bind(ep)
     try:
@@ -292,7 +292,7 @@ def test_ocr_worker_reads_the_synthetic_plates(endpoint: Any) -> None:
         *("-m", "streamer", "ocr", "--crops", pub, "--results", results),
         *("--topic", "crop/demo/plate"),
     )
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"ocr/")
     sub.connect(results)
     readings: list[dict[str, Any]] = []

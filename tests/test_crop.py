@@ -130,7 +130,7 @@ def test_property_crops_inside_frame_and_equal_region(
     o = crop.header["origin"]
     assert 0 <= o["x"] < o["x"] + crop.header["width"] <= w
     assert 0 <= o["y"] < o["y"] + crop.header["height"] <= h
-    assert crop.image.shape == (y1 - y0, x1 - x0, 3)
+    assert crop.image is not None and crop.image.shape == (y1 - y0, x1 - x0, 3)
     assert np.abs(crop.image.astype(int) - ref[y0:y1, x0:x1].astype(int)).max() <= MAX_CODEC_DIFF
     assert bytes(crop.payloads["raw-bgr24"]) == crop.image.tobytes()
 

@@ -70,6 +70,7 @@ def _shards(objects: dict[tuple[str, str], dict[str, Any]]) -> int:
 
 
 def _container(obj: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any]
     (c,) = obj["spec"]["template"]["spec"]["containers"]
     return c
 

@@ -53,7 +53,8 @@ def _run(
 
 
 def _src(pipeline: Pipeline) -> dict[str, Any]:
-    return pipeline.stats()["sources"]["cam"]
+    src: dict[str, Any] = pipeline.stats()["sources"]["cam"]
+    return src
 
 
 def _hwm_drops(pipeline: Pipeline) -> int:
@@ -140,7 +141,7 @@ def test_subscriber_that_never_reads_is_bounded_and_counted(endpoint: Any) -> No
     detector = spawn(
         "scripts/echo_detector.py", "--tap", tap, "--detections", dets, "--boxes", "10"
     )
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     stuck = ctx.socket(zmq.SUB)
     stuck.setsockopt(zmq.RCVHWM, 20)
     stuck.setsockopt(zmq.RCVBUF, 64 * 1024)
@@ -157,7 +158,11 @@ def test_subscriber_that_never_reads_is_bounded_and_counted(endpoint: Any) -> No
         for _ in range(4):  # memory over the next seconds of steady dropping
             rss_mb.append(rss())
             n = _hwm_drops(p)
-            await until(lambda n=n: _hwm_drops(p) > n + 150, 10, "more drops")
+
+            def more(n: int = n) -> bool:
+                return _hwm_drops(p) > n + 150
+
+            await until(more, 10, "more drops")
         rss_mb.append(rss())
 
     try:

@@ -479,7 +479,11 @@ def test_healthz_names_a_source_whose_detector_died(endpoint: Any, mode: str) ->
         seen["dead"] = []
         for _ in range(5):  # it persists: checked as frames keep being decoded
             before = decoded(p)
-            await until(lambda b=before: decoded(p) >= b + 3, 10, "3 more frames decoded")
+
+            def three_more(b: int = before) -> bool:
+                return decoded(p) >= b + 3
+
+            await until(three_more, 10, "3 more frames decoded")
             seen["dead"].append(await healthz())
 
     _run(cfg, body)

@@ -78,7 +78,8 @@ def test_resolve_redecides_only_the_pairs_characters_from_their_peak_step() -> N
     assert [p for _, p in got] == pytest.approx(expected)
     # A pair character the model agrees with keeps its own probability.
     feats[7, 0] = -1.0
-    assert pairs.resolve(best_runs(s), s, feats)[3] == (COL["I"], pytest.approx(0.9))
+    column, p = pairs.resolve(best_runs(s), s, feats)[3]
+    assert column == COL["I"] and p == pytest.approx(0.9)
 
 
 def test_a_pair_model_overrules_the_recognizer_only_past_its_gate() -> None:
@@ -217,7 +218,7 @@ def _line(text: str, font: str, height: int, rng: random.Random) -> np.ndarray:
 
     face = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", int(height * 0.62))
     left, top, right, bottom = face.getbbox(text)
-    image = Image.new("RGB", (right - left + height // 2, height), (230, 232, 225))
+    image = Image.new("RGB", (int(right - left) + height // 2, height), (230, 232, 225))
     pos = (height // 4 - left, (height - (bottom - top)) // 2 - top)
     ImageDraw.Draw(image).text(pos, text, font=face, fill=(25, 25, 30))
     out = np.asarray(image)[:, :, ::-1]

@@ -185,7 +185,9 @@ def test_syncing_again_keeps_the_venv_when_python_is_a_launcher(tmp_path: Path) 
         "[project.optional-dependencies]\nocr = []\n[dependency-groups]\ntest = []\n"
     )
     launcher = tmp_path / "python3"
-    launcher.write_text(f'#!/bin/sh\nexec {sys._base_executable} "$@"\n')
+    # The interpreter behind this venv:
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    launcher.write_text(f'#!/bin/sh\nexec {base_python} "$@"\n')
     launcher.chmod(0o755)
     env = {**os.environ, "UV_OFFLINE": "1", "UV_NO_CONFIG": "1"}
     env.pop("VIRTUAL_ENV", None)

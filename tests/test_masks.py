@@ -146,7 +146,7 @@ def test_stage_applies_config_and_message_params(form: str) -> None:
     plain = make_crops(frame, dets, CropParams(), []).crops[0].image
     res = make_crops(frame, dets, CropParams(1.0, (255, 0, 0)), [])
     img = res.crops[0].image
-    assert res.no_mask == 0
+    assert res.no_mask == 0 and img is not None and plain is not None
     assert np.array_equal(img[inside], plain[inside])
     assert (img[~inside] == (255, 0, 0)).all()
 
@@ -156,6 +156,7 @@ def test_opacity_without_mask_leaves_crop_and_counts() -> None:
     dets = _decode(dict(BOX))
     plain = make_crops(frame, dets, CropParams(), []).crops[0].image
     res = make_crops(frame, dets, CropParams(0.5, (0, 0, 0)), [])
+    assert plain is not None and res.crops[0].image is not None
     assert res.no_mask == 1 and np.array_equal(res.crops[0].image, plain)
 
 
@@ -245,7 +246,8 @@ def test_far_out_polygon_costs_what_the_canvas_costs() -> None:
     img = annotate(frame, dets, fw)
     elapsed = time.perf_counter() - started
     assert elapsed < 2.0, elapsed
-    assert [c.image.shape[:2] for c in crops] == [(fh, fw)] * 3 and img.shape[:2] == (fh, fw)
+    assert [None if c.image is None else c.image.shape[:2] for c in crops] == [(fh, fw)] * 3
+    assert img.shape[:2] == (fh, fw)
 
 
 def _near_an_edge(pixels: np.ndarray, pts: np.ndarray, tolerance_px: float) -> np.ndarray:

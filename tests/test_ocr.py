@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -343,7 +343,7 @@ def ttf_plate(text: str, height: int, font: str = "DejaVuSansMono-Bold.ttf") -> 
 
     f = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", int(height * 0.7))
     left, top, right, bottom = f.getbbox(text)
-    im = Image.new("RGB", (right - left + height // 2, height), (240, 235, 225))
+    im = Image.new("RGB", (int(right - left) + height // 2, height), (240, 235, 225))
     pos = (height // 4 - left, (height - (bottom - top)) // 2 - top)
     ImageDraw.Draw(im).text(pos, text, font=f, fill=(30, 30, 30))
     return np.asarray(im)[:, :, ::-1].copy()
@@ -571,7 +571,8 @@ def test_crops_waiting_to_be_read_are_bounded_in_bytes() -> None:
     assert ocr._pending_bytes == held
     kept = len(ocr._pending)
     assert ocr.metrics.counts == {"skipped_overflow": n - kept}
-    assert [k[1] for k in ocr._pending] == list(range(n - kept, n))  # the newest kept
+    keys = [cast(tuple[str, int | str], k) for k in ocr._pending]
+    assert [k[1] for k in keys] == list(range(n - kept, n))  # the newest kept
 
 
 def test_text_detector_shrinks_huge_frames_and_maps_regions_back() -> None:
@@ -1011,7 +1012,7 @@ def test_a_model_failure_on_one_frame_is_counted_and_the_detector_goes_on(
 
     monkeypatch.setattr(td, "TextDetector", FailingEveryOther)
     tap, dets = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     push.bind(tap)  # PUSH waits for the detector to connect: no frame is lost to a late join
     pull.bind(dets)
@@ -1025,7 +1026,7 @@ def test_a_model_failure_on_one_frame_is_counted_and_the_detector_goes_on(
             h = {"v": 1, "source_id": "cam", "frame_id": i, "pts": i, "captured_at": 1.0}
             h |= {"width": 160, "height": 90, "encoding": "raw-bgr24"}
             push.send_multipart([b"frame/cam", json.dumps(h).encode(), frame.tobytes()])
-        answered = []
+        answered: list[dict[str, Any]] = []
         deadline = time.monotonic() + 20
         while len(answered) < 5 and time.monotonic() < deadline:
             if pull.poll(100):

@@ -82,10 +82,11 @@ def test_text_detector_and_ocr_read_the_plates_of_a_clip(tmp_path: Path, endpoin
     }
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"ocr/")
     sub.connect(results)
-    crop_sub = zmq.Context.instance().socket(zmq.SUB)  # the crops as the worker gets them
+    # The crops as the worker gets them:
+    crop_sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     crop_sub.setsockopt(zmq.SUBSCRIBE, b"crop/")
     crop_sub.connect(crops)
     worker = spawn(

@@ -201,6 +201,7 @@ def test_listen_prints_stable_readings(endpoint: Any) -> None:
         while not line and time.monotonic() < deadline:
             pub.send_multipart([b"ocr/cam", json.dumps({**msg, "stable": False}).encode()])
             pub.send_multipart([b"ocr/cam", b"not json"])
+            bad: dict[str, Any]
             for bad in ({"tracker_id": [1]}, {"tracker_id": {}}, {"source_id": None}):
                 # an unhashable id used to kill the listener (TypeError outside its try)
                 pub.send_multipart(
@@ -226,7 +227,7 @@ def test_text_detector_process_survives_bad_tap_frames_serves_metrics_and_stops_
     non-integer frame_id) are counted; good frames between them are answered with text
     polygons; /metrics counts both and the time per frame; SIGTERM ends it with exit 0."""
     tap, dets, port = endpoint(), endpoint(), free_port()
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
     pub.bind(tap)
     pull: zmq.Socket[bytes] = ctx.socket(zmq.PULL)

@@ -22,7 +22,7 @@ import yaml
 import zmq
 import zmq.asyncio
 
-from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber, CropSubscriber
+from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber, Crop, CropSubscriber
 from streamer.config import parse_config
 from streamer.crop_thread import CropThread
 from streamer.detections.codec import encode_detections
@@ -157,8 +157,8 @@ def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
     status, text = seen["healthy"]
     assert status == 200 and json.loads(text)["states"]["down"] in down_states
     status, text = seen["lagging"]
-    body = json.loads(text)
-    assert status == 503 and not body["ok"] and "lagging" in body["problems"]["event_loop"]
+    verdict = json.loads(text)
+    assert status == 503 and not verdict["ok"] and "lagging" in verdict["problems"]["event_loop"]
 
 
 def test_health_names_stalled_and_failed_sources() -> None:
@@ -343,6 +343,7 @@ def test_curve_admits_only_authorised_detectors(tmp_path: Path, endpoint: Any) -
                     seen["bad_frames"] += 1
                     await frames.recv()
                 # No handshake: these sends queue up and never reach streamer.
+                assert sender.sock is not None
                 with contextlib.suppress(zmq.Again):
                     await sender.sock.send_multipart(
                         encode_detections("cam", fid, (160, 120), [dict(box, **{"class": "x"})]),
@@ -361,7 +362,7 @@ def test_curve_admits_only_authorised_detectors(tmp_path: Path, endpoint: Any) -
                 for _ in range(20):
                     frame = await asyncio.wait_for(frames.recv(), 10)
                     await sender.send(frame, [box])
-                crops = []
+                crops: list[Crop] = []
                 while len(crops) < 10:
                     crop = await asyncio.to_thread(sub.recv, 10)
                     assert crop is not None

@@ -386,7 +386,7 @@ def test_timestamp_pairing_never_pairs_a_frame_the_tap_withdraws(endpoint: Any) 
     stop = threading.Event()
 
     def detector() -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[Any] = zmq.Context.instance()
         push = ctx.socket(zmq.PUSH)
         push.connect(dets)
         try:
@@ -426,8 +426,7 @@ def test_a_tap_header_that_cannot_be_written_is_counted_and_the_tap_goes_on(
     place in the tap given back: the tap keeps sending the frames after it (a failure there
     once left the frame counted as in the tap for ever, and enough of them stopped the tap)."""
     import streamer.pipeline as pipeline_module
-
-    real_dumps = pipeline_module.dumps
+    from streamer.publish.wire import dumps as real_dumps
 
     def dumps(header: dict[str, Any]) -> bytes:
         if header["frame_id"] % 2:
@@ -453,10 +452,10 @@ def test_no_picture_is_made_for_a_tap_nobody_takes(
     away before making their picture (a JPEG at 960 px costs milliseconds): they are counted
     by that reason, and the picture is never made. Before, each was encoded, then dropped."""
     import streamer.pipeline as pipeline_module
+    from streamer.tap import tap_image as real_tap_image
     from tests.live import until
 
     made = [0]
-    real_tap_image = pipeline_module.tap_image
 
     def tap_image(*args: Any) -> Any:
         made[0] += 1

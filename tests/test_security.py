@@ -77,7 +77,7 @@ def test_curve_applies_to_connected_detection_sockets(tmp_path: Path) -> None:
                 pub_secure.send_multipart(encode_detections("cam", 10**9, (160, 120), [BOX]))
                 pub_plain.send_multipart(encode_detections("other", 10**9, (160, 120), [BOX]))
                 stats = pipeline.stats()
-                return stats["sources"]["cam"]["detections"].get("unknown_frame", 0) >= 5
+                return bool(stats["sources"]["cam"]["detections"].get("unknown_frame", 0) >= 5)
 
             await until(heard, 15, "the CURVE detector heard")
             for _ in range(20):  # the plain one has had as many chances

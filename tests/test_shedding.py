@@ -385,6 +385,7 @@ def test_a_timestamp_that_jumps_ahead_is_no_late_input() -> None:
         level, step = s.next_packet(
             wall, sent + (1.0 if i >= 600 else 0.0), i % GOP == 0, False, False
         )
+        assert step is not None
         cost = 0.5 * FRAME_S if level != "NONKEY" or i % GOP == 0 else 0.0
         if i == 599:
             cost += 0.3  # one slow packet: a backlog just before the jump

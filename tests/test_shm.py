@@ -210,7 +210,7 @@ _WRITER = textwrap.dedent(
     import zmq
     from streamer.publish.shm import RingWriter
     ring = RingWriter(Path(sys.argv[1]), "streamer-race", 1 << 20)
-    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 100000)
     sock.connect(sys.argv[2])
     end = time.monotonic() + float(sys.argv[3])
@@ -235,7 +235,7 @@ def test_a_reader_never_gets_torn_bytes_from_a_writer_in_another_process(
     """A writer process fills the ring as fast as it can while this process reads its handles,
     late on purpose: every read is either the item whole, or StaleCropError."""
     addr = endpoint()
-    sock = zmq.Context.instance().socket(zmq.PULL)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
     sock.bind(addr)
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(tmp_path), addr, "3"],
@@ -362,8 +362,6 @@ def test_the_lock_file_is_removed_while_still_locked(
     of removal another open of the file must still fail to lock it."""
     import fcntl
 
-    from streamer.publish import shm
-
     lock_path = tmp_path / ".streamer-t.lock"
     real_unlink = os.unlink
     checked: list[bool] = []
@@ -381,7 +379,7 @@ def test_the_lock_file_is_removed_while_still_locked(
         real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
 
     ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
-    monkeypatch.setattr(shm.os, "unlink", unlink_checking_the_lock)
+    monkeypatch.setattr(os, "unlink", unlink_checking_the_lock)
     ring.close()
     assert checked == [True]
     assert not _anything(tmp_path)
@@ -395,8 +393,6 @@ def test_a_lock_file_removed_between_open_and_lock_is_opened_again(
     the path again, not believe it holds the name (two writers would then share a ring)."""
     import fcntl
 
-    from streamer.publish import shm
-
     real_flock = fcntl.flock
     lock_path = tmp_path / ".streamer-t.lock"
     calls: list[int] = []
@@ -407,7 +403,7 @@ def test_a_lock_file_removed_between_open_and_lock_is_opened_again(
             os.unlink(lock_path)
         real_flock(fd, op)
 
-    monkeypatch.setattr(shm.fcntl, "flock", flock_after_the_holder_let_go)
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_let_go)
     ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
     try:
         assert len(calls) == 2  # the first lock was on a removed file: opened again
@@ -589,7 +585,7 @@ def test_a_subscriber_skips_and_counts_crops_overwritten_before_it_read_them(
 ) -> None:
     addr = endpoint()
     ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
-    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.XPUB)
     pub.bind(addr)
     try:
         with CropSubscriber(addr, shm_dir=tmp_path) as sub:
@@ -620,7 +616,7 @@ def test_a_subscriber_skips_and_counts_crops_whose_ring_is_gone(
     """Crops still queued when their streamer stopped (its ring removed): counted, skipped,
     and the subscriber goes on with the next crop."""
     addr = endpoint()
-    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.XPUB)
     pub.bind(addr)
     try:
         with CropSubscriber(addr, shm_dir=tmp_path) as sub:
@@ -684,7 +680,7 @@ def test_a_hostile_origin_on_an_i420_crop_is_a_clients_error(origin: Any) -> Non
     ],
 )
 def test_shm_config_is_checked(publish: dict[str, Any], match: str) -> None:
-    cfg = {"sources": [{"id": "a", "url": "lavfi:testsrc2"}], "publish": [publish]}
+    cfg: dict[str, Any] = {"sources": [{"id": "a", "url": "lavfi:testsrc2"}], "publish": [publish]}
     cfg["detections"] = {"bind": "tcp://127.0.0.1:2"}
     with pytest.raises(ConfigError, match=match):
         parse_config(cfg)

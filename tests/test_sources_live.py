@@ -348,7 +348,7 @@ def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
             retry=FAST_RETRY,
         )
         c = Consumer(source).start()
-        levels: set[SkipLevel] = set()
+        levels: set[str] = set()
         try:
             await until(lambda: len(c.frames) >= 30, 15, "the first segment's frames")
             t0, decoded = time.monotonic(), source.stats.decoded

@@ -86,6 +86,7 @@ def test_tap_encodings_decode_to_the_same_picture() -> None:
     assert np.array_equal(np.frombuffer(bgr, np.uint8).reshape(360, 640, 3), want)
     _, jpg = tap_image(frame, "jpeg", 640, None, 95)
     decoded = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None
     assert np.mean(np.abs(decoded.astype(int) - want.astype(int))) < 3
     with pytest.raises(ValueError, match="unknown tap encoding"):
         tap_image(frame, "gif", 640, None, 90)
