@@ -21,9 +21,6 @@ log = logging.getLogger(__name__)
 LAVFI_PREFIX = "lavfi:"
 SEGMENTED_FORMATS = frozenset({"hls"})  # FFmpeg's demuxers of streams that come a segment at a time
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://", "udp://")
-# A segmented live stream's frame due further ahead than this: its timestamps jumped (a
-# discontinuity); it is released at once and the pacing starts again from it.
-PACE_AHEAD_MAX_S = 1.0
 
 
 def is_live(url: str) -> bool:
@@ -148,13 +145,8 @@ class AvSource(Source):
         frame_s = 1.0 / float(rate) if rate else None
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
-        segmented = self.live and _segmented(container)
         if shedder is not None:
-            shedder.reset(frame_s, segmented=segmented)
-        # Frames are released at their presentation times: a file played like a camera, and a
-        # live stream that comes a segment at a time, whose frames would otherwise reach the
-        # pipeline in bursts of a segment, decoded at once (most of them then dropped).
-        paced = self.realtime or segmented
+            shedder.reset(frame_s, segmented=self.live and _segmented(container))
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         self.stats.behind_s = None  # ... and nothing is known of its schedule
         shed_blind = False  # shedding left no frame for too long: not again this session
@@ -241,22 +233,16 @@ class AvSource(Source):
                     gap = 0
                     if first_s is None:
                         first_s = t
-                        if segmented:
-                            start_wall = now  # a live stream's pace starts at its first frame
                     elif frame_s is not None:
                         gap = max(0, round((t - last_s) / frame_s) - 1)
                     if shedder is not None:
                         self.stats.skipped_decode += skips.frame(gap, shedder_level != "DEFAULT")
                     last_s, last_wall = t, now
-                    if paced:
+                    if self.realtime:
                         delay = start_wall + (t - first_s) - time.monotonic()
-                        if segmented and delay > PACE_AHEAD_MAX_S:
-                            first_s += delay  # (never a wait a live stream's arrival would not set)
-                            delay = 0.0
                         if delay > 0 and self._stop.wait(delay):
                             return
-                        if self.realtime:
-                            self.stats.behind_s = max(0.0, -delay)
+                        self.stats.behind_s = max(0.0, -delay)
                     t0 = time.perf_counter()
                     self._offer(self._media_offset_s + t, vf)
                     busy_s += time.perf_counter() - t0
