@@ -12,7 +12,8 @@ For each N it prints:
   streamer: frames delivered complete (all 10 crops received) per second, per camera (min,
             mean), fairness (min / mean), frames shed by reason (per camera, summed), the CPU of
             streamer, the detector and the subscriber, streamer's peak RSS, and how far
-            behind their schedule the decoders were at the end (max and mean over cameras).
+            behind their schedule the decoders were at the end (max and mean over cameras;
+            since the clip last started over, which starts the schedule again).
 
     .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
                                               [--size 1920x1080]
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -310,9 +312,10 @@ def measure_streamer(
             shed[key] += count
     mean = sum(rates.values()) / n
     # How far behind its schedule each camera's decoder was at the end (its last frame against
-    # its presentation time): complete frames/s alone cannot tell less shedding from decoders
-    # quietly falling behind.
-    behind = [float(s["behind_s"] or 0.0) for s in sources.values()]
+    # its presentation time, since the clip last started over: each loop starts the schedule
+    # again): complete frames/s alone cannot tell less shedding from decoders quietly falling
+    # behind. None: a camera that had just started over.
+    behind = [float(s["behind_s"]) for s in sources.values() if s["behind_s"] is not None]
     return {
         "min": min(rates.values()),
         "mean": mean,
@@ -325,8 +328,8 @@ def measure_streamer(
         "decoded": sum(int(s["decoded"]) for s in sources.values()),
         "shed": dict(shed),
         "stale": stale[0],
-        "behind_max": max(behind),
-        "behind_mean": sum(behind) / len(behind),
+        "behind_max": max(behind, default=math.nan),
+        "behind_mean": statistics.fmean(behind) if behind else math.nan,
     }
 
 

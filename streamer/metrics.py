@@ -131,8 +131,9 @@ class _StatsCollector(Collector):
         behind = GaugeMetricFamily(
             "streamer_source_behind_seconds",
             "how far behind its schedule the decoder's last frame came (a file played in real "
-            "time: its presentation time; a network stream: the larger of the decoder's lag "
-            "and backlog, as its shedder reads them); absent where nothing says",
+            "time: against its presentation time; a network stream: the larger of the stream's "
+            "lag to the wall clock and the decoder's backlog, as its shedder reads them); "
+            "absent where nothing says and while the source is not streaming",
             labels=["source"],
         )
         for sid, s in st["sources"].items():

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -203,10 +204,10 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
         # crop thread and the sources after it) and one viewer has come and gone (thread pools
         # start their threads on first use: bounded, not leaks).
         await until(lambda: p.stats()["sources"]["cam"]["decoded"] > 0, 10, "frames flow")
-        base: set[int | None] = set()
+        base: set[threading.Thread] = set()
         for i in range(51):
             if i == 1:
-                base = {t.ident for t in threading.enumerate()}
+                base = set(threading.enumerate())
             pc = await _connect(cfg, "cam" if i % 2 else "idle")
             for _ in range(200):
                 if pc.connectionState == "connected":
@@ -222,9 +223,14 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
         result["pcs"] = len(server_pcs.pcs)
         result["viewers"] = {k: s.viewers for k, s in p.hub.sources.items()}
         result["tracks"] = [s.track for s in p.hub.sources.values()]
-        new = [t for t in threading.enumerate() if t.ident not in base]
+        new = [t for t in threading.enumerate() if t not in base]
         result["new"] = sorted(t.name for t in new)
         result["leaked"] = sorted(t.name for t in new if not _pooled(t))
+        # ... and no work left in the pools: every worker free to take a job at once (a job per
+        # viewer that never ends would hold one, which no thread count shows).
+        loop = asyncio.get_running_loop()
+        await _all_workers_free(loop, None, _DEFAULT_WORKERS)
+        await _all_workers_free(loop, p._executor, CPU_WORKERS)
 
     _with_pipeline(cfg, body)
     assert result["pcs"] == 0
@@ -239,7 +245,18 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
 # Pools started on first use, each with a fixed bound: asyncio's default executor (aiortc
 # encodes there; min(32, cores + 4) workers), the pipeline's CPU pool, and pyzmq's one
 # garbage-collector thread for zero-copy sends.
-_POOL_BOUND = min(32, (os.cpu_count() or 1) + 4) + CPU_WORKERS + 1
+_DEFAULT_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+_POOL_BOUND = _DEFAULT_WORKERS + CPU_WORKERS + 1
+
+
+async def _all_workers_free(
+    loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor | None, workers: int
+) -> None:
+    """Fails (BrokenBarrierError) unless `workers` jobs run in `executor` at the same time."""
+    barrier = threading.Barrier(workers)
+    await asyncio.gather(
+        *(loop.run_in_executor(executor, barrier.wait, 10) for _ in range(workers))
+    )
 
 
 def _pooled(t: threading.Thread) -> bool:

@@ -63,8 +63,11 @@ def test_server_killed_and_restarted_reconnects() -> None:
         c = Consumer(rtsp_source(server.url())).start()
         try:
             await until(lambda: len(c.frames) >= 10, 15, "first frames")
+            assert c.source.stats.behind_s is not None
             server.kill()
             await until(lambda: c.source.stats.state == "backing_off", 10, "backing off")
+            # No frames come: the last figure of how far behind they ran is not kept.
+            assert c.source.stats.behind_s is None
             n_before = len(c.frames)
             server.start()  # same port
             took = await until(lambda: len(c.frames) > n_before + 5, 20, "frames after restart")

@@ -29,6 +29,8 @@ from streamer.types import U8, Frame
 log = logging.getLogger(__name__)
 
 HANDOFF_MAX_FRAMES = 4
+# States in which a source's last `behind_s` still says something (in the others it is None).
+KEEPS_SCHEDULE = frozenset({"streaming", "ended", "stopped"})
 HANDOFF_WAIT_POLL_S = 0.1  # a decoder waiting for room looks at its stop flag this often
 JOIN_MARGIN_S = 2.0  # beyond the read timeout, for a blocked FFmpeg read to return
 # Decode threads (and the codec threads they start) run this much nicer than the rest: when the
@@ -101,7 +103,8 @@ class SourceStats:
     last_frame_at: float | None = None  # monotonic
     # How far behind its schedule the decoder's last frame came, in seconds: a file played in
     # real time, against its presentation time; a network stream, as its shedder reads it (the
-    # larger of its lag and its backlog); None where nothing says (webcams, unpaced files).
+    # larger of its lag and its backlog); None where nothing says (webcams, unpaced files) and
+    # while frames do not come (a state not in KEEPS_SCHEDULE).
     behind_s: float | None = None
 
 
@@ -321,6 +324,8 @@ class Source(abc.ABC):
                 return
             if state == "stalled":
                 self.stats.stalls += 1
+            if state not in KEEPS_SCHEDULE:
+                self.stats.behind_s = None  # no frames come: nothing they run behind
             self.stats.state = state
             if reason is not None:
                 self.stats.last_error = reason
