@@ -314,7 +314,7 @@ def measure_streamer(
     # How far behind its schedule each camera's decoder was at the end (its last frame against
     # its presentation time, since the clip last started over: each loop starts the schedule
     # again): complete frames/s alone cannot tell less shedding from decoders quietly falling
-    # behind. None: a camera that had just started over.
+    # behind. None: a camera that had just started over, or was down.
     behind = [float(s["behind_s"]) for s in sources.values() if s["behind_s"] is not None]
     return {
         "min": min(rates.values()),
@@ -328,6 +328,7 @@ def measure_streamer(
         "decoded": sum(int(s["decoded"]) for s in sources.values()),
         "shed": dict(shed),
         "stale": stale[0],
+        "behind_n": len(behind),
         "behind_max": max(behind, default=math.nan),
         "behind_mean": statistics.fmean(behind) if behind else math.nan,
     }
@@ -461,7 +462,8 @@ def print_run(variant: str, s: dict[str, Any], bare_cpu: float) -> None:
         f"(fairness {s['fair']:.2f}), CPU streamer {s['cpu']:.0f}% "
         f"(x{s['cpu'] / max(bare_cpu, 1e-9):.2f} bare) detector {s['det_cpu']:.0f}% "
         f"subscriber {s['sub_cpu']:.0f}%, peak RSS {s['peak_mb']:.0f} MB; decoders behind at "
-        f"the end: max {s['behind_max']:.2f} s, mean {s['behind_mean']:.2f} s; "
+        f"the end: max {s['behind_max']:.2f} s, mean {s['behind_mean']:.2f} s "
+        f"({s['behind_n']} cameras said); "
         f"shed of {s['decoded']} decoded: {shed}; stale in the ring {s['stale']}",
         flush=True,
     )

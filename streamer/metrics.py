@@ -133,7 +133,7 @@ class _StatsCollector(Collector):
             "how far behind its schedule the decoder's last frame came (a file played in real "
             "time: against its presentation time; a network stream: the larger of the stream's "
             "lag to the wall clock and the decoder's backlog, as its shedder reads them); "
-            "absent where nothing says and while the source is not streaming",
+            "absent where nothing says, and while the source is down or its file has ended",
             labels=["source"],
         )
         for sid, s in st["sources"].items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -204,6 +203,9 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
         # crop thread and the sources after it) and one viewer has come and gone (thread pools
         # start their threads on first use: bounded, not leaks).
         await until(lambda: p.stats()["sources"]["cam"]["decoded"] > 0, 10, "frames flow")
+        # The default executor (aiortc encodes there) with a size this test knows.
+        pool = ThreadPoolExecutor(_DEFAULT_WORKERS, thread_name_prefix="asyncio")
+        asyncio.get_running_loop().set_default_executor(pool)
         base: set[threading.Thread] = set()
         for i in range(51):
             if i == 1:
@@ -229,7 +231,7 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
         # ... and no work left in the pools: every worker free to take a job at once (a job per
         # viewer that never ends would hold one, which no thread count shows).
         loop = asyncio.get_running_loop()
-        await _all_workers_free(loop, None, _DEFAULT_WORKERS)
+        await _all_workers_free(loop, pool, _DEFAULT_WORKERS)
         await _all_workers_free(loop, p._executor, CPU_WORKERS)
 
     _with_pipeline(cfg, body)
@@ -243,9 +245,9 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
 
 
 # Pools started on first use, each with a fixed bound: asyncio's default executor (aiortc
-# encodes there; min(32, cores + 4) workers), the pipeline's CPU pool, and pyzmq's one
-# garbage-collector thread for zero-copy sends.
-_DEFAULT_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+# encodes there; set by the test), the pipeline's CPU pool, and pyzmq's one garbage-collector
+# thread for zero-copy sends.
+_DEFAULT_WORKERS = 6
 _POOL_BOUND = _DEFAULT_WORKERS + CPU_WORKERS + 1
 
 

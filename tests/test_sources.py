@@ -442,7 +442,8 @@ def test_how_far_behind_a_camera_played_in_real_time_runs_is_in_its_stats(
     for wall, media, behind in src.behind:
         assert behind is not None
         errors.append(behind - (first + (wall - wall0) - (media - media0)))
-    assert max(map(abs, errors)) < 0.1, errors  # (a busy machine may preempt in between)
+    # The test's clock reads after the source's figure: later, by any preemption in between.
+    assert min(errors) > -0.1 and max(errors) < 0.01, errors
     assert src.behind[-1][2] is not None and src.behind[-1][2] > 0.9, src.behind[-1]
     assert src.stats.skipped_decode == 0 and len(src.behind) == 90
 

@@ -29,8 +29,9 @@ from streamer.types import U8, Frame
 log = logging.getLogger(__name__)
 
 HANDOFF_MAX_FRAMES = 4
-# States in which a source's last `behind_s` still says something (in the others it is None).
-KEEPS_SCHEDULE = frozenset({"streaming", "ended", "stopped"})
+# States in which a source's last `behind_s` still says something (in the others it is None;
+# "stopped": the pipeline's last counters keep where each camera was).
+KEEPS_SCHEDULE = frozenset({"streaming", "stopped"})
 HANDOFF_WAIT_POLL_S = 0.1  # a decoder waiting for room looks at its stop flag this often
 JOIN_MARGIN_S = 2.0  # beyond the read timeout, for a blocked FFmpeg read to return
 # Decode threads (and the codec threads they start) run this much nicer than the rest: when the
