@@ -4,19 +4,15 @@ at start-up, unreachable; two cameras; a missing webcam; shutdown during a stall
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
 import json
 import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
 import numpy as np
 import pytest
 import yaml
@@ -320,14 +316,11 @@ def test_hls_over_http(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_live_hls_segments_are_decoded_whole_and_spread(tmp_path: Path) -> None:
+def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
     """Live HLS delivers each segment at once, seconds after the one before: the stream's
     offset to the wall clock jumps by a segment's length each time. The decoder works each
     burst off in a fraction of that, so it skips nothing (before: the lag rule read every
-    segment as a decoder 3 s behind and decoded keyframes only, 3 frames of each 90). Its
-    frames are handed on spread over most of the segment, at most 1.25 times their pace, not
-    in one burst (before: 90 frames within a fraction of a second, a consumer slower than the
-    decoder losing most of them in the hand-off)."""
+    segment as a decoder 3 s behind and decoded keyframes only, 3 frames of each 90)."""
     from aiohttp import web
 
     segment_s = 3.0
@@ -371,11 +364,9 @@ def test_live_hls_segments_are_decoded_whole_and_spread(tmp_path: Path) -> None:
             await runner.cleanup()
         assert source.stats.skipped_decode == 0, (source.stats.skipped_decode, decoded)
         assert levels == {"DEFAULT"}, levels
-        arrived = [at for at, _ in c.frames if at >= t0]
-        burst = max(bisect.bisect_left(arrived, at + 0.5) - i for i, at in enumerate(arrived))
-        assert burst <= 25, burst  # 1.25 x 30 fps: 19 in half a second (before: 90)
-        assert source.stats.dropped_handoff == 0, source.stats
-        # Three segments' worth decoded in the window (give or take a segment's arrival).
+        # Three segments' worth decoded in the window (give or take a segment's arrival). (A
+        # segment comes at once: on a busy machine the consumer may not take every frame of
+        # the burst from the hand-off, which counts what it drops; that is not the shedder's.)
         assert decoded >= 2 * 30 * segment_s, decoded
 
     try:
@@ -383,98 +374,6 @@ def test_live_hls_segments_are_decoded_whole_and_spread(tmp_path: Path) -> None:
     finally:
         stop_feed.set()
         feeder.join(10)
-
-
-def _segment(path: Path, first: int, n: int = 30) -> None:
-    """An MPEG-TS segment of `n` frames at 30 fps, its timestamps from frame `first` on."""
-    with (
-        av.open("testsrc2=size=160x120:rate=30", format="lavfi") as src,
-        av.open(str(path), "w", format="mpegts") as out,
-    ):
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 30)
-        for i, frame in enumerate(src.decode(video=0)):
-            if i >= n:
-                break
-            frame.pts = first + i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-
-
-def test_a_live_hls_stream_whose_timestamps_jump_ahead_is_not_waited_for(tmp_path: Path) -> None:
-    """A discontinuity in an HLS stream (an encoder restarted, a programme spliced in) may move
-    its timestamps on by any amount. Its frames are spread by their timestamps, but a step
-    counts as at most a few frames: the second segment here, 100 s ahead by its timestamps,
-    comes on at once (a wait for its timestamps would have held the camera still for 100 s)."""
-    from aiohttp import web
-
-    _segment(tmp_path / "a.ts", 0)
-    _segment(tmp_path / "b.ts", 3000)  # 100 s on
-    (tmp_path / "live.m3u8").write_text(
-        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"
-        "#EXTINF:1.0,\na.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:1.0,\nb.ts\n#EXT-X-ENDLIST\n"
-    )
-    port = free_port()
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_static("/", tmp_path)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        c = Consumer(rtsp_source(f"http://127.0.0.1:{port}/live.m3u8", "hls")).start()
-        try:
-            await until(lambda: len(c.frames) >= 60, 10, "both segments' frames")
-        finally:
-            await c.stop()
-            await runner.cleanup()
-        arrived = [at for at, _ in c.frames[:60]]
-        # Spread: the two seconds of frames take about 1.6 s (at 1.25 times their pace).
-        assert 1.2 < arrived[-1] - arrived[0] < 4.0, arrived[-1] - arrived[0]
-        assert max(b - a for a, b in itertools.pairwise(arrived)) < 0.5
-
-    asyncio.run(asyncio.wait_for(main(), 60))
-
-
-@pytest.mark.parametrize(
-    ("av_options", "first_segment"), [({}, 3), ({"live_start_index": "-3"}, 1)]
-)
-def test_a_live_hls_stream_starts_at_its_last_segment(
-    tmp_path: Path, av_options: dict[str, str], first_segment: int
-) -> None:
-    """A live HLS stream starts at the playlist's last segment, not three from the end
-    (FFmpeg's default, as players do, which the source's options still give): spread at 1.25
-    times their pace, three segments in hand would take twelve segments' time to work off."""
-    from aiohttp import web
-
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:1", "#EXT-X-MEDIA-SEQUENCE:0"]
-    for k in range(4):
-        _segment(tmp_path / f"s{k}.ts", 30 * k)
-        lines += ["#EXTINF:1.0,", f"s{k}.ts"]
-    (tmp_path / "live.m3u8").write_text("\n".join(lines) + "\n")  # no end: a live playlist
-    port = free_port()
-
-    async def main() -> int:
-        app = web.Application()
-        app.router.add_static("/", tmp_path)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = f"http://127.0.0.1:{port}/live.m3u8"
-        source = AvSource("hls", url, open_timeout_s=3.0, av_options=av_options)
-        c = Consumer(source).start()
-        try:
-            await until(lambda: len(c.frames) >= 1, 10, "a frame")
-        finally:
-            await c.stop()
-            await runner.cleanup()
-        pts = c.frames[0][1].pts
-        assert pts is not None
-        return int(pts)
-
-    pts = asyncio.run(asyncio.wait_for(main(), 60))
-    assert pts // 90_000 == first_segment, pts  # 90 kHz; a segment a second
 
 
 def test_max_fps_source_emits_again_after_the_server_restarts() -> None:

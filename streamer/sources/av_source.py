@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +15,6 @@ import av
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.redact import redact, url_secrets
 from streamer.sources.shedding import SkipCount
-from streamer.sources.spread import BurstSpreader
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +40,6 @@ def _segmented(container: Any) -> bool:
     demuxer is not in PyAV's build; a recorded playlist counts too: nothing here reads whether
     the playlist is still growing.)"""
     return bool(SEGMENTED_FORMATS & set(container.format.name.split(",")))
-
-
-def _timed(packets: Iterator[Any], on_read: Callable[[float, float], None]) -> Iterator[Any]:
-    """`packets`, telling `on_read` when each read returned and how long it waited for input
-    (its wall time less its CPU time)."""
-    while True:
-        wall, cpu = time.monotonic(), time.thread_time()
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        now = time.monotonic()
-        on_read(now, (now - wall) - (time.thread_time() - cpu))
-        yield packet
 
 
 def _network_reason(url: str, err: OSError) -> str:
@@ -113,11 +98,6 @@ class AvSource(Source):
         if not self.live:
             return av.open(self.url, options=self.av_options)
         options = {"timeout": str(int(self.stall_timeout_s * 1e6)), **self.av_options}
-        if self.url.lower().startswith(("http://", "https://")):
-            # HLS: start at the playlist's last segment (FFmpeg's default is three from the end,
-            # as players do): three segments in hand would come out spread, later and later,
-            # until the reader gives up spreading (sources/spread.py). Other demuxers ignore it.
-            options.setdefault("live_start_index", "-1")
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             options.setdefault("rtsp_transport", self.transport)
             # Set up only the video track: an audio track that keeps flowing would keep the
@@ -165,14 +145,8 @@ class AvSource(Source):
         frame_s = 1.0 / float(rate) if rate else None
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
-        segmented = self.live and _segmented(container)
         if shedder is not None:
-            shedder.reset(frame_s, segmented=segmented)
-        # Live HLS: a segment's frames are spread out, not handed on in one burst.
-        spreader = BurstSpreader(start_wall, frame_s) if segmented else None
-        packets = container.demux()
-        if spreader is not None:
-            packets = _timed(packets, spreader.read)
+            shedder.reset(frame_s, segmented=self.live and _segmented(container))
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         self.stats.behind_s = None  # ... and nothing is known of its schedule
         shed_blind = False  # shedding left no frame for too long: not again this session
@@ -185,7 +159,7 @@ class AvSource(Source):
         bad_in_session = 0
         flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
-            for packet in packets:
+            for packet in container.demux():
                 if self._stop.is_set():
                     return
                 if packet.stream_index != video:
@@ -269,11 +243,6 @@ class AvSource(Source):
                         if delay > 0 and self._stop.wait(delay):
                             return
                         self.stats.behind_s = max(0.0, -delay)
-                    elif spreader is not None:
-                        delay = spreader.due(now, vf.time) - time.monotonic()
-                        if delay > 0 and self._stop.wait(delay):
-                            return
-                        spreader.handed(time.monotonic(), vf.time)
                     t0 = time.perf_counter()
                     self._offer(self._media_offset_s + t, vf)
                     busy_s += time.perf_counter() - t0
