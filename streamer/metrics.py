@@ -122,6 +122,12 @@ class _StatsCollector(Collector):
             "streamer_source_reconnects", "reconnect attempts", labels=["source"]
         )
         stalls = CounterMetricFamily("streamer_source_stalls", "stalls detected", labels=["source"])
+        missing = CounterMetricFamily(
+            "streamer_source_missing_frames",
+            "frames missing from the input, by the gaps in its timestamps (HLS: segments the "
+            "server failed to deliver); never decoded, so not in streamer_frames",
+            labels=["source"],
+        )
         state = GaugeMetricFamily(
             "streamer_source_state", "1 for the current state", labels=["source", "state"]
         )
@@ -152,6 +158,7 @@ class _StatsCollector(Collector):
             crops.add_metric([sid, "failed"], s["crop_failed"])
             reconnects.add_metric([sid], s["reconnects"])
             stalls.add_metric([sid], s["stalls"])
+            missing.add_metric([sid], s["missing_frames"])
             for name in SOURCE_STATES:
                 state.add_metric([sid, name], 1.0 if s["state"] == name else 0.0)
             for k, g in gauges.items():
@@ -211,6 +218,7 @@ class _StatsCollector(Collector):
             shed,
             crops,
             reconnects,
+            missing,
             stalls,
             state,
             *gauges.values(),

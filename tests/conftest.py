@@ -49,12 +49,14 @@ def write_clip(
     gop: int | None = None,
     options: Mapping[str, str] | None = None,
     until: threading.Event | None = None,
+    wall_fps: float | None = None,
 ) -> Path:
     """Encode `n_frames` of FFmpeg's testsrc2 picture to H.264 at `path`, in the container
     its name says (MP4; an HLS playlist and its segments for ``.m3u8``), with the muxer's
     `options`; with `gop`, like a camera: a keyframe every `gop` frames, P- and B-frames
     between (otherwise every frame is a keyframe, as lavfi marks them). With `until`, the
-    frames are written in real time, as a live stream's, until it is set."""
+    frames are written in real time, as a live stream's, until it is set (at `wall_fps` frames a
+    second of the wall clock if given: a camera whose clock runs fast or slow)."""
     w, h = size
     src = av.open(f"testsrc2=size={w}x{h}:rate={fps}", format="lavfi")
     start = time.monotonic()
@@ -68,7 +70,8 @@ def write_clip(
         for i, frame in enumerate(src.decode(video=0)):
             if i >= n_frames:
                 break
-            if until is not None and until.wait(max(0.0, start + i / fps - time.monotonic())):
+            at = start + i / (wall_fps or fps)
+            if until is not None and until.wait(max(0.0, at - time.monotonic())):
                 break
             frame.pts = i
             if gop is not None:

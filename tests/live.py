@@ -227,6 +227,7 @@ class Consumer:
     source: Source
     frames: list[tuple[float, Frame]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    cost_s: float = 0.0  # the loop's time on each frame, as a pipeline's stages would take
 
     def start(self) -> Consumer:
         self.source.start(asyncio.get_running_loop())
@@ -238,6 +239,8 @@ class Consumer:
             while True:
                 frame = await self.source.recv()
                 self.frames.append((time.monotonic(), frame))
+                if self.cost_s:
+                    time.sleep(self.cost_s)  # (holds the loop, as work on it does)
         except EndOfStream:
             return
 

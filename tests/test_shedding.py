@@ -106,7 +106,6 @@ def _decode(
     stall: Callable[[int], float] | None = None,
     bframes: bool = False,
     cost_of: Callable[[float], float] | None = None,
-    segmented: bool = False,
 ) -> list[float]:
     """A camera of `seconds` at 30 fps, no B-frames, read packet by packet as `AvSource` does:
     each packet decoded costs `busy_s` (one skipped costs nothing), the level is chosen before
@@ -117,9 +116,9 @@ def _decode(
     the interpreter lock while demuxing), and `stall(its number)` more before it (the process
     held up while demuxing). With `bframes`, two packets in three reference nothing (skipped
     from NONREF up); `cost_of(its time)` scales a packet's cost (content that is dearer for
-    a while); `segmented`: a stream delivered a segment at a time (live HLS). The lag behind
-    real time of each frame decoded; `levels` gets every level chosen."""
-    s.reset(FRAME_S, segmented)
+    a while). The lag behind real time of each frame decoded; `levels` gets every level
+    chosen."""
+    s.reset(FRAME_S)
     wall, lags = 0.0, []
     for i in range(round(seconds * 30)):
         ts = i * FRAME_S
@@ -250,48 +249,15 @@ def test_a_pause_of_the_whole_process_sheds_only_where_it_would_not_drain(
     assert max(lags) < 1.5
 
 
-@pytest.mark.parametrize("segment_s", [2.0, 4.0, 6.0, 10.0])
-@pytest.mark.parametrize("load", [0.05, 0.3, 0.9])
-def test_a_stream_that_comes_in_segments_is_decoded_whole(segment_s: float, load: float) -> None:
-    """Live HLS: each segment arrives whole once it is complete, a segment after the one
-    before. Its first packet is up to a segment behind the wall clock, but the decoder works
-    the burst off before the next one comes (in `segment_s` x `load`): skipping would only lose
-    frames (before: keyframes only, one frame in 30, for segments over 2 s)."""
-    s = DecodeShedder()
-
-    def arrives(ts: float) -> float:
-        return (ts // segment_s + 1) * segment_s
-
-    levels: set[str] = set()
-    lags = _decode(s, 60.0, load * FRAME_S, arrives=arrives, levels=levels, segmented=True)
-    assert len(lags) == 1800
-    assert levels == {"DEFAULT"}  # not even non-reference frames (B-frames) skipped
-
-
-def test_a_stream_not_in_segments_keeps_the_lag_rule() -> None:
-    """An RTSP camera whose packets come in bursts gets no credit: a stall of the process
-    while demuxing comes in one step too, and nothing tells the two apart there."""
+def test_a_stream_that_comes_in_bursts_is_shed_by_the_lag_rule() -> None:
+    """A camera whose packets come in bursts, 4 s apart: nothing in the timing tells a burst
+    from a stall of the process while demuxing, so the lag rule sheds. (A stream that comes a
+    segment at a time, live HLS, is read ahead and paced before the shedder sees it:
+    streamer/sources/readahead.py.)"""
     s = DecodeShedder()
     levels: set[str] = set()
     _decode(s, 30.0, 0.3 * FRAME_S, arrives=lambda ts: (ts // 4.0 + 1) * 4.0, levels=levels)
     assert "NONKEY" in levels
-
-
-@pytest.mark.parametrize(("load", "sheds"), [(0.3, False), (0.9, True)])
-def test_a_stream_held_up_on_the_way_sheds_only_where_it_would_not_drain(
-    load: float, sheds: bool
-) -> None:
-    """A segmented stream held up for 5 s (a segment late), then delivered at once: a decoder
-    at 30% load works the 5 s off in about 2 s and loses nothing; one at 90% would be behind
-    for 45 s, and skips to a keyframe to be live again."""
-    s = DecodeShedder()
-
-    def arrives(ts: float) -> float:
-        return 15.0 if 10.0 <= ts < 15.0 else ts
-
-    lags = _decode(s, 30.0, load * FRAME_S, arrives=arrives, segmented=True)
-    assert (len(lags) < 900) == sheds, len(lags)
-    assert max(lags[-300:]) < 0.5  # live again at the end
 
 
 def _once(at: int, stall_s: float) -> Callable[[int], float]:
@@ -315,10 +281,7 @@ def test_lag_that_grows_packet_by_packet_is_still_shed_whatever_the_load(
     demuxing) shows in neither the backlog nor the load, only in a lag that grows packet by
     packet. Here the decoder is 30% short in truth: the lag rule still sheds for it, though
     the measured load would drain any lag (a credit for every lag the load could drain shed
-    nothing: 36 s behind after 120 s), and stalls of the process that come in one step are
-    credited only until the lag fails to drain as the load promised. (That rule bounds such a
-    deficit only loosely: the lag window caps what the lag reads. The rule before the credit
-    gave 25.8-29.4 s here, as this does within half a second.)"""
+    nothing: 36 s behind after 120 s). (The lag window bounds such a deficit only loosely.)"""
     s = DecodeShedder()
     lags = _decode(
         s,
@@ -326,72 +289,10 @@ def test_lag_that_grows_packet_by_packet_is_still_shed_whatever_the_load(
         load * FRAME_S,
         uncounted_s=(1.3 - load) * FRAME_S,
         stall=stall,
-        segmented=True,
     )
     unshed = 0.3 * 120 + (0.0 if stall is None else sum(map(stall, range(3600))))
     assert len(lags) < 0.9 * 3600, len(lags)
     assert max(lags[-300:]) < 0.8 * unshed, (max(lags[-300:]), unshed)
-
-
-def test_stalls_that_come_while_the_decoder_stays_behind_do_not_keep_the_lag_rule_blind() -> None:
-    """A decoder at real time in truth (85% counted), the process stalled 0.3 s every 2 s while
-    demuxing, B-frames: each stall is a step, but the lag never comes down as the credits
-    promised, so they are withdrawn and the lag rule sheds the B-frames (before: each new step
-    restarted the check, the lag rule was blind for 137 s of 138 and the decoder 18 s behind,
-    still falling)."""
-    s = DecodeShedder()
-    lags = _decode(
-        s,
-        120.0,
-        0.85 * FRAME_S,
-        uncounted_s=0.15 * FRAME_S,
-        stall=lambda i: 0.3 if i % 60 == 30 else 0.0,
-        bframes=True,
-        segmented=True,
-    )
-    assert max(lags[-300:]) < 2.0, max(lags[-300:])
-
-
-def test_a_segment_dearer_than_the_load_measured_is_decoded_whole() -> None:
-    """Live HLS, 4-s segments at 30% load, one at twice that (motion after a still scene): its
-    lag drains slower than the load promised, but within the promise's 10 s, and the next
-    segment's step adds to the credit (before: withdrawn, keyframes only for the next one)."""
-    s = DecodeShedder()
-    levels: set[str] = set()
-    lags = _decode(
-        s,
-        48.0,
-        0.3 * FRAME_S,
-        arrives=lambda ts: (ts // 4.0 + 1) * 4.0,
-        cost_of=lambda ts: 2.0 if 32.0 <= ts < 36.0 else 1.0,
-        bframes=True,
-        levels=levels,
-        segmented=True,
-    )
-    assert len(lags) == 48 * 30 and levels == {"DEFAULT"}, (len(lags), levels)
-
-
-def test_a_timestamp_that_jumps_ahead_is_no_late_input() -> None:
-    """The camera's encoder skips a second of timestamps (its packets still come at its frame
-    rate) while the decoder has a backlog: the lag falls at the packet, the backlog only after
-    it. The two must not read as lag that came in one step: before, that left a credit of
-    0.28 s for the rest of the session, the lag rule blind below it."""
-    s = DecodeShedder()
-    s.reset(FRAME_S, segmented=True)
-    wall = 0.0
-    for i in range(1800):  # 60 s; 50% load counted, 20% more not (short by a fifth)
-        sent = i * FRAME_S
-        wall = max(wall, sent)
-        level, step = s.next_packet(
-            wall, sent + (1.0 if i >= 600 else 0.0), i % GOP == 0, False, False
-        )
-        assert step is not None
-        cost = 0.5 * FRAME_S if level != "NONKEY" or i % GOP == 0 else 0.0
-        if i == 599:
-            cost += 0.3  # one slow packet: a backlog just before the jump
-        wall += cost + 0.7 * FRAME_S
-        s.served(cost, step)
-        assert s._late is not None and s._late.credit_s == 0.0, (i, s._late)  # late input
 
 
 def test_keyframes_only_is_left_at_a_keyframe_only() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from streamer.crop.convert import crop_bgr, crop_i420
 from streamer.sources.av_source import AvSource, _segmented
-from streamer.sources.base import EvenSkip
+from streamer.sources.base import EvenSkip, Source
 from streamer.sources.shedding import SkipLevel
 from streamer.tap import scaled_i420
 from streamer.types import U8, Frame
@@ -65,6 +65,46 @@ def test_raising_max_fps_applies_from_the_next_frame() -> None:
     skip = EvenSkip()
     assert skip.admit(0.0, 1.0) and not skip.admit(0.1, 1.0)
     assert skip.admit(0.2, 30.0)  # not held back until 1.0 s
+
+
+class _Idle(Source):
+    """A source whose decode thread is never started: the test drives its states."""
+
+    def _session(self) -> None:
+        raise AssertionError("not started")
+
+
+class _TornDownWhileLooked:
+    """A hand-off whose `waiting_for_room` is read by the watchdog after it has read the state
+    as "streaming": reading it moves the source on, as its decode thread may at that moment."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+
+    @property
+    def waiting_for_room(self) -> bool:
+        self.src._set_state("backing_off", "stream ended; retry in 1.0 s")
+        return False
+
+
+def test_the_watchdog_does_not_overwrite_a_state_the_decode_thread_has_moved_on_to() -> None:
+    """The watchdog (loop thread) reads "streaming" and no frame for too long; before it marks
+    the source stalled, the decode thread tears the reader down (backing_off). That state must
+    stand: before, the watchdog wrote "stalled" over it, and a camera retrying showed as stalled
+    and counted a stall it never had."""
+    src = _Idle("cam", stall_timeout_s=1.0)
+    src._set_state("streaming")
+    src.stats.last_frame_at = time.monotonic() - 5.0
+    src._handoff = _TornDownWhileLooked(src)  # type: ignore[assignment]
+    src.check_stall(time.monotonic())
+    assert src.stats.state == "backing_off"
+    assert src.stats.stalls == 0
+    assert src.stats.last_error == "stream ended; retry in 1.0 s"
+    # Without the decode thread moving on, the watchdog still marks a silent camera stalled.
+    src._handoff = None
+    src._set_state("streaming")
+    src.check_stall(time.monotonic())
+    assert (src.stats.state, src.stats.stalls) == ("stalled", 1)
 
 
 def _play(src: AvSource, all_taken: bool = False) -> Consumer:
@@ -160,8 +200,8 @@ class _FirstSessionShedding(ScriptedShedder):
 
     sessions = 0
 
-    def reset(self, frame_s: float | None = None, segmented: bool = False) -> None:
-        super().reset(frame_s, segmented)
+    def reset(self, frame_s: float | None = None) -> None:
+        super().reset(frame_s)
         self.sessions += 1
 
     def script(self) -> SkipLevel:
@@ -476,8 +516,8 @@ def test_skipping_to_keyframes_further_apart_than_the_stall_timeout_goes_on(
 
 
 def test_a_stream_that_comes_a_segment_at_a_time_is_told_apart(tmp_path: Path) -> None:
-    """The shedder credits late input only on streams FFmpeg reads a segment at a time: an HLS
-    playlist is one, one of its segments on its own (MPEG-TS) is not."""
+    """Only streams FFmpeg reads a segment at a time are read ahead and paced: an HLS playlist
+    is one, one of its segments on its own (MPEG-TS) is not."""
     write_clip(tmp_path / "p.m3u8", 45, (64, 48), options={"hls_time": "1"})
     with av.open(str(tmp_path / "p.m3u8")) as playlist:
         assert _segmented(playlist)

@@ -4,6 +4,7 @@ at start-up, unreachable; two cameras; a missing webcam; shutdown during a stall
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from streamer.sources import readahead
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import RetryPolicy
 from streamer.sources.cv_source import CvSource
@@ -289,10 +291,13 @@ def test_pipeline_on_rtsp_camera_publishes_crops(tmp_path: Path, endpoint: Any) 
     assert "totals: frames" in err
 
 
-def test_hls_over_http(tmp_path: Path) -> None:
-    """An HLS stream served over real HTTP (aiohttp on loopback), read like a camera."""
+def test_hls_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recorded HLS stream (its playlist finished) served over real HTTP (aiohttp on
+    loopback), read like a camera: every frame, in order, at its pace. All of it is there at
+    once; with only 0.5 s of media in hand, the reader waits for room instead of dropping."""
     from aiohttp import web
 
+    monkeypatch.setattr(readahead, "MAX_AHEAD_S", 0.5)
     options = {"hls_time": "1", "hls_list_size": "0"}
     write_clip(tmp_path / "live.m3u8", 90, (320, 240), options=options)
     port = free_port()
@@ -303,12 +308,20 @@ def test_hls_over_http(tmp_path: Path) -> None:
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        c = Consumer(rtsp_source(f"http://127.0.0.1:{port}/live.m3u8", "hls")).start()
+        src = rtsp_source(f"http://127.0.0.1:{port}/live.m3u8", "hls")
+        c = Consumer(src).start()
         try:
             await until(lambda: len(c.frames) >= 60, 20, "60 frames over HLS")
         finally:
             await c.stop()
             await runner.cleanup()
+        ids = [f.frame_id for _, f in c.frames]
+        pts = [f.pts for _, f in c.frames]
+        assert ids == list(range(len(ids))) and pts == sorted(pts)  # type: ignore[type-var]
+        assert len(set(pts)) == len(pts)
+        assert (src.stats.skipped_decode, src.stats.dropped_handoff) == (0, 0), src.stats
+        took = c.frames[59][0] - c.frames[0][0]
+        assert took > 59 / 30 * 0.8, took  # at its pace (as fast as decoded: ~0.1 s)
         frame = c.frames[-1][1]
         assert (frame.width, frame.height) == (320, 240)
         assert float(np.std(frame.planes[0])) > 10
@@ -316,58 +329,200 @@ def test_hls_over_http(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_live_hls_segments_are_decoded_whole(tmp_path: Path) -> None:
-    """Live HLS delivers each segment at once, seconds after the one before: the stream's
-    offset to the wall clock jumps by a segment's length each time. The decoder works each
-    burst off in a fraction of that, so it skips nothing (before: the lag rule read every
-    segment as a decoder 3 s behind and decoded keyframes only, 3 frames of each 90)."""
+class _LiveHls:
+    """A live HLS stream written in real time (as an HLS camera or server does: a keyframe a
+    second, each segment listed once it is complete, 5 listed) and served over HTTP by aiohttp
+    on loopback. `wall_fps`: frames written a second, against 30 in their timestamps (a camera
+    whose clock runs fast or slow)."""
+
+    def __init__(self, root: Path, segment_s: float, wall_fps: float = 30.0) -> None:
+        self.root, self.segment_s = root, segment_s
+        self.port = free_port()
+        self._stop = threading.Event()
+        options = {"hls_time": str(segment_s), "hls_list_size": "5", "hls_flags": "delete_segments"}
+        self._feeder = threading.Thread(
+            target=write_clip,
+            args=(root / "live.m3u8", 30 * 120, (320, 240)),
+            kwargs={"gop": 30, "options": options, "until": self._stop, "wall_fps": wall_fps},
+        )
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        self._feeder.start()
+        app = web.Application()
+        app.router.add_static("/", self.root)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await until(lambda: (self.root / "live.m3u8").exists(), 10, "the first segment")
+        return f"http://127.0.0.1:{self.port}/live.m3u8"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def join(self) -> None:
+        self._stop.set()
+        if self._feeder.ident is not None:
+            self._feeder.join(10)
+
+
+def _readers_alive() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.endswith("-read")]
+
+
+def test_live_hls_is_read_ahead_and_handed_on_at_its_pace(tmp_path: Path) -> None:
+    """Live HLS delivers each segment at once, seconds after the one before. Its packets are
+    read as they come and decoded at the stream's pace: a consumer that takes 20 ms a frame
+    gets every frame, about 15 in any half second, none skipped (before: each 3-s segment of 90
+    frames decoded in one burst, most of it dropped in the hand-off; before that, keyframes
+    only, as the lag rule read each segment as 3 s behind). The stall timeout is shorter than
+    a segment: waiting for the next one is no stall (before, FFmpeg's read timed out waiting,
+    the session ended and started again, a segment played twice)."""
+    hls = _LiveHls(tmp_path, segment_s=3.0)
+
+    async def main() -> None:
+        url = await hls.start()
+        source = AvSource("hls", url, stall_timeout_s=2.0, open_timeout_s=5.0, retry=FAST_RETRY)
+        c = Consumer(source, cost_s=0.02).start()
+        levels: set[str] = set()
+        try:
+            await until(lambda: len(c.frames) >= 30, 15, "the first frames")
+            t0, first = time.monotonic(), len(c.frames)
+            while time.monotonic() - t0 < 3 * hls.segment_s:  # three more segments
+                levels.add(source.stats.skip_level)
+                await asyncio.sleep(0.02)
+            window = [at for at, _ in c.frames[first:]]
+            assert _readers_alive() == ["source-hls-read"]
+        finally:
+            await c.stop()
+            await hls.stop()
+        assert _readers_alive() == []  # the session's reader ended with it
+        s = source.stats
+        assert (s.skipped_decode, s.dropped_handoff, s.missing_frames) == (0, 0, 0), s
+        assert (s.reconnects, s.stalls) == (0, 0), s
+        pts = [f.pts for _, f in c.frames if f.pts is not None]
+        assert len(pts) == len(c.frames) and all(a < b for a, b in itertools.pairwise(pts))
+        assert levels == {"DEFAULT"}, levels
+        assert len(window) >= 0.9 * 30 * 3 * hls.segment_s, len(window)
+        in_half_s = max(sum(1 for b in window if a <= b < a + 0.5) for a in window)
+        longest_gap = max(b - a for a, b in itertools.pairwise(window))
+        print(f"live HLS: {len(window)} frames, at most {in_half_s} in 0.5 s, gap {longest_gap}")
+        assert in_half_s <= 22, in_half_s
+        assert longest_gap < 0.4, longest_gap
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        hls.join()
+
+
+def test_live_hls_faster_than_real_time_drops_whole_groups_and_counts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera whose timestamps run twice as fast as its segments come: the media in hand
+    grows without end, so past its bound (2 s here, 45 s by default) the oldest groups of
+    pictures are dropped. Every frame the consumer did not get is counted: the gaps in the
+    handed frames' timestamps add up to `skipped_decode`, but for whole groups dropped before
+    the first frame (FFmpeg starts with three segments, 3 s of media here) (FFmpeg still reads
+    the playlist at its live edge, so no segment expires unread)."""
+    monkeypatch.setattr(readahead, "MAX_AHEAD_S", 2.0)
+    hls = _LiveHls(tmp_path, segment_s=1.0, wall_fps=60.0)
+
+    async def main() -> AvSource:
+        url = await hls.start()
+        source = AvSource("hls", url, stall_timeout_s=4.0, open_timeout_s=5.0, retry=FAST_RETRY)
+        c = Consumer(source).start()
+        try:
+            await until(lambda: source.stats.skipped_decode >= 60, 30, "groups dropped")
+            await asyncio.sleep(1.0)
+        finally:
+            await c.stop()
+            await hls.stop()
+        pts = [f.pts for _, f in c.frames if f.pts is not None]
+        assert len(pts) == len(c.frames)
+        step = 3000  # 90 kHz MPEG-TS clock, 30 fps
+        gaps = sum((b - a) // step - 1 for a, b in itertools.pairwise(pts))
+        assert source.stats.reconnects == 0 and source.stats.dropped_handoff == 0
+        before_first = source.stats.skipped_decode - gaps
+        assert gaps >= 30 and before_first in (0, 30, 60, 90), (gaps, source.stats)
+        return source
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        hls.join()
+
+
+def test_a_segment_the_server_cuts_short_is_counted_as_missing(tmp_path: Path) -> None:
+    """The server sends half of a segment and closes the connection: FFmpeg goes on with the
+    next segment, and the frames of the missing half never come. They are counted in
+    `missing_frames`, with nothing else lost: the gaps in the handed frames' timestamps are
+    exactly what the counters say (before: nothing counted them)."""
     from aiohttp import web
 
-    segment_s = 3.0
     stop_feed = threading.Event()
-    # A live HLS stream written in real time, as an HLS camera or server does: a keyframe a
-    # second, each segment listed once it is complete.
-    options = {"hls_time": str(segment_s), "hls_list_size": "5", "hls_flags": "delete_segments"}
+    options = {"hls_time": "1", "hls_list_size": "5", "hls_flags": "delete_segments"}
     feeder = threading.Thread(
         target=write_clip,
         args=(tmp_path / "live.m3u8", 30 * 60, (320, 240)),
         kwargs={"gop": 30, "options": options, "until": stop_feed},
     )
-    feeder.start()
     port = free_port()
+    cut = "live6.ts"  # listed about 4 s after the source opens (below)
 
-    async def main() -> None:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        data = (tmp_path / name).read_bytes()
+        if name != cut:
+            return web.Response(body=data)
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    async def main() -> AvSource:
         app = web.Application()
-        app.router.add_static("/", tmp_path)
+        app.router.add_get("/{name}", serve)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        await until(lambda: (tmp_path / "live.m3u8").exists(), 10, "the first segment")
+        feeder.start()
+        await until(lambda: (tmp_path / "live2.ts").exists(), 10, "three segments")
         source = AvSource(
             "hls",
             f"http://127.0.0.1:{port}/live.m3u8",
-            stall_timeout_s=2 * segment_s,
+            stall_timeout_s=3.0,
             open_timeout_s=5.0,
             retry=FAST_RETRY,
         )
         c = Consumer(source).start()
-        levels: set[str] = set()
+
+        def gaps() -> int:  # frames missing between those handed on
+            pts = [f.pts or 0 for _, f in c.frames]
+            return sum((b - a) // 3000 - 1 for a, b in itertools.pairwise(pts))
+
         try:
-            await until(lambda: len(c.frames) >= 30, 15, "the first segment's frames")
-            t0, decoded = time.monotonic(), source.stats.decoded
-            while time.monotonic() - t0 < 3 * segment_s:  # three more segments
-                levels.add(source.stats.skip_level)
-                await asyncio.sleep(0.02)
-            decoded = source.stats.decoded - decoded
+            await until(lambda: source.stats.missing_frames > 0, 20, "frames missing")
+            # (Read ahead: the frames after the gap are handed on a few seconds later.)
+            await until(lambda: gaps() > 0, 10, "the frames after the gap")
+            await asyncio.sleep(1.0)
         finally:
             await c.stop()
             await runner.cleanup()
-        assert source.stats.skipped_decode == 0, (source.stats.skipped_decode, decoded)
-        assert levels == {"DEFAULT"}, levels
-        # Three segments' worth decoded in the window (give or take a segment's arrival). (A
-        # segment comes at once: on a busy machine the consumer may not take every frame of
-        # the burst from the hand-off, which counts what it drops; that is not the shedder's.)
-        assert decoded >= 2 * 30 * segment_s, decoded
+        assert all(f.pts is not None for _, f in c.frames)
+        gap = gaps()
+        s = source.stats
+        print(f"cut segment: {s.missing_frames} missing, {gap} in gaps, {s.bad_packets} bad")
+        assert s.reconnects == 0 and s.dropped_handoff == 0 and s.skipped_decode == 0, s
+        assert 10 <= s.missing_frames <= 30, s  # about half of a 1-s segment
+        # (A packet cut in the middle reaches the decoder damaged: no frame, counted as bad.)
+        assert gap == s.missing_frames + s.bad_packets, (gap, s)
+        return source
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import av
 
-from streamer.sources.base import RetryPolicy, Source
+from streamer.sources.base import JOIN_MARGIN_S, RetryPolicy, Source
+from streamer.sources.readahead import READ_TIMEOUT_S, ReadAhead, seconds
 from streamer.sources.redact import redact, url_secrets
 from streamer.sources.shedding import SkipCount
 
@@ -27,18 +28,15 @@ def is_live(url: str) -> bool:
     return url.lower().startswith(LIVE_SCHEMES)
 
 
-def _seconds(packet: Any) -> float | None:
-    """A packet's decode timestamp (its presentation one if it has none), in seconds."""
-    ts = packet.dts if packet.dts is not None else packet.pts
-    if ts is None or packet.time_base is None:
-        return None
-    return float(ts * packet.time_base)
+def _frame_s(stream: Any) -> float | None:
+    """A video stream's nominal frame interval in seconds, if known."""
+    rate = stream.guessed_rate or stream.average_rate
+    return 1.0 / float(rate) if rate else None
 
 
 def _segmented(container: Any) -> bool:
-    """Whether the stream comes a segment at a time, each segment at once (HLS). (FFmpeg's DASH
-    demuxer is not in PyAV's build; a recorded playlist counts too: nothing here reads whether
-    the playlist is still growing.)"""
+    """Whether the stream comes a segment at a time, each segment at once (HLS; FFmpeg's DASH
+    demuxer is not in PyAV's build): it is read ahead (streamer/sources/readahead.py)."""
     return bool(SEGMENTED_FORMATS & set(container.format.name.split(",")))
 
 
@@ -103,10 +101,20 @@ class AvSource(Source):
             # Set up only the video track: an audio track that keeps flowing would keep the
             # read busy while video has stopped.
             options.setdefault("allowed_media_types", "video")
+        # HLS waits for its next segment inside one read: it gets a longer read timeout (the
+        # read-ahead's queue running dry shows a stall first). Guessed from the URL, and opened
+        # again with the right one if the guess was wrong.
+        hls = urlsplit(self.url).path.lower().endswith((".m3u8", ".m3u"))
+        container = self._open_live(options, hls)
+        if _segmented(container) != hls:
+            container.close()
+            container = self._open_live(options, not hls)
+        return container
+
+    def _open_live(self, options: dict[str, str], segmented: bool) -> Any:
+        read_timeout_s = max(self.stall_timeout_s, READ_TIMEOUT_S if segmented else 0.0)
         try:
-            return av.open(
-                self.url, options=options, timeout=(self.open_timeout_s, self.stall_timeout_s)
-            )
+            return av.open(self.url, options=options, timeout=(self.open_timeout_s, read_timeout_s))
         except OSError as e:
             raise OSError(
                 f"{redact(self.url, self.secrets)}: {_network_reason(self.url, e)}"
@@ -114,7 +122,9 @@ class AvSource(Source):
 
     def _session(self) -> None:
         while True:
-            with self._open() as container:
+            container = self._open()
+            ahead: ReadAhead | None = None
+            try:
                 stream = container.streams.video[0]
                 if self.lossless:
                     # Read as fast as served: frame threading, one thread per core (FFmpeg's
@@ -128,25 +138,33 @@ class AvSource(Source):
                     for other in container.streams:
                         if other.index != stream.index:
                             other.discard = "all"  # a file's audio and data: not even read
-                self._decode(container, stream)
+                elif _segmented(container):
+                    name = f"source-{self.source_id}-read"
+                    ahead = ReadAhead(container, stream.index, _frame_s(stream), name).start()
+                self._decode(container, stream, ahead)
+            finally:
+                # (A reader still in a read after that closes the container itself.)
+                if ahead is None or ahead.close(self.stall_timeout_s + JOIN_MARGIN_S / 2):
+                    container.close()
             if not self.loop or self._stop.is_set():
                 return
 
-    def _decode(self, container: Any, stream: Any) -> None:
+    def _decode(self, container: Any, stream: Any, ahead: ReadAhead | None) -> None:
         """Decode the video stream until it ends or `_stop`. Packets of every stream come back
         here (not only video's): a camera whose audio flows while its video has stopped must
-        not keep the read loop from the stop flag and the watchdog."""
+        not keep the read loop from the stop flag and the watchdog. With `ahead` (a stream that
+        comes a segment at a time), its packets come from the read-ahead, each when it is due,
+        and the shedder judges the decoder against that schedule."""
         start_wall = last_wall = self._watch_since = time.monotonic()  # (open has its timeout)
         first_s: float | None = None
         last_s = 0.0
         ctx = stream.codec_context
         video = stream.index
-        rate = stream.guessed_rate or stream.average_rate
-        frame_s = 1.0 / float(rate) if rate else None
+        frame_s = _frame_s(stream)
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
         if shedder is not None:
-            shedder.reset(frame_s, segmented=self.live and _segmented(container))
+            shedder.reset(frame_s)
         self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
         self.stats.behind_s = None  # ... and nothing is known of its schedule
         shed_blind = False  # shedding left no frame for too long: not again this session
@@ -159,9 +177,14 @@ class AvSource(Source):
         bad_in_session = 0
         flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
-            for packet in container.demux():
+            for packet in container.demux() if ahead is None else ahead.packets(self._stop):
                 if self._stop.is_set():
                     return
+                if packet is None:  # the read-ahead has had nothing for a while
+                    self._check_watchdog()
+                    continue
+                if ahead is not None:
+                    self._take_counts(ahead)
                 if packet.stream_index != video:
                     if self.live:
                         self._check_watchdog()
@@ -173,7 +196,7 @@ class AvSource(Source):
                     now = time.monotonic()
                     level, step_s = shedder.next_packet(
                         now,
-                        _seconds(packet),
+                        seconds(packet) if ahead is None else ahead.media_s(),
                         packet.is_keyframe,
                         after_key,
                         now < self.shed_downstream_until,
@@ -256,6 +279,13 @@ class AvSource(Source):
             flushed = True
         finally:
             self.stats.skipped_decode += skips.end(flushed)
+            if ahead is not None:
+                self._take_counts(ahead)
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3
+
+    def _take_counts(self, ahead: ReadAhead) -> None:
+        dropped, missing = ahead.take_counts()
+        self.stats.skipped_decode += dropped
+        self.stats.missing_frames += missing

@@ -97,6 +97,9 @@ class SourceStats:
     skipped_decode: int = 0  # frames the decoder skipped on purpose, shedding load (never decoded)
     skip_level: str = "DEFAULT"  # what the decoder skips now (sources/shedding.py)
     bad_packets: int = 0  # damaged packets the decoder refused (skipped; decoding went on)
+    # Frames missing from the input, by the gaps in its timestamps (under 5 s: longer ones are
+    # a new clock): segments a server failed to deliver. Counted for HLS streams.
+    missing_frames: int = 0
     reconnects: int = 0
     stalls: int = 0
     state: str = "starting"
@@ -312,16 +315,22 @@ class Source(abc.ABC):
             and now - last > self.stall_timeout_s
             and not (self._handoff is not None and self._handoff.waiting_for_room)
         ):
-            self._set_state("stalled", f"no frame for {now - last:.1f} s")
+            # Only from "streaming": the decode thread may have moved on (to backing_off, say)
+            # since the state was read above, and that state must stand.
+            self._set_state("stalled", f"no frame for {now - last:.1f} s", only_from="streaming")
 
     # -- the decode thread -----------------------------------------------------------------
 
-    def _set_state(self, state: str, reason: str | None = None) -> None:
+    def _set_state(
+        self, state: str, reason: str | None = None, only_from: str | None = None
+    ) -> None:
+        """Move to `state` (and, if `only_from` is given, only out of that state: the check and
+        the move are one step under the lock)."""
         if reason is not None:
             reason = redact(reason, self.secrets)
         with self._state_lock:
             old = self.stats.state
-            if old == state:
+            if old == state or (only_from is not None and old != only_from):
                 return
             if state == "stalled":
                 self.stats.stalls += 1

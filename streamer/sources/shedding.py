@@ -17,10 +17,9 @@ Two measures of "behind", because each sees what the other cannot:
 - the **lag**: the stream's offset to the wall clock against its smallest offset of the last
   `LAG_WINDOW_S`. It sees a stream that arrives late or in bursts, but a decoder short by a
   fraction d of real time reads at most ``LAG_WINDOW_S * d`` on it, for ever, while it falls
-  further behind without end. On a stream delivered a segment at a time (live HLS: each
-  segment at once, a segment after the last), lag that comes in one step between two packets
-  is not shed when the decoder would work it off by itself within `LAG_WINDOW_S` at its
-  measured load, and does: skipping frames does not bring late input any sooner;
+  further behind without end. (A stream delivered a segment at a time, live HLS, would read
+  as seconds behind at every segment: it is read ahead and paced first, and its lag measured
+  against that schedule: streamer/sources/readahead.py);
 - the **backlog**: what the decoder itself has fallen behind, from its own work and nothing
   else. Each packet adds the time the loop spent on it (demuxing it on the CPU, decoding it,
   handing its frames on; not waiting for input or pacing) and takes off the media time it
@@ -79,16 +78,13 @@ class DecodeShedder:
     def __init__(self) -> None:
         self._start(None)
 
-    def reset(self, frame_s: float | None = None, segmented: bool = False) -> None:
-        """A new session (at `frame_s` a frame, if known; `segmented`: a stream delivered a
-        segment at a time, such as live HLS): its media clock starts again, and a new decoder
-        owes nothing."""
-        self._start(frame_s, segmented)
+    def reset(self, frame_s: float | None = None) -> None:
+        """A new session (at `frame_s` a frame, if known): its media clock starts again, and a
+        new decoder owes nothing."""
+        self._start(frame_s)
 
-    def _start(self, frame_s: float | None, segmented: bool = False) -> None:
+    def _start(self, frame_s: float | None) -> None:
         self._times = PacketTimes(frame_s)
-        # Live HLS: the lag its segments bring, credited to the input (None: other streams).
-        self._late = LateInput() if segmented else None
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
@@ -120,14 +116,9 @@ class DecodeShedder:
         if step_s is not None:
             self._clock_s += step_s
             self._lag_s = self.lag_s(now, self._clock_s)
-            if self._late is not None:
-                # The backlog as this packet's media leaves it (`served` takes it off after
-                # decoding): so a timestamp that jumps ahead does not read as a step.
-                unexplained = self._lag_s - max(0.0, self.backlog_s - step_s)
-                self._late.observe(now, max(0.0, unexplained), self.load)
         level = self.update(
             now,
-            self._lag_s - (0.0 if self._late is None else self._late.credit_s),
+            self._lag_s,
             shed_downstream,
             keyframe or restart,
             self._times.to_keyframe_s,
@@ -212,57 +203,6 @@ class DecodeShedder:
         if backlog > BEHIND_S or self._own != "DEFAULT":
             return "NONREF"  # (until the backlog is gone)
         return "DEFAULT"
-
-
-class LateInput:
-    """On a stream delivered a segment at a time (live HLS), the lag that came in one step
-    between two packets (a segment that arrived at once) is the input's, not the decoder's,
-    when the decoder would work it off within LAG_WINDOW_S at its measured load: it is credited
-    (`credit_s`) and not shed (skipping would only lose frames; the input comes no sooner).
-    Only for such streams: a stall of the process while demuxing comes in one step too, and
-    nothing here tells the two apart, so other streams' lag stays the lag rule's.
-
-    The load misses time the loop does not count (waits for the interpreter lock or the CPU
-    while demuxing), so a credit is a promise, checked as the lag goes: the lag may not stay
-    above a ceiling that each credited step raises by its size and that comes down again evenly
-    over LAG_WINDOW_S (BEHIND_S to spare). Where it does, the credit is withdrawn, and none is
-    given again until the lag has come back under BEHIND_S. Steps that come while the decoder
-    stays behind therefore do not keep the lag rule blind. Lag that grows by less than BEHIND_S
-    a packet is never credited."""
-
-    def __init__(self) -> None:
-        self.credit_s = 0.0  # of the lag the backlog does not explain, the input's own
-        self._unexplained_s = 0.0  # the lag the backlog did not explain, at the last packet
-        # The ceiling that lag must stay under while credited, and how fast it comes down
-        # (from `_at` on); a credit was withdrawn: none until the lag is under BEHIND_S.
-        self._ceiling_s = self._slope = self._at = 0.0
-        self._barred = False
-
-    def observe(self, now: float, unexplained: float, load: float | None) -> None:
-        """A packet, read at `now`, with `unexplained` seconds of lag the backlog does not
-        explain; `load`: the decoder's measured load (None: not known)."""
-        step = unexplained - self._unexplained_s
-        self._unexplained_s = unexplained
-        if self.credit_s:
-            self._ceiling_s -= self._slope * (now - self._at)
-        self._at = now
-        if self._barred and unexplained < BEHIND_S:
-            self._barred = False  # caught up: late input may be credited again
-        if step > BEHIND_S and not self._barred:
-            late = self.credit_s + step
-            if _drain_s(late * (load or 0.0), load) <= LAG_WINDOW_S:
-                before = unexplained - step  # the lag just before the step
-                if self.credit_s:  # (headroom the lag did not use is not kept)
-                    before = min(before, self._ceiling_s)
-                self._ceiling_s = before + step
-                self.credit_s = late
-                self._slope = late / LAG_WINDOW_S
-        if self.credit_s:
-            if unexplained > self._ceiling_s + BEHIND_S:
-                self.credit_s = 0.0  # it did not drain as promised: not the input's
-                self._barred = True
-            else:
-                self.credit_s = min(self.credit_s, unexplained)
 
 
 class PacketTimes:

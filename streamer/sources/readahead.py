@@ -1,0 +1,322 @@
+"""A live stream that comes a segment at a time (HLS), read ahead and released at its own pace.
+
+FFmpeg reads a live HLS playlist a segment at a time, each at once, seconds after the one
+before. Decoded as they come, a segment's frames reach the pipeline in one burst (most of it
+turned away by the tap's rate or dropped in the hand-off), then nothing for seconds. Here a
+thread of its own reads the packets as they come into a bounded queue (compressed video: about
+a megabyte a segment at 1080p), so the playlist is always read at its live edge, and the decode
+thread takes each packet at the stream's pace: when the packet before was due plus the media
+time between the two, and never before the packet arrived.
+
+- **Input late** (the queue ran dry): the packet is due as it arrives, and the schedule goes on
+  from there. Late input is not the decoder's lag: nothing is shed for it, and the stream plays
+  that much later from then on, as a player rebuffers.
+- **The decoder slow**: packets wait in the queue past their time; how late the decoder takes
+  them (now against when they were due) is its lag, which the decoder's shedder sees.
+- **The queue full** (its bytes, the media in hand, or all read-aheads' bytes together: a
+  decoder far behind, or timestamps that run faster than the segments come): the oldest packets
+  are dropped, up to the next keyframe (the frames after them reference them), and counted as
+  not decoded. A finished playlist (a recording: its duration is known) is not dropped from:
+  the reader waits for room instead.
+
+A step between two packets' timestamps that goes back by more than `CLOCK_BACK_S`, or forward by
+more than `MAX_STEP_S`, is a discontinuity: the packet after it is due one frame after the one
+before. A packet without a timestamp is due with the one before.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_STEP_S = 5.0  # a timestamp step further forward than this is a discontinuity
+CLOCK_BACK_S = 0.5  # ... and one further back than this
+MISSING_AFTER = 1.5  # a step over this many frames is a gap: the frames in it are missing
+# The queue's bounds. FFmpeg starts three segments from the live end, as players do, so a queue
+# holds three segments' worth from the start (18 s at Apple's 6-s segments; 30 s at 10 s).
+MAX_AHEAD_S = 60.0  # media in hand (past it, timestamps run faster than the segments come)
+MAX_BYTES = 64 * 1024 * 1024  # one stream's queue (1080p H.264 at 8 Mbit/s: 60 s)
+MAX_TOTAL_BYTES = 512 * 1024 * 1024  # every read-ahead in the process together (see ByteBudget)
+# How long one read may wait for FFmpeg: it waits for the next segment inside one read, up to a
+# segment's length and the playlist's reload. (A stall shows first as the decode thread's
+# queue running dry: its watchdog, `stall_timeout_s`, ends the session.)
+READ_TIMEOUT_S = 30.0
+POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
+
+
+def seconds(packet: Any) -> float | None:
+    """A packet's decode timestamp (its presentation one if it has none), in seconds."""
+    ts = packet.dts if packet.dts is not None else packet.pts
+    if ts is None or packet.time_base is None:
+        return None
+    s = float(ts * packet.time_base)
+    return s if math.isfinite(s) else None
+
+
+@dataclass
+class Item:
+    packet: Any
+    arrived: float  # monotonic
+    step_s: float  # media time since the packet read before it (0: discontinuity or unknown)
+    nbytes: int  # its data (0: a packet that flushes the decoder, never dropped)
+    keyframe: bool
+
+
+class Steps:
+    """The media time each packet moves the stream on by, as packets are read, and the frames
+    missing in the gaps between them."""
+
+    def __init__(self, frame_s: float | None) -> None:
+        self.frame_s = frame_s
+        self._newest: float | None = None
+        self.missing = 0  # frames missing from the input (gaps in its timestamps)
+
+    def step(self, ts_s: float | None) -> float:
+        """How far a packet with timestamp `ts_s` (None: none) moves the stream on."""
+        if ts_s is None:
+            return 0.0
+        if self._newest is None:
+            self._newest = ts_s
+            return 0.0
+        step = ts_s - self._newest
+        if step > MAX_STEP_S or step < -CLOCK_BACK_S:  # a discontinuity: a new reference
+            self._newest = ts_s
+            return self.frame_s or 0.0
+        if step <= 0.0:
+            return 0.0  # (presentation times go back a little with B-frames: the newest counts)
+        self._newest = ts_s
+        f = self.frame_s
+        if f and step > MISSING_AFTER * f:
+            self.missing += round(step / f) - 1
+        return step
+
+
+class ByteBudget:
+    """The bytes every read-ahead queue holds together, and how many queues there are: past
+    the total, a queue over its fair share drops (one under it may go on, so the total is
+    exceeded by at most one queue's share while the larger ones drop on their next packet)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.queues = 0
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int, queues: int = 0) -> None:
+        with self._lock:
+            self.nbytes += nbytes
+            self.queues += queues
+
+    def over(self, own_bytes: int) -> bool:
+        """Whether a queue holding `own_bytes` must drop."""
+        with self._lock:
+            return self.nbytes > self.max_bytes and own_bytes > self.max_bytes / max(1, self.queues)
+
+
+#: The process's budget for all read-ahead queues.
+BUDGET = ByteBudget(MAX_TOTAL_BYTES)
+
+
+class Queue:
+    """The packets read and not yet taken, bounded; when each is due. No threads, no clock
+    reads: the reader thread `push`es, the decode thread `pop`s, both under the caller's lock.
+    `close` when done: it gives its bytes back to the budget."""
+
+    def __init__(
+        self,
+        finished: bool,
+        max_bytes: int = MAX_BYTES,
+        max_ahead_s: float = MAX_AHEAD_S,
+        budget: ByteBudget = BUDGET,
+    ) -> None:
+        self.finished = finished  # a recording: wait for room, never drop
+        self.max_bytes, self.max_ahead_s = max_bytes, max_ahead_s
+        self.budget = budget
+        budget.add(0, queues=+1)
+        self.items: deque[Item] = deque()
+        self.nbytes = 0
+        self.ahead_s = 0.0  # the media the queued packets hold (the sum of their steps)
+        self.dropped = 0  # frames dropped unread, not yet taken into the source's count
+        self._need_key = False  # dropped: nothing until a keyframe
+        self._due: float | None = None  # when the last packet taken was due
+        self._closed = False
+
+    def full(self) -> bool:
+        return (
+            self.nbytes > self.max_bytes
+            or self.ahead_s > self.max_ahead_s
+            or self.budget.over(self.nbytes)
+        )
+
+    def push(self, item: Item) -> None:
+        """Queue a packet; if that overfills the queue (and it may drop), drop from the oldest
+        up to a keyframe. A packet with no data (the end of the stream, which flushes the
+        decoder) is always queued."""
+        if self._need_key and item.nbytes and not item.keyframe:
+            self.dropped += 1
+            return
+        self._need_key = self._need_key and not item.nbytes
+        self.items.append(item)
+        self._account(item, +1)
+        if self.finished:
+            return  # (the reader waits for room before it reads the next)
+        while self.items and self.items[0].nbytes and self.full():
+            self._drop_oldest()
+            while self.items and self.items[0].nbytes and not self.items[0].keyframe:
+                self._drop_oldest()
+            self._need_key = not self.items
+
+    def pop(self) -> tuple[Item, float] | None:
+        """The oldest packet and when it is due (monotonic), or None if there is none."""
+        if not self.items:
+            return None
+        item = self._popleft()
+        due = item.arrived
+        if self._due is not None:
+            due = max(due, self._due + item.step_s)
+        self._due = due
+        return item, due
+
+    def close(self) -> None:
+        """Let go of every packet, and of the budget (the session ends)."""
+        while self.items:
+            self._popleft()
+        if not self._closed:
+            self._closed = True
+            self.budget.add(0, queues=-1)
+
+    def _drop_oldest(self) -> None:
+        """The oldest packet is not decoded: its frame is counted. (The schedule does not move
+        on by its media: what is dropped is skipped, not waited for.)"""
+        self.dropped += 1
+        self._popleft()
+
+    def _popleft(self) -> Item:
+        item = self.items.popleft()
+        self._account(item, -1)
+        if not self.items:
+            self.ahead_s = 0.0  # (no rounding left over from the running sum)
+        return item
+
+    def _account(self, item: Item, sign: int) -> None:
+        self.nbytes += sign * item.nbytes
+        self.ahead_s += sign * item.step_s
+        self.budget.add(sign * item.nbytes)
+
+
+class ReadAhead:
+    """One session's reader thread and its queue. `packets` gives the decode thread each packet
+    when it is due; `close` stops the reader."""
+
+    def __init__(self, container: Any, video_index: int, frame_s: float | None, name: str) -> None:
+        self._container = container
+        self._video = video_index
+        self._steps = Steps(frame_s)
+        # A finished playlist (a recording) has a duration; a live one has none.
+        self.queue = Queue(container.duration is not None, MAX_BYTES, MAX_AHEAD_S)
+        self._cond = threading.Condition()
+        self._closing = False
+        self._ended = False  # the reader is out of the container for good
+        self._error: Exception | None = None
+        self._close_container = False  # `close` gave up waiting: the reader closes it
+        self.first_due: float | None = None
+        self.due = 0.0  # when the last packet given out was due (monotonic)
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
+
+    def start(self) -> ReadAhead:
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        try:
+            for packet in self._container.demux():
+                if self._closing:
+                    return
+                if packet.stream_index != self._video:
+                    continue
+                arrived = time.monotonic()
+                with self._cond:
+                    step = self._steps.step(seconds(packet))
+                    item = Item(packet, arrived, step, packet.size, bool(packet.is_keyframe))
+                    while self.queue.finished and self.queue.full() and not self._closing:
+                        self._cond.wait(POLL_S)  # a recording: wait for room
+                    if self._closing:
+                        return
+                    self.queue.push(item)
+                    self._cond.notify_all()
+        except Exception as e:  # the session's error: the decode thread raises it
+            self._error = e
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+                close = self._close_container
+            if close:
+                self._container.close()
+
+    def packets(self, stop: threading.Event) -> Iterator[Any | None]:
+        """Each packet when it is due (waiting for it), and None when none has come for
+        `POLL_S` (time to look at the watchdog). Ends when the stream has ended and every packet
+        read was given out; raises what the reader raised, after them."""
+        while not stop.is_set():
+            with self._cond:
+                got = self.queue.pop()
+                if got is None and not self._ended:
+                    self._cond.wait(POLL_S)
+                    got = self.queue.pop()
+                if got is None and self._ended:
+                    if self._error is not None:
+                        raise self._error
+                    return
+                if got is not None:
+                    self._cond.notify_all()  # room for a reader waiting for it
+            if got is None:
+                yield None
+                continue
+            item, due = got
+            if self.first_due is None:
+                self.first_due = due
+            delay = due - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+            self.due = due
+            yield item.packet
+
+    def take_counts(self) -> tuple[int, int]:
+        """(frames dropped unread, frames missing from the input) since the last call."""
+        with self._cond:
+            dropped, self.queue.dropped = self.queue.dropped, 0
+            missing, self._steps.missing = self._steps.missing, 0
+        return dropped, missing
+
+    def media_s(self) -> float:
+        """The last packet given out: when it was due, in seconds from the first one (the
+        stream's time as the decode thread keeps to it)."""
+        return self.due - (self.first_due or self.due)
+
+    def close(self, timeout_s: float) -> bool:
+        """Stop reading and let go of the queued packets. True once the reader is out of the
+        container (which may then be closed); False if it is still in a read after `timeout_s`:
+        it closes the container itself when the read returns."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
+        with self._cond:
+            self.queue.close()
+            if self._ended or self._thread.ident is None:
+                return True
+            self._close_container = True
+        log.error(
+            "%s: still in a read %.1f s after the session ended", self._thread.name, timeout_s
+        )
+        return False
