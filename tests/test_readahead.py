@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.sources.readahead import CLOCK_BACK_S, MAX_STEP_S, ByteBudget, Item, Queue, Steps
+from streamer.sources.readahead import (
+    CLOCK_BACK_S,
+    MAX_STEP_S,
+    RECENT_STEPS,
+    ByteBudget,
+    Item,
+    Queue,
+    Steps,
+)
 
 F = 1 / 30  # a frame at 30 fps
 GOP = 30
@@ -138,38 +146,137 @@ def test_a_recording_is_never_dropped_from() -> None:
     assert [p for p, _ in _drain(q)] == list(range(90))
 
 
+def _steps(frame_s: float | None = F) -> Steps:
+    s = Steps()
+    s.frame_s = frame_s
+    return s
+
+
 def test_steps() -> None:
-    s = Steps(F)
+    s = _steps()
     assert s.step(10.0) == 0.0  # the first: nothing to step from
     assert s.step(10.0 + F) == pytest.approx(F)
     assert s.step(None) == 0.0  # no timestamp: due with the one before
     assert s.step(10.0 + 3 * F) == pytest.approx(2 * F)
     assert s.step(10.0 + 2 * F) == 0.0  # a little back (B-frames' presentation order)
     assert s.step(10.0 + 4 * F) == pytest.approx(F)  # from the newest
-    assert s.step(10.0 + 4 * F + MAX_STEP_S + 1) == F  # a jump ahead: one frame
+    assert s.step(10.0 + 4 * F + MAX_STEP_S + 1) == F  # further ahead: not waited for
     assert s.step(10.0 + 5 * F + MAX_STEP_S + 1) == pytest.approx(F)  # the new reference
-    assert s.step(0.0) == F  # a jump back further than CLOCK_BACK_S
+    assert s.step(0.0) == F  # a jump back further than CLOCK_BACK_S: a new clock
     assert s.step(F) == pytest.approx(F)
     assert s.step(F - CLOCK_BACK_S / 2) == 0.0  # back, within CLOCK_BACK_S
+    assert s.missing == 179  # (the jump ahead of 6 s: a gap, below)
 
 
 def test_frames_missing_from_the_input_are_counted() -> None:
     """A segment the server failed to deliver (FFmpeg goes on to the next) leaves a gap in the
-    timestamps: its frames are counted as missing. A discontinuity is not a gap."""
-    s = Steps(F)
+    timestamps: its frames are counted as missing, a whole 6-s segment too. A new clock is not
+    a gap."""
+    s = _steps()
     for i in range(10):
         s.step(i * F)
     assert s.missing == 0
     s.step(10 * F + 1.0)  # a second missing: 30 frames
     assert s.missing == 30
     s.step(11 * F + 1.0)
-    s.step(11 * F + 1.0 + 2 * F)  # one frame missing (1.5 frames is the least gap)
-    assert s.missing == 31
-    s.step(100.0)  # a new clock, not a gap
-    assert s.missing == 31
+    s.step(11 * F + 1.0 + 2 * F)  # one frame missing: not a gap (a halved rate looks the same)
+    assert s.missing == 30
+    s.step(11 * F + 1.0 + 6 * F)  # 3 missing
+    assert s.missing == 33
+    s.step(11 * F + 7.0 + 7 * F)  # a whole 6-s segment: 180
+    assert s.missing == 213
+    s.step(100.0)  # a jump over MAX_GAP_S: a new clock, not a gap
+    assert s.missing == 213
+
+
+def test_a_frame_rate_that_changes_is_followed() -> None:
+    """A camera that goes from 30 to 15 fps (low light) loses nothing: no frame counted
+    missing; one that drops to 2.5 fps at once, only until the recent steps show the new
+    rate."""
+    s = _steps()
+    t = 0.0
+    for _ in range(60):
+        t += F
+        s.step(t)
+    for _ in range(60):
+        t += 2 * F
+        s.step(t)
+    assert s.missing == 0
+    for _ in range(60):
+        t += 12 * F
+        s.step(t)
+    assert 0 < s.missing <= (RECENT_STEPS // 2 + 1) * 5  # until most recent steps say 2.5 fps
+    missing = s.missing
+    for _ in range(60):
+        t += 12 * F
+        s.step(t)
+    assert s.missing == missing
+
+
+def test_what_a_reconnect_missed_is_counted() -> None:
+    """One Steps spans a camera's sessions: the next session's first packet, 4 s on from the
+    last one read, counts the frames between (a replay, further back, counts nothing)."""
+    s = _steps()
+    for i in range(30):
+        s.step(i * F)
+    s.step(29 * F + 4.0)  # the new session, at the playlist's last segment
+    assert s.missing == 119
+    s.step(2.0)  # a session that starts further back: a new reference, nothing counted
+    assert s.missing == 119
 
 
 def test_steps_without_a_frame_rate() -> None:
-    s = Steps(None)
+    s = _steps(None)
     s.step(0.0)
-    assert s.step(100.0) == 0.0  # a discontinuity, and no rate to say what a frame is
+    assert s.step(100.0) == 0.0  # far ahead, and no rate to say what a frame is
+    for i in range(1, 20):
+        assert s.step(100.0 + i * 0.1) == pytest.approx(0.1)
+    s.step(100.0 + 19 * 0.1 + 1.0)  # the steps so far say 10 fps: 9 missing
+    assert s.missing == 9
+
+
+def _live(q: Queue, segment_s: float, joined_late_s: float, run_s: float) -> list[float]:
+    """A live stream of `segment_s` segments, each whole once its last frame is captured (the
+    stream's clock is the wall clock), read from `joined_late_s` after a segment was listed,
+    and a decoder that takes each packet when it is due: each frame's age when due."""
+    per = round(segment_s / F)
+    k = 0
+    now = segment_s + joined_late_s
+
+    def push_arrived() -> None:
+        nonlocal k
+        while (k + 1) * segment_s <= now:  # segment k is listed at the end of its media
+            arrived = max((k + 1) * segment_s, segment_s + joined_late_s)
+            for i in range(k * per, (k + 1) * per):
+                q.push(Item(i, arrived, 0.0 if i == 0 else F, 1000, i % GOP == 0))
+            k += 1
+
+    ages = []
+    push_arrived()
+    while now < run_s:
+        got = q.pop()
+        if got is None:
+            now = (k + 1) * segment_s
+        else:
+            now = max(now, got[1])
+            ages.append(got[1] - got[0].packet * F)
+        push_arrived()
+    return ages
+
+
+@pytest.mark.parametrize("joined_late_s", [0.0, 3.0])
+def test_a_stream_that_plays_later_than_it_needs_catches_up(joined_late_s: float) -> None:
+    """Joined 3 s into a 4-s segment's cycle, the stream would play 3 s later than it needs
+    to for good (a frame 7 s old when due, where 4 s is the least: a segment comes whole).
+    Played 1.1 times as fast until its media in hand comes under a second, it is ~5 s."""
+    ages = _live(_queue(), 4.0, joined_late_s, 240.0)
+    assert ages[0] == pytest.approx(4.0 + joined_late_s)
+    assert max(ages[-30 * 60 :]) < 4.0 + 1.0 + 0.2  # the last minute
+    assert min(ages) > 4.0 - 1e-9  # never before the frame could have come
+
+
+def test_a_stream_with_no_time_to_spare_is_not_sped_up() -> None:
+    """Each segment comes as the one before is played out: no time to spare, played at its
+    pace all along."""
+    ages = _live(_queue(), 4.0, 0.0, 240.0)
+    assert max(ages) == pytest.approx(4.0)

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import av
 
-from streamer.sources.base import JOIN_MARGIN_S, RetryPolicy, Source
-from streamer.sources.readahead import READ_TIMEOUT_S, ReadAhead, seconds
+from streamer.sources.base import RetryPolicy, Source
+from streamer.sources.readahead import CLOSE_WAIT_S, READ_TIMEOUT_S, ReadAhead, Steps, seconds
 from streamer.sources.redact import redact, url_secrets
 from streamer.sources.shedding import SkipCount
 
@@ -89,6 +89,8 @@ class AvSource(Source):
         self.open_timeout_s = open_timeout_s
         self.av_options = dict(av_options or {})
         self._media_offset_s = 0.0
+        self._hls: bool | None = None  # whether the stream is HLS, once an open has said
+        self._steps = Steps()  # an HLS stream's timeline, across its sessions
 
     def _open(self) -> Any:
         if self.url.startswith(LAVFI_PREFIX):
@@ -102,16 +104,23 @@ class AvSource(Source):
             # read busy while video has stopped.
             options.setdefault("allowed_media_types", "video")
         # HLS waits for its next segment inside one read: it gets a longer read timeout (the
-        # read-ahead's queue running dry shows a stall first). Guessed from the URL, and opened
-        # again with the right one if the guess was wrong.
-        hls = urlsplit(self.url).path.lower().endswith((".m3u8", ".m3u"))
+        # read-ahead's queue running dry shows a stall first), and starts at the playlist's
+        # last segment (read ahead and paced, three segments back would be three segments
+        # late for good). Guessed from the URL until the first open says, and opened again if
+        # the guess was wrong.
+        hls = self._hls
+        if hls is None:
+            hls = urlsplit(self.url).path.lower().endswith((".m3u8", ".m3u"))
         container = self._open_live(options, hls)
-        if _segmented(container) != hls:
+        self._hls = _segmented(container)
+        if self._hls != hls:
             container.close()
-            container = self._open_live(options, not hls)
+            container = self._open_live(options, self._hls)
         return container
 
     def _open_live(self, options: dict[str, str], segmented: bool) -> Any:
+        if segmented:
+            options = {"live_start_index": "-1", **options}
         read_timeout_s = max(self.stall_timeout_s, READ_TIMEOUT_S if segmented else 0.0)
         try:
             return av.open(self.url, options=options, timeout=(self.open_timeout_s, read_timeout_s))
@@ -140,11 +149,12 @@ class AvSource(Source):
                             other.discard = "all"  # a file's audio and data: not even read
                 elif _segmented(container):
                     name = f"source-{self.source_id}-read"
-                    ahead = ReadAhead(container, stream.index, _frame_s(stream), name).start()
+                    self._steps.frame_s = _frame_s(stream)
+                    ahead = ReadAhead(container, stream.index, self._steps, name).start()
                 self._decode(container, stream, ahead)
             finally:
                 # (A reader still in a read after that closes the container itself.)
-                if ahead is None or ahead.close(self.stall_timeout_s + JOIN_MARGIN_S / 2):
+                if ahead is None or ahead.close(CLOSE_WAIT_S):
                     container.close()
             if not self.loop or self._stop.is_set():
                 return

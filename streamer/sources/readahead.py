@@ -10,7 +10,10 @@ time between the two, and never before the packet arrived.
 
 - **Input late** (the queue ran dry): the packet is due as it arrives, and the schedule goes on
   from there. Late input is not the decoder's lag: nothing is shed for it, and the stream plays
-  that much later from then on, as a player rebuffers.
+  that much later, as a player rebuffers.
+- **Later than it needs**: when the media in hand has not come under a second for 30 s (late
+  input played late; joined in the middle of a segment's cycle), the stream is played 1.1
+  times as fast until it has: it comes back to about a segment and a second behind its edge.
 - **The decoder slow**: packets wait in the queue past their time; how late the decoder takes
   them (now against when they were due) is its lag, which the decoder's shedder sees.
 - **The queue full** (its bytes, the media in hand, or all read-aheads' bytes together: a
@@ -37,9 +40,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-MAX_STEP_S = 5.0  # a timestamp step further forward than this is a discontinuity
-CLOCK_BACK_S = 0.5  # ... and one further back than this
-MISSING_AFTER = 1.5  # a step over this many frames is a gap: the frames in it are missing
+MAX_STEP_S = 5.0  # a timestamp step further forward than this is not waited for
+CLOCK_BACK_S = 0.5  # a step further back than this is a new clock
+MAX_GAP_S = (
+    30.0  # a gap up to this long is frames missing (three 10-s segments); longer: a new clock
+)
+MISSING_AFTER = 2.5  # a step over this many frame intervals is a gap (a frame rate that halves
+# is not one)
+RECENT_STEPS = 31  # the frame interval is the median of this many recent steps
 # The queue's bounds. FFmpeg starts three segments from the live end, as players do, so a queue
 # holds three segments' worth from the start (18 s at Apple's 6-s segments; 30 s at 10 s).
 MAX_AHEAD_S = 60.0  # media in hand (past it, timestamps run faster than the segments come)
@@ -49,6 +57,13 @@ MAX_TOTAL_BYTES = 512 * 1024 * 1024  # every read-ahead in the process together 
 # segment's length and the playlist's reload. (A stall shows first as the decode thread's
 # queue running dry: its watchdog, `stall_timeout_s`, ends the session.)
 READ_TIMEOUT_S = 30.0
+# A stream whose media in hand has not come under CATCHUP_SLACK_S for CATCHUP_WINDOW_S (at least
+# a segment's cycle) plays later than it needs to: it is played CATCHUP_SPEED times as fast
+# until it has.
+CATCHUP_WINDOW_S = 30.0
+CATCHUP_SLACK_S = 1.0
+CATCHUP_SPEED = 1.1
+CLOSE_WAIT_S = 1.0  # how long a session's end waits for its reader (then it closes by itself)
 POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
 
 
@@ -72,37 +87,52 @@ class Item:
 
 class Steps:
     """The media time each packet moves the stream on by, as packets are read, and the frames
-    missing in the gaps between them."""
+    missing in the gaps between them. One per camera: it spans sessions, so what a reconnect
+    missed is counted too."""
 
-    def __init__(self, frame_s: float | None) -> None:
-        self.frame_s = frame_s
+    def __init__(self) -> None:
+        self.frame_s: float | None = None  # the stream's nominal interval (until steps are seen)
         self._newest: float | None = None
+        self._recent: deque[float] = deque(maxlen=RECENT_STEPS)
         self.missing = 0  # frames missing from the input (gaps in its timestamps)
 
+    def interval_s(self) -> float | None:
+        """The frame interval: the median of the recent steps (a frame rate that changes is
+        followed), or the nominal one until there are a few."""
+        if len(self._recent) < 8:
+            return self.frame_s
+        return sorted(self._recent)[len(self._recent) // 2]
+
     def step(self, ts_s: float | None) -> float:
-        """How far a packet with timestamp `ts_s` (None: none) moves the stream on."""
+        """How far a packet with timestamp `ts_s` (None: none) moves the stream on (a step not
+        to wait for gives one frame)."""
         if ts_s is None:
             return 0.0
         if self._newest is None:
             self._newest = ts_s
             return 0.0
         step = ts_s - self._newest
-        if step > MAX_STEP_S or step < -CLOCK_BACK_S:  # a discontinuity: a new reference
-            self._newest = ts_s
-            return self.frame_s or 0.0
         if step <= 0.0:
+            if step < -CLOCK_BACK_S:  # a new clock
+                self._newest = ts_s
+                return self.interval_s() or 0.0
             return 0.0  # (presentation times go back a little with B-frames: the newest counts)
         self._newest = ts_s
-        f = self.frame_s
-        if f and step > MISSING_AFTER * f:
-            self.missing += round(step / f) - 1
+        interval = self.interval_s()
+        if interval and MISSING_AFTER * interval < step <= MAX_GAP_S:
+            self.missing += round(step / interval) - 1
+        if step > MAX_STEP_S:
+            return interval or 0.0
+        self._recent.append(step)
         return step
 
 
 class ByteBudget:
     """The bytes every read-ahead queue holds together, and how many queues there are: past
-    the total, a queue over its fair share drops (one under it may go on, so the total is
-    exceeded by at most one queue's share while the larger ones drop on their next packet)."""
+    the total, a queue over its fair share drops (down to a keyframe) at its next packet, and
+    one under its share goes on. So the total passes its bound only while the queues over
+    their share wait for their next packet (up to a segment), by no more than what they hold
+    over their share; each queue's own bound holds always."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -147,6 +177,8 @@ class Queue:
         self.dropped = 0  # frames dropped unread, not yet taken into the source's count
         self._need_key = False  # dropped: nothing until a keyframe
         self._due: float | None = None  # when the last packet taken was due
+        self._lows: deque[tuple[float, float]] = deque()  # (due, media in hand), see _watch
+        self._watched_since: float | None = None
         self._closed = False
 
     def full(self) -> bool:
@@ -181,9 +213,31 @@ class Queue:
         item = self._popleft()
         due = item.arrived
         if self._due is not None:
-            due = max(due, self._due + item.step_s)
+            due = max(due, self._due + item.step_s / self._speed())
         self._due = due
+        self._watch(due)
         return item, due
+
+    def _watch(self, now: float) -> None:
+        """Keep the smallest media in hand of the last `CATCHUP_WINDOW_S` (a queue of rising
+        minima: the window's is the first)."""
+        lows, ahead = self._lows, self.ahead_s
+        while lows and lows[-1][1] >= ahead:
+            lows.pop()
+        lows.append((now, ahead))
+        while now - lows[0][0] > CATCHUP_WINDOW_S:
+            lows.popleft()
+        if self._watched_since is None:
+            self._watched_since = now
+
+    def _speed(self) -> float:
+        """How fast to play: faster while the media in hand has not come under
+        `CATCHUP_SLACK_S` for a whole window (the stream plays later than it needs to: joined
+        mid-segment, or late input played late). Not a recording: its reader keeps it full."""
+        since, due = self._watched_since, self._due
+        if self.finished or since is None or due is None or due - since < CATCHUP_WINDOW_S:
+            return 1.0
+        return CATCHUP_SPEED if self._lows[0][1] > CATCHUP_SLACK_S else 1.0
 
     def close(self) -> None:
         """Let go of every packet, and of the budget (the session ends)."""
@@ -216,10 +270,10 @@ class ReadAhead:
     """One session's reader thread and its queue. `packets` gives the decode thread each packet
     when it is due; `close` stops the reader."""
 
-    def __init__(self, container: Any, video_index: int, frame_s: float | None, name: str) -> None:
+    def __init__(self, container: Any, video_index: int, steps: Steps, name: str) -> None:
         self._container = container
         self._video = video_index
-        self._steps = Steps(frame_s)
+        self._steps = steps  # the camera's (read here, under the lock, while this session runs)
         # A finished playlist (a recording) has a duration; a live one has none.
         self.queue = Queue(container.duration is not None, MAX_BYTES, MAX_AHEAD_S)
         self._cond = threading.Condition()
@@ -244,13 +298,13 @@ class ReadAhead:
                     continue
                 arrived = time.monotonic()
                 with self._cond:
-                    step = self._steps.step(seconds(packet))
-                    item = Item(packet, arrived, step, packet.size, bool(packet.is_keyframe))
                     while self.queue.finished and self.queue.full() and not self._closing:
                         self._cond.wait(POLL_S)  # a recording: wait for room
                     if self._closing:
-                        return
-                    self.queue.push(item)
+                        return  # (the camera's Steps belong to the next session now)
+                    step = self._steps.step(seconds(packet))
+                    key = bool(packet.is_keyframe)
+                    self.queue.push(Item(packet, arrived, step, packet.size, key))
                     self._cond.notify_all()
         except Exception as e:  # the session's error: the decode thread raises it
             self._error = e
@@ -316,7 +370,7 @@ class ReadAhead:
             if self._ended or self._thread.ident is None:
                 return True
             self._close_container = True
-        log.error(
-            "%s: still in a read %.1f s after the session ended", self._thread.name, timeout_s
+        log.info(
+            "%s: still in a read; it closes the stream when the read returns", self._thread.name
         )
         return False
