@@ -13,7 +13,14 @@ from urllib.parse import urlsplit
 import av
 
 from streamer.sources.base import RetryPolicy, Source
-from streamer.sources.readahead import CLOSE_WAIT_S, READ_TIMEOUT_S, ReadAhead, Steps, seconds
+from streamer.sources.readahead import (
+    CATCHUP_MAX_LOAD,
+    CLOSE_WAIT_S,
+    READ_TIMEOUT_S,
+    ReadAhead,
+    Steps,
+    seconds,
+)
 from streamer.sources.redact import redact, url_secrets
 from streamer.sources.shedding import SkipCount
 
@@ -154,8 +161,11 @@ class AvSource(Source):
                 self._decode(container, stream, ahead)
             finally:
                 # (A reader still in a read after that closes the container itself.)
-                if ahead is None or ahead.close(CLOSE_WAIT_S):
+                # (Stopping: no wait. A reader still in a read closes the stream itself.)
+                if ahead is None or ahead.close(0.0 if self._stop.is_set() else CLOSE_WAIT_S):
                     container.close()
+                if ahead is not None and not self._stop.is_set():
+                    self._take_counts(ahead)  # what the session's end let go of (not a stop's)
             if not self.loop or self._stop.is_set():
                 return
 
@@ -213,6 +223,11 @@ class AvSource(Source):
                     )
                     if self.live:
                         self.stats.behind_s = shedder.behind_s
+                    if ahead is not None:
+                        load = shedder.load
+                        ahead.queue.spare = (
+                            level == "DEFAULT" and load is not None and load < CATCHUP_MAX_LOAD
+                        )
                     if level != shedder_level and not shed_blind:
                         ctx.skip_frame = shedder_level = level
                         self.stats.skip_level = level

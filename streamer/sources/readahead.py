@@ -12,8 +12,9 @@ time between the two, and never before the packet arrived.
   from there. Late input is not the decoder's lag: nothing is shed for it, and the stream plays
   that much later, as a player rebuffers.
 - **Later than it needs**: when the media in hand has not come under a second for 30 s (late
-  input played late; joined in the middle of a segment's cycle), the stream is played 1.1
-  times as fast until it has: it comes back to about a segment and a second behind its edge.
+  input played late; a start further back than the last segment), the stream is played 1.1
+  times as fast until it has, while its decoder has time to spare. (How late FFmpeg finds each
+  new segment, by when it polls the playlist, is not media in hand: that stays.)
 - **The decoder slow**: packets wait in the queue past their time; how late the decoder takes
   them (now against when they were due) is its lag, which the decoder's shedder sees.
 - **The queue full** (its bytes, the media in hand, or all read-aheads' bytes together: a
@@ -22,9 +23,10 @@ time between the two, and never before the packet arrived.
   not decoded. A finished playlist (a recording: its duration is known) is not dropped from:
   the reader waits for room instead.
 
-A step between two packets' timestamps that goes back by more than `CLOCK_BACK_S`, or forward by
-more than `MAX_STEP_S`, is a discontinuity: the packet after it is due one frame after the one
-before. A packet without a timestamp is due with the one before.
+A step between two packets' timestamps that goes back by more than `CLOCK_BACK_S` (a new clock),
+or forward by more than `MAX_STEP_S`, is not waited for: the packet after it is due a frame
+interval after the one before. A packet without a timestamp is due with the one before. Gaps in
+the timestamps are counted as frames missing from the input (`Steps`).
 """
 
 from __future__ import annotations
@@ -42,14 +44,12 @@ log = logging.getLogger(__name__)
 
 MAX_STEP_S = 5.0  # a timestamp step further forward than this is not waited for
 CLOCK_BACK_S = 0.5  # a step further back than this is a new clock
-MAX_GAP_S = (
-    30.0  # a gap up to this long is frames missing (three 10-s segments); longer: a new clock
-)
-MISSING_AFTER = 2.5  # a step over this many frame intervals is a gap (a frame rate that halves
-# is not one)
+MAX_GAP_S = 30.0  # a gap up to this is frames missing (3 segments of 10 s); longer: a new clock
+MISSING_AFTER = 2.5  # a step over this many frame intervals is a gap (a halved frame rate is not)
 RECENT_STEPS = 31  # the frame interval is the median of this many recent steps
-# The queue's bounds. FFmpeg starts three segments from the live end, as players do, so a queue
-# holds three segments' worth from the start (18 s at Apple's 6-s segments; 30 s at 10 s).
+# The queue's bounds. A stream starts at the playlist's last segment, so a queue holds about one
+# segment (two while the next comes in); FFmpeg's default of three back (`live_start_index` in a
+# source's `av_options`) holds three: 18 s at Apple's 6-s segments, 30 s at 10 s.
 MAX_AHEAD_S = 60.0  # media in hand (past it, timestamps run faster than the segments come)
 MAX_BYTES = 64 * 1024 * 1024  # one stream's queue (1080p H.264 at 8 Mbit/s: 60 s)
 MAX_TOTAL_BYTES = 512 * 1024 * 1024  # every read-ahead in the process together (see ByteBudget)
@@ -63,6 +63,7 @@ READ_TIMEOUT_S = 30.0
 CATCHUP_WINDOW_S = 30.0
 CATCHUP_SLACK_S = 1.0
 CATCHUP_SPEED = 1.1
+CATCHUP_MAX_LOAD = 0.8  # ... only while the decoder's load leaves it this much to spare
 CLOSE_WAIT_S = 1.0  # how long a session's end waits for its reader (then it closes by itself)
 POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
 
@@ -94,6 +95,7 @@ class Steps:
         self.frame_s: float | None = None  # the stream's nominal interval (until steps are seen)
         self._newest: float | None = None
         self._recent: deque[float] = deque(maxlen=RECENT_STEPS)
+        self._gap: tuple[float, float] | None = None  # a gap (its step, the interval then)...
         self.missing = 0  # frames missing from the input (gaps in its timestamps)
 
     def interval_s(self) -> float | None:
@@ -119,8 +121,15 @@ class Steps:
             return 0.0  # (presentation times go back a little with B-frames: the newest counts)
         self._newest = ts_s
         interval = self.interval_s()
+        if self._gap is not None:
+            # ... counted once the step after it is back to the interval before: a frame rate
+            # that falls (a camera that slows down when nothing moves) is no gap.
+            gap, before = self._gap
+            self._gap = None
+            if step <= MISSING_AFTER * before:
+                self.missing += round(gap / before) - 1
         if interval and MISSING_AFTER * interval < step <= MAX_GAP_S:
-            self.missing += round(step / interval) - 1
+            self._gap = (step, interval)
         if step > MAX_STEP_S:
             return interval or 0.0
         self._recent.append(step)
@@ -179,6 +188,9 @@ class Queue:
         self._due: float | None = None  # when the last packet taken was due
         self._lows: deque[tuple[float, float]] = deque()  # (due, media in hand), see _watch
         self._watched_since: float | None = None
+        # Set by the decode thread: it decodes everything with time to spare, so it can catch
+        # up (a decoder that sheds would only shed more).
+        self.spare = False
         self._closed = False
 
     def full(self) -> bool:
@@ -232,17 +244,20 @@ class Queue:
 
     def _speed(self) -> float:
         """How fast to play: faster while the media in hand has not come under
-        `CATCHUP_SLACK_S` for a whole window (the stream plays later than it needs to: joined
-        mid-segment, or late input played late). Not a recording: its reader keeps it full."""
+        `CATCHUP_SLACK_S` for a whole window (the stream plays later than it needs to: late
+        input played late, or a start further back than the last segment) and the decoder has
+        time to spare. Not a recording: its reader keeps it full."""
         since, due = self._watched_since, self._due
-        if self.finished or since is None or due is None or due - since < CATCHUP_WINDOW_S:
+        if not self.spare or self.finished or since is None or due is None:
+            return 1.0
+        if due - since < CATCHUP_WINDOW_S:
             return 1.0
         return CATCHUP_SPEED if self._lows[0][1] > CATCHUP_SLACK_S else 1.0
 
     def close(self) -> None:
-        """Let go of every packet, and of the budget (the session ends)."""
+        """Let go of every packet (counted as dropped), and of the budget (the session ends)."""
         while self.items:
-            self._popleft()
+            self.dropped += bool(self._popleft().nbytes)
         if not self._closed:
             self._closed = True
             self.budget.add(0, queues=-1)
@@ -286,7 +301,11 @@ class ReadAhead:
         self._thread = threading.Thread(target=self._read, name=name, daemon=True)
 
     def start(self) -> ReadAhead:
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self.queue.close()
+            raise
         return self
 
     def _read(self) -> None:
