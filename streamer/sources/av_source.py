@@ -160,8 +160,8 @@ class AvSource(Source):
                     ahead = ReadAhead(container, stream.index, self._steps, name).start()
                 self._decode(container, stream, ahead)
             finally:
-                # (A reader still in a read after that closes the container itself.)
-                # (Stopping: no wait. A reader still in a read closes the stream itself.)
+                # A reader still in a read after a second (at a stop: at once) closes the
+                # container itself when the read returns.
                 if ahead is None or ahead.close(0.0 if self._stop.is_set() else CLOSE_WAIT_S):
                     container.close()
                 if ahead is not None and not self._stop.is_set():
