@@ -164,8 +164,10 @@ class AvSource(Source):
                 # container itself when the read returns.
                 if ahead is None or ahead.close(0.0 if self._stop.is_set() else CLOSE_WAIT_S):
                     container.close()
-                if ahead is not None and not self._stop.is_set():
-                    self._take_counts(ahead)  # what the session's end let go of (not a stop's)
+                if ahead is not None:
+                    self._take_counts(ahead)
+                    if not self._stop.is_set():  # what the session's end let go of (not a stop's)
+                        self.stats.skipped_decode += ahead.discarded
             if not self.loop or self._stop.is_set():
                 return
 
@@ -304,8 +306,6 @@ class AvSource(Source):
             flushed = True
         finally:
             self.stats.skipped_decode += skips.end(flushed)
-            if ahead is not None:
-                self._take_counts(ahead)
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += last_s + 1e-3

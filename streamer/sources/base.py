@@ -97,7 +97,7 @@ class SourceStats:
     skipped_decode: int = 0  # frames the decoder skipped on purpose, shedding load (never decoded)
     skip_level: str = "DEFAULT"  # what the decoder skips now (sources/shedding.py)
     bad_packets: int = 0  # damaged packets the decoder refused (skipped; decoding went on)
-    # Frames missing from the input, by the gaps in its timestamps (under 5 s: longer ones are
+    # Frames missing from the input, by the gaps in its timestamps (up to 30 s: longer ones are
     # a new clock): segments a server failed to deliver. Counted for HLS streams.
     missing_frames: int = 0
     reconnects: int = 0

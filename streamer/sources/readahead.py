@@ -254,13 +254,16 @@ class Queue:
             return 1.0
         return CATCHUP_SPEED if self._lows[0][1] > CATCHUP_SLACK_S else 1.0
 
-    def close(self) -> None:
-        """Let go of every packet (counted as dropped), and of the budget (the session ends)."""
+    def close(self) -> int:
+        """Let go of every packet, and of the budget (the session ends); returns how many frames
+        it let go of."""
+        frames = 0
         while self.items:
-            self.dropped += bool(self._popleft().nbytes)
+            frames += bool(self._popleft().nbytes)
         if not self._closed:
             self._closed = True
             self.budget.add(0, queues=-1)
+        return frames
 
     def _drop_oldest(self) -> None:
         """The oldest packet is not decoded: its frame is counted. (The schedule does not move
@@ -298,6 +301,10 @@ class ReadAhead:
         self._close_container = False  # `close` gave up waiting: the reader closes it
         self.first_due: float | None = None
         self.due = 0.0  # when the last packet given out was due (monotonic)
+        # Counts moved out of the queue and the steps under the lock, for the decode thread to
+        # take without it (`take_counts`).
+        self._dropped = self._missing = 0
+        self.discarded = 0  # frames still queued when the session ended (`close`)
         self._thread = threading.Thread(target=self._read, name=name, daemon=True)
 
     def start(self) -> ReadAhead:
@@ -351,6 +358,7 @@ class ReadAhead:
                     return
                 if got is not None:
                     self._cond.notify_all()  # room for a reader waiting for it
+                self._collect()
             if got is None:
                 yield None
                 continue
@@ -363,12 +371,18 @@ class ReadAhead:
             self.due = due
             yield item.packet
 
+    def _collect(self) -> None:
+        """Move the queue's and the steps' counts to this reader's (under the lock)."""
+        self._dropped += self.queue.dropped
+        self._missing += self._steps.missing
+        self.queue.dropped = self._steps.missing = 0
+
     def take_counts(self) -> tuple[int, int]:
-        """(frames dropped unread, frames missing from the input) since the last call."""
-        with self._cond:
-            dropped, self.queue.dropped = self.queue.dropped, 0
-            missing, self._steps.missing = self._steps.missing, 0
-        return dropped, missing
+        """(frames dropped unread, frames missing from the input) since the last call, as of
+        the last packet given out or `close` (decode thread only)."""
+        counts = self._dropped, self._missing
+        self._dropped = self._missing = 0
+        return counts
 
     def media_s(self) -> float:
         """The last packet given out: when it was due, in seconds from the first one (the
@@ -385,7 +399,8 @@ class ReadAhead:
         if self._thread.ident is not None:
             self._thread.join(timeout_s)
         with self._cond:
-            self.queue.close()
+            self._collect()
+            self.discarded = self.queue.close()
             if self._ended or self._thread.ident is None:
                 return True
             self._close_container = True
