@@ -203,6 +203,11 @@ class _StatsCollector(Collector):
         )
         for reason, n in st.get("http_refused", {}).items():
             refused.add_metric([reason], n)
+        stopped = CounterMetricFamily(
+            "streamer_preview_video_stopped",
+            "preview viewers closed because their video stopped under them (an encoder failed)",
+        )
+        stopped.add_metric([], st.get("preview_video_stopped", 0))
         lag = GaugeMetricFamily("streamer_loop_lag_seconds", "event loop lag, last measured")
         lag.add_metric([], st.get("loop_lag_s", 0.0))
         budget = GaugeMetricFamily(
@@ -229,6 +234,7 @@ class _StatsCollector(Collector):
             unknown,
             publish,
             refused,
+            stopped,
             lag,
             budget,
             held,

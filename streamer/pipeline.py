@@ -724,6 +724,9 @@ class Pipeline:
             ],
             "tap": None if self._tap is None else dataclasses.asdict(self._tap.stats),
             "http_refused": dict(self.preview_server.refused) if self.preview_server else {},
+            "preview_video_stopped": self.preview_server.video_stopped
+            if self.preview_server
+            else 0,
         }
 
     def _add_removed(self, final: dict[str, Any]) -> None:

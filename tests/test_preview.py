@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -374,3 +375,89 @@ def test_the_crop_strip_keeps_only_what_it_shows() -> None:
     (kept,) = source.crops
     assert kept.key == 7 and set(vars(kept)) == {"key", "shown", "image"}
     assert kept.shown == {k: header[k] for k in SHOWN_FIELDS}
+
+
+def test_every_frame_the_track_hands_out_is_its_own() -> None:
+    """The relay hands each frame to every viewer's encoder, which encodes it in a worker thread
+    and rebases its pts in place. A frame handed out once is never written again: a repeat of
+    the same picture is a new frame (the same object, re-stamped while an encoder was at it,
+    made libvpx fail and that viewer's video stop)."""
+    from streamer.preview.hub import PreviewSource, PreviewTrack
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            source = PreviewSource("cam", 320, 50.0, pool)
+            track = PreviewTrack(source)
+            first = await track.recv()  # nothing drawn yet: black
+            stamp = (first.pts, first.time_base)
+            second = await track.recv()  # nothing new within 1/50 s: the same picture again
+            assert second is not first and (first.pts, first.time_base) == stamp
+            assert second.pts is not None and first.pts is not None and second.pts > first.pts
+            assert (first.to_ndarray() == second.to_ndarray()).all()
+            track.stop()
+
+    asyncio.run(main())
+
+
+async def until_page(page: Any, fn: str, above: float, what: str, timeout_s: float = 30) -> None:
+    """Until the page function `fn` gives more than `above`."""
+    deadline = time.monotonic() + timeout_s
+    while await page.evaluate(fn) <= above:
+        assert time.monotonic() < deadline, f"not in {timeout_s} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+def test_chromium_connects_again_when_its_video_stops(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer whose video sender fails (aiortc logs the error and stops sending, leaving the
+    connection up and the picture frozen) is closed by the server and counted; the page then
+    connects again by itself and plays."""
+    from aiortc.rtcrtpsender import RTCRtpSender
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    out: dict[str, Any] = {}
+    fail = threading.Event()
+    next_encoded = RTCRtpSender._next_encoded_frame
+
+    async def failing(self: RTCRtpSender, codec: Any) -> Any:
+        if fail.is_set():
+            fail.clear()
+            raise RuntimeError("an encoder failure, injected")
+        return await next_encoded(self, codec)
+
+    monkeypatch.setattr(RTCRtpSender, "_next_encoded_frame", failing)
+
+    async def body(p: Pipeline) -> None:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{port}/")
+                await page.click("button[data-source=cam]", timeout=10_000)
+                await until_page(page, FRAMES_DECODED, 10, "the first frames")
+                await page.evaluate("() => { window.firstPc = window.streamerPreview.pc; }")
+                fail.set()
+                await until(lambda: p.stats()["preview_video_stopped"] == 1, 10, "closed")
+                # Chromium notices the closed connection in ~5 s (ICE consent), then the page
+                # waits 1 s: 6.5 s here.
+                new_pc = "() => window.streamerPreview.pc !== window.firstPc ? 1 : 0"
+                await until_page(page, new_pc, 0, "a new connection")
+                await until_page(page, FRAMES_DECODED, 10, "frames again")
+                out["title"] = await page.text_content("#title")
+                out["viewers"] = p.hub.sources["cam"].viewers if p.hub is not None else -1
+                url = f"http://127.0.0.1:{port}/metrics"
+                async with aiohttp.ClientSession() as http, http.get(url) as r:
+                    out["metrics"] = await r.text()
+            finally:
+                await browser.close()
+
+    _with_pipeline(cfg, body)
+    assert not fail.is_set()  # the failure was injected, once
+    assert out["title"] == "cam"  # connected again: no "connecting again" left
+    assert out["viewers"] == 1  # the closed viewer left; its replacement watches
+    assert "streamer_preview_video_stopped_total 1.0" in out["metrics"]

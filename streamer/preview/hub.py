@@ -12,7 +12,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import av
 import cv2
@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from streamer.preview.draw import annotate
 from streamer.supervise import Supervisor
-from streamer.types import Detections, Frame
+from streamer.types import U8, Detections, Frame
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ RECENT_CROPS = 12  # per source, for the crop strip
 PAIRED_FRESH_S = 1.0  # after this long without a paired frame, show plain frames
 VIDEO_CLOCK_RATE = 90_000
 CROP_JPEG_QUALITY = 80
+# Video-range black, 640x360, as I420 rows: shown until the first picture is drawn.
+BLACK: U8 = np.concatenate([np.full((360, 640), 16, np.uint8), np.full((180, 640), 128, np.uint8)])
 
 
 # The crop header fields the crop strip shows; a RecentCrop keeps only these (not, e.g., a
@@ -46,8 +48,8 @@ class RecentCrop:
 
 
 class PreviewTrack(MediaStreamTrack):
-    """The annotated video of one source: yields each newly drawn frame (repeating the last one
-    when nothing new comes, so the browser keeps playing)."""
+    """The annotated video of one source: yields each newly drawn picture (repeating the last one
+    when nothing new comes, so the browser keeps playing), each time as a new frame."""
 
     kind = "video"
 
@@ -59,7 +61,13 @@ class PreviewTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        frame = await self._source.next_output(1.0 / self._source.max_fps)
+        # A new frame object each time, from the drawn picture: the relay hands it to every
+        # viewer's encoder, which runs in a worker thread and rebases the frame's pts in place
+        # (PyAV). Handing out one object twice let this write a new pts into a frame an encoder
+        # was still encoding: libvpx then saw time go backwards, failed, and that viewer's
+        # video stopped for good.
+        picture = await self._source.next_output(1.0 / self._source.max_fps)
+        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
         frame.pts = int((time.monotonic() - self._start) * VIDEO_CLOCK_RATE)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
         return frame
@@ -78,7 +86,7 @@ class PreviewSource:
         self.crops: deque[RecentCrop] = deque(maxlen=RECENT_CROPS)
         self._input: tuple[Frame, Detections | None] | None = None
         self._input_ready = asyncio.Event()
-        self._output: av.VideoFrame | None = None
+        self._output: U8 | None = None  # the last drawn picture, I420 (never written again)
         self._output_ready = asyncio.Event()
         self._last_paired = 0.0
         self._render_task: asyncio.Task[None] | None = None
@@ -161,22 +169,21 @@ class PreviewSource:
             self._output_ready.set()
             await asyncio.sleep(max(0.0, period - (loop.time() - started)))
 
-    def _render(self, frame: Frame, dets: Detections | None) -> av.VideoFrame:
-        img = annotate(frame, dets, self.max_width)
-        return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    def _render(self, frame: Frame, dets: Detections | None) -> U8:
+        img = annotate(frame, dets, self.max_width)  # even sizes (tap_size)
+        drawn = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+        return cast(U8, drawn.to_ndarray())
 
-    async def next_output(self, wait_s: float) -> av.VideoFrame:
-        """The next drawn frame, or the last one again after `wait_s`; a black frame at first."""
+    async def next_output(self, wait_s: float) -> U8:
+        """The next drawn picture (I420, rows of Y then U then V), or the last one again after
+        `wait_s`; a black picture at first."""
         try:
             await asyncio.wait_for(self._output_ready.wait(), wait_s)
             self._output_ready.clear()
         except TimeoutError:
             pass
         if self._output is None:
-            # Nothing drawn yet: a black picture, made once per viewer session.
-            self._output = av.VideoFrame.from_ndarray(
-                np.zeros((360, 640, 3), np.uint8), format="bgr24"
-            )
+            self._output = BLACK  # nothing drawn yet
         return self._output
 
 

@@ -156,6 +156,7 @@ class PreviewServer:
         self.viewers: set[Viewer] = set()
         self.connecting: Counter[str] = Counter()  # per client address
         self.refused: Counter[str] = Counter()  # requests answered 4xx, per reason or status
+        self.video_stopped = 0  # viewers closed because their video stopped under them
         self.hosts = HostCheck(cfg.host, cfg.allowed_hosts)
         if cfg.host_candidates:
             limit_host_candidates(cfg.host_candidates)
@@ -345,6 +346,16 @@ class PreviewServer:
         self.viewers.add(viewer)
         self.connecting[client] += 1
         pc.addTrack(track)
+
+        @track.on("ended")
+        def on_ended() -> None:
+            # The video of a viewer still open ended: its sender failed (aiortc logs why and
+            # stops sending; the connection would stay up, the picture frozen), or the relay
+            # ended. Close it, so that the page connects again.
+            if not viewer.closed:
+                self.video_stopped += 1
+                self._close_soon(viewer, "its video stopped")
+
         loop = asyncio.get_running_loop()
         viewer.deadline = loop.call_later(
             self.cfg.connect_timeout_s, self._close_later, viewer, "not connected in time"
@@ -382,6 +393,9 @@ class PreviewServer:
         self.connecting[viewer.client] -= 1
         if self.connecting[viewer.client] <= 0:
             del self.connecting[viewer.client]
+        self._close_soon(viewer, why)
+
+    def _close_soon(self, viewer: Viewer, why: str) -> None:
         task = asyncio.ensure_future(self._close(viewer, why))
         viewer.closing.add(task)
         task.add_done_callback(viewer.closing.discard)

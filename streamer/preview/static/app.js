@@ -5,11 +5,21 @@ const token = new URLSearchParams(location.search).get("token") || "";
 const auth = token ? { Authorization: `Bearer ${token}` } : {};
 const q = token ? `?token=${encodeURIComponent(token)}` : "";
 let current = null; // { id, pc }
+// A connection that ends while its source is shown (the server closed it, the network went,
+// streamer restarted) is made again, after a wait that doubles up to a bound.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 10000;
+let retryMs = RETRY_FIRST_MS;
+let retryTimer = null;
 let shownCrops = "";
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: { ...auth, ...(options.headers || {}) } });
-  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  if (!response.ok) {
+    const error = new Error(`${path}: ${response.status} ${await response.text()}`);
+    error.status = response.status;
+    throw error;
+  }
   return response.json();
 }
 
@@ -51,12 +61,43 @@ function renderSources(stats) {
   document.getElementById("status").textContent = `up ${Math.round(stats.uptime_s)} s`;
 }
 
+function watchAgainLater(id, pc, why) {
+  if (!current || current.pc !== pc || retryTimer !== null) return;
+  document.getElementById("title").textContent = `${id}: ${why}, connecting again…`;
+  retryTimer = setTimeout(() => {
+    retryTimer = null;
+    if (current && current.pc === pc) watch(id);
+  }, retryMs);
+  retryMs = Math.min(2 * retryMs, RETRY_MAX_MS);
+}
+
 async function watch(id) {
+  if (current && current.id !== id) retryMs = RETRY_FIRST_MS;
+  clearTimeout(retryTimer);
+  retryTimer = null;
   if (current) current.pc.close();
   const pc = new RTCPeerConnection({ iceServers: [] });
   current = { id, pc };
+  try {
+    await offer(id, pc);
+  } catch (e) {
+    document.getElementById("status").textContent = String(e);
+    if (e.status === 404) return; // the source is gone: nothing to connect to
+    watchAgainLater(id, pc, "not connected");
+  }
+}
+
+async function offer(id, pc) {
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (event) => { document.getElementById("video").srcObject = event.streams[0] || new MediaStream([event.track]); };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected") {
+      retryMs = RETRY_FIRST_MS;
+      if (current && current.pc === pc) document.getElementById("title").textContent = id;
+    } else if (["disconnected", "failed", "closed"].includes(pc.connectionState)) {
+      watchAgainLater(id, pc, pc.connectionState);
+    }
+  };
   document.getElementById("viewer").hidden = false;
   document.getElementById("hint").hidden = true;
   document.getElementById("title").textContent = id;
