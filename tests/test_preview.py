@@ -225,7 +225,7 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
             await asyncio.sleep(0.05)
         result["pcs"] = len(server_pcs.pcs)
         result["viewers"] = {k: s.viewers for k, s in p.hub.sources.items()}
-        result["tracks"] = [s.track for s in p.hub.sources.values()]
+        result["tracks"] = [len(s.tracks) for s in p.hub.sources.values()]
         new = [t for t in threading.enumerate() if t not in base]
         result["new"] = sorted(t.name for t in new)
         result["leaked"] = sorted(t.name for t in new if not _pooled(t))
@@ -238,7 +238,7 @@ def test_fifty_viewers_come_and_go_without_leaks(endpoint: Any) -> None:
     _with_pipeline(cfg, body)
     assert result["pcs"] == 0
     assert result["viewers"] == {"cam": 0, "idle": 0}
-    assert result["tracks"] == [None, None]
+    assert result["tracks"] == [0, 0]
     # Threads started since the first viewer: only lazily started pools with a fixed bound, and
     # never more than those bounds. A thread per viewer (or per any 25 of them) would show here.
     assert result["leaked"] == [], result["new"]
@@ -377,24 +377,35 @@ def test_the_crop_strip_keeps_only_what_it_shows() -> None:
     assert kept.shown == {k: header[k] for k in SHOWN_FIELDS}
 
 
-def test_every_frame_the_track_hands_out_is_its_own() -> None:
-    """The relay hands each frame to every viewer's encoder, which encodes it in a worker thread
-    and rebases its pts in place. A frame handed out once is never written again: a repeat of
-    the same picture is a new frame (the same object, re-stamped while an encoder was at it,
-    made libvpx fail and that viewer's video stop)."""
-    from streamer.preview.hub import PreviewSource, PreviewTrack
+def test_every_viewer_gets_frames_of_its_own() -> None:
+    """Each viewer's encoder writes into the frames it is given, in a worker thread (PyAV
+    rebases pts and time base in place; aiortc's H.264 encoder sets the picture type). So no
+    frame is handed out twice or to two viewers: here an H.264 viewer's encoder does not change
+    the frame a VP8 viewer's encoder gets (a frame the H.264 encoder had rebased to 1/30 s
+    could go back in time for libvpx, which then fails, and that viewer's video stops)."""
+    from aiortc.codecs.h264 import H264Encoder
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from streamer.preview.hub import PreviewHub
 
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            source = PreviewSource("cam", 320, 50.0, pool)
-            track = PreviewTrack(source)
-            first = await track.recv()  # nothing drawn yet: black
-            stamp = (first.pts, first.time_base)
-            second = await track.recv()  # nothing new within 1/50 s: the same picture again
-            assert second is not first and (first.pts, first.time_base) == stamp
-            assert second.pts is not None and first.pts is not None and second.pts > first.pts
-            assert (first.to_ndarray() == second.to_ndarray()).all()
-            track.stop()
+            hub = PreviewHub(["cam"], 320, 50.0, pool)
+            (source, h264_viewer), (_, vp8_viewer) = hub.subscribe("cam"), hub.subscribe("cam")
+            h264, vp8 = H264Encoder(), Vp8Encoder()
+            handed: list[Any] = []
+            for _ in range(3):  # nothing drawn: the black picture, again after 1/50 s each
+                a, b = await h264_viewer.recv(), await vp8_viewer.recv()
+                stamp = (b.pts, b.time_base, b.pict_type)
+                h264.encode(a)
+                assert (b.pts, b.time_base, b.pict_type) == stamp
+                vp8.encode(b)
+                handed += [a, b]
+            assert len({id(f) for f in handed}) == len(handed)  # (all still referenced)
+            assert all((f.to_ndarray() == handed[0].to_ndarray()).all() for f in handed)
+            source.detach(h264_viewer, connected=False)
+            source.detach(vp8_viewer, connected=False)
+            assert source.attached == 0 and vp8_viewer.readyState == "ended"
 
     asyncio.run(main())
 
@@ -450,6 +461,21 @@ def test_chromium_connects_again_when_its_video_stops(
                 await until_page(page, FRAMES_DECODED, 10, "frames again")
                 out["title"] = await page.text_content("#title")
                 out["viewers"] = p.hub.sources["cam"].viewers if p.hub is not None else -1
+                # Leaving normally (here: watching another source) is not counted.
+                await page.click("button[data-source=idle]")
+                await until(
+                    lambda: p.hub is not None and p.hub.sources["cam"].attached == 0, 10, "left"
+                )
+                await until_page(page, FRAMES_DECODED, 10, "the other source's frames")
+                out["stopped_after_leaving"] = p.stats()["preview_video_stopped"]
+                # The watched source removed: the server closes its viewer, the page tries
+                # again, finds it gone (404) and stops trying.
+                removed = "() => fetch('/api/sources/idle', {method: 'DELETE'}).then(r => r.status)"
+                out["removed"] = await page.evaluate(removed)
+                title = "document.querySelector('#title').textContent"
+                gone = f"() => {title}.endsWith('no such source') ? 1 : 0"
+                await until_page(page, gone, 0, "the page sees the source gone")
+                out["stopped_at_end"] = p.stats()["preview_video_stopped"]
                 url = f"http://127.0.0.1:{port}/metrics"
                 async with aiohttp.ClientSession() as http, http.get(url) as r:
                     out["metrics"] = await r.text()
@@ -460,4 +486,6 @@ def test_chromium_connects_again_when_its_video_stops(
     assert not fail.is_set()  # the failure was injected, once
     assert out["title"] == "cam"  # connected again: no "connecting again" left
     assert out["viewers"] == 1  # the closed viewer left; its replacement watches
+    assert out["stopped_after_leaving"] == 1
+    assert out["removed"] == 200 and out["stopped_at_end"] == 1
     assert "streamer_preview_video_stopped_total 1.0" in out["metrics"]

@@ -1,10 +1,12 @@
 """What the preview shows: per source, the newest frame (with its detections once paired) and
 the newest crops. Frames are drawn and turned into video only while someone watches, at most
-`max_fps` a second, in a worker thread; all viewers of a source share one track (MediaRelay)."""
+`max_fps` a second, in a worker thread, once for all viewers of a source; each viewer's track
+makes its own frames of the drawn pictures."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import itertools
 import logging
@@ -18,7 +20,6 @@ import av
 import cv2
 import numpy as np
 from aiortc import MediaStreamTrack
-from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from streamer.preview.draw import annotate
@@ -48,8 +49,8 @@ class RecentCrop:
 
 
 class PreviewTrack(MediaStreamTrack):
-    """The annotated video of one source: yields each newly drawn picture (repeating the last one
-    when nothing new comes, so the browser keeps playing), each time as a new frame."""
+    """One viewer's video of a source: each newly drawn picture (the last one again when nothing
+    new comes, so the browser keeps playing), each time as a frame of its own."""
 
     kind = "video"
 
@@ -57,16 +58,17 @@ class PreviewTrack(MediaStreamTrack):
         super().__init__()
         self._source = source
         self._start = time.monotonic()
+        self._seen = 0  # the last picture handed out (PreviewSource.drawn)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        # A new frame object each time, from the drawn picture: the relay hands it to every
-        # viewer's encoder, which runs in a worker thread and rebases the frame's pts in place
-        # (PyAV). Handing out one object twice let this write a new pts into a frame an encoder
-        # was still encoding: libvpx then saw time go backwards, failed, and that viewer's
-        # video stopped for good.
-        picture = await self._source.next_output(1.0 / self._source.max_fps)
+        # A new frame every time, for this viewer alone: aiortc encodes it in a worker thread,
+        # and the encoder writes into it (PyAV rebases its pts and time base in place, aiortc's
+        # H.264 encoder sets its picture type). A frame handed out twice, or to two viewers,
+        # could have its time changed under another encoder: libvpx then saw time go
+        # backwards, failed, and that viewer's video stopped.
+        picture, self._seen = await self._source.next_output(1.0 / self._source.max_fps, self._seen)
         frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
         frame.pts = int((time.monotonic() - self._start) * VIDEO_CLOCK_RATE)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -81,17 +83,18 @@ class PreviewSource:
         self.max_width = max_width
         self.max_fps = max_fps
         self._executor = executor
-        self.attached = 0  # viewers with a peer connection, connected or not yet
+        self.tracks: set[PreviewTrack] = set()  # a viewer's each, connected or not yet
         self.viewers = 0  # connected viewers
+        self.closed = False  # the source was removed
         self.crops: deque[RecentCrop] = deque(maxlen=RECENT_CROPS)
         self._input: tuple[Frame, Detections | None] | None = None
         self._input_ready = asyncio.Event()
         self._output: U8 | None = None  # the last drawn picture, I420 (never written again)
-        self._output_ready = asyncio.Event()
+        self.drawn = 0  # pictures drawn so far: which one `_output` is
+        self._new_output = asyncio.Event()  # set (and replaced) when a picture is drawn
         self._last_paired = 0.0
         self._render_task: asyncio.Task[None] | None = None
         self.supervisor = Supervisor(f"preview render of {source_id}")
-        self.track: PreviewTrack | None = None
         self.rendered = 0
 
     # Called by the pipeline (cheap: keep references, nothing more).
@@ -112,14 +115,18 @@ class PreviewSource:
         self._input = (frame, dets)
         self._input_ready.set()
 
-    # Viewers. A viewer is attached from its offer on (the track must exist to answer it) and
+    # Viewers. A viewer is attached from its offer on (its track must exist to answer it) and
     # counts in `viewers` only once connected: nothing is drawn for a viewer still connecting.
+    @property
+    def attached(self) -> int:
+        """Viewers with a peer connection, connected or not yet."""
+        return len(self.tracks)
+
     def attach(self) -> PreviewTrack:
-        """A new viewer's peer connection: the shared track (made on first use)."""
-        self.attached += 1
-        if self.track is None:
-            self.track = PreviewTrack(self)
-        return self.track
+        """A new viewer's peer connection: its own track."""
+        track = PreviewTrack(self)
+        self.tracks.add(track)
+        return track
 
     def connect(self) -> None:
         """An attached viewer connected: draw frames while at least one is."""
@@ -127,8 +134,8 @@ class PreviewSource:
         if self._render_task is None:
             self._render_task = asyncio.create_task(self.supervisor.run_async(self._render_loop))
 
-    def detach(self, connected: bool) -> None:
-        """An attached viewer left (`connected`: after `connect`)."""
+    def detach(self, track: PreviewTrack, connected: bool) -> None:
+        """The viewer of `track` left (`connected`: after `connect`)."""
         if connected:
             self.viewers = max(0, self.viewers - 1)
             if self.viewers == 0:
@@ -136,22 +143,21 @@ class PreviewSource:
                     self._render_task.cancel()
                     self._render_task = None
                 self._input = None
-        self.attached = max(0, self.attached - 1)
-        if self.attached == 0:
-            if self.track is not None:
-                self.track.stop()
-                self.track = None
+        self.tracks.discard(track)
+        track.stop()
+        if not self.tracks:
             self._output = None
 
     async def close(self) -> None:
-        """The source is gone: stop drawing and end the viewers' track."""
+        """The source is gone: stop drawing and end the viewers' tracks."""
+        self.closed = True
         task, self._render_task = self._render_task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self.track is not None:
-            self.track.stop()
-            self.track = None
+        for track in list(self.tracks):
+            track.stop()
+        self.tracks.clear()
         self._input = self._output = None
 
     async def _render_loop(self) -> None:
@@ -166,7 +172,9 @@ class PreviewSource:
             started = loop.time()
             self._output = await loop.run_in_executor(self._executor, self._render, frame, dets)
             self.rendered += 1
-            self._output_ready.set()
+            self.drawn += 1
+            drawn, self._new_output = self._new_output, asyncio.Event()
+            drawn.set()
             await asyncio.sleep(max(0.0, period - (loop.time() - started)))
 
     def _render(self, frame: Frame, dets: Detections | None) -> U8:
@@ -174,27 +182,22 @@ class PreviewSource:
         drawn = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
         return cast(U8, drawn.to_ndarray())
 
-    async def next_output(self, wait_s: float) -> U8:
-        """The next drawn picture (I420, rows of Y then U then V), or the last one again after
-        `wait_s`; a black picture at first."""
-        try:
-            await asyncio.wait_for(self._output_ready.wait(), wait_s)
-            self._output_ready.clear()
-        except TimeoutError:
-            pass
-        if self._output is None:
-            self._output = BLACK  # nothing drawn yet
-        return self._output
+    async def next_output(self, wait_s: float, seen: int) -> tuple[U8, int]:
+        """The picture drawn after picture `seen` (I420, rows of Y then U then V), or the last
+        one again after `wait_s` (a black picture before the first); with its number."""
+        if self.drawn == seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_output.wait(), wait_s)
+        return (BLACK if self._output is None else self._output), self.drawn
 
 
 class PreviewHub:
-    """Every source's preview, and the relay that lets viewers share a source's track."""
+    """Every source's preview."""
 
     def __init__(
         self, source_ids: list[str], max_width: int, max_fps: float, executor: Executor
     ) -> None:
         self.sources = {s: PreviewSource(s, max_width, max_fps, executor) for s in source_ids}
-        self.relay = MediaRelay()
         self._executor = executor
         self._max_width, self._max_fps = max_width, max_fps
         self._keys = itertools.count(1)
@@ -213,12 +216,12 @@ class PreviewHub:
         if preview is not None:
             await preview.close()
 
-    def subscribe(self, source_id: str) -> tuple[PreviewSource, MediaStreamTrack]:
-        """A new viewer of `source_id`: its preview and a relayed copy of its track. Nothing is
-        drawn for it until the preview's `connect`; end with its `detach` (on that object: the
-        id may have a new preview by then)."""
+    def subscribe(self, source_id: str) -> tuple[PreviewSource, PreviewTrack]:
+        """A new viewer of `source_id`: its preview and its track. Nothing is drawn for it until
+        the preview's `connect`; end with its `detach` (on that object: the id may have a new
+        preview by then)."""
         preview = self.sources[source_id]
-        return preview, self.relay.subscribe(preview.attach(), buffered=False)
+        return preview, preview.attach()
 
     def watched(self, source_id: str) -> bool:
         """Whether a viewer has `source_id` open (its crop strip wants every crop)."""

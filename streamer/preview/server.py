@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from streamer.config import PreviewConfig
 from streamer.errors import ConfigError
-from streamer.preview.hub import PreviewHub, PreviewSource
+from streamer.preview.hub import PreviewHub, PreviewSource, PreviewTrack
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class Viewer:
     pc: RTCPeerConnection
     source_id: str
     preview: PreviewSource  # this viewer's: a source removed and added again has a new one
+    track: PreviewTrack
     client: str
     connected: bool = False
     closed: bool = False
@@ -342,19 +343,25 @@ class PreviewServer:
         ice = [RTCIceServer(urls=u) for u in self.cfg.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         preview, track = self.hub.subscribe(sid)
-        viewer = Viewer(pc, sid, preview, client)
+        viewer = Viewer(pc, sid, preview, track, client)
         self.viewers.add(viewer)
         self.connecting[client] += 1
         pc.addTrack(track)
 
         @track.on("ended")
         def on_ended() -> None:
-            # The video of a viewer still open ended: its sender failed (aiortc logs why and
-            # stops sending; the connection would stay up, the picture frozen), or the relay
-            # ended. Close it, so that the page connects again.
-            if not viewer.closed:
-                self.video_stopped += 1
-                self._close_soon(viewer, "its video stopped")
+            # The track ends when the viewer leaves (the client closed: aiortc stops its
+            # sender, which stops the track), when its source is removed, or when its sender
+            # failed: aiortc logs why and stops sending, the connection stays up with the
+            # picture frozen. That last one is closed here and counted, and the page connects
+            # again.
+            if viewer.closed or pc.signalingState == "closed":
+                return
+            if viewer.preview.closed:
+                self._close_soon(viewer, "source removed")
+                return
+            self.video_stopped += 1
+            self._close_soon(viewer, "its video stopped")
 
         loop = asyncio.get_running_loop()
         viewer.deadline = loop.call_later(
@@ -407,7 +414,7 @@ class PreviewServer:
         viewer.closed = True
         self._done_connecting(viewer)
         self.viewers.discard(viewer)
-        viewer.preview.detach(viewer.connected)
+        viewer.preview.detach(viewer.track, viewer.connected)
         log.info("preview: viewer of %s left (%s)", viewer.source_id, why)
         await viewer.pc.close()
 

@@ -6,9 +6,11 @@ const auth = token ? { Authorization: `Bearer ${token}` } : {};
 const q = token ? `?token=${encodeURIComponent(token)}` : "";
 let current = null; // { id, pc }
 // A connection that ends while its source is shown (the server closed it, the network went,
-// streamer restarted) is made again, after a wait that doubles up to a bound.
+// streamer restarted) is made again, after a wait that doubles up to a bound; the wait starts
+// over after a connection that lasted, or when another source is picked.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10000;
+const LASTED_MS = 30000;
 let retryMs = RETRY_FIRST_MS;
 let retryTimer = null;
 let shownCrops = "";
@@ -81,20 +83,29 @@ async function watch(id) {
   try {
     await offer(id, pc);
   } catch (e) {
-    document.getElementById("status").textContent = String(e);
-    if (e.status === 404) return; // the source is gone: nothing to connect to
-    watchAgainLater(id, pc, "not connected");
+    if (current === null || current.pc !== pc) return; // another source was picked meanwhile
+    if (e.status === 404) { // the source is gone: nothing to connect to
+      document.getElementById("title").textContent = `${id}: no such source`;
+      document.getElementById("video").srcObject = null;
+      return;
+    }
+    watchAgainLater(id, pc, `not connected (${e.status || e.message})`);
   }
 }
 
 async function offer(id, pc) {
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (event) => { document.getElementById("video").srcObject = event.streams[0] || new MediaStream([event.track]); };
+  let connectedAt = null;
   pc.onconnectionstatechange = () => {
+    if (!current || current.pc !== pc) return;
     if (pc.connectionState === "connected") {
-      retryMs = RETRY_FIRST_MS;
-      if (current && current.pc === pc) document.getElementById("title").textContent = id;
+      connectedAt = Date.now();
+      clearTimeout(retryTimer); // back from "disconnected" in time
+      retryTimer = null;
+      document.getElementById("title").textContent = id;
     } else if (["disconnected", "failed", "closed"].includes(pc.connectionState)) {
+      if (connectedAt !== null && Date.now() - connectedAt > LASTED_MS) retryMs = RETRY_FIRST_MS;
       watchAgainLater(id, pc, pc.connectionState);
     }
   };
