@@ -523,3 +523,26 @@ def test_a_stream_that_comes_a_segment_at_a_time_is_told_apart(tmp_path: Path) -
         assert _segmented(playlist)
     with av.open(str(tmp_path / "p0.ts")) as segment:
         assert not _segmented(segment)
+
+
+def test_frame_clock_places_frames_counts_gaps_and_plays_on_after_the_clock_goes_back() -> None:
+    from streamer.sources.av_source import FrameClock
+
+    step = 1 / 30
+    clock = FrameClock(step, live=False, now=100.0)
+    assert clock.place(5.0, 100.0) == (5.0, 0)  # the first frame anchors real-time play
+    assert clock.due_in(5.0, 100.0) == 0.0
+    assert clock.place(5.0 + step, 100.1) == (5.0 + step, 0)
+    t, gap = clock.place(5.0 + 4 * step, 100.2)  # two frames missing before it
+    assert gap == 2 and abs(clock.due_in(t, 100.0) - 4 * step) < 1e-9
+    # The clock goes back (recordings joined): the frame is due one interval after the last,
+    # not at once (a burst) nor 5 s later.
+    t, gap = clock.place(0.0, 100.3)
+    assert gap == 0 and abs(clock.due_in(t, 100.0) - 5 * step) < 1e-9
+    # No timestamp: a file with a frame rate goes one interval on ...
+    assert clock.place(None, 100.4) == (step, 0)
+    # ... a live stream (or no frame rate) as far as the wall clock went since the last frame.
+    live = FrameClock(step, live=True, now=50.0)
+    assert live.place(None, 50.5) == (0.5, 0)
+    t, gap = live.place(None, 50.7)
+    assert abs(t - 0.7) < 1e-9 and gap == 5

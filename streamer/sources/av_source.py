@@ -58,6 +58,46 @@ def _network_reason(url: str, err: OSError) -> str:
     return err.strerror or str(err)
 
 
+class FrameClock:
+    """A session's frames on the stream's clock: each frame's time (its timestamp; without one,
+    as far on as the wall clock for a live stream or when the frame rate is unknown, else one
+    frame interval on), the frames missing before it, and when it is due in real time."""
+
+    def __init__(self, frame_s: float | None, live: bool, now: float) -> None:
+        self.frame_s = frame_s
+        self.live = live
+        self.start_wall = self.last_wall = now  # the session's start; the last frame's arrival
+        self.first_s: float | None = None  # the time real-time play is anchored to
+        self.last_s = 0.0  # the last frame's time
+
+    def place(self, time_s: float | None, now: float) -> tuple[float, int]:
+        """The time of a frame that came out at `now` with timestamp `time_s` (seconds), and
+        how many frame intervals lie empty between it and the frame before."""
+        if time_s is not None:
+            t = time_s
+        elif self.live or self.frame_s is None:
+            t = self.last_s + (now - self.last_wall)
+        else:
+            t = self.last_s + self.frame_s
+        gap = 0
+        if self.first_s is None:
+            self.first_s = t
+        elif t < self.last_s:
+            # The clock went back (recordings joined, a camera re-synced): play on from the
+            # previous frame rather than against the old clock (a burst).
+            self.first_s += t - self.last_s - (self.frame_s or 0.0)
+        elif self.frame_s is not None:
+            gap = max(0, round((t - self.last_s) / self.frame_s) - 1)
+        self.last_s, self.last_wall = t, now
+        return t, gap
+
+    def due_in(self, t: float, now: float) -> float:
+        """Seconds from `now` until a frame at time `t` (placed) is due, played in real time
+        from the session's start; negative: late."""
+        assert self.first_s is not None
+        return self.start_wall + (t - self.first_s) - now
+
+
 class AvSource(Source):
     """A network camera (``rtsp://``, ``http(s)://`` MJPEG/HLS, ...), a video file, or an FFmpeg
     lavfi graph (``lavfi:testsrc2=size=1280x720:rate=30``).
@@ -177,12 +217,11 @@ class AvSource(Source):
         not keep the read loop from the stop flag and the watchdog. With `ahead` (a stream that
         comes a segment at a time), its packets come from the read-ahead, each when it is due,
         and the shedder judges the decoder against that schedule."""
-        start_wall = last_wall = self._watch_since = time.monotonic()  # (open has its timeout)
-        first_s: float | None = None
-        last_s = 0.0
+        self._watch_since = time.monotonic()  # (open has its timeout)
+        frame_s = _frame_s(stream)
+        clock = FrameClock(frame_s, self.live, self._watch_since)
         ctx = stream.codec_context
         video = stream.index
-        frame_s = _frame_s(stream)
         shedder = None if self.lossless else self._shedder
         shedder_level = "DEFAULT"
         if shedder is not None:
@@ -253,7 +292,7 @@ class AvSource(Source):
                     skips.packet(bool(decoded), shedder_level != "DEFAULT")
                 if shedder_level != "DEFAULT" and packet.size:
                     # Skipping to the next keyframe may take one stall timeout longer than a stall.
-                    if time.monotonic() - last_wall <= 2 * self.stall_timeout_s:
+                    if time.monotonic() - clock.last_wall <= 2 * self.stall_timeout_s:
                         self._note_progress()  # skipped on purpose: not a stall (for a while)
                     else:
                         # Skipping this long left no frame at all (a stream with too few keyframes,
@@ -263,33 +302,19 @@ class AvSource(Source):
                             "source %s: no frame for %.1f s while the decoder skipped %s; "
                             "decoding every frame again for this session",
                             self.source_id,
-                            time.monotonic() - last_wall,
+                            time.monotonic() - clock.last_wall,
                             shedder_level,
                         )
                         shed_blind = True
                         ctx.skip_frame = shedder_level = self.stats.skip_level = "DEFAULT"
                 for vf in decoded:
-                    now = time.monotonic()
-                    if vf.time is not None:
-                        t = float(vf.time)
-                    elif self.live or frame_s is None:
-                        t = last_s + (now - last_wall)  # no timestamp: as far on as the wall clock
-                    else:
-                        t = last_s + frame_s  # ... or as the stream's frame rate says
-                    if first_s is not None and t < last_s:
-                        # The clock went back (recordings joined, a camera re-synced): pace on
-                        # from the previous frame rather than against the old clock (a burst).
-                        first_s += t - last_s - (frame_s or 0.0)
-                    gap = 0
-                    if first_s is None:
-                        first_s = t
-                    elif frame_s is not None:
-                        gap = max(0, round((t - last_s) / frame_s) - 1)
+                    t, gap = clock.place(
+                        None if vf.time is None else float(vf.time), time.monotonic()
+                    )
                     if shedder is not None:
                         self.stats.skipped_decode += skips.frame(gap, shedder_level != "DEFAULT")
-                    last_s, last_wall = t, now
                     if self.realtime:
-                        delay = start_wall + (t - first_s) - time.monotonic()
+                        delay = clock.due_in(t, time.monotonic())
                         if delay > 0 and self._stop.wait(delay):
                             return
                         self.stats.behind_s = max(0.0, -delay)
@@ -308,7 +333,7 @@ class AvSource(Source):
             self.stats.skipped_decode += skips.end(flushed)
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
-        self._media_offset_s += last_s + 1e-3
+        self._media_offset_s += clock.last_s + 1e-3
 
     def _take_counts(self, ahead: ReadAhead) -> None:
         dropped, missing = ahead.take_counts()
