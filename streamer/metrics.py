@@ -205,7 +205,8 @@ class _StatsCollector(Collector):
             refused.add_metric([reason], n)
         stopped = CounterMetricFamily(
             "streamer_preview_video_stopped",
-            "preview viewers closed because their video stopped under them (an encoder failed)",
+            "preview viewers closed because their video stopped while their connection stayed"
+            " up (their encoder failed)",
         )
         stopped.add_metric([], st.get("preview_video_stopped", 0))
         lag = GaugeMetricFamily("streamer_loop_lag_seconds", "event loop lag, last measured")

@@ -410,6 +410,33 @@ def test_every_viewer_gets_frames_of_its_own() -> None:
     asyncio.run(main())
 
 
+def test_a_viewer_whose_source_goes_is_closed_and_not_counted_as_video_stopped(
+    endpoint: Any,
+) -> None:
+    """A source removed while its viewer is connected (here its preview alone, as when a viewer
+    joins between the pipeline closing the source's viewers and removing its preview): the
+    viewer's track ends with its connection up, and it is closed as the source's, not counted
+    as a viewer whose video stopped."""
+    cfg = _cfg(endpoint, free_port())
+    out: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        assert p.hub is not None
+        server = _server(p)
+        pc = await _connect(cfg, "idle")
+        try:
+            await until(lambda: p.hub is not None and p.hub.sources["idle"].viewers == 1, 10, "up")
+            await p.hub.remove_source("idle")
+            await until(lambda: not server.viewers, 10, "the viewer closed")
+            await asyncio.sleep(1.5)  # past VIDEO_STOPPED_AFTER_S
+            out["stopped"] = p.stats()["preview_video_stopped"]
+        finally:
+            await pc.close()
+
+    _with_pipeline(cfg, body)
+    assert out["stopped"] == 0
+
+
 async def until_page(page: Any, fn: str, above: float, what: str, timeout_s: float = 30) -> None:
     """Until the page function `fn` gives more than `above`."""
     deadline = time.monotonic() + timeout_s
@@ -467,15 +494,23 @@ def test_chromium_connects_again_when_its_video_stops(
                     lambda: p.hub is not None and p.hub.sources["cam"].attached == 0, 10, "left"
                 )
                 await until_page(page, FRAMES_DECODED, 10, "the other source's frames")
+                await page.click("button[data-source=cam]")  # and back
+                await until_page(page, FRAMES_DECODED, 10, "cam's frames again")
                 out["stopped_after_leaving"] = p.stats()["preview_video_stopped"]
+                crops = "() => document.querySelectorAll('#crops figure').length"
+                await until_page(page, crops, 0, "cam's crops shown")
                 # The watched source removed: the server closes its viewer, the page tries
                 # again, finds it gone (404) and stops trying.
-                removed = "() => fetch('/api/sources/idle', {method: 'DELETE'}).then(r => r.status)"
+                removed = "() => fetch('/api/sources/cam', {method: 'DELETE'}).then(r => r.status)"
                 out["removed"] = await page.evaluate(removed)
                 title = "document.querySelector('#title').textContent"
                 gone = f"() => {title}.endsWith('no such source') ? 1 : 0"
                 await until_page(page, gone, 0, "the page sees the source gone")
                 out["stopped_at_end"] = p.stats()["preview_video_stopped"]
+                await asyncio.sleep(2)  # two of the page's refreshes
+                out["pc_at_end"] = await page.evaluate("() => window.streamerPreview.pc")
+                out["crops_at_end"] = await page.locator("#crops figure").count()
+                out["status_at_end"] = await page.text_content("#status")
                 url = f"http://127.0.0.1:{port}/metrics"
                 async with aiohttp.ClientSession() as http, http.get(url) as r:
                     out["metrics"] = await r.text()
@@ -488,4 +523,7 @@ def test_chromium_connects_again_when_its_video_stops(
     assert out["viewers"] == 1  # the closed viewer left; its replacement watches
     assert out["stopped_after_leaving"] == 1
     assert out["removed"] == 200 and out["stopped_at_end"] == 1
+    # ... and then stopped watching: no connection, no crops, no errors from refreshing.
+    assert out["pc_at_end"] is None and out["crops_at_end"] == 0
+    assert out["status_at_end"].startswith("up "), out["status_at_end"]
     assert "streamer_preview_video_stopped_total 1.0" in out["metrics"]

@@ -34,6 +34,7 @@ VIDEO_CLOCK_RATE = 90_000
 CROP_JPEG_QUALITY = 80
 # Video-range black, 640x360, as I420 rows: shown until the first picture is drawn.
 BLACK: U8 = np.concatenate([np.full((360, 640), 16, np.uint8), np.full((180, 640), 128, np.uint8)])
+BLACK.setflags(write=False)
 
 
 # The crop header fields the crop strip shows; a RecentCrop keeps only these (not, e.g., a
@@ -58,7 +59,7 @@ class PreviewTrack(MediaStreamTrack):
         super().__init__()
         self._source = source
         self._start = time.monotonic()
-        self._seen = 0  # the last picture handed out (PreviewSource.drawn)
+        self._seen = 0  # the last picture handed out (PreviewSource.rendered)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -67,9 +68,10 @@ class PreviewTrack(MediaStreamTrack):
         # and the encoder writes into it (PyAV rebases its pts and time base in place, aiortc's
         # H.264 encoder sets its picture type). A frame handed out twice, or to two viewers,
         # could have its time changed under another encoder: libvpx then saw time go
-        # backwards, failed, and that viewer's video stopped.
+        # backwards, failed, and that viewer's video stopped. The frames share the drawn
+        # picture's pixels, which nothing writes (read-only).
         picture, self._seen = await self._source.next_output(1.0 / self._source.max_fps, self._seen)
-        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+        frame = av.VideoFrame.from_numpy_buffer(picture, format="yuv420p")  # no copy
         frame.pts = int((time.monotonic() - self._start) * VIDEO_CLOCK_RATE)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
         return frame
@@ -89,13 +91,12 @@ class PreviewSource:
         self.crops: deque[RecentCrop] = deque(maxlen=RECENT_CROPS)
         self._input: tuple[Frame, Detections | None] | None = None
         self._input_ready = asyncio.Event()
-        self._output: U8 | None = None  # the last drawn picture, I420 (never written again)
-        self.drawn = 0  # pictures drawn so far: which one `_output` is
+        self._output: U8 | None = None  # the last drawn picture, I420, read-only
         self._new_output = asyncio.Event()  # set (and replaced) when a picture is drawn
         self._last_paired = 0.0
         self._render_task: asyncio.Task[None] | None = None
         self.supervisor = Supervisor(f"preview render of {source_id}")
-        self.rendered = 0
+        self.rendered = 0  # pictures drawn so far: which one `_output` is
 
     # Called by the pipeline (cheap: keep references, nothing more).
     def on_frame(self, frame: Frame, now: float) -> None:
@@ -172,7 +173,6 @@ class PreviewSource:
             started = loop.time()
             self._output = await loop.run_in_executor(self._executor, self._render, frame, dets)
             self.rendered += 1
-            self.drawn += 1
             drawn, self._new_output = self._new_output, asyncio.Event()
             drawn.set()
             await asyncio.sleep(max(0.0, period - (loop.time() - started)))
@@ -180,15 +180,18 @@ class PreviewSource:
     def _render(self, frame: Frame, dets: Detections | None) -> U8:
         img = annotate(frame, dets, self.max_width)  # even sizes (tap_size)
         drawn = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
-        return cast(U8, drawn.to_ndarray())
+        picture = cast(U8, drawn.to_ndarray())
+        picture.setflags(write=False)  # viewers' frames share it
+        return picture
 
     async def next_output(self, wait_s: float, seen: int) -> tuple[U8, int]:
         """The picture drawn after picture `seen` (I420, rows of Y then U then V), or the last
         one again after `wait_s` (a black picture before the first); with its number."""
-        if self.drawn == seen:
+        if self.rendered == seen:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_output.wait(), wait_s)
-        return (BLACK if self._output is None else self._output), self.drawn
+                async with asyncio.timeout(wait_s):
+                    await self._new_output.wait()
+        return (BLACK if self._output is None else self._output), self.rendered
 
 
 class PreviewHub:

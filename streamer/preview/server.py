@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 MAX_SDP_BYTES = 64 * 1024
 MAX_VIEWERS = 32
 MAX_CONNECTING_PER_CLIENT = 4  # offers from one address still connecting at once
+# A viewer's video that stops with its connection up for this long has stopped for good (its
+# encoder failed); a lost connection fails within it.
+VIDEO_STOPPED_AFTER_S = 1.0
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPE = "application/json"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -143,6 +146,7 @@ class Viewer:
     connected: bool = False
     closed: bool = False
     deadline: asyncio.TimerHandle | None = None
+    deadline_video: asyncio.TimerHandle | None = None  # its video stopped: counted unless it closes
     closing: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -347,23 +351,28 @@ class PreviewServer:
         self.viewers.add(viewer)
         self.connecting[client] += 1
         pc.addTrack(track)
+        loop = asyncio.get_running_loop()
 
         @track.on("ended")
         def on_ended() -> None:
             # The track ends when the viewer leaves (the client closed: aiortc stops its
-            # sender, which stops the track), when its source is removed, or when its sender
-            # failed: aiortc logs why and stops sending, the connection stays up with the
-            # picture frozen. That last one is closed here and counted, and the page connects
-            # again.
+            # sender, which stops the track), when the connection is lost (aiortc's sender
+            # stops on the send that fails, and the connection fails just after), when its
+            # source is removed, or when its sender failed: aiortc logs why and stops sending,
+            # and the connection stays up with the picture frozen. That last one is closed
+            # here and counted, once it has stayed up for a moment, and the page connects again.
             if viewer.closed or pc.signalingState == "closed":
                 return
             if viewer.preview.closed:
                 self._close_soon(viewer, "source removed")
                 return
-            self.video_stopped += 1
-            self._close_soon(viewer, "its video stopped")
+            viewer.deadline_video = loop.call_later(VIDEO_STOPPED_AFTER_S, video_stopped)
 
-        loop = asyncio.get_running_loop()
+        def video_stopped() -> None:
+            if not viewer.closed and pc.signalingState != "closed":
+                self.video_stopped += 1
+                self._close_soon(viewer, "its video stopped")
+
         viewer.deadline = loop.call_later(
             self.cfg.connect_timeout_s, self._close_later, viewer, "not connected in time"
         )
@@ -412,6 +421,8 @@ class PreviewServer:
         if viewer.closed:
             return
         viewer.closed = True
+        if viewer.deadline_video is not None:
+            viewer.deadline_video.cancel()
         self._done_connecting(viewer)
         self.viewers.discard(viewer)
         viewer.preview.detach(viewer.track, viewer.connected)

@@ -7,10 +7,14 @@ const q = token ? `?token=${encodeURIComponent(token)}` : "";
 let current = null; // { id, pc }
 // A connection that ends while its source is shown (the server closed it, the network went,
 // streamer restarted) is made again, after a wait that doubles up to a bound; the wait starts
-// over after a connection that lasted, or when another source is picked.
+// over after a connection that lasted, or when a source is picked. A connection reported
+// "disconnected" has a grace period to come back first.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10000;
 const LASTED_MS = 30000;
+const DISCONNECTED_GRACE_MS = 3000; // (Chromium says so after ~5 s without an answer)
+const GATHERING_MAX_MS = 5000;
+const FINAL_STATUSES = [400, 401, 403, 404]; // trying again would give the same answer
 let retryMs = RETRY_FIRST_MS;
 let retryTimer = null;
 let shownCrops = "";
@@ -63,18 +67,28 @@ function renderSources(stats) {
   document.getElementById("status").textContent = `up ${Math.round(stats.uptime_s)} s`;
 }
 
-function watchAgainLater(id, pc, why) {
+function watchAgainLater(id, pc, why, afterMs = null) {
   if (!current || current.pc !== pc || retryTimer !== null) return;
   document.getElementById("title").textContent = `${id}: ${why}, connecting again…`;
+  const wait = afterMs === null ? retryMs : afterMs;
+  if (afterMs === null) retryMs = Math.min(2 * retryMs, RETRY_MAX_MS);
   retryTimer = setTimeout(() => {
     retryTimer = null;
-    if (current && current.pc === pc) watch(id);
-  }, retryMs);
-  retryMs = Math.min(2 * retryMs, RETRY_MAX_MS);
+    if (current && current.pc === pc) watch(id, false);
+  }, wait);
 }
 
-async function watch(id) {
-  if (current && current.id !== id) retryMs = RETRY_FIRST_MS;
+function stopWatching(id, why) {
+  if (current) current.pc.close();
+  current = null;
+  document.getElementById("title").textContent = `${id}: ${why}`;
+  document.getElementById("video").srcObject = null;
+  document.getElementById("crops").replaceChildren();
+  shownCrops = "";
+}
+
+async function watch(id, picked = true) {
+  if (picked) retryMs = RETRY_FIRST_MS;
   clearTimeout(retryTimer);
   retryTimer = null;
   if (current) current.pc.close();
@@ -84,12 +98,9 @@ async function watch(id) {
     await offer(id, pc);
   } catch (e) {
     if (current === null || current.pc !== pc) return; // another source was picked meanwhile
-    if (e.status === 404) { // the source is gone: nothing to connect to
-      document.getElementById("title").textContent = `${id}: no such source`;
-      document.getElementById("video").srcObject = null;
-      return;
-    }
-    watchAgainLater(id, pc, `not connected (${e.status || e.message})`);
+    if (e.status === 404) stopWatching(id, "no such source");
+    else if (FINAL_STATUSES.includes(e.status)) stopWatching(id, `refused: ${e.message}`);
+    else watchAgainLater(id, pc, `not connected (${e.status || e.message})`);
   }
 }
 
@@ -99,15 +110,21 @@ async function offer(id, pc) {
   let connectedAt = null;
   pc.onconnectionstatechange = () => {
     if (!current || current.pc !== pc) return;
-    if (pc.connectionState === "connected") {
+    const state = pc.connectionState;
+    if (state === "connected") {
       connectedAt = Date.now();
       clearTimeout(retryTimer); // back from "disconnected" in time
       retryTimer = null;
       document.getElementById("title").textContent = id;
-    } else if (["disconnected", "failed", "closed"].includes(pc.connectionState)) {
-      if (connectedAt !== null && Date.now() - connectedAt > LASTED_MS) retryMs = RETRY_FIRST_MS;
-      watchAgainLater(id, pc, pc.connectionState);
+      return;
     }
+    if (state !== "disconnected" && state !== "failed") return;
+    if (connectedAt !== null && Date.now() - connectedAt > LASTED_MS) retryMs = RETRY_FIRST_MS;
+    if (state === "failed") { // no grace left to wait for
+      clearTimeout(retryTimer);
+      retryTimer = null;
+    }
+    watchAgainLater(id, pc, state, state === "disconnected" ? DISCONNECTED_GRACE_MS : null);
   };
   document.getElementById("viewer").hidden = false;
   document.getElementById("hint").hidden = true;
@@ -117,6 +134,7 @@ async function offer(id, pc) {
   await new Promise((resolve) => {
     if (pc.iceGatheringState === "complete") return resolve();
     pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+    setTimeout(resolve, GATHERING_MAX_MS); // a closed connection says nothing more
   });
   const answer = await api("/api/offer", {
     method: "POST",
