@@ -1,15 +1,19 @@
 """The preview's HTTP API under hostile use: viewers that never connect, cross-site requests,
-DNS rebinding, and malformed requests (a table of them, then random ones), each answered 4xx
-with a reason and never 500."""
+DNS rebinding, malformed requests (a table of them, then random ones) and mutated WebRTC offers,
+each answered 4xx with a reason and never 500."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+import re
+from collections import Counter
 from typing import Any
 
 import aiohttp
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from streamer.pipeline import Pipeline
@@ -358,3 +362,71 @@ def test_random_requests_never_get_500(endpoint: Any) -> None:
     _with_pipeline(cfg, body)
     assert all(s < 500 for s in statuses), statuses
     assert sum(statuses.values()) == 300
+
+
+SPECIAL = ["\x00", "\ud800", "\r", "\n", "\u202e", "é", "0", " "]
+NUMBERS = ["0", "-1", "4294967296", "99999999999999999999999", "1e308", "x", ""]
+
+
+def _mutate_sdp(lines: list[str], rnd: random.Random) -> str:
+    out = list(lines)
+    for _ in range(rnd.randint(1, 4)):
+        op = rnd.randrange(6)
+        k = rnd.randrange(len(out)) if out else 0
+        if op == 0 and out:  # a line dropped
+            del out[k]
+        elif op == 1 and out:  # a line again, anywhere (another section's too)
+            out.insert(rnd.randrange(len(out) + 1), out[k])
+        elif op == 2 and out:  # numbers made huge, negative, not numbers, empty
+            out[k] = re.sub(
+                r"\d+", lambda m: rnd.choice(NUMBERS) if rnd.random() < 0.5 else m[0], out[k]
+            )
+        elif op == 3 and out and out[k]:  # a character replaced
+            j = rnd.randrange(len(out[k]))
+            out[k] = out[k][:j] + rnd.choice(SPECIAL) + out[k][j + 1 :]
+        elif op == 4 and out:  # a long line
+            out[k] += "a" * rnd.choice([100, 5_000, 30_000])
+        else:  # cut short
+            out = out[: rnd.randrange(len(out) + 1)]
+    return "".join(line + "\r\n" for line in out)
+
+
+def test_mutated_offers_are_answered_or_refused_never_500(
+    endpoint: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WebRTC offers are hostile input. A real offer's SDP, mutated (lines dropped, repeated
+    anywhere, cut short; numbers made huge, negative or not numbers; characters replaced by
+    NUL, a lone surrogate, line breaks; long lines), is answered (200) or refused with a reason
+    (400; 413 over the size limit), never 500. Every slot is given back, and a real viewer
+    connects afterwards. Seeded; 200 offers, each from its own address (one address may have
+    only 4 offers connecting), each when a slot is free (32 viewers at most)."""
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    cfg["preview"]["connect_timeout_s"] = 0.5  # the answered ones never connect: freed soon
+    rnd = random.Random(15)
+    statuses: Counter[int] = Counter()
+    out: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        lines = (await _offer_without_candidates()).splitlines()
+        server = _server(p)
+        for i in range(200):
+            await until(lambda: len(server.viewers) < MAX_VIEWERS, 10, "a free slot")
+            ip = f"127.0.{2 + i // 250}.{1 + i % 250}"
+            statuses[await _post_offer(port, _mutate_sdp(lines, rnd), ip)] += 1
+        await until(lambda: not server.viewers and not server.connecting, 20, "slots back")
+        pc = await _connect(cfg)
+        try:
+            await until(lambda: pc.connectionState == "connected", 10, "a real viewer connects")
+            out["health"] = p.health()
+        finally:
+            await pc.close()
+
+    _with_pipeline(cfg, body)
+    print("offers answered and refused:", dict(statuses))
+    assert set(statuses) <= {200, 400, 413}, statuses
+    assert statuses[200] >= 20 and statuses[400] >= 20, statuses  # both kinds were reached
+    assert out["health"][0], out["health"]
+    # Nothing failed later either (a task's exception, a callback's: asyncio logs them).
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors[:3]
