@@ -209,6 +209,14 @@ class _StatsCollector(Collector):
             " up (their encoder failed)",
         )
         stopped.add_metric([], st.get("preview_video_stopped", 0))
+        webrtc = CounterMetricFamily(
+            "streamer_preview_webrtc_task_failed",
+            "tasks of aiortc or aioice that failed (a peer's hostile traffic, or their bugs), by"
+            " exception type",
+            labels=["kind"],
+        )
+        for kind, n in st.get("webrtc_failed", {}).items():
+            webrtc.add_metric([kind], n)
         lag = GaugeMetricFamily("streamer_loop_lag_seconds", "event loop lag, last measured")
         lag.add_metric([], st.get("loop_lag_s", 0.0))
         budget = GaugeMetricFamily(
@@ -236,6 +244,7 @@ class _StatsCollector(Collector):
             publish,
             refused,
             stopped,
+            webrtc,
             lag,
             budget,
             held,

@@ -723,10 +723,15 @@ class Pipeline:
                 for p in self._publishers
             ],
             "tap": None if self._tap is None else dataclasses.asdict(self._tap.stats),
-            "http_refused": dict(self.preview_server.refused) if self.preview_server else {},
-            "preview_video_stopped": self.preview_server.video_stopped
-            if self.preview_server
-            else 0,
+            **self._preview_stats(),
+        }
+
+    def _preview_stats(self) -> dict[str, Any]:
+        server = self.preview_server
+        return {
+            "http_refused": dict(server.refused) if server else {},
+            "preview_video_stopped": server.video_stopped if server else 0,
+            "webrtc_failed": dict(server.webrtc_failed) if server else {},
         }
 
     def _add_removed(self, final: dict[str, Any]) -> None:

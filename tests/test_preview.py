@@ -410,6 +410,37 @@ def test_every_viewer_gets_frames_of_its_own() -> None:
     asyncio.run(main())
 
 
+def test_pictures_of_any_even_height_reach_the_viewer_whole() -> None:
+    """A 2688x1520 camera previewed 640 wide is drawn 640x362: a height that is not a multiple
+    of 4, which PyAV's from_numpy_buffer reads 2 rows short, with the colour planes shifted.
+    The viewer's frame is the picture drawn, row for row and in colour."""
+    import numpy as np
+
+    from streamer.preview.draw import annotate
+    from streamer.preview.hub import PreviewSource
+    from streamer.types import Frame
+
+    w, h = 2688, 1520
+    y = np.tile(np.linspace(16, 235, w).astype(np.uint8), (h, 1))
+    u = np.tile(np.linspace(16, 240, h // 2).astype(np.uint8)[:, None], (1, w // 2))
+    v = np.full((h // 2, w // 2), 200, np.uint8)
+    frame = Frame("cam", 0, 0, 0.0, w, h, "yuv420p", (y, u, v), y.nbytes * 3 // 2)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            source = PreviewSource("cam", 640, 50.0, pool)
+            track = source.attach()
+            source._output = source._render(frame, None)
+            got = (await track.recv()).to_ndarray(format="bgr24").astype(int)
+            want = annotate(frame, None, 640).astype(int)  # 640x362
+            assert want.shape == (362, 640, 3) and got.shape == (360, 640, 3)
+            diff = np.abs(got - want[:360])  # (I420 and back: a few levels at most)
+            assert diff.max() <= 8, (diff.max(), diff.mean())  # shifted planes: up to 255
+            track.stop()
+
+    asyncio.run(main())
+
+
 def test_a_viewer_whose_source_goes_is_closed_and_not_counted_as_video_stopped(
     endpoint: Any,
 ) -> None:
@@ -482,7 +513,7 @@ def test_chromium_connects_again_when_its_video_stops(
                 fail.set()
                 await until(lambda: p.stats()["preview_video_stopped"] == 1, 10, "closed")
                 # Chromium notices the closed connection in ~5 s (ICE consent), then the page
-                # waits 1 s: 6.5 s here.
+                # waits 3 s for it to come back and 1 s more: ~9.5 s here.
                 new_pc = "() => window.streamerPreview.pc !== window.firstPc ? 1 : 0"
                 await until_page(page, new_pc, 0, "a new connection")
                 await until_page(page, FRAMES_DECODED, 10, "frames again")

@@ -19,7 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from streamer.pipeline import Pipeline
 from tests.conftest import free_port
 from tests.live import until
-from tests.test_preview import TOKEN, _cfg, _connect, _server, _with_pipeline
+from tests.test_preview import TOKEN, _auth, _cfg, _connect, _server, _with_pipeline
 
 MAX_VIEWERS = 32
 
@@ -364,6 +364,53 @@ def test_random_requests_never_get_500(endpoint: Any) -> None:
     assert sum(statuses.values()) == 300
 
 
+# A real offer (aiortc's, without candidates: it never connects), fixed so that the seeded
+# mutations below are the same in every run.
+OFFER_LINES = [
+    "v=0",
+    "o=- 4004786732 4004786732 IN IP4 0.0.0.0",
+    "s=-",
+    "t=0 0",
+    "a=group:BUNDLE 0",
+    "a=msid-semantic:WMS *",
+    "m=video 36211 UDP/TLS/RTP/SAVPF 97 98 99 100 101 102",
+    "c=IN IP4 192.0.2.2",
+    "a=recvonly",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "a=mid:0",
+    "a=msid:fbc82f1d-ce71-44a9-9fda-67d209429ae9 474e483d-a718-45f8-8428-1b12e57b5688",
+    "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=rtcp-mux",
+    "a=ssrc-group:FID 949103288 1959180921",
+    "a=ssrc:949103288 cname:9c6329e0-e98c-4751-974a-48fa359fc696",
+    "a=ssrc:1959180921 cname:9c6329e0-e98c-4751-974a-48fa359fc696",
+    "a=rtpmap:97 VP8/90000",
+    "a=rtcp-fb:97 nack",
+    "a=rtcp-fb:97 nack pli",
+    "a=rtcp-fb:97 goog-remb",
+    "a=rtpmap:98 rtx/90000",
+    "a=fmtp:98 apt=97",
+    "a=rtpmap:99 H264/90000",
+    "a=rtcp-fb:99 nack",
+    "a=rtcp-fb:99 nack pli",
+    "a=rtcp-fb:99 goog-remb",
+    "a=fmtp:99 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+    "a=rtpmap:100 rtx/90000",
+    "a=fmtp:100 apt=99",
+    "a=rtpmap:101 H264/90000",
+    "a=rtcp-fb:101 nack",
+    "a=rtcp-fb:101 nack pli",
+    "a=rtcp-fb:101 goog-remb",
+    "a=fmtp:101 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+    "a=rtpmap:102 rtx/90000",
+    "a=fmtp:102 apt=101",
+    "a=ice-ufrag:FfT9",
+    "a=ice-pwd:wbaqpYRRgAnmQFmMLGVyOG",
+    "a=fingerprint:sha-256 2D:F5:AB:9B:18:BF:EB:A1:A5:C1:BF:46:5F"
+    ":7F:7B:F3:A0:E0:CE:BF:FC:9A:D8:0F:2F:5E:DA:F6:78:79:3A:6F",
+    "a=setup:actpass",
+]
 SPECIAL = ["\x00", "\ud800", "\r", "\n", "\u202e", "é", "0", " "]
 NUMBERS = ["0", "-1", "4294967296", "99999999999999999999999", "1e308", "x", ""]
 
@@ -408,7 +455,7 @@ def test_mutated_offers_are_answered_or_refused_never_500(
     out: dict[str, Any] = {}
 
     async def body(p: Pipeline) -> None:
-        lines = (await _offer_without_candidates()).splitlines()
+        lines = OFFER_LINES
         server = _server(p)
         for i in range(200):
             await until(lambda: len(server.viewers) < MAX_VIEWERS, 10, "a free slot")
@@ -419,6 +466,7 @@ def test_mutated_offers_are_answered_or_refused_never_500(
         try:
             await until(lambda: pc.connectionState == "connected", 10, "a real viewer connects")
             out["health"] = p.health()
+            out["webrtc_failed"] = p.stats()["webrtc_failed"]
         finally:
             await pc.close()
 
@@ -427,6 +475,60 @@ def test_mutated_offers_are_answered_or_refused_never_500(
     assert set(statuses) <= {200, 400, 413}, statuses
     assert statuses[200] >= 20 and statuses[400] >= 20, statuses  # both kinds were reached
     assert out["health"][0], out["health"]
-    # Nothing failed later either (a task's exception, a callback's: asyncio logs them).
+    # Nothing failed later either: no task of aiortc's (an offer without a DTLS fingerprint
+    # was answered, and then failed in one, before the offers were checked for it) ...
+    assert out["webrtc_failed"] == {}, out["webrtc_failed"]
+    # ... nor any other task or callback (asyncio logs them).
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], errors[:3]
+
+
+def test_failed_webrtc_tasks_are_counted_and_logged_once(
+    endpoint: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiortc starts tasks of its own and never looks at their results: one that fails on a
+    peer's hostile traffic would be logged by asyncio with its traceback, each time. They are
+    counted by exception type (stats, /metrics) and logged once; a failed task of anyone else's
+    still goes to asyncio's handler."""
+    import gc
+
+    from aiortc import (
+        RTCCertificate,
+        RTCDtlsParameters,
+        RTCDtlsTransport,
+        RTCIceGatherer,
+        RTCIceTransport,
+    )
+
+    port = free_port()
+    cfg = _cfg(endpoint, port)
+    out: dict[str, Any] = {}
+
+    async def ours() -> None:
+        raise KeyError("not aiortc's")
+
+    async def body(p: Pipeline) -> None:
+        cert = RTCCertificate.generateCertificate()
+        for _ in range(3):  # as aiortc's __connect does with an offer without a fingerprint
+            dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [cert])
+            task = asyncio.ensure_future(dtls.start(RTCDtlsParameters(fingerprints=[])))
+            await asyncio.sleep(0.01)
+            assert task.done()
+            del task, dtls
+            gc.collect()  # (asyncio reports a task's exception when the task is collected)
+        task2 = asyncio.ensure_future(ours())
+        await asyncio.sleep(0.01)
+        del task2
+        gc.collect()
+        await asyncio.sleep(0)
+        out["failed"] = p.stats()["webrtc_failed"]
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url, headers=_auth(cfg)) as r:
+            out["metrics"] = await r.text()
+
+    _with_pipeline(cfg, body)
+    assert out["failed"] == {"AssertionError": 3}
+    assert 'streamer_preview_webrtc_task_failed_total{kind="AssertionError"} 3.0' in out["metrics"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("a WebRTC task failed with AssertionError" in m for m in messages) == 1
+    assert sum("Task exception was never retrieved" in m for m in messages) == 1  # ours()

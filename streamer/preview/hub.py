@@ -179,6 +179,9 @@ class PreviewSource:
 
     def _render(self, frame: Frame, dets: Detections | None) -> U8:
         img = annotate(frame, dets, self.max_width)  # even sizes (tap_size)
+        # A height that is a multiple of 4: PyAV's from_numpy_buffer (recv) reads I420 rows as
+        # a height of rows // 6 * 4, 2 rows short for the others (640x362 from 2688x1520).
+        img = img[: img.shape[0] // 4 * 4]
         drawn = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
         picture = cast(U8, drawn.to_ndarray())
         picture.setflags(write=False)  # viewers' frames share it

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 from streamer.config import PreviewConfig
 from streamer.errors import ConfigError
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_SDP_BYTES = 64 * 1024
 MAX_VIEWERS = 32
 MAX_CONNECTING_PER_CLIENT = 4  # offers from one address still connecting at once
+WEBRTC_LIBS = ("aiortc", "aioice")  # packages whose failed tasks are counted, not logged each
 # A viewer's video that stops with its connection up for this long has stopped for good (its
 # encoder failed); a lost connection fails within it.
 VIDEO_STOPPED_AFTER_S = 1.0
@@ -162,6 +165,10 @@ class PreviewServer:
         self.connecting: Counter[str] = Counter()  # per client address
         self.refused: Counter[str] = Counter()  # requests answered 4xx, per reason or status
         self.video_stopped = 0  # viewers closed because their video stopped under them
+        self._offer_errors_logged: set[str] = set()  # exception types (finitely many)
+        # aiortc's and aioice's own tasks that failed (a peer's hostile traffic, or their bugs),
+        # by exception type: asyncio would log each with its traceback.
+        self.webrtc_failed: Counter[str] = Counter()
         self.hosts = HostCheck(cfg.host, cfg.allowed_hosts)
         if cfg.host_candidates:
             limit_host_candidates(cfg.host_candidates)
@@ -339,6 +346,9 @@ class PreviewServer:
             raise web.HTTPBadRequest(text=f"bad offer: {e}\n") from None
         if sid not in self.hub.sources:
             raise web.HTTPNotFound(text=f"no source {sid[:100]!r}\n")
+        problem = offer_problem(sdp)
+        if problem is not None:
+            raise web.HTTPBadRequest(text=f"bad offer: {problem}\n")
         if len(self.viewers) >= MAX_VIEWERS:
             raise web.HTTPServiceUnavailable(text="too many viewers\n")
         client = request.remote or "?"
@@ -390,11 +400,34 @@ class PreviewServer:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
+            # aiortc refuses what it cannot parse or negotiate with ValueError, and fails on
+            # some malformed offers with other exceptions of its own (AttributeError,
+            # AssertionError, ...). Either way the offer is what failed: 400, with the reason.
+            # The others are logged once per type: they may also be a fault of ours.
             await self._close(viewer, "bad offer")
-            raise web.HTTPBadRequest(text=f"cannot answer this offer: {e}\n") from None
+            kind = type(e).__name__
+            if not isinstance(e, ValueError) and kind not in self._offer_errors_logged:
+                self._offer_errors_logged.add(kind)
+                log.warning("preview: an offer failed with %s (logged once)", kind, exc_info=True)
+            raise web.HTTPBadRequest(text=f"cannot answer this offer: {kind}: {e}\n") from None
         log.info("preview: viewer joined %s (%d connection(s))", sid, len(self.viewers))
         desc = pc.localDescription
         return web.json_response({"sdp": desc.sdp, "type": desc.type})
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's handler of exceptions nobody retrieved: a failed task of aiortc's or
+        aioice's (they start tasks of their own and never look at them) is counted and logged
+        once per exception type; anything else goes on to asyncio's handler."""
+        exc, task = context.get("exception"), context.get("future")
+        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+        where = getattr(getattr(coro, "cr_code", None), "co_filename", "")
+        if exc is None or not any(f"{os.sep}{lib}{os.sep}" in where for lib in WEBRTC_LIBS):
+            loop.default_exception_handler(context)
+            return
+        kind = type(exc).__name__
+        self.webrtc_failed[kind] += 1
+        if self.webrtc_failed[kind] == 1:
+            log.warning("preview: a WebRTC task failed with %s (logged once)", kind, exc_info=exc)
 
     def _done_connecting(self, viewer: Viewer) -> None:
         if viewer.deadline is not None:
@@ -452,8 +485,23 @@ async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     return runner
 
 
+def offer_problem(sdp: str) -> str | None:
+    """Why aiortc would answer an offer and then fail on it in a task of its own (a media
+    section without a DTLS fingerprint), or could not read it at all; None if neither."""
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as e:  # aiortc's parser, on any text
+        return f"cannot read it ({type(e).__name__}: {str(e)[:200]})"
+    for media in parsed.media:
+        if media.dtls is None or not media.dtls.fingerprints:
+            return f"its {str(media.kind)[:20]} section has no DTLS fingerprint"
+    return None
+
+
 async def start(server: PreviewServer) -> list[web.AppRunner]:
-    """Listen: the main app, and the metrics app on its own port when configured."""
+    """Listen: the main app, and the metrics app on its own port when configured. Failures of
+    aiortc's own tasks are counted from here on (`PreviewServer.loop_exception`)."""
+    asyncio.get_running_loop().set_exception_handler(server.loop_exception)
     runners = [await _serve(server.app, server.cfg.host, server.cfg.port)]
     if server.cfg.metrics_port is not None:
         try:

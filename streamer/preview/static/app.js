@@ -8,7 +8,7 @@ let current = null; // { id, pc }
 // A connection that ends while its source is shown (the server closed it, the network went,
 // streamer restarted) is made again, after a wait that doubles up to a bound; the wait starts
 // over after a connection that lasted, or when a source is picked. A connection reported
-// "disconnected" has a grace period to come back first.
+// "disconnected" has a grace period besides, to come back by itself.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10000;
 const LASTED_MS = 30000;
@@ -67,11 +67,11 @@ function renderSources(stats) {
   document.getElementById("status").textContent = `up ${Math.round(stats.uptime_s)} s`;
 }
 
-function watchAgainLater(id, pc, why, afterMs = null) {
+function watchAgainLater(id, pc, why, graceMs = 0) {
   if (!current || current.pc !== pc || retryTimer !== null) return;
   document.getElementById("title").textContent = `${id}: ${why}, connecting again…`;
-  const wait = afterMs === null ? retryMs : afterMs;
-  if (afterMs === null) retryMs = Math.min(2 * retryMs, RETRY_MAX_MS);
+  const wait = graceMs + retryMs;
+  retryMs = Math.min(2 * retryMs, RETRY_MAX_MS);
   retryTimer = setTimeout(() => {
     retryTimer = null;
     if (current && current.pc === pc) watch(id, false);
@@ -83,6 +83,7 @@ function stopWatching(id, why) {
   current = null;
   document.getElementById("title").textContent = `${id}: ${why}`;
   document.getElementById("video").srcObject = null;
+  document.getElementById("video").hidden = true;
   document.getElementById("crops").replaceChildren();
   shownCrops = "";
 }
@@ -124,9 +125,10 @@ async function offer(id, pc) {
       clearTimeout(retryTimer);
       retryTimer = null;
     }
-    watchAgainLater(id, pc, state, state === "disconnected" ? DISCONNECTED_GRACE_MS : null);
+    watchAgainLater(id, pc, state, state === "disconnected" ? DISCONNECTED_GRACE_MS : 0);
   };
   document.getElementById("viewer").hidden = false;
+  document.getElementById("video").hidden = false;
   document.getElementById("hint").hidden = true;
   document.getElementById("title").textContent = id;
   shownCrops = "";
@@ -136,6 +138,7 @@ async function offer(id, pc) {
     pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
     setTimeout(resolve, GATHERING_MAX_MS); // a closed connection says nothing more
   });
+  if (!current || current.pc !== pc) return; // another source was picked while gathering
   const answer = await api("/api/offer", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -145,15 +148,18 @@ async function offer(id, pc) {
 }
 
 async function refreshCrops() {
-  if (!current) return;
-  const crops = await api(`/api/sources/${encodeURIComponent(current.id)}/crops`);
+  const watching = current;
+  if (!watching) return;
+  const id = watching.id;
+  const crops = await api(`/api/sources/${encodeURIComponent(id)}/crops`);
+  if (current !== watching) return; // another source was picked meanwhile
   const keys = crops.map((c) => c.key).join(",");
   if (keys === shownCrops) return;
   shownCrops = keys;
   document.getElementById("crops").replaceChildren(...crops.map((c) => {
     const fig = document.createElement("figure");
     const img = document.createElement("img");
-    img.src = `/api/sources/${encodeURIComponent(current.id)}/crops/${c.key}.jpg${q}`;
+    img.src = `/api/sources/${encodeURIComponent(id)}/crops/${c.key}.jpg${q}`;
     img.alt = `${c.class} crop from frame ${c.frame_id}`;
     const cap = document.createElement("figcaption");
     cap.textContent = `${c.class} ${c.confidence.toFixed(2)}` + (c.tracker_id != null ? ` #${c.tracker_id}` : "");
