@@ -14,6 +14,7 @@ from streamer.sources.shedding import (
     DecodeShedder,
     PacketTimes,
     SkipCount,
+    SkipLevel,
 )
 
 
@@ -439,3 +440,40 @@ def test_a_camera_clock_that_stands_still_is_neither_lag_nor_backlog() -> None:
         s.served(0.3 * FRAME_S, step)
     # (the first 20 packets read as lag, forgotten with the lag's window)
     assert levels.count("NONKEY") == 0 and levels[-500:] == ["DEFAULT"] * 500
+
+
+def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> None:
+    """SessionShedding sets FFmpeg's skip level the shedder asks for, on the decoder and in the
+    stats; after `give_up` it decodes everything whatever the shedder asks (while still saying
+    what it asks), and without a shedder it never touches the decoder."""
+    from types import SimpleNamespace
+
+    from streamer.sources.base import SourceStats
+    from streamer.sources.session_shedding import SessionShedding
+    from tests.live import ScriptedShedder
+
+    asked: list[SkipLevel] = ["NONREF", "NONKEY", "NONREF"]
+
+    class Asked(ScriptedShedder):
+        def script(self) -> SkipLevel:
+            return asked[0]
+
+    ctx, stats = SimpleNamespace(skip_frame="DEFAULT"), SourceStats()
+    shedding = SessionShedding(Asked(), ctx, stats, "cam", 1 / 30)
+    assert shedding.next_packet(0.0, 0.0, True, False) == "NONREF"
+    assert (ctx.skip_frame, stats.skip_level, shedding.level) == ("NONREF",) * 3
+    assert shedding.skipping
+    asked[0] = "NONKEY"
+    shedding.next_packet(0.1, 0.1, True, False)
+    assert ctx.skip_frame == "NONKEY"
+    shedding.give_up()
+    assert (ctx.skip_frame, stats.skip_level) == ("DEFAULT",) * 2 and not shedding.skipping
+    assert shedding.next_packet(0.2, 0.2, True, False) == "NONKEY"  # asked, not set
+    assert ctx.skip_frame == "DEFAULT"
+
+    untouched = SimpleNamespace(skip_frame="DEFAULT")
+    lossless = SessionShedding(None, untouched, SourceStats(), "file", 1 / 30)
+    assert lossless.next_packet(0.0, 0.0, True, True) == "DEFAULT"
+    lossless.decoded(100, False)
+    assert lossless.frame(5) == 0 and lossless.end(True) == 0
+    assert untouched.skip_frame == "DEFAULT"

@@ -22,7 +22,7 @@ from streamer.sources.readahead import (
     seconds,
 )
 from streamer.sources.redact import redact, url_secrets
-from streamer.sources.shedding import SkipCount
+from streamer.sources.session_shedding import SessionShedding
 
 log = logging.getLogger(__name__)
 
@@ -220,21 +220,12 @@ class AvSource(Source):
         self._watch_since = time.monotonic()  # (open has its timeout)
         frame_s = _frame_s(stream)
         clock = FrameClock(frame_s, self.live, self._watch_since)
-        ctx = stream.codec_context
         video = stream.index
         shedder = None if self.lossless else self._shedder
-        shedder_level = "DEFAULT"
-        if shedder is not None:
-            shedder.reset(frame_s)
-        self.stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
-        self.stats.behind_s = None  # ... and nothing is known of its schedule
-        shed_blind = False  # shedding left no frame for too long: not again this session
-        skips = SkipCount()
-        # The last packet gave a frame on keyframes only: it was a keyframe, whatever its flag
-        # said, so the packets after it can be decoded again.
-        after_key = False
-        busy_s = 0.0  # the loop's work on this packet (demuxing, decoding, handing on)
-        cpu_mark = time.thread_time()
+        shedding = SessionShedding(
+            shedder, stream.codec_context, self.stats, self.source_id, frame_s
+        )
+        self.stats.behind_s = None  # nothing is known of the new decoder's schedule yet
         bad_in_session = 0
         flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
@@ -250,16 +241,12 @@ class AvSource(Source):
                     if self.live:
                         self._check_watchdog()
                     continue
-                step_s = None
                 if shedder is not None:
-                    # Demuxing counts as work on the CPU only: its waits for input are not.
-                    busy_s = time.thread_time() - cpu_mark
                     now = time.monotonic()
-                    level, step_s = shedder.next_packet(
+                    wanted = shedding.next_packet(
                         now,
                         seconds(packet) if ahead is None else ahead.media_s(),
                         packet.is_keyframe,
-                        after_key,
                         now < self.shed_downstream_until,
                     )
                     if self.live:
@@ -267,12 +254,8 @@ class AvSource(Source):
                     if ahead is not None:
                         load = shedder.load
                         ahead.queue.spare = (
-                            level == "DEFAULT" and load is not None and load < CATCHUP_MAX_LOAD
+                            wanted == "DEFAULT" and load is not None and load < CATCHUP_MAX_LOAD
                         )
-                    if level != shedder_level and not shed_blind:
-                        ctx.skip_frame = shedder_level = level
-                        self.stats.skip_level = level
-                        log.info("source %s: decoder skips %s", self.source_id, level)
                 t0 = time.perf_counter()
                 bad_packet = False
                 try:
@@ -287,10 +270,10 @@ class AvSource(Source):
                     decoded, bad_packet = [], True
                 if self.decode_observer is not None:
                     self.decode_observer(time.perf_counter() - t0)
-                busy_s += time.perf_counter() - t0
-                if shedder is not None and packet.size and not bad_packet:
-                    skips.packet(bool(decoded), shedder_level != "DEFAULT")
-                if shedder_level != "DEFAULT" and packet.size:
+                shedding.worked(time.perf_counter() - t0)
+                if not bad_packet:
+                    shedding.decoded(packet.size, bool(decoded))
+                if shedding.skipping and packet.size:
                     # Skipping to the next keyframe may take one stall timeout longer than a stall.
                     if time.monotonic() - clock.last_wall <= 2 * self.stall_timeout_s:
                         self._note_progress()  # skipped on purpose: not a stall (for a while)
@@ -303,16 +286,14 @@ class AvSource(Source):
                             "decoding every frame again for this session",
                             self.source_id,
                             time.monotonic() - clock.last_wall,
-                            shedder_level,
+                            shedding.level,
                         )
-                        shed_blind = True
-                        ctx.skip_frame = shedder_level = self.stats.skip_level = "DEFAULT"
+                        shedding.give_up()
                 for vf in decoded:
                     t, gap = clock.place(
                         None if vf.time is None else float(vf.time), time.monotonic()
                     )
-                    if shedder is not None:
-                        self.stats.skipped_decode += skips.frame(gap, shedder_level != "DEFAULT")
+                    self.stats.skipped_decode += shedding.frame(gap)
                     if self.realtime:
                         delay = clock.due_in(t, time.monotonic())
                         if delay > 0 and self._stop.wait(delay):
@@ -320,17 +301,13 @@ class AvSource(Source):
                         self.stats.behind_s = max(0.0, -delay)
                     t0 = time.perf_counter()
                     self._offer(self._media_offset_s + t, vf)
-                    busy_s += time.perf_counter() - t0
-                if shedder is not None:
-                    if step_s is not None:
-                        shedder.served(busy_s, step_s)
-                    after_key = shedder_level == "NONKEY" and bool(decoded)
-                    cpu_mark = time.thread_time()
+                    shedding.worked(time.perf_counter() - t0)
+                shedding.packet_done(bool(decoded))
                 if self.live:
                     self._check_watchdog()
             flushed = True
         finally:
-            self.stats.skipped_decode += skips.end(flushed)
+            self.stats.skipped_decode += shedding.end(flushed)
         if self.live and not self._stop.is_set():
             raise ConnectionError("the server closed the stream")
         self._media_offset_s += clock.last_s + 1e-3
