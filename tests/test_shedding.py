@@ -471,9 +471,13 @@ def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> 
     assert shedding.next_packet(0.2, 0.2, True, False) == "NONKEY"  # asked, not set
     assert ctx.skip_frame == "DEFAULT"
 
-    untouched = SimpleNamespace(skip_frame="DEFAULT")
-    lossless = SessionShedding(None, untouched, SourceStats(), "file", 1 / 30)
+    # Without a shedder the decoder is never touched (whatever it was set to), the session's
+    # stat says DEFAULT, and nothing is counted.
+    untouched, lossless_stats = SimpleNamespace(skip_frame="NONKEY"), SourceStats()
+    lossless_stats.skip_level = "NONKEY"
+    lossless = SessionShedding(None, untouched, lossless_stats, "file", 1 / 30)
+    assert lossless_stats.skip_level == "DEFAULT"
     assert lossless.next_packet(0.0, 0.0, True, True) == "DEFAULT"
     lossless.decoded(100, False)
-    assert lossless.frame(5) == 0 and lossless.end(True) == 0
-    assert untouched.skip_frame == "DEFAULT"
+    lossless.packet_done(False)
+    assert untouched.skip_frame == "NONKEY" and not lossless.skipping

@@ -1,8 +1,9 @@
 """One decoding session's side of load shedding (the policy is streamer/sources/shedding.py):
-at each packet it asks the shedder for FFmpeg's skip level and sets it on the decoder, measures
-the loop's work on the packet on the CPU (demuxing, decoding, handing frames on; not its waits
-for input or pacing), and counts the frames the decoder skipped on purpose. Without a shedder
-(a file read losslessly) it decodes everything and counts nothing."""
+at each packet it asks the shedder for FFmpeg's skip level and sets it on the decoder, adds up
+the loop's work on the packet (demuxing, as CPU time: its waits for input are not work; then
+decoding and handing frames on, as the decode loop times them) for the shedder, and counts the
+frames the decoder skipped on purpose. Without a shedder (a file read losslessly) it never
+touches the decoder and counts nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class SessionShedding:
+    """Per video packet, in this order: `next_packet`, `worked` (each timed piece of work),
+    `decoded` (unless the packet was damaged), `frame` for each frame it gave, `packet_done`;
+    `end` when the session ends."""
+
     def __init__(
         self,
         shedder: DecodeShedder | None,
@@ -36,11 +41,11 @@ class SessionShedding:
         # said, so the packets after it can be decoded again.
         self._after_key = False
         self._busy_s = 0.0  # the loop's work on this packet
-        self._cpu_mark = time.thread_time()
         self._step_s: float | None = None  # the media time this packet moves the stream on
         if shedder is not None:
             shedder.reset(frame_s)
         stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
+        self._cpu_mark = time.thread_time()
 
     @property
     def skipping(self) -> bool:
