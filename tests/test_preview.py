@@ -436,6 +436,11 @@ def test_pictures_of_any_even_height_reach_the_viewer_whole() -> None:
             assert want.shape == (362, 640, 3) and got.shape == (360, 640, 3)
             diff = np.abs(got - want[:360])  # (I420 and back: a few levels at most)
             assert diff.max() <= 8, (diff.max(), diff.mean())  # shifted planes: up to 255
+            # A camera 250 times as wide as high is drawn 2 rows high: shown 4 rows high.
+            sy, suv = np.full((16, 4000), 100, np.uint8), np.full((8, 2000), 128, np.uint8)
+            strip = Frame("cam", 1, 0, 0.0, 4000, 16, "yuv420p", (sy, suv, suv), 96_000)
+            source._output = source._render(strip, None)
+            assert (await track.recv()).to_ndarray(format="bgr24").shape == (4, 640, 3)
             track.stop()
 
     asyncio.run(main())

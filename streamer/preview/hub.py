@@ -181,7 +181,10 @@ class PreviewSource:
         img = annotate(frame, dets, self.max_width)  # even sizes (tap_size)
         # A height that is a multiple of 4: PyAV's from_numpy_buffer (recv) reads I420 rows as
         # a height of rows // 6 * 4, 2 rows short for the others (640x362 from 2688x1520).
-        img = img[: img.shape[0] // 4 * 4]
+        # Heights are even: 2 rows less, or (a picture 2 rows high) 2 more.
+        if img.shape[0] % 4:
+            edge = ((0, 2), (0, 0), (0, 0))
+            img = img[:-2] if img.shape[0] > 2 else np.pad(img, edge, mode="edge")
         drawn = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
         picture = cast(U8, drawn.to_ndarray())
         picture.setflags(write=False)  # viewers' frames share it
