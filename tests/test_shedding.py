@@ -481,3 +481,14 @@ def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> 
     lossless.decoded(100, False)
     lossless.packet_done(False)
     assert untouched.skip_frame == "NONKEY" and not lossless.skipping
+    assert lossless.behind_s is None and not lossless.can_catch_up("DEFAULT")
+
+    # Time to spare to catch up: once the decoder's load is known (about a second of media),
+    # and low, and only while the shedder asks for nothing to be skipped.
+    idle = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
+    assert not idle.can_catch_up("DEFAULT")  # load not known yet
+    for i in range(40):  # 4 s of media at 10 fps, next to no work on each packet
+        idle.next_packet(i / 10, i / 10, i % 10 == 0, False)
+        idle.packet_done(True)
+    assert idle.can_catch_up("DEFAULT") and not idle.can_catch_up("NONREF")
+    assert idle.behind_s is not None and idle.behind_s < 0.1

@@ -409,7 +409,8 @@ class PreviewServer:
             if not isinstance(e, ValueError) and kind not in self._offer_errors_logged:
                 self._offer_errors_logged.add(kind)
                 log.warning("preview: an offer failed with %s (logged once)", kind, exc_info=True)
-            raise web.HTTPBadRequest(text=f"cannot answer this offer: {kind}: {e}\n") from None
+            reason = str(e)[:200]
+            raise web.HTTPBadRequest(text=f"cannot answer this offer: {kind}: {reason}\n") from None
         log.info("preview: viewer joined %s (%d connection(s))", sid, len(self.viewers))
         desc = pc.localDescription
         return web.json_response({"sdp": desc.sdp, "type": desc.type})

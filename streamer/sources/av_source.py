@@ -14,7 +14,6 @@ import av
 
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.readahead import (
-    CATCHUP_MAX_LOAD,
     CLOSE_WAIT_S,
     READ_TIMEOUT_S,
     ReadAhead,
@@ -250,12 +249,9 @@ class AvSource(Source):
                         now < self.shed_downstream_until,
                     )
                     if self.live:
-                        self.stats.behind_s = shedder.behind_s
+                        self.stats.behind_s = shedding.behind_s
                     if ahead is not None:
-                        load = shedder.load
-                        ahead.queue.spare = (
-                            wanted == "DEFAULT" and load is not None and load < CATCHUP_MAX_LOAD
-                        )
+                        ahead.queue.spare = shedding.can_catch_up(wanted)
                 t0 = time.perf_counter()
                 bad_packet = False
                 try:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from streamer.sources.base import SourceStats
+from streamer.sources.readahead import CATCHUP_MAX_LOAD
 from streamer.sources.shedding import DecodeShedder, SkipCount, SkipLevel
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,17 @@ class SessionShedding:
     @property
     def skipping(self) -> bool:
         return self.level != "DEFAULT"
+
+    @property
+    def behind_s(self) -> float | None:
+        """How far behind the decoder runs, by the shedder (None without one)."""
+        return None if self.shedder is None else self.shedder.behind_s
+
+    def can_catch_up(self, asked: SkipLevel) -> bool:
+        """Whether the decoder has time to spare to play a read-ahead faster: the shedder asked
+        for nothing to be skipped (`asked`: from `next_packet`) and its load is known and low."""
+        load = None if self.shedder is None else self.shedder.load
+        return asked == "DEFAULT" and load is not None and load < CATCHUP_MAX_LOAD
 
     def next_packet(
         self, now: float, media_s: float | None, keyframe: bool, shed_downstream: bool
