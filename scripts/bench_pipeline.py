@@ -44,11 +44,26 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_endpoint() -> str:
+    """A loopback endpoint nothing listens on, below the kernel's range of ephemeral ports (a
+    port the kernel hands out can be taken again as an outgoing connection's source port
+    before streamer binds it: "Address already in use")."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return f"tcp://127.0.0.1:{port}"
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def make_clip(path: Path, w: int, h: int, frames: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import random
 import socket
 import subprocess
 import sys
@@ -21,9 +22,27 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, below the kernel's range of ephemeral ports: a
+    port the kernel handed out (bind to 0) can be taken again, before the test binds it, as the
+    source port of any outgoing connection (seen: "Address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 @pytest.fixture(autouse=True)

@@ -193,7 +193,7 @@ class AvSource(Source):
                     for other in container.streams:
                         if other.index != stream.index:
                             other.discard = "all"  # a file's audio and data: not even read
-                elif _segmented(container):
+                elif self._hls:  # (what this session's open found)
                     name = f"source-{self.source_id}-read"
                     self._steps.frame_s = _frame_s(stream)
                     ahead = ReadAhead(container, stream.index, self._steps, name).start()
