@@ -43,10 +43,14 @@ DRAIN_TIMEOUT_S = 10.0  # after streamer exits, for the crops it sent to arrive
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+_PORTS_AFTER: list[int] = []  # how many ports this process has handed out, from a random start
+
+
 def free_endpoint() -> str:
     """A loopback endpoint nothing listens on, below the kernel's range of ephemeral ports (a
     port the kernel hands out can be taken again as an outgoing connection's source port
-    before streamer binds it: "Address already in use")."""
+    before streamer binds it: "Address already in use"). Ports are handed out in turn from a
+    random start, so that one run never gives the same port twice (random draws could)."""
     import random
     import socket
 
@@ -55,8 +59,13 @@ def free_endpoint() -> str:
             low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768  # Linux's default
-    for _ in range(1000):
-        port = random.randrange(max(1024, low - 12_000), low)
+    first = max(1024, low - 12_000)
+    span = low - first
+    if not _PORTS_AFTER:
+        _PORTS_AFTER.append(random.randrange(span))
+    for _ in range(span):
+        port = first + _PORTS_AFTER[0] % span
+        _PORTS_AFTER[0] += 1
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

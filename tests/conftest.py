@@ -21,13 +21,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+_PORTS_AFTER: list[int] = []  # how many ports this process has handed out, from a random start
+
+
 def free_port() -> int:
     """A loopback port nothing listens on, below the kernel's range of ephemeral ports: a
     port the kernel handed out (bind to 0) can be taken again, before the test binds it, as the
-    source port of any outgoing connection (seen: "Address already in use")."""
+    source port of any outgoing connection (seen: "Address already in use"). Ports are handed
+    out in turn from a random start, so that no two of one test run are the same until all
+    12,000 have been (random draws repeated one: a test's two endpoints on one port)."""
     low = _ephemeral_low()
-    for _ in range(1000):
-        port = random.randrange(max(1024, low - 12_000), low)
+    first = max(1024, low - 12_000)
+    span = low - first
+    if not _PORTS_AFTER:
+        _PORTS_AFTER.append(random.randrange(span))
+    for _ in range(span):
+        port = first + _PORTS_AFTER[0] % span
+        _PORTS_AFTER[0] += 1
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
