@@ -131,6 +131,9 @@ class SyntheticSpec:
 
 MAX_URL_CHARS = 4096
 MAX_AV_OPTIONS = 64
+# The largest picture H.264 and HEVC allow at any level (6.2: 139,264 macroblocks of 16x16;
+# HEVC's MaxLumaPs): 8192x4352, 8K. A camera's picture beyond a source's bound is not decoded.
+MAX_PIXELS = 35_651_584
 
 
 class SourceConfig(_Model):
@@ -160,6 +163,14 @@ class SourceConfig(_Model):
         default_factory=dict,
         max_length=MAX_AV_OPTIONS,
         description="FFmpeg options, passed through",
+    )
+    max_pixels: int = Field(
+        MAX_PIXELS,
+        ge=16 * 16,
+        le=MAX_PIXELS * 4,
+        description="the largest picture (width x height) a camera or file may have: a larger "
+        "one is not decoded (its session ends with an error, counted in too_large, and is "
+        "retried). Default: the largest H.264 and HEVC allow, 8192x4352",
     )
     width: int | None = Field(None, ge=16, le=8192, description="webcam capture width request")
     height: int | None = Field(None, ge=16, le=8192, description="webcam capture height request")

@@ -124,8 +124,9 @@ class _StatsCollector(Collector):
         stalls = CounterMetricFamily("streamer_source_stalls", "stalls detected", labels=["source"])
         missing = CounterMetricFamily(
             "streamer_source_missing_frames",
-            "frames missing from the input, by the gaps in its timestamps (HLS: segments the "
-            "server failed to deliver); never decoded, so not in streamer_frames",
+            "frames missing from the input, by the gaps in its timestamps (lost by the camera "
+            "or the network; HLS: segments the server failed to deliver); never decoded, so not "
+            "in streamer_frames",
             labels=["source"],
         )
         state = GaugeMetricFamily(

@@ -763,6 +763,7 @@ class Pipeline:
             "skip_level": src.stats.skip_level,
             "behind_s": None if behind is None else round(behind, 3),
             "bad_packets": src.stats.bad_packets,
+            "too_large": src.stats.too_large,
             "missing_frames": src.stats.missing_frames,
             "dropped_handoff": dropped_handoff,
             "in_handoff": in_handoff + c.in_feed,

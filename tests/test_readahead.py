@@ -214,6 +214,43 @@ def test_a_nominal_rate_that_is_wrong_is_no_gap() -> None:
     assert s.missing == 0
 
 
+def test_a_live_stream_s_gap_counts_only_as_far_as_its_arrival_agrees() -> None:
+    """A camera read as it comes (RTSP) tells each packet's arrival: a gap in its timestamps
+    that took as long on the wall clock is frames it never sent (also when its encoder's delay
+    put the pause on the wire some packets before the gap); a clock set ahead (packets one
+    interval apart) loses none; a gap that arrived sooner (the reader had fallen behind and
+    took the packets back to back) counts no more than the wall clock shows."""
+    s = _steps()
+    ts = wall = 0.0
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    ts, wall = ts + 15 * F, wall + 15 * F  # 15 frames never sent (half a second of nothing)
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 15
+    wall += 15 * F  # the camera pauses, and 5 frames it had encoded come after the pause
+    for _ in range(5):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    ts += 15 * F  # then the gap in the timestamps
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 30
+    ts += 3.0  # the camera's clock set 3 s ahead: the next packet comes on time
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 30
+    ts, wall = ts + 30 * F, wall + 10 * F  # 30 frames in the timestamps, 10 on the wall clock
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 30 + 10
+
+
 def test_what_a_reconnect_missed_is_counted() -> None:
     """One Steps spans a camera's sessions: the next session's first packet, 4 s on from the
     last one read, counts the frames between (a replay, further back, counts nothing)."""

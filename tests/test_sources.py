@@ -297,6 +297,66 @@ def test_damaged_packets_are_skipped_and_counted_not_a_reconnect(tmp_path: Path)
     assert src.stats.decoded >= 15, src.stats  # the rest of the stream decoded
 
 
+def _growing_ts(path: Path) -> Path:
+    """MPEG-TS of 30 frames at 160x120, then 30 at 640x480: a stream whose picture grows (a new
+    sequence header mid-stream, as a camera reconfigured, or a hostile one, sends)."""
+    with path.open("wb") as f:
+        for w, h in ((160, 120), (640, 480)):
+            src = av.open(f"testsrc2=size={w}x{h}:rate=30", format="lavfi")
+            with av.open(f, "w", format="mpegts") as out:
+                stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                stream.codec_context.time_base = Fraction(1, 30)
+                for i, frame in enumerate(src.decode(video=0)):
+                    if i >= 30:
+                        break
+                    frame.pts = i
+                    out.mux(stream.encode(frame))
+                out.mux(stream.encode())
+            src.close()
+    return path
+
+
+def _refused(src: AvSource) -> Consumer:
+    """Run `src` until its session has ended on a picture too large; the consumer, stopped."""
+
+    async def main() -> Consumer:
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "backing_off", 10, "the session refused")
+        finally:
+            await c.stop()
+        return c
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_picture_larger_than_max_pixels_is_never_decoded(tmp_path: Path) -> None:
+    """A stream whose pictures are larger than the source's `max_pixels` (a camera sending 16K,
+    by mistake or to exhaust memory): its session ends at once with an error that says so and a
+    count, no frame decoded, and it is retried like any failure."""
+    path = write_clip(tmp_path / "big.mp4", 3, (640, 480))
+    src = AvSource("cam", str(path), realtime=False, max_pixels=320 * 240)
+    c = _refused(src)
+    assert c.frames == [] and src.stats.decoded == 0, src.stats
+    assert src.stats.too_large >= 1, src.stats
+    reason = src.stats.last_error or ""
+    assert "640x480 (0.3 MP) are larger than max_pixels (0.1 MP)" in reason, reason
+
+
+def test_a_picture_that_grows_past_max_pixels_mid_stream_is_not_decoded(tmp_path: Path) -> None:
+    """The stream starts small and its picture grows past `max_pixels` mid-stream: FFmpeg's
+    decoder refuses the larger pictures (before allocating them), and the session ends with the
+    error; only the small pictures were handed on."""
+    src = AvSource("cam", str(_growing_ts(tmp_path / "grow.ts")), realtime=False)
+    src.max_pixels = 320 * 240
+    c = _refused(src)
+    sizes = {(f.width, f.height) for _, f in c.frames}
+    assert sizes == {(160, 120)} and len(c.frames) >= 20, (sizes, len(c.frames))
+    assert src.stats.too_large >= 1, src.stats
+    assert "640x480" in (src.stats.last_error or ""), src.stats
+
+
 def _clip(
     path: Path, codec: str, picture: U8 | U16, pix_fmt: str, options: Mapping[str, str]
 ) -> Path:

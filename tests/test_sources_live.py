@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 import yaml
@@ -51,11 +54,36 @@ def test_reads_frames_from_real_rtsp_server() -> None:
         assert c.source.stats.state in ("streaming", "stopped")
         behind = c.source.stats.behind_s  # a camera on time: as its shedder reads it
         assert behind is not None and 0.0 <= behind < 2.0, behind
+        assert c.source.stats.missing_frames == 0, c.source.stats  # none lost
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         server.kill()
+
+
+def test_a_camera_whose_pictures_are_larger_than_max_pixels_is_refused_and_retried() -> None:
+    """A real RTSP camera of 320x240 against a bound of 160x120: each session ends before a
+    frame is decoded, with the reason, counted, and is retried (the camera may be set right)."""
+    server = RtspServer().start()
+
+    async def main() -> AvSource:
+        source = rtsp_source(server.url())
+        source.max_pixels = 160 * 120
+        c = Consumer(source).start()
+        try:
+            await until(lambda: source.stats.too_large >= 2, 20, "two sessions refused")
+        finally:
+            await c.stop()
+        assert c.frames == [] and source.stats.decoded == 0, source.stats
+        return source
+
+    try:
+        source = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        server.kill()
+    assert source.stats.reconnects >= 2, source.stats
+    assert "pictures of 320x240" in (source.stats.last_error or ""), source.stats
 
 
 def test_server_killed_and_restarted_reconnects() -> None:
@@ -531,6 +559,90 @@ def test_a_segment_the_server_cuts_short_is_counted_as_missing(tmp_path: Path) -
     finally:
         stop_feed.set()
         feeder.join(10)
+
+
+def _live_ts(out: Any, events: dict[int, tuple[int, float]], n: int, stop: threading.Event) -> None:
+    """Write `n` frames of a 320x240 H.264 camera at 30 fps, in real time, as MPEG-TS to the
+    binary file `out`. At frame i in `events` (frames to skip in the timestamps, seconds to
+    send nothing): a camera that lost frames skips both, one whose clock is set ahead only the
+    timestamps."""
+    src = av.open("testsrc2=size=320x240:rate=30", format="lavfi")
+    with av.open(out, "w", format="mpegts", options={"flush_packets": "1"}) as mux:
+        stream = mux.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"preset": "veryfast", "g": "15"}  # with B-frames, as cameras may
+        stream.codec_context.time_base = Fraction(1, 30)
+        skipped, start = 0, time.monotonic()
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= n:
+                break
+            if i in events:
+                frames, pause_s = events[i]
+                skipped += frames
+                start += pause_s
+            if stop.wait(max(0.0, start + i / 30 - time.monotonic())):
+                break
+            frame.pts, frame.time_base = i + skipped, Fraction(1, 30)
+            frame.pict_type = av.video.frame.PictureType.NONE
+            mux.mux(stream.encode(frame))
+        mux.mux(stream.encode())
+    src.close()
+
+
+def test_frames_a_live_camera_never_sent_are_counted_as_missing_and_a_clock_jump_is_not() -> None:
+    """A live MPEG-TS camera over real HTTP: it sends nothing for half a second and its
+    timestamps skip those 15 frames (counted in `missing_frames`); later its clock is set 3 s
+    ahead while its frames come on time (nothing missing). Before, no stream but HLS counted
+    missing frames; a count from the timestamps alone would have taken the jump for 90. (Both
+    come seconds after the start: what FFmpeg reads while it probes a stream is handed on at
+    once, its arrival lost.)"""
+    from aiohttp import web
+
+    port = free_port()
+    stop_feed = threading.Event()
+    read_fd, write_fd = os.pipe()
+    events = {150: (15, 0.5), 210: (90, 0.0)}
+    feeder = threading.Thread(
+        target=_live_ts, args=(os.fdopen(write_fd, "wb"), events, 330, stop_feed)
+    )
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
+        await resp.prepare(request)
+        while chunk := await asyncio.to_thread(os.read, read_fd, 65536):
+            await resp.write(chunk)
+        return resp
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/camera.ts", serve)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        feeder.start()
+        source = rtsp_source(f"http://127.0.0.1:{port}/camera.ts", "ts")
+        c = Consumer(source).start()
+        last = (300 + 15 + 90) * 3000  # frame 300's timestamp (90 kHz), both events past
+
+        def past_both() -> bool:
+            return bool(c.frames) and (c.frames[-1][1].pts or 0) >= last
+
+        try:
+            await until(past_both, 30, "frame 300")
+            s = source.stats  # (the stream ends a second later)
+            assert s.reconnects == 0 and s.dropped_handoff == 0, s
+            assert s.missing_frames == 15, s
+        finally:
+            stop_feed.set()
+            await c.stop()
+            await runner.cleanup()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        stop_feed.set()
+        feeder.join(10)
+        os.close(read_fd)
 
 
 def test_max_fps_source_emits_again_after_the_server_restarts() -> None:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import av
 
+from streamer.config import MAX_PIXELS
+from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.readahead import (
     CLOSE_WAIT_S,
@@ -122,8 +124,10 @@ class AvSource(Source):
         stall_timeout_s: float = 5.0,
         retry: RetryPolicy | None = None,
         av_options: Mapping[str, str] | None = None,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         super().__init__(source_id, max_fps=max_fps, retry=retry, stall_timeout_s=stall_timeout_s)
+        self.max_pixels = max_pixels
         self.url = url
         self.secrets = url_secrets(url, av_options)
         self.live = is_live(url)
@@ -142,8 +146,12 @@ class AvSource(Source):
         if self.url.startswith(LAVFI_PREFIX):
             return av.open(self.url[len(LAVFI_PREFIX) :], format="lavfi")
         if not self.live:
-            return av.open(self.url, options=self.av_options)
-        options = {"timeout": str(int(self.stall_timeout_s * 1e6)), **self.av_options}
+            return av.open(self.url, options={**self.av_options, **self._size_bound})
+        options = {
+            "timeout": str(int(self.stall_timeout_s * 1e6)),
+            **self.av_options,
+            **self._size_bound,
+        }
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             options.setdefault("rtsp_transport", self.transport)
             # Set up only the video track: an audio track that keeps flowing would keep the
@@ -164,6 +172,24 @@ class AvSource(Source):
             container = self._open_live(options, self._hls)
         return container
 
+    @property
+    def _size_bound(self) -> dict[str, str]:
+        """FFmpeg's own bound on a picture's size, for its decoders: a larger picture is
+        refused before its buffers are allocated (by the decoder that probes a stream whose
+        tracks are known at once, as RTSP's and MP4's are, too)."""
+        return {"max_pixels": str(self.max_pixels)}
+
+    def _check_size(self, ctx: Any) -> None:
+        """Raise SourceError (counted in `too_large`) if the decoder's picture is larger than
+        `max_pixels`."""
+        width, height = ctx.width or 0, ctx.height or 0
+        if width * height > self.max_pixels:
+            self.stats.too_large += 1
+            raise SourceError(
+                f"pictures of {width}x{height} ({width * height / 1e6:.1f} MP) are larger than "
+                f"max_pixels ({self.max_pixels / 1e6:.1f} MP): not decoded"
+            )
+
     def _open_live(self, options: dict[str, str], segmented: bool) -> Any:
         if segmented:
             options = {"live_start_index": "-1", **options}
@@ -181,6 +207,11 @@ class AvSource(Source):
             ahead: ReadAhead | None = None
             try:
                 stream = container.streams.video[0]
+                self._check_size(stream.codec_context)  # (as the stream's header says)
+                stream.codec_context.options = {
+                    **stream.codec_context.options,
+                    **self._size_bound,  # a picture that grows past it fails to decode
+                }
                 if self.lossless:
                     # Read as fast as served: frame threading, one thread per core (FFmpeg's
                     # default, cores + 1, decodes a 1080p H.264 file ~20% slower on 2 cores;
@@ -225,6 +256,13 @@ class AvSource(Source):
             shedder, stream.codec_context, self.stats, self.source_id, frame_s
         )
         self.stats.behind_s = None  # nothing is known of the new decoder's schedule yet
+        # A live stream's frames missing from the input: the gaps in its packets' timestamps
+        # that their arrival confirms (an HLS stream's read-ahead counts its own). Not a file's:
+        # a jump in its timestamps is not told apart from frames lost.
+        steps = None
+        if ahead is None and self.live:
+            steps = Steps()
+            steps.frame_s = frame_s
         bad_in_session = 0
         flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
@@ -240,6 +278,11 @@ class AvSource(Source):
                     if self.live:
                         self._check_watchdog()
                     continue
+                if steps is not None:
+                    steps.step(seconds(packet), time.monotonic())
+                    if steps.missing:
+                        self.stats.missing_frames += steps.missing
+                        steps.missing = 0
                 if shedder is not None:
                     now = time.monotonic()
                     wanted = shedding.next_packet(
@@ -257,6 +300,7 @@ class AvSource(Source):
                 try:
                     decoded = packet.decode()
                 except av.error.InvalidDataError as e:
+                    self._check_size(stream.codec_context)  # a new, larger picture size?
                     # A damaged packet (lost or corrupted on the way): the decoder resumes at the
                     # next one; only a stream that gives no frame at all is a stall.
                     self.stats.bad_packets += 1

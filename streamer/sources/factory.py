@@ -36,4 +36,5 @@ def make_source(cfg: SourceConfig) -> Source:
         stall_timeout_s=cfg.stall_timeout_s,
         retry=retry,
         av_options=cfg.av_options,
+        max_pixels=cfg.max_pixels,
     )

@@ -47,6 +47,8 @@ CLOCK_BACK_S = 0.5  # a step further back than this is a new clock
 MAX_GAP_S = 30.0  # a gap up to this is frames missing (3 segments of 10 s); longer: a new clock
 MISSING_AFTER = 2.5  # a step over this many frame intervals is a gap (a halved frame rate is not)
 RECENT_STEPS = 31  # the frame interval is the median of this many recent steps
+OFFSET_WINDOW_S = 5.0  # a live stream's gap is judged against its packets' arrival in this
+RECENT_OFFSETS = 1024  # ... and at most this many of them (past it, the earliest goes first)
 # The queue's bounds. A stream starts at the playlist's last segment, so a queue holds about one
 # segment (two while the next comes in); FFmpeg's default of three back (`live_start_index` in a
 # source's `av_options`) holds three: 18 s at Apple's 6-s segments, 30 s at 10 s.
@@ -88,15 +90,40 @@ class Item:
 
 class Steps:
     """The media time each packet moves the stream on by, as packets are read, and the frames
-    missing in the gaps between them. One per camera: it spans sessions, so what a reconnect
-    missed is counted too."""
+    missing in the gaps between them. An HLS stream's read-ahead keeps one per camera: it spans
+    sessions, so what a reconnect missed is counted too. A live stream read as it comes (RTSP)
+    has one per session and gives each packet's arrival time: a gap then counts only as far as
+    the wall clock kept pace with it. The packet after the gap has come as late against its
+    timestamp as the earliest packet of the last `OFFSET_WINDOW_S` did (a camera that sent
+    nothing for that long), or earlier by up to the gap (a camera's clock set ahead, by NTP, its
+    packets on time): only the part of the gap the wall clock also spent counts. (The window
+    looks past an encoder's delay: a camera's pause reaches the wire some frames before the gap
+    in the timestamps does.)"""
 
     def __init__(self) -> None:
         self.frame_s: float | None = None  # the stream's nominal interval (until steps are seen)
         self._newest: float | None = None
         self._recent: deque[float] = deque(maxlen=RECENT_STEPS)
         self._gap: tuple[float, float] | None = None  # a gap (its step, the interval then)...
+        # (arrival, arrival - timestamp) of the newest packets, each offset smaller than the
+        # ones after it: the window's earliest is the first (a monotonic queue).
+        self._offsets: deque[tuple[float, float]] = deque(maxlen=RECENT_OFFSETS)
         self.missing = 0  # frames missing from the input (gaps in its timestamps)
+
+    def _early_by(self, ts_s: float, arrived: float | None) -> float:
+        """How much earlier against its timestamp a packet arrived than the earliest of the
+        window (0 if not told), and the packet added to the window."""
+        if arrived is None:
+            return 0.0
+        offset = arrived - ts_s
+        offsets = self._offsets
+        while offsets and arrived - offsets[0][0] > OFFSET_WINDOW_S:
+            offsets.popleft()
+        early = max(0.0, offsets[0][1] - offset) if offsets else 0.0
+        while offsets and offsets[-1][1] >= offset:
+            offsets.pop()
+        offsets.append((arrived, offset))
+        return early
 
     def interval_s(self) -> float | None:
         """The frame interval: the median of the recent steps (a frame rate that changes is
@@ -105,21 +132,26 @@ class Steps:
             return self.frame_s
         return sorted(self._recent)[len(self._recent) // 2]
 
-    def step(self, ts_s: float | None) -> float:
-        """How far a packet with timestamp `ts_s` (None: none) moves the stream on (a step not
-        to wait for gives one frame)."""
+    def step(self, ts_s: float | None, arrived: float | None = None) -> float:
+        """How far a packet with timestamp `ts_s` (None: none), read at monotonic time
+        `arrived` (None: not told), moves the stream on (a step not to wait for gives one
+        frame)."""
         if ts_s is None:
             return 0.0
         if self._newest is None:
             self._newest = ts_s
+            self._early_by(ts_s, arrived)
             return 0.0
         step = ts_s - self._newest
         if step <= 0.0:
             if step < -CLOCK_BACK_S:  # a new clock
                 self._newest = ts_s
+                self._offsets.clear()
+                self._early_by(ts_s, arrived)
                 return self.interval_s() or 0.0
             return 0.0  # (presentation times go back a little with B-frames: the newest counts)
         self._newest = ts_s
+        early = self._early_by(ts_s, arrived)
         interval = self.interval_s()
         if self._gap is not None:
             # ... counted once the step after it is back to the interval before: a frame rate
@@ -128,8 +160,9 @@ class Steps:
             self._gap = None
             if step <= MISSING_AFTER * before:
                 self.missing += round(gap / before) - 1
-        if interval and MISSING_AFTER * interval < step <= MAX_GAP_S:
-            self._gap = (step, interval)
+        # (What the wall clock did not spend of a step is not missing; the rest is judged so.)
+        if interval and MISSING_AFTER * interval < step - early and step <= MAX_GAP_S:
+            self._gap = (step - early, interval)
         if step > MAX_STEP_S:
             return interval or 0.0
         self._recent.append(step)
