@@ -43,7 +43,7 @@ DRAIN_TIMEOUT_S = 10.0  # after streamer exits, for the crops it sent to arrive
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-_PORTS_AFTER: list[int] = []  # how many ports this process has handed out, from a random start
+_PORTS_AFTER: list[int] = []  # the next port's place in the range: a random start, then + 1
 
 
 def free_endpoint() -> str:

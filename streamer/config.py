@@ -168,9 +168,10 @@ class SourceConfig(_Model):
         MAX_PIXELS,
         ge=16 * 16,
         le=MAX_PIXELS * 4,
-        description="the largest picture (width x height) a camera or file may have: a larger "
-        "one is not decoded (its session ends with an error, counted in too_large, and is "
-        "retried). Default: the largest H.264 and HEVC allow, 8192x4352",
+        description="the largest picture (width x height) a network camera or file may have: "
+        "a larger one is not handed on (its session ends with an error, counted in too_large, "
+        "and is retried). Default: the largest H.264 and HEVC allow, 8192x4352. Not for "
+        "webcams (their size is what width and height ask for) or synthetic sources",
     )
     width: int | None = Field(None, ge=16, le=8192, description="webcam capture width request")
     height: int | None = Field(None, ge=16, le=8192, description="webcam capture height request")

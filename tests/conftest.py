@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-_PORTS_AFTER: list[int] = []  # how many ports this process has handed out, from a random start
+_PORTS_AFTER: list[int] = []  # the next port's place in the range: a random start, then + 1
 
 
 def free_port() -> int:

@@ -205,6 +205,46 @@ def test_a_frame_rate_that_changes_is_no_gap() -> None:
     assert s.missing == 0
 
 
+def test_a_frame_rate_that_falls_for_a_moment_is_no_gap() -> None:
+    """A camera whose smart codec drops to 1 fps for 4 s while nothing moves, or to 8.33 fps
+    for 1.4 s, and back to 25 (too short for the median interval to follow): its long steps
+    come in a row, so none is a gap; with arrival times (they take as long on the wall clock)
+    neither. A single long step between short ones is one, either way."""
+    for told in (False, True):
+        s = _steps(1 / 25)
+        t = 0.0
+        for rate, n in [(25, 50), (1, 4), (25, 50), (8.33, 12)] * 5 + [(25, 50)]:
+            for _ in range(n):
+                t += 1 / rate
+                s.step(t, t if told else None)
+        assert s.missing == 0, told
+        s.step(t + 0.5, t + 0.5 if told else None)  # 0.5 s between two frames of 25 fps
+        for i in range(1, 5):
+            s.step(t + 0.5 + i / 25, t + 0.5 + i / 25 if told else None)
+        assert s.missing == 12, told
+
+
+def test_a_live_stream_s_jitter_is_not_counted() -> None:
+    """Arrival times jitter (the network, the reader's own pace): a clock set ahead whose next
+    packet comes 150 ms later than usual, or a gap of 5 frames (under LIVE_JITTER_S), counts
+    nothing."""
+    s = _steps()
+    ts = wall = 0.0
+    for i in range(100):
+        s.step(ts, wall + (0.03 if i % 7 == 0 else 0.0))
+        ts, wall = ts + F, wall + F
+    ts += 3.0
+    s.step(ts, wall + 0.15)  # the clock set 3 s ahead, its packet late
+    for _ in range(30):
+        ts, wall = ts + F, wall + F
+        s.step(ts, wall)
+    ts, wall = ts + 6 * F, wall + 6 * F  # 5 frames never sent: 0.17 s
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 0
+
+
 def test_a_nominal_rate_that_is_wrong_is_no_gap() -> None:
     """A stream whose header says 25 fps and that runs at 1: nothing missing while the steps
     show the rate."""

@@ -146,12 +146,8 @@ class AvSource(Source):
         if self.url.startswith(LAVFI_PREFIX):
             return av.open(self.url[len(LAVFI_PREFIX) :], format="lavfi")
         if not self.live:
-            return av.open(self.url, options={**self.av_options, **self._size_bound})
-        options = {
-            "timeout": str(int(self.stall_timeout_s * 1e6)),
-            **self.av_options,
-            **self._size_bound,
-        }
+            return av.open(self.url, options=self.av_options)
+        options = {"timeout": str(int(self.stall_timeout_s * 1e6)), **self.av_options}
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             options.setdefault("rtsp_transport", self.transport)
             # Set up only the video track: an audio track that keeps flowing would keep the
@@ -172,22 +168,30 @@ class AvSource(Source):
             container = self._open_live(options, self._hls)
         return container
 
-    @property
-    def _size_bound(self) -> dict[str, str]:
-        """FFmpeg's own bound on a picture's size, for its decoders: a larger picture is
-        refused before its buffers are allocated (by the decoder that probes a stream whose
-        tracks are known at once, as RTSP's and MP4's are, too)."""
-        return {"max_pixels": str(self.max_pixels)}
-
-    def _check_size(self, ctx: Any) -> None:
-        """Raise SourceError (counted in `too_large`) if the decoder's picture is larger than
-        `max_pixels`."""
-        width, height = ctx.width or 0, ctx.height or 0
+    def _check_size(self, width: int | None, height: int | None) -> None:
+        """Raise SourceError (counted in `too_large`) if a picture of `width` x `height` (the
+        stream's header, or a decoded frame) is larger than `max_pixels`."""
+        width, height = width or 0, height or 0
         if width * height > self.max_pixels:
-            self.stats.too_large += 1
-            raise SourceError(
-                f"pictures of {width}x{height} ({width * height / 1e6:.1f} MP) are larger than "
-                f"max_pixels ({self.max_pixels / 1e6:.1f} MP): not decoded"
+            self._too_large(
+                f"pictures of {width}x{height} ({width * height:,} pixels) are larger than "
+                f"max_pixels ({self.max_pixels:,})"
+            )
+
+    def _too_large(self, what: str) -> None:
+        self.stats.too_large += 1
+        raise SourceError(f"{what}: not decoded")
+
+    def _refused(self, ctx: Any, e: av.error.FFmpegError) -> None:
+        """The decoder failed: if it was on a picture over FFmpeg's bound (twice `max_pixels`),
+        raise SourceError (counted in `too_large`). H.264's decoder keeps the new size and says
+        the data is invalid; HEVC's and MPEG-2's zero it and fail otherwise."""
+        width, height = ctx.width or 0, ctx.height or 0
+        self._check_size(width, height)
+        if width * height == 0 and isinstance(e, (av.error.MemoryError, av.error.ArgumentError)):
+            self._too_large(
+                f"the decoder refused a picture, most likely one larger than twice max_pixels "
+                f"({2 * self.max_pixels:,} pixels; FFmpeg: {e.strerror})"
             )
 
     def _open_live(self, options: dict[str, str], segmented: bool) -> Any:
@@ -207,11 +211,13 @@ class AvSource(Source):
             ahead: ReadAhead | None = None
             try:
                 stream = container.streams.video[0]
-                self._check_size(stream.codec_context)  # (as the stream's header says)
-                stream.codec_context.options = {
-                    **stream.codec_context.options,
-                    **self._size_bound,  # a picture that grows past it fails to decode
-                }
+                ctx = stream.codec_context
+                self._check_size(ctx.width, ctx.height)  # (as the stream's header says)
+                # FFmpeg's own bound, for a picture that grows mid-stream: refused before its
+                # buffers are allocated. Twice ours, as FFmpeg counts a picture's padded width
+                # (to 64), and decoded frames are held to ours (`_decode`). Not given to the
+                # probe: a size only decoding tells (MJPEG) would stay unknown.
+                ctx.options = {**ctx.options, "max_pixels": str(2 * self.max_pixels)}
                 if self.lossless:
                     # Read as fast as served: frame threading, one thread per core (FFmpeg's
                     # default, cores + 1, decodes a 1080p H.264 file ~20% slower on 2 cores;
@@ -256,9 +262,10 @@ class AvSource(Source):
             shedder, stream.codec_context, self.stats, self.source_id, frame_s
         )
         self.stats.behind_s = None  # nothing is known of the new decoder's schedule yet
-        # A live stream's frames missing from the input: the gaps in its packets' timestamps
-        # that their arrival confirms (an HLS stream's read-ahead counts its own). Not a file's:
-        # a jump in its timestamps is not told apart from frames lost.
+        # A live stream's frames missing from the input: the gaps in its packets' decode
+        # timestamps that their arrival confirms (an HLS stream's read-ahead counts its own; a
+        # stream without decode timestamps, none). Not a file's: a jump in its timestamps is not
+        # told apart from frames lost.
         steps = None
         if ahead is None and self.live:
             steps = Steps()
@@ -278,8 +285,8 @@ class AvSource(Source):
                     if self.live:
                         self._check_watchdog()
                     continue
-                if steps is not None:
-                    steps.step(seconds(packet), time.monotonic())
+                if steps is not None:  # (in decode order: presentation times jump over B-frames)
+                    steps.step(seconds(packet, dts_only=True), time.monotonic())
                     if steps.missing:
                         self.stats.missing_frames += steps.missing
                         steps.missing = 0
@@ -299,8 +306,10 @@ class AvSource(Source):
                 bad_packet = False
                 try:
                     decoded = packet.decode()
-                except av.error.InvalidDataError as e:
-                    self._check_size(stream.codec_context)  # a new, larger picture size?
+                except av.error.FFmpegError as e:
+                    self._refused(stream.codec_context, e)  # a new, larger picture?
+                    if not isinstance(e, av.error.InvalidDataError):
+                        raise
                     # A damaged packet (lost or corrupted on the way): the decoder resumes at the
                     # next one; only a stream that gives no frame at all is a stall.
                     self.stats.bad_packets += 1
@@ -330,6 +339,7 @@ class AvSource(Source):
                         )
                         shedding.give_up()
                 for vf in decoded:
+                    self._check_size(vf.width, vf.height)
                     t, gap = clock.place(
                         None if vf.time is None else float(vf.time), time.monotonic()
                     )

@@ -48,7 +48,8 @@ MAX_GAP_S = 30.0  # a gap up to this is frames missing (3 segments of 10 s); lon
 MISSING_AFTER = 2.5  # a step over this many frame intervals is a gap (a halved frame rate is not)
 RECENT_STEPS = 31  # the frame interval is the median of this many recent steps
 OFFSET_WINDOW_S = 5.0  # a live stream's gap is judged against its packets' arrival in this
-RECENT_OFFSETS = 1024  # ... and at most this many of them (past it, the earliest goes first)
+RECENT_OFFSETS = 512  # ... and at most this many of them (the oldest go first)
+LIVE_JITTER_S = 0.2  # ... and counts only when the wall clock confirms more than this
 # The queue's bounds. A stream starts at the playlist's last segment, so a queue holds about one
 # segment (two while the next comes in); FFmpeg's default of three back (`live_start_index` in a
 # source's `av_options`) holds three: 18 s at Apple's 6-s segments, 30 s at 10 s.
@@ -70,9 +71,10 @@ CLOSE_WAIT_S = 1.0  # how long a session's end waits for its reader (then it clo
 POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
 
 
-def seconds(packet: Any) -> float | None:
-    """A packet's decode timestamp (its presentation one if it has none), in seconds."""
-    ts = packet.dts if packet.dts is not None else packet.pts
+def seconds(packet: Any, dts_only: bool = False) -> float | None:
+    """A packet's decode timestamp (its presentation one if it has none, unless `dts_only`),
+    in seconds."""
+    ts = packet.dts if packet.dts is not None or dts_only else packet.pts
     if ts is None or packet.time_base is None:
         return None
     s = float(ts * packet.time_base)
@@ -92,37 +94,44 @@ class Steps:
     """The media time each packet moves the stream on by, as packets are read, and the frames
     missing in the gaps between them. An HLS stream's read-ahead keeps one per camera: it spans
     sessions, so what a reconnect missed is counted too. A live stream read as it comes (RTSP)
-    has one per session and gives each packet's arrival time: a gap then counts only as far as
-    the wall clock kept pace with it. The packet after the gap has come as late against its
-    timestamp as the earliest packet of the last `OFFSET_WINDOW_S` did (a camera that sent
-    nothing for that long), or earlier by up to the gap (a camera's clock set ahead, by NTP, its
-    packets on time): only the part of the gap the wall clock also spent counts. (The window
-    looks past an encoder's delay: a camera's pause reaches the wire some frames before the gap
-    in the timestamps does.)"""
+    has one per session and gives each packet's arrival time.
+
+    A gap is a step of over `MISSING_AFTER` frame intervals between two steps of about one: a
+    frame rate that falls for a while (a camera that slows down when nothing moves, for a
+    smart codec or in low light) makes several long steps in a row, and is no gap. With arrival
+    times, only the part of a gap that the wall clock also spent counts, and only when that
+    part is longer than `LIVE_JITTER_S` and an interval. The part is the step, less how much
+    earlier against its timestamp the packet after the gap arrived than the median packet of
+    the last `OFFSET_WINDOW_S` did. So a camera that sent nothing for that long counts. A
+    camera's clock set ahead (by NTP), its packets on time, counts nothing (and the window
+    starts again on the new clock). An encoder's delay that puts the pause on the wire some
+    packets before the gap in the timestamps still counts. What cannot be told apart from a
+    frame rate that changed (one long step between short ones) is counted. It is a lower
+    bound: for a live stream, gaps under `LIVE_JITTER_S` are not counted at all."""
 
     def __init__(self) -> None:
         self.frame_s: float | None = None  # the stream's nominal interval (until steps are seen)
         self._newest: float | None = None
         self._recent: deque[float] = deque(maxlen=RECENT_STEPS)
         self._gap: tuple[float, float] | None = None  # a gap (its step, the interval then)...
-        # (arrival, arrival - timestamp) of the newest packets, each offset smaller than the
-        # ones after it: the window's earliest is the first (a monotonic queue).
+        self._steady = False  # the last step was about one interval (not a gap)
+        # (arrival, arrival - timestamp) of the newest packets, oldest first.
         self._offsets: deque[tuple[float, float]] = deque(maxlen=RECENT_OFFSETS)
         self.missing = 0  # frames missing from the input (gaps in its timestamps)
 
-    def _early_by(self, ts_s: float, arrived: float | None) -> float:
-        """How much earlier against its timestamp a packet arrived than the earliest of the
-        window (0 if not told), and the packet added to the window."""
+    def _early_by(self, ts_s: float, arrived: float | None) -> float | None:
+        """How much earlier against its timestamp a packet arrived than the window's median
+        packet (None if not told or no packet before it in the window); the packet is added."""
         if arrived is None:
-            return 0.0
-        offset = arrived - ts_s
+            return None
         offsets = self._offsets
         while offsets and arrived - offsets[0][0] > OFFSET_WINDOW_S:
             offsets.popleft()
-        early = max(0.0, offsets[0][1] - offset) if offsets else 0.0
-        while offsets and offsets[-1][1] >= offset:
-            offsets.pop()
-        offsets.append((arrived, offset))
+        early = None
+        if offsets:
+            ordered = sorted(o for _, o in offsets)
+            early = ordered[len(ordered) // 2] - (arrived - ts_s)
+        offsets.append((arrived, arrived - ts_s))
         return early
 
     def interval_s(self) -> float | None:
@@ -140,33 +149,49 @@ class Steps:
             return 0.0
         if self._newest is None:
             self._newest = ts_s
-            self._early_by(ts_s, arrived)
+            self._note_arrival(ts_s, arrived)
             return 0.0
         step = ts_s - self._newest
         if step <= 0.0:
             if step < -CLOCK_BACK_S:  # a new clock
-                self._newest = ts_s
+                self._newest, self._gap, self._steady = ts_s, None, False
                 self._offsets.clear()
-                self._early_by(ts_s, arrived)
+                self._note_arrival(ts_s, arrived)
                 return self.interval_s() or 0.0
             return 0.0  # (presentation times go back a little with B-frames: the newest counts)
         self._newest = ts_s
-        early = self._early_by(ts_s, arrived)
         interval = self.interval_s()
+        long_step = interval is not None and step > MISSING_AFTER * interval
+        early = None
+        if long_step:  # (the window's median is needed only then)
+            early = self._early_by(ts_s, arrived)
+        else:
+            self._note_arrival(ts_s, arrived)
         if self._gap is not None:
-            # ... counted once the step after it is back to the interval before: a frame rate
-            # that falls (a camera that slows down when nothing moves) is no gap.
+            # ... counted once the step after it is back to the interval before.
             gap, before = self._gap
             self._gap = None
             if step <= MISSING_AFTER * before:
                 self.missing += round(gap / before) - 1
-        # (What the wall clock did not spend of a step is not missing; the rest is judged so.)
-        if interval and MISSING_AFTER * interval < step - early and step <= MAX_GAP_S:
-            self._gap = (step - early, interval)
+        if early is not None and early > LIVE_JITTER_S:
+            # The clock moved ahead of the wall clock: the packets before are on the old one.
+            self._offsets.clear()
+            self._note_arrival(ts_s, arrived)
+        if long_step and self._steady and step <= MAX_GAP_S:
+            assert interval is not None
+            spent = step if arrived is None else step - (early or 0.0)
+            allowance = 0.0 if arrived is None else LIVE_JITTER_S
+            if spent > MISSING_AFTER * interval and spent - interval > allowance:
+                self._gap = (spent, interval)
+        self._steady = not long_step
         if step > MAX_STEP_S:
             return interval or 0.0
         self._recent.append(step)
         return step
+
+    def _note_arrival(self, ts_s: float, arrived: float | None) -> None:
+        if arrived is not None:
+            self._early_by(ts_s, arrived)
 
 
 class ByteBudget:
