@@ -61,6 +61,8 @@ def free_endpoint() -> str:
         low = 32768  # Linux's default
     first = max(1024, low - 12_000)
     span = low - first
+    if span < 1000:  # (a range of ephemeral ports that starts unusually low: any will do)
+        first, span = 20_000, 10_000
     if not _PORTS_AFTER:
         _PORTS_AFTER.append(random.randrange(span))
     for _ in range(span):

@@ -243,6 +243,23 @@ def test_a_live_stream_s_jitter_is_not_counted() -> None:
         s.step(ts, wall)
         ts, wall = ts + F, wall + F
     assert s.missing == 0
+    ts, wall = ts + 3 * F, wall + 3 * F + 0.3  # 2 frames lost, the next packet read 0.3 s late
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 0  # (the lateness is not a gap: a gap is never more than its step)
+    wall += 10.0  # nothing for 10 s, twice the window: judged against the packets before
+    ts += 10.0
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 300
+    wall += 10.0  # 10 s of nothing, 20 s in the timestamps: a clock ahead, so no gap at all
+    ts += 20.0
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 300
 
 
 def test_a_nominal_rate_that_is_wrong_is_no_gap() -> None:
@@ -258,8 +275,9 @@ def test_a_live_stream_s_gap_counts_only_as_far_as_its_arrival_agrees() -> None:
     """A camera read as it comes (RTSP) tells each packet's arrival: a gap in its timestamps
     that took as long on the wall clock is frames it never sent (also when its encoder's delay
     put the pause on the wire some packets before the gap); a clock set ahead (packets one
-    interval apart) loses none; a gap that arrived sooner (the reader had fallen behind and
-    took the packets back to back) counts no more than the wall clock shows."""
+    interval apart) loses none; a gap that arrived a little sooner (the reader had fallen
+    behind and took the packets back to back) counts no more than the wall clock shows, and
+    one that arrived much sooner is a clock ahead too."""
     s = _steps()
     ts = wall = 0.0
     for _ in range(10):
@@ -284,11 +302,16 @@ def test_a_live_stream_s_gap_counts_only_as_far_as_its_arrival_agrees() -> None:
         s.step(ts, wall)
         ts, wall = ts + F, wall + F
     assert s.missing == 30
-    ts, wall = ts + 30 * F, wall + 10 * F  # 30 frames in the timestamps, 10 on the wall clock
+    ts, wall = ts + 30 * F, wall + 25 * F  # 30 frames in the timestamps, 25 on the wall clock
     for _ in range(10):
         s.step(ts, wall)
         ts, wall = ts + F, wall + F
-    assert s.missing == 30 + 10
+    assert s.missing == 30 + 25
+    ts, wall = ts + 30 * F, wall + 10 * F  # ... 10 on the wall clock: 0.67 s early, a clock ahead
+    for _ in range(10):
+        s.step(ts, wall)
+        ts, wall = ts + F, wall + F
+    assert s.missing == 30 + 25
 
 
 def test_what_a_reconnect_missed_is_counted() -> None:

@@ -28,6 +28,9 @@ from streamer.sources.session_shedding import SessionShedding
 log = logging.getLogger(__name__)
 
 LAVFI_PREFIX = "lavfi:"
+# A file read unpaced decodes with at most this many frame threads, as FFmpeg's own choice does
+# (more hold more pictures, and the errors of the last of them are lost at the end of the file).
+MAX_THREADS = 16
 SEGMENTED_FORMATS = frozenset({"hls"})  # FFmpeg's demuxers of streams that come a segment at a time
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://", "udp://")
 
@@ -183,16 +186,27 @@ class AvSource(Source):
         raise SourceError(f"{what}: not decoded")
 
     def _refused(self, ctx: Any, e: av.error.FFmpegError) -> None:
-        """The decoder failed: if it was on a picture over FFmpeg's bound (twice `max_pixels`),
-        raise SourceError (counted in `too_large`). H.264's decoder keeps the new size and says
-        the data is invalid; HEVC's and MPEG-2's zero it and fail otherwise."""
+        """The decoder failed: if it was on a picture over FFmpeg's bound (`_ffmpeg_bound`),
+        raise SourceError (counted in `too_large`). A decoder that refuses one leaves its size
+        at the new picture's (HEVC's, H.264's mostly: then it is checked) or at 0x0 (MPEG-2's,
+        H.264's at times: then an allocation or argument error is taken for such a refusal, the
+        likeliest cause, and said so). A picture beyond FFmpeg's own limit for any decoder
+        (about 268 million pixels) is refused as invalid data with the old size kept: a
+        damaged packet, as far as this can tell."""
         width, height = ctx.width or 0, ctx.height or 0
         self._check_size(width, height)
         if width * height == 0 and isinstance(e, (av.error.MemoryError, av.error.ArgumentError)):
             self._too_large(
-                f"the decoder refused a picture, most likely one larger than twice max_pixels "
-                f"({2 * self.max_pixels:,} pixels; FFmpeg: {e.strerror})"
+                f"the decoder refused a picture, most likely one larger than max_pixels "
+                f"({self.max_pixels:,}; FFmpeg: {e.strerror})"
             )
+
+    @property
+    def _ffmpeg_bound(self) -> int:
+        """The bound FFmpeg's decoders are given: `max_pixels` plus the row padding FFmpeg
+        counts (it takes a picture's width rounded up to 64), for up to 16,896 rows (H.264's
+        tallest picture has 16,880)."""
+        return self.max_pixels + 63 * 16_896
 
     def _open_live(self, options: dict[str, str], segmented: bool) -> Any:
         if segmented:
@@ -214,10 +228,10 @@ class AvSource(Source):
                 ctx = stream.codec_context
                 self._check_size(ctx.width, ctx.height)  # (as the stream's header says)
                 # FFmpeg's own bound, for a picture that grows mid-stream: refused before its
-                # buffers are allocated. Twice ours, as FFmpeg counts a picture's padded width
-                # (to 64), and decoded frames are held to ours (`_decode`). Not given to the
-                # probe: a size only decoding tells (MJPEG) would stay unknown.
-                ctx.options = {**ctx.options, "max_pixels": str(2 * self.max_pixels)}
+                # buffers are allocated (with the padding FFmpeg counts; decoded frames are held
+                # to ours exactly, in `_decode`). Not given to the probe: a size only decoding
+                # tells (MJPEG) would stay unknown.
+                ctx.options = {**ctx.options, "max_pixels": str(self._ffmpeg_bound)}
                 if self.lossless:
                     # Read as fast as served: frame threading, one thread per core (FFmpeg's
                     # default, cores + 1, decodes a 1080p H.264 file ~20% slower on 2 cores;
@@ -225,7 +239,7 @@ class AvSource(Source):
                     # real time like one, keep FFmpeg's slice threading: no frames of delay, and
                     # no per-thread frame buffers in each of many decoders.
                     stream.thread_type = "AUTO"
-                    stream.codec_context.thread_count = os.cpu_count() or 0
+                    stream.codec_context.thread_count = min(os.cpu_count() or 0, MAX_THREADS)
                 if not self.live:
                     for other in container.streams:
                         if other.index != stream.index:

@@ -97,7 +97,7 @@ class SourceStats:
     skipped_decode: int = 0  # frames the decoder skipped on purpose, shedding load (never decoded)
     skip_level: str = "DEFAULT"  # what the decoder skips now (sources/shedding.py)
     bad_packets: int = 0  # damaged packets the decoder refused (skipped; decoding went on)
-    too_large: int = 0  # sessions ended unread: pictures larger than the source's max_pixels
+    too_large: int = 0  # sessions ended on a picture larger than the source's max_pixels
     # Frames missing from the input, by the gaps in its timestamps of over 2.5 frame intervals
     # and up to 30 s (longer: a new clock): frames a camera or the network lost, segments an
     # HLS server failed to deliver.

@@ -102,12 +102,14 @@ class Steps:
     times, only the part of a gap that the wall clock also spent counts, and only when that
     part is longer than `LIVE_JITTER_S` and an interval. The part is the step, less how much
     earlier against its timestamp the packet after the gap arrived than the median packet of
-    the last `OFFSET_WINDOW_S` did. So a camera that sent nothing for that long counts. A
-    camera's clock set ahead (by NTP), its packets on time, counts nothing (and the window
-    starts again on the new clock). An encoder's delay that puts the pause on the wire some
-    packets before the gap in the timestamps still counts. What cannot be told apart from a
-    frame rate that changed (one long step between short ones) is counted. It is a lower
-    bound: for a live stream, gaps under `LIVE_JITTER_S` are not counted at all."""
+    the `OFFSET_WINDOW_S` before the packet before it did (a packet that came later adds
+    nothing). So a camera that sent nothing for that long counts. A camera's clock set ahead
+    (by NTP), its packets on time, counts nothing: a packet over `LIVE_JITTER_S` early is such
+    a clock, its step no gap, and the window starts again on the new clock. An encoder's delay
+    that puts the pause on the wire some packets before the gap in the timestamps still counts.
+    What cannot be told apart from a frame rate that changed (one long step between short ones)
+    is counted. The count is never more than the gaps in the timestamps, and for a live stream
+    gaps under `LIVE_JITTER_S` are not counted at all."""
 
     def __init__(self) -> None:
         self.frame_s: float | None = None  # the stream's nominal interval (until steps are seen)
@@ -121,17 +123,15 @@ class Steps:
 
     def _early_by(self, ts_s: float, arrived: float | None) -> float | None:
         """How much earlier against its timestamp a packet arrived than the window's median
-        packet (None if not told or no packet before it in the window); the packet is added."""
+        packet (negative: later; None if not told or the window is empty); the packet is
+        added."""
         if arrived is None:
             return None
-        offsets = self._offsets
-        while offsets and arrived - offsets[0][0] > OFFSET_WINDOW_S:
-            offsets.popleft()
         early = None
-        if offsets:
-            ordered = sorted(o for _, o in offsets)
+        if self._offsets:
+            ordered = sorted(o for _, o in self._offsets)
             early = ordered[len(ordered) // 2] - (arrived - ts_s)
-        offsets.append((arrived, arrived - ts_s))
+        self._note_arrival(ts_s, arrived)
         return early
 
     def interval_s(self) -> float | None:
@@ -173,13 +173,16 @@ class Steps:
             self._gap = None
             if step <= MISSING_AFTER * before:
                 self.missing += round(gap / before) - 1
-        if early is not None and early > LIVE_JITTER_S:
-            # The clock moved ahead of the wall clock: the packets before are on the old one.
+        ahead = early is not None and early > LIVE_JITTER_S
+        if ahead:
+            # The clock moved ahead of the wall clock: the packets before are on the old one,
+            # and the step is not a gap (what is left of it is the reader's own lateness).
             self._offsets.clear()
             self._note_arrival(ts_s, arrived)
-        if long_step and self._steady and step <= MAX_GAP_S:
+        if long_step and self._steady and not ahead and step <= MAX_GAP_S:
             assert interval is not None
-            spent = step if arrived is None else step - (early or 0.0)
+            # (A packet that came late adds nothing: the gap is never more than its step.)
+            spent = step if early is None else step - max(0.0, early)
             allowance = 0.0 if arrived is None else LIVE_JITTER_S
             if spent > MISSING_AFTER * interval and spent - interval > allowance:
                 self._gap = (spent, interval)
@@ -190,8 +193,14 @@ class Steps:
         return step
 
     def _note_arrival(self, ts_s: float, arrived: float | None) -> None:
-        if arrived is not None:
-            self._early_by(ts_s, arrived)
+        """Add a packet to the window, and let go of those older than `OFFSET_WINDOW_S` (all
+        but the newest: a pause longer than the window is still judged against it)."""
+        if arrived is None:
+            return
+        offsets = self._offsets
+        while len(offsets) > 1 and arrived - offsets[0][0] > OFFSET_WINDOW_S:
+            offsets.popleft()
+        offsets.append((arrived, arrived - ts_s))
 
 
 class ByteBudget:
