@@ -50,7 +50,8 @@ def free_endpoint() -> str:
     """A loopback endpoint nothing listens on, below the kernel's range of ephemeral ports (a
     port the kernel hands out can be taken again as an outgoing connection's source port
     before streamer binds it: "Address already in use"). Ports are handed out in turn from a
-    random start, so that one run never gives the same port twice (random draws could)."""
+    random start, so that one run never gives the same port twice (random draws could: two
+    endpoints of one test on one port). tests/conftest.py's free_port is this one too."""
     import random
     import socket
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import random
-import socket
 import subprocess
 import sys
 import threading
@@ -21,40 +20,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-_PORTS_AFTER: list[int] = []  # the next port's place in the range: a random start, then + 1
-
-
 def free_port() -> int:
-    """A loopback port nothing listens on, below the kernel's range of ephemeral ports: a
-    port the kernel handed out (bind to 0) can be taken again, before the test binds it, as the
-    source port of any outgoing connection (seen: "Address already in use"). Ports are handed
-    out in turn from a random start, so that no two of one test run are the same until all
-    12,000 have been (random draws repeated one: a test's two endpoints on one port)."""
-    low = _ephemeral_low()
-    first = max(1024, low - 12_000)
-    span = low - first
-    if span < 1000:  # (a range of ephemeral ports that starts unusually low: any will do)
-        first, span = 20_000, 10_000
-    if not _PORTS_AFTER:
-        _PORTS_AFTER.append(random.randrange(span))
-    for _ in range(span):
-        port = first + _PORTS_AFTER[0] % span
-        _PORTS_AFTER[0] += 1
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+    """A loopback port nothing listens on: scripts/bench_pipeline.py's `free_endpoint` (below
+    the kernel's range of ephemeral ports, handed out in turn, never twice in one test run)."""
+    return int(_bench_pipeline().free_endpoint().rsplit(":", 1)[1])
 
 
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
+@functools.cache
+def _bench_pipeline() -> ModuleType:
+    return load_script("bench_pipeline")
 
 
 @pytest.fixture(autouse=True)
