@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -103,18 +104,19 @@ class FloorWork:
             self.pos += size
 
 
-def bare_decode(clip: Path, n: int, seconds: float, floor_ring_bytes: int = 0) -> None:
-    """(child process) Decode `n` copies of the clip paced at their frame rate, looped, each in
+def bare_decode(clips: list[Path], seconds: float, floor_ring_bytes: int = 0) -> None:
+    """(child process) Decode the clips (a camera each) paced at their frame rate, looped, each in
     its own thread with streamer's decoder settings for cameras (FFmpeg's defaults); with
     `floor_ring_bytes`, each frame also gets FloorWork with a ring that big. Print frames per
     camera as JSON."""
     stop = threading.Event()
+    n = len(clips)
     counts = [0] * n
 
     def run(i: int) -> None:
         work = None
         while not stop.is_set():
-            with av.open(str(clip)) as c:
+            with av.open(str(clips[i])) as c:
                 stream = c.streams.video[0]  # FFmpeg's default threading, as streamer's
                 start, first = time.monotonic(), None
                 for f in c.decode(stream):
@@ -141,12 +143,13 @@ def bare_decode(clip: Path, n: int, seconds: float, floor_ring_bytes: int = 0) -
     print(json.dumps([(a - b) / seconds for a, b in zip(after, before, strict=True)]))
 
 
-def measure_bare(clip: Path, n: int, seconds: float, floor_ring_bytes: int = 0) -> dict[str, Any]:
+def measure_bare(clips: list[Path], seconds: float, floor_ring_bytes: int = 0) -> dict[str, Any]:
+    n = len(clips)
     proc = subprocess.Popen(
         [
             sys.executable,
             __file__,
-            *("--bare", str(n), "--clip", str(clip)),
+            *("--bare", "--clip", os.pathsep.join(str(c) for c in clips)),
             *(("--floor", str(floor_ring_bytes)) if floor_ring_bytes else ()),
             "--seconds",
             str(seconds),
@@ -164,6 +167,50 @@ def measure_bare(clip: Path, n: int, seconds: float, floor_ring_bytes: int = 0) 
     out, _ = proc.communicate()
     fps = json.loads(out)
     return {"cpu": probe.cpu_percent(t0, t1), "fps_min": min(fps), "fps_mean": sum(fps) / n}
+
+
+def camera_clips(clip: Path, n: int, stagger: bool) -> list[Path]:
+    """A clip for each of `n` cameras: the same one, or (`stagger`) the clip rotated by a
+    different number of groups of pictures for each, spread over its length (made once, next
+    to it, by moving packets: nothing is encoded again)."""
+    if not stagger:
+        return [clip] * n
+    with av.open(str(clip)) as c:
+        gops = sum(1 for p in c.demux(video=0) if p.is_keyframe)
+    clips = []
+    for i in range(n):
+        k = i * gops // n
+        path = clip.with_name(f"{clip.stem}-from-gop{k}{clip.suffix}")
+        if k and not path.exists():
+            rotated_clip(clip, k, path)
+        clips.append(path if k else clip)
+    return clips
+
+
+def rotated_clip(clip: Path, k: int, out_path: Path) -> None:
+    """`clip` starting at its `k`-th group of pictures, the groups before it at the end, with
+    timestamps made continuous again (each group shifted as a whole)."""
+    with av.open(str(clip)) as inp, av.open(str(out_path), "w") as out:
+        ist = inp.streams.video[0]
+        ost = out.add_stream_from_template(ist)
+        groups: list[list[tuple[int, int, Any]]] = []  # (pts, dts, packet), a group each
+        for p in inp.demux(ist):
+            if p.dts is None or p.pts is None:
+                continue  # (the demuxer's empty packet at the end)
+            if p.is_keyframe or not groups:
+                groups.append([])
+            groups[-1].append((int(p.pts), int(p.dts), p))
+        starts = [min(pts for pts, _, _ in g) for g in groups]
+        last = groups[-1]
+        ends = [*starts[1:], max(pts for pts, _, _ in last) + int(last[0][2].duration or 0)]
+        t = starts[0]
+        for j in [*range(k, len(groups)), *range(k)]:
+            delta = t - starts[j]
+            for pts, dts, p in groups[j]:
+                p.pts, p.dts = pts + delta, dts + delta
+                p.stream = ost
+                out.mux(p)
+            t += ends[j] - starts[j]
 
 
 def expected_bytes(h: dict[str, Any]) -> int:
@@ -215,30 +262,39 @@ def collect(
 
 
 def measure_streamer(
-    clip: Path,
-    n: int,
+    clips: list[Path],
     seconds: float,
     variant: str,
     shards: int = 1,
     shm_bytes: int = SHM_RING_BYTES,
+    trace: Path | None = None,
 ) -> dict[str, Any]:
     """`variant`: transport and crop encoding, ``zmq-bgr``, ``shm-bgr`` or ``shm-i420``. With
     `shards` > 1 the cameras are split among that many streamer processes (as `--shard I/N`
-    would), each with its own endpoints; the detector and the subscriber serve them all."""
+    would), each with its own endpoints; the detector and the subscriber serve them all; a
+    camera per clip in `clips`. With
+    `trace`, each streamer also serves /metrics, and a line per second is appended there."""
     transport, encoding = variant.split("-")
     tmp = Path(tempfile.mkdtemp())
+    n = len(clips)
     ids = [f"cam{i}" for i in range(n)]
+    urls = dict(zip(ids, (str(c) for c in clips), strict=True))
     taps, pubs, stats_files, configs = [], [], [], []
+    metrics_urls: list[str] = []
     for k in range(shards):
         tap, dets, pub = free_endpoint(), free_endpoint(), free_endpoint()
         cfg: dict[str, Any] = {
-            "sources": [{"id": sid, "url": str(clip), "loop": True} for sid in ids[k::shards]],
+            "sources": [{"id": sid, "url": urls[sid], "loop": True} for sid in ids[k::shards]],
             "detections": {"bind": dets},  # tapped frames carry it as reply_to
             "tap": {"bind": tap, "encoding": "raw-i420", "width": 640, "hwm": 8},
             "publish": [{"bind": pub, "encoding": CROP_ENCODINGS[encoding], "hwm": 100_000}],
         }
         if transport == "shm":
             cfg["publish"][0]["shm"] = {"bytes": shm_bytes // shards}
+        if trace is not None:
+            port = int(free_endpoint().rsplit(":", 1)[1])
+            cfg["preview"] = {"port": int(free_endpoint().rsplit(":", 1)[1]), "metrics_port": port}
+            metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
         configs.append(tmp / f"cfg{k}.yaml")
         configs[-1].write_text(yaml.safe_dump(cfg))
         taps.append(tap)
@@ -274,7 +330,11 @@ def measure_streamer(
     # back complete (a loaded machine may start the detector late), and lasts `seconds`; then
     # streamer is stopped (SIGTERM), so a late start never shortens the window.
     t0: float | None = None
+    title = f"{variant} x{shards}, {n} cameras"
+    tracer = Tracer(trace, metrics_urls, complete, title) if trace else None
     while t0 is None or time.monotonic() < t0 + seconds:
+        if tracer is not None:
+            tracer.sample()
         if t0 is None:
             first = min((ts[0] for ts in list(complete.values()) if ts), default=None)
             if first is not None:
@@ -332,6 +392,54 @@ def measure_streamer(
         "behind_max": max(behind, default=math.nan),
         "behind_mean": statistics.fmean(behind) if behind else math.nan,
     }
+
+
+class Tracer:
+    """One line a second into a file: complete frames/s, and what the streamers' /metrics
+    counted in that second (frames decoded, shed by reason, summed over cameras), the event
+    loop's lag and the decoders' lag behind schedule: how an overloaded run starts to fall
+    behind (issue 15's outlier runs)."""
+
+    def __init__(
+        self, path: Path, urls: list[str], complete: dict[str, list[float]], title: str
+    ) -> None:
+        self.out = path.open("a")
+        self.out.write(f"# {title}\n")
+        self.urls, self.complete = urls, complete
+        self.last: dict[str, float] = {}
+        self.at = time.monotonic()
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        if now - self.at < 1.0:
+            return
+        totals: dict[str, float] = defaultdict(float)
+        lag, behind = 0.0, 0.0
+        for url in self.urls:
+            try:
+                text = urllib.request.urlopen(url, timeout=1).read().decode()
+            except OSError:
+                return  # not up yet
+            for line in text.splitlines():
+                name, _, value = line.rpartition(" ")
+                if name.startswith("streamer_frames_decoded_total"):
+                    totals["decoded"] += float(value)
+                elif name.startswith("streamer_frames_shed_total"):
+                    totals[name.split('reason="')[1].split('"')[0]] += float(value)
+                elif name.startswith("streamer_loop_lag_seconds"):
+                    lag = max(lag, float(value))
+                elif name.startswith("streamer_source_behind_seconds"):
+                    behind = max(behind, float(value))
+        done = sum(1 for ts in list(self.complete.values()) for t in ts if self.at <= t < now)
+        deltas = {k: v - self.last.get(k, 0.0) for k, v in totals.items()}
+        self.last = dict(totals)
+        shed = " ".join(f"{k}={v:.0f}" for k, v in sorted(deltas.items()) if v and k != "decoded")
+        self.out.write(
+            f"{now:.1f} complete={done / (now - self.at):.0f} "
+            f"decoded={deltas.get('decoded', 0):.0f} lag={lag:.3f} behind={behind:.2f} {shed}\n"
+        )
+        self.out.flush()
+        self.at = now
 
 
 def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
@@ -400,19 +508,19 @@ def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
 def stages(clip: Path, seconds: float, shm_bytes: int) -> None:
     """Print streamer's CPU at one camera stage by stage, each against decoding alone (measured
     first and last; the ratios are to the mean), then the floor."""
-    first = measure_bare(clip, 1, seconds)["cpu"]
+    first = measure_bare([clip], seconds)["cpu"]
     rows = [
         ("decoding only (no tap)", measure_stage(clip, seconds, tap=False)),
         ("+ tap 640 px, detector's answers", measure_stage(clip, seconds, tap=True)),
         (
             "+ 10 crops cut and sent (shm-i420)",
-            measure_streamer(clip, 1, seconds, "shm-i420", 1, shm_bytes)["cpu"],
+            measure_streamer([clip], seconds, "shm-i420", 1, shm_bytes)["cpu"],
         ),
     ]
-    floor = measure_bare(clip, 1, seconds, shm_bytes)
+    floor = measure_bare([clip], seconds, shm_bytes)
     if floor["fps_min"] < 0.95 * CLIP_FPS:
         raise SystemExit(f"floor: {floor['fps_min']:.1f} frames/s, not the clip's {CLIP_FPS}")
-    last = measure_bare(clip, 1, seconds)["cpu"]
+    last = measure_bare([clip], seconds)["cpu"]
     bare = (first + last) / 2
     print(f"bare decode {bare:.1f}% CPU (first {first:.1f}%, last {last:.1f}%)")
     before = bare
@@ -437,7 +545,8 @@ def cameras(clip: Path, args: argparse.Namespace) -> None:
     try:
         for _ in range(args.rounds):
             for n in counts:
-                bare = measure_bare(clip, n, args.seconds)
+                clips = camera_clips(clip, n, args.stagger)
+                bare = measure_bare(clips, args.seconds)
                 print(
                     f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
                     f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
@@ -445,7 +554,9 @@ def cameras(clip: Path, args: argparse.Namespace) -> None:
                 )
                 for variant, shards in runs:
                     name = variant if shards == 1 else f"{variant} x{shards}"
-                    s = measure_streamer(clip, n, args.seconds, variant, shards, args.shm_bytes)
+                    s = measure_streamer(
+                        clips, args.seconds, variant, shards, args.shm_bytes, args.trace
+                    )
                     results[name, n].append((s["total"], s["fair"]))
                     print_run(name, s, bare["cpu"])
         failed = False
@@ -545,15 +656,28 @@ def main() -> None:
         help="run every camera count this many times over (the summary at the end is over all "
         "of a row's runs)",
     )
+    ap.add_argument(
+        "--stagger",
+        action="store_true",
+        help="cameras out of phase: each plays the clip started at a different group of "
+        "pictures (by default they all play it in step, the worst case: their keyframes and "
+        "their cheap seconds come together)",
+    )
+    ap.add_argument(
+        "--trace",
+        type=Path,
+        help="append a line a second per run here: complete frames/s, frames decoded and shed "
+        "by reason in that second (each streamer also serves /metrics for it)",
+    )
     ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
-    ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
     ap.add_argument("--floor", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.bare:
-        bare_decode(Path(args.clip), args.bare, args.seconds, args.floor)
+        bare_decode([Path(c) for c in args.clip.split(os.pathsep)], args.seconds, args.floor)
         return
     w, h = (int(v) for v in args.size.split("x"))
     clip = Path(tempfile.mkdtemp()) / f"clip{w}x{h}.mp4"

@@ -234,18 +234,30 @@ def test_ocr_models_compares_recognizers_on_development_seeds_only(tmp_path: Pat
     assert refused.returncode == 2 and "development seeds only" in refused.stderr
 
 
-def test_bench_cameras_runs() -> None:
+def test_bench_cameras_runs(tmp_path: Path) -> None:
     """The camera benchmark at a tiny size: a line per camera count, then one per variant
     (crops inline as BGR, in a shared-memory ring as BGR and as I420), each camera served and
     every crop's size what its header says (the collector checks it); then the summary, a line
-    per variant and camera count and a verdict per variant."""
+    per variant and camera count and a verdict per variant. Cameras out of phase, and traced:
+    a line a second per run, with what /metrics counted in it."""
+    trace = tmp_path / "trace.txt"
     res = _run_script(
         "scripts/bench_cameras.py",
         *("--cameras", "1,2", "--seconds", "2", "--size", "320x240"),
         # A ring that fits any /dev/shm (Docker's is 64 MB; the bench's default is 128 MiB).
         *("--shm-bytes", str(8 << 20)),
+        *("--stagger", "--trace", str(trace)),
         timeout_s=240,
     )
+    runs = trace.read_text().split("# ")[1:]
+    assert [r.splitlines()[0] for r in runs] == [
+        f"{v} x1, {n} cameras" for n in (1, 2) for v in ("zmq-bgr", "shm-bgr", "shm-i420")
+    ]
+    for run in runs:
+        seconds = [dict(f.split("=") for f in line.split()[1:]) for line in run.splitlines()[1:]]
+        assert len(seconds) >= 2, run  # the warm-up's and the measured window's seconds
+        assert sum(float(s["decoded"]) for s in seconds) > 0, run  # read from /metrics
+        assert sum(float(s["complete"]) for s in seconds) > 0, run
     out = res.stdout.splitlines()
     lines = [line for line in out if "cameras: bare decode" in line]
     assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
@@ -264,6 +276,33 @@ def test_bench_cameras_runs() -> None:
     assert rows == [(v, n) for v in ("zmq-bgr", "shm-bgr", "shm-i420") for n in "12"], summary
     verdicts = [line.split(":")[0].strip() for line in summary if "cameras:" not in line]
     assert verdicts == ["zmq-bgr", "shm-bgr", "shm-i420"], summary
+
+
+def test_staggered_cameras_play_the_clip_from_different_groups_of_pictures(
+    tmp_path: Path,
+) -> None:
+    """--stagger: each camera's clip is the bench clip started at another keyframe, its groups
+    of pictures in turn and its timestamps continuous, the same pictures (packets moved, not
+    encoded again)."""
+    bench = load_script("bench_cameras")
+    clip = tmp_path / "clip.mp4"
+    bench.make_clip(clip, 160, 120, 150)  # a keyframe a second: 5 groups
+    assert bench.camera_clips(clip, 3, False) == [clip] * 3
+
+    def frames(path: Path) -> list[tuple[int, bytes]]:
+        with av.open(str(path)) as c:
+            return [(int(f.pts), f.to_ndarray().tobytes()) for f in c.decode(video=0)]
+
+    original = frames(clip)
+    clips = bench.camera_clips(clip, 3, True)
+    assert clips[0] == clip and len(set(clips)) == 3
+    for path, k in zip(clips[1:], (1, 3), strict=True):  # i * 5 // 3 groups
+        got = frames(path)
+        pts = [p for p, _ in got]
+        assert pts == sorted(pts) and len(set(pts)) == len(pts) == 150
+        assert np.diff(pts).tolist() == np.diff([p for p, _ in original]).tolist()
+        cut = 30 * k
+        assert [f for _, f in got] == [f for _, f in original[cut:] + original[:cut]]
 
 
 def test_bench_cameras_summary_judges_the_first_target() -> None:
