@@ -290,8 +290,12 @@ def test_staggered_cameras_play_the_clip_from_different_groups_of_pictures(
     assert bench.camera_clips(clip, 3, False) == [clip] * 3
 
     def frames(path: Path) -> list[tuple[int, bytes]]:
+        out = []
         with av.open(str(path)) as c:
-            return [(int(f.pts), f.to_ndarray().tobytes()) for f in c.decode(video=0)]
+            for f in c.decode(video=0):
+                assert f.pts is not None
+                out.append((f.pts, f.to_ndarray().tobytes()))
+        return out
 
     original = frames(clip)
     clips = bench.camera_clips(clip, 3, True)
