@@ -7,6 +7,9 @@ from __future__ import annotations
 import pytest
 
 from streamer.sources.readahead import (
+    CATCHUP_GAIN,
+    CATCHUP_MAX_SPEED,
+    CATCHUP_SLACK_S,
     CLOCK_BACK_S,
     MAX_STEP_S,
     ByteBudget,
@@ -338,10 +341,13 @@ def test_steps_without_a_frame_rate() -> None:
     assert s.missing == 9
 
 
-def _live(q: Queue, segment_s: float, joined_late_s: float, run_s: float) -> list[float]:
+def _live(
+    q: Queue, segment_s: float, joined_late_s: float, run_s: float, clock: float = 1.0
+) -> list[float]:
     """A live stream of `segment_s` segments, each whole once its last frame is captured (the
-    stream's clock is the wall clock), read from `joined_late_s` after a segment was listed,
-    and a decoder that takes each packet when it is due: each frame's age when due."""
+    stream's clock is the wall clock, or runs `clock` times as fast: its timestamps step by
+    that much more), read from `joined_late_s` after a segment was listed, and a decoder that
+    takes each packet when it is due: each frame's age when due."""
     per = round(segment_s / F)
     k = 0
     now = segment_s + joined_late_s
@@ -351,7 +357,7 @@ def _live(q: Queue, segment_s: float, joined_late_s: float, run_s: float) -> lis
         while (k + 1) * segment_s <= now:  # segment k is listed at the end of its media
             arrived = max((k + 1) * segment_s, segment_s + joined_late_s)
             for i in range(k * per, (k + 1) * per):
-                q.push(Item(i, arrived, 0.0 if i == 0 else F, 1000, i % GOP == 0))
+                q.push(Item(i, arrived, 0.0 if i == 0 else F * clock, 1000, i % GOP == 0))
             k += 1
 
     ages = []
@@ -375,7 +381,7 @@ def test_a_stream_that_plays_later_than_it_needs_catches_up(joined_late_s: float
     real FFmpeg the lateness of a join is mostly when it polls the playlist, which is not media
     in hand: this is late input played late, or a start three segments back.)"""
     q = _queue()
-    q.spare = True  # (the decoder has time to spare)
+    q.max_speed = CATCHUP_MAX_SPEED  # (the decoder has time to spare)
     ages = _live(q, 4.0, joined_late_s, 240.0)
     assert ages[0] == pytest.approx(4.0 + joined_late_s)
     assert max(ages[-30 * 60 :]) < 4.0 + 1.0 + 0.2  # the last minute
@@ -386,9 +392,38 @@ def test_a_stream_with_no_time_to_spare_is_not_sped_up() -> None:
     """Each segment comes as the one before is played out: nothing to catch up, played at its
     pace all along."""
     q = _queue()
-    q.spare = True
+    q.max_speed = CATCHUP_MAX_SPEED
     ages = _live(q, 4.0, 0.0, 240.0)
     assert max(ages) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("clock", [1.05, 1.2, 1.5, 1.9])
+def test_a_camera_clock_that_runs_fast_is_caught_up_with(clock: float) -> None:
+    """Timestamps that run faster than the segments come (a camera's clock fast against the
+    host: each 4-s segment holds 4.8 s of media at 1.2x) would play later and later, up to the
+    queue's 60 s of media and then dropping groups of pictures. Played faster the more media it
+    holds, it settles a few seconds behind the segments and drops nothing."""
+    q = _queue()
+    q.max_speed = CATCHUP_MAX_SPEED
+    ages = _live(q, 4.0, 0.0, 600.0, clock)
+    settled = ages[-30 * 60 :]  # the last minute of frames
+    # A segment's wait (4 s), what is held to play it at the speed that keeps up (CATCHUP_SLACK_S
+    # + (clock - 1) / CATCHUP_GAIN), and a segment more in hand at times.
+    assert max(settled) < 4.0 + CATCHUP_SLACK_S + (clock - 1) / CATCHUP_GAIN + 4.0 * clock
+    assert q.dropped == 0
+    slow = _queue()  # a decoder with no time to spare: later and later (then it drops)
+    assert max(_live(slow, 4.0, 0.0, 600.0, clock)) > 30.0
+
+
+def test_a_decoder_with_little_time_to_spare_catches_up_as_fast_as_it_can() -> None:
+    """The speed is held to what the decoder can do (`max_speed`, from its load): a 1.2x clock
+    with a decoder that can go only 1.1 times as fast still falls behind, more slowly."""
+    q = _queue()
+    q.max_speed = 1.1
+    ages = _live(q, 4.0, 0.0, 600.0, 1.2)
+    free = _queue()
+    free.max_speed = CATCHUP_MAX_SPEED
+    assert max(ages) > max(_live(free, 4.0, 0.0, 600.0, 1.2)) + 10.0
 
 
 def test_a_decoder_without_time_to_spare_is_not_asked_to_catch_up() -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from streamer.sources.readahead import CATCHUP_MAX_LOAD, CATCHUP_MAX_SPEED
 from streamer.sources.shedding import (
     BACKLOG_FAR_S,
     BEHIND_S,
@@ -481,14 +482,22 @@ def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> 
     lossless.decoded(100, False)
     lossless.packet_done(False)
     assert untouched.skip_frame == "NONKEY" and not lossless.skipping
-    assert lossless.behind_s is None and not lossless.can_catch_up("DEFAULT")
+    assert lossless.behind_s is None and lossless.catch_up_speed("DEFAULT") == 1.0
 
     # Time to spare to catch up: once the decoder's load is known (about a second of media),
     # and low, and only while the shedder asks for nothing to be skipped.
     idle = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
-    assert not idle.can_catch_up("DEFAULT")  # load not known yet
+    assert idle.catch_up_speed("DEFAULT") == 1.0  # load not known yet
     for i in range(40):  # 4 s of media at 10 fps, next to no work on each packet
         idle.next_packet(i / 10, i / 10, i % 10 == 0, False)
         idle.packet_done(True)
-    assert idle.can_catch_up("DEFAULT") and not idle.can_catch_up("NONREF")
+    assert idle.catch_up_speed("DEFAULT") > CATCHUP_MAX_SPEED  # (the queue caps it)
+    assert idle.catch_up_speed("NONREF") == 1.0
+    # A decoder busy half of the stream's time could play it 1.6 times as fast at 80% busy.
+    half = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
+    for i in range(60):
+        half.next_packet(i / 10, i / 10, i % 10 == 0, False)
+        half.worked(0.05)
+        half.packet_done(True)
+    assert half.catch_up_speed("DEFAULT") == pytest.approx(CATCHUP_MAX_LOAD / 0.5, rel=0.05)
     assert idle.behind_s is not None and idle.behind_s < 0.1

@@ -315,7 +315,7 @@ class AvSource(Source):
                     if self.live:
                         self.stats.behind_s = shedding.behind_s
                     if ahead is not None:
-                        ahead.queue.spare = shedding.can_catch_up(wanted)
+                        ahead.queue.max_speed = shedding.catch_up_speed(wanted)
                 t0 = time.perf_counter()
                 bad_packet = False
                 try:

@@ -12,9 +12,13 @@ time between the two, and never before the packet arrived.
   from there. Late input is not the decoder's lag: nothing is shed for it, and the stream plays
   that much later, as a player rebuffers.
 - **Later than it needs**: when the media in hand has not come under a second for 30 s (late
-  input played late; a start further back than the last segment), the stream is played 1.1
-  times as fast until it has, while its decoder has time to spare. (How late FFmpeg finds each
-  new segment, by when it polls the playlist, is not media in hand: that stays.)
+  input played late; a start further back than the last segment; timestamps that run faster
+  than the segments come, a camera's clock fast against the host), the stream is played
+  faster until it has, while its decoder has time to spare: 1.1 times as fast, and 0.1 faster
+  for every second of media over that second held all along, up to twice as fast and to what
+  the decoder's load allows. A clock 20% fast thus plays about 3 s behind the segments, not a
+  minute. (How late FFmpeg finds each new segment, by when it polls the playlist, is not media
+  in hand: that stays.)
 - **The decoder slow**: packets wait in the queue past their time; how late the decoder takes
   them (now against when they were due) is its lag, which the decoder's shedder sees.
 - **The queue full** (its bytes, the media in hand, or all read-aheads' bytes together: a
@@ -66,7 +70,9 @@ READ_TIMEOUT_S = 30.0
 CATCHUP_WINDOW_S = 30.0
 CATCHUP_SLACK_S = 1.0
 CATCHUP_SPEED = 1.1
-CATCHUP_MAX_LOAD = 0.8  # ... only while the decoder's load leaves it this much to spare
+CATCHUP_GAIN = 0.1  # ... faster by this for each second of media in hand over CATCHUP_SLACK_S
+CATCHUP_MAX_SPEED = 2.0  # ... at most (a clock more than twice as fast fills the queue)
+CATCHUP_MAX_LOAD = 0.8  # ... only while the decoder's load at that speed stays under this
 CLOSE_WAIT_S = 1.0  # how long a session's end waits for its reader (then it closes by itself)
 POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
 
@@ -255,9 +261,9 @@ class Queue:
         self._due: float | None = None  # when the last packet taken was due
         self._lows: deque[tuple[float, float]] = deque()  # (due, media in hand), see _watch
         self._watched_since: float | None = None
-        # Set by the decode thread: it decodes everything with time to spare, so it can catch
-        # up (a decoder that sheds would only shed more).
-        self.spare = False
+        # Set by the decode thread: how much faster than the stream's pace it can decode with
+        # time to spare (1: none; a decoder that sheds would only shed more).
+        self.max_speed = 1.0
         self._closed = False
 
     def full(self) -> bool:
@@ -312,14 +318,17 @@ class Queue:
     def _speed(self) -> float:
         """How fast to play: faster while the media in hand has not come under
         `CATCHUP_SLACK_S` for a whole window (the stream plays later than it needs to: late
-        input played late, or a start further back than the last segment) and the decoder has
-        time to spare. Not a recording: its reader keeps it full."""
+        input played late, a start further back than the last segment, or timestamps that run
+        fast), the more so the more it held all along, and as far as the decoder has time to
+        spare. Not a recording: its reader keeps it full."""
         since, due = self._watched_since, self._due
-        if not self.spare or self.finished or since is None or due is None:
+        if self.max_speed <= 1.0 or self.finished or since is None or due is None:
             return 1.0
-        if due - since < CATCHUP_WINDOW_S:
+        low = self._lows[0][1]
+        if due - since < CATCHUP_WINDOW_S or low <= CATCHUP_SLACK_S:
             return 1.0
-        return CATCHUP_SPEED if self._lows[0][1] > CATCHUP_SLACK_S else 1.0
+        speed = max(CATCHUP_SPEED, 1.0 + CATCHUP_GAIN * (low - CATCHUP_SLACK_S))
+        return min(speed, CATCHUP_MAX_SPEED, self.max_speed)
 
     def close(self) -> int:
         """Let go of every packet, and of the budget (the session ends); returns how many frames

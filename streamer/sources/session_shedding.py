@@ -57,11 +57,15 @@ class SessionShedding:
         """How far behind the decoder runs, by the shedder (None without one)."""
         return None if self.shedder is None else self.shedder.behind_s
 
-    def can_catch_up(self, asked: SkipLevel) -> bool:
-        """Whether the decoder has time to spare to play a read-ahead faster: the shedder asked
-        for nothing to be skipped (`asked`: from `next_packet`) and its load is known and low."""
+    def catch_up_speed(self, asked: SkipLevel) -> float:
+        """How much faster than the stream's pace the decoder could play a read-ahead with time
+        to spare (1: not at all): its load, known, times the speed stays under
+        `CATCHUP_MAX_LOAD`, and the shedder asked for nothing to be skipped (`asked`: from
+        `next_packet`)."""
         load = None if self.shedder is None else self.shedder.load
-        return asked == "DEFAULT" and load is not None and load < CATCHUP_MAX_LOAD
+        if asked != "DEFAULT" or load is None or load >= CATCHUP_MAX_LOAD:
+            return 1.0
+        return CATCHUP_MAX_LOAD / max(load, 1e-3)
 
     def next_packet(
         self, now: float, media_s: float | None, keyframe: bool, shed_downstream: bool
