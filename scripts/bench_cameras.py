@@ -18,8 +18,14 @@ For each N it prints:
     .venv/bin/python scripts/bench_cameras.py [--cameras 1,2,4,6,8,10] [--seconds 20]
                                               [--size 1920x1080]
                                               [--variants zmq-bgr,shm-bgr,shm-i420] [--shards 1,2]
-                                              [--rounds 3]
+                                              [--rounds 3] [--stagger] [--trace FILE]
     .venv/bin/python scripts/bench_cameras.py --stages [--seconds 20]
+
+By default every camera plays the same clip in step (the worst case: their keyframes and their
+cheap seconds come together); `--stagger` starts each at another group of pictures, as real
+cameras are out of phase. `--trace FILE` appends about a line a second per run to FILE:
+complete frames/s, frames decoded and shed by reason per second (from each streamer's
+/metrics; streamer then also runs its preview server, so compare traced runs with traced runs).
 
 At the end a summary gives, per variant and camera count, the complete frames/s (mean and range
 over the runs) against what the cameras offer, the lowest fairness and the share of the
@@ -39,6 +45,8 @@ costs, without the messages, threads and Python steps around it.
 from __future__ import annotations
 
 import argparse
+import http.client
+import itertools
 import json
 import math
 import os
@@ -149,7 +157,8 @@ def measure_bare(clips: list[Path], seconds: float, floor_ring_bytes: int = 0) -
         [
             sys.executable,
             __file__,
-            *("--bare", "--clip", os.pathsep.join(str(c) for c in clips)),
+            "--bare",
+            *(a for c in clips for a in ("--clip", str(c))),
             *(("--floor", str(floor_ring_bytes)) if floor_ring_bytes else ()),
             "--seconds",
             str(seconds),
@@ -172,24 +181,31 @@ def measure_bare(clips: list[Path], seconds: float, floor_ring_bytes: int = 0) -
 def camera_clips(clip: Path, n: int, stagger: bool) -> list[Path]:
     """A clip for each of `n` cameras: the same one, or (`stagger`) the clip rotated by a
     different number of groups of pictures for each, spread over its length (made once, next
-    to it, by moving packets: nothing is encoded again)."""
+    to it, by moving packets: nothing is encoded again). Raises ValueError if the clip has
+    fewer groups than cameras (some would play in step)."""
     if not stagger:
         return [clip] * n
     with av.open(str(clip)) as c:
         gops = sum(1 for p in c.demux(video=0) if p.is_keyframe)
+    if gops < n:
+        raise ValueError(f"{clip.name}: {gops} groups of pictures for {n} cameras out of phase")
     clips = []
     for i in range(n):
         k = i * gops // n
         path = clip.with_name(f"{clip.stem}-from-gop{k}{clip.suffix}")
         if k and not path.exists():
-            rotated_clip(clip, k, path)
+            part = path.with_name(f"part-{path.name}")  # (never a half-written clip reused)
+            rotated_clip(clip, k, part)
+            part.rename(path)
         clips.append(path if k else clip)
     return clips
 
 
 def rotated_clip(clip: Path, k: int, out_path: Path) -> None:
     """`clip` starting at its `k`-th group of pictures, the groups before it at the end, with
-    timestamps made continuous again (each group shifted as a whole)."""
+    timestamps made continuous again (each group shifted as a whole). For closed groups of
+    pictures (libx264's default, as `make_clip` writes): a frame of an open one would
+    reference a group that is no longer before it."""
     with av.open(str(clip)) as inp, av.open(str(out_path), "w") as out:
         ist = inp.streams.video[0]
         ost = out.add_stream_from_template(ist)
@@ -201,8 +217,9 @@ def rotated_clip(clip: Path, k: int, out_path: Path) -> None:
                 groups.append([])
             groups[-1].append((int(p.pts), int(p.dts), p))
         starts = [min(pts for pts, _, _ in g) for g in groups]
-        last = groups[-1]
-        ends = [*starts[1:], max(pts for pts, _, _ in last) + int(last[0][2].duration or 0)]
+        every = sorted(pts for g in groups for pts, _, _ in g)
+        frame = statistics.median(b - a for a, b in itertools.pairwise(every)) if every[1:] else 1
+        ends = [*starts[1:], every[-1] + int(frame)]  # (the last group: a frame past its last)
         t = starts[0]
         for j in [*range(k, len(groups)), *range(k)]:
             delta = t - starts[j]
@@ -272,8 +289,10 @@ def measure_streamer(
     """`variant`: transport and crop encoding, ``zmq-bgr``, ``shm-bgr`` or ``shm-i420``. With
     `shards` > 1 the cameras are split among that many streamer processes (as `--shard I/N`
     would), each with its own endpoints; the detector and the subscriber serve them all; a
-    camera per clip in `clips`. With
-    `trace`, each streamer also serves /metrics, and a line per second is appended there."""
+    camera per clip in `clips`. With `trace`, a line about every second is appended there
+    (`Tracer`): each streamer then also runs its preview server for its /metrics, which keeps
+    each camera's last 12 crops (and copies the BGR ones out of the shm ring), so traced runs
+    are to be compared with traced runs."""
     transport, encoding = variant.split("-")
     tmp = Path(tempfile.mkdtemp())
     n = len(clips)
@@ -332,31 +351,35 @@ def measure_streamer(
     t0: float | None = None
     title = f"{variant} x{shards}, {n} cameras"
     tracer = Tracer(trace, metrics_urls, complete, title) if trace else None
-    while t0 is None or time.monotonic() < t0 + seconds:
-        if tracer is not None:
-            tracer.sample()
-        if t0 is None:
-            first = min((ts[0] for ts in list(complete.values()) if ts), default=None)
-            if first is not None:
-                t0 = max(start + WARMUP_S, first + 1.0)
-            elif time.monotonic() - start > FIRST_FRAME_TIMEOUT_S:
+    try:
+        while t0 is None or time.monotonic() < t0 + seconds:
+            if tracer is not None:
+                tracer.sample()
+            if t0 is None:
+                first = min((ts[0] for ts in list(complete.values()) if ts), default=None)
+                if first is not None:
+                    t0 = max(start + WARMUP_S, first + 1.0)
+                elif time.monotonic() - start > FIRST_FRAME_TIMEOUT_S:
+                    break
+            try:
+                for probe in probes + others:
+                    probe.sample_cpu()
+                for probe in probes:
+                    probe.sample()
+            except FileNotFoundError:
                 break
-        try:
-            for probe in probes + others:
-                probe.sample_cpu()
-            for probe in probes:
-                probe.sample()
-        except FileNotFoundError:
-            break
-        time.sleep(0.1)
-    for p in streamers:
-        p.terminate()
-    for p in streamers:
-        p.wait(30)
-    detector.terminate()
-    detector.wait(10)
-    done.set()
-    collector.join()
+            time.sleep(0.1)
+    finally:  # (also when the run fails: no process left behind)
+        if tracer is not None:
+            tracer.close(t0, (t0 or 0.0) + seconds)
+        for p in streamers:
+            p.terminate()
+        for p in streamers:
+            p.wait(30)
+        detector.terminate()
+        detector.wait(10)
+        done.set()
+        collector.join()
     if t0 is None:
         raise SystemExit(f"no frame came back complete within {FIRST_FRAME_TIMEOUT_S} s")
     t1 = t0 + seconds
@@ -395,10 +418,12 @@ def measure_streamer(
 
 
 class Tracer:
-    """One line a second into a file: complete frames/s, and what the streamers' /metrics
-    counted in that second (frames decoded, shed by reason, summed over cameras), the event
-    loop's lag and the decoders' lag behind schedule: how an overloaded run starts to fall
-    behind (issue 15's outlier runs)."""
+    """About a line a second into a file: how an overloaded run falls behind, which the totals
+    at the end cannot show. Each line: the time (monotonic), the seconds it covers (`dt`), and
+    per second over them: complete frames, and what the streamers' /metrics counted (frames
+    decoded, and shed by reason, summed over cameras); then the event loop's worst lag of the
+    last 5 s (`lag5s`, as /metrics has it) and the decoders' largest lag behind schedule. A
+    scrape that fails is a line saying so (its seconds go into the next line)."""
 
     def __init__(
         self, path: Path, urls: list[str], complete: dict[str, list[float]], title: str
@@ -406,20 +431,21 @@ class Tracer:
         self.out = path.open("a")
         self.out.write(f"# {title}\n")
         self.urls, self.complete = urls, complete
-        self.last: dict[str, float] = {}
+        self.last: dict[str, float] | None = None  # the counters at `at` (None: not yet read)
         self.at = time.monotonic()
 
     def sample(self) -> None:
-        now = time.monotonic()
-        if now - self.at < 1.0:
+        if time.monotonic() - self.at < 1.0:
             return
         totals: dict[str, float] = defaultdict(float)
         lag, behind = 0.0, 0.0
         for url in self.urls:
             try:
-                text = urllib.request.urlopen(url, timeout=1).read().decode()
-            except OSError:
-                return  # not up yet
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    text = r.read().decode()
+            except (OSError, http.client.HTTPException) as e:
+                self.out.write(f"# {time.monotonic():.1f} {url}: {e}\n")
+                return
             for line in text.splitlines():
                 name, _, value = line.rpartition(" ")
                 if name.startswith("streamer_frames_decoded_total"):
@@ -430,16 +456,28 @@ class Tracer:
                     lag = max(lag, float(value))
                 elif name.startswith("streamer_source_behind_seconds"):
                     behind = max(behind, float(value))
-        done = sum(1 for ts in list(self.complete.values()) for t in ts if self.at <= t < now)
-        deltas = {k: v - self.last.get(k, 0.0) for k, v in totals.items()}
-        self.last = dict(totals)
-        shed = " ".join(f"{k}={v:.0f}" for k, v in sorted(deltas.items()) if v and k != "decoded")
-        self.out.write(
-            f"{now:.1f} complete={done / (now - self.at):.0f} "
-            f"decoded={deltas.get('decoded', 0):.0f} lag={lag:.3f} behind={behind:.2f} {shed}\n"
-        )
-        self.out.flush()
-        self.at = now
+        now = time.monotonic()  # (after the scrapes: the counters are as of about now)
+        if self.last is not None:
+            dt = now - self.at
+            done = sum(1 for ts in list(self.complete.values()) for t in ts if self.at <= t < now)
+            rates = {k: (v - self.last.get(k, 0.0)) / dt for k, v in totals.items()}
+            shed = " ".join(
+                f"{k}={v:.1f}" for k, v in sorted(rates.items()) if v and k != "decoded"
+            )
+            self.out.write(
+                f"{now:.1f} dt={dt:.2f} complete={done / dt:.1f} "
+                f"decoded={rates.get('decoded', 0.0):.1f} lag5s={lag:.3f} behind={behind:.2f} "
+                f"{shed}\n".rstrip()
+                + "\n"
+            )
+            self.out.flush()
+        self.last, self.at = dict(totals), now
+
+    def close(self, t0: float | None, t1: float) -> None:
+        """The measured window, then close the file."""
+        window = "none (nothing came back complete)" if t0 is None else f"{t0:.1f}-{t1:.1f}"
+        self.out.write(f"# measured window {window}\n")
+        self.out.close()
 
 
 def measure_stage(clip: Path, seconds: float, tap: bool) -> float:
@@ -666,23 +704,28 @@ def main() -> None:
     ap.add_argument(
         "--trace",
         type=Path,
-        help="append a line a second per run here: complete frames/s, frames decoded and shed "
-        "by reason in that second (each streamer also serves /metrics for it)",
+        help="append about a line a second per run here: complete frames/s, frames decoded and "
+        "shed by reason per second (each streamer also runs its preview server for /metrics: "
+        "compare traced runs with traced runs)",
     )
     ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
     ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--clip", help=argparse.SUPPRESS)
+    ap.add_argument("--clip", action="append", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--floor", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.bare:
-        bare_decode([Path(c) for c in args.clip.split(os.pathsep)], args.seconds, args.floor)
+        if not args.clip:
+            ap.error("--bare needs --clip")
+        bare_decode(args.clip, args.seconds, args.floor)
         return
     w, h = (int(v) for v in args.size.split("x"))
     clip = Path(tempfile.mkdtemp()) / f"clip{w}x{h}.mp4"
     try:
-        make_clip(clip, w, h, 300)
+        # A keyframe a second; out of phase, a group of pictures for every camera at least.
+        counts = [int(v) for v in args.cameras.split(",")]
+        make_clip(clip, w, h, 30 * max(10, *counts) if args.stagger else 300)
         print(f"{w}x{h} 30 fps, 10 crops a frame, {args.seconds:.0f} s measured per run")
         if args.stages:
             stages(clip, args.seconds, args.shm_bytes)

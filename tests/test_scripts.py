@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from streamer.crop.convert import crop_i420, i420_size
 from streamer.sources.frames import from_av
@@ -249,16 +250,30 @@ def test_bench_cameras_runs(tmp_path: Path) -> None:
         *("--stagger", "--trace", str(trace)),
         timeout_s=240,
     )
-    runs = trace.read_text().split("# ")[1:]
-    assert [r.splitlines()[0] for r in runs] == [
+    out = res.stdout.splitlines()
+    runs: dict[str, list[str]] = {}  # a run's title: its lines (comments left out)
+    for line in trace.read_text().splitlines():
+        if line.startswith("# ") and line.endswith(" cameras"):
+            title = line[2:]
+            runs[title] = []
+        elif not line.startswith("# ") or line.startswith("# measured window "):
+            runs[title].append(line)  # (other comments: a scrape that failed)
+    assert list(runs) == [
         f"{v} x1, {n} cameras" for n in (1, 2) for v in ("zmq-bgr", "shm-bgr", "shm-i420")
     ]
-    for run in runs:
-        seconds = [dict(f.split("=") for f in line.split()[1:]) for line in run.splitlines()[1:]]
-        assert len(seconds) >= 2, run  # the warm-up's and the measured window's seconds
-        assert sum(float(s["decoded"]) for s in seconds) > 0, run  # read from /metrics
-        assert sum(float(s["complete"]) for s in seconds) > 0, run
-    out = res.stdout.splitlines()
+    decoded_at_end = [
+        int(line.split("shed of ")[1].split()[0]) for line in out if "streamer delivered" in line
+    ]
+    for (title, lines), total in zip(runs.items(), decoded_at_end, strict=True):
+        assert lines[-1].startswith("# measured window "), (title, lines)
+        seconds = [dict(f.split("=") for f in line.split()[1:]) for line in lines[:-1]]
+        assert len(seconds) >= 3, (title, lines)  # the warm-up's and the window's seconds
+        assert all(0.9 < float(s["dt"]) < 10.0 for s in seconds), (title, lines)
+        # Rates per second over each line's seconds: they add up to what streamer decoded,
+        # but for its first and last second or so (before the first line, after the last).
+        traced = sum(float(s["decoded"]) * float(s["dt"]) for s in seconds)
+        assert 0.4 * total <= traced <= 1.02 * total + 2, (traced, total, title, lines)
+        assert sum(float(s["complete"]) for s in seconds) > 0, (title, lines)
     lines = [line for line in out if "cameras: bare decode" in line]
     assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
     variants = [line.split(":")[0].strip() for line in out if "streamer delivered" in line]
@@ -300,6 +315,8 @@ def test_staggered_cameras_play_the_clip_from_different_groups_of_pictures(
     original = frames(clip)
     clips = bench.camera_clips(clip, 3, True)
     assert clips[0] == clip and len(set(clips)) == 3
+    with pytest.raises(ValueError, match="5 groups of pictures for 6 cameras"):
+        bench.camera_clips(clip, 6, True)  # two would play in step
     for path, k in zip(clips[1:], (1, 3), strict=True):  # i * 5 // 3 groups
         got = frames(path)
         pts = [p for p, _ in got]

@@ -489,7 +489,7 @@ def test_live_hls_faster_than_real_time_drops_whole_groups_and_counts_them(
 def test_live_hls_whose_clock_runs_fast_is_caught_up_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A camera whose timestamps run 1.5 times as fast as its segments come, through real
+    """A camera whose timestamps run 1.4 times as fast as its segments come, through real
     FFmpeg: the decoder, with time to spare, plays it faster the more media it holds, so the
     media in hand settles instead of growing past its bound (5 s here) and dropping groups of
     pictures, as it did at a fixed 1.1x. (The window and the gain are shortened from 30 s and
@@ -497,23 +497,23 @@ def test_live_hls_whose_clock_runs_fast_is_caught_up_with(
     monkeypatch.setattr(readahead, "MAX_AHEAD_S", 5.0)
     monkeypatch.setattr(readahead, "CATCHUP_WINDOW_S", 2.0)
     monkeypatch.setattr(readahead, "CATCHUP_GAIN", 1.0)
-    hls = _LiveHls(tmp_path, segment_s=1.0, wall_fps=45.0)
+    hls = _LiveHls(tmp_path, segment_s=1.0, wall_fps=42.0)
 
     async def main() -> None:
         url = await hls.start()
         source = AvSource("hls", url, stall_timeout_s=4.0, open_timeout_s=5.0, retry=FAST_RETRY)
         c = Consumer(source).start()
         try:
-            await until(lambda: len(c.frames) >= 45 * 20, 40, "20 s of frames")
+            await until(lambda: len(c.frames) >= 42 * 20, 40, "20 s of frames")
         finally:
             await c.stop()
             await hls.stop()
         assert source.stats.reconnects == 0 and source.stats.dropped_handoff == 0
         assert source.stats.skipped_decode == 0, source.stats
-        # Handed at the rate they come (45 a second), not at the timestamps' 30.
+        # Handed at the rate they come (42 a second), not at the timestamps' 30.
         times = [t for t, _ in c.frames][len(c.frames) // 2 :]
         rate = (len(times) - 1) / (times[-1] - times[0])
-        assert rate > 40.0, rate
+        assert rate > 38.0, rate
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))

@@ -315,7 +315,8 @@ class AvSource(Source):
                     if self.live:
                         self.stats.behind_s = shedding.behind_s
                     if ahead is not None:
-                        ahead.queue.max_speed = shedding.catch_up_speed(wanted)
+                        queue = ahead.queue
+                        queue.max_speed = shedding.catch_up_speed(wanted, queue.speed)
                 t0 = time.perf_counter()
                 bad_packet = False
                 try:

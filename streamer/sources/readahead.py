@@ -15,10 +15,11 @@ time between the two, and never before the packet arrived.
   input played late; a start further back than the last segment; timestamps that run faster
   than the segments come, a camera's clock fast against the host), the stream is played
   faster until it has, while its decoder has time to spare: 1.1 times as fast, and 0.1 faster
-  for every second of media over that second held all along, up to twice as fast and to what
-  the decoder's load allows. A clock 20% fast thus plays about 3 s behind the segments, not a
-  minute. (How late FFmpeg finds each new segment, by when it polls the playlist, is not media
-  in hand: that stays.)
+  for every second of media over that second held all along, up to 1.5 times as fast and to
+  what keeps the decoder under 80% busy (its frames are handed on that much faster
+  meanwhile). A clock 20% fast thus plays about 3 s behind the segments, not a minute. (How
+  late FFmpeg finds each new segment, by when it polls the playlist, is not media in hand:
+  that stays.)
 - **The decoder slow**: packets wait in the queue past their time; how late the decoder takes
   them (now against when they were due) is its lag, which the decoder's shedder sees.
 - **The queue full** (its bytes, the media in hand, or all read-aheads' bytes together: a
@@ -65,14 +66,17 @@ MAX_TOTAL_BYTES = 512 * 1024 * 1024  # every read-ahead in the process together 
 # queue running dry: its watchdog, `stall_timeout_s`, ends the session.)
 READ_TIMEOUT_S = 30.0
 # A stream whose media in hand has not come under CATCHUP_SLACK_S for CATCHUP_WINDOW_S (at least
-# a segment's cycle) plays later than it needs to: it is played CATCHUP_SPEED times as fast
+# a segment's cycle) plays later than it needs to: it is played at least CATCHUP_SPEED times
+# as fast
 # until it has.
 CATCHUP_WINDOW_S = 30.0
 CATCHUP_SLACK_S = 1.0
 CATCHUP_SPEED = 1.1
 CATCHUP_GAIN = 0.1  # ... faster by this for each second of media in hand over CATCHUP_SLACK_S
-CATCHUP_MAX_SPEED = 2.0  # ... at most (a clock more than twice as fast fills the queue)
-CATCHUP_MAX_LOAD = 0.8  # ... only while the decoder's load at that speed stays under this
+# ... at most (a clock faster than this fills the queue; all of a box's cameras catching up at
+# once decode this much more, and hand on this many times their frames)
+CATCHUP_MAX_SPEED = 1.5
+CATCHUP_MAX_LOAD = 0.8  # ... and only as fast as keeps the decoder this busy at most
 CLOSE_WAIT_S = 1.0  # how long a session's end waits for its reader (then it closes by itself)
 POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
 
@@ -264,6 +268,7 @@ class Queue:
         # Set by the decode thread: how much faster than the stream's pace it can decode with
         # time to spare (1: none; a decoder that sheds would only shed more).
         self.max_speed = 1.0
+        self.speed = 1.0  # how fast the last packet taken was played
         self._closed = False
 
     def full(self) -> bool:
@@ -298,7 +303,8 @@ class Queue:
         item = self._popleft()
         due = item.arrived
         if self._due is not None:
-            due = max(due, self._due + item.step_s / self._speed())
+            self.speed = self._speed()
+            due = max(due, self._due + item.step_s / self.speed)
         self._due = due
         self._watch(due)
         return item, due

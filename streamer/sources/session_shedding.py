@@ -57,15 +57,16 @@ class SessionShedding:
         """How far behind the decoder runs, by the shedder (None without one)."""
         return None if self.shedder is None else self.shedder.behind_s
 
-    def catch_up_speed(self, asked: SkipLevel) -> float:
-        """How much faster than the stream's pace the decoder could play a read-ahead with time
-        to spare (1: not at all): its load, known, times the speed stays under
-        `CATCHUP_MAX_LOAD`, and the shedder asked for nothing to be skipped (`asked`: from
-        `next_packet`)."""
+    def catch_up_speed(self, asked: SkipLevel, pace: float) -> float:
+        """How much faster than the stream's own pace the decoder could play a read-ahead and
+        stay under `CATCHUP_MAX_LOAD` busy (1: not faster). It has been playing at `pace` times
+        the stream's pace, so its load (busy time per second of the schedule it was given) is
+        at that pace. Only while the shedder asks for nothing to be skipped (`asked`: from
+        `next_packet`) and the load is known."""
         load = None if self.shedder is None else self.shedder.load
         if asked != "DEFAULT" or load is None or load >= CATCHUP_MAX_LOAD:
             return 1.0
-        return CATCHUP_MAX_LOAD / max(load, 1e-3)
+        return pace * CATCHUP_MAX_LOAD / max(load, 1e-3)
 
     def next_packet(
         self, now: float, media_s: float | None, keyframe: bool, shed_downstream: bool
