@@ -482,27 +482,38 @@ def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> 
     lossless.decoded(100, False)
     lossless.packet_done(False)
     assert untouched.skip_frame == "NONKEY" and not lossless.skipping
-    assert lossless.behind_s is None and lossless.catch_up_speed("DEFAULT", 1.0) == 1.0
+    assert lossless.behind_s is None and lossless.catch_up_speed("DEFAULT") == 1.0
 
-    # Time to spare to catch up: once the decoder's load is known (about a second of media),
-    # and low, and only while the shedder asks for nothing to be skipped.
+    # Time to spare to catch up: once the decoder's cost per second of the stream's media is
+    # known (about a second of it, decoding everything), and low, and only while the shedder
+    # asks for nothing to be skipped.
     idle = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
-    assert idle.catch_up_speed("DEFAULT", 1.0) == 1.0  # load not known yet
+    assert idle.catch_up_speed("DEFAULT") == 1.0  # cost not known yet
     for i in range(40):  # 4 s of media at 10 fps, next to no work on each packet
         idle.next_packet(i / 10, i / 10, i % 10 == 0, False)
-        idle.packet_done(True)
-    assert idle.catch_up_speed("DEFAULT", 1.0) > CATCHUP_MAX_SPEED  # (the queue caps it)
-    assert idle.catch_up_speed("NONREF", 1.0) == 1.0
-    # A decoder busy half of the time it was given could play 1.6 times as fast at 80% busy:
-    # 1.6 times the stream's pace if that was its own, twice that if it was played at 2x (its
-    # time per packet was half the media's: its cost per second of media is half as much).
+        idle.packet_done(True, 0.1)
+    assert idle.catch_up_speed("DEFAULT") > CATCHUP_MAX_SPEED  # (the queue caps it)
+    assert idle.catch_up_speed("NONREF") == 1.0
+    # A decoder busy 0.05 s on each 0.1 s of media could play it 1.6 times as fast at 80% busy,
+    # whatever pace it was given it at: here 2x (the schedule's steps half the media's). Its
+    # load on that schedule (busy all the time) is not what it costs.
     half = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
     for i in range(60):
-        half.next_packet(i / 10, i / 10, i % 10 == 0, False)
+        half.next_packet(i / 20, i / 20, i % 10 == 0, False)
         half.worked(0.05)
-        half.packet_done(True)
-    assert half.catch_up_speed("DEFAULT", 1.0) == pytest.approx(CATCHUP_MAX_LOAD / 0.5, rel=0.05)
-    assert half.catch_up_speed("DEFAULT", 2.0) == pytest.approx(
-        2 * CATCHUP_MAX_LOAD / 0.5, rel=0.05
-    )
+        half.packet_done(True, 0.1)
+    assert half.catch_up_speed("DEFAULT") == pytest.approx(CATCHUP_MAX_LOAD / 0.5, rel=0.05)
+    # Packets decoded while skipping cost less: they do not count (the cost is what decoding
+    # everything costs), and a decoder that costs more than it may be busy is not sped up.
+    for i in range(60, 120):  # (frames turned away downstream: NONREF)
+        assert half.next_packet(i / 20, i / 20, i % 10 == 0, True) == "NONREF"
+        half.worked(0.0)
+        half.packet_done(True, 0.1)
+    assert half.catch_up_speed("DEFAULT") == pytest.approx(CATCHUP_MAX_LOAD / 0.5, rel=0.05)
+    heavy = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
+    for i in range(60):
+        heavy.next_packet(i / 10, i / 10, i % 10 == 0, False)
+        heavy.worked(0.09)
+        heavy.packet_done(True, 0.1)
+    assert heavy.catch_up_speed("DEFAULT") == 1.0
     assert idle.behind_s is not None and idle.behind_s < 0.1

@@ -453,7 +453,7 @@ def test_live_hls_faster_than_real_time_drops_whole_groups_and_counts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A camera whose timestamps run twice as fast as its segments come: the media in hand
-    grows without end, so past its bound (2 s here, 45 s by default) the oldest groups of
+    grows without end, so past its bound (2 s here, 60 s by default) the oldest groups of
     pictures are dropped. Every frame the consumer did not get is counted: the gaps in the
     handed frames' timestamps add up to `skipped_decode`, but for whole groups dropped before
     the first frame (FFmpeg starts with three segments, 3 s of media here) (FFmpeg still reads

@@ -315,8 +315,7 @@ class AvSource(Source):
                     if self.live:
                         self.stats.behind_s = shedding.behind_s
                     if ahead is not None:
-                        queue = ahead.queue
-                        queue.max_speed = shedding.catch_up_speed(wanted, queue.speed)
+                        ahead.queue.max_speed = shedding.catch_up_speed(wanted)
                 t0 = time.perf_counter()
                 bad_packet = False
                 try:
@@ -367,7 +366,7 @@ class AvSource(Source):
                     t0 = time.perf_counter()
                     self._offer(self._media_offset_s + t, vf)
                     shedding.worked(time.perf_counter() - t0)
-                shedding.packet_done(bool(decoded))
+                shedding.packet_done(bool(decoded), None if ahead is None else ahead.step_s)
                 if self.live:
                     self._check_watchdog()
             flushed = True

@@ -66,9 +66,8 @@ MAX_TOTAL_BYTES = 512 * 1024 * 1024  # every read-ahead in the process together 
 # queue running dry: its watchdog, `stall_timeout_s`, ends the session.)
 READ_TIMEOUT_S = 30.0
 # A stream whose media in hand has not come under CATCHUP_SLACK_S for CATCHUP_WINDOW_S (at least
-# a segment's cycle) plays later than it needs to: it is played at least CATCHUP_SPEED times
-# as fast
-# until it has.
+# a segment's cycle) plays later than it needs to: it is played faster (CATCHUP_SPEED, more the
+# more media it holds, no faster than the decoder allows) until it has.
 CATCHUP_WINDOW_S = 30.0
 CATCHUP_SLACK_S = 1.0
 CATCHUP_SPEED = 1.1
@@ -243,8 +242,9 @@ BUDGET = ByteBudget(MAX_TOTAL_BYTES)
 
 class Queue:
     """The packets read and not yet taken, bounded; when each is due. No threads, no clock
-    reads: the reader thread `push`es, the decode thread `pop`s, both under the caller's lock.
-    `close` when done: it gives its bytes back to the budget."""
+    reads: the reader thread `push`es, the decode thread `pop`s, both under the caller's lock
+    (`max_speed` is the decode thread's alone). `close` when done: it gives its bytes back to
+    the budget."""
 
     def __init__(
         self,
@@ -268,7 +268,6 @@ class Queue:
         # Set by the decode thread: how much faster than the stream's pace it can decode with
         # time to spare (1: none; a decoder that sheds would only shed more).
         self.max_speed = 1.0
-        self.speed = 1.0  # how fast the last packet taken was played
         self._closed = False
 
     def full(self) -> bool:
@@ -303,8 +302,7 @@ class Queue:
         item = self._popleft()
         due = item.arrived
         if self._due is not None:
-            self.speed = self._speed()
-            due = max(due, self._due + item.step_s / self.speed)
+            due = max(due, self._due + item.step_s / self._speed())
         self._due = due
         self._watch(due)
         return item, due
@@ -383,6 +381,7 @@ class ReadAhead:
         self._close_container = False  # `close` gave up waiting: the reader closes it
         self.first_due: float | None = None
         self.due = 0.0  # when the last packet given out was due (monotonic)
+        self.step_s = 0.0  # ... and the stream's media from the one before to it
         # Counts moved out of the queue and the steps under the lock, for the decode thread to
         # take without it (`take_counts`).
         self._dropped = self._missing = 0
@@ -450,7 +449,7 @@ class ReadAhead:
             delay = due - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 return
-            self.due = due
+            self.due, self.step_s = due, item.step_s
             yield item.packet
 
     def _collect(self) -> None:

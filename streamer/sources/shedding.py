@@ -88,7 +88,7 @@ class DecodeShedder:
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
-        self._busy_sum = self._media_sum = 0.0  # decaying sums while decoding everything
+        self._load = Load()  # while not on keyframes only
         self._paced: SkipLevel = "DEFAULT"  # what the lag and the demand ask for (with CALM_S)
         self._own: SkipLevel = "DEFAULT"  # what the backlog asks for
         self._calm_since: float | None = None
@@ -101,9 +101,7 @@ class DecodeShedder:
     def load(self) -> float | None:
         """The decoder's busy share of real time while not on keyframes only (None until
         known)."""
-        if self._media_sum < _LOAD_KNOWN_SUM:
-            return None
-        return self._busy_sum / self._media_sum
+        return self._load.share
 
     def next_packet(
         self, now: float, ts_s: float | None, keyframe: bool, restart: bool, shed_downstream: bool
@@ -152,10 +150,7 @@ class DecodeShedder:
         busy_s, media_s = max(0.0, busy_s), max(0.0, media_s)
         self.backlog_s = max(0.0, self.backlog_s + busy_s - media_s)
         if self.level != "NONKEY":  # the load at the level it would drain the backlog at
-            media_s = min(media_s, LOAD_PACKET_S)  # (a clock that jumps ahead is no idle time)
-            keep = math.exp(-media_s / LOAD_WINDOW_S)
-            self._busy_sum = self._busy_sum * keep + min(busy_s, LOAD_PACKET_S)
-            self._media_sum = self._media_sum * keep + media_s
+            self._load.add(busy_s, media_s)
         return self.backlog_s
 
     def update(
@@ -203,6 +198,26 @@ class DecodeShedder:
         if backlog > BEHIND_S or self._own != "DEFAULT":
             return "NONREF"  # (until the backlog is gone)
         return "DEFAULT"
+
+
+class Load:
+    """A decoder's busy share of a timeline: decaying sums of its work on each packet and of
+    the time the packet moves the timeline on, over about `LOAD_WINDOW_S` of it; known once
+    about `LOAD_KNOWN_S` was measured. A packet counts at most `LOAD_PACKET_S` of either (a
+    clock that jumps ahead is no idle time; a longer piece of work, the process paused)."""
+
+    def __init__(self) -> None:
+        self._busy = self._span = 0.0
+
+    def add(self, busy_s: float, span_s: float) -> None:
+        span_s = min(max(0.0, span_s), LOAD_PACKET_S)
+        keep = math.exp(-span_s / LOAD_WINDOW_S)
+        self._busy = self._busy * keep + min(max(0.0, busy_s), LOAD_PACKET_S)
+        self._span = self._span * keep + span_s
+
+    @property
+    def share(self) -> float | None:
+        return None if self._span < _LOAD_KNOWN_SUM else self._busy / self._span
 
 
 class PacketTimes:
