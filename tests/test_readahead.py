@@ -423,14 +423,16 @@ def test_a_camera_clock_that_runs_fast_is_caught_up_with(clock: float) -> None:
 
 
 def _decoded_live(
-    cost: float, clock: float, run_s: float, back: int = 0
+    cost: float, clock: float, run_s: float, back: int = 0, pause: tuple[float, float] = (0, 0)
 ) -> tuple[Queue, list[float], list[float]]:
     """The read-ahead and the decoder's side together, as the decode loop wires them: a live
     stream of 4-s segments whose clock runs `clock` times as fast, joined `back` segments
     behind its live edge, decoded at `cost` seconds of work per second of media (the decoder
     busy that long on each packet, in which it cannot take another), its cost telling the queue
-    how fast it may play. Returns the queue, each frame's age when due, and the decoder's busy
-    share of each second."""
+    how fast it may play; `pause`: (at, for how long) the whole process stops once, which
+    the decoder's timing counts as work on the packet it was on. Returns the queue, each
+    frame's age when due, and the decoder's busy share of each second. Asserts the decoder
+    never went to keyframes only."""
     q = _queue()
     shedding = SessionShedding(DecodeShedder(), SimpleNamespace(), SourceStats(), "hls", F)
     segment_s, per, k = 4.0, round(4.0 / F), 0
@@ -461,12 +463,15 @@ def _decoded_live(
         wanted = shedding.next_packet(now, due - first_due, item.keyframe, False)
         q.max_speed = shedding.catch_up_speed(wanted)
         work = cost * F * clock
+        if pause[1] and now >= pause[0]:
+            work, pause = work + pause[1], (0, 0)
         shedding.worked(work)
         shedding.decoded(1, True)
         shedding.packet_done(True, item.step_s)
         busy[int(now)] += work
         now += work
         ages.append(due - item.packet * F)
+        assert shedding.level != "NONKEY", (now, item)
         push_arrived()
     return q, ages, busy[: int(run_s)]
 
@@ -495,6 +500,40 @@ def test_a_busy_decoder_catches_up_within_its_means(
         assert max(settled) < 4.0 + CATCHUP_SLACK_S + 1.0  # the join worked off
 
 
+@pytest.mark.parametrize(
+    ("clock", "back", "around", "pause_s"), [(1.3, 0, 200.0, 0.7), (1.0, 3, 60.0, 0.7)]
+)
+def test_a_pause_while_catching_up_costs_no_group_of_pictures(
+    clock: float, back: int, around: float, pause_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process stops for 0.7 s while a stream catches up (a clock 30% fast, or a join
+    three segments back being worked off, at 46-84 s; the decoder about 80% busy on the faster
+    schedule). The backlog stops the catch-up, and is worked off at the stream's own pace,
+    where the decoder is 55% busy: it skips non-reference frames a while, not to the next
+    keyframe. (Judged by its load on the faster schedule, it could not work the backlog off in
+    time and dropped the rest of the group of pictures.)"""
+    monkeypatch.setattr(time, "thread_time", lambda: 0.0)
+    for at in (around, around + 0.3, around + 0.6, around + 1.0):  # (points of a group)
+        q, _, _ = _decoded_live(0.55, clock, around + 40.0, back, pause=(at, pause_s))
+        assert q.dropped == 0  # (and never keyframes only: _decoded_live asserts it)
+
+
+def test_catching_up_is_capped() -> None:
+    """However little the decoder costs, a stream is played at most 1.5 times as fast (every
+    camera of a box catching up at once decodes, and hands on, that many times its frames): a
+    clock 1.9x fast is not kept up with, as it would be at 2x."""
+    q = _queue()
+    q.max_speed = 10.0
+    _live(q, 4.0, 0.0, 600.0, 1.9)
+    assert q.dropped > 0
+    uncapped = _queue()
+    uncapped.max_speed = 10.0
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("streamer.sources.readahead.CATCHUP_MAX_SPEED", 2.0)
+        _live(uncapped, 4.0, 0.0, 600.0, 1.9)
+    assert uncapped.dropped == 0
+
+
 def test_a_decoder_that_cannot_keep_up_with_a_fast_clock_plays_as_fast_as_it_may(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -520,7 +559,7 @@ def test_a_decoder_with_little_time_to_spare_catches_up_as_fast_as_it_can() -> N
 def test_a_decoder_without_time_to_spare_is_not_asked_to_catch_up() -> None:
     """A decoder that sheds, or is busy most of the time, would only shed more played faster: the
     stream stays as late as it is."""
-    ages = _live(_queue(), 4.0, 3.0, 240.0)  # (spare: False)
+    ages = _live(_queue(), 4.0, 3.0, 240.0)  # (max_speed: 1)
     assert min(ages) == pytest.approx(7.0) and max(ages) == pytest.approx(7.0)
 
 

@@ -495,7 +495,7 @@ def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> 
     assert idle.catch_up_speed("DEFAULT") > CATCHUP_MAX_SPEED  # (the queue caps it)
     assert idle.catch_up_speed("NONREF") == 1.0
     # A decoder busy 0.05 s on each 0.1 s of media could play it 1.6 times as fast at 80% busy,
-    # whatever pace it was given it at: here 2x (the schedule's steps half the media's). Its
+    # whatever pace it was given: here 2x (the schedule's steps half the media's). Its
     # load on that schedule (busy all the time) is not what it costs.
     half = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
     for i in range(60):
@@ -503,13 +503,22 @@ def test_a_sessions_shedding_sets_the_decoder_and_gives_up_for_the_session() -> 
         half.worked(0.05)
         half.packet_done(True, 0.1)
     assert half.catch_up_speed("DEFAULT") == pytest.approx(CATCHUP_MAX_LOAD / 0.5, rel=0.05)
-    # Packets decoded while skipping cost less: they do not count (the cost is what decoding
-    # everything costs), and a decoder that costs more than it may be busy is not sped up.
+    # Packets decoded while skipping cost less: the cost is what decoding everything costs, so
+    # it is measured afresh once the decoder decodes everything again (about a second of
+    # media), not taken from the cheaper packets nor from before them.
     for i in range(60, 120):  # (frames turned away downstream: NONREF)
         assert half.next_packet(i / 20, i / 20, i % 10 == 0, True) == "NONREF"
         half.worked(0.0)
         half.packet_done(True, 0.1)
+    assert half.catch_up_speed("DEFAULT") == 1.0
+    levels = []
+    for i in range(120, 200):  # calm again: back to DEFAULT after CALM_S, then measured
+        levels.append(half.next_packet(i / 20, i / 20, i % 10 == 0, False))
+        half.worked(0.05)
+        half.packet_done(True, 0.1)
+    assert levels[0] == "NONREF" and levels[-1] == "DEFAULT"
     assert half.catch_up_speed("DEFAULT") == pytest.approx(CATCHUP_MAX_LOAD / 0.5, rel=0.05)
+    # A decoder that costs more than it may be busy is not sped up.
     heavy = SessionShedding(DecodeShedder(), SimpleNamespace(skip_frame="DEFAULT"), stats, "c", 0.1)
     for i in range(60):
         heavy.next_packet(i / 10, i / 10, i % 10 == 0, False)

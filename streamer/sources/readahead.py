@@ -16,10 +16,10 @@ time between the two, and never before the packet arrived.
   than the segments come, a camera's clock fast against the host), the stream is played
   faster until it has, while its decoder has time to spare: 1.1 times as fast, and 0.1 faster
   for every second of media over that second held all along, up to 1.5 times as fast and to
-  what keeps the decoder under 80% busy (its frames are handed on that much faster
-  meanwhile). A clock 20% fast thus plays about 3 s behind the segments, not a minute. (How
-  late FFmpeg finds each new segment, by when it polls the playlist, is not media in hand:
-  that stays.)
+  what keeps the decoder about 80% busy at what decoding everything costs it (its frames are
+  handed on that much faster meanwhile). A clock 20% fast thus plays about 3 s behind the
+  segments, not a minute. (How late FFmpeg finds each new segment, by when it polls the
+  playlist, is not media in hand: that stays.)
 - **The decoder slow**: packets wait in the queue past their time; how late the decoder takes
   them (now against when they were due) is its lag, which the decoder's shedder sees.
 - **The queue full** (its bytes, the media in hand, or all read-aheads' bytes together: a
@@ -75,7 +75,7 @@ CATCHUP_GAIN = 0.1  # ... faster by this for each second of media in hand over C
 # ... at most (a clock faster than this fills the queue; all of a box's cameras catching up at
 # once decode this much more, and hand on this many times their frames)
 CATCHUP_MAX_SPEED = 1.5
-CATCHUP_MAX_LOAD = 0.8  # ... and only as fast as keeps the decoder this busy at most
+CATCHUP_MAX_LOAD = 0.8  # ... and only as fast as keeps the decoder about this busy
 CLOSE_WAIT_S = 1.0  # how long a session's end waits for its reader (then it closes by itself)
 POLL_S = 0.1  # an idle decode thread looks at its stop flag and watchdog this often
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from streamer.sources.base import SourceStats
 from streamer.sources.readahead import CATCHUP_MAX_LOAD
-from streamer.sources.shedding import DecodeShedder, Load, SkipCount, SkipLevel
+from streamer.sources.shedding import DecodeShedder, SkipCount, SkipLevel
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,9 @@ class SessionShedding:
         # said, so the packets after it can be decoded again.
         self._after_key = False
         self._busy_s = 0.0  # the loop's work on this packet
-        self._step_s: float | None = None  # the media time this packet moves the stream on
-        # The decoder's work per second of the stream's own media, decoding everything (for a
-        # read-ahead's catch-up; `_step_s` is its schedule's time, which a catch-up shortens).
-        self._cost = Load()
+        # The time this packet moves the stream on, as the decode loop keeps to it (a
+        # read-ahead's schedule, which a catch-up shortens; otherwise the stream's media).
+        self._step_s: float | None = None
         if shedder is not None:
             shedder.reset(frame_s)
         stats.skip_level = "DEFAULT"  # a new decoder: it skips nothing yet
@@ -62,13 +61,13 @@ class SessionShedding:
 
     def catch_up_speed(self, asked: SkipLevel) -> float:
         """How much faster than the stream's own pace the decoder could play a read-ahead and
-        stay under `CATCHUP_MAX_LOAD` busy (1: not faster): from its work per second of the
+        stay about `CATCHUP_MAX_LOAD` busy (1: not faster): from its work per second of the
         stream's media while decoding everything (not per second of the schedule it was given,
         which a faster pace shortens: that would feed the speed back into itself). Only while
         the shedder asks for nothing to be skipped (`asked`: from `next_packet`), and once the
-        cost is known."""
-        cost = self._cost.share
-        if self.shedder is None or asked != "DEFAULT" or cost is None:
+        cost is known afresh since it last skipped."""
+        cost = None if self.shedder is None else self.shedder.cost
+        if asked != "DEFAULT" or cost is None:
             return 1.0
         return max(1.0, CATCHUP_MAX_LOAD / max(cost, 1e-3))
 
@@ -105,14 +104,12 @@ class SessionShedding:
         return self._skips.frame(gap, self.skipping) if self.shedder is not None else 0
 
     def packet_done(self, gave_frame: bool, media_s: float | None = None) -> None:
-        """The packet's frames are handed on: its work counts against the decoder (and, decoding
-        everything, against the `media_s` of the stream it holds, if given: its cost)."""
+        """The packet's frames are handed on: its work counts against the decoder (`media_s`:
+        the stream's own media it holds, where the loop's time is a read-ahead's schedule)."""
         if self.shedder is None:
             return
         if self._step_s is not None:
-            self.shedder.served(self._busy_s, self._step_s)
-        if media_s is not None and self.level == "DEFAULT":
-            self._cost.add(self._busy_s, media_s)
+            self.shedder.served(self._busy_s, self._step_s, media_s)
         self._after_key = self.level == "NONKEY" and gave_frame
         self._cpu_mark = time.thread_time()
 

@@ -31,7 +31,8 @@ Two measures of "behind", because each sees what the other cannot:
     them), so a small deficit costs about its own share of frames;
   - at once, down to the next keyframe, when the backlog passes `BACKLOG_FAR_S`;
   but only when the decoder would not work the backlog off on its own within `DRAIN_S` (its
-  load, measured while not on keyframes only, says how fast it can), so a one-off pause of the
+  load, measured while not on keyframes only and per second of the stream's own media, says
+  how fast it can: a read-ahead that catches up stops at a backlog), so a one-off pause of the
   whole process does not cost a lightly loaded camera a group of pictures.
 
 Levels the lag and the pipeline's demand ask for step back down only after the camera has kept
@@ -88,7 +89,13 @@ class DecodeShedder:
         self._clock_s = self._lag_s = 0.0  # the stream's clock as its packets move it; its lag
         self.level: SkipLevel = "DEFAULT"
         self.backlog_s = 0.0
-        self._load = Load()  # while not on keyframes only
+        # Both per second of the stream's own media (a read-ahead played faster shortens the
+        # time the decoder is given, not what a second of media costs it): its load while not on
+        # keyframes only (how fast it works a backlog off, at the stream's pace: a backlog stops
+        # any catch-up), and what decoding everything costs it, measured afresh each time it
+        # stops skipping (how fast a read-ahead may catch up).
+        self._load = Load()
+        self._cost = Load()
         self._paced: SkipLevel = "DEFAULT"  # what the lag and the demand ask for (with CALM_S)
         self._own: SkipLevel = "DEFAULT"  # what the backlog asks for
         self._calm_since: float | None = None
@@ -144,13 +151,26 @@ class DecodeShedder:
             self._offsets.popleft()
         return offset - self._offsets[0][1]
 
-    def served(self, busy_s: float, media_s: float) -> float:
+    @property
+    def cost(self) -> float | None:
+        """The decoder's work per second of the stream's own media, decoding everything since
+        it last skipped (None until about `LOAD_KNOWN_S` of it was measured)."""
+        return self._cost.share
+
+    def served(self, busy_s: float, media_s: float, stream_s: float | None = None) -> float:
         """Account one packet: the loop worked `busy_s` on it, and it moves the stream on by
-        `media_s` (0 for a timestamp that goes back). Returns the decoder's backlog."""
+        `media_s` (0 for a timestamp that goes back); `stream_s`: the stream's own media it
+        holds, where that differs (a read-ahead played faster). Returns the decoder's backlog."""
         busy_s, media_s = max(0.0, busy_s), max(0.0, media_s)
         self.backlog_s = max(0.0, self.backlog_s + busy_s - media_s)
+        own_s = media_s if stream_s is None else stream_s
         if self.level != "NONKEY":  # the load at the level it would drain the backlog at
-            self._load.add(busy_s, media_s)
+            # (the schedule's time where it is the longer: input that comes slower is idle time)
+            self._load.add(busy_s, max(media_s, own_s))
+        if self.level != "DEFAULT":
+            self._cost = Load()  # (skipping is cheaper: it tells nothing of the cost)
+        else:
+            self._cost.add(busy_s, own_s)
         return self.backlog_s
 
     def update(
