@@ -25,7 +25,7 @@ By default every camera plays the same clip in step (the worst case: their keyfr
 cheap seconds come together); `--stagger` starts each at another group of pictures, as real
 cameras are out of phase. `--trace FILE` appends about a line a second per run to FILE:
 complete frames/s, frames decoded and shed by reason per second (from each streamer's
-/metrics; streamer then also runs its preview server, so compare traced runs with traced runs).
+/metrics, which it then serves on a port of its own).
 
 At the end a summary gives, per variant and camera count, the complete frames/s (mean and range
 over the runs) against what the cameras offer, the lowest fairness and the share of the
@@ -290,9 +290,7 @@ def measure_streamer(
     `shards` > 1 the cameras are split among that many streamer processes (as `--shard I/N`
     would), each with its own endpoints; the detector and the subscriber serve them all; a
     camera per clip in `clips`. With `trace`, a line about every second is appended there
-    (`Tracer`): each streamer then also runs its preview server for its /metrics, which keeps
-    each camera's last 12 crops (and copies the BGR ones out of the shm ring), so traced runs
-    are to be compared with traced runs."""
+    (`Tracer`), from each streamer's /metrics (served on a port of its own, no preview)."""
     transport, encoding = variant.split("-")
     tmp = Path(tempfile.mkdtemp())
     n = len(clips)
@@ -312,7 +310,7 @@ def measure_streamer(
             cfg["publish"][0]["shm"] = {"bytes": shm_bytes // shards}
         if trace is not None:
             port = int(free_endpoint().rsplit(":", 1)[1])
-            cfg["preview"] = {"port": int(free_endpoint().rsplit(":", 1)[1]), "metrics_port": port}
+            cfg["metrics"] = {"port": port}
             metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
         configs.append(tmp / f"cfg{k}.yaml")
         configs[-1].write_text(yaml.safe_dump(cfg))
@@ -705,8 +703,7 @@ def main() -> None:
         "--trace",
         type=Path,
         help="append about a line a second per run here: complete frames/s, frames decoded and "
-        "shed by reason per second (each streamer also runs its preview server for /metrics: "
-        "compare traced runs with traced runs)",
+        "shed by reason per second (from each streamer's /metrics, on a port of its own)",
     )
     ap.add_argument("--stages", action="store_true", help="one camera, stage by stage (see above)")
     ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)

@@ -29,6 +29,8 @@ SHARD_FIELDS = (
     ("preview", "host"),
     ("preview", "port"),
     ("preview", "metrics_port"),
+    ("metrics", "host"),
+    ("metrics", "port"),
 )
 _TCP_REPLY = re.compile(r"tcp://(\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
 _IPC_REPLY = re.compile(r"ipc://[\x21-\x7e]{1,250}")
@@ -490,6 +492,14 @@ class SecurityConfig(_Model):
     curve: CurveConfig | None = None
 
 
+class MetricsConfig(_Model):
+    """/metrics and /healthz on their own HTTP port, without a token and without the preview
+    (a headless site's scraper and probes; with a preview, its `metrics_port` does the same)."""
+
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(ge=1, le=65_535)
+
+
 class HealthConfig(_Model):
     """What /healthz checks besides source states, the crop thread and the event loop."""
 
@@ -525,6 +535,7 @@ class StreamerConfig(_Model):
     ring: RingConfig = RingConfig()
     publish: list[PublishConfig] = Field(min_length=1)
     preview: PreviewConfig | None = None
+    metrics: MetricsConfig | None = None
     security: SecurityConfig = SecurityConfig()
     health: HealthConfig = HealthConfig()
 
@@ -537,6 +548,13 @@ class StreamerConfig(_Model):
                 raise ValueError(f"duplicate source id {s.id!r}")
             seen.add(s.id)
         return v
+
+    @model_validator(mode="after")
+    def _one_metrics_port(self) -> StreamerConfig:
+        preview = self.preview
+        if self.metrics is not None and preview is not None and preview.metrics_port is not None:
+            raise ValueError("give metrics or preview.metrics_port, not both")
+        return self
 
     @model_validator(mode="after")
     def _unique_rings(self) -> StreamerConfig:

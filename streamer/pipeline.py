@@ -38,6 +38,8 @@ from streamer.crop_thread import CropThread, Publisher
 from streamer.detections.receiver import DetectionReceiver
 from streamer.errors import ConfigError, EndOfStream
 from streamer.health import overload_shed
+from streamer.http_metrics import metrics_app
+from streamer.http_metrics import serve as serve_http
 from streamer.metrics import LogOnce, Metrics
 from streamer.pairing import Pairer, RingStats
 from streamer.preview.hub import PreviewHub
@@ -325,6 +327,9 @@ class Pipeline:
             if self.cfg.preview is not None and self.hub is not None:
                 self.preview_server = PreviewServer(self.cfg.preview, self.hub, self)
                 web_runners = await start_preview(self.preview_server)
+            if self.cfg.metrics is not None:
+                m = self.cfg.metrics
+                web_runners.append(await serve_http(metrics_app(self), m.host, m.port))
             keys = None
             detector_key = None
             curve = self.cfg.security.curve

@@ -140,7 +140,8 @@ SHARDED: dict[str, Any] = {
     "detections": {"bind": "tcp://127.0.0.1:55{shard}5"},
     "tap": {"bind": "tcp://127.0.0.1:55{shard}4"},
     "publish": [{"bind": "tcp://127.0.0.1:55{shard}6"}, {"bind": "ipc:///tmp/crops-{shard}"}],
-    "preview": {"port": "808{shard}", "metrics_port": "910{shard}"},
+    "preview": {"port": "808{shard}"},
+    "metrics": {"port": "910{shard}"},
 }
 
 
@@ -151,8 +152,8 @@ def test_shard_placeholder_is_replaced_in_every_endpoint() -> None:
     assert cfg.detections.bind == "tcp://127.0.0.1:5525"
     assert cfg.tap is not None and cfg.tap.bind == "tcp://127.0.0.1:5524"
     assert [p.bind for p in cfg.publish] == ["tcp://127.0.0.1:5526", "ipc:///tmp/crops-2"]
-    assert cfg.preview is not None
-    assert (cfg.preview.port, cfg.preview.metrics_port) == (8082, 9102)
+    assert cfg.preview is not None and cfg.metrics is not None
+    assert (cfg.preview.port, cfg.metrics.port) == (8082, 9102)
     # Only this shard's cameras; together the shards serve each camera once.
     served = [s.id for i in range(3) for s in parse_config(SHARDED, Shard(i, 3)).sources]
     assert sorted(served) == sorted(s["id"] for s in SHARDED["sources"])

@@ -161,6 +161,75 @@ def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
     assert status == 503 and not verdict["ok"] and "lagging" in verdict["problems"]["event_loop"]
 
 
+def test_metrics_and_healthz_without_a_preview(endpoint: Any) -> None:
+    """`metrics` alone: /metrics and /healthz on their own port, without a token and without
+    the preview (no page, no API, no preview hub keeping crops), as a headless site runs."""
+    mport = free_port()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+        "detections": {"bind": endpoint()},
+        "publish": [{"bind": endpoint()}],
+        "metrics": {"port": mport},
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    seen: dict[str, Any] = {}
+
+    async def body() -> None:
+        base = f"http://127.0.0.1:{mport}"
+        await until(lambda: pipeline.sources["cam"].stats.decoded >= 10, 20, "frames")
+        seen["metrics"] = await _get(base + "/metrics")
+        seen["healthz"] = await _get(base + "/healthz")
+        seen["page"] = (await _get(base + "/"))[0]
+        seen["api"] = (await _get(base + "/api/sources"))[0]
+
+    _run(pipeline, body)
+    status, text = seen["metrics"]
+    assert status == 200 and _metric(text, 'streamer_frames_decoded_total{source="cam"}') >= 10
+    status, text = seen["healthz"]
+    verdict = json.loads(text)
+    assert verdict["states"]["cam"] == "streaming" and verdict["ok"] == (status == 200)
+    assert seen["page"] == 404 and seen["api"] == 404
+    assert pipeline.hub is None  # (no preview: nothing keeps crops for it)
+
+
+def test_a_metrics_port_taken_stops_the_run_saying_which(endpoint: Any) -> None:
+    """The metrics port already in use: the run fails saying where it could not listen, and
+    the preview it had started is let go (its port free again)."""
+    import socket
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        preview_port = free_port()
+        cfg = {
+            "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
+            "detections": {"bind": endpoint()},
+            "publish": [{"bind": endpoint()}],
+            "preview": {"port": preview_port},
+            "metrics": {"port": port},
+        }
+        pipeline = Pipeline(parse_config(cfg))
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(asyncio.wait_for(pipeline.run(), 30))
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", preview_port))  # (the preview's port was let go)
+
+
+def test_metrics_and_a_preview_metrics_port_are_one_or_the_other() -> None:
+    cfg = {
+        "sources": [{"id": "cam", "url": "x.mp4"}],
+        "detections": {"bind": "tcp://127.0.0.1:1"},
+        "publish": [{"bind": "tcp://127.0.0.1:2"}],
+        "preview": {"port": 8080, "metrics_port": 9100},
+        "metrics": {"port": 9101},
+    }
+    with pytest.raises(ConfigError, match=r"give metrics or preview\.metrics_port, not both"):
+        parse_config(cfg)
+    del cfg["preview"]
+    assert parse_config(cfg).metrics is not None
+
+
 def test_health_names_stalled_and_failed_sources() -> None:
     cfg = {
         "sources": [

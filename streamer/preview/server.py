@@ -24,6 +24,7 @@ from aiortc.sdp import SessionDescription
 
 from streamer.config import PreviewConfig
 from streamer.errors import ConfigError
+from streamer.http_metrics import health_response, metrics_app, metrics_response, serve
 from streamer.preview.hub import PreviewHub, PreviewSource, PreviewTrack
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ COOKIE = "streamer_token"
 STATIC = resources.files("streamer.preview") / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PROMETHEUS_TYPE = "text/plain; version=0.0.4"
 OPEN_PATHS = ("/healthz",)  # for container health checks, which carry no token
 
 
@@ -188,9 +188,7 @@ class PreviewServer:
         self.app.router.add_get("/api/sources/{sid}/crops/{key}.jpg", self._crop_jpeg)
         self.app.router.add_post("/api/offer", self._offer)
         self.app.on_shutdown.append(self._close_all)
-        self.metrics_app = web.Application()
-        self.metrics_app.router.add_get("/metrics", self._metrics)
-        self.metrics_app.router.add_get("/healthz", self._healthz)
+        self.metrics_app = metrics_app(control)
 
     @property
     def pcs(self) -> set[RTCPeerConnection]:
@@ -306,13 +304,10 @@ class PreviewServer:
         return web.json_response({"id": sid, "final": final})
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.control.metrics_text(), headers={"Content-Type": PROMETHEUS_TYPE}
-        )
+        return metrics_response(self.control)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        ok, body = self.control.health()
-        return web.json_response(body, status=200 if ok else 503)
+        return health_response(self.control)
 
     def _source(self, request: web.Request) -> str:
         sid = request.match_info["sid"]
@@ -474,18 +469,6 @@ class PreviewServer:
         )
 
 
-async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as e:
-        await runner.cleanup()
-        raise OSError(f"http: cannot listen on {host}:{port}: {e}") from None
-    log.info("http on http://%s:%s/", host, port)
-    return runner
-
-
 def offer_problem(sdp: str) -> str | None:
     """Why aiortc would answer an offer and then fail on it in a task of its own (a media
     section without a DTLS fingerprint), or could not read it at all; None if neither."""
@@ -503,11 +486,11 @@ async def start(server: PreviewServer) -> list[web.AppRunner]:
     """Listen: the main app, and the metrics app on its own port when configured. Failures of
     aiortc's own tasks are counted from here on (`PreviewServer.loop_exception`)."""
     asyncio.get_running_loop().set_exception_handler(server.loop_exception)
-    runners = [await _serve(server.app, server.cfg.host, server.cfg.port)]
+    runners = [await serve(server.app, server.cfg.host, server.cfg.port)]
     if server.cfg.metrics_port is not None:
         try:
             runners.append(
-                await _serve(server.metrics_app, server.cfg.host, server.cfg.metrics_port)
+                await serve(server.metrics_app, server.cfg.host, server.cfg.metrics_port)
             )
         except OSError:
             await runners[0].cleanup()
