@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from streamer.http_metrics import serve as serve_http
 from streamer.sources import readahead
 from streamer.sources.av_source import AvSource
 from streamer.sources.base import RetryPolicy
@@ -333,9 +334,7 @@ def test_hls_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         app = web.Application()
         app.router.add_static("/", tmp_path)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner = await serve_http(app, "127.0.0.1", port)
         src = rtsp_source(f"http://127.0.0.1:{port}/live.m3u8", "hls")
         c = Consumer(src).start()
         try:
@@ -381,9 +380,7 @@ class _LiveHls:
         self._feeder.start()
         app = web.Application()
         app.router.add_static("/", self.root)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_http(app, "127.0.0.1", self.port)
         await until(lambda: (self.root / "live.m3u8").exists(), 10, "the first segment")
         return f"http://127.0.0.1:{self.port}/live.m3u8"
 
@@ -553,9 +550,7 @@ def test_a_segment_the_server_cuts_short_is_counted_as_missing(tmp_path: Path) -
     async def main() -> AvSource:
         app = web.Application()
         app.router.add_get("/{name}", serve)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner = await serve_http(app, "127.0.0.1", port)
         feeder.start()
         await until(lambda: (tmp_path / "live2.ts").exists(), 10, "three segments")
         source = AvSource(
@@ -651,9 +646,7 @@ def test_frames_a_live_camera_never_sent_are_counted_as_missing_and_a_clock_jump
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/camera.ts", serve)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner = await serve_http(app, "127.0.0.1", port)
         feeder.start()
         source = rtsp_source(f"http://127.0.0.1:{port}/camera.ts", "ts")
         c = Consumer(source).start()
