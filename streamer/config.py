@@ -554,6 +554,12 @@ class StreamerConfig(_Model):
         preview = self.preview
         if self.metrics is not None and preview is not None and preview.metrics_port is not None:
             raise ValueError("give metrics or preview.metrics_port, not both")
+        if preview is not None and preview.port != 0:
+            port = self.metrics.port if self.metrics is not None else preview.metrics_port
+            if port == preview.port:
+                raise ValueError(
+                    f"the metrics port and preview.port are both {port}: give each its own"
+                )
         return self
 
     @model_validator(mode="after")

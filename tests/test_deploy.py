@@ -142,8 +142,10 @@ def test_site_config_serves_every_camera_once_and_advertises_dns_names(
         cfg = parse_config(site, Shard(i, n))
         served += [s.id for s in cfg.sources]
         assert cfg.detections.reply_to == f"tcp://streamer-{i}.streamer:{ports['detections']}"
-        assert cfg.preview is not None and cfg.preview.metrics_port == ports["metrics"]
-        assert cfg.preview.token == "a-token-from-the-secret"  # the page and API want it
+        assert cfg.metrics is not None and cfg.metrics.port == ports["metrics"]
+        assert cfg.metrics.host == "0.0.0.0"  # the kubelet's probes come from the node
+        assert cfg.preview is not None  # the page and API want the token:
+        assert cfg.preview.token == "a-token-from-the-secret"
         assert cfg.tap is not None and cfg.tap.bind.endswith(f":{ports['tap']}")
     ids = [s["id"] for s in site["sources"]]
     assert sorted(served) == sorted(ids)

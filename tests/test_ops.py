@@ -228,6 +228,15 @@ def test_metrics_and_a_preview_metrics_port_are_one_or_the_other() -> None:
         parse_config(cfg)
     del cfg["preview"]
     assert parse_config(cfg).metrics is not None
+    # One port for both, either way, is refused before anything listens (0: any free port).
+    base = {k: cfg[k] for k in ("sources", "detections", "publish")}
+    for both in [
+        {"preview": {"port": 9101}, "metrics": {"port": 9101}},
+        {"preview": {"port": 9100, "metrics_port": 9100}},
+    ]:
+        with pytest.raises(ConfigError, match=r"the metrics port and preview\.port are both"):
+            parse_config({**base, **both})
+    assert parse_config({**base, "preview": {"port": 0, "metrics_port": 0}}).preview is not None
 
 
 def test_health_names_stalled_and_failed_sources() -> None:
