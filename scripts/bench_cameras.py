@@ -19,13 +19,16 @@ For each N it prints:
                                               [--size 1920x1080]
                                               [--variants zmq-bgr,shm-bgr,shm-i420] [--shards 1,2]
                                               [--rounds 3] [--stagger] [--trace FILE]
+                                              [--bare-seconds S]
     .venv/bin/python scripts/bench_cameras.py --stages [--seconds 20]
 
 By default every camera plays the same clip in step (the worst case: their keyframes and their
 cheap seconds come together); `--stagger` starts each at another group of pictures, as real
 cameras are out of phase. `--trace FILE` appends about a line a second per run to FILE:
 complete frames/s, frames decoded and shed by reason per second (from each streamer's
-/metrics, which it then serves on a port of its own).
+/metrics, which it then serves on a port of its own), streamer's CPU and RSS: with a long
+`--seconds` (and a short `--bare-seconds`), a soak that shows whether memory or delivery drift
+over time.
 
 At the end a summary gives, per variant and camera count, the complete frames/s (mean and range
 over the runs) against what the cameras offer, the lowest fairness and the share of the
@@ -45,6 +48,8 @@ costs, without the messages, threads and Python steps around it.
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import http.client
 import itertools
 import json
@@ -348,7 +353,7 @@ def measure_streamer(
     # streamer is stopped (SIGTERM), so a late start never shortens the window.
     t0: float | None = None
     title = f"{variant} x{shards}, {n} cameras"
-    tracer = Tracer(trace, metrics_urls, complete, title) if trace else None
+    tracer = Tracer(trace, metrics_urls, complete, title, probes) if trace else None
     try:
         while t0 is None or time.monotonic() < t0 + seconds:
             if tracer is not None:
@@ -420,17 +425,25 @@ class Tracer:
     at the end cannot show. Each line: the time (monotonic), the seconds it covers (`dt`), and
     per second over them: complete frames, and what the streamers' /metrics counted (frames
     decoded, and shed by reason, summed over cameras); then the event loop's worst lag of the
-    last 5 s (`lag5s`, as /metrics has it) and the decoders' largest lag behind schedule. A
-    scrape that fails is a line saying so (its seconds go into the next line)."""
+    last 5 s (`lag5s`, as /metrics has it), the decoders' largest lag behind schedule, the
+    streamers' CPU % over the line's seconds and their RSS (MB, summed; sampled by `probes`,
+    which the caller keeps sampling). A scrape that fails is a line saying so (its seconds go
+    into the next line). Cheap per line however long the run (a soak)."""
 
     def __init__(
-        self, path: Path, urls: list[str], complete: dict[str, list[float]], title: str
+        self,
+        path: Path,
+        urls: list[str],
+        complete: dict[str, list[float]],
+        title: str,
+        probes: list[Probe],
     ) -> None:
         self.out = path.open("a")
         self.out.write(f"# {title}\n")
-        self.urls, self.complete = urls, complete
+        self.urls, self.complete, self.probes = urls, complete, probes
         self.last: dict[str, float] | None = None  # the counters at `at` (None: not yet read)
         self.at = time.monotonic()
+        self.counted: dict[str, int] = defaultdict(int)  # per camera: its times before `at`
 
     def sample(self) -> None:
         if time.monotonic() - self.at < 1.0:
@@ -455,9 +468,18 @@ class Tracer:
                 elif name.startswith("streamer_source_behind_seconds"):
                     behind = max(behind, float(value))
         now = time.monotonic()  # (after the scrapes: the counters are as of about now)
+        done = 0  # complete frames in [at, now)
+        for sid, ts in list(self.complete.items()):  # (each camera's times come in order)
+            upto = bisect.bisect_left(ts, now, lo=self.counted[sid])
+            done += upto - self.counted[sid]
+            self.counted[sid] = upto
+        for p in self.probes:  # (CPU up to now: the line's seconds, none left between lines)
+            with contextlib.suppress(FileNotFoundError):  # (a streamer that ended)
+                p.sample_cpu()
         if self.last is not None:
             dt = now - self.at
-            done = sum(1 for ts in list(self.complete.values()) for t in ts if self.at <= t < now)
+            cpu = sum(p.cpu_percent(self.at, now) for p in self.probes)
+            rss = sum(p.rss_samples[-1][1] for p in self.probes if p.rss_samples)
             rates = {k: (v - self.last.get(k, 0.0)) / dt for k, v in totals.items()}
             shed = " ".join(
                 f"{k}={v:.1f}" for k, v in sorted(rates.items()) if v and k != "decoded"
@@ -465,7 +487,7 @@ class Tracer:
             self.out.write(
                 f"{now:.1f} dt={dt:.2f} complete={done / dt:.1f} "
                 f"decoded={rates.get('decoded', 0.0):.1f} lag5s={lag:.3f} behind={behind:.2f} "
-                f"{shed}\n".rstrip()
+                f"cpu={cpu:.0f} rss_mb={rss:.0f} {shed}\n".rstrip()
                 + "\n"
             )
             self.out.flush()
@@ -582,7 +604,8 @@ def cameras(clip: Path, args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             for n in counts:
                 clips = camera_clips(clip, n, args.stagger)
-                bare = measure_bare(clips, args.seconds)
+                bare_s = args.seconds if args.bare_seconds is None else args.bare_seconds
+                bare = measure_bare(clips, bare_s)
                 print(
                     f"{n:2d} cameras: bare decode {bare['cpu']:.0f}% CPU, "
                     f"{bare['fps_min']:.1f}-{bare['fps_mean']:.1f} fps/camera",
@@ -667,6 +690,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cameras", default="1,2,4,6,8,10")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured, after a warm-up")
+    ap.add_argument(
+        "--bare-seconds",
+        type=float,
+        help="decoding alone is measured this long (default: --seconds; shorter for a soak)",
+    )
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument(
         "--variants",
@@ -712,6 +740,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.seconds <= 0 or (args.bare_seconds is not None and args.bare_seconds <= 0):
+        ap.error("--seconds and --bare-seconds must be above 0")
     if args.bare:
         if not args.clip:
             ap.error("--bare needs --clip")

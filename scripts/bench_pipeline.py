@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import statistics
@@ -145,10 +146,11 @@ class Probe:
         """Mean CPU % between two monotonic times (default: the whole sampled life)."""
 
         def at(t: float) -> float:
-            for (t0, c0), (t1, c1) in zip(self.cpu, self.cpu[1:], strict=False):
-                if t0 <= t <= t1:
-                    return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
-            return self.cpu[0][1] if t < self.cpu[0][0] else self.cpu[-1][1]
+            i = bisect.bisect_left(self.cpu, t, key=lambda s: s[0])
+            if i == 0 or i == len(self.cpu):
+                return self.cpu[0][1] if i == 0 else self.cpu[-1][1]
+            (t0, c0), (t1, c1) = self.cpu[i - 1], self.cpu[i]
+            return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
 
         a = self.cpu[0][0] if start is None else start
         b = self.cpu[-1][0] if end is None else end

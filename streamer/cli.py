@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +223,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _this_program() -> str:
+    """How to run this program again, as the user started it: ``streamer`` if that is the one
+    on the PATH, else its path (``make demo`` runs ``.venv/bin/streamer``, not on the PATH)."""
+    started = Path(sys.argv[0])
+    if started.name == "__main__.py" or not started.is_file():
+        return f"{_short(Path(sys.executable))} -m streamer"
+    on_path = shutil.which(started.name)
+    if on_path is not None and Path(on_path).resolve() == started.resolve():
+        return started.name
+    return _short(started)
+
+
+def _short(path: Path) -> str:
+    """`path` relative to here if it is below, else absolute ("./" before a bare name)."""
+    relative = os.path.relpath(path.absolute())
+    if relative.startswith(".."):
+        return str(path.absolute())
+    return relative if os.sep in relative else f".{os.sep}{relative}"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = demo_config(
         args.publish, args.tap, args.detections, None if args.no_preview else args.preview
@@ -239,7 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"demo: synthetic camera 'demo' 1280x720@30, detector pid {detector.pid}, "
-        f"crops on {args.publish} (try: streamer crops {args.publish})"
+        f"crops on {args.publish} (try: {_this_program()} crops {args.publish})"
         + ("" if args.no_preview else f", preview on http://{args.preview}/"),
         file=sys.stderr,
     )
@@ -257,7 +278,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The config is valid (exit 2 if not). The files it names are warned of if this host
+    cannot read them (they may be mounted only where it runs): CURVE keys, which a run needs at
+    start, and source files, which a run waits for, retrying."""
+    from streamer.security import check_files
+    from streamer.sources.factory import local_file
+
     cfg, shard = _load(args)
+    warnings = []
+    if cfg.security.curve is not None:
+        try:
+            check_files(cfg.security.curve)
+        except OSError as e:
+            warnings.append(f"{e} (a run would stop here)")
+    for s in cfg.sources:
+        path = local_file(s.url)
+        if path is not None and not path.exists():
+            warnings.append(
+                f"source {s.id}: {path} does not exist (a run retries it until it does)"
+            )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK ({len(cfg.sources)} source(s), {len(cfg.publish)} publisher(s))")
     if shard != SINGLE:
         print(_shard_line(cfg, shard))

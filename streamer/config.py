@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,11 @@ class CropConfig(_Model):
 
 
 MAX_SOURCES = 256  # per process: a config file's, and what the control API may add
+# A config file's tree, its aliases expanded: 256 sources use ~10,000 values, ~100 KB of text,
+# 6 levels.
+MAX_CONFIG_VALUES = 200_000
+MAX_CONFIG_CHARS = 4_000_000
+MAX_CONFIG_DEPTH = 64
 SYNTHETIC_PREFIX = "synthetic:"
 # Bounds of a synthetic scene's options (name -> (min, max)): its picture is allocated up front.
 SYNTHETIC_BOUNDS = {
@@ -497,7 +503,7 @@ class MetricsConfig(_Model):
     (a headless site's scraper and probes; with a preview, its `metrics_port` does the same)."""
 
     host: str = Field("127.0.0.1", description="listen address")
-    port: int = Field(ge=1, le=65_535)
+    port: int = Field(ge=0, le=65_535, description="0: any free port (the log says which)")
 
 
 class HealthConfig(_Model):
@@ -554,13 +560,52 @@ class StreamerConfig(_Model):
         preview = self.preview
         if self.metrics is not None and preview is not None and preview.metrics_port is not None:
             raise ValueError("give metrics or preview.metrics_port, not both")
-        if preview is not None and preview.port != 0:
-            port = self.metrics.port if self.metrics is not None else preview.metrics_port
-            if port == preview.port:
-                raise ValueError(
-                    f"the metrics port and preview.port are both {port}: give each its own"
-                )
         return self
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> StreamerConfig:
+        """Two of streamer's own listeners on one port (or ipc path) are refused here, by name,
+        rather than found when the second fails to bind (an error that reads as if another
+        program held it)."""
+        seen: list[tuple[str, str, str, int]] = []  # (setting, family, address, port)
+        for name, family, address, port in self._listeners():
+            for other, other_family, other_address, other_port in seen:
+                same = address == other_address or "*" in (address, other_address)
+                if (family, port) == (other_family, other_port) and same:
+                    where = f"ipc://{address}" if family == "ipc" else f"port {port}"
+                    raise ValueError(
+                        f"{other} and {name} both listen on {where}: give each its own"
+                    )
+            seen.append((name, family, address, port))
+        return self
+
+    def _listeners(self) -> list[tuple[str, str, str, int]]:
+        """Every address streamer listens on, as (its setting, family, address, port): family
+        "4" or "6" (address "*": any), "name" (a host or interface name) or "ipc" (the path;
+        port 0). Not ports or paths chosen at bind time (0, ``*``), nor other transports."""
+        binds = [("tap.bind", self.tap.bind)] if self.tap is not None else []
+        if self.detections.bind is not None:
+            binds.append(("detections.bind", self.detections.bind))
+        binds += [(f"publish[{i}].bind", p.bind) for i, p in enumerate(self.publish)]
+        hosts: list[tuple[str, str, int | str]] = []
+        out: list[tuple[str, str, str, int]] = []
+        for name, endpoint in binds:
+            scheme, _, rest = endpoint.partition("://")
+            if scheme == "ipc" and rest != "*":
+                out.append((name, "ipc", rest, 0))
+            elif scheme == "tcp":
+                host, _, digits = rest.rpartition(":")
+                hosts.append((name, "0.0.0.0" if host == "*" else host, digits))  # (ZMQ: IPv4)
+        if self.preview is not None:
+            hosts.append(("preview.port", self.preview.host, self.preview.port))
+            if self.preview.metrics_port is not None:
+                hosts.append(("preview.metrics_port", self.preview.host, self.preview.metrics_port))
+        if self.metrics is not None:
+            hosts.append(("metrics.port", self.metrics.host, self.metrics.port))
+        for name, host, given in hosts:
+            if str(given).isdigit() and int(given) != 0:
+                out += [(name, family, address, int(given)) for family, address in _families(host)]
+        return out
 
     @model_validator(mode="after")
     def _unique_rings(self) -> StreamerConfig:
@@ -592,6 +637,20 @@ class StreamerConfig(_Model):
             if s.id == source_id and s.crop is not None:
                 return s.crop
         return self.crop
+
+
+def _families(host: str) -> list[tuple[str, str]]:
+    """What a listen host covers: (family, address) pairs, "*" for any address of a family
+    ("" listens on both; IPv6 is bound IPv6-only, as asyncio does); a host or interface name is
+    only itself."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare:
+        return [("4", "*"), ("6", "*")]
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return [("name", bare)]
+    return [(str(ip.version), "*" if ip.is_unspecified else ip.compressed)]
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -672,6 +731,34 @@ def parse_config(data: Any, shard: Shard = SINGLE) -> StreamerConfig:
     return cfg.model_copy(update={"sources": [s for s in cfg.sources if shard.serves(s.id)]})
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the
+    last: a second `publish:` block would silently replace the first)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()  # the mapping nodes checked (alive while loading)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Each mapping is checked as written, before a merge (``<<``) rewrites its pairs: the
+        # keys a merge brings may be overridden by explicit ones, as YAML means them to be.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != MERGE_TAG:
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice", key_node.start_mark
+                        )
+                    seen.add(key)
+        super().flatten_mapping(node)
+
+
 def load_config(path: str | Path, shard: Shard = SINGLE) -> StreamerConfig:
     """Read and validate a YAML config file for `shard` (see parse_config)."""
     p = Path(path)
@@ -682,9 +769,38 @@ def load_config(path: str | Path, shard: Shard = SINGLE) -> StreamerConfig:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, ValueError) as e:  # (ValueError: a date that does not exist)
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     except RecursionError:
-        raise ConfigError(f"{p}: not valid YAML: nested too deep (a recursive alias?)") from None
+        raise ConfigError(f"{p}: not valid YAML: nested too deep") from None
+    too_big = _too_big(data)
+    if too_big is not None:
+        raise ConfigError(f"{p}: {too_big}, its aliases expanded")
     return parse_config(data, shard)
+
+
+def _too_big(data: Any) -> str | None:
+    """What makes a loaded YAML tree too big to read on, its aliases expanded (an alias is
+    the same object wherever it is used: one that contains itself never ends, and aliases of
+    aliases multiply), or None: more than MAX_CONFIG_VALUES values, MAX_CONFIG_CHARS
+    characters of strings, or MAX_CONFIG_DEPTH levels. Walked without recursion, and never
+    past those bounds."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    values = chars = 0
+    while stack:
+        node, depth = stack.pop()
+        values += 1
+        if values > MAX_CONFIG_VALUES:
+            return f"more than {MAX_CONFIG_VALUES:,} values"
+        if depth > MAX_CONFIG_DEPTH:
+            return f"nested deeper than {MAX_CONFIG_DEPTH} levels"
+        if isinstance(node, str):
+            chars += len(node)
+            if chars > MAX_CONFIG_CHARS:
+                return f"more than {MAX_CONFIG_CHARS:,} characters of text"
+        elif isinstance(node, dict):
+            stack += ((child, depth + 1) for item in node.items() for child in item)
+        elif isinstance(node, list):
+            stack += ((child, depth + 1) for child in node)
+    return None

@@ -44,14 +44,19 @@ def metrics_app(observed: Observed) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Listen on host:port; raises OSError saying where it could not."""
+async def serve(
+    app: web.Application, host: str, port: int, what: str = "http", path: str = "/"
+) -> web.AppRunner:
+    """Listen on host:port (0: any free port); raises OSError saying where it could not. Logs
+    `what` is served where: the port bound, and `path` (the route a user opens first)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as e:
         await runner.cleanup()
-        raise OSError(f"http: cannot listen on {host}:{port}: {e}") from None
-    log.info("http on http://%s:%s/", host, port)
+        raise OSError(f"{what}: cannot listen on {host}:{port}: {e}") from None
+    for address in runner.addresses:  # (each family's socket, "" listening on both)
+        shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+        log.info("%s on http://%s:%s%s", what, shown, address[1], path)
     return runner

@@ -329,7 +329,9 @@ class Pipeline:
                 web_runners = await start_preview(self.preview_server)
             if self.cfg.metrics is not None:
                 m = self.cfg.metrics
-                web_runners.append(await serve_http(metrics_app(self), m.host, m.port))
+                web_runners.append(
+                    await serve_http(metrics_app(self), m.host, m.port, "metrics", "/metrics")
+                )
             keys = None
             detector_key = None
             curve = self.cfg.security.curve

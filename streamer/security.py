@@ -28,6 +28,7 @@ class ServerKeys:
 def load_server_keys(cfg: CurveConfig) -> ServerKeys:
     """Read the server's key pair from the secret certificate file `streamer keygen` wrote."""
     path = Path(cfg.server_secret_key)
+    _exists(path, "server key")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
@@ -40,11 +41,27 @@ def load_server_keys(cfg: CurveConfig) -> ServerKeys:
 def load_public_key(path_name: str) -> bytes:
     """Read a public key from a certificate file (``.key`` or ``.key_secret``)."""
     path = Path(path_name)
+    _exists(path, "public key")
     try:
         public, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
         raise OSError(f"curve: cannot read public key {path}: {e}") from None
     return public
+
+
+def _exists(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise OSError(f"curve: {what} {path}: no such file (`streamer keygen` writes key pairs)")
+
+
+def check_files(cfg: CurveConfig) -> None:
+    """Raise OSError as a run would, at once, if a key file or directory the config names
+    cannot be read (`streamer check-config`)."""
+    load_server_keys(cfg)
+    if cfg.detector_server_key is not None:
+        load_public_key(cfg.detector_server_key)
+    if not Path(cfg.authorized_clients).is_dir():
+        raise OSError(f"curve: authorized_clients {cfg.authorized_clients} is not a directory")
 
 
 def start_authenticator(ctx: zmq.asyncio.Context, cfg: CurveConfig) -> AsyncioAuthenticator:

@@ -92,6 +92,49 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_key_twice_and_aliases_that_never_end_are_refused(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `publish:` would silently replace the
+    first. An alias that contains itself, aliases of aliases, a long chain of them or one long
+    string used many times would expand without end (or past any use) in what reads the tree
+    after: refused by what they add up to, at once. Anchors and merges (nested too) within
+    bounds load as before."""
+    p = tmp_path / "c.yaml"
+    text = yaml.safe_dump({k: v for k, v in BASE.items() if k != "sources"})
+    p.write_text(text + "publish:\n  - bind: tcp://127.0.0.1:5561\n")
+    with pytest.raises(ConfigError, match=r"key 'publish' given twice\n.*line 5, column 1"):
+        load_config(p)
+    merged = (
+        "sources:\n"
+        "  - {id: a, url: a.mp4, crop: &a {mask_opacity: 0.5, background_color: '#00ff00'}}\n"
+        "  - {id: b, url: b.mp4, crop: &b {<<: *a, mask_opacity: 0.8}}\n"
+        "crop: {<<: *b, background_color: '#0000ff'}\n"
+    )
+    p.write_text(text + merged)
+    cfg = load_config(p)
+    assert [cfg.crop_for(s).mask_opacity for s in ("a", "b")] == [0.5, 0.8]
+    assert (cfg.crop_for("b").background_bgr, cfg.crop.background_bgr) == ((0, 255, 0), (255, 0, 0))
+    assert cfg.crop.mask_opacity == 0.8
+    p.write_text(text + merged.replace("0.8}", "0.8, mask_opacity: 0.9}"))
+    with pytest.raises(ConfigError, match="key 'mask_opacity' given twice"):  # (its own, twice)
+        load_config(p)
+    chain = [f"  - &c{i} [*c{i - 1}]" for i in range(1, 100)]
+    long = "x" * 100_000
+    for tail, why in [
+        ("x: &r\n  again: *r\n", "nested deeper than 64 levels, its aliases expanded"),
+        ("x:\n  - &c0 [x]\n" + "\n".join(chain) + "\n", "nested deeper than 64 levels"),
+        (f"x: [&s {long}{', *s' * 50}]\n", "more than 4,000,000 characters of text"),
+        ("crop: {mask_opacity: 2024-02-30}\n", "not valid YAML: day is out of range"),
+    ]:
+        p.write_text(text + merged.replace("crop: {", "x-crop: {") + tail)
+        with pytest.raises(ConfigError, match=why):
+            load_config(p)
+    laughs = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    p.write_text(text + merged + "\n".join(laughs) + "\n")
+    with pytest.raises(ConfigError, match="more than 200,000 values"):
+        load_config(p)
+
+
 def test_per_source_crop_overrides_top_level() -> None:
     data = _with("sources.0.crop", {"mask_opacity": 0.5, "background_color": "(255, 0, 128)"})
     cfg = parse_config(data)
@@ -113,6 +156,55 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "sources[1].url: Field required" in res.stderr
+
+
+def test_check_config_warns_of_files_this_host_cannot_read(tmp_path: Path) -> None:
+    """check-config names the files a run would read that are not here (they may be mounted
+    only where it runs): CURVE key files, which a run needs at start, and source files as
+    FFmpeg opens them (after `file:`), a run retrying them until they appear; not a camera, a
+    lavfi graph, another of FFmpeg's protocols or a numbered sequence."""
+
+    def check(cfg: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return subprocess.run(
+            [sys.executable, "-m", "streamer", "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+
+    missing = tmp_path / "nope.key_secret"
+    curve = {"server_secret_key": str(missing), "authorized_clients": str(tmp_path)}
+    res = check(
+        {**BASE, "sources": [{"id": "a", "url": "lavfi:testsrc2"}], "security": {"curve": curve}}
+    )
+    assert res.returncode == 0 and "OK (1 source(s)" in res.stdout, res
+    assert res.stderr.splitlines() == [
+        f"warning: curve: server key {missing}: no such file (`streamer keygen` writes key pairs)"
+        " (a run would stop here)"
+    ]
+    (tmp_path / "there.mp4").write_bytes(b"")
+    urls = [
+        "typo.mp4",  # (relative: to where it is run)
+        f"file://{tmp_path}/typo2.mkv",
+        "file:there.mp4",
+        str(tmp_path / "there.mp4"),
+        "rtsp://127.0.0.1:1/x",
+        "lavfi:testsrc2",
+        "synthetic:fps=10",
+        "/dev/video9",
+        "pipe:0",
+        "concat:a.ts|b.ts",
+        "img%03d.png",
+    ]
+    res = check({**BASE, "sources": [{"id": f"s{i}", "url": u} for i, u in enumerate(urls)]})
+    assert res.returncode == 0 and "OK (11 source(s)" in res.stdout, res
+    why = "does not exist (a run retries it until it does)"
+    assert res.stderr.splitlines() == [
+        f"warning: source s0: {tmp_path}/typo.mp4 {why}",
+        f"warning: source s1: {tmp_path}/typo2.mkv {why}",
+    ], res.stderr
 
 
 def test_patch_validation_matches_the_config() -> None:

@@ -4,6 +4,8 @@ a detector process answers the tap with known boxes, and a subscriber checks eve
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -218,3 +220,10 @@ def test_demo_runs_and_publishes_crops(endpoint: Any) -> None:
     assert demo.returncode == 0, err
     assert "totals: frames" in err
     assert "frames" in err and "/s" in err  # the live status line
+    # The consumer it suggests is a command that runs from where the demo was started.
+    hint = re.search(rf"\(try: (.+) {re.escape(pub)}\)", err)
+    assert hint is not None, err
+    suggested = subprocess.run(
+        [*shlex.split(hint[1]), "--help"], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert suggested.returncode == 0 and "--save-dir" in suggested.stdout, (hint[1], suggested)

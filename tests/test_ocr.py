@@ -983,7 +983,7 @@ def test_detect_text_without_the_ocr_extra_says_what_to_install() -> None:
     )
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
-    assert "pip install 'streamer[ocr]'" in res.stderr, res.stderr
+    assert "install the ocr extra with uv (`make venv`" in res.stderr, res.stderr
 
 
 def test_a_model_failure_on_one_frame_is_counted_and_the_detector_goes_on(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -161,22 +162,28 @@ def test_metrics_and_healthz_during_a_run(endpoint: Any) -> None:
     assert status == 503 and not verdict["ok"] and "lagging" in verdict["problems"]["event_loop"]
 
 
-def test_metrics_and_healthz_without_a_preview(endpoint: Any) -> None:
+def test_metrics_and_healthz_without_a_preview(
+    endpoint: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """`metrics` alone: /metrics and /healthz on their own port, without a token and without
-    the preview (no page, no API, no preview hub keeping crops), as a headless site runs."""
-    mport = free_port()
+    the preview (no page, no API, no preview hub keeping crops), as a headless site runs. Port
+    0: any free port, which the log names (the scraper is pointed at what it says)."""
+    caplog.set_level(logging.INFO, logger="streamer.http_metrics")
     cfg = {
         "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=30"}],
         "detections": {"bind": endpoint()},
         "publish": [{"bind": endpoint()}],
-        "metrics": {"port": mport},
+        "metrics": {"port": 0},
     }
     pipeline = Pipeline(parse_config(cfg))
     seen: dict[str, Any] = {}
 
     async def body() -> None:
-        base = f"http://127.0.0.1:{mport}"
         await until(lambda: pipeline.sources["cam"].stats.decoded >= 10, 20, "frames")
+        said = [r.getMessage() for r in caplog.records if r.name == "streamer.http_metrics"]
+        m = re.fullmatch(r"metrics on http://127\.0\.0\.1:([0-9]+)/metrics", said[0])
+        assert m is not None and int(m[1]) > 0, said
+        base = f"http://127.0.0.1:{m[1]}"
         seen["metrics"] = await _get(base + "/metrics")
         seen["healthz"] = await _get(base + "/healthz")
         seen["page"] = (await _get(base + "/"))[0]
@@ -210,13 +217,13 @@ def test_a_metrics_port_taken_stops_the_run_saying_which(endpoint: Any) -> None:
             "metrics": {"port": port},
         }
         pipeline = Pipeline(parse_config(cfg))
-        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=f"^metrics: cannot listen on 127.0.0.1:{port}:"):
             asyncio.run(asyncio.wait_for(pipeline.run(), 30))
     with socket.socket() as again:
         again.bind(("127.0.0.1", preview_port))  # (the preview's port was let go)
 
 
-def test_metrics_and_a_preview_metrics_port_are_one_or_the_other() -> None:
+def test_one_metrics_listener_and_no_two_listeners_on_one_port() -> None:
     cfg = {
         "sources": [{"id": "cam", "url": "x.mp4"}],
         "detections": {"bind": "tcp://127.0.0.1:1"},
@@ -228,15 +235,32 @@ def test_metrics_and_a_preview_metrics_port_are_one_or_the_other() -> None:
         parse_config(cfg)
     del cfg["preview"]
     assert parse_config(cfg).metrics is not None
-    # One port for both, either way, is refused before anything listens (0: any free port).
-    base = {k: cfg[k] for k in ("sources", "detections", "publish")}
-    for both in [
-        {"preview": {"port": 9101}, "metrics": {"port": 9101}},
-        {"preview": {"port": 9100, "metrics_port": 9100}},
-    ]:
-        with pytest.raises(ConfigError, match=r"the metrics port and preview\.port are both"):
-            parse_config({**base, **both})
-    assert parse_config({**base, "preview": {"port": 0, "metrics_port": 0}}).preview is not None
+    # Two of streamer's listeners on one port or ipc path are refused by name, before anything
+    # listens (a wildcard host overlaps any; 0 and * are ports chosen at bind time).
+    base = {k: cfg[k] for k in ("sources", "detections", "publish")}  # (publish: port 2)
+    clashes: list[tuple[dict[str, Any], str]] = [
+        ({"preview": {"port": 9101}, "metrics": {"port": 9101}}, "preview.port and metrics.port"),
+        ({"preview": {"port": 9100, "metrics_port": 9100}}, "preview.port and preview.metrics_"),
+        ({"metrics": {"host": "0.0.0.0", "port": 2}}, r"publish\[0\].bind and metrics.port"),
+        ({"tap": {"bind": "tcp://*:1"}}, "tap.bind and detections.bind"),
+        ({"publish": [{"bind": "ipc:///tmp/x"}] * 2}, r"publish\[0\].bind and publish\[1\]"),
+        ({"tap": {"bind": "tcp://127.0.0.1:02"}}, r"tap.bind and publish\[0\].bind"),
+        ({"preview": {"host": "", "port": 2}}, r"publish\[0\].bind and preview.port"),
+        ({"tap": {"bind": "tcp://[::1]:3"}, "metrics": {"host": "::", "port": 3}}, "tap.bind and"),
+    ]
+    for clash, names in clashes:
+        with pytest.raises(ConfigError, match=rf"{names}.* both listen on"):
+            parse_config({**base, **clash})
+    aparts: list[dict[str, Any]] = [
+        {"preview": {"port": 0, "metrics_port": 0}},
+        {"metrics": {"host": "127.0.0.2", "port": 2}},
+        {"tap": {"bind": "tcp://127.0.0.1:*"}, "publish": [{"bind": "tcp://127.0.0.1:*"}]},
+        {"publish": [{"bind": "ipc://*"}, {"bind": "ipc://*"}]},  # (each its own path)
+        {"preview": {"host": "::", "port": 2}},  # (IPv6 only, as asyncio binds it)
+        {"tap": {"bind": "tcp://lo:2"}},  # (an interface: not told apart from the address)
+    ]
+    for apart in aparts:
+        parse_config({**base, **apart})
 
 
 def test_health_names_stalled_and_failed_sources() -> None:

@@ -274,6 +274,9 @@ def test_bench_cameras_runs(tmp_path: Path) -> None:
         traced = sum(float(s["decoded"]) * float(s["dt"]) for s in seconds)
         assert 0.4 * total <= traced <= 1.02 * total + 2, (traced, total, title, lines)
         assert sum(float(s["complete"]) for s in seconds) > 0, (title, lines)
+        # The streamer's own CPU and memory each second (a soak's drift shows there).
+        assert all(float(s["cpu"]) > 0 for s in seconds), (title, lines)
+        assert all(30 < float(s["rss_mb"]) < 4000 for s in seconds), (title, lines)
     lines = [line for line in out if "cameras: bare decode" in line]
     assert [line.split()[0] for line in lines] == ["1", "2"], res.stdout
     variants = [line.split(":")[0].strip() for line in out if "streamer delivered" in line]

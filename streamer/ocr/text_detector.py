@@ -38,7 +38,7 @@ from streamer.metrics import LogOnce
 from streamer.ocr.recognizers import (
     DBNET_MODEL,
     DEFAULT_THREADS,
-    RecognizerUnavailable,
+    not_installed,
     ort_session,
     rapidocr_model,
 )
@@ -83,9 +83,7 @@ class TextDetector:
         try:
             from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
         except ImportError as e:
-            raise RecognizerUnavailable(
-                "rapidocr-onnxruntime is not installed: pip install 'streamer[ocr]'"
-            ) from e
+            raise not_installed("rapidocr-onnxruntime") from e
 
         self._session = ort_session(rapidocr_model(DBNET_MODEL, root), threads)
         self._input = self._session.get_inputs()[0].name

@@ -486,11 +486,17 @@ async def start(server: PreviewServer) -> list[web.AppRunner]:
     """Listen: the main app, and the metrics app on its own port when configured. Failures of
     aiortc's own tasks are counted from here on (`PreviewServer.loop_exception`)."""
     asyncio.get_running_loop().set_exception_handler(server.loop_exception)
-    runners = [await serve(server.app, server.cfg.host, server.cfg.port)]
+    runners = [await serve(server.app, server.cfg.host, server.cfg.port, "preview")]
     if server.cfg.metrics_port is not None:
         try:
             runners.append(
-                await serve(server.metrics_app, server.cfg.host, server.cfg.metrics_port)
+                await serve(
+                    server.metrics_app,
+                    server.cfg.host,
+                    server.cfg.metrics_port,
+                    "metrics",
+                    "/metrics",
+                )
             )
         except OSError:
             await runners[0].cleanup()

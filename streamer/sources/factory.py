@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from streamer.config import SYNTHETIC_PREFIX, SourceConfig
-from streamer.sources.av_source import AvSource
+from streamer.sources.av_source import LAVFI_PREFIX, AvSource, is_live
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.cv_source import CvSource, is_webcam
 from streamer.sources.synthetic import SyntheticSource
+
+_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # (two letters at least: not C:)
+
+
+def local_file(url: str) -> Path | None:
+    """The file on this host a source's URL names, as FFmpeg opens it (a path, or one after
+    ``file:``), made absolute; None for a camera, a synthetic or lavfi source, another of
+    FFmpeg's protocols (``pipe:``, ``concat:``, ...) or a numbered sequence (``img%03d.png``)."""
+    if url.startswith((SYNTHETIC_PREFIX, LAVFI_PREFIX)) or is_webcam(url) or is_live(url):
+        return None
+    path = url.removeprefix("file:")
+    if (path == url and _PROTOCOL.match(url)) or "%" in path:
+        return None
+    return Path(path).absolute()
 
 
 def make_source(cfg: SourceConfig) -> Source:
