@@ -89,6 +89,21 @@ def _summary(stats: dict[str, Any]) -> str:
     )
 
 
+def status_line(prev: dict[str, int], cur: dict[str, int], dt: float) -> str:
+    """The status line: rates between two snapshots of the totals, and the drops so far."""
+    rate = {k: (cur[k] - prev[k]) / dt for k in cur}
+    # (crops no subscriber's topic asks for are not cut: said, or 0 crops/s reads as broken)
+    unwanted = f" ({rate['unwanted']:.1f}/s not cut: no subscriber for them)"
+    return (
+        f"frames {rate['decoded']:5.1f}/s  detections {rate['paired']:5.1f}/s  "
+        f"crops {rate['crops']:6.1f}/s{unwanted if rate['unwanted'] else ''}  "
+        f"drops: expired {cur['expired']} "
+        f"not_tapped {cur['not_tapped']} handoff {cur['dropped_handoff']} "
+        f"late {cur['late']} malformed {cur['malformed']} "
+        f"publish full {cur['publish_full']}  (no subscriber {cur['no_subscriber']})"
+    )
+
+
 def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list[str]:
     """A line per source that shed frames between two stats snapshots, or whose decoder runs
     more than `BEHIND_SHOWN_S` behind its schedule: decoded against served (paired) frames per
@@ -124,15 +139,7 @@ async def _status(pipeline: Any) -> None:
         stats, now = pipeline.stats(), time.monotonic()
         cur = _totals(stats)
         dt = now - prev_t
-        rate = {k: (cur[k] - prev[k]) / dt for k in cur}
-        lines = [
-            f"frames {rate['decoded']:5.1f}/s  detections {rate['paired']:5.1f}/s  "
-            f"crops {rate['crops']:6.1f}/s  drops: expired {cur['expired']} "
-            f"not_tapped {cur['not_tapped']} handoff {cur['dropped_handoff']} "
-            f"late {cur['late']} malformed {cur['malformed']} "
-            f"publish full {cur['publish_full']}  (no subscriber {cur['no_subscriber']})",
-            *overload_lines(prev_stats, stats, dt),
-        ]
+        lines = [status_line(prev, cur, dt), *overload_lines(prev_stats, stats, dt)]
         print("\n".join(lines), file=sys.stderr, flush=True)
         prev, prev_stats, prev_t = cur, stats, now
 
@@ -293,7 +300,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warnings.append(f"{e} (a run would stop here)")
     for s in cfg.sources:
         path = local_file(s.url)
-        if path is not None and not path.exists():
+        try:
+            missing = path is not None and not path.exists()
+        except OSError as e:  # (not allowed to look, a name too long, ...)
+            warnings.append(f"source {s.id}: {path}: {e.strerror} (a run retries it)")
+            continue
+        if missing:
             warnings.append(
                 f"source {s.id}: {path} does not exist (a run retries it until it does)"
             )

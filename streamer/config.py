@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamer.colors import parse_color_bgr
+from streamer.config_yaml import YamlError, load_yaml
 from streamer.errors import ConfigError
 from streamer.sharding import SINGLE, Shard
 
@@ -89,11 +89,7 @@ class CropConfig(_Model):
 
 
 MAX_SOURCES = 256  # per process: a config file's, and what the control API may add
-# A config file's tree, its aliases expanded: 256 sources use ~10,000 values, ~100 KB of text,
-# 6 levels.
-MAX_CONFIG_VALUES = 200_000
-MAX_CONFIG_CHARS = 4_000_000
-MAX_CONFIG_DEPTH = 64
+MAX_CONFIG_BYTES = 4 * MIB  # a config file (256 sources with their settings: ~100 KB)
 SYNTHETIC_PREFIX = "synthetic:"
 # Bounds of a synthetic scene's options (name -> (min, max)): its picture is allocated up front.
 SYNTHETIC_BOUNDS = {
@@ -603,7 +599,7 @@ class StreamerConfig(_Model):
         if self.metrics is not None:
             hosts.append(("metrics.port", self.metrics.host, self.metrics.port))
         for name, host, given in hosts:
-            if str(given).isdigit() and int(given) != 0:
+            if str(given).isascii() and str(given).isdigit() and 0 < int(str(given)[:6]) <= 65_535:
                 out += [(name, family, address, int(given)) for family, address in _families(host)]
         return out
 
@@ -731,76 +727,22 @@ def parse_config(data: Any, shard: Shard = SINGLE) -> StreamerConfig:
     return cfg.model_copy(update={"sources": [s for s in cfg.sources if shard.serves(s.id)]})
 
 
-MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the
-    last: a second `publish:` block would silently replace the first)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._checked: set[int] = set()  # the mapping nodes checked (alive while loading)
-
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        # Each mapping is checked as written, before a merge (``<<``) rewrites its pairs: the
-        # keys a merge brings may be overridden by explicit ones, as YAML means them to be.
-        if id(node) not in self._checked:
-            self._checked.add(id(node))
-            seen: set[object] = set()
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != MERGE_TAG:
-                    key = self.construct_object(key_node)
-                    if key in seen:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"key {key!r} given twice", key_node.start_mark
-                        )
-                    seen.add(key)
-        super().flatten_mapping(node)
-
-
 def load_config(path: str | Path, shard: Shard = SINGLE) -> StreamerConfig:
     """Read and validate a YAML config file for `shard` (see parse_config)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: longer than {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except (yaml.YAMLError, ValueError) as e:  # (ValueError: a date that does not exist)
+        data = load_yaml(text)
+    except YamlError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: not valid YAML: nested too deep") from None
-    too_big = _too_big(data)
-    if too_big is not None:
-        raise ConfigError(f"{p}: {too_big}, its aliases expanded")
     return parse_config(data, shard)
-
-
-def _too_big(data: Any) -> str | None:
-    """What makes a loaded YAML tree too big to read on, its aliases expanded (an alias is
-    the same object wherever it is used: one that contains itself never ends, and aliases of
-    aliases multiply), or None: more than MAX_CONFIG_VALUES values, MAX_CONFIG_CHARS
-    characters of strings, or MAX_CONFIG_DEPTH levels. Walked without recursion, and never
-    past those bounds."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    values = chars = 0
-    while stack:
-        node, depth = stack.pop()
-        values += 1
-        if values > MAX_CONFIG_VALUES:
-            return f"more than {MAX_CONFIG_VALUES:,} values"
-        if depth > MAX_CONFIG_DEPTH:
-            return f"nested deeper than {MAX_CONFIG_DEPTH} levels"
-        if isinstance(node, str):
-            chars += len(node)
-            if chars > MAX_CONFIG_CHARS:
-                return f"more than {MAX_CONFIG_CHARS:,} characters of text"
-        elif isinstance(node, dict):
-            stack += ((child, depth + 1) for item in node.items() for child in item)
-        elif isinstance(node, list):
-            stack += ((child, depth + 1) for child in node)
-    return None

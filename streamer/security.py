@@ -50,7 +50,11 @@ def load_public_key(path_name: str) -> bytes:
 
 
 def _exists(path: Path, what: str) -> None:
-    if not path.is_file():
+    try:
+        there = path.is_file()
+    except OSError as e:  # (not allowed to look, a name too long, ...)
+        raise OSError(f"curve: {what} {path}: {e.strerror}") from None
+    if not there:
         raise OSError(f"curve: {what} {path}: no such file (`streamer keygen` writes key pairs)")
 
 

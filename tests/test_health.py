@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from streamer.cli import overload_lines
+from streamer.cli import overload_lines, status_line
 from streamer.health import RECOVER_FACTOR, PairingWatch, ShedWatch, overload_shed
 
 
@@ -181,3 +181,18 @@ def test_the_status_line_names_cameras_that_shed_or_run_behind() -> None:
         "  shedding: decoded  25.0/s  served  25.0/s  shed: decoder/skipped 10",
         "  behind: decoded  30.0/s  served  30.0/s  behind 3.2 s  shed: none",
     ]
+
+
+def test_the_status_line_says_crops_not_cut_for_want_of_a_subscriber() -> None:
+    """With nobody subscribed no crop is cut: the line says so, or 0 crops/s reads as broken
+    (the demo alone); nothing is added once crops go out."""
+    keys = ["decoded", "paired", "crops", "unwanted", "expired", "not_tapped", "dropped_handoff"]
+    keys += ["late", "malformed", "publish_full", "no_subscriber"]
+    prev = dict.fromkeys(keys, 0)
+    alone = status_line(prev, {**prev, "decoded": 60, "paired": 60, "unwanted": 360}, 2.0)
+    assert alone.startswith(
+        "frames  30.0/s  detections  30.0/s  crops    0.0/s (180.0/s not cut: no subscriber for"
+        " them)  drops:"
+    ), alone
+    served = status_line(prev, {**prev, "decoded": 60, "paired": 60, "crops": 360}, 2.0)
+    assert "crops  180.0/s  drops: expired 0" in served and "not cut" not in served, served
