@@ -89,7 +89,7 @@ class CropConfig(_Model):
 
 
 MAX_SOURCES = 256  # per process: a config file's, and what the control API may add
-MAX_CONFIG_BYTES = 4 * MIB  # a config file (256 sources with their settings: ~100 KB)
+MAX_CONFIG_BYTES = 1 * MIB  # a config file (256 sources with their settings: ~100 KB)
 SYNTHETIC_PREFIX = "synthetic:"
 # Bounds of a synthetic scene's options (name -> (min, max)): its picture is allocated up front.
 SYNTHETIC_BOUNDS = {
@@ -599,8 +599,11 @@ class StreamerConfig(_Model):
         if self.metrics is not None:
             hosts.append(("metrics.port", self.metrics.host, self.metrics.port))
         for name, host, given in hosts:
-            if str(given).isascii() and str(given).isdigit() and 0 < int(str(given)[:6]) <= 65_535:
-                out += [(name, family, address, int(given)) for family, address in _families(host)]
+            digits = str(given).lstrip("0")
+            if digits.isascii() and digits.isdigit() and len(digits) <= 5:
+                port = int(digits)
+                if port <= 65_535:  # (0 is no digits: a port chosen at bind time)
+                    out += [(name, family, address, port) for family, address in _families(host)]
         return out
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -18,6 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 MAX_VALUES = 200_000
 MAX_CHARS = 4_000_000
 MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 100
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 VALUE_TAG = "tag:yaml.org,2002:value"  # (a plain `=`: a string key)
@@ -49,7 +51,16 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._flat: set[int] = set()  # mapping nodes already flattened (alive while loading)
-        self._merged = 0  # pairs that merges brought, all told
+        self._merged = 0  # pairs that merges looked at, all told (taken or not)
+        self._nodes = 0  # nodes composed
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        """Each node as it is read: past MAX_VALUES of them the text is refused before it is
+        all read (a 4-MiB list of numbers is a million nodes: 40 s and 1.4 GB of PyYAML's)."""
+        self._nodes += 1
+        if self._nodes > MAX_VALUES:
+            raise ComposerError(f"more than {MAX_VALUES:,} values written out")
+        return super().compose_node(parent, index)
 
     def flatten_mapping(self, node: MappingNode) -> None:
         """Rewrite `node`'s pairs as the mapping means them: its own (each key once), then
@@ -75,6 +86,11 @@ class _Loader(yaml.SafeLoader):
             pairs.append((key_node, value_node))
         for sub in merged:
             self.flatten_mapping(sub)
+            self._merged += len(sub.value)  # (what is looked at costs, taken or not)
+            if self._merged > MAX_VALUES:
+                raise ConstructorError(
+                    None, None, f"merges bring more than {MAX_VALUES:,} values", node.start_mark
+                )
             for key_node, value_node in sub.value:
                 if key_node.tag == MERGE_TAG:  # (a mapping that merges itself: not yet flat)
                     continue
@@ -82,16 +98,32 @@ class _Loader(yaml.SafeLoader):
                 if key not in seen:
                     seen.add(key)
                     pairs.append((key_node, value_node))
-                    self._merged += 1
-            if self._merged > MAX_VALUES:
-                raise ConstructorError(
-                    None, None, f"merges bring more than {MAX_VALUES:,} values", node.start_mark
-                )
         node.value = pairs
 
     def _key(self, node: Node) -> object:
-        # (a key that is not a scalar is refused as unhashable when the mapping is built)
-        return self.construct_object(node) if isinstance(node, ScalarNode) else ("node", id(node))
+        """The key `node` stands for (`!!str {=: a}` is "a"); one that cannot be hashed is
+        itself, and refused as unhashable when the mapping is built."""
+        key = self.construct_object(node)
+        try:
+            hash(key)
+        except TypeError:
+            return ("node", id(node))
+        return key
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        _short_number(node)  # (PyYAML reads 1:2:3... in time quadratic in its length)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: ScalarNode) -> float:
+        _short_number(node)
+        return super().construct_yaml_float(node)
+
+
+def _short_number(node: ScalarNode) -> None:
+    if len(node.value) > MAX_NUMBER_CHARS:
+        raise ConstructorError(
+            None, None, f"a number longer than {MAX_NUMBER_CHARS} characters", node.start_mark
+        )
 
 
 def _to_merge(node: MappingNode, value: Node) -> list[MappingNode]:
@@ -118,11 +150,11 @@ def _too_big(data: Any) -> str | None:
     chars = 0
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, str):
+        if isinstance(node, (str, bytes)):  # (bytes: !!binary)
             chars += len(node)
             if chars > MAX_CHARS:
                 return f"more than {MAX_CHARS:,} characters of text"
-        elif isinstance(node, (dict, list)) and node:
+        elif isinstance(node, (dict, list, tuple, set)) and node:  # (tuple: !!pairs, set: !!set)
             if depth >= MAX_DEPTH:
                 return f"nested deeper than {MAX_DEPTH} levels"
             values += 2 * len(node) if isinstance(node, dict) else len(node)
@@ -131,3 +163,8 @@ def _too_big(data: Any) -> str | None:
             children = (c for kv in node.items() for c in kv) if isinstance(node, dict) else node
             stack += ((child, depth + 1) for child in children)
     return None
+
+
+# (PyYAML's table holds its own functions: overriding the methods is not enough)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)

@@ -95,7 +95,7 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
 def test_a_key_twice_and_aliases_that_never_end_are_refused(tmp_path: Path) -> None:
     """The loader's rules (tests/test_config_yaml.py) through load_config: a second `publish:`
     is refused where it is, not kept in place of the first; nested merges of crop settings
-    load as written; an alias that contains itself, and a file over 4 MiB, are refused."""
+    load as written; an alias that contains itself, and a file over 1 MiB, are refused."""
     p = tmp_path / "c.yaml"
     text = yaml.safe_dump({k: v for k, v in BASE.items() if k != "sources"})
     p.write_text(text + "publish:\n  - bind: tcp://127.0.0.1:5561\n")
@@ -115,8 +115,8 @@ def test_a_key_twice_and_aliases_that_never_end_are_refused(tmp_path: Path) -> N
     p.write_text(text + merged + "x: &r\n  again: *r\n")
     with pytest.raises(ConfigError, match="not valid YAML: nested deeper than 64 levels"):
         load_config(p)
-    p.write_text(text + merged + "#" * (4 << 20))
-    with pytest.raises(ConfigError, match="longer than 4,194,304 bytes"):
+    p.write_text(text + merged + "#" * (1 << 20))
+    with pytest.raises(ConfigError, match="longer than 1,048,576 bytes"):
         load_config(p)
 
 
