@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -92,8 +93,9 @@ def _summary(stats: dict[str, Any]) -> str:
 def status_line(prev: dict[str, int], cur: dict[str, int], dt: float) -> str:
     """The status line: rates between two snapshots of the totals, and the drops so far."""
     rate = {k: (cur[k] - prev[k]) / dt for k in cur}
-    # (crops no subscriber's topic asks for are not cut: said, or 0 crops/s reads as broken)
-    unwanted = f" ({rate['unwanted']:.1f}/s not cut: no subscriber for them)"
+    # (crops no publisher's filter or subscriber's topic takes are not cut: said, or 0 crops/s
+    # reads as broken)
+    unwanted = f" ({rate['unwanted']:.1f}/s not cut: no publisher or subscriber takes them)"
     return (
         f"frames {rate['decoded']:5.1f}/s  detections {rate['paired']:5.1f}/s  "
         f"crops {rate['crops']:6.1f}/s{unwanted if rate['unwanted'] else ''}  "
@@ -235,11 +237,11 @@ def _this_program() -> str:
     on the PATH, else its path (``make demo`` runs ``.venv/bin/streamer``, not on the PATH)."""
     started = Path(sys.argv[0])
     if started.name == "__main__.py" or not started.is_file():
-        return f"{_short(Path(sys.executable))} -m streamer"
+        return f"{shlex.quote(_short(Path(sys.executable)))} -m streamer"
     on_path = shutil.which(started.name)
     if on_path is not None and Path(on_path).resolve() == started.resolve():
         return started.name
-    return _short(started)
+    return shlex.quote(_short(started))
 
 
 def _short(path: Path) -> str:
@@ -300,15 +302,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warnings.append(f"{e} (a run would stop here)")
     for s in cfg.sources:
         path = local_file(s.url)
-        try:
-            missing = path is not None and not path.exists()
-        except OSError as e:  # (not allowed to look, a name too long, ...)
-            warnings.append(f"source {s.id}: {path}: {e.strerror} (a run retries it)")
+        if path is None:
             continue
-        if missing:
-            warnings.append(
-                f"source {s.id}: {path} does not exist (a run retries it until it does)"
-            )
+        try:
+            if not path.exists():
+                why = " does not exist (a run retries it until it does)"
+            elif path.is_dir():
+                why = " is a directory (a run retries it)"
+            elif not os.access(path, os.R_OK):
+                why = " cannot be read by this user (a run retries it)"
+            else:
+                continue
+        except OSError as e:  # (not allowed to look, a name too long, ...)
+            why = f": {e.strerror} (a run retries it)"
+        warnings.append(f"source {s.id}: {path}{why}")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK ({len(cfg.sources)} source(s), {len(cfg.publish)} publisher(s))")

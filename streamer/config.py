@@ -739,7 +739,10 @@ def load_config(path: str | Path, shard: Shard = SINGLE) -> StreamerConfig:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{p}: longer than {MAX_CONFIG_BYTES:,} bytes")
+        raise ConfigError(
+            f"{p}: longer than {MAX_CONFIG_BYTES:,} bytes, the most a config file may be (256 "
+            "cameras with their settings take about 100 KB)"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -43,7 +43,7 @@ def load_yaml(text: str) -> Any:
         raise YamlError(f"a value it cannot read ({type(e).__name__}: {e})") from None
     too_big = _too_big(data)
     if too_big is not None:
-        raise YamlError(f"{too_big}, its aliases expanded")
+        raise YamlError(f"{too_big} (counting what aliases stand for)")
     return data
 
 
@@ -69,8 +69,12 @@ class _Loader(yaml.SafeLoader):
             return
         self._flat.add(id(node))
         own, merged = [], []
+        merges = 0
         for key_node, value_node in node.value:
             if key_node.tag == MERGE_TAG:
+                merges += 1
+                if merges > 1:  # (a key like any other: `<<: [*a, *b]` merges several)
+                    raise ConstructorError(None, None, "key '<<' given twice", key_node.start_mark)
                 merged += _to_merge(node, value_node)
             else:
                 if key_node.tag == VALUE_TAG:

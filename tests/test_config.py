@@ -183,14 +183,16 @@ def test_check_config_warns_of_files_this_host_cannot_read(tmp_path: Path) -> No
         "concat:a.ts|b.ts",
         "img%03d.png",
         "x" * 300 + ".mp4",  # (a name the file system refuses to look up)
+        str(tmp_path),
     ]
     res = check({**BASE, "sources": [{"id": f"s{i}", "url": u} for i, u in enumerate(urls)]})
-    assert res.returncode == 0 and "OK (12 source(s)" in res.stdout, res
+    assert res.returncode == 0 and "OK (13 source(s)" in res.stdout, res
     why = "does not exist (a run retries it until it does)"
     assert res.stderr.splitlines() == [
         f"warning: source s0: {tmp_path}/typo.mp4 {why}",
         f"warning: source s1: {tmp_path}/typo2.mkv {why}",
         f"warning: source s11: {tmp_path}/{'x' * 300}.mp4: File name too long (a run retries it)",
+        f"warning: source s12: {tmp_path} is a directory (a run retries it)",
     ], res.stderr
 
 

@@ -191,8 +191,8 @@ def test_the_status_line_says_crops_not_cut_for_want_of_a_subscriber() -> None:
     prev = dict.fromkeys(keys, 0)
     alone = status_line(prev, {**prev, "decoded": 60, "paired": 60, "unwanted": 360}, 2.0)
     assert alone.startswith(
-        "frames  30.0/s  detections  30.0/s  crops    0.0/s (180.0/s not cut: no subscriber for"
-        " them)  drops:"
+        "frames  30.0/s  detections  30.0/s  crops    0.0/s (180.0/s not cut: no publisher or"
+        " subscriber takes them)  drops:"
     ), alone
     served = status_line(prev, {**prev, "decoded": 60, "paired": 60, "crops": 360}, 2.0)
     assert "crops  180.0/s  drops: expired 0" in served and "not cut" not in served, served
