@@ -64,16 +64,20 @@ def check_files(cfg: CurveConfig) -> None:
     load_server_keys(cfg)
     if cfg.detector_server_key is not None:
         load_public_key(cfg.detector_server_key)
-    if not Path(cfg.authorized_clients).is_dir():
-        raise OSError(f"curve: authorized_clients {cfg.authorized_clients} is not a directory")
+    _clients_dir(cfg)
+
+
+def _clients_dir(cfg: CurveConfig) -> Path:
+    clients = Path(cfg.authorized_clients)
+    if not clients.is_dir():
+        raise OSError(f"curve: authorized_clients {clients} is not a directory")
+    return clients
 
 
 def start_authenticator(ctx: zmq.asyncio.Context, cfg: CurveConfig) -> AsyncioAuthenticator:
     """Accept CURVE clients whose public keys are in `cfg.authorized_clients` (a directory of
     certificate files); everyone else is refused during the handshake and gets nothing."""
-    clients = Path(cfg.authorized_clients)
-    if not clients.is_dir():
-        raise OSError(f"curve: authorized_clients {clients} is not a directory")
+    clients = _clients_dir(cfg)
     auth = AsyncioAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(clients))
