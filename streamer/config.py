@@ -583,7 +583,7 @@ class StreamerConfig(_Model):
         if self.detections.bind is not None:
             binds.append(("detections.bind", self.detections.bind))
         binds += [(f"publish[{i}].bind", p.bind) for i, p in enumerate(self.publish)]
-        hosts: list[tuple[str, str, int | str]] = []
+        hosts: list[tuple[str, str, int | str, bool]] = []  # (..., ZeroMQ's: IPv4 only)
         out: list[tuple[str, str, str, int]] = []
         for name, endpoint in binds:
             scheme, _, rest = endpoint.partition("://")
@@ -591,19 +591,24 @@ class StreamerConfig(_Model):
                 out.append((name, "ipc", rest, 0))
             elif scheme == "tcp":
                 host, _, digits = rest.rpartition(":")
-                hosts.append((name, "0.0.0.0" if host == "*" else host, digits))  # (ZMQ: IPv4)
+                hosts.append((name, "0.0.0.0" if host == "*" else host, digits, True))
         if self.preview is not None:
-            hosts.append(("preview.port", self.preview.host, self.preview.port))
+            hosts.append(("preview.port", self.preview.host, self.preview.port, False))
             if self.preview.metrics_port is not None:
-                hosts.append(("preview.metrics_port", self.preview.host, self.preview.metrics_port))
+                hosts.append(
+                    ("preview.metrics_port", self.preview.host, self.preview.metrics_port, False)
+                )
         if self.metrics is not None:
-            hosts.append(("metrics.port", self.metrics.host, self.metrics.port))
-        for name, host, given in hosts:
+            hosts.append(("metrics.port", self.metrics.host, self.metrics.port, False))
+        for name, host, given, ipv4_only in hosts:
             digits = str(given).lstrip("0")
             if digits.isascii() and digits.isdigit() and len(digits) <= 5:
                 port = int(digits)
                 if port <= 65_535:  # (0 is no digits: a port chosen at bind time)
-                    out += [(name, family, address, port) for family, address in _families(host)]
+                    out += [
+                        (name, family, address, port)
+                        for family, address in _families(host, ipv4_only)
+                    ]
         return out
 
     @model_validator(mode="after")
@@ -638,13 +643,16 @@ class StreamerConfig(_Model):
         return self.crop
 
 
-def _families(host: str) -> list[tuple[str, str]]:
+def _families(host: str, ipv4_only: bool = False) -> list[tuple[str, str]]:
     """What a listen host covers: (family, address) pairs, "*" for any address of a family
-    ("" listens on both; IPv6 is bound IPv6-only, as asyncio does); a host or interface name is
-    only itself."""
+    ("" listens on both; IPv6 is bound IPv6-only, as asyncio does). `localhost` is the loopback
+    address of each family it is bound in (ZeroMQ's, `ipv4_only`, resolve names to IPv4); any
+    other host or interface name is only itself (not resolved: that would ask DNS)."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not bare:
         return [("4", "*"), ("6", "*")]
+    if bare.lower() == "localhost":
+        return [("4", "127.0.0.1")] if ipv4_only else [("4", "127.0.0.1"), ("6", "::1")]
     try:
         ip = ipaddress.ip_address(bare)
     except ValueError:

@@ -1098,3 +1098,45 @@ def test_bench_plate_like_texts_are_blocks_of_letters_and_digits() -> None:
     assert len(used) == 36
     random_texts = [t.text for t in bench.make_tracks(60, 1, 3, fonts)]
     assert any(len(re.findall(r"[A-Z]+|[0-9]+", x)) > 3 for x in random_texts)
+
+
+@pytest.mark.parametrize(
+    ("argv", "taps"),
+    [
+        (["detect", "text"], ["tcp://127.0.0.1:5554"]),
+        (["detect", "text", "--tap", "tcp://a:1", "tcp://b:1"], ["tcp://a:1", "tcp://b:1"]),
+        # argparse gives --tap every word after it: the model is taken back from the end
+        (["detect", "--tap", "tcp://a:1", "text"], ["tcp://a:1"]),
+        (
+            ["detect", "--tap", "tcp://a:1", "tcp://b:1", "text", "--pull"],
+            ["tcp://a:1", "tcp://b:1"],
+        ),
+    ],
+)
+def test_detect_takes_its_model_before_or_after_the_taps(argv: list[str], taps: list[str]) -> None:
+    from streamer.cli import build_parser
+    from streamer.ocr.commands import _model_and_taps
+
+    args = build_parser().parse_args(argv)
+    assert _model_and_taps(args) == ("text", taps)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["detect"], "say which detector: text"),
+        (["detect", "--tap", "tcp://a:1"], "say which detector: text"),
+        (["detect", "--tap", "text"], "--tap needs an endpoint"),
+        (["detect", "yolo"], "invalid choice"),
+    ],
+)
+def test_detect_without_a_model_says_which(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamer.cli import build_parser
+    from streamer.ocr.commands import _model_and_taps
+
+    with pytest.raises(SystemExit) as e:
+        _model_and_taps(build_parser().parse_args(argv))
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err

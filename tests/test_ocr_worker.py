@@ -233,7 +233,8 @@ def test_text_detector_process_survives_bad_tap_frames_serves_metrics_and_stops_
     pull: zmq.Socket[bytes] = ctx.socket(zmq.PULL)
     pull.bind(dets)
     detector = spawn(
-        *("-m", "streamer", "detect", "text", "--tap", tap, "--detections", dets),
+        # the model after --tap's endpoints (argparse gives --tap both words; taken back)
+        *("-m", "streamer", "detect", "--tap", tap, "text", "--detections", dets),
         *("--metrics-port", str(port)),
     )
     frame = np.full((180, 320, 3), 90, np.uint8)

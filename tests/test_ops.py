@@ -247,6 +247,9 @@ def test_one_metrics_listener_and_no_two_listeners_on_one_port() -> None:
         ({"tap": {"bind": "tcp://127.0.0.1:02"}}, r"tap.bind and publish\[0\].bind"),
         ({"preview": {"host": "", "port": 2}}, r"publish\[0\].bind and preview.port"),
         ({"tap": {"bind": "tcp://[::1]:3"}, "metrics": {"host": "::", "port": 3}}, "tap.bind and"),
+        # localhost is the loopback address (asyncio and ZeroMQ both bind 127.0.0.1 for it)
+        ({"metrics": {"host": "localhost", "port": 2}}, r"publish\[0\].bind and metrics.port"),
+        ({"tap": {"bind": "tcp://LocalHost:2"}}, r"tap.bind and publish\[0\].bind"),
     ]
     for clash, names in clashes:
         with pytest.raises(ConfigError, match=rf"{names}.* both listen on"):
@@ -258,6 +261,7 @@ def test_one_metrics_listener_and_no_two_listeners_on_one_port() -> None:
         {"publish": [{"bind": "ipc://*"}, {"bind": "ipc://*"}]},  # (each its own path)
         {"preview": {"host": "::", "port": 2}},  # (IPv6 only, as asyncio binds it)
         {"tap": {"bind": "tcp://lo:2"}},  # (an interface: not told apart from the address)
+        {"tap": {"bind": "tcp://localhost:3"}, "metrics": {"host": "::1", "port": 3}},  # (ZMQ: v4)
     ]
     for apart in aparts:
         parse_config({**base, **apart})

@@ -191,14 +191,38 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     return 0
 
 
+DETECT_MODELS = ("text",)
+DEFAULT_TAP = "tcp://127.0.0.1:5554"
+
+
+def _model_and_taps(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The detector and its taps. argparse gives --tap every word after it, so `detect --tap E
+    text` arrives as taps [E, text] and no model: the model is taken back from the end."""
+    model, taps = args.model, args.tap
+    if model is None and taps and taps[-1] in DETECT_MODELS:
+        model, taps = taps[-1], taps[:-1]
+        if not taps:
+            args.parser.error("--tap needs an endpoint")
+    if model is None:
+        args.parser.error(f"say which detector: {', '.join(DETECT_MODELS)}")
+    return model, taps if taps is not None else [DEFAULT_TAP]
+
+
 def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("detect", help="run a detector on the frame tap")
-    p.add_argument("model", choices=("text",), help="text: PP-OCRv4 text detector (DBNet)")
+    # Optional to argparse only: `detect --tap E text` gives --tap both words (`_model_and_taps`).
+    p.add_argument(
+        "model",
+        nargs="?",
+        choices=DETECT_MODELS,
+        help="required; text: PP-OCRv4 text detector (DBNet)",
+    )
     p.add_argument(
         "--tap",
         nargs="+",
-        default=["tcp://127.0.0.1:5554"],
-        help="frame taps: every shard's, or one with {shard} and --shards",
+        metavar="ENDPOINT",
+        help="frame taps: every shard's, or one with {shard} and --shards (default "
+        f"{DEFAULT_TAP})",
     )
     p.add_argument(
         "--detections",
@@ -225,6 +249,7 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    _, taps = _model_and_taps(args)  # (one model so far)
     stop = _stop_on_signals()
     from prometheus_client import start_http_server
 
@@ -232,7 +257,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from streamer.ocr.text_detector import DetectorMetrics, DetectorOptions, run_text_detector
 
     opts = DetectorOptions(
-        tap=tuple(endpoints_arg(args.parser, args.tap, args.shards)),
+        tap=tuple(endpoints_arg(args.parser, taps, args.shards)),
         detections=args.detections,
         mode="pull" if args.pull else "sub",
         threads=args.threads,
