@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import zmq
 
 from streamer.publish.zmq_out import MAX_PREFIX_BYTES, MAX_PREFIXES, OutSocket, Subscriptions
@@ -52,6 +53,69 @@ def test_subscribe_unsubscribe_churn_leaves_the_table_small() -> None:
         assert out.has_subscriber(b"crop/cam/car") and not out.has_subscriber(b"crop/other/x")
     finally:
         sub.close(linger=0)
+        out.close(linger_ms=0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("kind", ["sub", "xsub"])
+def test_a_subscription_repeated_by_one_subscriber_ends_when_it_leaves(kind: str) -> None:
+    """A subscriber that subscribes to one prefix twice (a SUB asked twice, an XSUB's raw
+    messages) and leaves: the prefix is no longer wanted, and a message on it is counted as
+    having no subscriber. (With XPUB_VERBOSER both subscriptions came up but one unsubscription:
+    the prefix stayed for good and every message on it was counted sent.) Another subscriber's
+    hold on the prefix is kept while it stays."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    out = OutSocket(ctx, endpoint, "pub", hwm=10)
+    stays = ctx.socket(zmq.SUB)
+    leaves = ctx.socket(zmq.XSUB if kind == "xsub" else zmq.SUB)
+    try:
+        leaves.connect(endpoint)
+        for _ in range(2):
+            if kind == "xsub":
+                leaves.send(b"\x01crop/cam1/")
+            else:
+                leaves.setsockopt(zmq.SUBSCRIBE, b"crop/cam1/")
+        _read_until(out, lambda: out.has_subscriber(b"crop/cam1/plate"))
+        stays.connect(endpoint)
+        stays.setsockopt(zmq.SUBSCRIBE, b"crop/cam2/")
+        _read_until(out, lambda: out.has_subscriber(b"crop/cam2/plate"))
+        leaves.close(linger=0)
+        _read_until(out, lambda: not out.has_subscriber(b"crop/cam1/plate"))
+        assert out.send_nowait([b"crop/cam1/plate", b"{}"]) == "no_subscriber"
+        assert out.stats.dropped_no_subscriber == 1 and out.stats.sent == 0
+        assert out.has_subscriber(b"crop/cam2/plate") and out.subscriptions.total == 1
+        assert out.send_nowait([b"crop/cam2/plate", b"{}"]) == "sent"
+    finally:
+        stays.close(linger=0)
+        leaves.close(linger=0)
+        out.close(linger_ms=0)
+        ctx.term()
+
+
+def test_two_subscribers_of_one_prefix_hold_it_until_both_leave() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    out = OutSocket(ctx, endpoint, "pub", hwm=10)
+    a, b = ctx.socket(zmq.SUB), ctx.socket(zmq.SUB)
+    try:
+        for s in (a, b):
+            s.connect(endpoint)
+            s.setsockopt(zmq.SUBSCRIBE, b"frame/")
+        _read_until(out, lambda: out.subscribed)
+        time.sleep(0.3)  # both subscriptions through
+        a.close(linger=0)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # a's leaving is not the prefix's end
+            if out.sock.poll(50, zmq.POLLIN):
+                out.read_subscriptions()
+        assert out.has_subscriber(b"frame/cam")
+        b.close(linger=0)
+        _read_until(out, lambda: not out.subscribed)
+        assert out.subscriptions.total == 0 and not out.subscriptions.counts
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
         out.close(linger_ms=0)
         ctx.term()
 

@@ -51,20 +51,27 @@ class OutStats:
 
 
 class Subscriptions:
-    """The topic prefixes an XPUB socket's subscribers asked for, counted, so that "does anyone
-    want this topic?" is a few dictionary look-ups: one per distinct prefix length that fits
-    the topic (at most MAX_PREFIX_BYTES + 1 of them), never a scan of every prefix ever seen.
+    """The topic prefixes an XPUB socket's subscribers hold, so that "does anyone want this
+    topic?" is a few dictionary look-ups: one per distinct prefix length that fits the topic
+    (at most MAX_PREFIX_BYTES + 1 of them), never a scan of every prefix ever seen.
+
+    The XPUB passes up a prefix's first subscription and its last unsubscription, from whichever
+    subscribers (not XPUB_VERBOSER: that passes up a subscriber's every subscription, a repeat
+    too, but one unsubscription for them all when it leaves, since libzmq holds a prefix's
+    subscribers as a set; a repeat then held its prefix for good, and every message on it was
+    counted sent into nothing).
 
     Bounded: a prefix leaves when its last subscriber unsubscribes; prefixes longer than
-    MAX_PREFIX_BYTES are kept cut to that length (the socket still filters exactly: this only
-    decides whether to try); beyond MAX_PREFIXES distinct prefixes, new ones are only counted
-    (`untracked`), and while any are, every topic counts as wanted."""
+    MAX_PREFIX_BYTES are kept cut to that length, counted by the prefixes that share the cut
+    (the socket still filters exactly: this only decides whether to try); beyond MAX_PREFIXES
+    distinct prefixes, new ones are only counted (`untracked`), and while any are, every topic
+    counts as wanted."""
 
     def __init__(self) -> None:
-        self.counts: dict[bytes, int] = {}  # prefix -> subscriptions to it (> 0)
+        self.counts: dict[bytes, int] = {}  # prefix (cut) -> subscribed prefixes cut to it (> 0)
         self.lengths: Counter[int] = Counter()  # prefix length -> prefixes of that length
         self.untracked = 0
-        self.total = 0  # subscriptions held, tracked or not
+        self.total = 0  # distinct prefixes subscribed, tracked or not
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -135,8 +142,7 @@ class OutSocket:
             self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
             self.sock.curve_server = True
         if mode == "pub":
-            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-            self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, for counting
+            self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # (not VERBOSER: see Subscriptions)
         try:
             self.sock.bind(endpoint)
         except zmq.ZMQError as e:
