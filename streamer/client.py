@@ -69,6 +69,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -80,9 +82,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from streamer.config import check_reply_to
+from streamer.config import MAX_PIXELS, SOURCE_ID_PATTERN, check_reply_to
 from streamer.crop.convert import i420_crop_to_bgr, i420_size
 from streamer.detections.codec import encode_detections
+from streamer.image_size import declared_size
 from streamer.metrics import LogOnce
 from streamer.publish.shm import RingCache as RingCache
 from streamer.publish.shm import RingUnavailableError as RingUnavailableError
@@ -95,7 +98,12 @@ log = logging.getLogger(__name__)
 _log_once = LogOnce(log)
 
 PROTOCOL_VERSION = 1
-MAX_SIDE_PX = 32768  # a raw crop's width or height, as the detection codec bounds frames
+MAX_SIDE_PX = 32768  # a picture's width or height, as the detection codec bounds frames
+ENCODINGS = ("raw-bgr24", "raw-i420", "png", "jpeg", "webp")
+# One message part at most (ZMQ_MAXMSGSIZE: a peer sending more is disconnected): the largest
+# picture streamer decodes (8192x4352, 8K) as BGR, the largest form a tapped frame or crop has.
+MAX_MESSAGE_BYTES = 3 * MAX_PIXELS + (1 << 20)
+_SOURCE_ID = re.compile(SOURCE_ID_PATTERN)
 DEFAULT_SHM_DIR = "/dev/shm"  # where crops published with `shm` are (streamer's shm.dir)
 IDLE_S = 1.0  # a subscriber with nothing to read looks after its rings this often
 # Detection sockets a sender keeps open besides its default endpoint: one per shard it hears
@@ -106,8 +114,9 @@ Endpoints = str | Sequence[str]
 
 
 class MalformedMessageError(ValueError):
-    """A received message is not a streamer message: wrong part count, or a header that is not
-    a JSON object."""
+    """A received message is not a streamer message: wrong part count, a header that is not a
+    JSON object, a field this client reads that is missing or out of its bounds, or a picture
+    that is not what the header says."""
 
 
 class ProtocolVersionError(ValueError):
@@ -127,26 +136,28 @@ class _Received:
 
     @property
     def image(self) -> np.ndarray:
-        """The picture as a BGR (h, w, 3) array (I420, JPEG, PNG, WebP are converted)."""
+        """The picture as a BGR (h, w, 3) array (I420, JPEG, PNG, WebP are converted).
+        Raises MalformedMessageError when a JPEG, PNG or WebP does not decode."""
         if self._image is None:
             self._image = decode_image(self.header, self.payload)
         return self._image
 
+    # Checked when the message was parsed (`_check_fields`).
     @property
     def width(self) -> int:
-        return int(self.header["width"])
+        return cast(int, self.header["width"])
 
     @property
     def height(self) -> int:
-        return int(self.header["height"])
+        return cast(int, self.header["height"])
 
     @property
     def source_id(self) -> str:
-        return str(self.header["source_id"])
+        return cast(str, self.header["source_id"])
 
     @property
     def frame_id(self) -> int:
-        return int(self.header["frame_id"])
+        return cast(int, self.header["frame_id"])
 
 
 class TapFrame(_Received):
@@ -156,7 +167,7 @@ class TapFrame(_Received):
 
     @property
     def captured_at(self) -> float:
-        return float(self.header["captured_at"])
+        return float(self.header["captured_at"])  # (checked: a finite number)
 
     @property
     def reply_to(self) -> str | None:
@@ -193,6 +204,63 @@ def _header(part: bytes) -> dict[str, Any]:
     return header
 
 
+def _show(value: Any) -> str:
+    """A received value, for an error message: short whatever it is."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return repr(value)[:40]
+    return f"a {type(value).__name__}"
+
+
+def _check_fields(header: dict[str, Any], tap: bool) -> dict[str, Any]:
+    """`header` once the fields this client reads are what streamer sends (MalformedMessageError
+    naming the first that is not)."""
+    for key in ("width", "height"):
+        value = header.get(key)
+        if type(value) is not int or not 1 <= value <= MAX_SIDE_PX:
+            raise MalformedMessageError(f"{key}: expected 1..{MAX_SIDE_PX}, got {_show(value)}")
+    source_id = header.get("source_id")
+    if not isinstance(source_id, str) or _SOURCE_ID.match(source_id) is None:
+        raise MalformedMessageError(f"source_id: not a camera id ({_show(source_id)})")
+    frame_id = header.get("frame_id")
+    if type(frame_id) is not int or not 0 <= frame_id < 1 << 63:
+        raise MalformedMessageError(f"frame_id: expected 0..2^63-1, got {_show(frame_id)}")
+    captured_at = header.get("captured_at")
+    a_time = (type(captured_at) is float and math.isfinite(captured_at)) or (
+        type(captured_at) is int and abs(captured_at) <= 1 << 53  # (a float holds it exactly)
+    )
+    if tap and not a_time:
+        raise MalformedMessageError(f"captured_at: expected a number, got {_show(captured_at)}")
+    return header
+
+
+def _check_picture(header: Mapping[str, Any], payload: bytes | memoryview) -> tuple[str, int, int]:
+    """The picture's (encoding, width, height) once `payload` holds what `header` declares: a
+    raw one's exact bytes, a compressed one's own header the same size (so that decoding
+    allocates what the message says, not what a few hundred bytes of PNG or WebP can ask for).
+    """
+    encoding, w, h = header.get("encoding"), header.get("width"), header.get("height")
+    if type(w) is not int or type(h) is not int or not 1 <= min(w, h) <= max(w, h) <= MAX_SIDE_PX:
+        raise MalformedMessageError(f"a picture of {_show(w)} x {_show(h)}")
+    if encoding == "raw-bgr24":
+        want = w * h * 3
+    elif encoding == "raw-i420" and header.get("origin") is None:  # a tapped frame: whole
+        if w % 2 or h % 2:
+            raise MalformedMessageError(f"a raw-i420 frame of {w}x{h}: sides must be even")
+        want = w * h * 3 // 2
+    elif encoding == "raw-i420":  # a crop: its rectangle widened to even coordinates
+        want = _raw_size(header)
+    elif encoding in ("png", "jpeg", "webp"):
+        size = declared_size(encoding, payload)
+        if size != (w, h):
+            raise MalformedMessageError(f"a {encoding} of {size} for a header of {w}x{h}")
+        return encoding, w, h
+    else:
+        raise MalformedMessageError(f"encoding: {_show(encoding)} is not one of {ENCODINGS}")
+    if len(payload) != want:
+        raise MalformedMessageError(f"{encoding} picture of {len(payload)} bytes for {w}x{h}")
+    return encoding, w, h
+
+
 def _int_field(value: Any, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_SIDE_PX * 8:
         raise MalformedMessageError(f"{name}: expected an integer in [0, {MAX_SIDE_PX * 8}]")
@@ -222,26 +290,24 @@ def _raw_size(header: Mapping[str, Any]) -> int:
 
 
 def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.ndarray:
-    """Rebuild a BGR image from a crop or tap payload according to ``header['encoding']``."""
-    enc, w, h = header["encoding"], int(header["width"]), int(header["height"])
-    if enc == "raw-bgr24":
-        return np.frombuffer(payload, np.uint8).reshape(h, w, 3)
-    if enc == "raw-i420":
-        origin = header.get("origin")
-        if origin is None:  # a tapped frame: even-sized, whole
-            yuv = np.frombuffer(payload, np.uint8).reshape(h * 3 // 2, w)
-            return cast(np.ndarray, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
-        # A crop: its rectangle widened to even coordinates (docs/protocol.md).
-        x0, y0 = _crop_origin(header)
-        if len(payload) != _raw_size(header):
-            raise ValueError(f"raw-i420 crop payload of {len(payload)} bytes for {w}x{h}")
-        return i420_crop_to_bgr(payload, x0, y0, w, h)
-    if enc in ("png", "jpeg", "webp"):
+    """Rebuild a BGR image from a crop or tap payload according to ``header['encoding']``.
+    Raises MalformedMessageError when the payload is not the picture the header declares."""
+    encoding, w, h = _check_picture(header, payload)
+    try:
+        if encoding == "raw-bgr24":
+            return np.frombuffer(payload, np.uint8).reshape(h, w, 3)
+        if encoding == "raw-i420":
+            if header.get("origin") is None:  # a tapped frame
+                yuv = np.frombuffer(payload, np.uint8).reshape(h * 3 // 2, w)
+                return cast(np.ndarray, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
+            x0, y0 = _crop_origin(header)
+            return i420_crop_to_bgr(payload, x0, y0, w, h)
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"cannot decode {enc} payload of {len(payload)} bytes")
-        return cast(np.ndarray, img)
-    raise ValueError(f"unknown image encoding {enc!r}")
+    except cv2.error as e:
+        raise MalformedMessageError(f"{encoding} picture does not decode: {str(e)[:200]}") from None
+    if img is None or img.shape != (h, w, 3):
+        raise MalformedMessageError(f"{encoding} payload of {len(payload)} bytes does not decode")
+    return cast(np.ndarray, img)
 
 
 def _check_parts(parts: list[zmq.Frame]) -> None:
@@ -251,45 +317,60 @@ def _check_parts(parts: list[zmq.Frame]) -> None:
 
 def _tap_frame(parts: list[zmq.Frame]) -> TapFrame:
     _check_parts(parts)
-    return TapFrame(_header(parts[1].bytes), parts[2].buffer)
+    header = _check_fields(_header(parts[1].bytes), tap=True)
+    _check_picture(header, parts[2].buffer)
+    return TapFrame(header, parts[2].buffer)
 
 
 def parse_tap_frame(parts: list[zmq.Frame]) -> TapFrame:
     """A received tapped frame's parts as a TapFrame (header parsed, picture not yet viewed).
 
-    Raises MalformedMessageError (wrong part count, header not a JSON object) or
-    ProtocolVersionError; the header's fields are checked when read.
+    Raises MalformedMessageError (wrong part count, header not a JSON object, a field the
+    TapFrame reads missing or out of bounds, a picture of another size than the header's) or
+    ProtocolVersionError. The header's other fields are the caller's to check.
     """
     return _tap_frame(parts)
 
 
-def parse_crop(parts: list[zmq.Frame], rings: RingCache | None = None) -> Crop:
+def parse_crop(
+    parts: list[zmq.Frame], rings: RingCache | None = None, max_pixels: int | None = None
+) -> Crop:
     """A received crop message's parts as a Crop (header parsed, image not yet decoded).
 
     A crop in a shared-memory ring (the header's ``shm``) is copied out of it through `rings`
-    (the rings this consumer has mapped). Raises MalformedMessageError (wrong part count,
-    header not a JSON object, a bad ``shm`` handle, or one without `rings`),
-    ProtocolVersionError, RingUnavailableError (the ring is not on this host) or
-    StaleCropError (the crop was overwritten before it was read: the consumer is behind by
-    more than the ring holds); the header's other fields are the caller's to check (see
-    streamer.ocr).
+    (the rings this consumer has mapped). A crop of more than `max_pixels` pixels is refused
+    before its picture is looked at (nor copied out of a ring). Raises MalformedMessageError
+    (wrong part count, header not a JSON object, a field the Crop reads missing or out of
+    bounds, a picture of another size than the header's, too many pixels, a bad ``shm``
+    handle, or one without `rings`), ProtocolVersionError, RingUnavailableError (the ring is
+    not on this host) or StaleCropError (the crop was overwritten before it was read: the
+    consumer is behind by more than the ring holds); the header's other fields are the
+    caller's to check (see streamer.ocr).
     """
     _check_parts(parts)
-    header = _header(parts[1].bytes)
+    header = _check_fields(_header(parts[1].bytes), tap=False)
+    if max_pixels is not None and header["width"] * header["height"] > max_pixels:
+        raise MalformedMessageError(
+            f"a crop of {header['width']}x{header['height']}: more than {max_pixels} pixels"
+        )
     handle = header.get("shm")
+    payload: bytes | memoryview
     if handle is None:
-        return Crop(header, parts[2].buffer)
-    if rings is None:
+        payload = parts[2].buffer
+    elif rings is None:
         raise MalformedMessageError("the crop is in shared memory (shm) and no ring cache given")
-    size = handle.get("size") if isinstance(handle, dict) else None
-    if size != _raw_size(header):  # never copy more than the header's picture
-        raise MalformedMessageError(f"shm.size {size!r} is not the size the header declares")
-    try:
-        return Crop(header, rings.read(handle))
-    except (StaleCropError, RingUnavailableError):
-        raise
-    except ValueError as e:
-        raise MalformedMessageError(str(e)) from None
+    else:
+        size = handle.get("size") if isinstance(handle, dict) else None
+        if size != _raw_size(header):  # never copy more than the header's picture
+            raise MalformedMessageError(f"shm.size {_show(size)} is not the size declared")
+        try:
+            payload = rings.read(handle)
+        except (StaleCropError, RingUnavailableError):
+            raise
+        except ValueError as e:
+            raise MalformedMessageError(str(e)) from None
+    _check_picture(header, payload)
+    return Crop(header, payload)
 
 
 def to_predictions(detections: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -355,6 +436,7 @@ def _input_socket(
     hwm: int,
     mode: SubMode,
     curve: Curve | None,
+    max_message_bytes: int,
 ) -> Any:
     """A SUB (or PULL) socket connected to every endpoint: messages from all of them are
     fair-queued into one stream (several shards' taps or crop publishers)."""
@@ -363,6 +445,7 @@ def _input_socket(
     if curve is not None:
         make_client(sock, *curve)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     sock.setsockopt(zmq.LINGER, 0)
     set_heartbeat(sock)
     if mode == "sub":
@@ -477,6 +560,7 @@ class _Routes:
 class _Counts(Protocol):
     stale: int
     unavailable: int
+    malformed: int
 
 
 def _take(
@@ -484,9 +568,15 @@ def _take(
 ) -> T | None:
     """The message decoded, or None for a crop overwritten in its ring or whose ring cannot be
     opened (counted in `stale` / `unavailable`, logged once: a consumer that falls behind, or
-    outlives its streamer, loses those crops and goes on)."""
+    outlives its streamer, loses those crops and goes on), or for a message that is not a
+    streamer message (`malformed`, logged once per minute: one bad message does not end the
+    consumer's loop). A protocol version this client does not know is raised: every message
+    of that publisher would be one."""
     try:
         return decode(parts)
+    except MalformedMessageError as e:
+        counts.malformed += 1
+        _log_once("malformed", "message(s) skipped, not streamer messages: %s", e)
     except StaleCropError as e:
         counts.stale += 1
         _log_once("stale", "crop(s) overwritten in the shm ring before read (%s)", e)
@@ -517,12 +607,14 @@ class _Subscriber(Generic[T]):
         hwm: int,
         mode: SubMode,
         curve: Curve | None,
+        max_message_bytes: int,
     ) -> None:
         self._decode = decode
         self.stale = 0  # crops overwritten in their shm ring before they were read
         self.unavailable = 0  # crops whose shm ring could not be opened here
+        self.malformed = 0  # messages skipped: not streamer messages (see MalformedMessageError)
         self.sock: zmq.Socket[bytes] = _input_socket(
-            zmq.Context.instance(), endpoint, topics, hwm, mode, curve
+            zmq.Context.instance(), endpoint, topics, hwm, mode, curve, max_message_bytes
         )
 
     def recv_parts(self, timeout_s: float | None) -> list[zmq.Frame] | None:
@@ -570,9 +662,10 @@ class _Subscriber(Generic[T]):
 class CropSubscriber(_CropRings, _Subscriber[Crop]):
     """Receives crops; `topics` are prefixes of ``crop/<source_id>/<class>``.
 
-    ``mode="pull"`` joins a PUSH publisher's worker pool (each crop to one worker).
-    Raises ProtocolVersionError on a message of a protocol version it does not know and
-    MalformedMessageError on one that is not a crop message at all.
+    ``mode="pull"`` joins a PUSH publisher's worker pool (each crop to one worker). A message
+    part over `max_message_bytes` makes ZeroMQ drop the connection (redialled).
+    Raises ProtocolVersionError on a message of a protocol version it does not know; skips a
+    message that is not a crop message at all, counted in `malformed` and logged.
     """
 
     def __init__(
@@ -582,10 +675,11 @@ class CropSubscriber(_CropRings, _Subscriber[Crop]):
         hwm: int = 1000,
         mode: SubMode = "sub",
         curve: Curve | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         shm_dir: str | Path = DEFAULT_SHM_DIR,
     ) -> None:
         self.rings = RingCache(Path(shm_dir))
-        super().__init__(self._parse, endpoint, topics, hwm, mode, curve)
+        super().__init__(self._parse, endpoint, topics, hwm, mode, curve, max_message_bytes)
 
     def close(self) -> None:
         super().close()
@@ -593,7 +687,9 @@ class CropSubscriber(_CropRings, _Subscriber[Crop]):
 
 
 class FrameSubscriber(_Subscriber[TapFrame]):
-    """Receives tapped frames (``frame/<source_id>``); ``mode="pull"`` for a PUSH tap."""
+    """Receives tapped frames (``frame/<source_id>``); ``mode="pull"`` for a PUSH tap. A message
+    that is not a tapped frame is skipped, counted in `malformed` and logged; a message part
+    over `max_message_bytes` makes ZeroMQ drop the connection (redialled)."""
 
     def __init__(
         self,
@@ -602,8 +698,9 @@ class FrameSubscriber(_Subscriber[TapFrame]):
         hwm: int = 2,
         mode: SubMode = "sub",
         curve: Curve | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve)
+        super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve, max_message_bytes)
 
 
 class DetectionSender:
@@ -685,12 +782,14 @@ class _AsyncSubscriber(Generic[T]):
         hwm: int,
         mode: SubMode,
         curve: Curve | None,
+        max_message_bytes: int,
     ) -> None:
         self._decode = decode
         self.stale = 0  # crops overwritten in their shm ring before they were read
         self.unavailable = 0  # crops whose shm ring could not be opened here
+        self.malformed = 0  # messages skipped: not streamer messages (see MalformedMessageError)
         self.sock: zmq.asyncio.Socket = _input_socket(
-            zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode, curve
+            zmq.asyncio.Context.instance(), endpoint, topics, hwm, mode, curve, max_message_bytes
         )
 
     async def recv(self) -> T:
@@ -732,8 +831,9 @@ class AsyncFrameSubscriber(_AsyncSubscriber[TapFrame]):
         hwm: int = 2,
         mode: SubMode = "sub",
         curve: Curve | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve)
+        super().__init__(_tap_frame, endpoint, topics, hwm, mode, curve, max_message_bytes)
 
 
 class AsyncCropSubscriber(_CropRings, _AsyncSubscriber[Crop]):
@@ -746,10 +846,11 @@ class AsyncCropSubscriber(_CropRings, _AsyncSubscriber[Crop]):
         hwm: int = 1000,
         mode: SubMode = "sub",
         curve: Curve | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         shm_dir: str | Path = DEFAULT_SHM_DIR,
     ) -> None:
         self.rings = RingCache(Path(shm_dir))
-        super().__init__(self._parse, endpoint, topics, hwm, mode, curve)
+        super().__init__(self._parse, endpoint, topics, hwm, mode, curve, max_message_bytes)
 
     def close(self) -> None:
         super().close()

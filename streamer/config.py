@@ -138,13 +138,14 @@ MAX_AV_OPTIONS = 64
 # The largest picture H.264 and HEVC allow at any level (6.2: 139,264 macroblocks of 16x16;
 # HEVC's MaxLumaPs): 8192x4352, 8K. A camera's picture beyond a source's bound is not decoded.
 MAX_PIXELS = 35_651_584
+SOURCE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a camera's id (in topics and messages)
 
 
 class SourceConfig(_Model):
     """A camera or stand-in. `url`: ``rtsp://...`` (also rtsps, http(s) MJPEG/HLS), ``webcam:0``
     or ``/dev/videoN``, a file path, ``lavfi:<graph>``, or ``synthetic:[k=v&...]``."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="used in topics; no '/'")
+    id: str = Field(pattern=SOURCE_ID_PATTERN, description="used in topics; no '/'")
     url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
     max_fps: float | None = Field(None, gt=0, le=240, description="skip frames evenly above this")
     realtime: bool = Field(

@@ -19,7 +19,8 @@ import pytest
 import zmq
 
 from streamer.client import MalformedMessageError, ProtocolVersionError, parse_crop
-from streamer.ocr.crops import BadCrop, declared_size, decode_crop, parse_crop_header
+from streamer.image_size import declared_size
+from streamer.ocr.crops import BadCrop, decode_crop, parse_crop_header
 from streamer.ocr.preprocess import (
     MAX_LINE_ASPECT,
     prepare,
@@ -116,6 +117,13 @@ BAD_HEADERS = [
     ("point nan", header(points=[{"x": float("nan"), "y": 2}] * 3), "bad_value", "points[0].x"),
     ("point far", header(points=[{"x": 1e300, "y": 2}] * 3), "bad_value", "points[0].x"),
     ("many points", header(points=[{"x": 1, "y": 2}] * 2000), "bad_value", "points"),
+    # (a float overflowed in isfinite: OverflowError ended the worker)
+    (
+        "point of 400 digits",
+        header(points=[{"x": 10**400, "y": 2}] * 3),
+        "bad_value",
+        "points[0].x",
+    ),
 ]
 
 
@@ -138,13 +146,15 @@ def test_client_parse_crop_turns_any_bytes_into_its_own_errors() -> None:
     """Before: a header nested 100,000 deep raised RecursionError, a JSON array AttributeError,
     two parts IndexError; now each is a MalformedMessageError (a ValueError)."""
     good = json.dumps(header()).encode()
-    assert parse_crop(_frames(b"crop/cam/plate", good, b"x")).header["class"] == "plate"
+    picture = b"\0" * (100 * 40 * 3)
+    assert parse_crop(_frames(b"crop/cam/plate", good, picture)).header["class"] == "plate"
     for parts in (
         _frames(b"crop/cam/plate", b"[" * 100_000 + b"]" * 100_000, b""),
         _frames(b"crop/cam/plate", b"[1, 2]", b""),
         _frames(b"crop/cam/plate", b"\xff\xfe", b""),
         _frames(b"crop/cam/plate", good),
         _frames(b"crop/cam/plate", good, b"", b""),
+        _frames(b"crop/cam/plate", good, b"x"),  # not the picture the header declares
     ):
         with pytest.raises(MalformedMessageError):
             parse_crop(parts)
@@ -169,6 +179,9 @@ def test_compressed_payloads_declare_their_size_and_must_match_the_header(encodi
         decode_crop(info, b"not an image at all")
     with pytest.raises(BadCrop):
         decode_crop(info, data[: len(data) // 2])  # truncated: declares the size, won't decode
+    # A PNG cut inside its header: refused as not declaring a size (was struct.error)
+    with pytest.raises(BadCrop, match="declares None"):
+        decode_crop(info, data[:20] if encoding == "png" else data[:3])
 
 
 def test_webp_lossless_and_extended_headers_declare_their_size() -> None:
@@ -1140,3 +1153,32 @@ def test_detect_without_a_model_says_which(
         _model_and_taps(build_parser().parse_args(argv))
     assert e.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_crop_the_checks_fail_on_is_counted_and_the_worker_takes_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message the header checks raise an unexpected error on (a bug: an integer of 400
+    digits made isfinite raise OverflowError, which ended the worker) is counted as malformed
+    ("internal") and the worker takes the next crop."""
+    from streamer.ocr import worker as w
+    from tests.conftest import free_port
+
+    opts = w.WorkerOptions(
+        crops=(f"tcp://127.0.0.1:{free_port()}",), results=f"tcp://127.0.0.1:{free_port()}"
+    )
+    ocr = w.OcrWorker(None, opts, w.WorkerMetrics("test"))  # type: ignore[arg-type]
+    real = w.parse_crop_header
+
+    def buggy(h: Any) -> Any:
+        if h["tracker_id"] == 0:
+            raise RuntimeError("a bug in the checks")
+        return real(h)
+
+    monkeypatch.setattr(w, "parse_crop_header", buggy)
+    for tid in range(2):
+        h = json.dumps(header(tracker_id=tid)).encode()
+        ocr._take([zmq.Frame(b"crop/cam/plate"), zmq.Frame(h), zmq.Frame(bytes(100 * 40 * 3))])
+    assert ocr.metrics.counts == {"malformed": 1}
+    assert len(ocr._pending) == 1
+    assert ocr.metrics.malformed.labels("internal")._value.get() == 1

@@ -569,11 +569,12 @@ def test_files_that_are_not_rings_are_refused(tmp_path: Path) -> None:
     )
 )
 def test_any_shm_value_in_a_crop_header_raises_only_the_clients_errors(value: Any) -> None:
-    header = {"v": 1, "encoding": "raw-bgr24", "width": 1, "height": 1, "shm": value}
-    parts = [zmq.Frame(b"crop/s/c"), zmq.Frame(json.dumps(header).encode()), zmq.Frame(b"")]
+    header = {"v": 1, "source_id": "s", "frame_id": 1, "shm": value}
+    header |= {"encoding": "raw-bgr24", "width": 1, "height": 1}
+    parts = [zmq.Frame(b"crop/s/c"), zmq.Frame(json.dumps(header).encode()), zmq.Frame(b"abc")]
     cache = RingCache(Path("/nonexistent-dir-for-test"))
     if value is None:  # no handle: an inline crop
-        assert parse_crop(parts, cache).payload == b""
+        assert parse_crop(parts, cache).payload == b"abc"
         return
     # No ring can be read from a missing directory: every value is refused, with our errors.
     with pytest.raises((MalformedMessageError, RingUnavailableError)):
@@ -596,7 +597,8 @@ def test_a_subscriber_skips_and_counts_crops_overwritten_before_it_read_them(
             # 15 x 100 kB through a 1 MiB ring, all written before any is read: the first are
             # overwritten.
             for i, data in enumerate(sent):
-                header = {"v": 1, "encoding": "raw-bgr24", "width": w, "height": h, "i": i}
+                header = {"v": 1, "source_id": "s", "frame_id": i, "i": i}
+                header |= {"encoding": "raw-bgr24", "width": w, "height": h}
                 header["shm"] = ring.handle(ring.put(data), len(data))
                 pub.send_multipart([b"crop/s/c", json.dumps(header).encode(), b""])
             got = []
@@ -623,7 +625,8 @@ def test_a_subscriber_skips_and_counts_crops_whose_ring_is_gone(
             assert pub.poll(5000), "no subscription"
             pub.recv()
             gone = {"name": "streamer-gone", "ring": "0" * 32, "offset": 0, "size": 3}
-            base = {"v": 1, "encoding": "raw-bgr24", "width": 1, "height": 1}
+            base = {"v": 1, "source_id": "s", "frame_id": 1}
+            base |= {"encoding": "raw-bgr24", "width": 1, "height": 1}
             pub.send_multipart([b"crop/s/c", json.dumps({**base, "shm": gone}).encode(), b""])
             pub.send_multipart([b"crop/s/c", json.dumps(base).encode(), b"abc"])
             crop = sub.recv(timeout_s=5)
