@@ -198,8 +198,9 @@ class _StatsCollector(Collector):
                 publish.add_metric([p["endpoint"], o], p[o])
         refused = CounterMetricFamily(
             "streamer_http_refused",
-            "HTTP requests answered 4xx: 'host' (not a served Host), 'origin' (cross-origin"
-            " change), or the status code (bad input, no token, ...)",
+            "HTTP requests answered 4xx or 5xx: 'host' (not a served Host), 'origin'"
+            " (cross-origin change), or the status code (bad input, no token, 503 too many"
+            " viewers, 500 a fault of ours, ...)",
             labels=["reason"],
         )
         for reason, n in st.get("http_refused", {}).items():

@@ -1168,7 +1168,7 @@ def test_a_crop_the_checks_fail_on_is_counted_and_the_worker_takes_the_next(
         crops=(f"tcp://127.0.0.1:{free_port()}",), results=f"tcp://127.0.0.1:{free_port()}"
     )
     ocr = w.OcrWorker(None, opts, w.WorkerMetrics("test"))  # type: ignore[arg-type]
-    real = w.parse_crop_header
+    real = w.parse_crop_header  # type: ignore[attr-defined]
 
     def buggy(h: Any) -> Any:
         if h["tracker_id"] == 0:

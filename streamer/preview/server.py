@@ -30,6 +30,8 @@ from streamer.preview.hub import PreviewHub, PreviewSource, PreviewTrack
 log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
+MAX_OFFER_CODECS = 64  # payload types in the offer's video section (a browser's: 20-40)
+MAX_OFFER_CANDIDATES = 32  # ICE candidates in it, each checked for connectivity
 MAX_VIEWERS = 32
 MAX_CONNECTING_PER_CLIENT = 4  # offers from one address still connecting at once
 WEBRTC_LIBS = ("aiortc", "aioice")  # packages whose failed tasks are counted, not logged each
@@ -41,6 +43,7 @@ JSON_TYPE = "application/json"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 COOKIE = "streamer_token"
 STATIC = resources.files("streamer.preview") / "static"
+STATIC_FILES = {"app.js": "application/javascript", "style.css": "text/css"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/healthz",)  # for container health checks, which carry no token
@@ -163,7 +166,7 @@ class PreviewServer:
         self.control = control
         self.viewers: set[Viewer] = set()
         self.connecting: Counter[str] = Counter()  # per client address
-        self.refused: Counter[str] = Counter()  # requests answered 4xx, per reason or status
+        self.refused: Counter[str] = Counter()  # answered 4xx or 5xx, per reason or status
         self.video_stopped = 0  # viewers closed because their video stopped under them
         self._offer_errors_logged: set[str] = set()  # exception types (finitely many)
         # aiortc's and aioice's own tasks that failed (a peer's hostile traffic, or their bugs),
@@ -214,8 +217,11 @@ class PreviewServer:
             raise web.HTTPForbidden(text=f"cross-origin request from {origin[:100]!r} refused\n")
         try:
             return await handler(request)
-        except web.HTTPClientError as e:  # bad input, refused with its reason: counted
+        except web.HTTPError as e:  # refused with its reason (4xx; 503: too many viewers)
             self.refused[str(e.status)] += 1
+            raise
+        except Exception:  # a fault of ours: aiohttp logs it and answers 500; counted too
+            self.refused["500"] += 1
             raise
 
     @web.middleware
@@ -247,13 +253,12 @@ class PreviewServer:
         return web.Response(text=(STATIC / "index.html").read_text(), content_type="text/html")
 
     async def _static(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        types = {".js": "application/javascript", ".css": "text/css"}
-        kind = next((t for ext, t in types.items() if name.endswith(ext)), None)
-        path = STATIC / name
-        if kind is None or "/" in name or not path.is_file():
+        kind = STATIC_FILES.get(request.match_info["name"])  # (no other name reaches the disk)
+        if kind is None:
             raise web.HTTPNotFound()
-        return web.Response(text=path.read_text(), content_type=kind)
+        return web.Response(
+            text=(STATIC / request.match_info["name"]).read_text(), content_type=kind
+        )
 
     async def _sources(self, request: web.Request) -> web.Response:
         stats = self.control.stats()
@@ -470,15 +475,30 @@ class PreviewServer:
 
 
 def offer_problem(sdp: str) -> str | None:
-    """Why aiortc would answer an offer and then fail on it in a task of its own (a media
-    section without a DTLS fingerprint), or could not read it at all; None if neither."""
+    """Why an offer is not answered: what the preview page sends is one video section it
+    receives on (recvonly), with a DTLS fingerprint, a bounded list of codecs and candidates;
+    None if it is that. Anything else would cost without bound or run work nobody asked for:
+    aiortc builds a transceiver per section (a 59 KB offer of 526 sections held the event loop
+    1.2 s and 65 MB), starts a decoder thread for each section the peer sends on and queues its
+    decoded frames unread, checks connectivity to every candidate, and fails in a task of its
+    own on a section without a fingerprint."""
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as e:  # aiortc's parser, on any text
         return f"cannot read it ({type(e).__name__}: {str(e)[:200]})"
-    for media in parsed.media:
-        if media.dtls is None or not media.dtls.fingerprints:
-            return f"its {str(media.kind)[:20]} section has no DTLS fingerprint"
+    if len(parsed.media) != 1:
+        return f"{len(parsed.media)} media sections: the preview offers one video section"
+    (media,) = parsed.media
+    if media.kind != "video":
+        return f"a section of {str(media.kind)[:20]}: the preview offers one video section"
+    if media.direction != "recvonly":
+        return f"its video is {str(media.direction)[:20]}: a viewer only receives (recvonly)"
+    if media.dtls is None or not media.dtls.fingerprints:
+        return "its video section has no DTLS fingerprint"
+    if len(media.rtp.codecs) > MAX_OFFER_CODECS:
+        return f"{len(media.rtp.codecs)} codecs, more than {MAX_OFFER_CODECS}"
+    if len(media.ice_candidates) > MAX_OFFER_CANDIDATES:
+        return f"{len(media.ice_candidates)} ICE candidates, more than {MAX_OFFER_CANDIDATES}"
     return None
 
 
