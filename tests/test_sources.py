@@ -345,7 +345,8 @@ def _refused(src: AvSource) -> Consumer:
     async def main() -> Consumer:
         c = Consumer(src).start()
         try:
-            await until(lambda: src.stats.state == "backing_off", 10, "the session refused")
+            refused = ("backing_off", "failed")  # (failed: a file after frames handed on)
+            await until(lambda: src.stats.state in refused, 10, "the session refused")
         finally:
             await c.stop()
         return c
@@ -396,7 +397,11 @@ def test_a_picture_that_grows_past_max_pixels_mid_stream_is_not_decoded(
     assert bool(refusals) == (big == (1280, 1024)), refusals
     sizes = {(f.width, f.height) for _, f in c.frames}
     assert sizes == {(160, 120)} and len(c.frames) >= 10, (sizes, len(c.frames))
-    assert src.stats.too_large >= 1, src.stats
+    # The file is not opened again (its first frames would be handed on again, as new ones):
+    # failed, once, with the reason.
+    assert src.stats.state == "failed" and src.stats.too_large == 1, src.stats
+    assert len(c.frames) <= 30  # the small pictures, each once
+    assert "a file is not played again" in (src.stats.last_error or "")
     reason = src.stats.last_error or ""
     assert "{}x{}".format(*big) in reason or "refused a picture" in reason, reason
 
@@ -637,7 +642,7 @@ def test_a_stream_that_comes_a_segment_at_a_time_is_told_apart(tmp_path: Path) -
         assert not _segmented(segment)
 
 
-def test_frame_clock_places_frames_counts_gaps_and_plays_on_after_the_clock_goes_back() -> None:
+def test_frame_clock_places_frames_counts_gaps_and_plays_on_after_the_clock_jumps() -> None:
     from streamer.sources.av_source import FrameClock
 
     step = 1 / 30
@@ -658,3 +663,14 @@ def test_frame_clock_places_frames_counts_gaps_and_plays_on_after_the_clock_goes
     assert live.place(None, 50.5) == (0.5, 0)
     t, gap = live.place(None, 50.7)
     assert abs(t - 0.7) < 1e-9 and gap == 5
+    # A clock that jumps an hour ahead: a file plays on one interval after the last frame
+    # (it waited the hour: its source hung, stalled), nothing counted missing ...
+    t, gap = clock.place(3600.0, 100.5)
+    assert gap == 0 and abs(clock.due_in(t, 100.0) - 7 * step) < 1e-9 and clock.jumps == 2
+    # ... and a live stream's clock too, when it jumped further than the time that passed;
+    # a gap as long as the time that passed is frames missing.
+    live.place(1.0, 51.0)
+    t, gap = live.place(3601.0, 51.1)
+    assert gap == 0 and live.jumps == 1
+    t, gap = live.place(3611.0, 61.1)  # 10 s of frames missing, 10 s passed
+    assert gap == 299 and live.jumps == 1

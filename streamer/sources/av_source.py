@@ -17,6 +17,7 @@ from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.readahead import (
     CLOSE_WAIT_S,
+    MAX_STEP_S,
     READ_TIMEOUT_S,
     ReadAhead,
     Steps,
@@ -73,6 +74,7 @@ class FrameClock:
         self.start_wall = self.last_wall = now  # the session's start; the last frame's arrival
         self.first_s: float | None = None  # the time real-time play is anchored to
         self.last_s = 0.0  # the last frame's time
+        self.jumps = 0  # times the clock went back or jumped ahead (played on from the last)
 
     def place(self, time_s: float | None, now: float) -> tuple[float, int]:
         """The time of a frame that came out at `now` with timestamp `time_s` (seconds), and
@@ -84,14 +86,20 @@ class FrameClock:
         else:
             t = self.last_s + self.frame_s
         gap = 0
+        step = t - self.last_s
         if self.first_s is None:
             self.first_s = t
-        elif t < self.last_s:
-            # The clock went back (recordings joined, a camera re-synced): play on from the
-            # previous frame rather than against the old clock (a burst).
-            self.first_s += t - self.last_s - (self.frame_s or 0.0)
+        elif step < 0 or (
+            step > MAX_STEP_S and (not self.live or step > now - self.last_wall + MAX_STEP_S)
+        ):
+            # The clock went back, or jumped ahead further than a file pauses or than the time
+            # a live stream took (recordings joined, a camera re-synced): play on from the
+            # previous frame rather than against the old clock (a burst; or a wait as long as
+            # the jump, an hour for a clock an hour ahead). Nothing is missing in between.
+            self.first_s += step - (self.frame_s or 0.0)
+            self.jumps += 1
         elif self.frame_s is not None:
-            gap = max(0, round((t - self.last_s) / self.frame_s) - 1)
+            gap = max(0, round(step / self.frame_s) - 1)
         self.last_s, self.last_wall = t, now
         return t, gap
 
@@ -270,6 +278,7 @@ class AvSource(Source):
         self._watch_since = time.monotonic()  # (open has its timeout)
         frame_s = _frame_s(stream)
         clock = FrameClock(frame_s, self.live, self._watch_since)
+        jump_logged = False
         video = stream.index
         shedder = None if self.lossless else self._shedder
         shedding = SessionShedding(
@@ -357,6 +366,14 @@ class AvSource(Source):
                     t, gap = clock.place(
                         None if vf.time is None else float(vf.time), time.monotonic()
                     )
+                    if clock.jumps == 1 and not jump_logged:
+                        jump_logged = True
+                        log.warning(
+                            "source %s: its timestamps jumped (back, or ahead beyond %.0f s); "
+                            "played on from the frame before (logged once a session)",
+                            self.source_id,
+                            MAX_STEP_S,
+                        )
                     self.stats.skipped_decode += shedding.frame(gap)
                     if self.realtime:
                         delay = clock.due_in(t, time.monotonic())

@@ -209,10 +209,13 @@ class Source(abc.ABC):
     """A camera or stand-in, decoded in its own named thread.
 
     `_session()` (one connection) is retried forever with back-off, unless the source is finite
-    and ended normally. `recv()` yields frames until EndOfStream; `stop()` is idempotent.
+    and ended normally, or failed after handing on frames (then it is `failed`: opened again,
+    a file would hand its first frames on again). `recv()` yields frames until EndOfStream;
+    `stop()` is idempotent.
     """
 
-    #: A finite source (a file played once) ends for good when its session returns normally.
+    #: A finite source (a file played once) ends for good when its session returns normally,
+    #: and fails for good when it fails after handing on frames.
     finite = False
     #: A lossless source (a file read unpaced) is never dropped from: when the pipeline is
     #: behind, its decoder waits (the pipeline's stages wait too) instead of dropping frames.
@@ -381,6 +384,15 @@ class Source(abc.ABC):
                         self._set_state("stalled", f"no frame for {idle_s:.1f} s")
                 if self._stop.is_set():
                     break
+                if self.finite and self._session_frames:
+                    # A file that failed part-way (a picture past max_pixels, a read error):
+                    # opened again, it would hand on its first frames again, as new ones.
+                    self._set_state(
+                        "failed",
+                        f"{reason} after {self._session_frames} frames (a file is not played "
+                        "again from its start)",
+                    )
+                    return
                 healthy = time.monotonic() - session_start >= self.retry.healthy_after_s
                 if healthy and self._session_frames:
                     attempt = 0
