@@ -674,3 +674,25 @@ def test_frame_clock_places_frames_counts_gaps_and_plays_on_after_the_clock_jump
     assert gap == 0 and live.jumps == 1
     t, gap = live.place(3611.0, 61.1)  # 10 s of frames missing, 10 s passed
     assert gap == 299 and live.jumps == 1
+
+
+def test_a_file_whose_timestamps_jump_an_hour_ahead_plays_on(tmp_path: Path) -> None:
+    """20 frames at 10 fps, then the timestamps an hour on, then 20 more, played in real time:
+    every frame comes, in about 4 s (the source waited the hour before, stalled)."""
+    path = tmp_path / "jump.mkv"
+    src = av.open("testsrc2=size=64x48:rate=10", format="lavfi")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 10)
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= 40:
+                break
+            frame.pts = i if i < 20 else 36_000 + i
+            frame.time_base = Fraction(1, 10)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    src.close()
+    c = _play(AvSource("cam", str(path), realtime=True), all_taken=True)
+    assert len(c.frames) == 40 and c.source.stats.missing_frames == 0, c.source.stats
+    assert c.source.stats.stalls == 0
