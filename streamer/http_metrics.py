@@ -1,16 +1,29 @@
 """/metrics and /healthz over HTTP, without a token: on the preview's `metrics_port`, or on
-their own (`metrics` in the config) for a site that runs no preview."""
+their own (`metrics` in the config) for a site that runs no preview; and /metrics of the
+processes without an event loop (the OCR worker, the text detector: `serve_in_thread`). Every
+listener bounds its connections and the wait for a request's headers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+import threading
+from collections import Counter
+from socketserver import ThreadingMixIn
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from aiohttp import web
+
+from streamer.metrics import LogOnce
 
 log = logging.getLogger(__name__)
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4"
+MAX_CONNECTIONS = 256  # open at once, per listener; more are closed at once (counted)
+HEADER_TIMEOUT_S = 10.0  # a new connection's first request must have sent its headers by then
+KEEPALIVE_S = 15.0  # an idle connection is closed after this (aiohttp's default: an hour)
 
 
 class Observed(Protocol):
@@ -44,19 +57,167 @@ def metrics_app(observed: Observed) -> web.Application:
     return app
 
 
+class Listener:
+    """A listening app (`serve`): `cleanup()` stops it."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server) -> None:
+        self.runner, self.server = runner, server
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+class _Guard:
+    """Two bounds aiohttp's server lacks, per listener: the connections open at once, and the
+    time a new connection may take to send its first request's headers. Without them a client
+    that opened connections and sent nothing, or its headers a byte at a time, held a file
+    descriptor for each for good (400 of them after 120 s), descriptors the cameras' and
+    ZeroMQ's sockets need. Idle connections after a response are aiohttp's (`KEEPALIVE_S`)."""
+
+    def __init__(self, factory: Any, refused: Counter[str], what: str) -> None:
+        self.factory, self.refused, self.what = factory, refused, what
+        self.open = 0
+        self.log = LogOnce(log)
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Guarded(self, self.factory())
+
+
+class _Guarded(asyncio.Protocol):
+    """One connection's aiohttp protocol, within its listener's `_Guard`."""
+
+    def __init__(self, guard: _Guard, inner: asyncio.Protocol) -> None:
+        self.guard, self.inner = guard, inner
+        self.transport: asyncio.BaseTransport | None = None  # (None: refused, inner unused)
+        self.timer: asyncio.TimerHandle | None = None
+        self.tail = b""  # the last bytes seen while the first headers are awaited
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        g = self.guard
+        if g.open >= MAX_CONNECTIONS:
+            g.refused["connections"] += 1
+            g.log("connections", "%s: %d connections open: closing new ones", g.what, g.open)
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        g.open += 1
+        self.transport = transport
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(HEADER_TIMEOUT_S, self._too_slow)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer is not None:
+            seen = self.tail + data
+            if b"\r\n\r\n" in seen:
+                self.timer.cancel()
+                self.timer = None
+            self.tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return
+        self.guard.open -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+        self.inner.connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self.timer = None
+        self.guard.refused["slow_headers"] += 1
+        self.guard.log(
+            "slow",
+            "%s: a connection sent no request within %.0f s: closed",
+            self.guard.what,
+            HEADER_TIMEOUT_S,
+        )
+        assert self.transport is not None
+        self.transport.abort()  # type: ignore[attr-defined]
+
+
 async def serve(
-    app: web.Application, host: str, port: int, what: str = "http", path: str = "/"
-) -> web.AppRunner:
+    app: web.Application,
+    host: str,
+    port: int,
+    what: str = "http",
+    path: str = "/",
+    refused: Counter[str] | None = None,
+) -> Listener:
     """Listen on host:port (0: any free port); raises OSError saying where it could not. Logs
-    `what` is served where: the port bound, and `path` (the route a user opens first)."""
-    runner = web.AppRunner(app, access_log=None)
+    `what` is served where: the port bound, and `path` (the route a user opens first).
+    Connections beyond MAX_CONNECTIONS, and ones whose first request's headers take longer than
+    HEADER_TIMEOUT_S, are closed and counted in `refused` ("connections", "slow_headers")."""
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
+    assert runner.server is not None
+    guard = _Guard(runner.server, Counter() if refused is None else refused, what)
     try:
-        await web.TCPSite(runner, host, port).start()
+        server = await asyncio.get_running_loop().create_server(
+            guard, host or None, port, reuse_address=True
+        )
     except OSError as e:
         await runner.cleanup()
         raise OSError(f"{what}: cannot listen on {host}:{port}: {e}") from None
-    for address in runner.addresses:  # (each family's socket, "" listening on both)
+    for sock in server.sockets:  # (each family's socket, "" listening on both)
+        address = sock.getsockname()
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
         log.info("%s on http://%s:%s%s", what, shown, address[1], path)
-    return runner
+    return Listener(runner, server)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = HEADER_TIMEOUT_S  # a connection silent this long mid-request is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """prometheus_client's server started a thread per connection and waited on each for
+    ever: 300 half-sent requests held 300 threads. Here each connection's socket times out,
+    and past MAX_CONNECTIONS a new one is closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve_in_thread(port: int, host: str, registry: Any) -> WSGIServer:
+    """Serve prometheus_client's `registry` at /metrics on host:port from a daemon thread (for
+    processes without an event loop); `shutdown()` and `server_close()` stop it."""
+    from prometheus_client import make_wsgi_app
+
+    class Server(_BoundedServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

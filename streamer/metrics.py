@@ -200,7 +200,8 @@ class _StatsCollector(Collector):
             "streamer_http_refused",
             "HTTP requests answered 4xx or 5xx: 'host' (not a served Host), 'origin'"
             " (cross-origin change), or the status code (bad input, no token, 503 too many"
-            " viewers, 500 a fault of ours, ...)",
+            " viewers, 500 a fault of ours, ...); and connections closed: 'connections' (too"
+            " many open), 'slow_headers' (no request's headers in 10 s)",
             labels=["reason"],
         )
         for reason, n in st.get("http_refused", {}).items():

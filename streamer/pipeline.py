@@ -105,6 +105,7 @@ class Pipeline:
         self._warn = LogOnce(log)
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(CPU_WORKERS, thread_name_prefix="streamer-cpu")
+        self._http_refused: Counter[str] = Counter()  # the metrics listener's (the preview's own)
         self._publishers: list[Publisher] = []
         self._crops: CropThread | None = None
         self._tap: OutSocket | None = None
@@ -330,7 +331,9 @@ class Pipeline:
             if self.cfg.metrics is not None:
                 m = self.cfg.metrics
                 web_runners.append(
-                    await serve_http(metrics_app(self), m.host, m.port, "metrics", "/metrics")
+                    await serve_http(
+                        metrics_app(self), m.host, m.port, "metrics", "/metrics", self._http_refused
+                    )
                 )
             keys = None
             detector_key = None
@@ -736,7 +739,7 @@ class Pipeline:
     def _preview_stats(self) -> dict[str, Any]:
         server = self.preview_server
         return {
-            "http_refused": dict(server.refused) if server else {},
+            "http_refused": dict(self._http_refused + (server.refused if server else Counter())),
             "preview_video_stopped": server.video_stopped if server else 0,
             "webrtc_failed": dict(server.webrtc_failed) if server else {},
         }

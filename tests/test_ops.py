@@ -13,7 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -550,3 +552,106 @@ def test_dockerfile_passes_hadolint_and_names_real_paths() -> None:
                 assert (REPO / src).exists(), src
     assert "USER 10001" in text and "HEALTHCHECK" in text and "/healthz" in text
     assert 'ENTRYPOINT ["streamer"]' in text
+
+
+def test_http_listeners_bound_their_connections_and_the_wait_for_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that opens connections and sends half a request each held a descriptor for
+    each for good (400 after 120 s). Past MAX_CONNECTIONS a new one is closed at once, one
+    whose headers do not come within HEADER_TIMEOUT_S is closed then, each counted, and the
+    listener serves the next request."""
+    from streamer import http_metrics
+
+    monkeypatch.setattr(http_metrics, "MAX_CONNECTIONS", 5)
+    monkeypatch.setattr(http_metrics, "HEADER_TIMEOUT_S", 0.5)
+
+    class Observed:
+        def health(self) -> tuple[bool, dict[str, Any]]:
+            return True, {}
+
+        def metrics_text(self) -> bytes:
+            return b"up 1\n"
+
+    async def closed(reader: asyncio.StreamReader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            return True
+
+    async def main() -> dict[str, Any]:
+        refused: Counter[str] = Counter()
+        app = http_metrics.metrics_app(Observed())
+        listener = await http_metrics.serve(app, "127.0.0.1", 0, "metrics", "/", refused)
+        port = listener.server.sockets[0].getsockname()[1]
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            for _, w in held:
+                w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and no more
+            await asyncio.sleep(0.1)
+            sixth, _ = await asyncio.open_connection("127.0.0.1", port)
+            out = {"sixth closed": await closed(sixth), "after": dict(refused)}
+            out["held closed"] = [await closed(r) for r, _ in held]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            out["served"] = await asyncio.wait_for(r.readline(), 5)
+            out["refused"] = dict(refused)
+            w.close()
+        finally:
+            await listener.cleanup()
+        return out
+
+    out = asyncio.run(main())
+    assert out["sixth closed"] and out["after"] == {"connections": 1}, out
+    assert out["held closed"] == [True] * 5
+    assert out["served"].startswith(b"HTTP/1.1 200"), out["served"]
+    assert out["refused"] == {"connections": 1, "slow_headers": 5}
+
+
+def test_the_workers_metrics_server_bounds_its_connections_and_their_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The OCR worker's and the text detector's /metrics (prometheus_client's server held a
+    thread for each half-sent request, for good): past MAX_CONNECTIONS a new connection is
+    closed at once, a silent one after HEADER_TIMEOUT_S, and /metrics is served again."""
+    import socket
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as PromCounter
+
+    from streamer import http_metrics
+
+    monkeypatch.setattr(http_metrics, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(http_metrics._QuietHandler, "timeout", 0.5)
+    registry = CollectorRegistry()
+    PromCounter("probe", "a probe", registry=registry).inc()
+    port = free_port()
+    server = http_metrics.serve_in_thread(port, "127.0.0.1", registry)
+    threads_before = threading.active_count()
+
+    def closed(s: socket.socket) -> bool:
+        s.settimeout(5)
+        try:
+            return s.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+    try:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        for s in held:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and no more
+        time.sleep(0.2)
+        fourth = socket.create_connection(("127.0.0.1", port))
+        assert closed(fourth)  # at once: no slot
+        assert threading.active_count() <= threads_before + 3
+        assert all(closed(s) for s in held)  # after the timeout
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            s.settimeout(5)
+            body = b""
+            while chunk := s.recv(65536):
+                body += chunk
+        assert body.startswith(b"HTTP/1.0 200") and b"probe_total 1.0" in body, body[:200]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -373,7 +373,8 @@ def test_the_crop_strip_keeps_only_what_it_shows() -> None:
         }
         source.on_crop(7, header, np.zeros((2, 4, 3), np.uint8))
     (kept,) = source.crops
-    assert kept.key == 7 and set(vars(kept)) == {"key", "shown", "image"}
+    assert kept.key == 7 and set(vars(kept)) == {"key", "shown", "image", "jpeg"}
+    assert kept.jpeg is None  # (encoded when first asked for)
     assert kept.shown == {k: header[k] for k in SHOWN_FIELDS}
 
 

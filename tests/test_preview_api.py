@@ -575,3 +575,51 @@ def test_failed_webrtc_tasks_are_counted_and_logged_once(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("a WebRTC task failed with AssertionError" in m for m in messages) == 1
     assert sum("Task exception was never retrieved" in m for m in messages) == 1  # ours()
+
+
+def test_crop_jpegs_are_encoded_one_at_a_time_and_each_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any number of requests for the crop strip's pictures: each crop is encoded once, and one
+    at a time, in the workers the tap shares (3,000 requests at once turned frames away from
+    the tap before)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from streamer.preview import hub as hub_module
+
+    running, most, calls = [0], [0], [0]
+    lock = threading.Lock()
+    real = hub_module._jpeg
+
+    def counted(image: Any) -> bytes:
+        with lock:
+            running[0] += 1
+            calls[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.002)
+            return real(image)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(hub_module, "_jpeg", counted)
+    header = {"frame_id": 1, "class": "plate", "confidence": 0.9, "tracker_id": None}
+    header |= {"width": 40, "height": 20}
+
+    async def main() -> list[bytes | None]:
+        with ThreadPoolExecutor(2) as pool:
+            hub = hub_module.PreviewHub(["cam"], 640, 5.0, pool)
+            for key in range(1, 6):
+                hub.sources["cam"].on_crop(key, header, np.full((20, 40, 3), key * 40, np.uint8))
+            asks = [hub.crop_jpeg("cam", 1 + i % 6) for i in range(600)]  # key 6: none
+            return await asyncio.gather(*asks)
+
+    got = asyncio.run(main())
+    assert calls[0] == 5 and most[0] == 1, (calls, most)
+    assert sum(j is None for j in got) == 100
+    assert all(j is not None and j[:2] == b"\xff\xd8" for i, j in enumerate(got) if i % 6 != 5)

@@ -139,8 +139,6 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     if args.listen:
         worker.listen(args.listen, stop, sys.stdout)
         return 0
-    from prometheus_client import start_http_server
-
     from streamer.ocr.reader import CropReader
     from streamer.ocr.recognizers import RecognizerUnavailable, make_recognizer
     from streamer.ocr.text_detector import TextDetector
@@ -170,7 +168,9 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     metrics = worker.WorkerMetrics(args.engine)
     server = None
     if args.metrics_port is not None:
-        server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
+        from streamer.http_metrics import serve_in_thread
+
+        server = serve_in_thread(args.metrics_port, args.metrics_host, metrics.registry)
     if args.no_lookalikes and args.engine != "ppocrv6":
         log.warning("--no-lookalikes: only ppocrv6 has look-alike models; ignored")
     log.info(
@@ -251,8 +251,6 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 def cmd_detect(args: argparse.Namespace) -> int:
     _, taps = _model_and_taps(args)  # (one model so far)
     stop = _stop_on_signals()
-    from prometheus_client import start_http_server
-
     from streamer.ocr.recognizers import RecognizerUnavailable
     from streamer.ocr.text_detector import DetectorMetrics, DetectorOptions, run_text_detector
 
@@ -268,7 +266,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     metrics = DetectorMetrics()
     server = None
     if args.metrics_port is not None:
-        server, _ = start_http_server(args.metrics_port, args.metrics_host, metrics.registry)
+        from streamer.http_metrics import serve_in_thread
+
+        server = serve_in_thread(args.metrics_port, args.metrics_host, metrics.registry)
     try:
         run_text_detector(opts, stop, metrics)
     except RecognizerUnavailable as e:

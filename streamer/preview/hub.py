@@ -47,6 +47,7 @@ class RecentCrop:
     key: int
     shown: dict[str, Any]  # SHOWN_FIELDS of its header
     image: np.ndarray
+    jpeg: bytes | None = None  # encoded once, when first asked for
 
 
 class PreviewTrack(MediaStreamTrack):
@@ -210,6 +211,10 @@ class PreviewHub:
         self._executor = executor
         self._max_width, self._max_fps = max_width, max_fps
         self._keys = itertools.count(1)
+        # Crop JPEGs are encoded one at a time, each once: the tap's pictures and the viewers'
+        # frames share these workers, and any number of requests may ask (3,000 at once
+        # turned frames away from the tap).
+        self._jpeg_turn = asyncio.Semaphore(1)
 
     def add_source(self, source_id: str) -> None:
         """A camera added while running. ValueError if the id has a preview."""
@@ -251,8 +256,11 @@ class PreviewHub:
     async def crop_jpeg(self, source_id: str, key: int) -> bytes | None:
         for c in list(self.sources[source_id].crops):
             if c.key == key:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, _jpeg, c.image)
+                async with self._jpeg_turn:
+                    if c.jpeg is None:
+                        loop = asyncio.get_running_loop()
+                        c.jpeg = await loop.run_in_executor(self._executor, _jpeg, c.image)
+                return c.jpeg
         return None
 
 

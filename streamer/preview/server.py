@@ -24,7 +24,7 @@ from aiortc.sdp import SessionDescription
 
 from streamer.config import PreviewConfig
 from streamer.errors import ConfigError
-from streamer.http_metrics import health_response, metrics_app, metrics_response, serve
+from streamer.http_metrics import Listener, health_response, metrics_app, metrics_response, serve
 from streamer.preview.hub import PreviewHub, PreviewSource, PreviewTrack
 
 log = logging.getLogger(__name__)
@@ -502,23 +502,20 @@ def offer_problem(sdp: str) -> str | None:
     return None
 
 
-async def start(server: PreviewServer) -> list[web.AppRunner]:
+async def start(server: PreviewServer) -> list[Listener]:
     """Listen: the main app, and the metrics app on its own port when configured. Failures of
     aiortc's own tasks are counted from here on (`PreviewServer.loop_exception`)."""
     asyncio.get_running_loop().set_exception_handler(server.loop_exception)
-    runners = [await serve(server.app, server.cfg.host, server.cfg.port, "preview")]
-    if server.cfg.metrics_port is not None:
+    cfg, refused = server.cfg, server.refused
+    listeners = [await serve(server.app, cfg.host, cfg.port, "preview", refused=refused)]
+    if cfg.metrics_port is not None:
         try:
-            runners.append(
+            listeners.append(
                 await serve(
-                    server.metrics_app,
-                    server.cfg.host,
-                    server.cfg.metrics_port,
-                    "metrics",
-                    "/metrics",
+                    server.metrics_app, cfg.host, cfg.metrics_port, "metrics", "/metrics", refused
                 )
             )
         except OSError:
-            await runners[0].cleanup()
+            await listeners[0].cleanup()
             raise
-    return runners
+    return listeners
