@@ -477,6 +477,18 @@ class PreviewConfig(_Model):
         # token_file leaves once read: the model (and a re-validated dump of it) holds the token.
         return {**{k: v for k, v in data.items() if k != "token_file"}, "token": token}
 
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> PreviewConfig:
+        """The preview adds and removes cameras (any URL) and changes their settings: beyond
+        this machine, only with a token."""
+        if self.token is None and not _loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} serves the preview beyond this machine, and it adds "
+                "cameras and changes settings: give a token (or token_file), or listen on "
+                "127.0.0.1"
+            )
+        return self
+
 
 class CurveConfig(_Model):
     """ZeroMQ CURVE on every streamer socket (detections, tap, crops); `streamer keygen` makes
@@ -642,6 +654,18 @@ class StreamerConfig(_Model):
             if s.id == source_id and s.crop is not None:
                 return s.crop
         return self.crop
+
+
+def _loopback(host: str) -> bool:
+    """Whether a listen host is this machine's loopback only (a name other than localhost is
+    not resolved: it may be any address)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
 
 
 def _families(host: str, ipv4_only: bool = False) -> list[tuple[str, str]]:

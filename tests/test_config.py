@@ -352,6 +352,17 @@ def test_check_config_with_shards(tmp_path: Path) -> None:
     assert "shard index must be 0..2 for 3 shard(s), got 7" in res.stderr
 
 
+def test_a_preview_beyond_loopback_wants_a_token() -> None:
+    """The preview's API adds cameras (any URL) and changes settings: listening beyond this
+    machine without a token is refused when the config is read."""
+    for host in ("0.0.0.0", "", "::", "192.0.2.7", "cam-box"):
+        with pytest.raises(ConfigError, match="beyond this machine.*give a token"):
+            parse_config(_with("preview", {"host": host}))
+        assert parse_config(_with("preview", {"host": host, "token": "t" * 8})).preview
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert parse_config(_with("preview", {"host": host})).preview
+
+
 def test_preview_token_from_a_file(tmp_path: Path) -> None:
     """The token can live in a file (a mounted Secret) rather than in the config."""
     secret = tmp_path / "token"

@@ -247,7 +247,7 @@ def test_one_metrics_listener_and_no_two_listeners_on_one_port() -> None:
         ({"tap": {"bind": "tcp://*:1"}}, "tap.bind and detections.bind"),
         ({"publish": [{"bind": "ipc:///tmp/x"}] * 2}, r"publish\[0\].bind and publish\[1\]"),
         ({"tap": {"bind": "tcp://127.0.0.1:02"}}, r"tap.bind and publish\[0\].bind"),
-        ({"preview": {"host": "", "port": 2}}, r"publish\[0\].bind and preview.port"),
+        ({"preview": {"host": "", "port": 2, "token": "t" * 8}}, r"publish\[0\].bind and pre"),
         ({"tap": {"bind": "tcp://[::1]:3"}, "metrics": {"host": "::", "port": 3}}, "tap.bind and"),
         # localhost is the loopback address (asyncio and ZeroMQ both bind 127.0.0.1 for it)
         ({"metrics": {"host": "localhost", "port": 2}}, r"publish\[0\].bind and metrics.port"),
@@ -261,7 +261,7 @@ def test_one_metrics_listener_and_no_two_listeners_on_one_port() -> None:
         {"metrics": {"host": "127.0.0.2", "port": 2}},
         {"tap": {"bind": "tcp://127.0.0.1:*"}, "publish": [{"bind": "tcp://127.0.0.1:*"}]},
         {"publish": [{"bind": "ipc://*"}, {"bind": "ipc://*"}]},  # (each its own path)
-        {"preview": {"host": "::", "port": 2}},  # (IPv6 only, as asyncio binds it)
+        {"preview": {"host": "::", "port": 2, "token": "t" * 8}},  # (IPv6 only, as asyncio)
         {"tap": {"bind": "tcp://lo:2"}},  # (an interface: not told apart from the address)
         {"tap": {"bind": "tcp://localhost:3"}, "metrics": {"host": "::1", "port": 3}},  # (ZMQ: v4)
     ]
