@@ -356,7 +356,7 @@ def test_a_preview_beyond_loopback_wants_a_token() -> None:
     """The preview's API adds cameras (any URL) and changes settings: listening beyond this
     machine without a token is refused when the config is read."""
     for host in ("0.0.0.0", "", "::", "192.0.2.7", "cam-box"):
-        with pytest.raises(ConfigError, match="beyond this machine.*give a token"):
+        with pytest.raises(ConfigError, match=r"beyond this machine.*give a token"):
             parse_config(_with("preview", {"host": host}))
         assert parse_config(_with("preview", {"host": host, "token": "t" * 8})).preview
     for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
