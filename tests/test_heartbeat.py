@@ -94,7 +94,8 @@ def _publish_until_heard(
     pub: zmq.Socket[bytes], sub: FrameSubscriber, name: str, timeout_s: float
 ) -> float | None:
     """Publish frames of source `name` until `sub` receives one; seconds it took, or None."""
-    header = {"v": 1, "source_id": name, "frame_id": 0, "width": 1, "height": 1}
+    header = {"v": 1, "source_id": name, "frame_id": 0, "captured_at": 1.0}
+    header |= {"width": 1, "height": 1, "encoding": "raw-bgr24"}
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         pub.send_multipart([f"frame/{name}".encode(), json.dumps(header).encode(), b"\0\0\0"])
