@@ -3,8 +3,9 @@
 #   docker build --build-arg EXTRAS=ocr -t streamer-ocr .   # also `streamer ocr`'s recognizers
 #   docker run --rm -v "$PWD/site.yaml:/config/streamer.yaml:ro" -p 8080:8080 streamer
 # The config's preview section must listen on 0.0.0.0:8080 inside the container for the port
-# mapping and the health check below (which calls /healthz, served without a token), as
-# configs/site.yaml's does. Relative paths in the config (site.yaml's CURVE keys) are relative to
+# mapping and the health check below (which calls /healthz, served without a token), with a
+# token or token_file (a preview beyond loopback wants one), as configs/site.yaml's does; a
+# config without a preview serves /healthz from `metrics: {host: 0.0.0.0, port: 8080}`. Relative paths in the config (site.yaml's CURVE keys) are relative to
 # /app: mount them there too (-v "$PWD/keys:/app/keys:ro").
 # The ocr image has no Tesseract language data: `streamer ocr` works with its default engine
 # (ppocrv6); for --engine tesseract mount a tessdata folder with eng.traineddata and set

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streamer.config import StreamerConfig, load_config, parse_config
+from streamer.config import StreamerConfig, is_loopback_host, load_config, parse_config
 from streamer.errors import ConfigError
 from streamer.health import NOT_OVERLOAD, NOT_OVERLOAD_UNTAPPED, shed_by_reason
 from streamer.ocr.commands import add_detect_parser, add_ocr_parser
@@ -32,14 +33,19 @@ BEHIND_SHOWN_S = 1.0  # a camera whose decoder runs this far behind gets a statu
 
 
 def demo_config(
-    publish: str, tap: str, detections: str, preview: str | None = "127.0.0.1:8080"
+    publish: str,
+    tap: str,
+    detections: str,
+    preview: str | None = "127.0.0.1:8080",
+    token: str | None = None,
 ) -> StreamerConfig:
     """The embedded demo: a synthetic 1280x720 30 fps camera, tap, detections in, crops out,
-    and the browser preview at `preview` (``host:port``; None for none)."""
+    and the browser preview at `preview` (``host:port``; None for none), wanting `token` if
+    given (one beyond loopback must)."""
     extra: dict[str, Any] = {}
     if preview is not None:
         host, _, port = preview.rpartition(":")
-        extra["preview"] = {"host": host or "127.0.0.1", "port": int(port)}
+        extra["preview"] = {"host": host or "127.0.0.1", "port": int(port), "token": token}
     return parse_config(
         {
             **extra,
@@ -229,7 +235,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     )
     _finish(stats, args.stats_file)
-    return 0
+    failed = {sid: s for sid, s in stats["sources"].items() if s["state"] == "failed"}
+    for sid, s in failed.items():  # (a file that failed part-way: a batch run must not pass)
+        print(f"error: source {sid} failed: {s.get('last_error')}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _this_program() -> str:
@@ -253,9 +262,11 @@ def _short(path: Path) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = demo_config(
-        args.publish, args.tap, args.detections, None if args.no_preview else args.preview
-    )
+    preview = None if args.no_preview else args.preview
+    # A preview beyond loopback wants a token (its API adds cameras): one made for this run.
+    beyond = preview is not None and not is_loopback_host(preview.rpartition(":")[0] or "127.0.0.1")
+    token = secrets.token_urlsafe(18) if beyond else None
+    cfg = demo_config(args.publish, args.tap, args.detections, preview, token)
     detector = subprocess.Popen(
         [
             sys.executable,
@@ -270,7 +281,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"demo: synthetic camera 'demo' 1280x720@30, detector pid {detector.pid}, "
         f"crops on {args.publish} (try: {_this_program()} crops {args.publish})"
-        + ("" if args.no_preview else f", preview on http://{args.preview}/"),
+        + ("" if preview is None else f", preview on http://{preview}/")
+        + ("" if token is None else f"?token={token}"),
         file=sys.stderr,
     )
     try:

@@ -118,6 +118,17 @@ class MalformedMessageError(ValueError):
     JSON object, a field this client reads that is missing or out of its bounds, or a picture
     that is not what the header says."""
 
+    def __init__(self, message: str, kind: str = "MalformedMessageError") -> None:
+        super().__init__(message)
+        self.kind = kind  # a counter's label: missing_field, wrong_type, bad_value, ...
+
+
+def _kind(value: Any, wanted: type) -> str:
+    """What is wrong with a received field's `value` (a counter's label)."""
+    if value is None:
+        return "missing_field"
+    return "bad_value" if type(value) is wanted else "wrong_type"
+
 
 class ProtocolVersionError(ValueError):
     """A message carries a protocol version this client does not know."""
@@ -217,19 +228,27 @@ def _check_fields(header: dict[str, Any], tap: bool) -> dict[str, Any]:
     for key in ("width", "height"):
         value = header.get(key)
         if type(value) is not int or not 1 <= value <= MAX_SIDE_PX:
-            raise MalformedMessageError(f"{key}: expected 1..{MAX_SIDE_PX}, got {_show(value)}")
+            raise MalformedMessageError(
+                f"{key}: expected 1..{MAX_SIDE_PX}, got {_show(value)}", _kind(value, int)
+            )
     source_id = header.get("source_id")
     if not isinstance(source_id, str) or _SOURCE_ID.match(source_id) is None:
-        raise MalformedMessageError(f"source_id: not a camera id ({_show(source_id)})")
+        raise MalformedMessageError(
+            f"source_id: not a camera id ({_show(source_id)})", _kind(source_id, str)
+        )
     frame_id = header.get("frame_id")
     if type(frame_id) is not int or not 0 <= frame_id < 1 << 63:
-        raise MalformedMessageError(f"frame_id: expected 0..2^63-1, got {_show(frame_id)}")
+        raise MalformedMessageError(
+            f"frame_id: expected 0..2^63-1, got {_show(frame_id)}", _kind(frame_id, int)
+        )
     captured_at = header.get("captured_at")
     a_time = (type(captured_at) is float and math.isfinite(captured_at)) or (
         type(captured_at) is int and abs(captured_at) <= 1 << 53  # (a float holds it exactly)
     )
     if tap and not a_time:
-        raise MalformedMessageError(f"captured_at: expected a number, got {_show(captured_at)}")
+        raise MalformedMessageError(
+            f"captured_at: expected a number, got {_show(captured_at)}", _kind(captured_at, float)
+        )
     return header
 
 
@@ -240,37 +259,47 @@ def _check_picture(header: Mapping[str, Any], payload: bytes | memoryview) -> tu
     """
     encoding, w, h = header.get("encoding"), header.get("width"), header.get("height")
     if type(w) is not int or type(h) is not int or not 1 <= min(w, h) <= max(w, h) <= MAX_SIDE_PX:
-        raise MalformedMessageError(f"a picture of {_show(w)} x {_show(h)}")
+        raise MalformedMessageError(f"a picture of {_show(w)} x {_show(h)}", "bad_value")
     if encoding == "raw-bgr24":
         want = w * h * 3
     elif encoding == "raw-i420" and header.get("origin") is None:  # a tapped frame: whole
         if w % 2 or h % 2:
-            raise MalformedMessageError(f"a raw-i420 frame of {w}x{h}: sides must be even")
+            raise MalformedMessageError(
+                f"a raw-i420 frame of {w}x{h}: sides must be even", "bad_value"
+            )
         want = w * h * 3 // 2
     elif encoding == "raw-i420":  # a crop: its rectangle widened to even coordinates
         want = _raw_size(header)
     elif encoding in ("png", "jpeg", "webp"):
         size = declared_size(encoding, payload)
         if size != (w, h):
-            raise MalformedMessageError(f"a {encoding} of {size} for a header of {w}x{h}")
+            raise MalformedMessageError(
+                f"a {encoding} of {size} for a header of {w}x{h}", "bad_image"
+            )
         return encoding, w, h
     else:
-        raise MalformedMessageError(f"encoding: {_show(encoding)} is not one of {ENCODINGS}")
+        raise MalformedMessageError(
+            f"encoding: {_show(encoding)} is not one of {ENCODINGS}", _kind(encoding, str)
+        )
     if len(payload) != want:
-        raise MalformedMessageError(f"{encoding} picture of {len(payload)} bytes for {w}x{h}")
+        raise MalformedMessageError(
+            f"{encoding} picture of {len(payload)} bytes for {w}x{h}", "bad_image"
+        )
     return encoding, w, h
 
 
 def _int_field(value: Any, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_SIDE_PX * 8:
-        raise MalformedMessageError(f"{name}: expected an integer in [0, {MAX_SIDE_PX * 8}]")
+        raise MalformedMessageError(
+            f"{name}: expected an integer in [0, {MAX_SIDE_PX * 8}]", _kind(value, int)
+        )
     return value
 
 
 def _crop_origin(header: Mapping[str, Any]) -> tuple[int, int]:
     origin = header.get("origin")
     if not isinstance(origin, dict):
-        raise MalformedMessageError("origin: expected an object")
+        raise MalformedMessageError("origin: expected an object", _kind(origin, dict))
     return _int_field(origin.get("x"), "origin.x"), _int_field(origin.get("y"), "origin.y")
 
 
@@ -304,9 +333,13 @@ def decode_image(header: Mapping[str, Any], payload: bytes | memoryview) -> np.n
             return i420_crop_to_bgr(payload, x0, y0, w, h)
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:
-        raise MalformedMessageError(f"{encoding} picture does not decode: {str(e)[:200]}") from None
+        raise MalformedMessageError(
+            f"{encoding} picture does not decode: {str(e)[:200]}", "bad_image"
+        ) from None
     if img is None or img.shape != (h, w, 3):
-        raise MalformedMessageError(f"{encoding} payload of {len(payload)} bytes does not decode")
+        raise MalformedMessageError(
+            f"{encoding} payload of {len(payload)} bytes does not decode", "bad_image"
+        )
     return cast(np.ndarray, img)
 
 
@@ -351,7 +384,8 @@ def parse_crop(
     header = _check_fields(_header(parts[1].bytes), tap=False)
     if max_pixels is not None and header["width"] * header["height"] > max_pixels:
         raise MalformedMessageError(
-            f"a crop of {header['width']}x{header['height']}: more than {max_pixels} pixels"
+            f"a crop of {header['width']}x{header['height']}: more than {max_pixels} pixels",
+            "too_large",
         )
     handle = header.get("shm")
     payload: bytes | memoryview

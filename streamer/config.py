@@ -481,7 +481,7 @@ class PreviewConfig(_Model):
     def _token_beyond_loopback(self) -> PreviewConfig:
         """The preview adds and removes cameras (any URL) and changes their settings: beyond
         this machine, only with a token."""
-        if self.token is None and not _loopback(self.host):
+        if self.token is None and not is_loopback_host(self.host):
             raise ValueError(
                 f"host {self.host!r} serves the preview beyond this machine, and it adds "
                 "cameras and changes settings: give a token (or token_file), or listen on "
@@ -656,11 +656,12 @@ class StreamerConfig(_Model):
         return self.crop
 
 
-def _loopback(host: str) -> bool:
-    """Whether a listen host is this machine's loopback only (a name other than localhost is
-    not resolved: it may be any address)."""
+def is_loopback_host(host: str) -> bool:
+    """Whether a host (a listen address, a Host header's name) is this machine's loopback only:
+    ``localhost`` or a loopback address (any other name is not resolved: it may be anything)."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if bare.lower() == "localhost":
+    bare = bare.lower().rstrip(".")
+    if bare == "localhost":
         return True
     try:
         return ipaddress.ip_address(bare).is_loopback

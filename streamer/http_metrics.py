@@ -6,6 +6,7 @@ listener bounds its connections and the wait for a request's headers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4"
 MAX_CONNECTIONS = 256  # open at once, per listener; more are closed at once (counted)
+MAX_CONNECTIONS_PER_CLIENT = 32  # of those from one address (one client cannot take them all)
 HEADER_TIMEOUT_S = 10.0  # a new connection's first request must have sent its headers by then
 KEEPALIVE_S = 15.0  # an idle connection is closed after this (aiohttp's default: an hour)
 
@@ -78,6 +80,7 @@ class _Guard:
     def __init__(self, factory: Any, refused: Counter[str], what: str) -> None:
         self.factory, self.refused, self.what = factory, refused, what
         self.open = 0
+        self.clients: Counter[str] = Counter()  # open connections per address
         self.log = LogOnce(log)
 
     def __call__(self) -> asyncio.Protocol:
@@ -90,17 +93,22 @@ class _Guarded(asyncio.Protocol):
     def __init__(self, guard: _Guard, inner: asyncio.Protocol) -> None:
         self.guard, self.inner = guard, inner
         self.transport: asyncio.BaseTransport | None = None  # (None: refused, inner unused)
+        self.client = ""
         self.timer: asyncio.TimerHandle | None = None
         self.tail = b""  # the last bytes seen while the first headers are awaited
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         g = self.guard
-        if g.open >= MAX_CONNECTIONS:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if g.open >= MAX_CONNECTIONS or g.clients[client] >= MAX_CONNECTIONS_PER_CLIENT:
             g.refused["connections"] += 1
-            g.log("connections", "%s: %d connections open: closing new ones", g.what, g.open)
+            g.log("connections", "%s: too many connections open: closing new ones", g.what)
             transport.abort()  # type: ignore[attr-defined]
             return
         g.open += 1
+        g.clients[client] += 1
+        self.client = client
         self.transport = transport
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(HEADER_TIMEOUT_S, self._too_slow)
@@ -128,6 +136,9 @@ class _Guarded(asyncio.Protocol):
         if self.transport is None:
             return
         self.guard.open -= 1
+        self.guard.clients[self.client] -= 1
+        if not self.guard.clients[self.client]:
+            del self.guard.clients[self.client]
         if self.timer is not None:
             self.timer.cancel()
         self.inner.connection_lost(exc)
@@ -176,7 +187,24 @@ async def serve(
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = HEADER_TIMEOUT_S  # a connection silent this long mid-request is dropped
+    """One connection: answered within HEADER_TIMEOUT_S of its start, or shut (a socket
+    timeout alone is per read: a client sending a byte every few seconds held it for ever)."""
+
+    timeout = HEADER_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        self.deadline = threading.Timer(HEADER_TIMEOUT_S, self._expire)
+        self.deadline.daemon = True
+        self.deadline.start()
+
+    def _expire(self) -> None:
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self.deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -184,30 +212,48 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _BoundedServer(ThreadingMixIn, WSGIServer):
     """prometheus_client's server started a thread per connection and waited on each for
-    ever: 300 half-sent requests held 300 threads. Here each connection's socket times out,
-    and past MAX_CONNECTIONS a new one is closed at once."""
+    ever: 300 half-sent requests held 300 threads. Here each connection has HEADER_TIMEOUT_S to
+    be answered, and past MAX_CONNECTIONS (MAX_CONNECTIONS_PER_CLIENT from one address) a new
+    one is closed at once."""
 
     daemon_threads = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.lock = threading.Lock()
+        self.open = 0
+        self.clients: Counter[str] = Counter()
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        client = str(client_address[0])
+        with self.lock:
+            full = (
+                self.open >= MAX_CONNECTIONS or self.clients[client] >= MAX_CONNECTIONS_PER_CLIENT
+            )
+            if not full:
+                self.open += 1
+                self.clients[client] += 1
+        if full:
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._release(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._release(str(client_address[0]))
+
+    def _release(self, client: str) -> None:
+        with self.lock:
+            self.open -= 1
+            self.clients[client] -= 1
+            if not self.clients[client]:
+                del self.clients[client]
 
 
 def serve_in_thread(port: int, host: str, registry: Any) -> WSGIServer:

@@ -227,3 +227,33 @@ def test_demo_runs_and_publishes_crops(endpoint: Any) -> None:
         [*shlex.split(hint[1]), "--help"], capture_output=True, text=True, timeout=30, cwd=REPO
     )
     assert suggested.returncode == 0 and "--save-dir" in suggested.stdout, (hint[1], suggested)
+
+
+def test_a_demo_preview_beyond_loopback_gets_a_token_of_its_own(endpoint: Any) -> None:
+    """`demo --preview 0.0.0.0:PORT` (a preview beyond loopback must want a token): the demo
+    makes one and prints the URL with it; the page wants it."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    demo = spawn(
+        *("-m", "streamer", "demo", "--duration", "30", "--quiet"),
+        *("--publish", endpoint(), "--tap", endpoint(), "--detections", endpoint()),
+        *("--preview", f"0.0.0.0:{port}"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        status = None
+        while status is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sources", timeout=2)
+                status = 200
+            except urllib.error.HTTPError as e:
+                status = e.code
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        _, err = stop(demo)
+    assert status == 401, status  # no token, no API
+    found = re.search(rf"preview on http://0\.0\.0\.0:{port}/\?token=([\w-]{{20,}})", err)
+    assert found is not None, err

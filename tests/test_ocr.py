@@ -1182,3 +1182,28 @@ def test_a_crop_the_checks_fail_on_is_counted_and_the_worker_takes_the_next(
     assert ocr.metrics.counts == {"malformed": 1}
     assert len(ocr._pending) == 1
     assert ocr.metrics.malformed.labels("internal")._value.get() == 1
+
+
+def test_the_worker_labels_a_crop_the_client_refuses_by_its_kind() -> None:
+    """Crops the client library refuses at receipt keep the labels the worker counted them
+    under before (too_large, wrong_type, missing_field, bad_image), not the error's class."""
+    from streamer.ocr import worker as w
+    from tests.conftest import free_port
+
+    opts = w.WorkerOptions(
+        crops=(f"tcp://127.0.0.1:{free_port()}",), results=f"tcp://127.0.0.1:{free_port()}"
+    )
+    ocr = w.OcrWorker(None, opts, w.WorkerMetrics("test"))  # type: ignore[arg-type]
+    cases = [
+        (header(width=3000, height=2000), b"", "too_large"),
+        (header(width="100"), b"", "wrong_type"),
+        (header(source_id=...), bytes(100 * 40 * 3), "missing_field"),
+        (header(), b"short", "bad_image"),
+    ]
+    for h, payload, _ in cases:
+        ocr._take(
+            [zmq.Frame(b"crop/cam/plate"), zmq.Frame(json.dumps(h).encode()), zmq.Frame(payload)]
+        )
+    for _, _, kind in cases:
+        assert ocr.metrics.malformed.labels(kind)._value.get() == 1, kind
+    assert ocr.metrics.counts == {"malformed": 4}

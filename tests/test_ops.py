@@ -564,6 +564,7 @@ def test_http_listeners_bound_their_connections_and_the_wait_for_headers(
     from streamer import http_metrics
 
     monkeypatch.setattr(http_metrics, "MAX_CONNECTIONS", 5)
+    monkeypatch.setattr(http_metrics, "MAX_CONNECTIONS_PER_CLIENT", 3)
     monkeypatch.setattr(http_metrics, "HEADER_TIMEOUT_S", 0.5)
 
     class Observed:
@@ -585,12 +586,19 @@ def test_http_listeners_bound_their_connections_and_the_wait_for_headers(
         listener = await http_metrics.serve(app, "127.0.0.1", 0, "metrics", "/", refused)
         port = listener.server.sockets[0].getsockname()[1]
         try:
-            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            # From one address 3 at most; from two, 5 in all.
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            fourth, _ = await asyncio.open_connection("127.0.0.1", port)
+            out: dict[str, Any] = {"fourth closed": await closed(fourth)}
+            for _ in range(2):
+                held.append(
+                    await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+                )
             for _, w in held:
                 w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and no more
             await asyncio.sleep(0.1)
-            sixth, _ = await asyncio.open_connection("127.0.0.1", port)
-            out = {"sixth closed": await closed(sixth), "after": dict(refused)}
+            sixth, _ = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.3", 0))
+            out |= {"sixth closed": await closed(sixth), "after": dict(refused)}
             out["held closed"] = [await closed(r) for r, _ in held]
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -602,10 +610,10 @@ def test_http_listeners_bound_their_connections_and_the_wait_for_headers(
         return out
 
     out = asyncio.run(main())
-    assert out["sixth closed"] and out["after"] == {"connections": 1}, out
+    assert out["fourth closed"] and out["sixth closed"] and out["after"] == {"connections": 2}
     assert out["held closed"] == [True] * 5
     assert out["served"].startswith(b"HTTP/1.1 200"), out["served"]
-    assert out["refused"] == {"connections": 1, "slow_headers": 5}
+    assert out["refused"] == {"connections": 2, "slow_headers": 5}
 
 
 def test_the_workers_metrics_server_bounds_its_connections_and_their_wait(
@@ -622,7 +630,8 @@ def test_the_workers_metrics_server_bounds_its_connections_and_their_wait(
     from streamer import http_metrics
 
     monkeypatch.setattr(http_metrics, "MAX_CONNECTIONS", 3)
-    monkeypatch.setattr(http_metrics._QuietHandler, "timeout", 0.5)
+    monkeypatch.setattr(http_metrics, "MAX_CONNECTIONS_PER_CLIENT", 2)
+    monkeypatch.setattr(http_metrics, "HEADER_TIMEOUT_S", 0.5)
     registry = CollectorRegistry()
     PromCounter("probe", "a probe", registry=registry).inc()
     port = free_port()
@@ -637,14 +646,23 @@ def test_the_workers_metrics_server_bounds_its_connections_and_their_wait(
             return True
 
     try:
-        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-        for s in held:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and no more
-        time.sleep(0.2)
-        fourth = socket.create_connection(("127.0.0.1", port))
-        assert closed(fourth)  # at once: no slot
-        assert threading.active_count() <= threads_before + 3
-        assert all(closed(s) for s in held)  # after the timeout
+        # Two from one address, a third from another; each of them trickles its headers a
+        # byte at a time (a socket timeout alone never fired).
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        third = socket.create_connection(("127.0.0.1", port))
+        assert closed(third)  # a third from one address: no slot
+        held.append(socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)))
+        fourth = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.3", 0))
+        assert closed(fourth)  # a fourth in all: no slot
+        assert threading.active_count() <= threads_before + 2 * 3  # (each one's deadline too)
+        t0 = time.monotonic()
+        for _ in range(5):
+            for s in held:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"G")
+            time.sleep(0.2)
+        assert all(closed(s) for s in held)  # by the deadline, however they trickle
+        assert time.monotonic() - t0 < 3
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
             s.settimeout(5)

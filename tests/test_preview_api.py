@@ -293,7 +293,7 @@ def _hostile(port: int) -> list[tuple[str, bytes, int]]:
         ("offer audio", _offer(port, _offer_body(_sdp(kind="audio"))), 400),
         ("offer two sections", _offer(port, _offer_body(_sdp(sections=2))), 400),
         ("offer 500 sections", _offer(port, _offer_body(_tiny_sections(500))), 400),
-        ("offer 40 candidates", _offer(port, _offer_body(_sdp(candidates=40))), 400),
+        ("offer 130 candidates", _offer(port, _offer_body(_sdp(candidates=130))), 400),
         ("static long name", _request("GET", "/static/" + "a" * 300 + ".js", port), 404),
         ("static other file", _request("GET", "/static/index.html", port), 404),
         (

@@ -667,6 +667,10 @@ def test_frame_clock_places_frames_counts_gaps_and_plays_on_after_the_clock_jump
     # (it waited the hour: its source hung, stalled), nothing counted missing ...
     t, gap = clock.place(3600.0, 100.5)
     assert gap == 0 and abs(clock.due_in(t, 100.0) - 7 * step) < 1e-9 and clock.jumps == 2
+    # ... while a file that pauses 10 s has its frames missing counted, and is not waited for
+    # either (as the read-ahead does up to MAX_GAP_S).
+    t, gap = clock.place(3610.0, 100.6)
+    assert gap == 299 and abs(clock.due_in(t, 100.0) - 8 * step) < 1e-9 and clock.jumps == 2
     # ... and a live stream's clock too, when it jumped further than the time that passed;
     # a gap as long as the time that passed is frames missing.
     live.place(1.0, 51.0)
@@ -696,3 +700,31 @@ def test_a_file_whose_timestamps_jump_an_hour_ahead_plays_on(tmp_path: Path) -> 
     c = _play(AvSource("cam", str(path), realtime=True), all_taken=True)
     assert len(c.frames) == 40 and c.source.stats.missing_frames == 0, c.source.stats
     assert c.source.stats.stalls == 0
+
+
+def test_a_run_whose_file_failed_part_way_exits_1_and_says_why(tmp_path: Path) -> None:
+    """A file played once that fails after handing on frames ends failed (not replayed); a run
+    of it exits 1 naming the source, so that a batch job does not pass it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO, free_port
+
+    clip = _growing_ts(tmp_path / "grow.ts", "libx264", (640, 480))
+    cfg = {
+        "sources": [{"id": "cam", "url": str(clip), "max_pixels": 320 * 240}],
+        "detections": {"bind": f"tcp://127.0.0.1:{free_port()}"},
+        "publish": [{"bind": f"tcp://127.0.0.1:{free_port()}"}],
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run(
+        [sys.executable, "-m", "streamer", "run", "-c", str(tmp_path / "cfg.yaml"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "error: source cam failed: " in res.stderr and "max_pixels" in res.stderr

@@ -212,7 +212,7 @@ class OcrWorker:
             self._log_once("unavailable", "crop(s) skipped: %s", e)
             return
         except (MalformedMessageError, ProtocolVersionError, BadCrop) as e:
-            kind = e.kind if isinstance(e, BadCrop) else type(e).__name__
+            kind = e.kind if isinstance(e, BadCrop | MalformedMessageError) else type(e).__name__
             self.metrics.count("malformed")
             self.metrics.malformed.labels(kind).inc()
             self._log_once(f"malformed:{kind}", "malformed crop message: %s", e)

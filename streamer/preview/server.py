@@ -22,7 +22,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
-from streamer.config import PreviewConfig
+from streamer.config import PreviewConfig, is_loopback_host
 from streamer.errors import ConfigError
 from streamer.http_metrics import Listener, health_response, metrics_app, metrics_response, serve
 from streamer.preview.hub import PreviewHub, PreviewSource, PreviewTrack
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
 MAX_OFFER_CODECS = 64  # payload types in the offer's video section (a browser's: 20-40)
-MAX_OFFER_CANDIDATES = 32  # ICE candidates in it, each checked for connectivity
+MAX_OFFER_CANDIDATES = 128  # ICE candidates in it, each checked (a browser's: a few a NIC)
 MAX_VIEWERS = 32
 MAX_CONNECTING_PER_CLIENT = 4  # offers from one address still connecting at once
 WEBRTC_LIBS = ("aiortc", "aioice")  # packages whose failed tasks are counted, not logged each
@@ -100,7 +100,7 @@ class HostCheck:
         names.add(bind)
         if self.wildcard:
             names.update(("localhost", socket.gethostname().lower()))
-        elif bind == "localhost" or (_is_ip(bind) and ipaddress.ip_address(bind).is_loopback):
+        elif is_loopback_host(bind):
             names.add("localhost")
         names.discard("")
         self.names = frozenset(names)

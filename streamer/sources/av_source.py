@@ -17,6 +17,7 @@ from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.readahead import (
     CLOSE_WAIT_S,
+    MAX_GAP_S,
     MAX_STEP_S,
     READ_TIMEOUT_S,
     ReadAhead,
@@ -89,8 +90,10 @@ class FrameClock:
         step = t - self.last_s
         if self.first_s is None:
             self.first_s = t
-        elif step < 0 or (
-            step > MAX_STEP_S and (not self.live or step > now - self.last_wall + MAX_STEP_S)
+        elif (
+            step < 0
+            or (not self.live and step > MAX_GAP_S)
+            or (self.live and step > now - self.last_wall + MAX_STEP_S)
         ):
             # The clock went back, or jumped ahead further than a file pauses or than the time
             # a live stream took (recordings joined, a camera re-synced): play on from the
@@ -98,8 +101,13 @@ class FrameClock:
             # the jump, an hour for a clock an hour ahead). Nothing is missing in between.
             self.first_s += step - (self.frame_s or 0.0)
             self.jumps += 1
-        elif self.frame_s is not None:
-            gap = max(0, round(step / self.frame_s) - 1)
+        else:
+            if not self.live and step > MAX_STEP_S:
+                # A file that pauses (a recording stopped for a while): its frames missing are
+                # counted, as the read-ahead counts a live stream's, and not waited for.
+                self.first_s += step - (self.frame_s or 0.0)
+            if self.frame_s is not None:
+                gap = max(0, round(step / self.frame_s) - 1)
         self.last_s, self.last_wall = t, now
         return t, gap
 
@@ -369,10 +377,10 @@ class AvSource(Source):
                     if clock.jumps == 1 and not jump_logged:
                         jump_logged = True
                         log.warning(
-                            "source %s: its timestamps jumped (back, or ahead beyond %.0f s); "
-                            "played on from the frame before (logged once a session)",
+                            "source %s: its timestamps jumped (back, or ahead further than "
+                            "the time that passed); played on from the frame before (logged "
+                            "once a session)",
                             self.source_id,
-                            MAX_STEP_S,
                         )
                     self.stats.skipped_decode += shedding.frame(gap)
                     if self.realtime:
