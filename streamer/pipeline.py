@@ -75,6 +75,7 @@ UNTAKEN_RECENT_S = 2.0  # frames refused this recently, none tapped since: no de
 TapOutcome = Literal["sent", "no_subscriber", "full", "stopping", "encode_failed"]
 REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
 REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
+RELOAD_WAIT_S = 10.0  # a reload's camera being removed through the API: time to wait for it
 
 
 class Pipeline:
@@ -118,6 +119,12 @@ class Pipeline:
         # ... and the sum of every removed camera's counters, for running totals.
         self._removed_totals: dict[str, Any] = {"detections": Counter()}
         self._changing: set[str] = set()  # ids being removed: not to be added meanwhile
+        self._reloading = False  # a reload is removing and adding cameras
+        self._stopping = False  # run() is shutting down: no camera is added any more
+        # Frame ids of a camera added while running start past every removed camera's: a
+        # late detection for a removed camera's frame must not pair a new camera's of its id.
+        self._frame_id_floor = 0
+        self._lingering: list[Source] = []  # removed, their decode thread still in a read
         self._tap_supervisor = Supervisor("frame tap")
         self.hub: PreviewHub | None = None
         self.preview_server: PreviewServer | None = None
@@ -164,9 +171,13 @@ class Pipeline:
                 f"id: source {src.id!r} belongs to shard {shard_of(src.id, self.shard.count)}"
                 f" of {self.shard.count}, not to this one ({self.shard})"
             )
-        if len(self.cameras) >= MAX_SOURCES:
-            raise ConfigError(f"(top level): this process serves at most {MAX_SOURCES} sources")
-        if self._loop is None:
+        self._lingering = [s for s in self._lingering if s.alive]
+        if len(self.cameras) + len(self._lingering) >= MAX_SOURCES:
+            raise ConfigError(
+                f"(top level): this process serves at most {MAX_SOURCES} sources (with "
+                f"{len(self._lingering)} removed ones whose decode threads are still in a read)"
+            )
+        if self._loop is None or self._stopping:
             raise ConfigError("(top level): the pipeline is not running")
         sources = [*(c.cfg for c in self.cameras.values()), src]
         try:
@@ -178,7 +189,7 @@ class Pipeline:
         if self.hub is not None:
             self.hub.add_source(src.id)
         camera.source.decode_observer = self.metrics.decode_seconds.labels(src.id).observe
-        camera.source.continue_ids(first_frame_id)
+        camera.source.continue_ids(max(first_frame_id, self._frame_id_floor))
         self.cameras[src.id] = camera
         self._ended.clear()
         self._start(camera)
@@ -194,6 +205,9 @@ class Pipeline:
             if self.preview_server is not None:
                 await self.preview_server.close_viewers(sid, "source removed")
             await asyncio.to_thread(camera.source.stop)  # off the loop: a stalled read may block
+            self._frame_id_floor = max(self._frame_id_floor, camera.source.next_frame_id)
+            if camera.source.alive:
+                self._lingering.append(camera.source)  # (counted against MAX_SOURCES)
             if camera.feeder is not None:
                 camera.feeder.cancel()
                 await asyncio.gather(camera.feeder, return_exceptions=True)
@@ -202,6 +216,9 @@ class Pipeline:
             deadline = time.monotonic() + REMOVE_TAP_WAIT_S
             while camera.counters.in_tap and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # the tap worker lets its frames go (not_tapped)
+            for _ in range(camera.counters.in_tap):  # still held by the tap worker: counted here
+                camera.counters.shed("stopping")
+            camera.counters.in_tap = 0  # (whatever the worker does with them later is not)
             with self._ring_lock:
                 ring = self.pairer.remove_source(sid)
             if self.hub is not None:
@@ -213,8 +230,7 @@ class Pipeline:
             self._removed.append({"id": sid, **final})
             self._add_removed(final)
             log.info("source %s: removed; final counters: %s", sid, json.dumps(final, default=str))
-            if self.cameras and all(c.ended for c in self.cameras.values()):
-                self._ended.set()  # what is left had ended by itself
+            self._check_ended()  # what is left may have ended by itself
             return final
         finally:
             self._changing.discard(sid)
@@ -240,16 +256,12 @@ class Pipeline:
                 camera.patch(changes)
         changed = [sid for sid in changed if sid not in patched]
         restarting = {sid: self.cameras[sid] for sid in changed}
-        for sid in removed + changed:
-            with contextlib.suppress(KeyError):  # removed meanwhile (the API)
-                await self.remove_source(sid)
-        for sid in changed + added:
-            old_camera = restarting.get(sid)
-            next_id = old_camera.source.next_frame_id if old_camera is not None else 0
-            try:
-                await self.add_source(new[sid], first_frame_id=next_id)
-            except ConfigError as e:  # added meanwhile (the API), or no room: the rest go on
-                log.error("config reload: source %s not started: %s", sid, e)
+        self._reloading = True
+        try:
+            await self._apply_reload(new, removed + changed, changed + added, restarting)
+        finally:
+            self._reloading = False
+            self._check_ended()
         log.info(
             "config reload: added %s, removed %s, restarted %s, changed live %s",
             added,
@@ -258,6 +270,38 @@ class Pipeline:
             patched,
         )
         return {"added": added, "removed": removed, "restarted": changed, "patched": patched}
+
+    async def _apply_reload(
+        self,
+        new: dict[str, SourceConfig],
+        stopping: list[str],
+        starting: list[str],
+        restarting: dict[str, Camera],
+    ) -> None:
+        for sid in stopping:
+            with contextlib.suppress(KeyError):  # removed meanwhile (the API)
+                await self.remove_source(sid)
+        for sid in starting:
+            old_camera = restarting.get(sid)
+            next_id = old_camera.source.next_frame_id if old_camera is not None else 0
+            deadline = time.monotonic() + RELOAD_WAIT_S
+            while sid in self._changing and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # being removed through the API: then added here
+            try:
+                await self.add_source(new[sid], first_frame_id=next_id)
+            except ConfigError as e:  # added meanwhile (the API), or no room: the rest go on
+                log.error("config reload: source %s not started: %s", sid, e)
+
+    def _check_ended(self) -> None:
+        """Let run() end once every camera it serves has ended by itself (finite files), and
+        only then: not while a camera is being removed or a reload swaps cameras."""
+        if (
+            self.cameras
+            and not self._changing
+            and not self._reloading
+            and all(c.ended for c in self.cameras.values())
+        ):
+            self._ended.set()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when the loop is responsive and no source is stalled, failed or stopped
@@ -384,7 +428,16 @@ class Pipeline:
             ]
             if duration_s is not None:
                 waiters.append(asyncio.ensure_future(asyncio.sleep(duration_s)))
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if any(w.done() for w in waiters if w is not waiters[1]):
+                    break  # stopped, or its duration is over
+                self._ended.clear()
+                self._check_ended()  # still so? (a camera may have been added since)
+                if self._ended.is_set():
+                    break
+                waiters[1] = asyncio.ensure_future(self._ended.wait())
+            self._stopping = True
             for w in waiters:
                 w.cancel()
             cameras = list(self.cameras.values())
@@ -490,8 +543,8 @@ class Pipeline:
             except EndOfStream:
                 log.info("source %s: ended", src.source_id)
                 camera.ended = True
-                if self.cameras and all(c.ended for c in self.cameras.values()):
-                    self._ended.set()
+                if self.cameras.get(camera.id) is camera:  # (not one being removed)
+                    self._check_ended()
                 return
             now = time.monotonic()
             if self.hub is not None:
@@ -562,7 +615,19 @@ class Pipeline:
         memory budget, counting the frames already on their way to the ring (instead of one being
         dropped or evicted)."""
         sid, counters = camera.id, camera.counters
+        assert self._tap is not None
         while True:
+            if self._tap.refuses(frame_topic(sid)) is not None:
+                # No detector takes its frames yet: it waits here, not in the tap worker that
+                # every camera shares (one lossless camera's frames held it, and the live
+                # cameras' frames were all turned away as busy).
+                self._warn(
+                    "tap-wait",
+                    "frame tap: no detector subscribed; source %s waits (realtime: false)",
+                    sid,
+                )
+                await asyncio.sleep(SUBSCRIBER_POLL_S)
+                continue
             if counters.in_tap >= TAP_QUEUE_FRAMES:
                 camera.tap_room.clear()
                 await camera.tap_room.wait()

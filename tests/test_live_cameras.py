@@ -336,3 +336,94 @@ def test_totals_count_every_removed_camera_not_only_those_listed() -> None:
         7 * n,
     )
     assert after["late"] - before["late"] == n
+
+
+def test_a_reload_that_restarts_a_camera_beside_an_ended_file_does_not_end_the_run(
+    endpoint: Any,
+) -> None:
+    """A camera restarted by a reload (removed, then added) while the only other camera is a
+    file that has ended: the run goes on (it ended within 50 ms: the removal saw only ended
+    cameras left). The restarted camera's frame ids go on from the old one's; a camera removed
+    through the API and added again starts past every removed camera's ids (a late detection
+    for an old frame paired the new camera's frame of that id)."""
+    cfg = _cfg(endpoint, free_port())
+    del cfg["preview"]
+    cfg["sources"] = [
+        lavfi("live"),
+        {"id": "file", "url": "lavfi:testsrc2=size=64x48:rate=10:duration=0.5"},
+    ]
+    pipeline = Pipeline(parse_config(cfg))
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.cameras["file"].ended, 20, "the file ended")
+            await until(lambda: pipeline.cameras["live"].source.next_frame_id > 5, 20, "live")
+            before = pipeline.cameras["live"].source.next_frame_id
+            changed = parse_config(
+                {**cfg, "sources": [lavfi("live", max_fps=7.0, transport="udp"), cfg["sources"][1]]}
+            )
+            seen["reload"] = await pipeline.reload(changed)
+            await asyncio.sleep(1.0)
+            seen["running"] = not run.done()
+            seen["ids_on"] = pipeline.cameras["live"].source.next_frame_id >= before
+            old_next = pipeline.cameras["live"].source.next_frame_id
+            await pipeline.remove_source("live")
+            await pipeline.add_source(lavfi("live"))
+            seen["readded_from"] = pipeline.cameras["live"].source.next_frame_id - old_next
+            await asyncio.sleep(0.5)
+            seen["still_running"] = not run.done()
+        finally:
+            pipeline.stop()
+            seen["stats"] = await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert seen["reload"]["restarted"] == ["live"], seen["reload"]
+    assert seen["running"] and seen["ids_on"] and seen["still_running"], seen
+    assert seen["readded_from"] >= 0, seen
+
+
+def test_a_lossless_camera_without_a_detector_does_not_hold_the_tap_from_the_others(
+    endpoint: Any,
+) -> None:
+    """A `realtime: false` camera whose frames no detector subscribes to waits by itself: the
+    live camera's frames still reach a detector subscribed to them alone (none did: the tap
+    worker every camera shares was held retrying the lossless frame). Removed, every frame
+    of each camera has one outcome."""
+    cfg = _cfg(endpoint, free_port())
+    del cfg["preview"]
+    cfg["sources"] = [lavfi("live"), lavfi("slow", realtime=False)]
+    pipeline = Pipeline(parse_config(cfg))
+    got: list[str] = []
+
+    async def main() -> dict[str, Any]:
+        run = asyncio.create_task(pipeline.run())
+
+        async def detector() -> None:  # answers the live camera's frames alone
+            tap, dets = cfg["tap"]["bind"], cfg["detections"]["bind"]
+            async with (
+                AsyncFrameSubscriber(tap, topics=["frame/live"]) as frames,
+                AsyncDetectionSender(dets) as sender,
+            ):
+                async for frame in frames:
+                    got.append(frame.source_id)
+                    await sender.send(frame, [])
+
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: len(got) >= 20, 20, "the live camera's frames tapped")
+            for sid in ("slow", "live"):
+                await pipeline.remove_source(sid)
+        finally:
+            task.cancel()
+            pipeline.stop()
+            stats = await asyncio.wait_for(run, 20)
+        return stats
+
+    stats = asyncio.run(asyncio.wait_for(main(), 60))
+    assert set(got) == {"live"}
+    removed = {s["id"]: s for s in stats["removed_sources"]}
+    for sid in ("slow", "live"):
+        assert accounting_balance(removed[sid]) == 0, removed[sid]
+        assert removed[sid]["in_tap"] == 0, removed[sid]

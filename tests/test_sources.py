@@ -728,3 +728,34 @@ def test_a_run_whose_file_failed_part_way_exits_1_and_says_why(tmp_path: Path) -
     )
     assert res.returncode == 1, res.stderr[-2000:]
     assert "error: source cam failed: " in res.stderr and "max_pixels" in res.stderr
+
+
+def test_a_tcp_camera_that_sends_nothing_times_out_and_stops(tmp_path: Path) -> None:
+    """`tcp://` is a network camera (an MPEG-TS stream over TCP): its open has a timeout and it
+    is reconnected, never taken for a file. A peer that accepts and sends nothing made the
+    decode thread block for good; removing the camera left the thread and its socket behind."""
+    import socket
+
+    from streamer.sources.av_source import is_live
+
+    assert all(is_live(u) for u in ("tcp://h:1", "TLS://h:1", "rtp://h:1", "unix:/run/cam"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    src = AvSource("cam", f"tcp://127.0.0.1:{port}", open_timeout_s=1.0, stall_timeout_s=0.5)
+    assert not src.finite
+
+    async def main() -> None:
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "backing_off", 10, "the open timed out")
+        finally:
+            await c.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+        assert not src.alive, "the decode thread is still blocked"
+        assert "timed out" in (src.stats.last_error or ""), src.stats.last_error
+    finally:
+        listener.close()

@@ -34,7 +34,13 @@ LAVFI_PREFIX = "lavfi:"
 # (more hold more pictures, and the errors of the last of them are lost at the end of the file).
 MAX_THREADS = 16
 SEGMENTED_FORMATS = frozenset({"hls"})  # FFmpeg's demuxers of streams that come a segment at a time
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "srt://", "udp://")
+# FFmpeg's network protocols: read with open and read timeouts, reconnected when they end (a
+# `tcp://` MPEG-TS camera was taken for a file: no timeout, a silent peer blocked it for ever).
+LIVE_SCHEMES = (
+    *("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "rtmps://", "rtmpt://"),
+    *("rtmpe://", "rtmpte://", "rtmpts://", "srt://", "udp://", "tcp://", "tls://", "rtp://"),
+    *("srtp://", "mmsh://", "mmst://", "ftp://", "sftp://", "unix:"),
+)
 
 
 def is_live(url: str) -> bool:

@@ -297,6 +297,11 @@ class Source(abc.ABC):
         """How long a stop may take: a blocked read returns within the stall timeout."""
         return self.stall_timeout_s + JOIN_MARGIN_S
 
+    @property
+    def alive(self) -> bool:
+        """Whether the decode thread still runs (after `stop`: still blocked in a read)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Ask the decode thread to stop and join it, waiting at most `join_timeout_s`."""
         self._stop.set()
