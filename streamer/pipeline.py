@@ -50,7 +50,7 @@ from streamer.publish.wire import dumps, frame_topic
 from streamer.publish.zmq_out import OutSocket
 from streamer.security import load_public_key, load_server_keys, start_authenticator
 from streamer.sharding import SINGLE, Shard, shard_of
-from streamer.sources.base import Source
+from streamer.sources.base import JOIN_MARGIN_S, Source
 from streamer.supervise import Supervisor
 from streamer.tap import tap_image
 from streamer.types import Detections, Frame
@@ -75,7 +75,8 @@ UNTAKEN_RECENT_S = 2.0  # frames refused this recently, none tapped since: no de
 TapOutcome = Literal["sent", "no_subscriber", "full", "stopping", "encode_failed"]
 REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
 REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
-RELOAD_WAIT_S = 10.0  # a reload's camera being removed through the API: time to wait for it
+RELOAD_WAIT_S = 10.0  # a reload's camera being removed through the API: time to wait, beyond
+# what its removal may take
 
 
 class Pipeline:
@@ -230,10 +231,10 @@ class Pipeline:
             self._removed.append({"id": sid, **final})
             self._add_removed(final)
             log.info("source %s: removed; final counters: %s", sid, json.dumps(final, default=str))
-            self._check_ended()  # what is left may have ended by itself
             return final
         finally:
             self._changing.discard(sid)
+            self._check_ended()  # what is left may have ended by itself
 
     async def reload(self, cfg: StreamerConfig) -> dict[str, list[str]]:
         """Apply a re-read config's sources: new ones start, removed ones stop, changed ones
@@ -284,7 +285,9 @@ class Pipeline:
         for sid in starting:
             old_camera = restarting.get(sid)
             next_id = old_camera.source.next_frame_id if old_camera is not None else 0
-            deadline = time.monotonic() + RELOAD_WAIT_S
+            # (a removal takes at most its decode thread's stop and the tap's wait)
+            wait_s = new[sid].stall_timeout_s + JOIN_MARGIN_S + REMOVE_TAP_WAIT_S + RELOAD_WAIT_S
+            deadline = time.monotonic() + wait_s
             while sid in self._changing and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)  # being removed through the API: then added here
             try:
@@ -622,8 +625,9 @@ class Pipeline:
                 # every camera shares (one lossless camera's frames held it, and the live
                 # cameras' frames were all turned away as busy).
                 self._warn(
-                    "tap-wait",
-                    "frame tap: no detector subscribed; source %s waits (realtime: false)",
+                    f"tap-wait-{sid}",
+                    "frame tap: no detector takes source %s's frames (none subscribed; a PUSH "
+                    "tap: none connected with room); it waits (realtime: false)",
                     sid,
                 )
                 await asyncio.sleep(SUBSCRIBER_POLL_S)

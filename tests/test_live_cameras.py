@@ -427,3 +427,26 @@ def test_a_lossless_camera_without_a_detector_does_not_hold_the_tap_from_the_oth
     for sid in ("slow", "live"):
         assert accounting_balance(removed[sid]) == 0, removed[sid]
         assert removed[sid]["in_tap"] == 0, removed[sid]
+
+
+def test_removing_the_last_running_camera_beside_ended_files_ends_the_run(endpoint: Any) -> None:
+    """Every camera left has ended by itself once the last running one is removed through the
+    API: the run ends, as before (with the reload fix it ran on for good)."""
+    cfg = _cfg(endpoint, free_port())
+    del cfg["preview"]
+    short = {"id": "file", "url": "lavfi:testsrc2=size=64x48:rate=10:duration=0.5"}
+    cfg["sources"] = [lavfi("live"), short]
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> bool:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.cameras["file"].ended, 20, "the file ended")
+            await pipeline.remove_source("live")
+            await asyncio.wait_for(asyncio.shield(run), 10)
+            return True
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60))

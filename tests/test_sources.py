@@ -759,3 +759,34 @@ def test_a_tcp_camera_that_sends_nothing_times_out_and_stops(tmp_path: Path) -> 
         assert "timed out" in (src.stats.last_error or ""), src.stats.last_error
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("scheme", ["rtmp", "rtmps"])
+def test_an_rtmp_camera_connects_to_its_server_and_times_out(scheme: str) -> None:
+    """An rtmp:// camera connects to its server (FFmpeg's RTMP reads the option `timeout` as
+    how long to listen for a peer: the camera listened on its own port instead), and a server
+    that says nothing times it out like any network camera."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    url = f"{scheme}://127.0.0.1:{port}/live/cam"
+    src = AvSource("cam", url, open_timeout_s=1.0, stall_timeout_s=0.5)
+
+    async def main() -> None:
+        c = Consumer(src).start()
+        try:
+            await until(lambda: src.stats.state == "backing_off", 10, "the open timed out")
+        finally:
+            await c.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+        conn, _ = listener.accept()  # (socket.timeout: it never connected)
+        conn.close()
+        assert not src.alive
+    finally:
+        listener.close()

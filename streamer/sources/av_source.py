@@ -34,12 +34,23 @@ LAVFI_PREFIX = "lavfi:"
 # (more hold more pictures, and the errors of the last of them are lost at the end of the file).
 MAX_THREADS = 16
 SEGMENTED_FORMATS = frozenset({"hls"})  # FFmpeg's demuxers of streams that come a segment at a time
-# FFmpeg's network protocols: read with open and read timeouts, reconnected when they end (a
-# `tcp://` MPEG-TS camera was taken for a file: no timeout, a silent peer blocked it for ever).
+# Network cameras: read with open and read timeouts, reconnected when they end (a `tcp://`
+# MPEG-TS camera was taken for a file: no timeout, and a silent peer blocked it for good).
 LIVE_SCHEMES = (
     *("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "rtmps://", "rtmpt://"),
-    *("rtmpe://", "rtmpte://", "rtmpts://", "srt://", "udp://", "tcp://", "tls://", "rtp://"),
-    *("srtp://", "mmsh://", "mmst://", "ftp://", "sftp://", "unix:"),
+    *("rtmpts://", "srt://", "udp://", "tcp://", "tls://", "rtp://", "srtp://", "unix:"),
+)
+# Those whose FFmpeg option `timeout` is a read timeout in microseconds; the others get FFmpeg's
+# generic `rw_timeout` (RTMP's `timeout` is how long to listen for a peer: it made an rtmp://
+# camera listen on its port instead of connecting; unix: counts milliseconds).
+TIMEOUT_OPTION_SCHEMES = (
+    "rtsp://",
+    "rtsps://",
+    "http://",
+    "https://",
+    "srt://",
+    "udp://",
+    "tcp://",
 )
 
 
@@ -172,7 +183,8 @@ class AvSource(Source):
             return av.open(self.url[len(LAVFI_PREFIX) :], format="lavfi")
         if not self.live:
             return av.open(self.url, options=self.av_options)
-        options = {"timeout": str(int(self.stall_timeout_s * 1e6)), **self.av_options}
+        key = "timeout" if self.url.lower().startswith(TIMEOUT_OPTION_SCHEMES) else "rw_timeout"
+        options = {key: str(int(self.stall_timeout_s * 1e6)), **self.av_options}
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             options.setdefault("rtsp_transport", self.transport)
             # Set up only the video track: an audio track that keeps flowing would keep the
