@@ -9,6 +9,7 @@ the shared stages (ring, tap, crop thread, publishers) and wires cameras to them
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from streamer.health import PairingWatch, ShedWatch
 from streamer.metrics import SourceCounters
 from streamer.sources.base import Source
 from streamer.sources.factory import make_source
-from streamer.types import CropParams
+from streamer.types import CropParams, Frame
 
 
 @dataclass
@@ -36,6 +37,10 @@ class Camera:
     counters: SourceCounters = field(default_factory=SourceCounters)
     #: Set when a frame of this camera leaves the tap queue (a lossless source waits on it).
     tap_room: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A lossless source's tapped frames that no detector took yet, in order (with their
+    #: messages), and the task that sends them as soon as one does (`Pipeline._tap_later`).
+    tap_waiting: deque[tuple[Frame, list[Any]]] = field(default_factory=deque)
+    tap_later: asyncio.Task[None] | None = None
     feeder: asyncio.Task[None] | None = None
     ended: bool = False  # its source ended by itself (a file played once)
 

@@ -446,6 +446,7 @@ class Pipeline:
             cameras = list(self.cameras.values())
             await asyncio.gather(*(asyncio.to_thread(c.source.stop) for c in cameras))
             feeders = [c.feeder for c in cameras if c.feeder is not None]
+            feeders += [c.tap_later for c in cameras if c.tap_later is not None]
             for f in feeders:
                 f.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
@@ -649,6 +650,7 @@ class Pipeline:
         assert self._tap is not None
         while True:
             camera, frame = await self._tap_queue.get()
+            outcome: TapOutcome | Literal["waiting"] | None = None
             try:
                 outcome = await self._tap_one(camera, frame)
             except asyncio.CancelledError:
@@ -658,19 +660,24 @@ class Pipeline:
                 camera.counters.shed("error")  # a bug: counted, and the supervisor restarts us
                 raise
             finally:
-                camera.counters.in_tap -= 1  # whatever happened, its place is given back
-                camera.tap_room.set()
+                if outcome != "waiting":  # (else still in the tap: its camera's `tap_later`)
+                    camera.counters.in_tap -= 1  # whatever happened, its place is given back
+                    camera.tap_room.set()
+            if outcome == "waiting":
+                continue
             if outcome != "sent":
                 camera.counters.shed(outcome)
             if outcome == "no_subscriber" or outcome == "full":
                 self._tap.count_drop(outcome)
                 self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)
 
-    async def _tap_one(self, camera: Camera, frame: Frame) -> TapOutcome:
+    async def _tap_one(self, camera: Camera, frame: Frame) -> TapOutcome | Literal["waiting"]:
         """Make one frame's tap picture and send it; put it in the ring once sent. Returns
         ``sent``, or why not: ``stopping`` (its camera was removed), ``no_subscriber`` or
         ``full`` (known before the picture is made, when it can be: none is made then), or
-        ``encode_failed``. A lossless source's frame waits for a detector instead."""
+        ``encode_failed``. A lossless source's frame that no detector takes yet waits for one
+        in its camera's `tap_later` task, after any of its frames waiting there already
+        (``waiting``): not here, in the worker every camera shares."""
         assert self._tap is not None and self.cfg.tap is not None
         tap_cfg = self.cfg.tap
         if self.cameras.get(camera.id) is not camera:  # removed while its frame waited
@@ -705,37 +712,71 @@ class Pipeline:
             # A frame the tap cannot encode is not sent (and counted); the tap goes on.
             log.exception("frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id)
             return "encode_failed"
+        if lossless and camera.tap_waiting:  # (its frames go in order)
+            camera.tap_waiting.append((frame, message))
+            return "waiting"
+        outcome = self._send_tapped(camera, frame, message)
+        if outcome == "sent" or not lossless:
+            return outcome
+        camera.tap_waiting.append((frame, message))
+        if camera.tap_later is None or camera.tap_later.done():
+            camera.tap_later = asyncio.create_task(self._tap_later(camera))
+        return "waiting"
+
+    def _send_tapped(self, camera: Camera, frame: Frame, message: list[Any]) -> TapOutcome:
+        """Put a tapped frame in the ring and send its message: ``sent``, ``stopping`` (its
+        camera was removed), ``no_subscriber`` or ``full``."""
+        assert self._tap is not None
+        # Into the ring before the send: the crop thread may get the detections for it before
+        # the send returns. Nothing is evicted for it until it is sent. The lock is held across
+        # the (non-blocking) send so that the crop thread cannot pair a frame that is then
+        # withdrawn (timestamp pairing needs no tap).
+        with self._ring_lock:
+            if self.cameras.get(camera.id) is not camera:
+                return "stopping"  # removed while this frame waited (its ring is gone)
+            self.pairer.add_frame(frame, time.monotonic(), bound=False)
+            try:
+                outcome = self._tap.attempt(message)
+            except BaseException:
+                self.pairer.withdraw(frame)
+                raise
+            if outcome == "sent":
+                self.pairer.bound(frame.source_id, time.monotonic())
+            else:
+                self.pairer.withdraw(frame)
+        return outcome
+
+    async def _tap_later(self, camera: Camera) -> None:
+        """A lossless source's tapped frames that no detector took, sent in order as soon as
+        one does (an XPUB polls writable even when full: retried), backing off; given back,
+        counted, when its camera is removed or the pipeline stops."""
         pause_s = TAP_RETRY_MIN_S
-        while True:
-            # Into the ring before the send: the crop thread may get the detections for it
-            # before the send returns. Nothing is evicted for it until it is sent. The lock
-            # is held across the (non-blocking) send so that the crop thread cannot pair a
-            # frame that is then withdrawn (timestamp pairing needs no tap).
-            with self._ring_lock:
-                if self.cameras.get(camera.id) is not camera:
-                    return "stopping"  # removed while this frame waited (its ring is gone)
-                self.pairer.add_frame(frame, time.monotonic(), bound=False)
-                try:
-                    outcome = self._tap.attempt(message)
-                except BaseException:
-                    self.pairer.withdraw(frame)
-                    raise
-                if outcome == "sent":
-                    self.pairer.bound(frame.source_id, time.monotonic())
-                else:
-                    self.pairer.withdraw(frame)
-            if outcome == "sent" or not lossless:
-                return outcome
-            # A lossless source waits for a detector, and for room in its queue (an XPUB
-            # polls writable even when full: retry).
-            if outcome == "no_subscriber":
-                self._warn(
-                    "tap-wait",
-                    "frame tap: no detector subscribed; source %s waits (realtime: false)",
-                    frame.source_id,
-                )
-            await asyncio.sleep(pause_s)
-            pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
+        try:
+            while camera.tap_waiting:
+                frame, message = camera.tap_waiting[0]
+                outcome = self._send_tapped(camera, frame, message)
+                if outcome == "sent" or outcome == "stopping":
+                    camera.tap_waiting.popleft()
+                    camera.counters.in_tap -= 1
+                    camera.tap_room.set()
+                    if outcome == "stopping":
+                        camera.counters.shed("stopping")
+                    pause_s = TAP_RETRY_MIN_S
+                    continue
+                if outcome == "no_subscriber":
+                    self._warn(
+                        f"tap-wait-{camera.id}",
+                        "frame tap: no detector subscribed; source %s waits (realtime: false)",
+                        camera.id,
+                    )
+                await asyncio.sleep(pause_s)
+                pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
+        finally:
+            while camera.tap_waiting:  # cancelled: stopping
+                camera.tap_waiting.popleft()
+                camera.counters.in_tap -= 1
+                camera.counters.shed("stopping")
+            camera.tap_room.set()
 
     async def _expire(self) -> None:
         """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes;

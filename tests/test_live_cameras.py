@@ -450,3 +450,55 @@ def test_removing_the_last_running_camera_beside_ended_files_ends_the_run(endpoi
             await asyncio.wait_for(run, 20)
 
     assert asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_lossless_cameras_detector_that_leaves_does_not_hold_the_others(
+    endpoint: Any,
+) -> None:
+    """A `realtime: false` camera's detector leaves mid-stream: its frames wait for the next
+    one in a task of its camera's, in order, and the live camera's detector goes on getting
+    frames (it got none: the tap worker every camera shares retried the lossless frame).
+    Removed, every frame of each camera has one outcome."""
+    cfg = _cfg(endpoint, free_port())
+    del cfg["preview"]
+    cfg["sources"] = [lavfi("live"), lavfi("slow", realtime=False)]
+    pipeline = Pipeline(parse_config(cfg))
+    got: dict[str, list[int]] = {"live": [], "slow": []}
+
+    async def detector(sid: str) -> None:
+        tap, dets = cfg["tap"]["bind"], cfg["detections"]["bind"]
+        async with (
+            AsyncFrameSubscriber(tap, topics=[f"frame/{sid}"]) as frames,
+            AsyncDetectionSender(dets) as sender,
+        ):
+            async for frame in frames:
+                got[sid].append(frame.frame_id)
+                await sender.send(frame, [])
+
+    async def main() -> dict[str, Any]:
+        run = asyncio.create_task(pipeline.run())
+        live, slow = asyncio.create_task(detector("live")), asyncio.create_task(detector("slow"))
+        try:
+            await until(lambda: len(got["slow"]) >= 20 and len(got["live"]) >= 10, 20, "both")
+            slow.cancel()
+            await asyncio.sleep(0.5)  # its frames now wait for a detector
+            before = len(got["live"])
+            await until(lambda: len(got["live"]) >= before + 20, 10, "live frames go on")
+            slow = asyncio.create_task(detector("slow"))  # another comes: they go on, in order
+            start = len(got["slow"])
+            await until(lambda: len(got["slow"]) >= start + 10, 20, "slow frames again")
+            for sid in ("slow", "live"):
+                await pipeline.remove_source(sid)
+        finally:
+            live.cancel()
+            slow.cancel()
+            pipeline.stop()
+            stats = await asyncio.wait_for(run, 20)
+        return stats
+
+    stats = asyncio.run(asyncio.wait_for(main(), 90))
+    assert got["slow"] == sorted(got["slow"]), got["slow"]  # in order, across the wait
+    removed = {s["id"]: s for s in stats["removed_sources"]}
+    for sid in ("slow", "live"):
+        assert accounting_balance(removed[sid]) == 0, removed[sid]
+        assert removed[sid]["in_tap"] == 0, removed[sid]
