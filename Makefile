@@ -36,7 +36,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 pytest: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # Installs the Debian packages that provide the missing capabilities (ensurepip, GStreamer
 # elements, typelibs, binaries, Tesseract data, fonts), then checks every capability again.
