@@ -212,6 +212,7 @@ class Pipeline:
             if camera.feeder is not None:
                 camera.feeder.cancel()
                 await asyncio.gather(camera.feeder, return_exceptions=True)
+            await self._end_tap_later(camera)  # (its frames could not be sent any more)
             for _ in range(camera.source.discard_handoff()):
                 camera.counters.shed("stopping")  # decoded, never to be tapped
             deadline = time.monotonic() + REMOVE_TAP_WAIT_S
@@ -446,7 +447,6 @@ class Pipeline:
             cameras = list(self.cameras.values())
             await asyncio.gather(*(asyncio.to_thread(c.source.stop) for c in cameras))
             feeders = [c.feeder for c in cameras if c.feeder is not None]
-            feeders += [c.tap_later for c in cameras if c.tap_later is not None]
             for f in feeders:
                 f.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
@@ -455,6 +455,10 @@ class Pipeline:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Lossless frames still waiting for a detector after the drain (the tap worker,
+            # which could start another wait, has ended): given back, counted.
+            for c in list(self.cameras.values()):
+                await self._end_tap_later(c)
             # Off the loop: a decode thread blocked in a stalled read takes up to its stall
             # timeout to end, and the loop must keep serving (/healthz, the signal handler).
             await asyncio.gather(
@@ -712,13 +716,13 @@ class Pipeline:
             # A frame the tap cannot encode is not sent (and counted); the tap goes on.
             log.exception("frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id)
             return "encode_failed"
-        if lossless and camera.tap_waiting:  # (its frames go in order)
+        if lossless and camera.tap_waiting:  # its frames go in order: behind those waiting
             camera.tap_waiting.append((frame, message))
-            return "waiting"
-        outcome = self._send_tapped(camera, frame, message)
-        if outcome == "sent" or not lossless:
-            return outcome
-        camera.tap_waiting.append((frame, message))
+        else:
+            outcome = self._send_tapped(camera, frame, message)
+            if outcome == "sent" or outcome == "stopping" or not lossless:
+                return outcome
+            camera.tap_waiting.append((frame, message))
         if camera.tap_later is None or camera.tap_later.done():
             camera.tap_later = asyncio.create_task(self._tap_later(camera))
         return "waiting"
@@ -748,35 +752,45 @@ class Pipeline:
 
     async def _tap_later(self, camera: Camera) -> None:
         """A lossless source's tapped frames that no detector took, sent in order as soon as
-        one does (an XPUB polls writable even when full: retried), backing off; given back,
-        counted, when its camera is removed or the pipeline stops."""
+        one does (an XPUB polls writable even when full: retried), backing off. A frame its
+        send fails on (a bug) is counted (``error``), logged, and the next goes on."""
         pause_s = TAP_RETRY_MIN_S
-        try:
-            while camera.tap_waiting:
-                frame, message = camera.tap_waiting[0]
-                outcome = self._send_tapped(camera, frame, message)
-                if outcome == "sent" or outcome == "stopping":
-                    camera.tap_waiting.popleft()
-                    camera.counters.in_tap -= 1
-                    camera.tap_room.set()
-                    if outcome == "stopping":
-                        camera.counters.shed("stopping")
-                    pause_s = TAP_RETRY_MIN_S
-                    continue
-                if outcome == "no_subscriber":
-                    self._warn(
-                        f"tap-wait-{camera.id}",
-                        "frame tap: no detector subscribed; source %s waits (realtime: false)",
-                        camera.id,
-                    )
-                await asyncio.sleep(pause_s)
-                pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
-        finally:
-            while camera.tap_waiting:  # cancelled: stopping
+        while camera.tap_waiting:
+            frame, message = camera.tap_waiting[0]
+            try:
+                outcome: str = self._send_tapped(camera, frame, message)
+            except Exception as e:
+                self._warn(f"tap-later-{camera.id}", "frame tap: cannot send a frame", exc_info=e)
+                outcome = "error"
+            if outcome in ("sent", "stopping", "error"):
                 camera.tap_waiting.popleft()
                 camera.counters.in_tap -= 1
-                camera.counters.shed("stopping")
-            camera.tap_room.set()
+                camera.tap_room.set()
+                if outcome != "sent":
+                    camera.counters.shed(outcome)
+                pause_s = TAP_RETRY_MIN_S
+                continue
+            if outcome == "no_subscriber":
+                self._warn(
+                    f"tap-later-wait-{camera.id}",
+                    "frame tap: no detector subscribed; source %s's frames wait (realtime: false)",
+                    camera.id,
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, TAP_RETRY_MAX_S)
+
+    async def _end_tap_later(self, camera: Camera) -> None:
+        """Stop a camera's `_tap_later` and count what still waits (``stopping``): here, not
+        in the task, which a cancel before its first step never runs."""
+        task, camera.tap_later = camera.tap_later, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        while camera.tap_waiting:
+            camera.tap_waiting.popleft()
+            camera.counters.in_tap -= 1
+            camera.counters.shed("stopping")
+        camera.tap_room.set()
 
     async def _expire(self) -> None:
         """Age-based ring expiry and the sources' stall watchdogs, also when no frame comes;

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
@@ -502,3 +504,39 @@ def test_a_lossless_cameras_detector_that_leaves_does_not_hold_the_others(
     for sid in ("slow", "live"):
         assert accounting_balance(removed[sid]) == 0, removed[sid]
         assert removed[sid]["in_tap"] == 0, removed[sid]
+
+
+def test_lossless_frames_waiting_at_the_end_of_their_file_get_the_drain(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `realtime: false` file whose last frames find the detector's queue full for a moment
+    (0.5 s): they wait in order and are sent within the drain, none given up as stopping, and
+    nothing is left in the tap at the end (the first version cancelled the wait at once and
+    lost 1-2 of them, and a wait started during the drain ran on after the run)."""
+    from streamer.publish.zmq_out import OutSocket
+
+    full_until: list[float] = []
+    sent: list[int] = []
+
+    def attempt(self: OutSocket, parts: Any) -> str:
+        frame_id = json.loads(bytes(parts[1]))["frame_id"]
+        if frame_id >= 28 and not full_until:  # (the last two: the file then ends)
+            full_until.append(time.monotonic() + 0.5)
+        if full_until and time.monotonic() < full_until[0]:
+            return "full"
+        sent.append(frame_id)
+        return "sent"
+
+    monkeypatch.setattr(OutSocket, "attempt", attempt)
+    monkeypatch.setattr(OutSocket, "refuses", lambda self, topic: None)
+    cfg = _cfg(endpoint, free_port())
+    del cfg["preview"]
+    cfg["sources"] = [
+        {"id": "file", "url": "lavfi:testsrc2=size=64x48:rate=30:duration=1", "realtime": False}
+    ]
+    cfg["tap"]["max_in_flight"] = 60
+    stats = asyncio.run(asyncio.wait_for(Pipeline(parse_config(cfg)).run(), 60))
+    s = stats["sources"]["file"]
+    assert sent == list(range(30)), sent  # every frame, in order
+    assert "stopping" not in s["not_tapped_by"] and s["in_tap"] == 0, s
+    assert accounting_balance(s) == 0, s
