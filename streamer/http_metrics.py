@@ -70,6 +70,32 @@ class Listener:
         await self.runner.cleanup()
 
 
+class _Slots:
+    """A listener's open connections: at most MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT from
+    one address (safe from any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = 0
+        self.clients: Counter[str] = Counter()
+
+    def take(self, client: str) -> bool:
+        """A slot for a new connection from `client`; False when there is none."""
+        with self.lock:
+            if self.open >= MAX_CONNECTIONS or self.clients[client] >= MAX_CONNECTIONS_PER_CLIENT:
+                return False
+            self.open += 1
+            self.clients[client] += 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self.lock:
+            self.open -= 1
+            self.clients[client] -= 1
+            if not self.clients[client]:
+                del self.clients[client]
+
+
 class _Guard:
     """Two bounds aiohttp's server lacks, per listener: the connections open at once, and the
     time a new connection may take to send its first request's headers. Without them a client
@@ -79,8 +105,7 @@ class _Guard:
 
     def __init__(self, factory: Any, refused: Counter[str], what: str) -> None:
         self.factory, self.refused, self.what = factory, refused, what
-        self.open = 0
-        self.clients: Counter[str] = Counter()  # open connections per address
+        self.slots = _Slots()
         self.log = LogOnce(log)
 
     def __call__(self) -> asyncio.Protocol:
@@ -101,13 +126,11 @@ class _Guarded(asyncio.Protocol):
         g = self.guard
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if g.open >= MAX_CONNECTIONS or g.clients[client] >= MAX_CONNECTIONS_PER_CLIENT:
+        if not g.slots.take(client):
             g.refused["connections"] += 1
             g.log("connections", "%s: too many connections open: closing new ones", g.what)
             transport.abort()  # type: ignore[attr-defined]
             return
-        g.open += 1
-        g.clients[client] += 1
         self.client = client
         self.transport = transport
         loop = asyncio.get_running_loop()
@@ -135,10 +158,7 @@ class _Guarded(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
             return
-        self.guard.open -= 1
-        self.guard.clients[self.client] -= 1
-        if not self.guard.clients[self.client]:
-            del self.guard.clients[self.client]
+        self.guard.slots.give_back(self.client)
         if self.timer is not None:
             self.timer.cancel()
         self.inner.connection_lost(exc)
@@ -219,41 +239,25 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.lock = threading.Lock()
-        self.open = 0
-        self.clients: Counter[str] = Counter()
+        self.slots = _Slots()
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         client = str(client_address[0])
-        with self.lock:
-            full = (
-                self.open >= MAX_CONNECTIONS or self.clients[client] >= MAX_CONNECTIONS_PER_CLIENT
-            )
-            if not full:
-                self.open += 1
-                self.clients[client] += 1
-        if full:
+        if not self.slots.take(client):
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release(client)
+            self.slots.give_back(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release(str(client_address[0]))
-
-    def _release(self, client: str) -> None:
-        with self.lock:
-            self.open -= 1
-            self.clients[client] -= 1
-            if not self.clients[client]:
-                del self.clients[client]
+            self.slots.give_back(str(client_address[0]))
 
 
 def serve_in_thread(port: int, host: str, registry: Any) -> WSGIServer:

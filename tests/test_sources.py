@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -730,21 +731,17 @@ def test_a_run_whose_file_failed_part_way_exits_1_and_says_why(tmp_path: Path) -
     assert "error: source cam failed: " in res.stderr and "max_pixels" in res.stderr
 
 
-def test_a_tcp_camera_that_sends_nothing_times_out_and_stops(tmp_path: Path) -> None:
-    """`tcp://` is a network camera (an MPEG-TS stream over TCP): its open has a timeout and it
-    is reconnected, never taken for a file. A peer that accepts and sends nothing made the
-    decode thread block for good; removing the camera left the thread and its socket behind."""
-    import socket
-
-    from streamer.sources.av_source import is_live
-
-    assert all(is_live(u) for u in ("tcp://h:1", "TLS://h:1", "rtp://h:1", "unix:/run/cam"))
+def _silent_server() -> socket.socket:
+    """A TCP server on loopback that accepts connections and says nothing (10 s to accept)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    port = listener.getsockname()[1]
-    src = AvSource("cam", f"tcp://127.0.0.1:{port}", open_timeout_s=1.0, stall_timeout_s=0.5)
-    assert not src.finite
+    listener.settimeout(10)
+    return listener
+
+
+def _run_until_backing_off(src: AvSource) -> None:
+    """Run `src` until its session has failed (its open timed out); the consumer, stopped."""
 
     async def main() -> None:
         c = Consumer(src).start()
@@ -753,12 +750,23 @@ def test_a_tcp_camera_that_sends_nothing_times_out_and_stops(tmp_path: Path) -> 
         finally:
             await c.stop()
 
-    try:
-        asyncio.run(asyncio.wait_for(main(), 30))
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_tcp_camera_that_sends_nothing_times_out_and_stops(tmp_path: Path) -> None:
+    """`tcp://` is a network camera (an MPEG-TS stream over TCP): its open has a timeout and it
+    is reconnected, never taken for a file. A peer that accepts and sends nothing made the
+    decode thread block for good; removing the camera left the thread and its socket behind."""
+    from streamer.sources.av_source import is_live
+
+    assert all(is_live(u) for u in ("tcp://h:1", "TLS://h:1", "rtp://h:1", "unix:/run/cam"))
+    with _silent_server() as listener:
+        port = listener.getsockname()[1]
+        src = AvSource("cam", f"tcp://127.0.0.1:{port}", open_timeout_s=1.0, stall_timeout_s=0.5)
+        assert not src.finite
+        _run_until_backing_off(src)
         assert not src.alive, "the decode thread is still blocked"
         assert "timed out" in (src.stats.last_error or ""), src.stats.last_error
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("scheme", ["rtmp", "rtmps"])
@@ -766,27 +774,11 @@ def test_an_rtmp_camera_connects_to_its_server_and_times_out(scheme: str) -> Non
     """An rtmp:// camera connects to its server (FFmpeg's RTMP reads the option `timeout` as
     how long to listen for a peer: the camera listened on its own port instead), and a server
     that says nothing times it out like any network camera."""
-    import socket
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(10)
-    port = listener.getsockname()[1]
-    url = f"{scheme}://127.0.0.1:{port}/live/cam"
-    src = AvSource("cam", url, open_timeout_s=1.0, stall_timeout_s=0.5)
-
-    async def main() -> None:
-        c = Consumer(src).start()
-        try:
-            await until(lambda: src.stats.state == "backing_off", 10, "the open timed out")
-        finally:
-            await c.stop()
-
-    try:
-        asyncio.run(asyncio.wait_for(main(), 30))
+    with _silent_server() as listener:
+        port = listener.getsockname()[1]
+        url = f"{scheme}://127.0.0.1:{port}/live/cam"
+        src = AvSource("cam", url, open_timeout_s=1.0, stall_timeout_s=0.5)
+        _run_until_backing_off(src)
         conn, _ = listener.accept()  # (socket.timeout: it never connected)
         conn.close()
         assert not src.alive
-    finally:
-        listener.close()
