@@ -83,7 +83,7 @@ from streamer.health import shed_by_reason
 from streamer.sources.frames import from_av
 from streamer.tap import scaled_i420
 
-WARMUP_S = 3.0  # connections, decoder start-up: not measured
+WARMUP_S = 3.0  # connections, decoder start-up: not measured (--warmup)
 CROP_ENCODINGS = {"bgr": "raw-bgr24", "i420": "raw-i420"}
 FIRST_FRAME_TIMEOUT_S = 60.0  # streamer, the detector and the subscriber all up by then
 CLIP_FPS = 30  # make_clip's rate
@@ -165,8 +165,7 @@ def measure_bare(clips: list[Path], seconds: float, floor_ring_bytes: int = 0) -
             "--bare",
             *(a for c in clips for a in ("--clip", str(c))),
             *(("--floor", str(floor_ring_bytes)) if floor_ring_bytes else ()),
-            "--seconds",
-            str(seconds),
+            *("--seconds", str(seconds), "--warmup", str(WARMUP_S)),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -687,6 +686,7 @@ def summary(
 
 
 def main() -> None:
+    global WARMUP_S
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cameras", default="1,2,4,6,8,10")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured, after a warm-up")
@@ -694,6 +694,12 @@ def main() -> None:
         "--bare-seconds",
         type=float,
         help="decoding alone is measured this long (default: --seconds; shorter for a soak)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP_S,
+        help="seconds before each run's measured window (connections, decoders starting)",
     )
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument(
@@ -738,10 +744,13 @@ def main() -> None:
     ap.add_argument("--clip", action="append", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--floor", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    WARMUP_S = args.warmup
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.seconds <= 0 or (args.bare_seconds is not None and args.bare_seconds <= 0):
         ap.error("--seconds and --bare-seconds must be above 0")
+    if args.warmup < 0:
+        ap.error("--warmup must be 0 or more")
     if args.bare:
         if not args.clip:
             ap.error("--bare needs --clip")

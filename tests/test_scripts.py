@@ -119,7 +119,8 @@ def test_bench_cameras_stages_runs() -> None:
     work called from the decode thread, nothing sent)."""
     res = _run_script(
         "scripts/bench_cameras.py",
-        *("--stages", "--seconds", "2", "--size", "320x240", "--shm-bytes", str(8 << 20)),
+        *("--stages", "--seconds", "2", "--warmup", "1", "--size", "320x240"),
+        *("--shm-bytes", str(8 << 20)),
         timeout_s=240,
     )
     out = res.stdout.splitlines()
@@ -244,7 +245,7 @@ def test_bench_cameras_runs(tmp_path: Path) -> None:
     trace = tmp_path / "trace.txt"
     res = _run_script(
         "scripts/bench_cameras.py",
-        *("--cameras", "1,2", "--seconds", "2", "--size", "320x240"),
+        *("--cameras", "1,2", "--seconds", "2", "--warmup", "1", "--size", "320x240"),
         # A ring that fits any /dev/shm (Docker's is 64 MB; the bench's default is 128 MiB).
         *("--shm-bytes", str(8 << 20)),
         *("--stagger", "--trace", str(trace)),
@@ -267,7 +268,7 @@ def test_bench_cameras_runs(tmp_path: Path) -> None:
     for (title, lines), total in zip(runs.items(), decoded_at_end, strict=True):
         assert lines[-1].startswith("# measured window "), (title, lines)
         seconds = [dict(f.split("=") for f in line.split()[1:]) for line in lines[:-1]]
-        assert len(seconds) >= 3, (title, lines)  # the warm-up's and the window's seconds
+        assert len(seconds) >= 2, (title, lines)  # the window's seconds at least
         assert all(0.9 < float(s["dt"]) < 10.0 for s in seconds), (title, lines)
         # Rates per second over each line's seconds: they add up to what streamer decoded,
         # but for its first and last second or so (before the first line, after the last).
