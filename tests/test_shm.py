@@ -172,6 +172,40 @@ def test_ring_round_trip_and_overwrite_detection(tmp_path: Path) -> None:
     assert not (tmp_path / "streamer-t").exists()
 
 
+def test_a_ring_cut_short_under_its_reader_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
+    """Anyone who may write a ring (the consumer's own user) can truncate its file under a
+    reader. The reader copies with pread, so that is RingUnavailableError and the consumer goes
+    on; with the ring mapped, touching the cut pages killed it with SIGBUS. In a subprocess, so
+    that a SIGBUS would fail this test, not end the test run."""
+    script = f"""
+import os
+from pathlib import Path
+from streamer.publish.shm import HEADER_BYTES, MIN_CAPACITY_BYTES, RingCache, RingWriter
+from streamer.publish.shm import RingUnavailableError
+ring = RingWriter(Path({str(tmp_path)!r}), "streamer-cut", MIN_CAPACITY_BYTES)
+first = ring.handle(ring.put(b"a" * 1000), 1000)
+far = ring.handle(ring.put(b"b" * 100_000), 100_000)
+cache = RingCache(Path({str(tmp_path)!r}))
+assert cache.read(first) == b"a" * 1000  # open, and read once
+os.truncate(ring.path, HEADER_BYTES + 4096)
+try:
+    cache.read(far)
+except RingUnavailableError as e:
+    print("unavailable:", e)
+os.truncate(ring.path, 16)
+try:
+    cache.read(first)
+except RingUnavailableError as e:
+    print("unavailable:", e)
+ring.close()
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert res.stdout.count("was cut short under its reader") == 2, res.stdout
+
+
 def test_a_restarted_ring_is_told_apart(tmp_path: Path) -> None:
     """A streamer killed without cleaning up (its ring file stays), then started again: the
     new ring replaces the file, old handles are told apart by the ring id."""
@@ -289,29 +323,30 @@ def test_head_covers_a_reservation_before_its_bytes_are_written(tmp_path: Path) 
         ring.close()
 
 
-def test_a_write_during_the_copy_is_detected(tmp_path: Path) -> None:
+def test_a_write_during_the_copy_is_detected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The writer comes round while the reader copies (injected into the copy): the reader's
     second look at the head catches it."""
     ring = RingWriter(tmp_path, "streamer-t", MIN_CAPACITY_BYTES)
     size = MIN_CAPACITY_BYTES // 4
     handle = ring.handle(ring.put(b"a" * size), size)
     cache = RingCache(tmp_path)
-    assert cache.read(handle) == b"a" * size  # mapped
-    reader = cache._rings["streamer-t"]
-    real = reader._data
+    assert cache.read(handle) == b"a" * size  # opened
+    real = os.pread
 
-    class WriterComesRound:
-        def __getitem__(self, key: slice) -> np.ndarray:
+    def writer_comes_round(fd: int, n: int, at: int) -> bytes:
+        if n == size:  # the copy, not a look at the head
             for _ in range(4):
                 ring.put(b"b" * size)
-            return real[key]
+        return real(fd, n, at)
 
-    reader._data = WriterComesRound()  # type: ignore[assignment]
+    monkeypatch.setattr(os, "pread", writer_comes_round)
     try:
         with pytest.raises(StaleCropError, match="while it was read"):
             cache.read(handle)
     finally:
-        reader._data = real
+        monkeypatch.undo()
         cache.close()
         ring.close()
 

@@ -1,6 +1,6 @@
 """A shared-memory ring for crops: the writer (streamer) puts each crop's pixels into a file in
 ``/dev/shm`` once, and the message on the socket carries only a handle to them; a consumer on
-the same host maps the file read-only and copies the crop out. See docs/protocol.md ("Crops in
+the same host reads the crop out of the file (pread, not a mapping). See docs/protocol.md ("Crops in
 shared memory").
 
 The ring is one byte buffer written in order, wrapping at its end. Its header holds `head`, the
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"STRMRNG1"
 HEADER_BYTES = 4096
 _HEAD_WORD = 5  # head is the 6th u64 of the header (byte 40)
+_HEAD_AT = 8 * _HEAD_WORD
 ALIGN_BYTES = 64
 MIN_CAPACITY_BYTES = 1 << 20
 MAX_CAPACITY_BYTES = 64 << 30
@@ -126,8 +127,8 @@ class RingWriter:
         return {"name": self.name, "ring": self.ring_id, "offset": pos, "size": size}
 
     def close(self) -> None:
-        """Remove the ring's file if it is still ours (readers that mapped it keep their
-        mapping)."""
+        """Remove the ring's file if it is still ours (readers that opened it keep it open until
+        they let go of it)."""
         with contextlib.suppress(OSError):
             mine, there = os.fstat(self._fd), os.stat(self.path, follow_symlinks=False)
             if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
@@ -264,11 +265,12 @@ def _warn_if_not_tmpfs(directory: Path) -> None:
 
 
 class RingReader:
-    """The reading side of one ring, mapped read-only."""
+    """The reading side of one ring, read with pread(2), not mapped: a ring file cut short under
+    the reader (by anyone who may write it) is then a short read and an error, not a SIGBUS."""
 
     def __init__(self, path: Path) -> None:
-        """Map `path`; RingUnavailableError if it is missing, not a streamer ring, not owned by
-        this process's user, or cannot be mapped."""
+        """Open `path`; RingUnavailableError if it is missing, not a streamer ring or not owned
+        by this process's user."""
         try:
             # O_NONBLOCK: a FIFO planted under a ring's name must not hang the open.
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -288,44 +290,51 @@ class RingReader:
                 raise RingUnavailableError(
                     f"{path} belongs to user {st.st_uid}, not to this consumer's: not read"
                 )
-            try:
-                self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-            except OSError as e:
-                raise RingUnavailableError(f"cannot map {path}: {e.strerror}") from None
+            header = os.pread(fd, HEADER_BYTES, 0)
+            words = (
+                np.frombuffer(header, np.uint64, count=3, offset=8)
+                if len(header) == HEADER_BYTES
+                else None
+            )
+            if (
+                words is None
+                or header[:8] != MAGIC
+                or int(words[0]) != HEADER_BYTES
+                or int(words[1]) != size - HEADER_BYTES
+            ):
+                raise RingUnavailableError(f"{path} is not a streamer shm ring")
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd  # kept: tells when the file is removed (its memory then is ours alone)
-        words = np.frombuffer(self._mm, np.uint64, count=HEADER_BYTES // 8)
-        if (
-            self._mm[:8] != MAGIC
-            or int(words[1]) != HEADER_BYTES
-            or int(words[2]) != size - HEADER_BYTES
-        ):
-            del words
-            self._mm.close()
-            os.close(fd)
-            raise RingUnavailableError(f"{path} is not a streamer shm ring")
+        self.path = path
+        self._fd = fd  # also tells when the file is removed (its memory then is ours alone)
         self.capacity = size - HEADER_BYTES
-        self.ring_id = self._mm[24:40].hex()
-        self._words = words
-        self._data: U8 = np.frombuffer(self._mm, np.uint8, offset=HEADER_BYTES)
+        self.ring_id = header[24:40].hex()
 
     def read(self, offset: int, size: int) -> bytes:
         """A copy of `size` bytes at absolute position `offset`; StaleCropError if they were
-        overwritten (before or while copying); ValueError if the handle cannot be this ring's."""
+        overwritten (before or while copying); ValueError if the handle cannot be this ring's;
+        RingUnavailableError if the ring's file was cut short."""
         at = offset % self.capacity
         if size > self.capacity // MAX_ITEM_SHARE or at + size > self.capacity:
             raise ValueError(f"shm handle ({offset}, {size}) does not fit the ring")
-        head = int(self._words[_HEAD_WORD])
+        head = self._head()
         if offset + size > head:
             raise ValueError(f"shm handle ({offset}, {size}) is past the ring's head ({head})")
         if head > offset + self.capacity:
             raise StaleCropError("crop overwritten before it was read")
-        data = self._data[at : at + size].tobytes()
-        if int(self._words[_HEAD_WORD]) > offset + self.capacity:
+        data = os.pread(self._fd, size, HEADER_BYTES + at)
+        if len(data) != size:
+            raise RingUnavailableError(f"{self.path} was cut short under its reader")
+        if self._head() > offset + self.capacity:
             raise StaleCropError("crop overwritten while it was read")
         return data
+
+    def _head(self) -> int:
+        word = os.pread(self._fd, 8, _HEAD_AT)
+        if len(word) != 8:
+            raise RingUnavailableError(f"{self.path} was cut short under its reader")
+        return int.from_bytes(word, "little")
 
     @property
     def removed(self) -> bool:
@@ -334,13 +343,10 @@ class RingReader:
 
     def close(self) -> None:
         os.close(self._fd)
-        del self._words, self._data
-        with contextlib.suppress(BufferError):
-            self._mm.close()
 
 
 class RingCache:
-    """The rings a consumer has mapped, at most `max_rings` (least recently used unmapped), found
+    """The rings a consumer has open, at most `max_rings` (the least recently used closed), found
     in `directory` by the names messages give."""
 
     def __init__(self, directory: Path, max_rings: int = 16) -> None:
