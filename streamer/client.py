@@ -499,7 +499,11 @@ def _output_socket(ctx: Any, endpoint: str, hwm: int, curve: Curve | None) -> An
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.LINGER, 1000)
     set_heartbeat(sock)
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     return sock
 
 
@@ -534,29 +538,32 @@ class _Routes:
 
     def route_for(self, frame: TapFrame) -> tuple[str, Any] | None:
         """The endpoint and socket for `frame`'s detections; None (counted) when none."""
-        target = None
         if self._follow and frame.header.get("reply_to") != self._default_endpoint:
             try:
                 target = frame.reply_route(self._allow_ipc)
-            except ValueError as e:
+                if target is not None:
+                    return target, self._route(target)
+            except (ValueError, zmq.ZMQError) as e:  # (ZMQError: one libzmq refuses)
                 self.stats["bad_reply_to"] += 1
                 self._warn("bad_reply_to", "tapped frame with an unusable reply_to: %s", e)
-        if target is None:
-            if self.default is None or self._default_endpoint is None:
-                self.stats["no_route"] += 1
-                self._warn(
-                    "no_route",
-                    "frame %s/%s says no reply_to and the sender has no endpoint: "
-                    "detections dropped",
-                    frame.header.get("source_id"),
-                    frame.header.get("frame_id"),
-                )
-                return None
-            return self._default_endpoint, self.default
+        if self.default is None or self._default_endpoint is None:
+            self.stats["no_route"] += 1
+            self._warn(
+                "no_route",
+                "frame %s/%s says no reply_to and the sender has no endpoint: detections dropped",
+                frame.header.get("source_id"),
+                frame.header.get("frame_id"),
+            )
+            return None
+        return self._default_endpoint, self.default
+
+    def _route(self, target: str) -> Any:
+        """The socket to `target`, opened if it is not yet (the least recently used closed)."""
         sock = self._routes.get(target)
         if sock is not None:
             self._routes.move_to_end(target)
-            return target, sock
+            return sock
+        sock = self._open(target)
         if len(self._routes) >= self._max:
             old_endpoint, old = self._routes.popitem(last=False)
             old.close()
@@ -565,11 +572,11 @@ class _Routes:
             self._warn(
                 "routes_full", "more than %s detections endpoints: closing the oldest", self._max
             )
-        sock = self._routes[target] = self._open(target)
+        self._routes[target] = sock
         self.stats["routes_opened"] += 1
         if self.stats["routes_opened"] <= self._max:  # past that, "routes_full" says it, rarely
             log.info("detections for frames tapped by %s go there", target)
-        return target, sock
+        return sock
 
     def sent(self) -> None:
         self.stats["sent"] += 1

@@ -33,7 +33,13 @@ SHARD_FIELDS = (
     ("metrics", "host"),
     ("metrics", "port"),
 )
-_TCP_REPLY = re.compile(r"tcp://(\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # a DNS name's label (RFC 1123)
+# A host of dot-separated labels (libzmq refuses a host starting with '-' or '.' outright, so
+# such a reply_to would raise in a detector's connect), an IPv4 address, or an IPv6 one in [].
+_TCP_REPLY = re.compile(
+    rf"tcp://(\*|{_LABEL}(?:\.{_LABEL})*|\[([0-9A-Fa-f:.]{{2,45}})\]):([0-9]{{1,5}})"
+)
+MAX_HOST_CHARS = 253
 _IPC_REPLY = re.compile(r"ipc://[\x21-\x7e]{1,250}")
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "[::]", "[::0]", "[0:0:0:0:0:0:0:0]"})
 
@@ -60,7 +66,16 @@ def check_reply_to(value: object, allow_ipc: bool = True) -> str:
         )
     if m.group(1) in _WILDCARD_HOSTS:
         raise ValueError(f"{value!r} is a wildcard address: give one a detector can reach")
-    if not 1 <= int(m.group(2)) <= 65_535:
+    if len(m.group(1)) > MAX_HOST_CHARS:
+        raise ValueError(f"host longer than {MAX_HOST_CHARS} characters in {value!r}")
+    if m.group(2) is not None:
+        try:
+            unspecified = ipaddress.IPv6Address(m.group(2)).is_unspecified
+        except ValueError:
+            raise ValueError(f"not an IPv6 address in {value!r}") from None
+        if unspecified:
+            raise ValueError(f"{value!r} is a wildcard address: give one a detector can reach")
+    if not 1 <= int(m.group(3)) <= 65_535:
         raise ValueError(f"port must be 1..65535 in {value!r}")
     return value
 

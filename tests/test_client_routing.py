@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.client import (
     AsyncDetectionSender,
@@ -21,6 +23,7 @@ from streamer.client import (
     FrameSubscriber,
     TapFrame,
 )
+from streamer.config import check_reply_to
 
 BOX = {"x": 5, "y": 5, "width": 4, "height": 4, "class": "c", "class_id": 0}
 
@@ -106,6 +109,12 @@ def test_follow_reply_to_off_sends_everything_to_the_endpoint(
         "ipc:///run/some-other-service.sock",  # refused unless allow_ipc_reply_to
         "tcp://h\u00e9:1",
         "tcp://h:1\x00",
+        "tcp://-a:5555",  # libzmq's connect raised on these: they ended the detector
+        "tcp://.:5555",
+        "tcp://-:1",
+        "tcp://a..b:1",
+        "tcp://[1::2::3]:1",
+        "tcp://[0::0]:1",
         12,
         ["tcp://h:1"],
         {"a": 1},
@@ -124,6 +133,46 @@ def test_a_hostile_reply_to_is_counted_and_never_connected(
     with DetectionSender() as sender:  # no fallback: dropped and counted, no exception
         assert not sender.send(_frame("cam", 2, reply_to=reply_to), [BOX])
         assert sender.stats["no_route"] == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    host=st.text(alphabet="aZ09-.:[]*_", max_size=14)
+    | st.ip_addresses().map(lambda a: f"[{a}]" if a.version == 6 else str(a)),
+    port=st.integers(0, 70_000),
+)
+def test_a_reply_to_the_checks_pass_is_one_libzmq_connects_to(host: str, port: int) -> None:
+    """What `check_reply_to` lets through, a detector connects to without libzmq raising (and
+    so `route_for` counts, never raises, a reply_to it refuses)."""
+    endpoint = f"tcp://{host}:{port}"
+    try:
+        check_reply_to(endpoint)
+    except ValueError:
+        return
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    try:
+        sock.connect(endpoint)
+    finally:
+        sock.close(linger=0)
+
+
+def test_a_reply_to_libzmq_refuses_is_counted_and_the_default_used(
+    pulls: list[tuple[str, zmq.Socket[bytes]]],
+) -> None:
+    """Should libzmq refuse an address the checks passed, the frame's detections take the
+    default route, counted ``bad_reply_to``; the sender goes on."""
+    _, _, (default, sock_default) = pulls
+    with DetectionSender(default) as sender:
+        real = sender._routes._open
+
+        def refuse(endpoint: str) -> Any:
+            raise zmq.ZMQError(zmq.EINVAL)
+
+        sender._routes._open = refuse
+        assert sender.send(_frame("cam", 1, reply_to="tcp://127.0.0.1:1"), [BOX])
+        sender._routes._open = real
+        assert sender.stats["bad_reply_to"] == 1 and sender.stats["routes_opened"] == 0
+        assert _received(sock_default) == [("cam", 1)]
 
 
 def test_no_route_without_reply_to_or_endpoint_is_counted() -> None:
