@@ -149,7 +149,7 @@ def test_a_reply_to_the_checks_pass_is_one_libzmq_connects_to(host: str, port: i
         check_reply_to(endpoint)
     except ValueError:
         return
-    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
     try:
         sock.connect(endpoint)
     finally:
