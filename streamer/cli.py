@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from streamer.client import topic_arg
 from streamer.config import StreamerConfig, is_loopback_host, load_config, parse_config
 from streamer.errors import ConfigError
 from streamer.health import NOT_OVERLOAD, NOT_OVERLOAD_UNTAPPED, shed_by_reason
@@ -432,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crops", help="subscribe to crops and print (and save) them")
     p.add_argument("endpoint", nargs="+", help="crop endpoints: every shard's, or a {shard} one")
     add_shards_arg(p)
-    p.add_argument("--topic", default="crop/", help="topic prefix, e.g. crop/demo/plate")
+    p.add_argument(
+        "--topic", type=topic_arg, default="crop/", help="topic prefix, e.g. crop/demo/plate"
+    )
     p.add_argument("--save-dir", help="write each crop as <source>_<frame_id>_<index>_<class>.png")
     p.add_argument("--count", type=int, help="exit after this many crops")
     p.add_argument("--timeout", type=float, help="exit 1 if no crop arrives for this long")

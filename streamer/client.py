@@ -67,6 +67,7 @@ A crop consumer::
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -90,6 +91,7 @@ from streamer.metrics import LogOnce
 from streamer.publish.shm import RingCache as RingCache
 from streamer.publish.shm import RingUnavailableError as RingUnavailableError
 from streamer.publish.shm import StaleCropError as StaleCropError
+from streamer.publish.zmq_out import MAX_SUBSCRIPTION_BYTES
 from streamer.security import make_client
 from streamer.sharding import MAX_SHARDS
 from streamer.zmq_heartbeat import set_heartbeat
@@ -455,6 +457,22 @@ SubMode = Literal["sub", "pull"]
 Curve = tuple[str, str]  # (client .key_secret file, server public .key file)
 
 
+def check_topic(topic: str) -> str:
+    """`topic` if it can be subscribed to; ValueError if it is longer than streamer's publishers
+    take (they drop a subscriber that sends a longer one)."""
+    if len(topic.encode()) >= MAX_SUBSCRIPTION_BYTES:
+        raise ValueError(f"a topic is at most {MAX_SUBSCRIPTION_BYTES - 1} bytes long")
+    return topic
+
+
+def topic_arg(value: str) -> str:
+    """`check_topic` as an argparse type."""
+    try:
+        return check_topic(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def endpoint_list(endpoints: Endpoints) -> list[str]:
     """One endpoint or several as a non-empty list; raises ValueError on none."""
     out = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -475,6 +493,8 @@ def _input_socket(
     """A SUB (or PULL) socket connected to every endpoint: messages from all of them are
     fair-queued into one stream (several shards' taps or crop publishers)."""
     targets = endpoint_list(endpoints)
+    for t in topics:
+        check_topic(t)
     sock = ctx.socket(zmq.SUB if mode == "sub" else zmq.PULL)
     if curve is not None:
         make_client(sock, *curve)

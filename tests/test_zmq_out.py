@@ -3,6 +3,11 @@ subscriber that (un)subscribes hundreds of thousands of distinct topics."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -169,3 +174,71 @@ def test_detections_socket_bounds_what_one_peer_can_queue() -> None:
             rx.close()
     finally:
         ctx.term()
+
+
+def _zmtp_peer(port: int, socket_type: bytes) -> socket.socket:
+    """A bare ZMTP 3.0 peer (NULL mechanism) on a plain TCP socket: it sends whatever it is
+    given, as a hostile peer would, with no libzmq of its own to hold or check it."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32))
+    got = b""
+    while len(got) < 64:
+        chunk = s.recv(64 - len(got))
+        assert chunk, "closed during the greeting"
+        got += chunk
+    body = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    s.sendall(b"\x04" + bytes([len(body)]) + body)
+    return s
+
+
+def _zmtp_frame(data: bytes) -> bytes:
+    return b"\x02" + struct.pack(">Q", len(data)) + data  # a long frame, the last
+
+
+def test_a_subscription_longer_than_any_topic_drops_its_peer() -> None:
+    """One subscription message of 100 kB (libzmq keeps a prefix at ~70 bytes of memory a byte:
+    three 10 MB ones took a streamer from 119 MB to 2.1 GB, held after they left) is refused:
+    its peer is disconnected and the prefix never subscribed. A prefix as long as the longest
+    topic is taken."""
+    port = free_port()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    out = OutSocket(ctx, f"tcp://127.0.0.1:{port}", "pub", 10)
+    fine: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
+    try:
+        longest = b"crop/" + b"c" * 64 + b"/" + "\u00e9".encode() * 512  # 1094 bytes
+        fine.setsockopt(zmq.SUBSCRIBE, longest)
+        fine.connect(f"tcp://127.0.0.1:{port}")
+        _read_until(out, lambda: out.subscriptions.total == 1)
+        hostile = _zmtp_peer(port, b"XSUB")
+        hostile.sendall(_zmtp_frame(b"\x01" + b"B" * 100_000))
+        seen = 1
+        with contextlib.suppress(ConnectionResetError):
+            while hostile.recv(4096):  # until libzmq closes it (at the latest, for heartbeats)
+                pass
+        for _ in range(5):
+            time.sleep(0.05)
+            out.read_subscriptions()
+            seen = max(seen, out.subscriptions.total)
+        hostile.close()
+        assert seen == 1, "the long prefix was subscribed"
+        assert out.subscriptions.total == 1 and out.has_subscriber(longest)
+    finally:
+        fine.close(linger=0)
+        out.close()
+
+
+def test_a_subscriber_refuses_a_topic_streamer_would_drop_it_for() -> None:
+    """The client library and the commands refuse a topic as long as the publishers' bound
+    (libzmq's own SUB also crashed its process on close with a prefix of 200 kB or more)."""
+    from streamer.client import CropSubscriber
+
+    with pytest.raises(ValueError, match="at most 2047 bytes"):
+        CropSubscriber("tcp://127.0.0.1:1", topics=["crop/" + "a" * 2043])
+    res = subprocess.run(
+        [sys.executable, "-m", "streamer", "crops", "tcp://127.0.0.1:1", "--topic", "a" * 3000],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 2 and "a topic is at most 2047 bytes long" in res.stderr, res.stderr

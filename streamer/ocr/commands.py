@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from streamer.client import topic_arg
 from streamer.ocr.ctc import DEFAULT_CHARSET, parse_charset
 from streamer.ocr.recognizers import DEFAULT_ENGINE, ENGINES
 from streamer.sharding import add_shards_arg, endpoints_arg
@@ -81,7 +82,12 @@ def add_ocr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     add_shards_arg(p)
     p.add_argument("--pull", action="store_true", help="the publisher is PUSH: join its pool")
-    p.add_argument("--topic", action="append", help="topic prefix (repeatable); default crop/")
+    p.add_argument(
+        "--topic",
+        type=topic_arg,
+        action="append",
+        help="topic prefix (repeatable); default crop/",
+    )
     p.add_argument("--classes", help="comma-separated classes to read; default every class")
     p.add_argument("--results", default="tcp://127.0.0.1:5570", help="bind: results go out here")
     p.add_argument("--votes", type=int, default=3, help="agreeing readings for a stable reading")

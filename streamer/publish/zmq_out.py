@@ -32,6 +32,11 @@ ZERO_COPY_MIN_BYTES = 64 * 1024  # below this pyzmq copies anyway, and copying i
 CLOSE_LINGER_MS = 1_000  # time given to queued messages at shutdown
 MAX_PREFIXES = 10_000  # distinct subscription prefixes tracked per PUB socket
 MAX_PREFIX_BYTES = 256  # longer prefixes are tracked cut to this (topics are shorter)
+# The longest (un)subscription message a PUB socket takes: its kind byte and a prefix as long as
+# the longest topic (crop/<64-char id>/<256-char class>, UTF-8: 1094 bytes), with room to spare.
+# A longer one would match nothing, and libzmq keeps a prefix as a node per byte (~70 bytes of
+# memory a byte of prefix, held after its subscriber leaves): its peer is disconnected instead.
+MAX_SUBSCRIPTION_BYTES = 2048
 
 Outcome = Literal["sent", "no_subscriber", "full"]
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # plain ints: enum arithmetic per part is measurable
@@ -143,6 +148,7 @@ class OutSocket:
             self.sock.curve_server = True
         if mode == "pub":
             self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # (not VERBOSER: see Subscriptions)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
         try:
             self.sock.bind(endpoint)
         except zmq.ZMQError as e:
