@@ -20,13 +20,16 @@ MIB = 1024 * 1024
 REPLY_TO_MAX_CHARS = 256
 TOKEN_FILE_MAX_BYTES = 4096
 SHARD_PLACEHOLDER = "{shard}"
-# Where "{shard}" is replaced (paths in the YAML tree; "*" is any list index): the endpoints.
+# Where "{shard}" is replaced (paths in the YAML tree; "*" is any list index): the endpoints, and
+# the shm rings' names and directories (two shards on one host cannot share a ring).
 SHARD_FIELDS = (
     ("detections", "bind"),
     ("detections", "advertise"),
     ("detections", "connect", "*"),
     ("tap", "bind"),
     ("publish", "*", "bind"),
+    ("publish", "*", "shm", "name"),
+    ("publish", "*", "shm", "dir"),
     ("preview", "host"),
     ("preview", "port"),
     ("preview", "metrics_port"),
@@ -729,7 +732,8 @@ def _matches(path: tuple[int | str, ...], pattern: tuple[str, ...]) -> bool:
 
 def substitute_shard(data: Any, shard: Shard) -> Any:
     """A copy of a parsed YAML tree with ``{shard}`` replaced by the shard's index in every
-    endpoint (SHARD_FIELDS). Raises ConfigError naming each other field that contains it."""
+    endpoint and shm ring name and directory (SHARD_FIELDS). Raises ConfigError naming each
+    other field that contains it."""
     misplaced: list[str] = []
 
     def walk(node: Any, path: tuple[int | str, ...]) -> Any:
@@ -748,7 +752,7 @@ def substitute_shard(data: Any, shard: Shard) -> Any:
         raise ConfigError(
             "\n".join(
                 f"{loc}: {SHARD_PLACEHOLDER} is only replaced in endpoints (detections, tap, "
-                "publish, preview)"
+                "publish, preview) and in publish[].shm's name and dir"
                 for loc in misplaced
             )
         )

@@ -220,7 +220,15 @@ SHARDED: dict[str, Any] = {
     "sources": [{"id": f"cam-{i}", "url": "clip.mp4"} for i in (0, 1, 2, 4, 12, 20)],
     "detections": {"bind": "tcp://127.0.0.1:55{shard}5"},
     "tap": {"bind": "tcp://127.0.0.1:55{shard}4"},
-    "publish": [{"bind": "tcp://127.0.0.1:55{shard}6"}, {"bind": "ipc:///tmp/crops-{shard}"}],
+    "publish": [
+        {"bind": "tcp://127.0.0.1:55{shard}6"},
+        {"bind": "ipc:///tmp/crops-{shard}"},
+        {
+            "bind": "tcp://127.0.0.1:55{shard}7",
+            "encoding": "raw-i420",
+            "shm": {"name": "streamer-crops-{shard}", "dir": "/dev/shm/shard-{shard}"},
+        },
+    ],
     "preview": {"port": "808{shard}"},
     "metrics": {"port": "910{shard}"},
 }
@@ -232,7 +240,14 @@ def test_shard_placeholder_is_replaced_in_every_endpoint() -> None:
     cfg = parse_config(SHARDED, Shard(2, 3))
     assert cfg.detections.bind == "tcp://127.0.0.1:5525"
     assert cfg.tap is not None and cfg.tap.bind == "tcp://127.0.0.1:5524"
-    assert [p.bind for p in cfg.publish] == ["tcp://127.0.0.1:5526", "ipc:///tmp/crops-2"]
+    assert [p.bind for p in cfg.publish] == [
+        "tcp://127.0.0.1:5526",
+        "ipc:///tmp/crops-2",
+        "tcp://127.0.0.1:5527",
+    ]
+    # Two shards on one host: a ring each, not one name both claim.
+    shm = cfg.publish[2].shm
+    assert shm is not None and (shm.name, shm.dir) == ("streamer-crops-2", Path("/dev/shm/shard-2"))
     assert cfg.preview is not None and cfg.metrics is not None
     assert (cfg.preview.port, cfg.metrics.port) == (8082, 9102)
     # Only this shard's cameras; together the shards serve each camera once.
