@@ -41,6 +41,9 @@ class Camera:
     #: messages), and the task that sends them as soon as one does (`Pipeline._tap_later`).
     tap_waiting: deque[tuple[Frame, list[Any]]] = field(default_factory=deque)
     tap_later: asyncio.Task[None] | None = None
+    #: The bytes of its latest frame: its frames in the tap (`in_tap`) count that much each in
+    #: the memory budget until they reach the ring, and others leave room for one of that size.
+    frame_bytes: int = 0
     feeder: asyncio.Task[None] | None = None
     ended: bool = False  # its source ended by itself (a file played once)
 

@@ -223,10 +223,10 @@ class RingConfig(_Model):
     max_total_bytes: int = Field(
         128 * MIB,
         ge=1 * MIB,
-        description="every source's waiting frames together (one budget for the process); past "
-        "it the source holding the most frames loses its oldest (expired_budget), and a source "
-        "is tapped past it only while it holds fewer frames than another. Each source may keep "
-        "one frame whatever its size, so size it at least sources x tap.max_in_flight x a "
+        description="every source's frames waiting for detections or on their way to the "
+        "detector (one budget for the process): a frame is tapped only if it fits and leaves "
+        "room for the next frame of every source holding fewer (else not_tapped: budget), so "
+        "it is shared evenly in frames; size it at least sources x tap.max_in_flight x a "
         "frame's bytes (1080p I420: 3 MiB) to keep every frame in flight",
     )
 

@@ -5,8 +5,12 @@ Two ways to pair: by exact ``(source_id, frame_id)`` (detectors fed by the frame
 or by nearest ``captured_at`` within a tolerance (detectors that read the camera themselves).
 
 Each source has a ring of frames waiting for detections, bounded by count, bytes and age; and
-all rings together are bounded by one memory budget (`max_total_bytes`): past it, the oldest frame
-of the ring holding the most bytes goes first, so no camera can take another's share.
+all rings together, with the frames on their way to them (tapped, not yet sent), are bounded by
+one memory budget (`max_total_bytes`), kept at admission (`budget_allows`): a frame is taken only
+if it fits and leaves room for the next frame of every source holding fewer, so the budget is
+shared evenly in frames, and no frame sent to a detector is thrown away to make room for another
+(its detector's work would be lost); `bound` evicts for the budget only if frames grew after
+they were admitted.
 Every frame leaves the ring exactly one way, and every detection message gets exactly one outcome,
 each counted:
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,12 +136,15 @@ class Pairer:
     def stats(self, source_id: str) -> RingStats:
         return self._rings[source_id].stats
 
-    def add_source(self, source_id: str, lossless: bool = False) -> None:
+    def add_source(self, source_id: str, lossless: bool = False, first_frame_id: int = 0) -> None:
         """Give a new source an empty ring (`lossless`: a source whose frames wait for room
-        rather than be dropped; the budget never evicts them). ValueError if it has one."""
+        rather than be dropped; the budget never evicts them) whose frame ids start at
+        `first_frame_id` (detections for an earlier id, such as a removed camera's of the same
+        id, are ``late``). ValueError if it has one."""
         if source_id in self._rings:
             raise ValueError(f"source {source_id!r} already has a ring")
-        self._rings[source_id] = _Ring(self._total, lossless)
+        ring = self._rings[source_id] = _Ring(self._total, lossless)
+        ring.newest_id = first_frame_id - 1
 
     def remove_source(self, source_id: str) -> RingStats:
         """Expire what the source still has waiting and forget its ring; return its final
@@ -161,8 +169,9 @@ class Pairer:
 
     def bound(self, source_id: str, now: float) -> None:
         """Evict (as expired) the oldest frames beyond the ring's count and byte bounds, then
-        beyond the global budget (from the rings holding the most frames, never the source's
-        only frame, nor a lossless source's frames), and old ones."""
+        beyond the global budget (admission keeps it, unless frames grew after they were
+        admitted: then from the rings holding the most frames, never the source's only frame,
+        nor a lossless source's frames), and old ones."""
         ring = self._rings[source_id]
         while len(ring.frames) > self.max_frames or (
             ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
@@ -188,37 +197,41 @@ class Pairer:
         return best
 
     def room_for(self, source_id: str, nbytes: int, frames: int) -> bool:
-        """Whether `frames` more frames of `nbytes` each fit the source's ring and the global
-        budget without evicting anything."""
+        """Whether `frames` more frames of `nbytes` each fit the source's own ring bounds."""
         ring = self._rings[source_id]
-        limit = self.max_total_bytes
         return (
             ring.stats.in_ring + frames <= self.max_frames
             and ring.stats.ring_bytes + frames * nbytes <= self.max_bytes
-            and (limit is None or self._total.bytes + frames * nbytes <= limit)
         )
 
-    def budget_allows(self, source_id: str, nbytes: int, frames: int = 1) -> bool:
-        """Whether `frames` more frames of `nbytes` each for this source keep the global budget
-        fair: there is room, or the source would still hold fewer frames than another one does,
-        so that what `bound` evicts comes from a source holding more (in frames: a camera with
-        large frames gets its turn like the others). A source holding none may always have
-        one: the budget gives way to one frame a source (`bound` keeps a source's only frame)."""
+    def budget_allows(
+        self, source_id: str, nbytes: int, tapping: Mapping[str, tuple[int, int]]
+    ) -> bool:
+        """Whether one more frame of `nbytes` for this source keeps the global budget, counting
+        with what the rings hold the frames on their way to them: `tapping` gives, per source,
+        its frames in the tap (tapped, not yet in its ring) and the size of its frames. The
+        frame must fit, and leave room for one frame of every other source that would then
+        hold fewer frames than this one (the largest of theirs): so a source with fewer frames
+        (in frames, not bytes: a 4K camera's frames count like any other's) always has room
+        for its next one, and the budget is shared evenly in frames without a frame already
+        sent being evicted for another (its detector's work would be lost). A frame larger
+        than the whole budget never fits, and no room is kept for one."""
         limit = self.max_total_bytes
-        if limit is None or self._total.bytes + frames * nbytes <= limit:
+        if limit is None:
             return True
-        held = self._rings[source_id].stats.in_ring
-        if held == 0 and frames == 1:
-            return True
-        most = max(
-            (
-                len(r.frames)
-                for sid, r in self._rings.items()
-                if sid != source_id and not r.lossless
-            ),
-            default=0,
-        )
-        return held + frames < most
+        total = self._total.bytes + nbytes
+        mine = self._rings[source_id].stats.in_ring + tapping.get(source_id, (0, 0))[0]
+        headroom = 0
+        for sid, ring in self._rings.items():
+            frames, size = tapping.get(sid, (0, 0))
+            total += frames * size
+            if (
+                sid != source_id
+                and ring.stats.in_ring + frames <= mine
+                and headroom < size <= limit
+            ):
+                headroom = size  # (no room is kept for frames that can never fit)
+        return total + headroom <= limit
 
     def withdraw(self, frame: Frame) -> None:
         """Take back a frame added with ``bound=False``, as if it never was (its tap send

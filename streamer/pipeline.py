@@ -185,12 +185,13 @@ class Pipeline:
             camera = Camera.build(src, self.cfg.model_copy(update={"sources": sources}))
         except (ValueError, OSError) as e:  # a source that cannot even be set up
             raise ConfigError(f"url: {str(e)[:200]}") from None
+        first_frame_id = max(first_frame_id, self._frame_id_floor)
         with self._ring_lock:
-            self.pairer.add_source(src.id, lossless=camera.source.lossless)
+            self.pairer.add_source(src.id, camera.source.lossless, first_frame_id)
         if self.hub is not None:
             self.hub.add_source(src.id)
         camera.source.decode_observer = self.metrics.decode_seconds.labels(src.id).observe
-        camera.source.continue_ids(max(first_frame_id, self._frame_id_floor))
+        camera.source.continue_ids(first_frame_id)
         self.cameras[src.id] = camera
         self._ended.clear()
         self._start(camera)
@@ -555,6 +556,7 @@ class Pipeline:
                     self._check_ended()
                 return
             now = time.monotonic()
+            camera.frame_bytes = frame.nbytes  # (before it waits or is admitted: see _tapping)
             if self.hub is not None:
                 self.hub.sources[src.source_id].on_frame(frame, now)
             if src.lossless and self._tap is not None:
@@ -614,9 +616,28 @@ class Pipeline:
                 self.cfg.tap.max_in_flight, self.cfg.ring.max_frames
             ):
                 return "busy"
-            if not self.pairer.budget_allows(sid, nbytes, counters.in_tap + 1):
+            if not self._budget_allows(sid, nbytes):
                 return "budget"
         return None
+
+    def _budget_allows(self, sid: str, nbytes: int) -> bool:
+        """`Pairer.budget_allows` for a camera's next frame (under the ring lock), saying so
+        when its frames alone are larger than the whole budget: none can ever be tapped."""
+        if nbytes > self.cfg.ring.max_total_bytes:
+            self._warn(
+                f"budget-{sid}",
+                "source %s: its frames (%d bytes) are larger than the whole memory budget "
+                "(ring.max_total_bytes: %d): none is tapped until it is raised",
+                sid,
+                nbytes,
+                self.cfg.ring.max_total_bytes,
+            )
+            return False
+        return self.pairer.budget_allows(sid, nbytes, self._tapping())
+
+    def _tapping(self) -> dict[str, tuple[int, int]]:
+        """Each camera's frames on their way to its ring (in the tap), and its frames' size."""
+        return {c.id: (c.counters.in_tap, c.frame_bytes) for c in self.cameras.values()}
 
     async def _room_for(self, camera: Camera, nbytes: int) -> None:
         """A lossless source's frame waits here until it fits the tap queue, the ring and the
@@ -644,8 +665,10 @@ class Pipeline:
             assert self.cfg.tap is not None
             with self._ring_lock:
                 in_flight = counters.in_tap + self.pairer.stats(sid).in_ring
-                if in_flight < self.cfg.tap.max_in_flight and self.pairer.room_for(
-                    sid, nbytes, counters.in_tap + 1
+                if (
+                    in_flight < self.cfg.tap.max_in_flight
+                    and self.pairer.room_for(sid, nbytes, counters.in_tap + 1)
+                    and self._budget_allows(sid, nbytes)
                 ):
                     return
             await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import resource
 import signal
@@ -439,12 +440,14 @@ def test_crops_nobody_subscribed_to_are_not_cut(endpoint: Any) -> None:
     assert src["crops"] >= 20, src
 
 
-def test_a_camera_larger_than_the_budget_is_still_served(endpoint: Any) -> None:
+def test_a_camera_larger_than_the_budget_is_refused_and_said_so(
+    endpoint: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """One camera's frames (1280x720 I420, 1.3 MiB) are each larger than the whole memory
-    budget (1 MiB) beside a small camera: it still gets its frames tapped and paired, one at a
-    time (each camera may keep one frame), and the small one goes on too. Before, admission
-    wanted a frame to fit the budget over the cameras in bytes: the large camera was never
-    tapped (all its frames `not_tapped` `budget`)."""
+    budget (1 MiB), beside a small camera: the budget holds (before, each camera could keep one
+    frame past it), the large camera's frames are not tapped (`not_tapped` `budget`) and the log
+    says why and what to raise; the small camera is served, with no room kept for frames that
+    can never fit."""
     tap, dets, pub = endpoint(), endpoint(), endpoint()
     cfg = {
         "sources": [
@@ -456,25 +459,35 @@ def test_a_camera_larger_than_the_budget_is_still_served(endpoint: Any) -> None:
         "ring": {"max_total_bytes": 1024 * 1024},
         "publish": [{"bind": pub}],
     }
+    most = 0
 
     async def detector() -> None:
         async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
             async for frame in frames:
                 await out.send(frame, [])
 
-    def paired(p: Pipeline, sid: str) -> int:
-        return int(p.stats()["sources"][sid]["paired"])
+    def stats(p: Pipeline, sid: str) -> dict[str, Any]:
+        nonlocal most
+        st = p.stats()
+        most = max(most, int(st["ring_bytes"]))
+        return dict(st["sources"][sid])
 
     async def body(p: Pipeline) -> None:
         task = asyncio.create_task(detector())
         try:
-            await until(lambda: min(paired(p, "big"), paired(p, "small")) >= 10, 30, "both served")
+            await until(lambda: stats(p, "small")["paired"] >= 10, 30, "the small one served")
+            await until(lambda: stats(p, "big")["not_tapped_by"]["budget"] >= 10, 30, "refused")
         finally:
             task.cancel()
 
-    stats = _run(cfg, body)
-    big = stats["sources"]["big"]
-    assert big["paired"] >= 10 and big["expired"] <= big["expired_by"]["shutdown"] + 2, big
+    with caplog.at_level(logging.WARNING, logger="streamer.pipeline"):
+        st = _run(cfg, body)
+    assert st["sources"]["big"]["paired"] == 0 and most <= 1024 * 1024
+    assert any(
+        "source big: its frames (1382400 bytes) are larger than the whole memory budget"
+        in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
 
 
 def test_no_more_frames_in_flight_than_the_ring_holds(endpoint: Any) -> None:

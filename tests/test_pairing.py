@@ -162,14 +162,12 @@ def test_global_budget_keeps_a_lone_frame_bigger_than_the_budget() -> None:
     assert p.match("a", 1, 0.0).outcome == "paired"
 
 
-def test_room_for_counts_the_ring_and_the_budget() -> None:
-    p = Pairer(["a", "b"], max_frames=3, max_bytes=10_000, max_age_s=5.0, max_total_bytes=500)
-    p.add_frame(frame(0, 100, "b"), now=0.0)
-    p.add_frame(frame(1, 100, "b"), now=0.0)
-    assert p.room_for("a", 100, 3)
-    assert not p.room_for("a", 100, 4)  # the ring's count
-    p.add_frame(frame(2, 100, "b"), now=0.0)
-    assert not p.room_for("a", 100, 3)  # the budget: 300 held + 300 > 500
+def test_room_for_counts_the_ring() -> None:
+    p = Pairer(["a", "b"], max_frames=3, max_bytes=250, max_age_s=5.0, max_total_bytes=500)
+    p.add_frame(frame(0, 100, "a"), now=0.0)
+    assert p.room_for("a", 50, 2)
+    assert not p.room_for("a", 100, 3)  # the ring's count
+    assert not p.room_for("a", 100, 2)  # the ring's bytes: 100 + 200 > 250
 
 
 def test_sources_come_and_go() -> None:
@@ -183,14 +181,30 @@ def test_sources_come_and_go() -> None:
     assert p.match("c", 0, 0.0).outcome == "unknown_source"
 
 
-def test_budget_admits_a_source_below_its_share() -> None:
+def test_the_budget_counts_every_cameras_frames_on_their_way_to_the_ring() -> None:
+    """Frames tapped and not yet in their ring count in the budget, every camera's: before,
+    only the admitting camera's own were, and cameras together went past the budget (6
+    lossless cameras held 2.09x it)."""
+    p = Pairer(["a", "b"], max_frames=100, max_bytes=10_000, max_age_s=5.0, max_total_bytes=1_000)
+    p.add_frame(frame(0, 300, "a"), now=0.0)
+    assert p.budget_allows("b", 300, {"a": (1, 300), "b": (0, 300)})  # 300 + 300 + 300 + room
+    assert not p.budget_allows("b", 300, {"a": (2, 300), "b": (0, 300)})  # 1200 > 1000
+
+
+def test_a_full_budget_turns_frames_away_and_evicts_none_that_were_sent() -> None:
+    """Full: no camera is admitted, none evicted (a frame in the ring was sent to a detector:
+    evicting it for another wasted the detector's work, and the first camera in the config
+    lost most); as frames pair, the camera holding fewer gets the room first."""
     p = Pairer(["a", "b"], max_frames=100, max_bytes=10_000, max_age_s=5.0, max_total_bytes=1_000)
     for i in range(10):
         p.add_frame(frame(i, 100, "a"), now=0.0)
-    assert not p.budget_allows("a", 100)  # full, and "a" holds it all
-    assert p.budget_allows("b", 100)  # "b" holds nothing: "a" gives way
+    sizes = {"a": (0, 100), "b": (0, 100)}
+    assert not p.budget_allows("a", 100, sizes) and not p.budget_allows("b", 100, sizes)
+    assert p.match("a", 0, 0.0).outcome == "paired"  # room for one frame
+    assert not p.budget_allows("a", 100, sizes)  # it would leave none for "b", holding fewer
+    assert p.budget_allows("b", 100, sizes)
     p.add_frame(frame(0, 100, "b"), now=0.0)
-    assert (p.stats("a").expired_budget, p.stats("b").in_ring) == (1, 1)
+    assert p.stats("a").expired == 0 and p.total_bytes == 1_000
 
 
 def _budget(total: int, lossless: frozenset[str] = frozenset()) -> Pairer:
@@ -220,19 +234,29 @@ def test_the_budget_takes_from_the_camera_holding_the_most_frames_not_bytes() ->
 
 
 def test_the_budget_admits_a_camera_with_large_frames_in_its_turn() -> None:
-    """Admission is fair in frames: a camera holding fewer frames than another may add one
-    (that one gives way), whatever its frames' size. Before, it had to fit budget / cameras
-    in bytes: a 4K camera among 11 1080p ones was never admitted once the budget was full."""
+    """Shared in frames: a camera leaves room for the next frame of every camera holding no
+    more frames than it, whatever their size. A 4K camera ("a", frames of 1200) beside 1080p
+    ones ("b", "c", frames of 300), "b" having taken the budget first: "a" gets its frame as
+    "b"'s pair, and "b" does not take the room "a" needs."""
     p = _budget(2000)
-    for i in range(6):
-        p.add_frame(frame(i, 300, "b"), now=0.0)  # 1800
-    assert p.budget_allows("a", 1200)  # holds none: its first frame, always
-    p.add_frame(frame(0, 1200, "a"), now=0.0)
-    assert p.total_bytes <= 2000 and p.stats("a").in_ring == 1
-    assert p.stats("b").in_ring == 2  # gave 4 frames of 300 for it
-    assert not p.budget_allows("a", 1200)  # 2 frames would be no fewer than "b" holds
-    assert not p.budget_allows("b", 300, frames=1)  # 3 frames, "a" holds 1
-    assert p.budget_allows("c", 300)  # holds none
+    sizes = {"a": (0, 1200), "b": (0, 300), "c": (0, 300)}
+    for i in range(5):
+        p.add_frame(frame(i, 300, "b"), now=0.0)  # 1500
+    assert not p.budget_allows("a", 1200, sizes)  # 2700
+    assert not p.budget_allows("b", 300, sizes)  # room for a 4K frame kept: 3000
+    assert not p.budget_allows("c", 300, sizes)  # the same: 3000
+    for i in range(4):
+        p.match("b", i, 0.0)  # 300 left
+    assert p.budget_allows("a", 1200, sizes)  # 1500, and room for "c"'s 300
+    p.add_frame(frame(0, 1200, "a"), now=0.0)  # 1500
+    assert p.budget_allows("c", 300, sizes)  # holds the fewest: 1800
+    assert not p.budget_allows("b", 300, sizes)  # 1800, and room for "a"'s next: 3000
+    assert p.stats("b").expired == 0
+
+
+def test_a_frame_larger_than_the_budget_is_never_admitted() -> None:
+    p = _budget(1000)
+    assert not p.budget_allows("a", 1001, {})
 
 
 def test_the_budget_never_evicts_a_lone_frame_or_a_lossless_source() -> None:
@@ -247,3 +271,8 @@ def test_the_budget_never_evicts_a_lone_frame_or_a_lossless_source() -> None:
     p.add_frame(frame(1, 400, "a"), now=0.0)  # "a" holds 2: it gives its oldest
     assert (p.stats("a").in_ring, p.stats("a").expired_budget) == (1, 1)
     assert (p.stats("c").in_ring, p.stats("c").expired) == (2, 0)
+
+
+def test_no_room_is_kept_for_frames_that_can_never_fit() -> None:
+    p = _budget(1000)
+    assert p.budget_allows("b", 300, {"a": (0, 5000), "b": (0, 300)})
