@@ -43,4 +43,5 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
 ENTRYPOINT ["streamer"]
-CMD ["run", "-c", "/config/streamer.yaml"]
+# JSON logs, and no status line a second (86,000 lines a day in `docker logs`): as the StatefulSet.
+CMD ["--log-json", "run", "-c", "/config/streamer.yaml", "--quiet"]

@@ -40,6 +40,8 @@ pytest: venv
 
 # Installs the Debian packages that provide the missing capabilities (ensurepip, GStreamer
 # elements, typelibs, binaries, Tesseract data, fonts), then checks every capability again.
+# apt waits up to 10 minutes for a dpkg lock (a fresh VM's unattended-upgrades holds it); sudo
+# resets the environment, so DEBIAN_FRONTEND goes through env.
 # Capabilities, not dpkg's records: a package removed but not purged still has a record.
 system-deps:
 	@missing="$$($(PYTHON) scripts/check_system.py --missing-packages)" || exit 1; \
@@ -49,9 +51,9 @@ system-deps:
 	  elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
 	  else echo "cannot install Debian packages: not root and no sudo; as root run:" >&2; \
 	    echo "  apt-get install --no-install-recommends $$missing" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
-	    $$missing || exit 1; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+	    --no-install-recommends $$missing || exit 1; \
 	fi
 	$(PYTHON) scripts/check_system.py
 

@@ -5,6 +5,7 @@ CURVE client, and keys made with `streamer keygen`."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,14 @@ def make_client(sock: Any, client_secret_file: str, server_public_file: str) -> 
 
 
 def keygen(directory: str, name: str) -> tuple[str, str]:
-    """Write ``<name>.key`` (public, to share) and ``<name>.key_secret`` (keep private)."""
+    """Write ``<name>.key`` (public, to share; mode 0644) and ``<name>.key_secret`` (keep
+    private: mode 0600, made so, never readable by others even for a moment)."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    return zmq.auth.create_certificates(directory, name)
+    umask = os.umask(0o077)
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(umask)
+    os.chmod(secret, 0o600)  # (a file that was there keeps its mode when written over)
+    os.chmod(public, 0o644)
+    return public, secret

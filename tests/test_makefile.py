@@ -60,7 +60,8 @@ def _scratch(tmp_path: Path, uid: int = 0) -> tuple[Path, dict[str, str]]:
     fakes.mkdir()
     (fakes / "python3").write_text(FAKE_PYTHON)
     (fakes / "python3").chmod(0o755)
-    _logging_tool(fakes / "apt-get", "apt-get")
+    _logging_tool(fakes / "apt-get", "apt-get", 'echo "apt-get sees $DEBIAN_FRONTEND" >> "$LOG"\n')
+    (fakes / "env").symlink_to(shutil.which("env") or "/usr/bin/env")
     (fakes / "id").write_text(f"#!/bin/sh\necho {uid}\n")
     (fakes / "id").chmod(0o755)
     tools = work / ".venv" / "bin"
@@ -96,9 +97,12 @@ def test_make_test_installs_what_the_check_names_missing_then_checks_again(
     res = _make(work, env, "system-deps")
     assert res.returncode == 0, res.stderr
     log = _log(env)
-    install = "apt-get install -y -q --no-install-recommends gstreamer1.0-x chromium"
+    lock = "-o DPkg::Lock::Timeout=600"  # (a fresh VM's unattended-upgrades holds the lock)
+    install = f"apt-get {lock} install -y -q --no-install-recommends gstreamer1.0-x chromium"
     assert install in log, log
-    assert log.index("apt-get update -q") < log.index(install) < log.index("check done"), log
+    update = f"apt-get {lock} update -q"
+    assert log.index(update) < log.index(install) < log.index("check done"), log
+    assert log[log.index(install) + 1] == "apt-get sees noninteractive", log
 
 
 def test_nothing_missing_installs_nothing(tmp_path: Path) -> None:
@@ -126,6 +130,25 @@ def test_not_root_and_no_sudo_says_what_to_run(tmp_path: Path) -> None:
     assert "not root and no sudo" in res.stderr, res.stderr
     assert "apt-get install --no-install-recommends python3-venv" in res.stderr, res.stderr
     assert not [line for line in _log(env) if line.startswith("apt-get")]
+
+
+def test_not_root_with_sudo_installs_noninteractively(tmp_path: Path) -> None:
+    """sudo resets the environment (env_reset): DEBIAN_FRONTEND set in front of sudo never
+    reached apt-get, which then asked its questions."""
+    work, env = _scratch(tmp_path, uid=1000)
+    sudo = Path(env["PATH"]) / "sudo"
+    sudo.write_text(
+        '#!/bin/sh\necho "sudo $*" >> "$LOG"\nexec env -i PATH="$PATH" LOG="$LOG" "$@"\n'
+    )
+    sudo.chmod(0o755)
+    env["MISSING"] = "chromium"
+    res = _make(work, env, "system-deps")
+    assert res.returncode == 0, res.stderr
+    log = _log(env)
+    (install,) = [
+        i for i, line in enumerate(log) if line.startswith("apt-get ") and "install" in line
+    ]
+    assert log[install + 1] == "apt-get sees noninteractive", log
 
 
 def test_make_test_installs_system_packages_before_anything_else_also_in_parallel(
@@ -168,7 +191,9 @@ def test_a_gap_left_after_installing_stops_make(tmp_path: Path) -> None:
     assert res.returncode != 0
     log = _log(env)
     assert log[-1] == "check done", log  # nothing runs after the failed re-check
-    assert "apt-get install -y -q --no-install-recommends chromium" in log, log
+    assert (
+        "apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends chromium" in log
+    )
 
 
 def test_syncing_again_keeps_the_venv_when_python_is_a_launcher(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import yaml
 import zmq
 import zmq.asyncio
 
+from streamer.cli import build_parser
 from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber, Crop, CropSubscriber
 from streamer.config import parse_config
 from streamer.crop_thread import CropThread
@@ -552,6 +553,15 @@ def test_dockerfile_passes_hadolint_and_names_real_paths() -> None:
                 assert (REPO / src).exists(), src
     assert "USER 10001" in text and "HEALTHCHECK" in text and "/healthz" in text
     assert 'ENTRYPOINT ["streamer"]' in text
+    # The default command is one streamer's command line reads: JSON logs, no status lines.
+    (cmd,) = [json.loads(line[4:]) for line in text.splitlines() if line.startswith("CMD ")]
+    args = build_parser().parse_args(cmd)
+    assert (args.command, args.config, args.log_json, args.quiet) == (
+        "run",
+        "/config/streamer.yaml",
+        True,
+        True,
+    )
 
 
 def test_http_listeners_bound_their_connections_and_the_wait_for_headers(

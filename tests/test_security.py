@@ -4,6 +4,8 @@ the detectors' key, and with it, only detectors that are CURVE servers with that
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,19 @@ def test_curve_applies_to_connected_detection_sockets(tmp_path: Path) -> None:
     stats = pipeline.stats()
     assert stats["sources"]["cam"]["detections"]["unknown_frame"] >= 5
     assert stats["unknown_source"] == 0  # nothing from the plain PUB
+
+
+def test_keygen_writes_the_secret_key_for_its_owner_only(tmp_path: Path) -> None:
+    """Under the usual umask (022) the secret key was world-readable; a secret key written over
+    keeps the mode it had, so an old readable one is made private too."""
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "server.key_secret").write_text("old")
+        (tmp_path / "keys" / "server.key_secret").chmod(0o644)
+        public, secret = keygen(str(tmp_path / "keys"), "server")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(public).st_mode) == 0o644
+    assert "curve" in Path(secret).read_text()
