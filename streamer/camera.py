@@ -19,6 +19,7 @@ from streamer.health import PairingWatch, ShedWatch
 from streamer.metrics import SourceCounters
 from streamer.sources.base import Source
 from streamer.sources.factory import make_source
+from streamer.supervise import Supervisor
 from streamer.types import CropParams, Frame
 
 
@@ -44,7 +45,10 @@ class Camera:
     #: The bytes of its latest frame: its frames in the tap (`in_tap`) count that much each in
     #: the memory budget until they reach the ring, and others leave room for one of that size.
     frame_bytes: int = 0
+    #: When its next frame may be tapped (tap.max_fps).
+    next_tap_at: float = 0.0
     feeder: asyncio.Task[None] | None = None
+    feed_supervisor: Supervisor | None = None  # runs `feeder`'s body again if it raises
     ended: bool = False  # its source ended by itself (a file played once)
 
     @classmethod

@@ -180,7 +180,8 @@ class _StatsCollector(Collector):
             failed.add_metric([kind], n)
         restarts = CounterMetricFamily(
             "streamer_restarts",
-            "restarts of a supervised worker (crop thread, preview renderers) after a failure",
+            "restarts of a supervised worker (crop thread, frame tap, a camera's feeder, expiry, "
+            "tap subscriptions, preview renderers) after a failure",
             labels=["component"],
         )
         for name, n in st.get("restarts", {}).items():

@@ -127,6 +127,8 @@ class Pipeline:
         self._frame_id_floor = 0
         self._lingering: list[Source] = []  # removed, their decode thread still in a read
         self._tap_supervisor = Supervisor("frame tap")
+        self._expiry_supervisor = Supervisor("expiry")
+        self._subscriptions_supervisor = Supervisor("tap subscriptions")
         self.hub: PreviewHub | None = None
         self.preview_server: PreviewServer | None = None
         if cfg.preview is not None:
@@ -349,11 +351,15 @@ class Pipeline:
 
     def _supervisors(self) -> dict[str, Supervisor]:
         """Every supervised worker, by the name /healthz and /metrics give it."""
-        out = {}
+        out = {"expiry": self._expiry_supervisor}
         if self._crops is not None:
             out["crop_thread"] = self._crops.supervisor
         if self._tap is not None:
             out["frame_tap"] = self._tap_supervisor
+            out["tap_subscriptions"] = self._subscriptions_supervisor
+        for c in list(self.cameras.values()):
+            if c.feed_supervisor is not None:
+                out[f"feeder/{c.id}"] = c.feed_supervisor
         if self.hub is not None:
             for sid, preview in list(self.hub.sources.items()):
                 out[f"preview/{sid}"] = preview.supervisor
@@ -421,10 +427,14 @@ class Pipeline:
             self._loop = loop
             for camera in self.cameras.values():
                 self._start(camera)
-            tasks = [asyncio.create_task(self._expire())]
+            tasks = [asyncio.create_task(self._expiry_supervisor.run_async(self._expire))]
             if self._tap is not None:
                 tasks.append(asyncio.create_task(self._tap_supervisor.run_async(self._tap_worker)))
-                tasks.append(asyncio.create_task(self._tap.track_subscriptions()))
+                tasks.append(
+                    asyncio.create_task(
+                        self._subscriptions_supervisor.run_async(self._tap.track_subscriptions)
+                    )
+                )
             # Until stopped, or every camera's source has ended by itself (finite files); a
             # shard that serves no camera runs until stopped.
             waiters: list[asyncio.Future[Any]] = [
@@ -499,7 +509,10 @@ class Pipeline:
         """Start a camera's decode thread and its feeder task (on the loop)."""
         assert self._loop is not None
         camera.source.start(self._loop)
-        camera.feeder = asyncio.create_task(self._feed(camera), name=f"feed-{camera.id}")
+        camera.feed_supervisor = supervisor = Supervisor(f"feeder of {camera.id}")
+        camera.feeder = asyncio.create_task(
+            supervisor.run_async(lambda: self._feed(camera)), name=f"feed-{camera.id}"
+        )
 
     def _crop_join_s(self) -> float:
         timeouts = [p.send_timeout_ms / 1000.0 for p in self.cfg.publish if p.mode == "push"]
@@ -538,12 +551,10 @@ class Pipeline:
             await asyncio.to_thread(self._crops.join, max(0.1, deadline - time.monotonic()))
 
     async def _feed(self, camera: Camera) -> None:
-        """Frames from one camera into its ring, and to the tap when one is configured."""
-        src, counters = camera.source, camera.counters
-        tap_period_s = 0.0
-        if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
-            tap_period_s = 1.0 / self.cfg.tap.max_fps
-        next_tap_at = 0.0
+        """Frames from one camera into its ring, and to the tap when one is configured. Run by
+        the camera's supervisor: should handing a frame on raise (a bug), that frame is counted
+        (``error``) and the feeder starts again."""
+        src = camera.source
         if src.lossless:
             await self._crop_subscribers(src.source_id)
         while True:
@@ -555,38 +566,48 @@ class Pipeline:
                 if self.cameras.get(camera.id) is camera:  # (not one being removed)
                     self._check_ended()
                 return
+            try:
+                await self._feed_one(camera, frame)
+            except Exception:
+                camera.counters.shed("error")
+                raise
+
+    async def _feed_one(self, camera: Camera, frame: Frame) -> None:
+        """One frame of a camera into its ring, to the tap, or counted as shed."""
+        src, counters = camera.source, camera.counters
+        now = time.monotonic()
+        camera.frame_bytes = frame.nbytes  # (before it waits or is admitted: see _tapping)
+        if self.hub is not None:
+            self.hub.sources[src.source_id].on_frame(frame, now)
+        if src.lossless and self._tap is not None:
+            counters.in_feed = 1  # (accounted as in the hand-off while it waits)
+            try:
+                await self._room_for(camera, frame.nbytes)
+            except asyncio.CancelledError:
+                counters.shed("stopping")  # stopping with this frame in hand
+                raise
+            finally:
+                counters.in_feed = 0
             now = time.monotonic()
-            camera.frame_bytes = frame.nbytes  # (before it waits or is admitted: see _tapping)
-            if self.hub is not None:
-                self.hub.sources[src.source_id].on_frame(frame, now)
-            if src.lossless and self._tap is not None:
-                counters.in_feed = 1  # (accounted as in the hand-off while it waits)
-                try:
-                    await self._room_for(camera, frame.nbytes)
-                except asyncio.CancelledError:
-                    counters.shed("stopping")  # stopping with this frame in hand
-                    raise
-                finally:
-                    counters.in_feed = 0
-                now = time.monotonic()
-            if self._tap is None:
-                with self._ring_lock:
-                    self.pairer.add_frame(frame, now)
-                continue
-            # Only frames a detector actually gets wait in the ring; the rest are not_tapped,
-            # decided here, before any work is spent on them.
-            if now + 1e-3 < next_tap_at:
-                counters.shed("rate")
-                continue
-            reason = None if src.lossless else self._admit(camera, frame.nbytes)
-            if reason is not None:
-                counters.shed(reason)
-                # Decode less of what would be turned away (sources/shedding.py).
-                src.shed_downstream_until = now + SHED_HINT_S
-                continue
-            next_tap_at = max(next_tap_at + tap_period_s, now) if tap_period_s else 0.0
-            counters.in_tap += 1
-            self._tap_queue.put_nowait((camera, frame))
+        if self._tap is None:
+            with self._ring_lock:
+                self.pairer.add_frame(frame, now)
+            return
+        # Only frames a detector actually gets wait in the ring; the rest are not_tapped,
+        # decided here, before any work is spent on them.
+        if now + 1e-3 < camera.next_tap_at:
+            counters.shed("rate")
+            return
+        reason = None if src.lossless else self._admit(camera, frame.nbytes)
+        if reason is not None:
+            counters.shed(reason)
+            # Decode less of what would be turned away (sources/shedding.py).
+            src.shed_downstream_until = now + SHED_HINT_S
+            return
+        if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
+            camera.next_tap_at = max(camera.next_tap_at + 1.0 / self.cfg.tap.max_fps, now)
+        counters.in_tap += 1
+        self._tap_queue.put_nowait((camera, frame))
 
     async def _crop_subscribers(self, sid: str) -> None:
         """A lossless source starts once every `wait_for_subscriber` publisher has a subscriber:

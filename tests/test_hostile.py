@@ -22,6 +22,7 @@ from streamer.crop.stage import CROP_BUDGET_FRAMES
 from streamer.crop_thread import CropThread
 from streamer.detections.codec import decode_detections, encode_detections
 from streamer.errors import ProtocolError
+from streamer.pairing import Pairer
 from streamer.pipeline import Pipeline, accounting_balance
 from tests.conftest import free_port
 from tests.live import until
@@ -282,8 +283,11 @@ def test_hostile_messages_between_valid_ones_while_a_viewer_watches(endpoint: An
     expected = Counter(kind for _, _, kind in hostile)
     assert Counter(stats["malformed"]) == expected, (stats["malformed"], expected)
     assert stats["handler_failed"] == {} and stats["restarts"] == {
+        "expiry": 0,
         "crop_thread": 0,
         "frame_tap": 0,
+        "tap_subscriptions": 0,
+        "feeder/cam": 0,
         "preview/cam": 0,
     }
     ok, health = seen["health"]
@@ -331,6 +335,57 @@ def test_a_crashed_crop_thread_is_restarted_and_crops_flow_again(
     assert 'streamer_restarts_total{component="crop_thread"} 1.0' in p.metrics_text().decode()
     assert seen["health"]["restarts"]["crop_thread"] == 1
     assert p.stats()["sources"]["cam"]["detections"]["paired"] == 8
+
+
+def test_a_feeder_expiry_or_subscription_tracker_that_raises_is_restarted(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a camera's feeder, in the expiry task or in the tap's subscription tracker
+    (each injected once) ended that task for good: the camera's frames stopped going anywhere,
+    frames stopped expiring, the tap's subscribers stopped being known. Now each is restarted
+    and counted; the frame the feeder held is counted (``error``) and the totals balance."""
+    cfg = _cfg(endpoint)
+    failed: Counter[str] = Counter()
+
+    def once(name: str, real: Callable[..., Any], after: bool = False) -> Callable[..., Any]:
+        def maybe_fail(*args: Any, **kwargs: Any) -> Any:
+            if failed[name]:
+                return real(*args, **kwargs)
+            failed[name] += 1
+            if after:  # (the subscription noted, then the bug: not lost with it)
+                real(*args, **kwargs)
+            raise RuntimeError(f"injected bug in {name}")
+
+        return maybe_fail
+
+    from streamer.publish.zmq_out import OutSocket
+
+    real_feed = Pipeline._feed_one
+    monkeypatch.setattr(Pipeline, "_feed_one", once("feed", real_feed))
+    real_note = OutSocket._note
+    monkeypatch.setattr(OutSocket, "_note", once("note", real_note, after=True))
+    real_expire = Pairer.expire
+    monkeypatch.setattr(Pairer, "expire", once("expire", real_expire))
+    seen: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        det = Detector(cfg)
+        try:
+            for _ in range(3):  # frames keep coming through the restarted feeder and tap
+                await det.answer(await det.next_frame_id(), [])
+            await until(lambda: sum(failed.values()) == 3, 10, "every injected failure")
+            await until(lambda: p.health()[0], 15, "healthy again")
+            seen["health"] = p.health()[1]
+        finally:
+            det.close()
+
+    p = _run(cfg, body)
+    stats = p.stats()
+    restarts = stats["restarts"]
+    assert (restarts["feeder/cam"], restarts["expiry"], restarts["tap_subscriptions"]) == (1, 1, 1)
+    cam = stats["sources"]["cam"]
+    assert cam["not_tapped_by"]["error"] == 1 and accounting_balance(cam) == 0, cam
+    assert 'streamer_restarts_total{component="feeder/cam"} 1.0' in p.metrics_text().decode()
 
 
 def test_an_exception_while_one_message_is_handled_is_counted_and_the_next_goes_on(
