@@ -623,3 +623,44 @@ def test_crop_jpegs_are_encoded_one_at_a_time_and_each_once(
     assert calls[0] == 5 and most[0] == 1, (calls, most)
     assert sum(j is None for j in got) == 100
     assert all(j is not None and j[:2] == b"\xff\xd8" for i, j in enumerate(got) if i % 6 != 5)
+
+
+def test_a_body_trickled_in_is_cut_off_with_408(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH whose body comes a few bytes at a time held its connection (one of the
+    listener's 256, 32 an address) for as long as its client kept trickling: it gets 408 at
+    BODY_TIMEOUT_S, counted; the next request is served."""
+    from streamer.preview import server as preview_server
+
+    monkeypatch.setattr(preview_server, "BODY_TIMEOUT_S", 1.0)
+    port = free_port()
+    cfg = _cfg(endpoint, port, token=TOKEN)
+    got: dict[str, Any] = {}
+
+    async def body(p: Pipeline) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = _patch(port, b"x" * 1000)[:-1000]
+        writer.write(head)
+        started = asyncio.get_running_loop().time()
+        try:
+            answer = b""
+            while not answer:
+                writer.write(b"{")
+                await writer.drain()
+                try:
+                    answer = await asyncio.wait_for(reader.read(4096), 0.3)
+                except TimeoutError:
+                    assert asyncio.get_running_loop().time() - started < 10, "no answer"
+            got["answer"] = answer.split(b"\r\n", 1)[0]
+            got["after_s"] = asyncio.get_running_loop().time() - started
+        finally:
+            writer.close()
+        got["next"] = await _raw(port, _patch(port, json.dumps({"max_fps": 5}).encode()))
+        got["metrics"] = p.metrics_text().decode()
+
+    _with_pipeline(cfg, body)
+    assert got["answer"] == b"HTTP/1.1 408 Request Timeout", got["answer"]
+    assert 0.9 < got["after_s"] < 5, got["after_s"]
+    assert got["next"][0] == 200, got["next"]
+    assert 'streamer_http_refused_total{reason="408"} 1.0' in got["metrics"]

@@ -30,6 +30,7 @@ from streamer.preview.hub import PreviewHub, PreviewSource, PreviewTrack
 log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 10.0  # a request body (JSON: offers, camera changes) must have come by then
 MAX_OFFER_CODECS = 64  # payload types in the offer's video section (a browser's: 20-40)
 MAX_OFFER_CANDIDATES = 128  # ICE candidates in it, each checked (a browser's: a few a NIC)
 MAX_VIEWERS = 32
@@ -124,10 +125,15 @@ class HostCheck:
 async def json_body(request: web.Request) -> Any:
     """The request's JSON body: ``Content-Type: application/json`` (what a cross-site form
     cannot send without a CORS preflight, which this app never grants), UTF-8, no lone
-    surrogates. Raises 415 or 400 with the reason."""
+    surrogates, all of it within BODY_TIMEOUT_S (a body trickled in held its connection, one of
+    the listener's few, for as long as its client liked). Raises 415, 400 or 408 with the
+    reason."""
     if request.content_type != JSON_TYPE:
         raise web.HTTPUnsupportedMediaType(text=f"Content-Type must be {JSON_TYPE}\n")
-    raw = await request.read()
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the body took over {BODY_TIMEOUT_S:.0f} s\n") from None
     try:
         data = json.loads(raw.decode("utf-8"))
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates (\\udXXX)
