@@ -120,9 +120,9 @@ def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list
     lines = []
     for sid, s in cur["sources"].items():
         p = prev["sources"].get(sid)
-        if p is None:
-            continue
-        before = shed_by_reason(p)
+        if p is None or s["decoded"] < p["decoded"]:
+            p = None  # a camera added since (under a removed one's id too): counted from nothing
+        before = shed_by_reason(p) if p is not None else {}
         shed = {k: n - before.get(k, 0) for k, n in shed_by_reason(s).items()}
         exempt = NOT_OVERLOAD if cur.get("tap") is not None else NOT_OVERLOAD_UNTAPPED
         shed = {k: n for k, n in shed.items() if n > 0 and k not in exempt}
@@ -131,9 +131,10 @@ def overload_lines(prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list
         if not shed and not late:
             continue
         what = ", ".join(f"{k} {n}" for k, n in sorted(shed.items())) or "none"
+        decoded, paired = (0, 0) if p is None else (p["decoded"], p["paired"])
         lines.append(
-            f"  {sid}: decoded {(s['decoded'] - p['decoded']) / dt:5.1f}/s  "
-            f"served {(s['paired'] - p['paired']) / dt:5.1f}/s  "
+            f"  {sid}: decoded {(s['decoded'] - decoded) / dt:5.1f}/s  "
+            f"served {(s['paired'] - paired) / dt:5.1f}/s  "
             + (f"behind {behind:.1f} s  " if late else "")
             + f"shed: {what}"
         )

@@ -183,6 +183,21 @@ def test_the_status_line_names_cameras_that_shed_or_run_behind() -> None:
     ]
 
 
+def test_the_status_line_counts_a_camera_added_since_from_nothing() -> None:
+    """A camera added between two snapshots, or removed and added again under its id (its
+    counters start over): its rates are its own since it started, never negative; before, the
+    first had no line and the second showed negative frames a second."""
+    prev = {"tap": {}, "sources": {"again": _snapshot(9000, 9000, 0, None)}}
+    cur = {
+        "tap": {},
+        "sources": {"again": _snapshot(40, 20, 20, None), "new": _snapshot(30, 20, 10, None)},
+    }
+    assert overload_lines(prev, cur, 2.0) == [
+        "  again: decoded  20.0/s  served  10.0/s  shed: decoder/skipped 20",
+        "  new: decoded  15.0/s  served  10.0/s  shed: decoder/skipped 10",
+    ]
+
+
 def test_the_status_line_says_crops_not_cut_for_want_of_a_subscriber() -> None:
     """With nobody subscribed no crop is cut: the line says so, or 0 crops/s reads as broken
     (the demo alone); nothing is added once crops go out."""
