@@ -42,9 +42,9 @@ class Camera:
     #: messages), and the task that sends them as soon as one does (`Pipeline._tap_later`).
     tap_waiting: deque[tuple[Frame, list[Any]]] = field(default_factory=deque)
     tap_later: asyncio.Task[None] | None = None
-    #: The bytes of its latest frame: its frames in the tap (`in_tap`) count that much each in
-    #: the memory budget until they reach the ring, and others leave room for one of that size.
-    frame_bytes: int = 0
+    #: The size of its frames when they are larger than the whole memory budget (none is
+    #: taken: /healthz says so), else 0.
+    oversized: int = 0
     #: When its next frame may be tapped (tap.max_fps).
     next_tap_at: float = 0.0
     feeder: asyncio.Task[None] | None = None

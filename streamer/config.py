@@ -224,10 +224,10 @@ class RingConfig(_Model):
         128 * MIB,
         ge=1 * MIB,
         description="every source's frames waiting for detections or on their way to the "
-        "detector (one budget for the process): a frame is tapped only if it fits and leaves "
-        "room for the next frame of every source holding fewer (else not_tapped: budget), so "
-        "it is shared evenly in frames; size it at least sources x tap.max_in_flight x a "
-        "frame's bytes (1080p I420: 3 MiB) to keep every frame in flight",
+        "detector (one budget for the process): a frame is tapped only if it fits (else "
+        "not_tapped: budget), and sources turned away take the room that frees up in turn; "
+        "size it at least sources x tap.max_in_flight x a frame's bytes (1080p I420: 3 MiB) to "
+        "keep every frame in flight",
     )
 
 

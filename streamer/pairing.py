@@ -5,12 +5,16 @@ Two ways to pair: by exact ``(source_id, frame_id)`` (detectors fed by the frame
 or by nearest ``captured_at`` within a tolerance (detectors that read the camera themselves).
 
 Each source has a ring of frames waiting for detections, bounded by count, bytes and age; and
-all rings together, with the frames on their way to them (tapped, not yet sent), are bounded by
-one memory budget (`max_total_bytes`), kept at admission (`budget_allows`): a frame is taken only
-if it fits and leaves room for the next frame of every source holding fewer, so the budget is
-shared evenly in frames, and no frame sent to a detector is thrown away to make room for another
-(its detector's work would be lost); `bound` evicts for the budget only if frames grew after
-they were admitted.
+all rings together, with the frames on their way to them (tapped, not yet sent: `reserve` and
+`release`), are bounded by one memory budget (`max_total_bytes`), kept when a frame is admitted
+(`budget_fits`): a frame is taken only if it fits. When it does not, its source waits its turn:
+sources refused for the budget queue in order, and while any waits, only the first may take
+room that frees up, or another that leaves room for every waiting source's frame; so each gets
+it in turn, whatever its frames' size (a 4K camera among 1080p ones). A frame sent to a
+detector is never thrown away for another (its detector's work would be lost). Without a
+tap, a live source's frame goes in and the oldest frame of the ring holding the most frames
+makes room (`bound`): nothing was sent for those.
+
 Every frame leaves the ring exactly one way, and every detection message gets exactly one outcome,
 each counted:
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +38,8 @@ Outcome = Literal["paired", "duplicate", "late", "unknown_frame", "unknown_sourc
 PAIRED_MEMORY_FRAMES = 4096
 # Timestamp pairing looks for duplicates among this many most recently paired frames.
 PAIRED_SCAN_FRAMES = 256
+# A source refused for the memory budget that has not asked again for this long loses its turn.
+WAITING_FORGET_S = 0.5
 
 
 @dataclass
@@ -62,9 +67,10 @@ ExpiryReason = Literal["age", "full", "budget", "shutdown"]
 
 
 class _Total:
-    """The bytes held by every ring together."""
+    """The bytes held by every ring together, and those on their way to them."""
 
     bytes = 0
+    coming = 0
 
 
 class _Ring:
@@ -76,6 +82,7 @@ class _Ring:
         self.newest_captured_at: float | None = None
         self.stats = RingStats()
         self.total = total
+        self.coming_bytes = 0  # of its frames admitted, not yet in it (`Pairer.reserve`)
 
     def put(self, frame: Frame, now: float) -> None:
         self.frames[frame.frame_id] = (frame, now)
@@ -127,6 +134,11 @@ class Pairer:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.max_total_bytes = max_total_bytes
+        # Sources refused for the budget, in turn: source id -> (when it last asked, the size
+        # of its frame). One that has not asked for WAITING_FORGET_S has gone (ended, or its
+        # frames are refused for other reasons): it loses its place.
+        self._waiting: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._waiting_bytes = 0  # their frames' sizes, summed
 
     @property
     def total_bytes(self) -> int:
@@ -147,11 +159,15 @@ class Pairer:
         ring.newest_id = first_frame_id - 1
 
     def remove_source(self, source_id: str) -> RingStats:
-        """Expire what the source still has waiting and forget its ring; return its final
-        counters."""
+        """Expire what the source still has waiting, give back what was on its way to it, and
+        forget its ring; return its final counters."""
         ring = self._rings.pop(source_id)
         while ring.frames:
             ring.pop_oldest("shutdown")
+        self._total.coming -= ring.coming_bytes
+        turn = self._waiting.pop(source_id, None)
+        if turn is not None:
+            self._waiting_bytes -= turn[1]
         return ring.stats
 
     def add_frame(self, frame: Frame, now: float, *, bound: bool = True) -> None:
@@ -169,9 +185,9 @@ class Pairer:
 
     def bound(self, source_id: str, now: float) -> None:
         """Evict (as expired) the oldest frames beyond the ring's count and byte bounds, then
-        beyond the global budget (admission keeps it, unless frames grew after they were
-        admitted: then from the rings holding the most frames, never the source's only frame,
-        nor a lossless source's frames), and old ones."""
+        beyond the global budget (from the rings holding the most frames, never a lossless
+        source's, and the frame just added last of all: with a tap, admission keeps the budget
+        and this evicts nothing), and old ones."""
         ring = self._rings[source_id]
         while len(ring.frames) > self.max_frames or (
             ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
@@ -179,20 +195,24 @@ class Pairer:
             ring.pop_oldest("full")
         limit = self.max_total_bytes
         while limit is not None and self._total.bytes > limit:
-            giving = self._fullest()
-            if giving is None:
-                break  # every other frame is a source's only one, or lossless: kept
+            giving = self._fullest(ring)
+            if giving is None:  # only lossless frames and this one: not this one either
+                if not ring.lossless and ring.frames:
+                    ring.pop_oldest("budget")
+                break
             giving.pop_oldest("budget")
         self.expire(now)
 
-    def _fullest(self) -> _Ring | None:
+    def _fullest(self, adding: _Ring) -> _Ring | None:
         """The ring that gives a frame to the budget: the one holding the most frames (counted
         in frames, not bytes: a 4K camera's frames count like any other's), the most bytes among
-        those; never a ring's only frame, nor a lossless source's (it waits for room instead)."""
-        best, best_key = None, (1, 0)
+        those; never a lossless source's (it waits for room instead), nor the frame `adding`
+        just took."""
+        best, best_key = None, (0, 0)
         for r in self._rings.values():
-            key = (len(r.frames), r.stats.ring_bytes)
-            if len(r.frames) > 1 and not r.lossless and key > best_key:
+            frames = len(r.frames) - (r is adding)
+            key = (frames, r.stats.ring_bytes)
+            if frames > 0 and not r.lossless and key > best_key:
                 best, best_key = r, key
         return best
 
@@ -204,34 +224,51 @@ class Pairer:
             and ring.stats.ring_bytes + frames * nbytes <= self.max_bytes
         )
 
-    def budget_allows(
-        self, source_id: str, nbytes: int, tapping: Mapping[str, tuple[int, int]]
-    ) -> bool:
-        """Whether one more frame of `nbytes` for this source keeps the global budget, counting
-        with what the rings hold the frames on their way to them: `tapping` gives, per source,
-        its frames in the tap (tapped, not yet in its ring) and the size of its frames. The
-        frame must fit, and leave room for one frame of every other source that would then
-        hold fewer frames than this one (the largest of theirs): so a source with fewer frames
-        (in frames, not bytes: a 4K camera's frames count like any other's) always has room
-        for its next one, and the budget is shared evenly in frames without a frame already
-        sent being evicted for another (its detector's work would be lost). A frame larger
-        than the whole budget never fits, and no room is kept for one."""
+    def budget_fits(self, source_id: str, nbytes: int, now: float) -> bool:
+        """Whether one more frame of `nbytes` for this source may be admitted now: it fits the
+        budget beside every ring's frames and those on their way (`reserve`), and, while sources
+        wait their turn, it is the first one's, or leaves room for every waiting source's frame.
+        Refused, the source takes the last turn (or keeps its own: asking again does not move
+        it back). So room that frees up goes to each waiting source in turn, whatever the size
+        of its frames (a 4K camera among 1080p ones) or when they come. A frame larger than the
+        whole budget never fits and takes no turn (it would hold every other source back).
+        Reserve the frame (`reserve`) before anything else is admitted."""
         limit = self.max_total_bytes
         if limit is None:
             return True
-        total = self._total.bytes + nbytes
-        mine = self._rings[source_id].stats.in_ring + tapping.get(source_id, (0, 0))[0]
-        headroom = 0
-        for sid, ring in self._rings.items():
-            frames, size = tapping.get(sid, (0, 0))
-            total += frames * size
-            if (
-                sid != source_id
-                and ring.stats.in_ring + frames <= mine
-                and headroom < size <= limit
-            ):
-                headroom = size  # (no room is kept for frames that can never fit)
-        return total + headroom <= limit
+        if nbytes > limit:
+            return False
+        waiting = self._waiting
+        while waiting:  # (one that stopped asking loses its turn)
+            first, (asked_at, size) = next(iter(waiting.items()))
+            if asked_at >= now - WAITING_FORGET_S:
+                break
+            del waiting[first]
+            self._waiting_bytes -= size
+        free = limit - self._total.bytes - self._total.coming
+        mine = waiting.get(source_id)
+        if mine is not None and next(iter(waiting)) == source_id:
+            fits = nbytes <= free
+        else:
+            fits = nbytes + self._waiting_bytes - (mine[1] if mine else 0) <= free
+        if mine is not None:
+            self._waiting_bytes -= mine[1]
+            if fits:
+                del waiting[source_id]
+        if not fits:
+            waiting[source_id] = (now, nbytes)  # (an update keeps its place)
+            self._waiting_bytes += nbytes
+        return fits
+
+    def reserve(self, source_id: str, nbytes: int) -> None:
+        """Count a frame admitted for this source, on its way to the ring, in the budget."""
+        self._rings[source_id].coming_bytes += nbytes
+        self._total.coming += nbytes
+
+    def release(self, source_id: str, nbytes: int) -> None:
+        """A frame `reserve` counted is no longer on its way (it is in the ring, or shed)."""
+        self._rings[source_id].coming_bytes -= nbytes
+        self._total.coming -= nbytes
 
     def withdraw(self, frame: Frame) -> None:
         """Take back a frame added with ``bound=False``, as if it never was (its tap send

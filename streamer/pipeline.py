@@ -322,7 +322,13 @@ class Pipeline:
         unpaired_after_s = self.cfg.health.unpaired_after_s
         now = time.monotonic()
         for c in cameras:
-            if c.id in problems:
+            if c.id in problems or c.ended:  # (an ended file's last shares say nothing now)
+                continue
+            if c.oversized:
+                problems[c.id] = (
+                    f"its frames ({c.oversized} bytes) are larger than the whole memory budget "
+                    f"(ring.max_total_bytes: {self.cfg.ring.max_total_bytes}): none is taken"
+                )
                 continue
             if unpaired_after_s is not None:
                 problem = c.pairing_watch.problem(now, unpaired_after_s)
@@ -576,10 +582,12 @@ class Pipeline:
         """One frame of a camera into its ring, to the tap, or counted as shed."""
         src, counters = camera.source, camera.counters
         now = time.monotonic()
-        camera.frame_bytes = frame.nbytes  # (before it waits or is admitted: see _tapping)
         if self.hub is not None:
             self.hub.sources[src.source_id].on_frame(frame, now)
-        if src.lossless and self._tap is not None:
+        if not self._fits_at_all(camera, frame.nbytes):
+            counters.shed("budget")  # (a lossless one's too: it would wait for ever)
+            return
+        if src.lossless:
             counters.in_feed = 1  # (accounted as in the hand-off while it waits)
             try:
                 await self._room_for(camera, frame.nbytes)
@@ -590,7 +598,7 @@ class Pipeline:
                 counters.in_feed = 0
             now = time.monotonic()
         if self._tap is None:
-            with self._ring_lock:
+            with self._ring_lock:  # (a live frame: the oldest of the fullest ring makes room)
                 self.pairer.add_frame(frame, now)
             return
         # Only frames a detector actually gets wait in the ring; the rest are not_tapped,
@@ -607,7 +615,18 @@ class Pipeline:
         if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
             camera.next_tap_at = max(camera.next_tap_at + 1.0 / self.cfg.tap.max_fps, now)
         counters.in_tap += 1
+        with self._ring_lock:  # (admitted just now, with no await since)
+            self.pairer.reserve(camera.id, frame.nbytes)
         self._tap_queue.put_nowait((camera, frame))
+
+    def _left_tap(self, camera: Camera, frame: Frame) -> None:
+        """A frame of the camera's has left the tap (sent into the ring, or shed): its place in
+        the tap and in the memory budget are given back (a removed camera's were, at once)."""
+        camera.counters.in_tap -= 1
+        camera.tap_room.set()
+        if self.cameras.get(camera.id) is camera:
+            with self._ring_lock:
+                self.pairer.release(camera.id, frame.nbytes)
 
     async def _crop_subscribers(self, sid: str) -> None:
         """A lossless source starts once every `wait_for_subscriber` publisher has a subscriber:
@@ -637,35 +656,40 @@ class Pipeline:
                 self.cfg.tap.max_in_flight, self.cfg.ring.max_frames
             ):
                 return "busy"
-            if not self._budget_allows(sid, nbytes):
+            if not self._budget_fits(camera, nbytes):
                 return "budget"
         return None
 
-    def _budget_allows(self, sid: str, nbytes: int) -> bool:
-        """`Pairer.budget_allows` for a camera's next frame (under the ring lock), saying so
-        when its frames alone are larger than the whole budget: none can ever be tapped."""
-        if nbytes > self.cfg.ring.max_total_bytes:
-            self._warn(
-                f"budget-{sid}",
-                "source %s: its frames (%d bytes) are larger than the whole memory budget "
-                "(ring.max_total_bytes: %d): none is tapped until it is raised",
-                sid,
-                nbytes,
-                self.cfg.ring.max_total_bytes,
-            )
-            return False
-        return self.pairer.budget_allows(sid, nbytes, self._tapping())
+    def _fits_at_all(self, camera: Camera, nbytes: int) -> bool:
+        """Whether a frame of `nbytes` fits the whole memory budget; if not, say so, in the
+        log and in /healthz (none of the camera's frames is taken until it is raised)."""
+        camera.oversized = 0 if nbytes <= self.cfg.ring.max_total_bytes else nbytes
+        if not camera.oversized:
+            return True
+        self._warn(
+            f"budget-{camera.id}",
+            "source %s: its frames (%d bytes) are larger than the whole memory budget "
+            "(ring.max_total_bytes: %d): none is taken until it is raised",
+            camera.id,
+            nbytes,
+            self.cfg.ring.max_total_bytes,
+        )
+        return False
 
-    def _tapping(self) -> dict[str, tuple[int, int]]:
-        """Each camera's frames on their way to its ring (in the tap), and its frames' size."""
-        return {c.id: (c.counters.in_tap, c.frame_bytes) for c in self.cameras.values()}
+    def _budget_fits(self, camera: Camera, nbytes: int) -> bool:
+        """`Pairer.budget_fits` for a camera's next frame, under the ring lock."""
+        return self.pairer.budget_fits(camera.id, nbytes, time.monotonic())
 
     async def _room_for(self, camera: Camera, nbytes: int) -> None:
         """A lossless source's frame waits here until it fits the tap queue, the ring and the
         memory budget, counting the frames already on their way to the ring (instead of one being
-        dropped or evicted)."""
+        dropped or evicted). Without a tap, until it fits the ring and the budget."""
         sid, counters = camera.id, camera.counters
-        assert self._tap is not None
+        while self._tap is None:
+            with self._ring_lock:
+                if self.pairer.room_for(sid, nbytes, 1) and self._budget_fits(camera, nbytes):
+                    return
+            await asyncio.sleep(RING_ROOM_POLL_S)
         while True:
             if self._tap.refuses(frame_topic(sid)) is not None:
                 # No detector takes its frames yet: it waits here, not in the tap worker that
@@ -689,7 +713,7 @@ class Pipeline:
                 if (
                     in_flight < self.cfg.tap.max_in_flight
                     and self.pairer.room_for(sid, nbytes, counters.in_tap + 1)
-                    and self._budget_allows(sid, nbytes)
+                    and self._budget_fits(camera, nbytes)
                 ):
                     return
             await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring
@@ -709,8 +733,7 @@ class Pipeline:
                 raise
             finally:
                 if outcome != "waiting":  # (else still in the tap: its camera's `tap_later`)
-                    camera.counters.in_tap -= 1  # whatever happened, its place is given back
-                    camera.tap_room.set()
+                    self._left_tap(camera, frame)  # whatever happened, its place is given back
             if outcome == "waiting":
                 continue
             if outcome != "sent":
@@ -808,8 +831,7 @@ class Pipeline:
                 outcome = "error"
             if outcome in ("sent", "stopping", "error"):
                 camera.tap_waiting.popleft()
-                camera.counters.in_tap -= 1
-                camera.tap_room.set()
+                self._left_tap(camera, frame)
                 if outcome != "sent":
                     camera.counters.shed(outcome)
                 pause_s = TAP_RETRY_MIN_S
@@ -831,8 +853,8 @@ class Pipeline:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         while camera.tap_waiting:
-            camera.tap_waiting.popleft()
-            camera.counters.in_tap -= 1
+            frame, _ = camera.tap_waiting.popleft()
+            self._left_tap(camera, frame)
             camera.counters.shed("stopping")
         camera.tap_room.set()
 

@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -460,6 +461,7 @@ def test_a_camera_larger_than_the_budget_is_refused_and_said_so(
         "publish": [{"bind": pub}],
     }
     most = 0
+    health: dict[str, str] = {}
 
     async def detector() -> None:
         async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
@@ -477,12 +479,14 @@ def test_a_camera_larger_than_the_budget_is_refused_and_said_so(
         try:
             await until(lambda: stats(p, "small")["paired"] >= 10, 30, "the small one served")
             await until(lambda: stats(p, "big")["not_tapped_by"]["budget"] >= 10, 30, "refused")
+            health["big"] = p.health()[1]["problems"].get("big", "")
         finally:
             task.cancel()
 
     with caplog.at_level(logging.WARNING, logger="streamer.pipeline"):
         st = _run(cfg, body)
     assert st["sources"]["big"]["paired"] == 0 and most <= 1024 * 1024
+    assert health["big"].startswith("its frames (1382400 bytes) are larger than the whole"), health
     assert any(
         "source big: its frames (1382400 bytes) are larger than the whole memory budget"
         in r.getMessage()
@@ -519,3 +523,75 @@ def test_no_more_frames_in_flight_than_the_ring_holds(endpoint: Any) -> None:
     src = _run(cfg, body)["sources"]["cam"]
     assert src["expired_by"]["full"] == 0 and src["paired"] == 0, src
     assert src["expired_by"]["shutdown"] <= 2, src
+
+
+def test_a_budget_for_one_frame_is_shared_by_two_cameras_in_turn(endpoint: Any) -> None:
+    """Two cameras whose frames (1280x720 I420, 1.3 MiB) fit the budget (2 MiB) one at a time:
+    each gets the room in turn, never both at once (a rule that kept room for the other's next
+    frame let neither in: 0 and 0 paired), and no frame sent is evicted."""
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    url = "lavfi:testsrc2=size=1280x720:rate=10"
+    cfg = {
+        "sources": [{"id": "a", "url": url}, {"id": "b", "url": url}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "width": 320},
+        "ring": {"max_total_bytes": 2 * 1024 * 1024},
+        "publish": [{"bind": pub}],
+    }
+    most = 0
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
+            async for frame in frames:
+                await asyncio.sleep(0.05)
+                await out.send(frame, [])
+
+    def paired(p: Pipeline) -> list[int]:
+        nonlocal most
+        st = p.stats()
+        most = max(most, int(st["ring_bytes"]))
+        return [int(st["sources"][sid]["paired"]) for sid in ("a", "b")]
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: min(paired(p)) >= 8, 30, "both served")
+        finally:
+            task.cancel()
+
+    st = _run(cfg, body)
+    a, b = (st["sources"][sid] for sid in ("a", "b"))
+    assert min(a["paired"], b["paired"]) >= 0.7 * max(a["paired"], b["paired"]), (a, b)
+    assert a["expired_by"]["budget"] == b["expired_by"]["budget"] == 0
+    assert most <= 2 * 1024 * 1024
+
+
+def test_without_a_tap_the_budget_holds_for_lossless_and_live_cameras(endpoint: Any) -> None:
+    """Timestamp pairing (no tap: frames go straight into the rings). Lossless cameras' frames
+    wait for room in the budget (they held 126x it: never evicted, never waiting), and a live
+    camera's frame makes room from the fullest ring, another camera's only frame too (three
+    live cameras held 2x it: each kept one)."""
+    url = "lavfi:testsrc2=size=1280x720:rate=30"
+    for sources in (
+        [{"id": f"l{i}", "url": url, "realtime": False} for i in range(3)],
+        [{"id": f"c{i}", "url": url} for i in range(3)],
+    ):
+        cfg = {
+            "sources": sources,
+            "detections": {"bind": endpoint(), "pairing": "timestamp"},
+            "ring": {"max_total_bytes": 2 * 1024 * 1024},
+            "publish": [{"bind": endpoint()}],
+        }
+        most = 0
+
+        async def body(p: Pipeline) -> None:
+            nonlocal most
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 2:
+                st = p.stats()
+                most = max(most, int(st["ring_bytes"]))
+                await asyncio.sleep(0.005)
+            assert sum(int(s["decoded"]) for s in p.stats()["sources"].values()) >= 6
+
+        _run(cfg, body)
+        assert 0 < most <= 2 * 1024 * 1024, (sources[0], most)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.pairing import Pairer
+from streamer.pairing import WAITING_FORGET_S, Pairer
 from streamer.types import Frame
 
 
@@ -152,14 +152,16 @@ def test_global_budget_takes_from_the_fullest_ring_first() -> None:
         assert s.expired == s.expired_age + s.expired_full + s.expired_budget + s.expired_shutdown
 
 
-def test_global_budget_keeps_a_lone_frame_bigger_than_the_budget() -> None:
-    p = Pairer(["a"], max_frames=10, max_bytes=10_000, max_age_s=5.0, max_total_bytes=50)
-    p.add_frame(frame(0, 100), now=0.0)
-    assert p.stats("a").in_ring == 1
-    p.add_frame(frame(1, 100), now=0.0)
-    s = p.stats("a")
-    assert (s.in_ring, s.expired_budget) == (1, 1)
-    assert p.match("a", 1, 0.0).outcome == "paired"
+def test_the_budget_holds_without_a_tap_even_for_a_lone_frame() -> None:
+    """Without a tap (frames go straight into the ring), a live frame goes in and the fullest
+    ring's oldest makes room, another camera's only frame too and, last of all, the frame just
+    added: the budget holds (before, every camera kept one frame past it)."""
+    p = Pairer(["a", "b"], max_frames=10, max_bytes=10_000, max_age_s=5.0, max_total_bytes=150)
+    p.add_frame(frame(0, 100, "a"), now=0.0)
+    p.add_frame(frame(0, 100, "b"), now=0.0)  # "a"'s only frame makes room
+    assert (p.stats("a").expired_budget, p.stats("b").in_ring, p.total_bytes) == (1, 1, 100)
+    p.add_frame(frame(1, 200, "b"), now=0.0)  # alone past the budget: it goes too
+    assert (p.stats("b").in_ring, p.stats("b").expired_budget, p.total_bytes) == (0, 2, 0)
 
 
 def test_room_for_counts_the_ring() -> None:
@@ -182,29 +184,56 @@ def test_sources_come_and_go() -> None:
 
 
 def test_the_budget_counts_every_cameras_frames_on_their_way_to_the_ring() -> None:
-    """Frames tapped and not yet in their ring count in the budget, every camera's: before,
-    only the admitting camera's own were, and cameras together went past the budget (6
-    lossless cameras held 2.09x it)."""
-    p = Pairer(["a", "b"], max_frames=100, max_bytes=10_000, max_age_s=5.0, max_total_bytes=1_000)
+    """Frames admitted and not yet in their ring (`reserve`) count in the budget, every
+    camera's: before, only the admitting camera's own were, and cameras together went past the
+    budget (6 lossless cameras held 2.09x it)."""
+    p = _budget(1000)
     p.add_frame(frame(0, 300, "a"), now=0.0)
-    assert p.budget_allows("b", 300, {"a": (1, 300), "b": (0, 300)})  # 300 + 300 + 300 + room
-    assert not p.budget_allows("b", 300, {"a": (2, 300), "b": (0, 300)})  # 1200 > 1000
+    p.reserve("a", 300)
+    assert p.budget_fits("b", 300, 0.0)  # 900
+    p.reserve("a", 300)
+    assert not p.budget_fits("b", 300, 0.0)  # 1200
+    p.release("a", 300)  # (shed, or in the ring now)
+    assert p.budget_fits("b", 300, 0.0)
 
 
-def test_a_full_budget_turns_frames_away_and_evicts_none_that_were_sent() -> None:
-    """Full: no camera is admitted, none evicted (a frame in the ring was sent to a detector:
-    evicting it for another wasted the detector's work, and the first camera in the config
-    lost most); as frames pair, the camera holding fewer gets the room first."""
-    p = Pairer(["a", "b"], max_frames=100, max_bytes=10_000, max_age_s=5.0, max_total_bytes=1_000)
+def test_a_full_budget_evicts_no_frame_that_was_sent_and_gives_room_in_turn() -> None:
+    """Full: frames are turned away and none is evicted (a frame in the ring was sent to a
+    detector: evicting it for another wasted the detector's work, and the first camera in the
+    config lost most). The first camera turned away gets the room that frees up, even when
+    another's frame comes first; asking again keeps its place."""
+    p = _budget(1000)
     for i in range(10):
         p.add_frame(frame(i, 100, "a"), now=0.0)
-    sizes = {"a": (0, 100), "b": (0, 100)}
-    assert not p.budget_allows("a", 100, sizes) and not p.budget_allows("b", 100, sizes)
-    assert p.match("a", 0, 0.0).outcome == "paired"  # room for one frame
-    assert not p.budget_allows("a", 100, sizes)  # it would leave none for "b", holding fewer
-    assert p.budget_allows("b", 100, sizes)
-    p.add_frame(frame(0, 100, "b"), now=0.0)
-    assert p.stats("a").expired == 0 and p.total_bytes == 1_000
+    assert not p.budget_fits("b", 100, 0.0)  # "b" is first in turn
+    assert not p.budget_fits("c", 100, 0.1)
+    assert not p.budget_fits("b", 100, 0.2)  # (still first)
+    p.match("a", 0, 0.3)  # room for one frame
+    assert not p.budget_fits("a", 100, 0.3)  # it is "b"'s
+    assert not p.budget_fits("c", 100, 0.3)
+    assert p.budget_fits("b", 100, 0.3)
+    p.add_frame(frame(0, 100, "b"), now=0.3)
+    p.match("a", 1, 0.4)
+    assert not p.budget_fits("a", 100, 0.4) and p.budget_fits("c", 100, 0.4)  # "c"'s turn
+    assert p.stats("a").expired == 0
+
+
+def test_one_frame_at_a_time_is_shared_in_turn() -> None:
+    """A budget with room for one frame and two cameras: each gets it in turn (before the
+    turns, the rule that kept room for every other camera's next frame let neither in)."""
+    p = _budget(150)
+    got = {"a": 0, "b": 0}
+    now = 0.0
+    for i in range(20):
+        for sid in ("a", "b") if i % 3 else ("b", "a"):  # out of phase now and then
+            now += 0.01
+            if p.budget_fits(sid, 100, now):
+                got[sid] += 1
+                p.add_frame(frame(i, 100, sid), now=now)
+        for sid in ("a", "b"):  # answered
+            if p.match(sid, i, now).outcome == "paired":
+                break
+    assert abs(got["a"] - got["b"]) <= 1 and got["a"] + got["b"] >= 19, got
 
 
 def _budget(total: int, lossless: frozenset[str] = frozenset()) -> Pairer:
@@ -234,45 +263,53 @@ def test_the_budget_takes_from_the_camera_holding_the_most_frames_not_bytes() ->
 
 
 def test_the_budget_admits_a_camera_with_large_frames_in_its_turn() -> None:
-    """Shared in frames: a camera leaves room for the next frame of every camera holding no
-    more frames than it, whatever their size. A 4K camera ("a", frames of 1200) beside 1080p
-    ones ("b", "c", frames of 300), "b" having taken the budget first: "a" gets its frame as
-    "b"'s pair, and "b" does not take the room "a" needs."""
+    """A 4K camera ("a", frames of 1200) beside a 1080p one ("b", frames of 300) that took the
+    budget first: once "a" is turned away, "b" takes room only while it leaves enough for
+    "a"'s frame, so "a" gets in as "b"'s frames pair."""
     p = _budget(2000)
-    sizes = {"a": (0, 1200), "b": (0, 300), "c": (0, 300)}
     for i in range(5):
         p.add_frame(frame(i, 300, "b"), now=0.0)  # 1500
-    assert not p.budget_allows("a", 1200, sizes)  # 2700
-    assert not p.budget_allows("b", 300, sizes)  # room for a 4K frame kept: 3000
-    assert not p.budget_allows("c", 300, sizes)  # the same: 3000
-    for i in range(4):
-        p.match("b", i, 0.0)  # 300 left
-    assert p.budget_allows("a", 1200, sizes)  # 1500, and room for "c"'s 300
-    p.add_frame(frame(0, 1200, "a"), now=0.0)  # 1500
-    assert p.budget_allows("c", 300, sizes)  # holds the fewest: 1800
-    assert not p.budget_allows("b", 300, sizes)  # 1800, and room for "a"'s next: 3000
-    assert p.stats("b").expired == 0
+    assert not p.budget_fits("a", 1200, 0.0)
+    p.match("b", 0, 0.0)  # 1200 held, 800 free: "b" could fit, "a" not yet
+    assert not p.budget_fits("b", 300, 0.0)
+    p.match("b", 1, 0.0)  # 1100 free
+    assert not p.budget_fits("b", 300, 0.0)
+    p.match("b", 2, 0.0)  # 1400 free
+    assert p.budget_fits("a", 1200, 0.0)
+    p.add_frame(frame(0, 1200, "a"), now=0.0)
+    assert p.stats("b").expired == 0 and p.total_bytes == 1800
 
 
-def test_a_frame_larger_than_the_budget_is_never_admitted() -> None:
+def test_a_frame_larger_than_the_budget_never_fits_and_holds_nobody_back() -> None:
     p = _budget(1000)
-    assert not p.budget_allows("a", 1001, {})
+    assert not p.budget_fits("a", 1001, 0.0)
+    assert p.budget_fits("b", 1000, 0.0)
 
 
-def test_the_budget_never_evicts_a_lone_frame_or_a_lossless_source() -> None:
-    """Each camera keeps one frame whatever the budget (it is exceeded only when every camera
-    is down to one); a lossless source's frames wait for room instead of being evicted."""
+def test_a_camera_that_stops_asking_loses_its_turn() -> None:
+    """A camera turned away that then ends (or is turned away for other reasons) holds no room
+    back for long: after WAITING_FORGET_S the next in turn has it."""
+    p = _budget(1000)
+    p.add_frame(frame(0, 900, "a"), now=0.0)
+    assert not p.budget_fits("b", 200, 0.0)
+    assert not p.budget_fits("c", 100, 0.1)  # 100 free, kept for "b"
+    assert p.budget_fits("c", 100, 0.1 + WAITING_FORGET_S)
+
+
+def test_a_removed_camera_gives_back_its_turn_and_what_was_on_its_way() -> None:
+    p = _budget(1000)
+    p.reserve("a", 900)
+    assert not p.budget_fits("a", 200, 0.0)
+    p.remove_source("a")
+    assert p.budget_fits("b", 1000, 0.0)
+
+
+def test_the_budget_never_evicts_a_lossless_source() -> None:
+    """A lossless source's frames wait for room instead of being evicted."""
     p = _budget(500, lossless=frozenset({"c"}))
-    p.add_frame(frame(0, 400, "a"), now=0.0)
-    p.add_frame(frame(0, 400, "b"), now=0.0)  # 800 > 500: both alone, both kept
-    assert (p.stats("a").in_ring, p.stats("b").in_ring, p.total_bytes) == (1, 1, 800)
     p.add_frame(frame(0, 100, "c"), now=0.0)
     p.add_frame(frame(1, 100, "c"), now=0.0)
-    p.add_frame(frame(1, 400, "a"), now=0.0)  # "a" holds 2: it gives its oldest
+    p.add_frame(frame(0, 300, "a"), now=0.0)
+    p.add_frame(frame(1, 300, "a"), now=0.0)  # "a" gives its oldest
     assert (p.stats("a").in_ring, p.stats("a").expired_budget) == (1, 1)
     assert (p.stats("c").in_ring, p.stats("c").expired) == (2, 0)
-
-
-def test_no_room_is_kept_for_frames_that_can_never_fit() -> None:
-    p = _budget(1000)
-    assert p.budget_allows("b", 300, {"a": (0, 5000), "b": (0, 300)})
