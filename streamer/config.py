@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,22 @@ _TCP_REPLY = re.compile(
 )
 MAX_HOST_CHARS = 253
 _IPC_REPLY = re.compile(r"ipc://[\x21-\x7e]{1,250}")
-_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "[::]", "[::0]", "[0:0:0:0:0:0:0:0]"})
+
+
+def _unspecified(host: str, ipv6: str | None) -> bool:
+    """Whether `host` is the unspecified address in any spelling a resolver reads as it ("0",
+    "0.0.0.00", "0x0", "[::]", "[::ffff:0.0.0.0]"): where a detector cannot send. ValueError
+    for a bracketed host that is no IPv6 address."""
+    if ipv6 is not None:
+        try:
+            a = ipaddress.IPv6Address(ipv6)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: [{ipv6[:45]}]") from None
+        return a.is_unspecified or (a.ipv4_mapped is not None and a.ipv4_mapped.is_unspecified)
+    try:
+        return socket.inet_aton(host) == bytes(4)  # (the forms getaddrinfo takes for IPv4)
+    except OSError:
+        return False
 
 
 def check_reply_to(value: object, allow_ipc: bool = True) -> str:
@@ -67,17 +83,10 @@ def check_reply_to(value: object, allow_ipc: bool = True) -> str:
         raise ValueError(
             f"expected tcp://HOST:PORT or ipc://PATH, got {value[:REPLY_TO_MAX_CHARS]!r}"
         )
-    if m.group(1) in _WILDCARD_HOSTS:
-        raise ValueError(f"{value!r} is a wildcard address: give one a detector can reach")
     if len(m.group(1)) > MAX_HOST_CHARS:
         raise ValueError(f"host longer than {MAX_HOST_CHARS} characters in {value!r}")
-    if m.group(2) is not None:
-        try:
-            unspecified = ipaddress.IPv6Address(m.group(2)).is_unspecified
-        except ValueError:
-            raise ValueError(f"not an IPv6 address in {value!r}") from None
-        if unspecified:
-            raise ValueError(f"{value!r} is a wildcard address: give one a detector can reach")
+    if m.group(1) == "*" or _unspecified(m.group(1), m.group(2)):
+        raise ValueError(f"{value!r} is a wildcard address: give one a detector can reach")
     if not 1 <= int(m.group(3)) <= 65_535:
         raise ValueError(f"port must be 1..65535 in {value!r}")
     return value

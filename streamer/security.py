@@ -110,11 +110,12 @@ def keygen(directory: str, name: str) -> tuple[str, str]:
     """Write ``<name>.key`` (public, to share; mode 0644) and ``<name>.key_secret`` (keep
     private: mode 0600, made so, never readable by others even for a moment)."""
     Path(directory).mkdir(parents=True, exist_ok=True)
+    for old in (Path(directory) / f"{name}.key", Path(directory) / f"{name}.key_secret"):
+        old.unlink(missing_ok=True)  # (written over, a file keeps its mode: made anew instead)
     umask = os.umask(0o077)
     try:
         public, secret = zmq.auth.create_certificates(directory, name)
     finally:
         os.umask(umask)
-    os.chmod(secret, 0o600)  # (a file that was there keeps its mode when written over)
     os.chmod(public, 0o644)
     return public, secret

@@ -115,6 +115,9 @@ def test_follow_reply_to_off_sends_everything_to_the_endpoint(
         "tcp://a..b:1",
         "tcp://[1::2::3]:1",
         "tcp://[0::0]:1",
+        "tcp://0:5555",  # the unspecified address, spelled as resolvers read it
+        "tcp://0.0.0.00:5555",
+        "tcp://[::ffff:0.0.0.0]:5555",
         12,
         ["tcp://h:1"],
         {"a": 1},

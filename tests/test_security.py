@@ -103,15 +103,18 @@ def test_curve_applies_to_connected_detection_sockets(tmp_path: Path) -> None:
 
 def test_keygen_writes_the_secret_key_for_its_owner_only(tmp_path: Path) -> None:
     """Under the usual umask (022) the secret key was world-readable; a secret key written over
-    keeps the mode it had, so an old readable one is made private too."""
-    old = os.umask(0o022)
+    keeps the mode it had, so it is made anew, never written into an old readable file."""
+    umask = os.umask(0o022)
     try:
         (tmp_path / "keys").mkdir()
         (tmp_path / "keys" / "server.key_secret").write_text("old")
         (tmp_path / "keys" / "server.key_secret").chmod(0o644)
+        old = (tmp_path / "keys" / "server.key_secret").open()
         public, secret = keygen(str(tmp_path / "keys"), "server")
     finally:
-        os.umask(old)
+        os.umask(umask)
+    with old:
+        assert old.read() == "old"  # (the new secret did not go into it)
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(public).st_mode) == 0o644
     assert "curve" in Path(secret).read_text()
