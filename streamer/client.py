@@ -532,8 +532,9 @@ class _Routes:
     name in ``reply_to``, least recently used closed beyond `max_routes`, plus the default
     endpoint's (kept). Counts in `stats`: ``sent``, ``dropped_full`` (a route's queue full),
     ``bad_reply_to`` (unusable or refused, so the default was used), ``no_route`` (neither:
-    dropped), ``routes_opened``, ``routes_closed``; in `drops`, ``dropped_full`` per open
-    route's endpoint."""
+    dropped), ``route_failed`` (its socket could not be opened, out of descriptors say:
+    dropped, not sent to another shard), ``routes_opened``, ``routes_closed``; in `drops`,
+    ``dropped_full`` per open route's endpoint."""
 
     def __init__(
         self,
@@ -563,8 +564,15 @@ class _Routes:
                 target = frame.reply_route(self._allow_ipc)
                 if target is not None:
                     return target, self._route(target)
-            except (ValueError, zmq.ZMQError) as e:  # (ZMQError: one libzmq refuses)
+            except ValueError as e:
                 self.stats["bad_reply_to"] += 1
+                self._warn("bad_reply_to", "tapped frame with an unusable reply_to: %s", e)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EINVAL:  # (out of sockets or descriptors: not the address's
+                    self.stats["route_failed"] += 1  # fault, and not another shard's frames)
+                    self._warn("route_failed", "cannot open a route for detections: %s", e)
+                    return None
+                self.stats["bad_reply_to"] += 1  # an address libzmq refuses
                 self._warn("bad_reply_to", "tapped frame with an unusable reply_to: %s", e)
         if self.default is None or self._default_endpoint is None:
             self.stats["no_route"] += 1

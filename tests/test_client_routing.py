@@ -4,6 +4,7 @@ each frame came from (reply_to), hostile reply_to values, bounded sockets and se
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from collections.abc import Iterator
@@ -173,9 +174,19 @@ def test_a_reply_to_libzmq_refuses_is_counted_and_the_default_used(
 
         sender._routes._open = refuse
         assert sender.send(_frame("cam", 1, reply_to="tcp://127.0.0.1:1"), [BOX])
-        sender._routes._open = real
         assert sender.stats["bad_reply_to"] == 1 and sender.stats["routes_opened"] == 0
         assert _received(sock_default) == [("cam", 1)]
+
+        def out_of_descriptors(endpoint: str) -> Any:
+            raise zmq.ZMQError(errno.EMFILE)
+
+        # Not the address's fault: dropped and counted, not sent to the default (another
+        # shard's endpoint, maybe, which would not know the frame).
+        sender._routes._open = out_of_descriptors
+        assert not sender.send(_frame("cam", 2, reply_to="tcp://127.0.0.1:2"), [BOX])
+        sender._routes._open = real
+        assert sender.stats["route_failed"] == 1 and sender.stats["bad_reply_to"] == 1
+        assert _received(sock_default, 0.1) == []
 
 
 def test_no_route_without_reply_to_or_endpoint_is_counted() -> None:

@@ -331,10 +331,17 @@ class RingReader:
         return data
 
     def _head(self) -> int:
+        """The ring's head, read until two reads agree: pread copies bytes, and unlike a load
+        from a mapping an 8-byte copy is not promised to be atomic against the writer's store
+        (a torn value could call a crop stale, or past the head)."""
         word = os.pread(self._fd, 8, _HEAD_AT)
-        if len(word) != 8:
-            raise RingUnavailableError(f"{self.path} was cut short under its reader")
-        return int.from_bytes(word, "little")
+        while True:
+            if len(word) != 8:
+                raise RingUnavailableError(f"{self.path} was cut short under its reader")
+            again = os.pread(self._fd, 8, _HEAD_AT)
+            if again == word:
+                return int.from_bytes(word, "little")
+            word = again
 
     @property
     def removed(self) -> bool:
