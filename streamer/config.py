@@ -234,7 +234,8 @@ class RingConfig(_Model):
         ge=1 * MIB,
         description="every source's frames waiting for detections or on their way to the "
         "detector (one budget for the process): a frame is tapped only if it fits (else "
-        "not_tapped: budget), and sources turned away take the room that frees up in turn; "
+        "not_tapped: budget), and sources turned away take the room that frees up in turn, "
+        "the least recently served first; "
         "size it at least sources x tap.max_in_flight x a frame's bytes (1080p I420: 3 MiB) to "
         "keep every frame in flight",
     )

@@ -8,12 +8,13 @@ Each source has a ring of frames waiting for detections, bounded by count, bytes
 all rings together, with the frames on their way to them (tapped, not yet sent: `reserve` and
 `release`), are bounded by one memory budget (`max_total_bytes`), kept when a frame is admitted
 (`budget_fits`): a frame is taken only if it fits. When it does not, its source waits its turn:
-sources refused for the budget queue in order, and while any waits, only the first may take
-room that frees up, or another that leaves room for every waiting source's frame; so each gets
-it in turn, whatever its frames' size (a 4K camera among 1080p ones). A frame sent to a
-detector is never thrown away for another (its detector's work would be lost). Without a
-tap, a live source's frame goes in and the oldest frame of the ring holding the most frames
-makes room (`bound`): nothing was sent for those.
+sources refused for the budget queue, the least recently served first, and a source takes room
+only if it leaves room for the frame of every source waiting before it (before the turn it
+would take, if it has none). So each finds room when it next asks, whatever its frames' size (a
+4K camera among 1080p ones) or how seldom it asks. A frame sent to a detector is never thrown
+away for another (its detector's work would be lost). Without a tap, a live source's frame
+goes in and the oldest frame of the ring holding the most frames makes room (`bound`), for the
+waiting sources' frames too: nothing was sent for those.
 
 Every frame leaves the ring exactly one way, and every detection message gets exactly one outcome,
 each counted:
@@ -38,8 +39,6 @@ Outcome = Literal["paired", "duplicate", "late", "unknown_frame", "unknown_sourc
 PAIRED_MEMORY_FRAMES = 4096
 # Timestamp pairing looks for duplicates among this many most recently paired frames.
 PAIRED_SCAN_FRAMES = 256
-# A source refused for the memory budget that has not asked again for this long loses its turn.
-WAITING_FORGET_S = 0.5
 
 
 @dataclass
@@ -83,6 +82,7 @@ class _Ring:
         self.stats = RingStats()
         self.total = total
         self.coming_bytes = 0  # of its frames admitted, not yet in it (`Pairer.reserve`)
+        self.admitted = 0  # when its last frame was admitted (`Pairer.budget_fits`), in turns
 
     def put(self, frame: Frame, now: float) -> None:
         self.frames[frame.frame_id] = (frame, now)
@@ -134,11 +134,12 @@ class Pairer:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.max_total_bytes = max_total_bytes
-        # Sources refused for the budget, in turn: source id -> (when it last asked, the size
-        # of its frame). One that has not asked for WAITING_FORGET_S has gone (ended, or its
-        # frames are refused for other reasons): it loses its place.
-        self._waiting: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # Sources refused for the budget, in turn: source id -> the size of its frame. A source
+        # leaves when it is admitted, or when it no longer asks (`forget_turn`: it ended, stopped
+        # streaming, or its frames are refused for another reason).
+        self._waiting: OrderedDict[str, int] = OrderedDict()
         self._waiting_bytes = 0  # their frames' sizes, summed
+        self._admitted = 0  # frames admitted so far: each ring's `admitted` is its last one's
 
     @property
     def total_bytes(self) -> int:
@@ -165,9 +166,7 @@ class Pairer:
         while ring.frames:
             ring.pop_oldest("shutdown")
         self._total.coming -= ring.coming_bytes
-        turn = self._waiting.pop(source_id, None)
-        if turn is not None:
-            self._waiting_bytes -= turn[1]
+        self.forget_turn(source_id)
         return ring.stats
 
     def add_frame(self, frame: Frame, now: float, *, bound: bool = True) -> None:
@@ -181,19 +180,22 @@ class Pairer:
             ring.newest_captured_at = frame.captured_at
         ring.stats.added += 1
         if bound:
-            self.bound(frame.source_id, now)
+            self.bound(frame.source_id, now, turns=True)
 
-    def bound(self, source_id: str, now: float) -> None:
+    def bound(self, source_id: str, now: float, turns: bool = False) -> None:
         """Evict (as expired) the oldest frames beyond the ring's count and byte bounds, then
         beyond the global budget (from the rings holding the most frames, never a lossless
         source's, and the frame just added last of all: with a tap, admission keeps the budget
-        and this evicts nothing), and old ones."""
+        and this evicts nothing), and the ring's old ones. With `turns` (a frame added without
+        admission: no tap), room is kept for the frames of the sources waiting their turn too."""
         ring = self._rings[source_id]
         while len(ring.frames) > self.max_frames or (
             ring.stats.ring_bytes > self.max_bytes and len(ring.frames) > 1
         ):
             ring.pop_oldest("full")
         limit = self.max_total_bytes
+        if limit is not None and turns:
+            limit -= self._kept_for_others(source_id)
         while limit is not None and self._total.bytes > limit:
             giving = self._fullest(ring)
             if giving is None:  # only lossless frames and this one: not this one either
@@ -201,7 +203,7 @@ class Pairer:
                     ring.pop_oldest("budget")
                 break
             giving.pop_oldest("budget")
-        self.expire(now)
+        self._expire_ring(ring, now)
 
     def _fullest(self, adding: _Ring) -> _Ring | None:
         """The ring that gives a frame to the budget: the one holding the most frames (counted
@@ -224,41 +226,54 @@ class Pairer:
             and ring.stats.ring_bytes + frames * nbytes <= self.max_bytes
         )
 
-    def budget_fits(self, source_id: str, nbytes: int, now: float) -> bool:
+    def budget_fits(self, source_id: str, nbytes: int) -> bool:
         """Whether one more frame of `nbytes` for this source may be admitted now: it fits the
-        budget beside every ring's frames and those on their way (`reserve`), and, while sources
-        wait their turn, it is the first one's, or leaves room for every waiting source's frame.
-        Refused, the source takes the last turn (or keeps its own: asking again does not move
-        it back). So room that frees up goes to each waiting source in turn, whatever the size
-        of its frames (a 4K camera among 1080p ones) or when they come. A frame larger than the
-        whole budget never fits and takes no turn (it would hold every other source back).
-        Reserve the frame (`reserve`) before anything else is admitted."""
+        budget beside every ring's frames and those on their way (`reserve`), and leaves room
+        for the frame of every source waiting before it: before its turn, or before the turn
+        it would take. Refused, the source takes a turn: after the waiting sources last served
+        before it, before those served since (a camera that asks seldom goes before those
+        served many times meanwhile); asking again keeps it, until it is admitted or
+        `forget_turn`. So a waiting source finds room for its frame when it next asks. A frame
+        larger than the whole budget never fits and takes no turn. Reserve the frame
+        (`reserve`) before anything else is admitted."""
         limit = self.max_total_bytes
         if limit is None:
             return True
         if nbytes > limit:
             return False
         waiting = self._waiting
-        while waiting:  # (one that stopped asking loses its turn)
-            first, (asked_at, size) = next(iter(waiting.items()))
-            if asked_at >= now - WAITING_FORGET_S:
-                break
-            del waiting[first]
-            self._waiting_bytes -= size
         free = limit - self._total.bytes - self._total.coming
-        mine = waiting.get(source_id)
-        if mine is not None and next(iter(waiting)) == source_id:
-            fits = nbytes <= free
-        else:
-            fits = nbytes + self._waiting_bytes - (mine[1] if mine else 0) <= free
-        if mine is not None:
-            self._waiting_bytes -= mine[1]
-            if fits:
-                del waiting[source_id]
-        if not fits:
-            waiting[source_id] = (now, nbytes)  # (an update keeps its place)
-            self._waiting_bytes += nbytes
+        mine = waiting.get(source_id, 0)
+        ring = self._rings[source_id]
+        ahead = 0  # the frames of the sources waiting before it: its turn, or the one it would take
+        for sid, size in waiting.items():  # (in turn: O(its place))
+            if sid == source_id or self._rings[sid].admitted > ring.admitted:
+                break
+            ahead += size
+        fits = nbytes + ahead <= free
+        if fits:
+            waiting.pop(source_id, None)
+            self._admitted += 1
+            ring.admitted = self._admitted
+        elif source_id in waiting:
+            waiting[source_id] = nbytes  # (an update keeps its place)
+        else:  # its turn: after those served before it, before those served since
+            last = next(reversed(waiting), None)
+            waiting[source_id] = nbytes
+            if last is not None and self._rings[last].admitted > ring.admitted:
+                self._waiting = OrderedDict(
+                    sorted(waiting.items(), key=lambda kv: self._rings[kv[0]].admitted)
+                )
+        self._waiting_bytes += (0 if fits else nbytes) - mine
         return fits
+
+    def forget_turn(self, source_id: str) -> None:
+        """The source no longer waits for room in the budget (see `budget_fits`)."""
+        self._waiting_bytes -= self._waiting.pop(source_id, 0)
+
+    def _kept_for_others(self, source_id: str) -> int:
+        """Room kept for the frames of the other sources waiting their turn."""
+        return self._waiting_bytes - self._waiting.get(source_id, 0)
 
     def reserve(self, source_id: str, nbytes: int) -> None:
         """Count a frame admitted for this source, on its way to the ring, in the budget."""
@@ -280,11 +295,14 @@ class Pairer:
     def expire(self, now: float) -> None:
         """Drop (as expired) frames older than the age bound in every ring."""
         for ring in self._rings.values():
-            while ring.frames:
-                _, added_at = next(iter(ring.frames.values()))
-                if now - added_at <= self.max_age_s:
-                    break
-                ring.pop_oldest("age")
+            self._expire_ring(ring, now)
+
+    def _expire_ring(self, ring: _Ring, now: float) -> None:
+        while ring.frames:
+            _, added_at = next(iter(ring.frames.values()))
+            if now - added_at <= self.max_age_s:
+                break
+            ring.pop_oldest("age")
 
     def flush(self) -> None:
         """Expire every frame still waiting (at shutdown)."""
@@ -297,7 +315,7 @@ class Pairer:
         ring = self._rings.get(source_id)
         if ring is None:
             return Match("unknown_source")
-        self.expire(now)
+        self._expire_ring(ring, now)  # (the others, at the pipeline's next sweep: `expire`)
         if frame_id in ring.frames:
             return Match("paired", self._take(ring, frame_id))
         if frame_id in ring.paired_ids:
@@ -320,7 +338,7 @@ class Pairer:
         ring = self._rings.get(source_id)
         if ring is None:
             return Match("unknown_source")
-        self.expire(now)
+        self._expire_ring(ring, now)
         best_id, best_d, best_waiting = -1, float("inf"), False
         for fid, (frame, _) in ring.frames.items():
             d = abs(frame.captured_at - captured_at)

@@ -590,6 +590,8 @@ class Pipeline:
         if src.lossless:
             counters.in_feed = 1  # (accounted as in the hand-off while it waits)
             try:
+                if now < camera.next_tap_at:  # tap.max_fps: it waits, as it waits for room
+                    await asyncio.sleep(camera.next_tap_at - now)
                 await self._room_for(camera, frame.nbytes)
             except asyncio.CancelledError:
                 counters.shed("stopping")  # stopping with this frame in hand
@@ -645,16 +647,18 @@ class Pipeline:
         in-flight frames are full (``busy``: the detector or the crop stage is behind, so the
         frame could not be served in time), or the memory budget has no room (``budget``)."""
         sid, counters = camera.id, camera.counters
-        if counters.in_tap >= TAP_QUEUE_FRAMES:
-            return "busy"
         assert self.cfg.tap is not None
         with self._ring_lock:
             in_ring = self.pairer.stats(sid).in_ring
-            # (no more than the ring holds: a frame tapped beyond it would be evicted before
-            # its detections came)
-            if counters.in_tap + in_ring >= min(
-                self.cfg.tap.max_in_flight, self.cfg.ring.max_frames
+            # (no more than the ring holds, in frames and bytes: a frame tapped beyond it would
+            # evict one sent before its detections came)
+            if (
+                counters.in_tap >= TAP_QUEUE_FRAMES
+                or counters.in_tap + in_ring
+                >= min(self.cfg.tap.max_in_flight, self.cfg.ring.max_frames)
+                or not self.pairer.room_for(sid, nbytes, counters.in_tap + 1)
             ):
+                self.pairer.forget_turn(sid)  # (it wants no room in the budget now)
                 return "busy"
             if not self._budget_fits(camera, nbytes):
                 return "budget"
@@ -663,35 +667,34 @@ class Pipeline:
     def _fits_at_all(self, camera: Camera, nbytes: int) -> bool:
         """Whether a frame of `nbytes` fits the whole memory budget; if not, say so, in the
         log and in /healthz (none of the camera's frames is taken until it is raised)."""
-        camera.oversized = 0 if nbytes <= self.cfg.ring.max_total_bytes else nbytes
+        ring = self.cfg.ring
+        camera.oversized = 0 if nbytes <= min(ring.max_total_bytes, ring.max_bytes) else nbytes
         if not camera.oversized:
             return True
         self._warn(
             f"budget-{camera.id}",
             "source %s: its frames (%d bytes) are larger than the whole memory budget "
-            "(ring.max_total_bytes: %d): none is taken until it is raised",
+            "(ring.max_total_bytes: %d) or a ring (ring.max_bytes: %d): none is taken until "
+            "it is raised",
             camera.id,
             nbytes,
-            self.cfg.ring.max_total_bytes,
+            ring.max_total_bytes,
+            ring.max_bytes,
         )
         return False
 
     def _budget_fits(self, camera: Camera, nbytes: int) -> bool:
         """`Pairer.budget_fits` for a camera's next frame, under the ring lock."""
-        return self.pairer.budget_fits(camera.id, nbytes, time.monotonic())
+        return self.pairer.budget_fits(camera.id, nbytes)
 
     async def _room_for(self, camera: Camera, nbytes: int) -> None:
         """A lossless source's frame waits here until it fits the tap queue, the ring and the
         memory budget, counting the frames already on their way to the ring (instead of one being
-        dropped or evicted). Without a tap, until it fits the ring and the budget."""
+        dropped or evicted). Without a tap, until it fits the ring and the budget. It keeps its
+        turn for the budget only while it waits for the budget alone."""
         sid, counters = camera.id, camera.counters
-        while self._tap is None:
-            with self._ring_lock:
-                if self.pairer.room_for(sid, nbytes, 1) and self._budget_fits(camera, nbytes):
-                    return
-            await asyncio.sleep(RING_ROOM_POLL_S)
         while True:
-            if self._tap.refuses(frame_topic(sid)) is not None:
+            if self._tap is not None and self._tap.refuses(frame_topic(sid)) is not None:
                 # No detector takes its frames yet: it waits here, not in the tap worker that
                 # every camera shares (one lossless camera's frames held it, and the live
                 # cameras' frames were all turned away as busy).
@@ -701,21 +704,26 @@ class Pipeline:
                     "tap: none connected with room); it waits (realtime: false)",
                     sid,
                 )
+                with self._ring_lock:
+                    self.pairer.forget_turn(sid)
                 await asyncio.sleep(SUBSCRIBER_POLL_S)
                 continue
             if counters.in_tap >= TAP_QUEUE_FRAMES:
+                with self._ring_lock:
+                    self.pairer.forget_turn(sid)
                 camera.tap_room.clear()
                 await camera.tap_room.wait()
                 continue
-            assert self.cfg.tap is not None
+            most = self.cfg.tap.max_in_flight if self.cfg.tap is not None else None
             with self._ring_lock:
                 in_flight = counters.in_tap + self.pairer.stats(sid).in_ring
-                if (
-                    in_flight < self.cfg.tap.max_in_flight
-                    and self.pairer.room_for(sid, nbytes, counters.in_tap + 1)
-                    and self._budget_fits(camera, nbytes)
+                if (most is None or in_flight < most) and self.pairer.room_for(
+                    sid, nbytes, counters.in_tap + 1
                 ):
-                    return
+                    if self._budget_fits(camera, nbytes):
+                        return
+                else:
+                    self.pairer.forget_turn(sid)
             await asyncio.sleep(RING_ROOM_POLL_S)  # the crop thread pairs frames out of the ring
 
     async def _tap_worker(self) -> None:
@@ -874,6 +882,8 @@ class Pipeline:
             with self._ring_lock:
                 self.pairer.expire(now)
                 for c in cameras:
+                    if c.ended or c.source.stats.state != "streaming":
+                        self.pairer.forget_turn(c.id)  # (it asks for no room now)
                     ring = self.pairer.stats(c.id)
                     c.pairing_watch.observe(
                         ring.added,

@@ -595,3 +595,67 @@ def test_without_a_tap_the_budget_holds_for_lossless_and_live_cameras(endpoint: 
 
         _run(cfg, body)
         assert 0 < most <= 2 * 1024 * 1024, (sources[0], most)
+
+
+def test_a_lossless_file_under_a_tap_rate_waits_rather_than_drops(
+    endpoint: Any, tmp_path: Any
+) -> None:
+    """`tap.max_fps` on a `realtime: false` file: its frames wait for their slot, as they wait
+    for room, and every one is paired (before, 2 of 60 were, the rest counted `rate`)."""
+    n_frames = 20
+    clip = write_clip(tmp_path / "clip.mp4", n_frames, (320, 240))
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": str(clip), "realtime": False}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "max_fps": 20},
+        "publish": [{"bind": pub}],
+    }
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
+            async for frame in frames:
+                await out.send(frame, [])
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: _src(p)["paired"] >= n_frames, 30, "every frame paired")
+        finally:
+            task.cancel()
+
+    stats = _run(cfg, body)
+    assert stats["sources"]["cam"]["not_tapped_by"].get("rate", 0) == 0
+
+
+def test_a_ring_smaller_than_the_frames_in_flight_evicts_none_that_was_sent(
+    endpoint: Any,
+) -> None:
+    """`ring.max_bytes` holds one 720p frame, `tap.max_in_flight` four: a frame is tapped only
+    while the ring has room for it, so none sent is evicted before its detections come
+    (before: 145 of 150 evicted as `expired` `full`, their answers `late`)."""
+    tap, dets, pub = endpoint(), endpoint(), endpoint()
+    cfg = {
+        "sources": [{"id": "cam", "url": "lavfi:testsrc2=size=1280x720:rate=30"}],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "width": 320},
+        "ring": {"max_bytes": 2 * 1024 * 1024},
+        "publish": [{"bind": pub}],
+    }
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as out:
+            async for frame in frames:
+                await asyncio.sleep(0.1)
+                await out.send(frame, [])
+
+    async def body(p: Pipeline) -> None:
+        task = asyncio.create_task(detector())
+        try:
+            await until(lambda: _src(p)["paired"] >= 10, 30, "frames paired")
+        finally:
+            task.cancel()
+
+    src = _run(cfg, body)["sources"]["cam"]
+    assert src["expired_by"]["full"] == 0 and src["detections"].get("late", 0) == 0, src
+    assert src["not_tapped_by"]["busy"] > 0, src
