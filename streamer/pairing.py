@@ -240,6 +240,7 @@ class Pairer:
         if limit is None:
             return True
         if nbytes > limit:
+            self.forget_turn(source_id)  # (room kept for a smaller frame it had would never go)
             return False
         waiting = self._waiting
         free = limit - self._total.bytes - self._total.coming

@@ -204,6 +204,8 @@ class Pipeline:
         """Stop a camera and forget it, while running; its frames still waiting expire
         (`shutdown`). Returns its final counters (also logged, once). KeyError on a bad id."""
         camera = self.cameras.pop(sid)  # from now on its detections are unknown_source
+        with self._ring_lock:
+            self.pairer.forget_turn(sid)  # (while it stops, it asks for no room)
         self._changing.add(sid)
         try:
             if self.preview_server is not None:
@@ -586,6 +588,8 @@ class Pipeline:
             self.hub.sources[src.source_id].on_frame(frame, now)
         if not self._fits_at_all(camera, frame.nbytes):
             counters.shed("budget")  # (a lossless one's too: it would wait for ever)
+            with self._ring_lock:
+                self.pairer.forget_turn(camera.id)  # (kept for a smaller frame: never used)
             return
         if src.lossless:
             counters.in_feed = 1  # (accounted as in the hand-off while it waits)

@@ -367,3 +367,15 @@ def test_a_camera_served_long_ago_goes_before_those_served_since() -> None:
     p.release("a", 250)
     assert not p.budget_fits("c", 250)  # now it was served last: "a" and "b" first
     assert p.budget_fits("a", 250)
+
+
+def test_a_camera_whose_frames_grow_past_the_budget_gives_up_its_turn() -> None:
+    """A camera waiting with a frame that fits, whose next frames (a larger picture) cannot:
+    its turn is given up, not kept for a frame it will never ask for (every other camera then
+    had to leave room for it, and stopped for good with the budget empty)."""
+    p = _budget(1000)
+    p.reserve("c", 800)
+    assert not p.budget_fits("a", 700)
+    assert not p.budget_fits("a", 1500)  # larger than the budget now
+    p.release("c", 800)
+    assert p.budget_fits("b", 400) and p.budget_fits("b", 600)
