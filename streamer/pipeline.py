@@ -327,9 +327,11 @@ class Pipeline:
             if c.id in problems or c.ended:  # (an ended file's last shares say nothing now)
                 continue
             if c.oversized:
+                ring = self.cfg.ring
                 problems[c.id] = (
                     f"its frames ({c.oversized} bytes) are larger than the whole memory budget "
-                    f"(ring.max_total_bytes: {self.cfg.ring.max_total_bytes}): none is taken"
+                    f"or a ring (ring.max_total_bytes: {ring.max_total_bytes}, ring.max_bytes: "
+                    f"{ring.max_bytes}): none is taken"
                 )
                 continue
             if unpaired_after_s is not None:
@@ -664,7 +666,7 @@ class Pipeline:
             ):
                 self.pairer.forget_turn(sid)  # (it wants no room in the budget now)
                 return "busy"
-            if not self._budget_fits(camera, nbytes):
+            if not self.pairer.budget_fits(sid, nbytes):
                 return "budget"
         return None
 
@@ -686,10 +688,6 @@ class Pipeline:
             ring.max_bytes,
         )
         return False
-
-    def _budget_fits(self, camera: Camera, nbytes: int) -> bool:
-        """`Pairer.budget_fits` for a camera's next frame, under the ring lock."""
-        return self.pairer.budget_fits(camera.id, nbytes)
 
     async def _room_for(self, camera: Camera, nbytes: int) -> None:
         """A lossless source's frame waits here until it fits the tap queue, the ring and the
@@ -724,7 +722,7 @@ class Pipeline:
                 if (most is None or in_flight < most) and self.pairer.room_for(
                     sid, nbytes, counters.in_tap + 1
                 ):
-                    if self._budget_fits(camera, nbytes):
+                    if self.pairer.budget_fits(sid, nbytes):
                         return
                 else:
                     self.pairer.forget_turn(sid)
