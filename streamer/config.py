@@ -16,6 +16,8 @@ from streamer.colors import parse_color_bgr
 from streamer.config_yaml import YamlError, load_yaml
 from streamer.errors import ConfigError
 from streamer.sharding import SINGLE, Shard
+from streamer.sources.http_input import check_options, is_http
+from streamer.sources.protocols import refused_protocol
 
 MIB = 1024 * 1024
 REPLY_TO_MAX_CHARS = 256
@@ -194,7 +196,8 @@ class SourceConfig(_Model):
     av_options: dict[str, str] = Field(
         default_factory=dict,
         max_length=MAX_AV_OPTIONS,
-        description="FFmpeg options, passed through",
+        description="FFmpeg options, passed through (an http(s) camera: of FFmpeg's HTTP "
+        "client's, only headers, user_agent, referer, tls_verify, ca_file, cert_file, key_file)",
     )
     max_pixels: int = Field(
         MAX_PIXELS,
@@ -203,7 +206,8 @@ class SourceConfig(_Model):
         description="the largest picture (width x height) a network camera or file may have: "
         "a larger one is not handed on (its session ends with an error, counted in too_large, "
         "and is retried). Default: the largest H.264 and HEVC allow, 8192x4352. Not for "
-        "webcams (their size is what width and height ask for) or synthetic sources",
+        "webcams (their size is what width and height ask for) or synthetic sources. An http(s) "
+        "camera may also send at most this many bytes (and at least 4 MiB) between two packets",
     )
     width: int | None = Field(None, ge=16, le=8192, description="webcam capture width request")
     height: int | None = Field(None, ge=16, le=8192, description="webcam capture height request")
@@ -214,7 +218,15 @@ class SourceConfig(_Model):
     def _synthetic_options(cls, v: str) -> str:
         if v.startswith(SYNTHETIC_PREFIX):
             SyntheticSpec.from_url(v)  # raises ValueError naming the bad option
+        if (why := refused_protocol(v)) is not None:
+            raise ValueError(why)
         return v
+
+    @model_validator(mode="after")
+    def _http_options(self) -> SourceConfig:
+        if is_http(self.url):
+            check_options(self.url, self.av_options)
+        return self
 
     @model_validator(mode="after")
     def _backoff_order(self) -> SourceConfig:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -17,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from streamer.config import SourceConfig
 from streamer.crop.convert import crop_bgr, crop_i420
 from streamer.sources.av_source import AvSource, _segmented
 from streamer.sources.base import EvenSkip, Source
@@ -782,3 +785,87 @@ def test_an_rtmp_camera_connects_to_its_server_and_times_out(scheme: str) -> Non
         conn, _ = listener.accept()  # (socket.timeout: it never connected)
         conn.close()
         assert not src.alive
+
+
+def test_a_file_with_sound_plays_every_frame(tmp_path: Path) -> None:
+    """A file's other streams are set aside (not even read); setting them aside failed on
+    PyAV's Discard (a string where it takes its enum), and no file with sound played."""
+    path = tmp_path / "with_sound.mp4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        sound = out.add_stream("aac", rate=48000)
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i * 8, np.uint8), "rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), "fltp", "mono")
+            chunk.sample_rate, chunk.pts = 48000, i * 1600
+            out.mux(sound.encode(chunk))
+        out.mux(video.encode())
+        out.mux(sound.encode())
+
+    async def main() -> list[int]:
+        src = AvSource("f", str(path), realtime=False)
+        c = Consumer(src).start()
+        await until(lambda: len(c.frames) >= 30, 20, "every frame of the file")
+        await c.stop()
+        return [f.frame_id for _, f in c.frames]
+
+    assert asyncio.run(main()) == list(range(30))
+
+
+def test_a_file_on_a_silent_ftp_server_times_out_and_is_retried() -> None:
+    """An ftp:// file was opened with no timeout: a server that accepts and says nothing kept
+    the decode thread in its open for good. Now it is opened with the source's timeouts."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])  # (and never a word)
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"ftp://user:S3cret@127.0.0.1:{server.getsockname()[1]}/clip.mp4"
+
+    async def main() -> tuple[AvSource, float]:
+        src = AvSource("f", url, open_timeout_s=1.0, stall_timeout_s=1.0)
+        c = Consumer(src).start()
+        t0 = time.monotonic()
+        await until(lambda: src.stats.last_error is not None, 10, "the open's timeout")
+        took = time.monotonic() - t0
+        assert await c.stop() < 2.0
+        return src, took
+
+    try:
+        src, took = asyncio.run(main())
+    finally:
+        done.set()
+        for s in held:
+            s.close()
+        server.close()
+    assert took < 1.0 + 2.0, took
+    said = src.stats.last_error or ""
+    assert "no answer in 1 s" in said and "S3cret" not in said, said
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "cache:http://cam/video.mjpg",  # (cache: also writes all it reads to disk)
+        "async:tcp://cam:1234",
+        "concat:http://a/1.ts|http://a/2.ts",
+        "crypto+http://cam/x.ts",
+        "subfile,,start,0,end,100,,:http://cam/x.mp4",
+        "ipfs://bafy/video.mp4",  # (through FFmpeg's HTTP client, to a gateway)
+    ],
+)
+def test_urls_that_would_read_the_network_around_the_bounds_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="give the"):
+        SourceConfig(id="c", url=url)
+    SourceConfig(id="c", url="concat:a.ts|b.ts")  # (local files: as before)

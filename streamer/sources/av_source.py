@@ -11,10 +11,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import av
+from av.stream import Discard
 
 from streamer.config import MAX_PIXELS
 from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
+from streamer.sources.http_input import OPTIONS, HttpInput, is_http
+from streamer.sources.protocols import is_network_file
 from streamer.sources.readahead import (
     CLOSE_WAIT_S,
     MAX_GAP_S,
@@ -177,10 +180,26 @@ class AvSource(Source):
         self._media_offset_s = 0.0
         self._hls: bool | None = None  # whether the stream is HLS, once an open has said
         self._steps = Steps()  # an HLS stream's timeline, across its sessions
+        self._http: HttpInput | None = None  # an http(s) camera's session's input
 
     def _open(self) -> Any:
         if self.url.startswith(LAVFI_PREFIX):
             return av.open(self.url[len(LAVFI_PREFIX) :], format="lavfi")
+        if is_network_file(self.url):  # (a file on another host: with timeouts)
+            stall_us = str(int(self.stall_timeout_s * 1e6))
+            options = {"timeout": stall_us, "rw_timeout": stall_us, **self.av_options}
+            timeouts = (self.open_timeout_s, self.stall_timeout_s)
+            started = time.monotonic()
+            try:
+                return av.open(self.url, options=options, timeout=timeouts)
+            except (OSError, av.error.FFmpegError) as e:
+                why = (
+                    str(e) if isinstance(e, av.error.FFmpegError) else _network_reason(self.url, e)
+                )
+                if time.monotonic() - started >= min(timeouts) * 0.9:
+                    # (FFmpeg's FTP client calls a server that never greets "permission denied")
+                    why = f"no answer in {min(timeouts):g} s ({why})"
+                raise OSError(redact(f"{self.url}: {why}", self.secrets)) from None
         if not self.live:
             return av.open(self.url, options=self.av_options)
         key = "timeout" if self.url.lower().startswith(TIMEOUT_OPTION_SCHEMES) else "rw_timeout"
@@ -202,6 +221,8 @@ class AvSource(Source):
         self._hls = _segmented(container)
         if self._hls != hls:
             container.close()
+            if self._http is not None:
+                self._http.close()
             container = self._open_live(options, self._hls)
         return container
 
@@ -246,6 +267,8 @@ class AvSource(Source):
         if segmented:
             options = {"live_start_index": "-1", **options}
         read_timeout_s = max(self.stall_timeout_s, READ_TIMEOUT_S if segmented else 0.0)
+        if is_http(self.url):
+            return self._open_http(options, read_timeout_s)
         try:
             return av.open(self.url, options=options, timeout=(self.open_timeout_s, read_timeout_s))
         except OSError as e:
@@ -253,11 +276,61 @@ class AvSource(Source):
                 f"{redact(self.url, self.secrets)}: {_network_reason(self.url, e)}"
             ) from None
 
+    def _open_http(self, options: dict[str, str], read_timeout_s: float) -> Any:
+        """An http(s) camera, its input read by streamer (streamer/sources/http_input.py):
+        bounded in bytes between packets (`max_pixels`, at least 8 MiB) and in time."""
+        try:
+            http = HttpInput(
+                self.url,
+                read_timeout_s=self.stall_timeout_s,
+                time_limit_s=max(self.open_timeout_s, read_timeout_s),
+                max_bytes=self.max_pixels,
+                options=options,
+                name=f"source {self.source_id}",
+                redact=lambda text: redact(text, self.secrets),
+            )
+        except ValueError as e:  # (the config checks the same: its message says no secret)
+            raise SourceError(str(e)) from None
+        demuxer = {k: v for k, v in options.items() if k not in OPTIONS}
+        demuxer.pop("timeout", None)  # (the reads' own)
+        # FFmpeg's HLS demuxer reuses a connection only of its own HTTP client (it aborts on
+        # another's): one request per resource.
+        demuxer["http_persistent"] = "0"
+        try:
+            url = http.start()
+            # A playlist known by its type alone (a name not ending in .m3u8): FFmpeg's probe
+            # reads the type only from its own client, so it is told.
+            container = av.open(
+                url,
+                format="hls" if http.hls_type else None,
+                options=demuxer,
+                timeout=(self.open_timeout_s, read_timeout_s),
+                io_open=http,
+            )
+        except (OSError, av.error.FFmpegError) as e:
+            http.close()
+            if http.refused is not None:
+                self._too_large(http.refused)
+            why = (
+                http.expired
+                or http.error
+                or (e.strerror if isinstance(e, OSError) else None)
+                or str(e)
+            )
+            raise OSError(redact(f"{self.url}: {why}", self.secrets)) from None
+        self._http = http
+        return container
+
     def _session(self) -> None:
         while True:
             container = self._open()
             ahead: ReadAhead | None = None
             try:
+                if not container.streams.video:
+                    failed = self._http.error if self._http is not None else None
+                    raise SourceError(
+                        "no video stream" + (f" ({redact(failed, self.secrets)})" if failed else "")
+                    )
                 stream = container.streams.video[0]
                 ctx = stream.codec_context
                 self._check_size(ctx.width, ctx.height)  # (as the stream's header says)
@@ -274,16 +347,32 @@ class AvSource(Source):
                     # no per-thread frame buffers in each of many decoders.
                     stream.thread_type = "AUTO"
                     stream.codec_context.thread_count = min(os.cpu_count() or 0, MAX_THREADS)
-                if not self.live:
+                if not self.live or self._http is not None:
+                    # A file's audio and data: not even read. An http(s) camera's: not parsed
+                    # either, so that its input's bound counts only the video's packets (a
+                    # data stream's packets, coming between a video frame's bytes that never
+                    # end, kept it from counting them), and its time bound ends a session
+                    # whose video stopped while the rest flows.
                     for other in container.streams:
                         if other.index != stream.index:
-                            other.discard = "all"  # a file's audio and data: not even read
-                elif self._hls:  # (what this session's open found)
+                            other.discard = Discard.all
+                if self.live and self._hls:  # (what this session's open found)
                     name = f"source-{self.source_id}-read"
                     self._steps.frame_s = _frame_s(stream)
-                    ahead = ReadAhead(container, stream.index, self._steps, name).start()
+                    on_packet = None if self._http is None else self._http.packet
+                    ahead = ReadAhead(container, stream.index, self._steps, name, on_packet).start()
                 self._decode(container, stream, ahead)
+            except Exception:
+                http = self._http
+                if http is not None and http.refused is not None:
+                    self._too_large(http.refused)  # (what the error came of)
+                if http is not None and http.expired is not None:
+                    raise ConnectionError(http.expired) from None
+                raise
             finally:
+                if self._http is not None:
+                    self._http.close()  # (a read still blocked returns now)
+                    self._http = None
                 # A reader still in a read after a second (at a stop: at once) closes the
                 # container itself when the read returns.
                 if ahead is None or ahead.close(0.0 if self._stop.is_set() else CLOSE_WAIT_S):
@@ -320,6 +409,7 @@ class AvSource(Source):
             steps = Steps()
             steps.frame_s = frame_s
         bad_in_session = 0
+        http = self._http if ahead is None else None  # (a read-ahead tells it of its packets)
         flushed = False  # the demuxer ran to its end: the decoder gave out all it held
         try:
             for packet in container.demux() if ahead is None else ahead.packets(self._stop):
@@ -334,6 +424,8 @@ class AvSource(Source):
                     if self.live:
                         self._check_watchdog()
                     continue
+                if http is not None:
+                    http.packet()  # (the video's: the input's bounds start again)
                 if steps is not None:  # (in decode order: presentation times jump over B-frames)
                     steps.step(seconds(packet, dts_only=True), time.monotonic())
                     if steps.missing:

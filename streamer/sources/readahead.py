@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -368,8 +368,16 @@ class ReadAhead:
     """One session's reader thread and its queue. `packets` gives the decode thread each packet
     when it is due; `close` stops the reader."""
 
-    def __init__(self, container: Any, video_index: int, steps: Steps, name: str) -> None:
+    def __init__(
+        self,
+        container: Any,
+        video_index: int,
+        steps: Steps,
+        name: str,
+        on_packet: Callable[[], None] | None = None,
+    ) -> None:
         self._container = container
+        self._on_packet = on_packet  # told of each video packet read, and when reading goes on
         self._video = video_index
         self._steps = steps  # the camera's (read here, under the lock, while this session runs)
         # A finished playlist (a recording) has a duration; a live one has none.
@@ -407,12 +415,16 @@ class ReadAhead:
                 with self._cond:
                     while self.queue.finished and self.queue.full() and not self._closing:
                         self._cond.wait(POLL_S)  # a recording: wait for room
+                        if self._on_packet is not None:
+                            self._on_packet()  # (not input that is late)
                     if self._closing:
                         return  # (the camera's Steps belong to the next session now)
                     step = self._steps.step(seconds(packet))
                     key = bool(packet.is_keyframe)
                     self.queue.push(Item(packet, arrived, step, packet.size, key))
                     self._cond.notify_all()
+                if self._on_packet is not None:
+                    self._on_packet()  # (after a wait for room: input goes on from now)
         except Exception as e:  # the session's error: the decode thread raises it
             self._error = e
         finally:
