@@ -526,6 +526,33 @@ def test_a_playlist_whose_lines_cost_more_than_their_bytes_is_cut_off(
     assert src.stats.too_large == 1
 
 
+@pytest.mark.parametrize("way", ["a long URL redirected to a short one", "a long key URI"])
+def test_what_ffmpeg_copies_to_each_line_is_counted(serve: Callable[..., Server], way: str) -> None:
+    """FFmpeg makes a variant's names absolute from the URL it asked for (a redirect does not
+    reach it through this input), and copies a key's URI to every segment after it: a 1.3 MB
+    playlist of short lines cost it 700 MB either way before they were counted (here 100,000
+    lines: within the bound counted at the short URL and line, far over it counted right)."""
+    long = "/" + "a" * 3900
+    lines = [b"#EXTM3U", b"#EXT-X-TARGETDURATION:1"]
+    if way == "a long key URI":
+        lines.append(b'#EXT-X-KEY:METHOD=AES-128,URI="%s/k"' % long.encode())
+    media = b"\n".join(lines) + b"\n" + b"#EXTINF:1,\nx.ts\n" * 50_000
+    master = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\n%s/v.m3u8\n" % long.encode()
+
+    def handler(srv: Server, sock: socket.socket, head: bytes) -> None:
+        kind = b"application/vnd.apple.mpegurl"
+        if head.startswith(b"GET /a"):  # (the variant's long URL)
+            srv.send(sock, b"HTTP/1.1 302 Found\r\nLocation: /s.m3u8\r\n\r\n")
+            return
+        body = master if head.startswith(b"GET /master") else media
+        srv.send(sock, b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n\r\n" % kind + body)
+
+    srv = serve(handler)
+    path = "/master.m3u8" if way == "a long URL redirected to a short one" else "/cam.m3u8"
+    with pytest.raises((SourceError, OSError), match="with what its lines cost"):
+        source(srv.url(path))._open()
+
+
 def test_an_hls_camera_with_a_password_plays_and_the_password_stays_at_its_origin(
     tmp_path: Path, serve: Callable[..., Server]
 ) -> None:

@@ -17,7 +17,12 @@ from streamer.config import MAX_PIXELS
 from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.http_input import OPTIONS, HttpInput, is_http
-from streamer.sources.protocols import is_network_file
+from streamer.sources.protocols import (
+    LOCAL_PROTOCOLS,
+    is_live,
+    is_network_file,
+    protocol,
+)
 from streamer.sources.readahead import (
     CLOSE_WAIT_S,
     MAX_GAP_S,
@@ -37,13 +42,8 @@ LAVFI_PREFIX = "lavfi:"
 # (more hold more pictures, and the errors of the last of them are lost at the end of the file).
 MAX_THREADS = 16
 SEGMENTED_FORMATS = frozenset({"hls"})  # FFmpeg's demuxers of streams that come a segment at a time
-# Network cameras: read with open and read timeouts, reconnected when they end (a `tcp://`
-# MPEG-TS camera was taken for a file: no timeout, and a silent peer blocked it for good).
-LIVE_SCHEMES = (
-    *("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "rtmps://", "rtmpt://"),
-    *("rtmpts://", "srt://", "udp://", "tcp://", "tls://", "rtp://", "srtp://", "unix:"),
-)
-# Those whose FFmpeg option `timeout` is a read timeout in microseconds; the others get FFmpeg's
+# Cameras (streamer/sources/protocols.py: read with open and read timeouts, reconnected when
+# they end) whose FFmpeg option `timeout` is a read timeout in microseconds; the others get FFmpeg's
 # generic `rw_timeout` (RTMP's `timeout` is how long to listen for a peer: it made an rtmp://
 # camera listen on its port instead of connecting; unix: counts milliseconds).
 TIMEOUT_OPTION_SCHEMES = (
@@ -55,10 +55,6 @@ TIMEOUT_OPTION_SCHEMES = (
     "udp://",
     "tcp://",
 )
-
-
-def is_live(url: str) -> bool:
-    return url.lower().startswith(LIVE_SCHEMES)
 
 
 def _frame_s(stream: Any) -> float | None:
@@ -188,6 +184,7 @@ class AvSource(Source):
         if is_network_file(self.url):  # (a file on another host: with timeouts)
             stall_us = str(int(self.stall_timeout_s * 1e6))
             options = {"timeout": stall_us, "rw_timeout": stall_us, **self.av_options}
+            options["protocol_whitelist"] = f"{protocol(self.url)},tcp,tls"
             timeouts = (self.open_timeout_s, self.stall_timeout_s)
             started = time.monotonic()
             try:
@@ -201,7 +198,10 @@ class AvSource(Source):
                     why = f"no answer in {min(timeouts):g} s ({why})"
                 raise OSError(redact(f"{self.url}: {why}", self.secrets)) from None
         if not self.live:
-            return av.open(self.url, options=self.av_options)
+            # A local file: FFmpeg may reach no network, whatever the URL names or nests
+            # (streamer/sources/protocols.py).
+            options = {**self.av_options, "protocol_whitelist": LOCAL_PROTOCOLS}
+            return av.open(self.url, options=options)
         key = "timeout" if self.url.lower().startswith(TIMEOUT_OPTION_SCHEMES) else "rw_timeout"
         options = {key: str(int(self.stall_timeout_s * 1e6)), **self.av_options}
         if self.url.lower().startswith(("rtsp://", "rtsps://")):

@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 
 from streamer.config import SYNTHETIC_PREFIX, SourceConfig
-from streamer.sources.av_source import LAVFI_PREFIX, AvSource, is_live
+from streamer.sources.av_source import LAVFI_PREFIX, AvSource
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.cv_source import CvSource, is_webcam
+from streamer.sources.protocols import is_live
 from streamer.sources.synthetic import SyntheticSource
 
 _PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # (two letters at least: not C:)

@@ -44,7 +44,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 log = logging.getLogger(__name__)
 
 # An HLS playlist's cost: its bytes, and for each line what FFmpeg keeps of it (a segment's URL,
-# made absolute from the playlist's own, and its fields): about 100,000 lines at a 100-char URL.
+# made absolute from the playlist's own, its fields, and at most the longest line before it: a
+# key's URI is copied to each segment): about 50,000 lines at a 100-char URL and lines.
 MAX_PLAYLIST_COST = 16 * 1024 * 1024
 LINE_COST = 64  # ... a line's fields, besides the playlist's URL
 # A master playlist's variants and renditions: FFmpeg opens each as a stream of its own (its
@@ -443,7 +444,7 @@ class HttpInput:
             raise OSError(_printable(str(e.reason))) from None
         except Exception as e:  # (http.client's, and whatever a hostile answer makes of it)
             raise OSError(f"bad HTTP answer ({type(e).__name__}: {_printable(str(e))})") from None
-        body = Body(self, response, response.geturl())
+        body = Body(self, response, response.geturl(), asked=url)
         if offset and not _serves_range(response, offset, length):
             body.close()
             raise OSError(f"the server did not serve the range asked for (HTTP {response.status})")
@@ -471,10 +472,15 @@ class Body:
     """One resource's answer, read as FFmpeg reads: `read`, and `seek` where the server serves
     ranges of a known length (a file over HTTP)."""
 
-    def __init__(self, owner: HttpInput, response: Any, url: str) -> None:
+    def __init__(self, owner: HttpInput, response: Any, url: str, asked: str = "") -> None:
         self.owner = owner
         self.response = response
         self.url = url
+        # What a playlist's relative names are made absolute from: FFmpeg knows only the URL
+        # it asked for (no redirect reaches it through this input); counted at the longer.
+        self._base = max(len(url), len(asked))
+        self._line = 0  # (a playlist's line being read: its length so far)
+        self._longest = 0  # ... and its longest line (an attribute FFmpeg copies to each line)
         self.pos = 0
         self.closed = response is None
         self.length: int | None = None
@@ -510,7 +516,13 @@ class Body:
         cost = len(data)
         if self._playlist:  # (what FFmpeg keeps of each line: a line ends at CR, LF or CRLF)
             lines = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-            cost += lines * (len(self.url) + LINE_COST)
+            parts = data.replace(b"\r", b"\n").split(b"\n")
+            self._line += len(parts[0])
+            self._longest = max(self._longest, self._line, *(len(p) for p in parts[1:-1]))
+            self._line = len(parts[-1]) if len(parts) > 1 else self._line
+            # Each line: the base URL, its fields, and the longest line before it (a key's
+            # URI is copied to every segment after it).
+            cost += lines * (self._base + self._longest + LINE_COST)
             seen = self._tail + data
             variants = sum(seen.count(tag) for tag in VARIANT_TAGS)
             variants -= sum(self._tail.count(tag) for tag in VARIANT_TAGS)
