@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -860,11 +862,73 @@ def test_a_local_file_url_reaches_no_network_whatever_it_nests() -> None:
         "cache:http:cam/x",
         "tcp:127.0.0.1:1234",
         "ftp:cam/f.ts",
-        "lavfi:movie=http\\://cam/x.mp4",
+        "lavfi:movie=http\\\\://cam/x.mp4",
+        # lavfi's filters that open files or URLs themselves, however written
+        "lavfi:m\\\\ovie=x.mp4",
+        "lavfi:mo''vie=x.mp4",
+        "lavfi:color=s=64x64,removelogo=logo.png",
+        "lavfi:testsrc=s=64x64,split[a][b];[a][b]psnr=stats_file=/tmp/psnr.txt",
+        "lavfi:testsrc=s=64x64,metadata=mode=print",
+        "cache:/videos/clip.mp4",  # (only of use around a network URL)
+        "rtmpt://cam/live",  # (RTMP through FFmpeg's HTTP client)
     ],
 )
 def test_urls_that_would_read_the_network_around_the_bounds_are_refused(url: str) -> None:
-    with pytest.raises(ValueError, match=r"give the|write a"):
+    with pytest.raises(ValueError, match=r"give the|write a|lavfi: "):
         SourceConfig(id="c", url=url)
-    for fine in ("concat:a.ts|b.ts", "file:clip.mp4", "/videos/cam:1.mp4", "unix:/run/cam.sock"):
+    for fine in (
+        "concat:a.ts|b.ts",
+        "file:clip.mp4",
+        "/videos/cam:1.mp4",
+        "file:/videos/cam_udp:1.ts",
+        "unix:/run/cam.sock",
+        "lavfi:testsrc2=size=1280x720:rate=30",
+        "lavfi:color=c=red:s=64x64,scale=32:32",
+    ):
         SourceConfig(id="c", url=fine)
+
+
+def test_a_tcp_camera_whose_stream_names_other_protocols_reaches_none_of_them(
+    tmp_path: Path,
+) -> None:
+    """A camera other than http(s) is opened with FFmpeg's protocol whitelist of camera
+    protocols: an HLS playlist it serves naming an http segment and a local file gets neither
+    (FFmpeg's own HTTP client is not bounded; a camera reads no file of this host)."""
+    local = tmp_path / "local.ts"
+    write_clip(local, 10, (64, 48))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    playlist = (
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n"
+        f"http://127.0.0.1:{port}/seg.ts\n#EXTINF:1.0,\nfile:{local}\n#EXT-X-ENDLIST\n"
+    ).encode()
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        listener.settimeout(5)
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.settimeout(0.5)
+                asked = b"(nothing: a raw TCP camera)"
+                with contextlib.suppress(OSError):
+                    asked = conn.recv(200)[:20] or asked
+                seen.append(asked)
+                with contextlib.suppress(OSError):
+                    conn.sendall(playlist)
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        src = AvSource("c", f"tcp://127.0.0.1:{port}/cam.m3u8", open_timeout_s=2.0)
+        with pytest.raises(Exception):  # noqa: B017 (whatever FFmpeg makes of no segment)
+            container = src._open()
+            try:
+                next(container.decode(video=0))
+            finally:
+                container.close()
+    finally:
+        listener.close()
+    assert seen and not any(s.startswith(b"GET") for s in seen), seen

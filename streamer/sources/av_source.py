@@ -18,6 +18,7 @@ from streamer.errors import SourceError
 from streamer.sources.base import RetryPolicy, Source
 from streamer.sources.http_input import OPTIONS, HttpInput, is_http
 from streamer.sources.protocols import (
+    LIVE_WHITELIST,
     LOCAL_PROTOCOLS,
     is_live,
     is_network_file,
@@ -204,6 +205,8 @@ class AvSource(Source):
             return av.open(self.url, options=options)
         key = "timeout" if self.url.lower().startswith(TIMEOUT_OPTION_SCHEMES) else "rw_timeout"
         options = {key: str(int(self.stall_timeout_s * 1e6)), **self.av_options}
+        if not is_http(self.url):  # (what its stream names: no http, no file)
+            options["protocol_whitelist"] = LIVE_WHITELIST
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             options.setdefault("rtsp_transport", self.transport)
             # Set up only the video track: an audio track that keeps flowing would keep the

@@ -9,6 +9,9 @@ HTTP), and some protocols wrap another's URL (``cache:``, ``concat:``, ``crypto+
   not read, are refused by the config (`refused_protocol`).
 - Everything else is a local file and is opened with FFmpeg's `protocol_whitelist` set to the
   local protocols (`LOCAL_PROTOCOLS`): whatever it names or nests, FFmpeg reaches no network.
+  A camera other than http(s) gets `LIVE_WHITELIST` (no http, no file), an http(s) camera
+  streamer's own input (streamer/sources/http_input.py), a file on another host its protocol.
+- A ``lavfi:`` test graph may use only filters that open nothing (`LAVFI_FILTERS`).
 """
 
 from __future__ import annotations
@@ -18,20 +21,83 @@ import re
 # The schemes a camera has (with their ``//``): read live, with timeouts, reconnected when they
 # end (a ``tcp://`` MPEG-TS camera taken for a file once had no timeout: a silent peer held it).
 LIVE_PROTOCOLS = frozenset(
-    ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtmpt", "rtmpts", "srt", "udp")
-) | frozenset(("tcp", "tls", "rtp", "srtp", "unix"))
+    ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "srt", "udp", "tcp", "tls", "rtp")
+) | frozenset(("srtp", "unix"))
+# What a camera other than http(s) may use (a playlist or SDP it serves names no http, file or
+# other protocol: FFmpeg's own HTTP client is not bounded).
+LIVE_WHITELIST = "rtsp,rtsps,rtmp,rtmps,srt,tcp,udp,tls,rtp,srtp,unix"
 # A file on another host: opened and read with the source's timeouts, played as a file.
 NETWORK_FILE_PROTOCOLS = frozenset(("ftp", "gopher", "gophers"))
 # FFmpeg's other network protocols (in PyAV's build): not read by streamer. ipfs and ipns go
 # through FFmpeg's own HTTP client to a gateway (give the gateway's http URL instead).
+# rtmpt and rtmpts tunnel RTMP through FFmpeg's HTTP client.
 _OTHER_NETWORK = frozenset(
     ("ipfs", "ipns", "httpproxy", "ffrtmphttp", "mmsh", "mmst", "udplite", "dtls", "icecast")
-)
+) | frozenset(("rtmpt", "rtmpts"))
+# Wrappers whose only use is around a network URL (``cache:`` writes all it reads to disk).
+_NETWORK_WRAPPERS = frozenset(("cache", "async"))
+# Wrappers that may nest a network URL: what they nest is looked at.
+_WRAPPERS = frozenset(("concat", "concatf", "crypto", "subfile"))
 # What a local file may use: FFmpeg refuses every other protocol, nested ones too.
 LOCAL_PROTOCOLS = "file,pipe,fd,data,concat,concatf,subfile,crypto"
 _SCHEME = re.compile(r"[A-Za-z0-9+.-]+(?=:)")  # FFmpeg's URL_SCHEME_CHARS, up to the colon
-_NAMED = re.compile(r"[A-Za-z][A-Za-z0-9.-]*(?=:)")  # a protocol's name anywhere in a URL
-_MOVIE = re.compile(r"(?<![A-Za-z0-9_])a?movie(?![A-Za-z0-9_])")  # lavfi's filters that open URLs
+# A protocol's name nested in a wrapper's URL: at its start or after a separator.
+_NESTED = re.compile(r"(?:^|(?<=[|:,+]))([A-Za-z][A-Za-z0-9.+-]*)(?=:)")
+# lavfi test graphs: generators and transforms that open no file or URL (movie, amovie,
+# removelogo, the stats_file and file options of psnr, ssim and metadata do).
+LAVFI_FILTERS = frozenset(
+    (
+        "testsrc",
+        "testsrc2",
+        "color",
+        "smptebars",
+        "smptehdbars",
+        "rgbtestsrc",
+        "yuvtestsrc",
+        "pal75bars",
+        "pal100bars",
+        "mandelbrot",
+        "life",
+        "cellauto",
+        "gradients",
+        "sierpinski",
+        "zoneplate",
+        "colorspectrum",
+        "colorchart",
+        "allrgb",
+        "allyuv",
+        "nullsrc",
+        "scale",
+        "format",
+        "fps",
+        "setpts",
+        "settb",
+        "trim",
+        "hflip",
+        "vflip",
+        "transpose",
+        "crop",
+        "pad",
+        "noise",
+        "boxblur",
+        "gblur",
+        "eq",
+        "hue",
+        "negate",
+        "null",
+        "split",
+        "overlay",
+        "hstack",
+        "vstack",
+        "drawbox",
+        "drawgrid",
+        "setsar",
+        "setdar",
+        "framerate",
+        "loop",
+        "tpad",
+    )
+)
 
 
 def protocol(url: str) -> str | None:
@@ -72,17 +138,18 @@ def refused_protocol(url: str) -> str | None:
         if "+" in name or not _spelled(url, name):
             return f"write a {proto} URL as {proto}://...: FFmpeg reads {name}: as {proto} too"
         return None
-    if proto == "lavfi" and _MOVIE.search(url):
-        return (
-            "lavfi: the movie and amovie filters open files and URLs themselves, around "
-            "streamer's bounds; give the file or camera as the source's URL"
-        )
+    if proto == "lavfi":
+        return _lavfi(url[len(name) + 1 :])
+    if proto in _NETWORK_WRAPPERS:
+        return f"{proto}: wraps a network URL, which streamer reads itself; give the URL"
     if proto in _OTHER_NETWORK:
         return (
             f"{proto}: a network protocol streamer does not read (bounded, with timeouts); "
             f"give the camera's rtsp://, http(s):// or other URL"
         )
-    nested = {m.lower() for m in _NAMED.findall(url[len(name) + 1 :])}
+    if proto not in _WRAPPERS:
+        return None  # (a local file: opened with LOCAL_PROTOCOLS only)
+    nested = {m.lower().split("+", 1)[0] for m in _NESTED.findall(url[len(name) + 1 :])}
     nested |= {part.lower() for part in name.split("+")[1:]}  # (crypto+http:)
     network = nested & (LIVE_PROTOCOLS | NETWORK_FILE_PROTOCOLS | _OTHER_NETWORK)
     if network:
@@ -91,4 +158,19 @@ def refused_protocol(url: str) -> str | None:
             f"wrapping protocols would be read without streamer's bounds and timeouts; give "
             f"the camera's URL itself"
         )
+    return None
+
+
+def _lavfi(graph: str) -> str | None:
+    """Why a lavfi test graph is refused: a filter not in LAVFI_FILTERS (its name as FFmpeg
+    reads it: no quotes or escapes, which could hide one)."""
+    if any(c in graph for c in "\\'\""):
+        return "lavfi: a graph with quotes or backslashes is not read; write its filters plainly"
+    for spec in re.split(r"[,;]", re.sub(r"\[[^\]]*\]", "", graph)):
+        name = spec.split("=", 1)[0].split("@", 1)[0].strip()
+        if name and name not in LAVFI_FILTERS:
+            return (
+                f"lavfi: filter {name[:40]!r} is not one streamer reads (some open files or URLs "
+                f"themselves); it reads {', '.join(sorted(LAVFI_FILTERS))}"
+            )
     return None
