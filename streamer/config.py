@@ -226,6 +226,12 @@ class SourceConfig(_Model):
     def _http_options(self) -> SourceConfig:
         if is_http(self.url):
             check_options(self.url, self.av_options)
+        transport = {k.lower(): v for k, v in self.av_options.items()}.get("rtsp_transport", "")
+        if "http" in transport.lower():
+            raise ValueError(
+                "av_options: rtsp_transport http(s) tunnels RTSP through FFmpeg's HTTP client, "
+                "which streamer does not bound; use tcp or udp"
+            )
         return self
 
     @model_validator(mode="after")

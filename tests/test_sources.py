@@ -871,10 +871,13 @@ def test_a_local_file_url_reaches_no_network_whatever_it_nests() -> None:
         "lavfi:testsrc=s=64x64,metadata=mode=print",
         "cache:/videos/clip.mp4",  # (only of use around a network URL)
         "rtmpt://cam/live",  # (RTMP through FFmpeg's HTTP client)
+        "lavfi:life=filename=/etc/passwd",  # (reads a file)
+        "webcam:http://cam/x.mjpg",  # (OpenCV's FFmpeg would open it, unbounded)
+        "webcam:rtsp://cam/x",
     ],
 )
 def test_urls_that_would_read_the_network_around_the_bounds_are_refused(url: str) -> None:
-    with pytest.raises(ValueError, match=r"give the|write a|lavfi: "):
+    with pytest.raises(ValueError, match=r"give the|write a|lavfi: |webcam: takes"):
         SourceConfig(id="c", url=url)
     for fine in (
         "concat:a.ts|b.ts",
@@ -884,8 +887,13 @@ def test_urls_that_would_read_the_network_around_the_bounds_are_refused(url: str
         "unix:/run/cam.sock",
         "lavfi:testsrc2=size=1280x720:rate=30",
         "lavfi:color=c=red:s=64x64,scale=32:32",
+        "webcam:0",
+        "webcam:/dev/video2",
+        "/dev/video0",
     ):
         SourceConfig(id="c", url=fine)
+    with pytest.raises(ValueError, match="rtsp_transport http"):
+        SourceConfig(id="c", url="rtsp://cam/x", av_options={"rtsp_transport": "https"})
 
 
 def test_a_tcp_camera_whose_stream_names_other_protocols_reaches_none_of_them(

@@ -43,8 +43,9 @@ LOCAL_PROTOCOLS = "file,pipe,fd,data,concat,concatf,subfile,crypto"
 _SCHEME = re.compile(r"[A-Za-z0-9+.-]+(?=:)")  # FFmpeg's URL_SCHEME_CHARS, up to the colon
 # A protocol's name nested in a wrapper's URL: at its start or after a separator.
 _NESTED = re.compile(r"(?:^|(?<=[|:,+]))([A-Za-z][A-Za-z0-9.+-]*)(?=:)")
-# lavfi test graphs: generators and transforms that open no file or URL (movie, amovie,
-# removelogo, the stats_file and file options of psnr, ssim and metadata do).
+# lavfi test graphs: generators and transforms that open no file or URL (movie, amovie and
+# removelogo do, and psnr, ssim and metadata write files; life and cellauto read one), in
+# PyAV's build.
 LAVFI_FILTERS = frozenset(
     (
         "testsrc",
@@ -57,8 +58,6 @@ LAVFI_FILTERS = frozenset(
         "pal75bars",
         "pal100bars",
         "mandelbrot",
-        "life",
-        "cellauto",
         "gradients",
         "sierpinski",
         "zoneplate",
@@ -79,9 +78,7 @@ LAVFI_FILTERS = frozenset(
         "crop",
         "pad",
         "noise",
-        "boxblur",
         "gblur",
-        "eq",
         "hue",
         "negate",
         "null",
@@ -140,6 +137,12 @@ def refused_protocol(url: str) -> str | None:
         return None
     if proto == "lavfi":
         return _lavfi(url[len(name) + 1 :])
+    if proto == "webcam":  # (OpenCV opens whatever it is given: a device, nothing else)
+        if not re.fullmatch(r"\d+|/dev/[A-Za-z0-9_./-]+", url[len(name) + 1 :]):
+            return (
+                "webcam: takes a device's number or its /dev/ path (webcam:0, webcam:/dev/video2)"
+            )
+        return None
     if proto in _NETWORK_WRAPPERS:
         return f"{proto}: wraps a network URL, which streamer reads itself; give the URL"
     if proto in _OTHER_NETWORK:
