@@ -150,6 +150,20 @@ async def run_until(
     return c
 
 
+def assert_refused(
+    src: AvSource, srv: Server, stop: threading.Event, said: str, bound: int
+) -> None:
+    """Run `src` until a session is refused (`too_large`), then stop the server's sending:
+    the error says `said`, and each session took at most `bound` bytes (and what the socket
+    buffers hold)."""
+    try:
+        asyncio.run(run_until(src, lambda c: src.stats.too_large >= 1, 30, "a session refused"))
+    finally:
+        stop.set()
+    assert said in (src.stats.last_error or ""), src.stats
+    assert srv.sent / len(srv.requests) <= bound + SLACK, (srv.sent, len(srv.requests))
+
+
 def test_mjpeg_camera_over_http_is_read(serve: Callable[..., Server]) -> None:
     srv = serve(mjpeg_camera())
     src = source(srv.url("/video.mjpg"))
@@ -174,13 +188,7 @@ def test_an_mjpeg_part_that_never_ends_is_cut_off_at_the_byte_bound(
 
     srv = serve(endless)
     src = source(srv.url("/video.mjpg"), max_pixels=SMALL)
-    try:
-        asyncio.run(run_until(src, lambda c: src.stats.too_large >= 1, 20, "the session refused"))
-    finally:
-        stop.set()
-    assert "bytes of input without a packet" in (src.stats.last_error or ""), src.stats
-    per_session = srv.sent / len(srv.requests)
-    assert per_session <= http_input.MIN_PACKET_BYTES + SLACK, (srv.sent, len(srv.requests))
+    assert_refused(src, srv, stop, "bytes of input without a packet", http_input.MIN_PACKET_BYTES)
 
 
 def test_a_playlist_that_never_ends_is_cut_off(serve: Callable[..., Server]) -> None:
@@ -201,13 +209,7 @@ def test_a_playlist_that_never_ends_is_cut_off(serve: Callable[..., Server]) -> 
 
     srv = serve(endless)
     src = source(srv.url("/live"))  # (max_pixels: the default; the playlist's own bound holds)
-    try:
-        asyncio.run(run_until(src, lambda c: src.stats.too_large >= 1, 20, "the playlist refused"))
-    finally:
-        stop.set()
-    assert "a playlist over" in (src.stats.last_error or ""), src.stats
-    per_session = srv.sent / len(srv.requests)
-    assert per_session <= http_input.MAX_PLAYLIST_COST + SLACK, (srv.sent, len(srv.requests))
+    assert_refused(src, srv, stop, "a playlist over", http_input.MAX_PLAYLIST_COST)
 
 
 def test_a_trickle_that_never_makes_a_packet_ends_the_session(
@@ -669,12 +671,7 @@ def test_a_video_frame_that_never_ends_between_data_packets_is_cut_off(
 
     srv = serve(handler)
     src = source(srv.url("/video.ts"), max_pixels=SMALL, stall_timeout_s=15.0)
-    try:
-        asyncio.run(run_until(src, lambda c: src.stats.too_large >= 1, 30, "the frame refused"))
-    finally:
-        stop.set()
-    assert "bytes of input without a packet" in (src.stats.last_error or ""), src.stats
-    assert srv.sent / len(srv.requests) <= http_input.MIN_PACKET_BYTES + SLACK
+    assert_refused(src, srv, stop, "bytes of input without a packet", http_input.MIN_PACKET_BYTES)
 
 
 def test_config_refuses_a_bad_port_and_headers_without_saying_their_values() -> None:
