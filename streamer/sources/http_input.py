@@ -6,20 +6,22 @@ seconds (2.1 GB and 1.7 GB on loopback before its timeouts ended them). Here FFm
 read every resource of the session (the camera's URL, and each playlist, segment and key an HLS
 stream names) through `HttpInput`, FFmpeg's `io_open`:
 
-- **Bytes without a packet**: a session may read at most `max_bytes` between two packets (and
-  before its first), across all its resources; past it, every read ends (EOF) and the source
-  ends the session with `refused` as its error (counted in `too_large`).
+- **Bytes without a packet**: a session may read at most `max_bytes` between two of the
+  video's packets (and before its first), across all its resources; past it, every read ends
+  (EOF) and the source ends the session with `refused` as its error (counted in `too_large`).
 - **Playlists**: a resource whose body starts as an HLS playlist (``#EXTM3U``) is held to
   `MAX_PLAYLIST_COST`, its bytes and what FFmpeg builds of each line (a segment's URL is kept
   absolute: a 4,000-char playlist URL made a 4 MiB playlist cost 2 GB), and that cost counts
   against the session's bytes too; the session's playlists may name at most `MAX_VARIANTS`
   variants and renditions (each a stream FFmpeg opens: 900 MB for a master playlist of many).
-- **Time**: each connect and each receive waits at most the read timeout; a read past
-  `time_limit_s` since the last packet (or the open's start) ends every read (`expired`).
-- Only ``http`` and ``https`` are opened, the camera's URL's credentials are sent only to its
-  origin (Basic or Digest, as the server asks), redirects at most `MAX_REDIRECTS`; a resource that
-  fails reads as empty (FFmpeg's HLS demuxer skips a segment that fails) and its error is kept
-  for the session's end.
+- **Time**: each connect and each receive waits at most the read timeout; a session with no
+  video packet for `time_limit_s` (from the open's start, then from each packet) is ended by
+  one watch thread for all sessions, which shuts its connections (`expired`).
+- Only ``http`` and ``https`` are opened; the camera's URL's credentials (Basic or Digest, as
+  the server asks) and its own `headers` go to its origin only; redirects at most
+  `MAX_REDIRECTS`; a range asked for must be the range served; a resource that fails reads as
+  empty (FFmpeg's HLS demuxer skips a segment that fails) and its error is kept for the
+  session's end.
 
 FFmpeg's HTTP options a camera may give in `av_options` are those in `OPTIONS`; the others of
 FFmpeg's HTTP and TLS protocols are refused by the config (`refused_option`).
