@@ -113,17 +113,12 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(
         self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
     ) -> Any:
-        new = self._redirect_request(req, fp, code, msg, headers, newurl)
+        fp.close()  # (urllib reads a redirect's whole body otherwise: any size)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and _origin(new.full_url) != self._owner.origin:
             for name in self._owner.own_headers:
                 new.remove_header(name.capitalize())
         return new
-
-    def _redirect_request(
-        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> Any:
-        fp.close()  # (urllib reads a redirect's whole body otherwise: any size)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
@@ -343,8 +338,7 @@ class HttpInput:
         self.refused: str | None = None  # past a byte bound
         self.expired: str | None = None  # past the time bound
         self.error: str | None = None  # the last resource that failed
-        self.hls = False  # the camera's URL answered as an HLS playlist (by its type or name)
-        self.hls_type = False  # ... by its type
+        self.hls_type = False  # the camera's URL answered as an HLS playlist, by its type
         self._first: Body | None = None
         self._bodies: list[Body] = []
         self._sockets: list[socket.socket] = []  # (open ones: a closed one goes at the next)
@@ -360,10 +354,7 @@ class HttpInput:
         relative to)."""
         body = self._get(self.url, 0)
         self._first = body
-        kind = body.content_type
-        path = urlsplit(body.url).path.lower()
-        self.hls_type = kind in HLS_MIME_TYPES
-        self.hls = self.hls_type or path.endswith((".m3u8", ".m3u"))
+        self.hls_type = body.content_type in HLS_MIME_TYPES
         return body.url
 
     def __call__(self, url: str, flags: int, options: dict[str, str]) -> Body:

@@ -25,7 +25,7 @@ LIVE_PROTOCOLS = frozenset(
 ) | frozenset(("srtp", "unix"))
 # What a camera other than http(s) may use (a playlist or SDP it serves names no http, file or
 # other protocol: FFmpeg's own HTTP client is not bounded).
-LIVE_WHITELIST = "rtsp,rtsps,rtmp,rtmps,srt,tcp,udp,tls,rtp,srtp,unix"
+LIVE_WHITELIST = ",".join(sorted(LIVE_PROTOCOLS - {"http", "https"}))
 # A file on another host: opened and read with the source's timeouts, played as a file.
 NETWORK_FILE_PROTOCOLS = frozenset(("ftp", "gopher", "gophers"))
 # FFmpeg's other network protocols (in PyAV's build): not read by streamer. ipfs and ipns go
