@@ -10,18 +10,22 @@
 # The ocr image has no Tesseract language data: `streamer ocr` works with its default engine
 # (ppocrv6); for --engine tesseract mount a tessdata folder with eng.traineddata and set
 # TESSDATA_PREFIX to it.
-FROM python:3.11-slim
+# Build stage: uv installs the locked packages into /opt/streamer and compiles streamer._box
+# (streamer/_box.c: the tap's downscale) with gcc; the image that runs has no compiler.
+FROM python:3.11-slim AS build
 
-# ORT_DISABLE_TELEMETRY: ONNX Runtime (the ocr extra) sends no usage telemetry to Microsoft.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    ORT_DISABLE_TELEMETRY=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_NO_CACHE=1 \
     UV_PROJECT_ENVIRONMENT=/opt/streamer \
-    UV_PYTHON_DOWNLOADS=never \
-    PATH=/opt/streamer/bin:$PATH
+    UV_PYTHON_DOWNLOADS=never
+
+# gcc from the base image's Debian release (its headers for Python are in the image already).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 # Optional extras of the package to install too (pyproject.toml's [project.optional-dependencies]).
 ARG EXTRAS=""
@@ -33,9 +37,20 @@ COPY streamer ./streamer
 # are needed at run time.
 RUN pip install --no-cache-dir uv==0.13.9 \
     && uv sync --locked --no-default-groups --no-editable --compile-bytecode \
-        ${EXTRAS:+--extra "$EXTRAS"} \
-    && pip uninstall -y uv \
-    && groupadd --system --gid 10001 streamer \
+        ${EXTRAS:+--extra "$EXTRAS"}
+
+FROM python:3.11-slim
+
+# ORT_DISABLE_TELEMETRY: ONNX Runtime (the ocr extra) sends no usage telemetry to Microsoft.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
+    PATH=/opt/streamer/bin:$PATH
+
+WORKDIR /app
+# The environment, its interpreter the same path in both stages (/usr/local/bin/python3.11).
+COPY --from=build /opt/streamer /opt/streamer
+RUN groupadd --system --gid 10001 streamer \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin streamer
 
 USER 10001:10001

@@ -15,7 +15,7 @@ UV_ENV := UV_PYTHON="$$($(PYTHON) -c 'import sys; print(sys.executable)')" \
 	UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV)
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest system-deps check-system venv demo-venv lock clean
+.PHONY: demo test lint typecheck pytest system-deps build-deps check-system venv demo-venv lock clean
 
 demo: demo-venv
 	$(BIN)/streamer demo $(DEMO_ARGS)
@@ -38,13 +38,15 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest -q --durations=15
 
-# Installs the Debian packages that provide the missing capabilities (ensurepip, GStreamer
-# elements, typelibs, binaries, Tesseract data, fonts), then checks every capability again.
+# Installs the Debian packages that provide the missing capabilities, then checks each again:
+# system-deps all of them (ensurepip, the C build, GStreamer elements, typelibs, binaries,
+# Tesseract data, fonts), build-deps what installing the package needs (ensurepip and the C
+# build of streamer._box: compiler and headers), before `make demo` and `make venv`.
 # apt waits up to 10 minutes for a dpkg lock (a fresh VM's unattended-upgrades holds it); sudo
 # resets the environment, so DEBIAN_FRONTEND goes through env.
 # Capabilities, not dpkg's records: a package removed but not purged still has a record.
-system-deps:
-	@missing="$$($(PYTHON) scripts/check_system.py --missing-packages)" || exit 1; \
+define install_missing
+	@missing="$$($(PYTHON) scripts/check_system.py $(1) --missing-packages)" || exit 1; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
@@ -55,15 +57,23 @@ system-deps:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
 	    --no-install-recommends $$missing || exit 1; \
 	fi
-	$(PYTHON) scripts/check_system.py
+	$(PYTHON) scripts/check_system.py $(1)
+endef
+
+system-deps:
+	$(call install_missing,)
+
+build-deps:
+	$(call install_missing,--build)
 
 check-system:
 	$(PYTHON) scripts/check_system.py
 
-$(UV):
+# uv, and through it every venv, comes after the Debian packages installing the package needs.
+$(UV): | build-deps
 	@$(PYTHON) -c 'import ensurepip, venv; ensurepip.version()' 2>/dev/null || { \
 	  echo "$(PYTHON) cannot create virtual environments (no ensurepip): install Debian's" \
-	    "python3-venv (apt-get install python3-venv; make test installs it)" >&2; exit 1; }
+	    "python3-venv (apt-get install python3-venv; make demo and make test install it)" >&2; exit 1; }
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 

@@ -6,12 +6,16 @@ A package list alone is not enough: a package that happens to be installed hides
 (that is how `gstreamer1.0-x`, which has GStreamer's `timeoverlay`, went missing from the list).
 So this looks for what is used: a Python that can create virtual environments (ensurepip), each
 GStreamer element the test RTSP server and the RTP feeders build, the GObject typelibs, the
-binaries the tests start, the Tesseract language file tesserocr loads, and the fonts.
+binaries the tests start, the Tesseract language file tesserocr loads, and the fonts; and what
+installing the package builds from C (streamer._box): a C compiler, the C library's headers and
+this Python's headers, checked by compiling their includes.
 
     python3 scripts/check_system.py                    # exit 0, or 1 listing what is missing
     python3 scripts/check_system.py --missing-packages # the Debian packages that provide what
                                                        # is missing (none: an empty line)
     python3 scripts/check_system.py --packages         # the Debian packages that provide it all
+    python3 scripts/check_system.py --build [...]      # only what installing the package needs
+                                                       # (`make demo`): venv and the C build
 
 Standard library only: it runs before any virtual environment exists.
 """
@@ -24,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from typing import Any
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -57,6 +62,13 @@ BINARIES = {
 # The interpreter running this script makes the virtual environments (`python3 -m venv`), which
 # needs ensurepip: Debian ships it in python3-venv, not in python3.
 VENV_PACKAGE = "python3-venv"
+# Building streamer._box (streamer/_box.c) when the package is installed: the compiler setuptools
+# runs (this Python's CC, or $CC), the C library's headers, and this Python's headers.
+COMPILER_PACKAGE = "gcc"
+LIBC_HEADERS_PACKAGE = "libc6-dev"
+PYTHON_HEADERS_PACKAGE = "python3-dev"
+# What the C file includes, compiled (syntax only) to check the headers are there and usable.
+_C_PROBE = "#include <Python.h>\n#include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n"
 # Tesseract's language data, found as streamer/ocr/recognizers.py finds it ($TESSDATA_PREFIX, else
 # the newest /usr/share/tesseract-ocr/*/tessdata); the library itself comes in tesserocr's wheel.
 TESSDATA_GLOB = "/usr/share/tesseract-ocr/*/tessdata"
@@ -101,6 +113,10 @@ print(json.dumps(out))
 def packages() -> list[str]:
     """Every Debian package that provides a checked capability, each once, in a stable order."""
     names = [
+        VENV_PACKAGE,
+        COMPILER_PACKAGE,
+        LIBC_HEADERS_PACKAGE,
+        PYTHON_HEADERS_PACKAGE,
         *BINARIES.values(),
         *TYPELIBS.values(),
         *GST_ELEMENTS.values(),
@@ -131,11 +147,52 @@ def venv_can_bootstrap_pip() -> bool:
     return True
 
 
-def missing() -> list[tuple[str, str]]:
-    """Returns (what is missing, Debian package that provides it) pairs."""
+def compiler() -> str:
+    """The C compiler setuptools runs for this Python: $CC, else the one Python was built with."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return cc.split()[0]
+
+
+def missing_c_build() -> list[tuple[str, str]]:
+    """What building streamer._box lacks: the compiler, else whichever headers its includes
+    cannot find (compiled for real, syntax only)."""
+    cc = compiler()
+    include = sysconfig.get_paths()["include"]
+    python_h = os.path.join(include, "Python.h")
+    found: list[tuple[str, str]] = []
+    if not os.path.isfile(python_h):
+        found.append((f"Python headers {python_h}", PYTHON_HEADERS_PACKAGE))
+    if shutil.which(cc) is None:
+        found.append((f"C compiler {cc} (builds streamer._box)", COMPILER_PACKAGE))
+        # Without a compiler the C library's headers cannot be looked for: named too.
+        found.append(("C library headers (not checked: no compiler)", LIBC_HEADERS_PACKAGE))
+        return found
+    if found:
+        return found
+    run = subprocess.run(
+        [cc, "-fsyntax-only", "-I", include, "-x", "c", "-"],
+        input=_C_PROBE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if run.returncode != 0:
+        found.append((f"C library headers ({run.stderr.strip()[-200:]})", LIBC_HEADERS_PACKAGE))
+    return found
+
+
+def missing_build() -> list[tuple[str, str]]:
+    """What installing the package needs: a Python that makes virtual environments, and the
+    C build."""
     found: list[tuple[str, str]] = []
     if not venv_can_bootstrap_pip():
         found.append((f"ensurepip for {sys.executable} (python3 -m venv)", VENV_PACKAGE))
+    return found + missing_c_build()
+
+
+def missing() -> list[tuple[str, str]]:
+    """Returns (what is missing, Debian package that provides it) pairs."""
+    found = missing_build()
     for binary, package in BINARIES.items():
         if shutil.which(binary) is None:
             found.append((f"binary {binary}", package))
@@ -177,12 +234,18 @@ def main() -> int:
     if "--packages" in sys.argv[1:]:
         print(" ".join(packages()))
         return 0
-    gaps = missing()
+    build_only = "--build" in sys.argv[1:]
+    gaps = missing_build() if build_only else missing()
     if "--missing-packages" in sys.argv[1:]:
         print(" ".join(dict.fromkeys(p for _, p in gaps)))
         return 0
     if not gaps:
-        print("system check: every GStreamer element, typelib, binary and data file is present")
+        print(
+            "system check: what installing the package needs is present"
+            if build_only
+            else "system check: every GStreamer element, typelib, binary, data file and the C "
+            "build are present"
+        )
         return 0
     print("system check: missing pieces (install the named Debian packages):", file=sys.stderr)
     for what, package in gaps:

@@ -14,13 +14,18 @@ from tests.conftest import REPO
 
 MAKE = shutil.which("make") or "make"
 
-# python3 stand-in: --missing-packages prints $MISSING or fails with $MISSING_RC; the check itself
-# logs "check done" and exits $CHECK_RC (both after a pause, so that under `make -j` a target that
+# python3 stand-in: --missing-packages prints $MISSING or fails with $MISSING_RC (with --build:
+# $MISSING_BUILD); the check itself logs "check done" (with --build: "build check done") and
+# exits $CHECK_RC (both after a pause, so that under `make -j` a target that
 # does not wait for them runs first); the
 # ensurepip probe exits $ENSUREPIP_RC; `-m venv DIR` makes DIR/bin/pip, which makes a logging uv.
 FAKE_PYTHON = r"""#!/bin/sh
 echo "python $*" >> "$LOG"
 case "$*" in
+  *"--build --missing-packages"*)
+    echo "$MISSING_BUILD";;
+  *"check_system.py --build")
+    echo "build check done" >> "$LOG";;
   *--missing-packages*)
     /bin/sleep 0.5
     echo "$MISSING"
@@ -203,8 +208,9 @@ def test_syncing_again_keeps_the_venv_when_python_is_a_launcher(tmp_path: Path) 
     uv = sorted(REPO.glob(".tools/uv-*/bin/uv"))
     assert uv, "make venv installs uv into .tools/"
     work = tmp_path / "repo"
-    work.mkdir()
+    (work / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "Makefile", work / "Makefile")
+    shutil.copy(REPO / "scripts" / "check_system.py", work / "scripts")  # (the build check)
     (work / "pyproject.toml").write_text(
         '[project]\nname = "t"\nversion = "0"\nrequires-python = ">=3.11"\n'
         "[project.optional-dependencies]\nocr = []\n[dependency-groups]\ntest = []\n"
@@ -230,3 +236,20 @@ def test_syncing_again_keeps_the_venv_when_python_is_a_launcher(tmp_path: Path) 
     marker.touch()
     run("venv")
     assert marker.exists(), ".venv was re-created"
+
+
+def test_make_demo_installs_what_building_the_package_needs_first(tmp_path: Path) -> None:
+    """A fresh machine has no C compiler: `make demo` installs the packages the build check
+    names (the compiler, the headers, python3-venv) and checks again before anything is built,
+    and nothing else (no GStreamer, no Chromium)."""
+    work, env = _scratch(tmp_path)
+    env["MISSING_BUILD"] = "gcc python3-dev"
+    env["MISSING"] = "chromium"
+    res = _make(work, env, "demo")
+    assert res.returncode == 0, res.stderr
+    log = _log(env)
+    install = "apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends"
+    assert [line for line in log if line.startswith(install)] == [f"{install} gcc python3-dev"]
+    venv = next(i for i, line in enumerate(log) if line.startswith("python -m venv"))
+    assert log.index(f"{install} gcc python3-dev") < log.index("build check done") < venv, log
+    assert "streamer demo" in log[-1], log

@@ -237,3 +237,33 @@ def test_without_gstreamer_every_element_package_is_named(
     assert set(check.TYPELIBS.values()) <= named, named
     what = [w for w, _ in check.missing() if w.startswith("GStreamer element timeoverlay")]
     assert what == ["GStreamer element timeoverlay (not checked: GStreamer not loaded)"]
+
+
+def test_the_c_build_names_the_compiler_and_the_headers_it_lacks(tmp_path: Path) -> None:
+    """streamer._box is compiled when the package is installed: no compiler names gcc (and the
+    C library's headers, which cannot be looked for without one); a compiler that cannot
+    compile the extension's includes names libc6-dev; `--build` checks only what installing the
+    package needs."""
+
+    def check(cc: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "scripts/check_system.py", "--build", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "CC": cc},
+        )
+
+    res = check(str(tmp_path / "no-such-cc"), "--missing-packages")
+    assert res.stdout.split() == ["gcc", "libc6-dev"], res.stdout + res.stderr
+    failing = tmp_path / "cc"
+    failing.write_text('#!/bin/sh\necho "fatal error: stdint.h: No such file" >&2\nexit 1\n')
+    failing.chmod(0o755)
+    res = check(str(failing))
+    assert res.returncode == 1
+    assert "C library headers (fatal error: stdint.h: No such file)" in res.stderr, res.stderr
+    assert "apt-get install libc6-dev" in res.stderr, res.stderr
+    res = check("cc")
+    assert res.returncode == 0, res.stderr
+    assert "what installing the package needs is present" in res.stdout

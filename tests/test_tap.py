@@ -1,5 +1,6 @@
-"""Tap pictures: sizes, and FFmpeg's scaler (decoded frames) against OpenCV's area resize (webcam
-frames) on the same picture."""
+"""Tap pictures: sizes; the block mean by whole factors (streamer._box, C) against NumPy's;
+and the three downscales (block mean, FFmpeg's scaler for other decoded frames, OpenCV's area
+resize for webcam frames) against each other on the same picture."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import av
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamer.swscale as swscale
+from streamer import tap
+from streamer._box import box_down
 from streamer.sources.frames import from_av
 from streamer.tap import scaled_i420, tap_image, tap_size
 
@@ -44,12 +49,88 @@ def _decoded(size: tuple[int, int], fmt: str = "yuv420p") -> av.VideoFrame:
     return vf.reformat(format=fmt)
 
 
-@pytest.mark.parametrize(
-    ("size", "width"), [((1920, 1080), 640), ((1280, 720), 640), ((641, 361), 320)]
+@settings(max_examples=300, deadline=None)
+@given(
+    fx=st.integers(1, 17),
+    fy=st.integers(1, 17),
+    ow=st.integers(1, 9),
+    oh=st.integers(1, 9),
+    pad=st.integers(0, 40),
+    seed=st.integers(0, 2**32 - 1),
 )
+def test_box_down_is_each_blocks_rounded_mean(
+    fx: int, fy: int, ow: int, oh: int, pad: int, seed: int
+) -> None:
+    """Any whole factors up to 255 pixels a block, rows of any stride (a view into a wider
+    picture), extreme values included: (sum + n // 2) // n of each block, exactly."""
+    if fx * fy > tap.BOX_MAX_BLOCK:
+        fy = tap.BOX_MAX_BLOCK // fx
+    rng = np.random.default_rng(seed)
+    shape = (oh * fy, ow * fx + pad)
+    if seed % 2:  # any level, or only the extremes and the rounding edges
+        wide = rng.integers(0, 256, shape, np.uint8)
+    else:
+        wide = rng.choice(np.array([0, 1, 127, 128, 254, 255], np.uint8), shape)
+    src = wide[:, : ow * fx]
+    blocks = src.reshape(oh, fy, ow, fx).astype(np.int64).sum(axis=(1, 3))
+    n = fx * fy
+    out_wide = np.full((oh, ow + pad), 7, np.uint8)
+    box_down(src, out_wide[:, :ow])
+    assert np.array_equal(out_wide[:, :ow], (blocks + n // 2) // n)
+    assert np.all(out_wide[:, ow:] == 7)  # nothing written past a row's pixels
+
+
+def test_box_down_refuses_what_it_cannot_average() -> None:
+    """Only 2-D uint8 planes with contiguous pixels, a writable destination whose shape divides
+    the source's, at most 255 pixels a block: anything else raises, and writes nothing."""
+    src = np.zeros((12, 12), np.uint8)
+    out = np.full((4, 4), 9, np.uint8)
+    read_only = np.zeros((4, 4), np.uint8)
+    read_only.flags.writeable = False
+    cases: list[tuple[object, object]] = [
+        (src.astype(np.uint16), out),  # not bytes
+        (src.reshape(2, 6, 12), out),  # not 2-D
+        (src[:, ::3], out),  # pixels not contiguous
+        (src[::-1], out),  # rows backwards
+        (src, out[:, ::2]),
+        (src, np.zeros((5, 4), np.uint8)),  # 12 rows into 5
+        (src, np.zeros((0, 4), np.uint8)),
+        (np.zeros((16, 16), np.uint8), np.zeros((1, 1), np.uint8)),  # 256 pixels a block
+        (src, read_only),
+        (b"\0" * 144, out),
+        (src, bytearray(16)),
+        (src, None),
+    ]
+    for bad_src, bad_dst in cases:
+        with pytest.raises((ValueError, TypeError, BufferError)):
+            box_down(bad_src, bad_dst)
+    assert np.all(out == 9)
+    box_down(np.zeros((15, 17), np.uint8), np.zeros((1, 1), np.uint8))  # 255: taken
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1280, 720), (3840, 2160)])
+def test_whole_factors_take_the_block_mean_as_swscale_would(size: tuple[int, int]) -> None:
+    """1080p, 720p and 4K to 640x360 are averaged by block (streamer._box), within one level of
+    swscale's area filter (fixed-point) on a picture whose chroma siting is unspecified; OpenCV's
+    path for frames without a decoder picture gives the same block means."""
+    frame = from_av(_decoded(size), "cam", 0, 0.0)
+    tw, th = tap_size(*size, 640)
+    assert tap._whole_factors(frame, tw, th)
+    box, tw2, th2 = scaled_i420(frame, 640, None)
+    assert (tw2, th2) == (tw, th) == (640, 360)
+    sws = np.empty_like(box)
+    tap._fill_swscale(sws, frame, tw, th)
+    assert np.max(np.abs(box.astype(np.int16) - sws.astype(np.int16))) <= 1
+    slow, _, _ = scaled_i420(dataclasses.replace(frame, decoded=None), 640, None)
+    assert np.array_equal(box, slow)
+
+
+@pytest.mark.parametrize(("size", "width"), [((1920, 1080), 500), ((1000, 562), 320)])
 def test_swscale_and_opencv_area_downscales_agree(size: tuple[int, int], width: int) -> None:
+    """Other ratios: FFmpeg's scaler for decoded frames, OpenCV's for others."""
     frame = from_av(_decoded(size), "cam", 0, 0.0)
     assert frame.decoded is not None
+    assert not tap._whole_factors(frame, *tap_size(*size, width))
     fast, tw, th = scaled_i420(frame, width, None)
     slow, tw2, th2 = scaled_i420(dataclasses.replace(frame, decoded=None), width, None)
     assert (tw, th) == (tw2, th2) == tap_size(*size, width)
@@ -119,7 +200,7 @@ def test_cameras_of_different_sizes_keep_their_own_scaler() -> None:
         small = from_av(_decoded((640, 360)), "b", 0, 0.0)
         ids = []
         for frame in (big, small, big, small):
-            scaled_i420(frame, 320, None)
+            scaled_i420(frame, 300, None)  # not by whole factors: swscale
             ids.append(id(next(reversed(swscale._local.scalers.values()))))
         # Each size's context is the one it had the time before.
         assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
