@@ -24,8 +24,10 @@ test: system-deps venv lint typecheck pytest
 
 # In `make test` the Debian packages (python3-venv among them) are installed before anything
 # else starts, also under `make -j`.
+# build-deps after system-deps (which installs what it would): two apt-gets at once under -j
+# fail on apt's lists lock, which DPkg::Lock::Timeout does not cover.
 ifneq ($(filter test,$(MAKECMDGOALS)),)
-$(UV) venv lint typecheck pytest: | system-deps
+$(UV) venv lint typecheck pytest build-deps: | system-deps
 endif
 
 lint: venv
@@ -90,4 +92,4 @@ lock: $(UV)
 	$(UV_ENV) $(UV) lock
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache build streamer/*.so

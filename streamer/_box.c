@@ -1,13 +1,16 @@
 /* Area downscale of an 8-bit plane by whole factors: each output pixel is the mean of its fx x fy
- * block of input pixels, rounded half up. That is what swscale's area filter computes for such
- * ratios (within one level: its coefficients are fixed-point), at a quarter of its CPU or less:
- * swscale filters each of the 1,080 input rows of a 1080p picture horizontally with gathered
- * loads, where this sums the fy rows of a block with plain vector adds first and then reduces
- * the summed row, for 1/fy of the rows (docs/benchmarks.md, "The tap's downscale").
+ * block of input pixels, rounded half up: the area average, taking each sample as centred in
+ * its block (as OpenCV's INTER_AREA does). swscale's area filter gives the same within one level
+ * where the chroma siting is unspecified; it places chroma where the frame says (H.264: left),
+ * a third of a chroma sample away at 3:1. It costs a fifth of swscale's CPU or less: swscale
+ * filters each of the 1,080 input rows of a 1080p picture horizontally with gathered loads,
+ * where this sums the fy rows of a block with plain vector adds first and then reduces the
+ * summed row, for 1/fy of the rows (docs/benchmarks.md, "The tap's downscale in C").
  *
  * streamer._box.box_down(src, dst): src and dst are 2-D uint8 buffers (NumPy arrays) whose rows
- * may be strided but whose pixels are contiguous; dst's shape gives the factors, which must
- * divide src's exactly, with fx * fy <= 255. Anything else raises ValueError. The GIL is released
+ * may be strided (forwards) but whose pixels are contiguous; dst's shape gives the factors,
+ * which must divide src's exactly, with fx * fy <= MAX_BLOCK. Anything else raises ValueError
+ * (or the buffer protocol's TypeError / BufferError) and writes nothing. The GIL is released
  * while it runs. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,9 +20,10 @@
 
 #define MAX_BLOCK 255 /* fx * fy: sums fit 16 bits, and the reciprocal below is exact */
 
-/* x86-64: one build that uses AVX2 where the CPU has it (GCC and Clang pick the clone at load
- * time); elsewhere the compiler's baseline vectors. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* x86-64 with GCC on glibc (ifunc): one build that uses AVX2 where the CPU has it, the clone
+ * picked at load time; elsewhere (Clang, musl, other CPUs) the compiler's baseline vectors. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && \
+    defined(__GLIBC__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define CLONES
@@ -59,6 +63,7 @@ box_rows(const uint8_t *src, Py_ssize_t ss, Py_ssize_t w, uint8_t *dst, Py_ssize
         case 2: reduce_row(acc, out, ow, 2, half, m); break;
         case 3: reduce_row(acc, out, ow, 3, half, m); break;
         case 4: reduce_row(acc, out, ow, 4, half, m); break;
+        case 6: reduce_row(acc, out, ow, 6, half, m); break; /* 4K to 640 */
         default: reduce_row(acc, out, ow, fx, half, m); break;
         }
     }
@@ -97,7 +102,7 @@ box_down(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     if (w % ow || h % oh) {
         PyErr_Format(PyExc_ValueError, "dst %zdx%zd does not divide src %zdx%zd", ow, oh, w, h);
-    } else if ((w / ow) * (h / oh) > MAX_BLOCK) {
+    } else if (w / ow > MAX_BLOCK || h / oh > MAX_BLOCK || (w / ow) * (h / oh) > MAX_BLOCK) {
         PyErr_Format(PyExc_ValueError, "blocks of %zdx%zd pixels are more than %d", w / ow, h / oh, MAX_BLOCK);
     } else {
         uint16_t *acc = PyMem_RawMalloc((size_t)w * sizeof(uint16_t));
@@ -127,5 +132,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "streamer._box", NULL
 PyMODINIT_FUNC
 PyInit__box(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "MAX_BLOCK", MAX_BLOCK) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -3,10 +3,11 @@ runs it in worker threads.
 
 Downscaling averages over each output pixel's area (anti-aliased, as detectors want):
 - by whole factors (1080p or 720p to 640x360, 4K to 640x360), each plane's blocks are averaged
-  by `streamer._box` (C): 0.18 ms a 1080p frame against 0.87 ms for swscale's area filter on a
-  frame out of cache (docs/benchmarks.md, "The tap's downscale"). Chroma samples are taken as
-  centred in their block, as OpenCV's INTER_AREA takes them; swscale sites them where the stream
-  says (H.264: left), a third of an output pixel away at 3:1;
+  by `streamer._box` (C, part of the package): 0.18 ms a 1080p frame against 0.87 ms for
+  swscale's area filter on a frame out of cache (docs/benchmarks.md, "The tap's downscale in
+  C"). Chroma samples are taken as centred in their block, as OpenCV's INTER_AREA takes them;
+  swscale places them where the frame says (H.264: left), a third of a chroma sample (two
+  thirds of a luma pixel) away at 3:1;
 - other decoded frames go through FFmpeg's swscale (all three planes in one call);
 - other frames (webcams) through OpenCV.
 """
@@ -19,12 +20,10 @@ import cv2
 import numpy as np
 from av.video.reformatter import ColorRange
 
-from streamer._box import box_down
+from streamer._box import MAX_BLOCK, box_down
 from streamer.crop.convert import gray_to_video_range
 from streamer.swscale import THREADS, scaler
 from streamer.types import U8, Frame
-
-BOX_MAX_BLOCK = 255  # pixels averaged into one by box_down at most (streamer/_box.c)
 
 
 def tap_size(
@@ -54,7 +53,7 @@ def _whole_factors(frame: Frame, tw: int, th: int) -> bool:
         return False
     if frame.width % tw or frame.height % th:
         return False
-    return (frame.width // tw) * (frame.height // th) <= BOX_MAX_BLOCK
+    return (frame.width // tw) * (frame.height // th) <= MAX_BLOCK
 
 
 def _fill_box(buf: U8, frame: Frame, tw: int, th: int) -> None:

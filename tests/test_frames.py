@@ -98,8 +98,9 @@ def test_full_range_yuv_is_brought_to_video_range(
 def test_the_tap_of_a_gray_frame_is_video_range_i420(
     color_range: int, size: tuple[int, int]
 ) -> None:
-    """The tap of 8-bit gray, scaled (FFmpeg's scaler) or not: video-range gray as it is, full
-    or unspecified range mapped to video range; neutral chroma; odd sizes too."""
+    """The tap of 8-bit gray, scaled (block means, or FFmpeg's scaler) or not: video-range
+    gray as it is, full or unspecified range mapped to video range; neutral chroma; odd sizes
+    too."""
     w, h = size
     levels = np.array([0, 16, 126, 235, 255])
     luma = np.tile(np.repeat(levels, 16), (h, 1))[:, :w].copy()

@@ -159,15 +159,21 @@ def test_not_root_with_sudo_installs_noninteractively(tmp_path: Path) -> None:
 def test_make_test_installs_system_packages_before_anything_else_also_in_parallel(
     tmp_path: Path,
 ) -> None:
+    """Under -j too: the full install and check first, then the build's (two apt-gets at once
+    fail on apt's lists lock), then everything else."""
     work, env = _scratch(tmp_path)
-    env["MISSING"] = "python3-venv"
+    env["MISSING"], env["MISSING_BUILD"] = "python3-venv gcc", "gcc"
     res = _make(work, env, "-j4", "test")
     assert res.returncode == 0, res.stderr
     log = _log(env)
     checked = log.index("check done")
+    build_query = next(i for i, line in enumerate(log) if "--build --missing-packages" in line)
+    installs = [i for i, line in enumerate(log) if line.startswith("apt-get") and "install" in line]
+    assert len(installs) == 2 and installs[0] < checked < build_query < installs[1], log
+    built = log.index("build check done")
     later = [i for i, line in enumerate(log) if line.split()[0] in ("pip", "uv", "ruff", "mypy")]
     later += [i for i, line in enumerate(log) if line.startswith(("python -m venv", "pytest"))]
-    assert len(later) >= 6 and min(later) > checked, log
+    assert len(later) >= 6 and min(later) > built, log
 
 
 def test_a_python_without_ensurepip_names_python3_venv(tmp_path: Path) -> None:

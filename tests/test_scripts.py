@@ -60,6 +60,15 @@ def test_bench_transport_runs() -> None:
     assert all("per crop send -> receive p50" in line for line in lines)
 
 
+def test_bench_downscale_runs() -> None:
+    res = _run_script(
+        "scripts/bench_downscale.py", "--frames", "3", "--rounds", "1", "--sizes", "1280x720"
+    )
+    (line,) = [line for line in res.stdout.splitlines() if line.startswith("1280x720 to 640x360")]
+    ratio = float(line.split("(a)/(b) ")[1].split(";")[0])
+    assert ratio > 0, line
+
+
 def test_bench_codec_runs() -> None:
     res = _run_script("scripts/bench_codec.py", "--repeat", "1", "--counts", "10")
     decode, _, parse = res.stdout.partition("parsing the header alone")

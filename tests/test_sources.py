@@ -487,7 +487,7 @@ def test_a_video_range_gray_camera_keeps_its_range(tmp_path: Path, pix_fmt: str)
     assert np.array_equal(i420[: 48 * 48].reshape(48, 48), _LUMA[:, 16:64])
     assert np.all(i420[48 * 48 :] == 128)
 
-    for width in (80, 40):  # not scaled; scaled (FFmpeg's scaler, gray to gray)
+    for width in (80, 40, 32):  # not scaled; block means (2:1); FFmpeg's scaler, gray to gray
         buf, tw, th = scaled_i420(frame, width, None)
         got = _column_centres(buf[:tw], tw).astype(int)
         assert np.all(np.abs(got - _LEVELS) <= 1), (width, got)

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 import streamer.swscale as swscale
 from streamer import tap
-from streamer._box import box_down
+from streamer._box import MAX_BLOCK, box_down
 from streamer.sources.frames import from_av
 from streamer.tap import scaled_i420, tap_image, tap_size
+from tests.conftest import write_clip
 
 
 @pytest.mark.parametrize(
@@ -43,10 +44,11 @@ def test_tap_size(
 
 
 def _decoded(size: tuple[int, int], fmt: str = "yuv420p") -> av.VideoFrame:
+    """testsrc2 at `size` (odd sizes too: scaled to it), chroma siting unspecified."""
     w, h = size
-    with av.open(f"testsrc2=size={w}x{h}:rate=30", format="lavfi") as src:
+    with av.open(f"testsrc2=size={w + w % 2}x{h + h % 2}:rate=30", format="lavfi") as src:
         vf = next(src.decode(video=0))
-    return vf.reformat(format=fmt)
+    return vf.reformat(width=w, height=h, format=fmt)
 
 
 @settings(max_examples=300, deadline=None)
@@ -63,8 +65,8 @@ def test_box_down_is_each_blocks_rounded_mean(
 ) -> None:
     """Any whole factors up to 255 pixels a block, rows of any stride (a view into a wider
     picture), extreme values included: (sum + n // 2) // n of each block, exactly."""
-    if fx * fy > tap.BOX_MAX_BLOCK:
-        fy = tap.BOX_MAX_BLOCK // fx
+    if fx * fy > MAX_BLOCK:
+        fy = MAX_BLOCK // fx
     rng = np.random.default_rng(seed)
     shape = (oh * fy, ow * fx + pad)
     if seed % 2:  # any level, or only the extremes and the rounding edges
@@ -82,50 +84,88 @@ def test_box_down_is_each_blocks_rounded_mean(
 
 def test_box_down_refuses_what_it_cannot_average() -> None:
     """Only 2-D uint8 planes with contiguous pixels, a writable destination whose shape divides
-    the source's, at most 255 pixels a block: anything else raises, and writes nothing."""
+    the source's, at most MAX_BLOCK pixels a block: anything else raises, and writes nothing."""
     src = np.zeros((12, 12), np.uint8)
-    out = np.full((4, 4), 9, np.uint8)
-    read_only = np.zeros((4, 4), np.uint8)
+    read_only = np.full((4, 4), 9, np.uint8)
     read_only.flags.writeable = False
     cases: list[tuple[object, object]] = [
-        (src.astype(np.uint16), out),  # not bytes
-        (src.reshape(2, 6, 12), out),  # not 2-D
-        (src[:, ::3], out),  # pixels not contiguous
-        (src[::-1], out),  # rows backwards
-        (src, out[:, ::2]),
-        (src, np.zeros((5, 4), np.uint8)),  # 12 rows into 5
-        (src, np.zeros((0, 4), np.uint8)),
-        (np.zeros((16, 16), np.uint8), np.zeros((1, 1), np.uint8)),  # 256 pixels a block
+        (src.astype(np.uint16), np.full((4, 4), 9, np.uint8)),  # not bytes
+        (src.reshape(2, 6, 12), np.full((4, 4), 9, np.uint8)),  # not 2-D
+        (src[:, ::3], np.full((4, 4), 9, np.uint8)),  # pixels not contiguous
+        (src[::-1], np.full((4, 4), 9, np.uint8)),  # rows backwards
+        (src, np.full((4, 8), 9, np.uint8)[:, ::2]),
+        (src, np.full((5, 4), 9, np.uint8)),  # 12 rows into 5
+        (src, np.full((0, 4), 9, np.uint8)),
+        (np.zeros((16, 16), np.uint8), np.full((1, 1), 9, np.uint8)),  # 256 pixels a block
+        (np.zeros((1, 256), np.uint8), np.full((1, 1), 9, np.uint8)),  # 256 wide
         (src, read_only),
-        (b"\0" * 144, out),
-        (src, bytearray(16)),
+        (b"\0" * 144, np.full((4, 4), 9, np.uint8)),
+        (src, bytearray(b"\x09" * 16)),
         (src, None),
     ]
     for bad_src, bad_dst in cases:
         with pytest.raises((ValueError, TypeError, BufferError)):
             box_down(bad_src, bad_dst)
-    assert np.all(out == 9)
-    box_down(np.zeros((15, 17), np.uint8), np.zeros((1, 1), np.uint8))  # 255: taken
+        if bad_dst is not None:
+            assert set(bytes(np.asarray(bad_dst).tobytes())) <= {9}, (bad_src, bad_dst)
+    taken = np.zeros((1, 1), np.uint8)
+    box_down(np.full((15, 17), 200, np.uint8), taken)  # 255 pixels: taken
+    assert taken[0, 0] == 200
 
 
 @pytest.mark.parametrize("size", [(1920, 1080), (1280, 720), (3840, 2160)])
-def test_whole_factors_take_the_block_mean_as_swscale_would(size: tuple[int, int]) -> None:
-    """1080p, 720p and 4K to 640x360 are averaged by block (streamer._box), within one level of
-    swscale's area filter (fixed-point) on a picture whose chroma siting is unspecified; OpenCV's
-    path for frames without a decoder picture gives the same block means."""
+def test_whole_factors_take_the_block_mean(size: tuple[int, int]) -> None:
+    """1080p, 720p and 4K to 640x360 are averaged by block (streamer._box), for decoded frames
+    and others alike: within one level of OpenCV's area resize of each plane, and of swscale's
+    area filter on a picture whose chroma siting is unspecified (fixed-point coefficients)."""
     frame = from_av(_decoded(size), "cam", 0, 0.0)
     tw, th = tap_size(*size, 640)
     assert tap._whole_factors(frame, tw, th)
-    box, tw2, th2 = scaled_i420(frame, 640, None)
-    assert (tw2, th2) == (tw, th) == (640, 360)
+    for f in (frame, dataclasses.replace(frame, decoded=None)):
+        box, tw2, th2 = scaled_i420(f, 640, None)
+        assert (tw2, th2) == (tw, th) == (640, 360)
+        opencv = np.concatenate(
+            [
+                cv2.resize(plane, (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
+                for plane, (w, h) in zip(
+                    frame.planes, ((tw, th), (tw // 2, th // 2), (tw // 2, th // 2)), strict=True
+                )
+            ]
+        )
+        assert np.max(np.abs(box.astype(np.int16) - opencv)) <= 1
     sws = np.empty_like(box)
     tap._fill_swscale(sws, frame, tw, th)
     assert np.max(np.abs(box.astype(np.int16) - sws.astype(np.int16))) <= 1
-    slow, _, _ = scaled_i420(dataclasses.replace(frame, decoded=None), 640, None)
-    assert np.array_equal(box, slow)
 
 
-@pytest.mark.parametrize(("size", "width"), [((1920, 1080), 500), ((1000, 562), 320)])
+def test_a_left_sited_camera_differs_from_swscale_by_its_chroma_siting_only(
+    tmp_path: Path,
+) -> None:
+    """An H.264 camera's chroma is sited left: swscale places it so, the block mean takes it
+    as centred. At 3:1 that is weights 1/6, 1/3, 1/3, 1/6 on chroma columns 3j-1..3j+2 against
+    1/3 on 3j..3j+2: the two differ by (x[3j+2] - x[3j-1]) / 6 (averaged over the block's rows),
+    and by nothing else but rounding. The luma agrees within one level."""
+    with av.open(str(write_clip(tmp_path / "c.mp4", 1, (1920, 1080)))) as c:
+        vf = next(c.decode(video=0))
+    frame = from_av(vf, "cam", 0, 0.0)
+    box, tw, th = scaled_i420(frame, 640, None)
+    sws = np.empty_like(box)
+    tap._fill_swscale(sws, frame, tw, th)
+    n, cw, ch = tw * th, tw // 2, th // 2
+    assert np.max(np.abs(box[:n].astype(np.int16) - sws[:n])) <= 1
+    for i, start in ((1, n), (2, n + n // 4)):
+        x = frame.planes[i].astype(np.float64)  # 960 x 540
+        siting = ((x[:, 5::3] - x[:, 2:-1:3]) / 6).reshape(ch, 3, cw - 1).mean(axis=1)
+        got = box[start : start + n // 4].reshape(ch, cw).astype(np.float64)
+        want = sws[start : start + n // 4].reshape(ch, cw).astype(np.float64)
+        # (from block 1 on: block 0 has no column -1, and swscale weighs its edge its own way)
+        assert np.max(np.abs((got - want)[:, 1:] - siting)) <= 2
+        assert np.max(np.abs(got - want)) > 2  # the siting does differ on this picture
+
+
+@pytest.mark.parametrize(
+    ("size", "width"), [((1920, 1080), 500), ((1000, 562), 320), ((641, 361), 320)]
+)
 def test_swscale_and_opencv_area_downscales_agree(size: tuple[int, int], width: int) -> None:
     """Other ratios: FFmpeg's scaler for decoded frames, OpenCV's for others."""
     frame = from_av(_decoded(size), "cam", 0, 0.0)
@@ -177,11 +217,12 @@ def test_threads_scaling_one_frame_at_once(tmp_path: Path) -> None:
     """The tap and the preview may scale the same frame at the same time (a shared swscale
     context would crash)."""
     frame = from_av(_decoded((1280, 720)), "cam", 0, 0.0)
-    want = scaled_i420(frame, 640, None)[0]
+    assert not tap._whole_factors(frame, *tap_size(1280, 720, 500))  # (swscale's path)
+    want = scaled_i420(frame, 500, None)[0]
     results: list[bool] = []
 
     def work() -> None:
-        results.extend(np.array_equal(scaled_i420(frame, 640, None)[0], want) for _ in range(50))
+        results.extend(np.array_equal(scaled_i420(frame, 500, None)[0], want) for _ in range(50))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -228,7 +269,7 @@ def test_the_downscale_starts_no_threads_of_its_own() -> None:
 
     def run() -> None:
         before = _os_threads()
-        scaled_i420(frame, 640, None)
+        scaled_i420(frame, 500, None)  # (not by whole factors: swscale)
         from_av(full, "cam", 0, 0.0)  # full range: converted to video range
         counts.extend((before, _os_threads()))
 
