@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -147,10 +148,11 @@ def venv_can_bootstrap_pip() -> bool:
     return True
 
 
-def compiler() -> str:
-    """The C compiler setuptools runs for this Python: $CC, else the one Python was built with."""
+def compiler() -> list[str]:
+    """The C compiler command setuptools runs for this Python: $CC, else the one Python was
+    built with (a wrapper such as `ccache gcc` included)."""
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    return cc.split()[0]
+    return shlex.split(cc) or ["cc"]
 
 
 def missing_c_build() -> list[tuple[str, str]]:
@@ -162,15 +164,15 @@ def missing_c_build() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if not os.path.isfile(python_h):
         found.append((f"Python headers {python_h}", PYTHON_HEADERS_PACKAGE))
-    if shutil.which(cc) is None:
-        found.append((f"C compiler {cc} (builds streamer._box)", COMPILER_PACKAGE))
+    if shutil.which(cc[0]) is None:
+        found.append((f"C compiler {cc[0]} (builds streamer._box)", COMPILER_PACKAGE))
         # Without a compiler the C library's headers cannot be looked for: named too.
         found.append(("C library headers (not checked: no compiler)", LIBC_HEADERS_PACKAGE))
         return found
     if found:
         return found
     run = subprocess.run(
-        [cc, "-fsyntax-only", "-I", include, "-x", "c", "-"],
+        [*cc, "-fsyntax-only", "-I", include, "-x", "c", "-"],
         input=_C_PROBE,
         capture_output=True,
         text=True,

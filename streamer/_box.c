@@ -30,8 +30,9 @@
 #endif
 
 /* Each output pixel of one row from the summed input row `acc`: (sum + n/2) / n, as a multiply
- * and a shift (m = ceil(2^24 / n); exact for sums below 2^16 and n < 256). `fx` is a constant
- * where the caller names one, so the compiler unrolls the inner loop. */
+ * and a shift (m = ceil(2^24 / n)): exact, and within 32 bits, for every n <= MAX_BLOCK and
+ * every sum up to 255 * n (tests/test_tap.py tries each sum at every rounding step). `fx` is a
+ * constant where the caller names one, so the compiler unrolls the inner loop. */
 static inline __attribute__((always_inline)) void
 reduce_row(const uint16_t *acc, uint8_t *out, Py_ssize_t ow, int fx, uint32_t half, uint32_t m)
 {

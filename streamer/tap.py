@@ -3,13 +3,13 @@ runs it in worker threads.
 
 Downscaling averages over each output pixel's area (anti-aliased, as detectors want):
 - by whole factors (1080p or 720p to 640x360, 4K to 640x360), each plane's blocks are averaged
-  by `streamer._box` (C, part of the package): 0.18 ms a 1080p frame against 0.87 ms for
+  by `streamer._box` (C, part of the package): 0.188 ms a 1080p frame against 0.966 ms for
   swscale's area filter on a frame out of cache (docs/benchmarks.md, "The tap's downscale in
   C"). Chroma samples are taken as centred in their block, as OpenCV's INTER_AREA takes them;
   swscale places them where the frame says (H.264: left), a third of a chroma sample (two
   thirds of a luma pixel) away at 3:1;
-- other decoded frames go through FFmpeg's swscale (all three planes in one call);
-- other frames (webcams) through OpenCV.
+- other ratios: decoded frames through FFmpeg's swscale (all three planes in one call), other
+  frames (webcams) through OpenCV.
 """
 
 from __future__ import annotations
@@ -57,12 +57,10 @@ def _whole_factors(frame: Frame, tw: int, th: int) -> bool:
 
 
 def _fill_box(buf: U8, frame: Frame, tw: int, th: int) -> None:
-    """Average `frame`'s blocks into `buf` as `tw` x `th` I420 (its planes are video range)."""
+    """Average `frame`'s blocks into `buf` as `tw` x `th` I420 (its planes are video range;
+    video-range gray wrapped as I420 has neutral chroma planes, whose mean is neutral)."""
     n_luma, n_chroma = tw * th, tw * th // 4
     box_down(frame.planes[0], buf[:n_luma].reshape(th, tw))
-    if frame.decoded is not None and frame.decoded.format.name == "gray":
-        buf[n_luma:] = 128  # video-range gray wrapped as I420: its chroma is neutral
-        return
     for i, start in ((1, n_luma), (2, n_luma + n_chroma)):
         box_down(frame.planes[i], buf[start : start + n_chroma].reshape(th // 2, tw // 2))
 

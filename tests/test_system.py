@@ -69,6 +69,7 @@ def test_package_list_covers_every_capability() -> None:
     )
     packages = set(res.stdout.split())
     assert {"gstreamer1.0-x", "gir1.2-gst-rtsp-server-1.0", "tesseract-ocr-eng"} <= packages
+    assert {"gcc", "libc6-dev", "python3-dev", "python3-venv"} <= packages  # the C build
 
 
 def test_rtsp_server_fails_fast_with_the_missing_element(tmp_path: Path) -> None:
@@ -267,3 +268,18 @@ def test_the_c_build_names_the_compiler_and_the_headers_it_lacks(tmp_path: Path)
     res = check("cc")
     assert res.returncode == 0, res.stderr
     assert "what installing the package needs is present" in res.stdout
+
+
+def test_missing_python_headers_name_python3_dev(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python.h not where this Python's headers go: python3-dev is named (not libc6-dev, which
+    the compile probe alone would blame); a compiler wrapper (`env gcc`) runs as a whole."""
+    check = load_script("check_system")
+    paths = check.sysconfig.get_paths()
+    monkeypatch.setattr(check.sysconfig, "get_paths", lambda: {**paths, "include": str(tmp_path)})
+    named = [package for _, package in check.missing_c_build()]
+    assert named == ["python3-dev"], named
+    monkeypatch.undo()
+    monkeypatch.setenv("CC", "env gcc")
+    assert check.missing_c_build() == []

@@ -82,6 +82,21 @@ def test_box_down_is_each_blocks_rounded_mean(
     assert np.all(out_wide[:, ow:] == 7)  # nothing written past a row's pixels
 
 
+def test_the_division_is_exact_for_every_block_size_at_every_rounding_step() -> None:
+    """box_down divides by a multiply and a shift: for every block of n = 1..MAX_BLOCK pixels,
+    each sum just below a rounding step ((sum + n // 2) one short of a multiple of n), the one
+    at it, and the largest sum (255 n) give (sum + n // 2) // n. (A reciprocal of 2^22 or 2^23
+    instead of 2^24 is wrong for some of them; random pixels almost never hit those sums.)"""
+    for n in range(1, MAX_BLOCK + 1):
+        steps = np.arange(1, 256) * n - n // 2
+        sums = np.unique(np.clip(np.concatenate([steps - 1, steps, [0, 255 * n]]), 0, 255 * n))
+        q, r = np.divmod(sums, n)
+        blocks = q[:, None] + (np.arange(n)[None, :] < r[:, None])  # n pixels summing to each
+        dst = np.empty((1, len(sums)), np.uint8)
+        box_down(blocks.astype(np.uint8).reshape(1, -1), dst)
+        assert np.array_equal(dst[0], (sums + n // 2) // n), n
+
+
 def test_box_down_refuses_what_it_cannot_average() -> None:
     """Only 2-D uint8 planes with contiguous pixels, a writable destination whose shape divides
     the source's, at most MAX_BLOCK pixels a block: anything else raises, and writes nothing."""
