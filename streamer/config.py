@@ -17,7 +17,7 @@ from streamer.config_yaml import YamlError, load_yaml
 from streamer.errors import ConfigError
 from streamer.sharding import SINGLE, Shard
 from streamer.sources.http_input import check_options, is_http
-from streamer.sources.protocols import refused_protocol
+from streamer.sources.protocols import lower_scheme, refused_protocol
 
 MIB = 1024 * 1024
 REPLY_TO_MAX_CHARS = 256
@@ -216,6 +216,7 @@ class SourceConfig(_Model):
     @field_validator("url")
     @classmethod
     def _synthetic_options(cls, v: str) -> str:
+        v = lower_scheme(v)  # (RTSP://cam is rtsp://cam)
         if v.startswith(SYNTHETIC_PREFIX):
             SyntheticSpec.from_url(v)  # raises ValueError naming the bad option
         if (why := refused_protocol(v)) is not None:

@@ -843,6 +843,30 @@ def test_a_local_file_url_reaches_no_network_whatever_it_nests() -> None:
             listener.accept()  # (nobody connected)
 
 
+def test_schemes_are_read_in_any_case_and_paths_keep_theirs() -> None:
+    """A URL's scheme is case-insensitive (RFC 3986), FFmpeg's protocol names and streamer's
+    prefixes are not: the config writes the scheme of what streamer reads by name in lower
+    case (RTSP:// was refused by FFmpeg at open: "Protocol not found"). The rest of the URL,
+    and any path, keep their case; a refused URL stays refused in capitals."""
+    for given, read in (
+        ("RTSP://User:Pw@Cam/Stream1", "rtsp://User:Pw@Cam/Stream1"),
+        ("Http://cam/A.mjpg", "http://cam/A.mjpg"),
+        ("SRT://cam:9000", "srt://cam:9000"),
+        ("FTP://host/F.ts", "ftp://host/F.ts"),
+        ("UNIX:/run/Cam.sock", "unix:/run/Cam.sock"),
+        ("WebCam:0", "webcam:0"),
+        ("LAVFI:testsrc2=size=64x64", "lavfi:testsrc2=size=64x64"),
+        ("Synthetic:", "synthetic:"),
+        ("/Videos/Cam.MP4", "/Videos/Cam.MP4"),
+        ("C:/Videos/cam.mp4", "C:/Videos/cam.mp4"),
+        ("File:Clip.mp4", "File:Clip.mp4"),  # (a local file: FFmpeg's, whitelisted)
+    ):
+        assert SourceConfig(id="c", url=given).url == read, given
+    for refused in ("HTTP:cam/x", "Cache:http://cam/x", "LAVFI:movie=x.mp4", "IPFS://b/v"):
+        with pytest.raises(ValueError, match=r"give the|write a|lavfi: |network protocol"):
+            SourceConfig(id="c", url=refused)
+
+
 @pytest.mark.parametrize(
     "url",
     [

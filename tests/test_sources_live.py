@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from streamer.config import SourceConfig
 from streamer.http_metrics import serve as serve_http
 from streamer.sources import readahead
 from streamer.sources.av_source import AvSource
@@ -39,10 +40,13 @@ def rtsp_source(url: str, sid: str = "cam") -> AvSource:
 
 
 def test_reads_frames_from_real_rtsp_server() -> None:
+    """Also with the scheme in capitals, as the config takes it (RTSP:// failed at open)."""
     server = RtspServer().start()
+    url = SourceConfig(id="cam", url=server.url().replace("rtsp://", "RTSP://", 1)).url
+    assert url == server.url()
 
     async def main() -> None:
-        c = Consumer(rtsp_source(server.url())).start()
+        c = Consumer(rtsp_source(url)).start()
         try:
             await until(lambda: len(c.frames) >= 30, 15, "30 frames")
         finally:

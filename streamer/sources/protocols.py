@@ -34,6 +34,8 @@ NETWORK_FILE_PROTOCOLS = frozenset(("ftp", "gopher", "gophers"))
 _OTHER_NETWORK = frozenset(
     ("ipfs", "ipns", "httpproxy", "ffrtmphttp", "mmsh", "mmst", "udplite", "dtls", "icecast")
 ) | frozenset(("rtmpt", "rtmpts"))
+# What streamer looks up by its scheme (the rest of a URL is FFmpeg's, or a path).
+_BY_NAME = LIVE_PROTOCOLS | NETWORK_FILE_PROTOCOLS | frozenset(("webcam", "lavfi", "synthetic"))
 # Wrappers whose only use is around a network URL (``cache:`` writes all it reads to disk).
 _NETWORK_WRAPPERS = frozenset(("cache", "async"))
 # Wrappers that may nest a network URL: what they nest is looked at.
@@ -106,6 +108,18 @@ def protocol(url: str) -> str | None:
     if found is None or len(found[0]) < 2:
         return None
     return found[0].split("+", 1)[0].lower()
+
+
+def lower_scheme(url: str) -> str:
+    """`url` with its scheme in lower case where it names something streamer reads by name (a
+    camera's or a remote file's protocol, ``webcam:``, ``lavfi:``, ``synthetic:``): schemes are
+    case-insensitive (RFC 3986), FFmpeg's and streamer's lookups are not, so ``RTSP://cam/1``
+    failed at open. Anything else, a path above all, is left as it is."""
+    proto = protocol(url)
+    name = url.split(":", 1)[0]
+    if proto is None or proto not in _BY_NAME or "+" in name:
+        return url
+    return proto + url[len(name) :]
 
 
 def _spelled(url: str, proto: str) -> bool:
