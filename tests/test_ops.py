@@ -570,6 +570,46 @@ def test_dockerfile_passes_hadolint_and_names_real_paths() -> None:
     )
 
 
+def test_the_wheel_carries_the_compiled_block_mean(tmp_path: Path) -> None:
+    """What the Dockerfile's build stage installs (`uv sync --no-editable`): a wheel built from
+    the source, its C extension compiled into it, that works where nothing else of the source
+    tree is (the runtime image has no compiler)."""
+    uv = sorted(REPO.glob(".tools/uv-*/bin/uv"))
+    assert uv, "make venv installs uv into .tools/"
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO, src, ignore=shutil.ignore_patterns(".*", "*.so", "build", "tests", "test-artifacts")
+    )
+    res = subprocess.run(
+        [str(uv[-1]), "build", "-q", "--wheel", "--out-dir", str(tmp_path / "dist")],
+        cwd=src,
+        env={**os.environ, "UV_PYTHON": sys.executable, "UV_PYTHON_DOWNLOADS": "never"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    (wheel,) = (tmp_path / "dist").glob("streamer-*.whl")
+    site = tmp_path / "site"
+    shutil.unpack_archive(wheel, site, "zip")
+    assert list(site.glob("streamer/_box.*.so")), sorted(p.name for p in site.glob("streamer/*"))
+    probe = (
+        "import numpy as np, streamer, streamer._box as b; "
+        "o = np.empty((1, 1), np.uint8); b.box_down(np.full((3, 3), 9, np.uint8), o); "
+        "print(streamer.__file__, int(o[0, 0]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(site / "streamer" / "__init__.py"), "9"], run.stdout
+
+
 def test_http_listeners_bound_their_connections_and_the_wait_for_headers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
