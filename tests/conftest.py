@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 import subprocess
 import sys
 import threading
@@ -124,3 +125,11 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> tuple[str, s
         proc.kill()
         out, err = proc.communicate()
     return out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def uv_binary() -> Path:
+    """The uv `make venv` installed: the Makefile's UV_VERSION (an older one may linger)."""
+    (version,) = re.findall(r"^UV_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    uv = REPO / ".tools" / f"uv-{version}" / "bin" / "uv"
+    assert uv.exists(), "make venv installs uv into .tools/"
+    return uv

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, uv_binary
 
 MAKE = shutil.which("make") or "make"
 
@@ -211,8 +211,7 @@ def test_syncing_again_keeps_the_venv_when_python_is_a_launcher(tmp_path: Path) 
     """`python3` as a launcher script (as pyenv's shim is): a second `make venv` must not
     delete and re-create .venv (uv does when the interpreter it is given is not the one the
     venv records). Real uv, on a project with no dependencies."""
-    uv = sorted(REPO.glob(".tools/uv-*/bin/uv"))
-    assert uv, "make venv installs uv into .tools/"
+    uv = [uv_binary()]
     work = tmp_path / "repo"
     (work / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "Makefile", work / "Makefile")

@@ -859,7 +859,9 @@ def test_schemes_are_read_in_any_case_and_paths_keep_theirs() -> None:
         ("Synthetic:", "synthetic:"),
         ("/Videos/Cam.MP4", "/Videos/Cam.MP4"),
         ("C:/Videos/cam.mp4", "C:/Videos/cam.mp4"),
-        ("File:Clip.mp4", "File:Clip.mp4"),  # (a local file: FFmpeg's, whitelisted)
+        ("File:Clip.mp4", "file:Clip.mp4"),
+        ("PIPE:0", "pipe:0"),
+        ("Concat:A.ts|b.ts", "Concat:A.ts|b.ts"),  # (a wrapper: a local file, as written)
     ):
         assert SourceConfig(id="c", url=given).url == read, given
     for refused in ("HTTP:cam/x", "Cache:http://cam/x", "LAVFI:movie=x.mp4", "IPFS://b/v"):

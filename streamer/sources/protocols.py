@@ -34,8 +34,13 @@ NETWORK_FILE_PROTOCOLS = frozenset(("ftp", "gopher", "gophers"))
 _OTHER_NETWORK = frozenset(
     ("ipfs", "ipns", "httpproxy", "ffrtmphttp", "mmsh", "mmst", "udplite", "dtls", "icecast")
 ) | frozenset(("rtmpt", "rtmpts"))
-# What streamer looks up by its scheme (the rest of a URL is FFmpeg's, or a path).
-_BY_NAME = LIVE_PROTOCOLS | NETWORK_FILE_PROTOCOLS | frozenset(("webcam", "lavfi", "synthetic"))
+# What streamer and FFmpeg look up by its scheme (the rest of a URL is theirs, or a path); the
+# wrappers keep theirs (a local file's: FFmpeg refuses them in capitals).
+_BY_NAME = (
+    LIVE_PROTOCOLS
+    | NETWORK_FILE_PROTOCOLS
+    | frozenset(("webcam", "lavfi", "synthetic", "file", "pipe", "fd", "data"))
+)
 # Wrappers whose only use is around a network URL (``cache:`` writes all it reads to disk).
 _NETWORK_WRAPPERS = frozenset(("cache", "async"))
 # Wrappers that may nest a network URL: what they nest is looked at.
@@ -112,7 +117,8 @@ def protocol(url: str) -> str | None:
 
 def lower_scheme(url: str) -> str:
     """`url` with its scheme in lower case where it names something streamer reads by name (a
-    camera's or a remote file's protocol, ``webcam:``, ``lavfi:``, ``synthetic:``): schemes are
+    camera's or a remote file's protocol, ``webcam:``, ``lavfi:``, ``synthetic:``, ``file:``
+    and FFmpeg's other local ones but the wrappers): schemes are
     case-insensitive (RFC 3986), FFmpeg's and streamer's lookups are not, so ``RTSP://cam/1``
     failed at open. Anything else, a path above all, is left as it is."""
     proto = protocol(url)
@@ -146,8 +152,8 @@ def refused_protocol(url: str) -> str | None:
         return None
     name = url.split(":", 1)[0]
     if proto in LIVE_PROTOCOLS or proto in NETWORK_FILE_PROTOCOLS:
-        if "+" in name or not _spelled(url, name):
-            return f"write a {proto} URL as {proto}://...: FFmpeg reads {name}: as {proto} too"
+        if "+" in name or not _spelled(url, proto):
+            return f"write a {proto} URL as {proto}://...: it was written {name[:20]}:..."
         return None
     if proto == "lavfi":
         return _lavfi(url[len(name) + 1 :])
