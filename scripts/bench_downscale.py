@@ -28,6 +28,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, VideoReformatter
 
 from streamer._box import box_down
+from streamer.sources.frames import from_av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import make_clip
@@ -43,15 +44,6 @@ def frames_of(clip: Path, n: int) -> list[av.VideoFrame]:
             if len(out) == n:
                 break
     return out
-
-
-def planes(f: av.VideoFrame) -> list[np.ndarray]:
-    return [
-        np.frombuffer(memoryview(p), np.uint8, count=p.line_size * p.height).reshape(
-            p.height, p.line_size
-        )[:, : p.width]
-        for p in f.planes
-    ]
 
 
 def cpu_ms_a_frame(work: Callable[[int], None], n: int, rounds: int) -> float:
@@ -72,7 +64,7 @@ def bench(size: tuple[int, int], n_frames: int, rounds: int) -> None:
         clip = Path(tmp) / f"clip{w}x{h}.mp4"
         make_clip(clip, w, h, n_frames)
         frames = frames_of(clip, n_frames)
-    views = [planes(f) for f in frames]
+    views = [from_av(f, "bench", i, 0.0).planes for i, f in enumerate(frames)]  # (as the tap)
     out = np.empty(TAP_WIDTH * TAP_HEIGHT * 3 // 2, np.uint8)
     n_luma, n_chroma = TAP_WIDTH * TAP_HEIGHT, TAP_WIDTH * TAP_HEIGHT // 4
     dst = [
