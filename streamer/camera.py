@@ -9,6 +9,7 @@ the shared stages (ring, tap, crop thread, publishers) and wires cameras to them
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,12 @@ class Camera:
     pairing_watch: PairingWatch
     shed_watch: ShedWatch
     counters: SourceCounters = field(default_factory=SourceCounters)
+    #: A live camera's frames are handed on in its decode thread (`Pipeline._take`): its
+    #: counters change under this lock, and are read under it, so that they always agree.
+    feed_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Its final counters have been taken (removed): a frame its decode thread still hands
+    #: on (a read that outlived the stop) is not counted any more.
+    removed: bool = False
     #: Set when a frame of this camera leaves the tap queue (a lossless source waits on it).
     tap_room: asyncio.Event = field(default_factory=asyncio.Event)
     #: A lossless source's tapped frames that no detector took yet, in order (with their

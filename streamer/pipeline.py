@@ -1,7 +1,8 @@
-"""The only module that knows every stage: sources -> ring (+ tap) on the event loop; detections
--> pairing -> crop stage -> publishers in the crop thread; wired with bounded queues.
+"""The only module that knows every stage: a live source's frames -> ring (+ tap) in its own
+decode thread, a lossless source's on the event loop (where they wait for room); detections ->
+pairing -> crop stage -> publishers in the crop thread; wired with bounded queues.
 
-Accounting, per source, whenever the loop is between steps:
+Accounting, per source, in every snapshot `stats` takes:
     decoded = skipped_fps + dropped_handoff + in_handoff + in_tap + not_tapped + paired
               + expired + in_ring
 and per publisher:
@@ -74,6 +75,7 @@ CROP_THREAD_JOIN_S = 5.0  # beyond the longest PUSH send timeout
 UNTAKEN_RECENT_S = 2.0  # frames refused this recently, none tapped since: no detector takes them
 TapOutcome = Literal["sent", "no_subscriber", "full", "stopping", "encode_failed"]
 REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
+TAP_SUBSCRIPTIONS_POLL_S = 0.1  # the tap's subscriptions are read at least this often
 REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
 RELOAD_WAIT_S = 10.0  # a reload's camera being removed through the API: time to wait, beyond
 # what its removal may take
@@ -111,6 +113,11 @@ class Pipeline:
         self._publishers: list[Publisher] = []
         self._crops: CropThread | None = None
         self._tap: OutSocket | None = None
+        # The tap's socket is used from every live camera's decode thread and from the loop:
+        # one at a time, under this lock. Set (from any thread) when it may have subscriptions
+        # to read.
+        self._tap_lock = threading.Lock()
+        self._tap_readable = asyncio.Event()
         # Bounded by admission: each camera has at most TAP_QUEUE_FRAMES in it.
         self._tap_queue: asyncio.Queue[tuple[Camera, Frame]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None  # while running
@@ -223,9 +230,11 @@ class Pipeline:
             deadline = time.monotonic() + REMOVE_TAP_WAIT_S
             while camera.counters.in_tap and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # the tap worker lets its frames go (not_tapped)
-            for _ in range(camera.counters.in_tap):  # still held by the tap worker: counted here
-                camera.counters.shed("stopping")
-            camera.counters.in_tap = 0  # (whatever the worker does with them later is not)
+            with camera.feed_lock:
+                for _ in range(camera.counters.in_tap):  # still in the tap: counted here
+                    camera.counters.shed("stopping")
+                camera.counters.in_tap = 0  # (whatever is done with them later is not)
+                camera.removed = True
             with self._ring_lock:
                 ring = self.pairer.remove_source(sid)
             if self.hub is not None:
@@ -442,7 +451,7 @@ class Pipeline:
                 tasks.append(asyncio.create_task(self._tap_supervisor.run_async(self._tap_worker)))
                 tasks.append(
                     asyncio.create_task(
-                        self._subscriptions_supervisor.run_async(self._tap.track_subscriptions)
+                        self._subscriptions_supervisor.run_async(self._track_tap_subscriptions)
                     )
                 )
             # Until stopped, or every camera's source has ended by itself (finite files); a
@@ -516,8 +525,11 @@ class Pipeline:
             self.metrics.crop_seconds.labels(sid).observe(seconds)
 
     def _start(self, camera: Camera) -> None:
-        """Start a camera's decode thread and its feeder task (on the loop)."""
+        """Start a camera's decode thread and its feeder task (on the loop: a lossless
+        camera's frames, and every camera's end)."""
         assert self._loop is not None
+        if not camera.source.lossless:
+            camera.source.sink = lambda frame: self._take(camera, frame)
         camera.source.start(self._loop)
         camera.feed_supervisor = supervisor = Supervisor(f"feeder of {camera.id}")
         camera.feeder = asyncio.create_task(
@@ -583,53 +595,148 @@ class Pipeline:
                 raise
 
     async def _feed_one(self, camera: Camera, frame: Frame) -> None:
-        """One frame of a camera into its ring, to the tap, or counted as shed."""
-        src, counters = camera.source, camera.counters
+        """One frame of a lossless camera (a live camera's go through `_take`): it waits for
+        room (its decoder waits meanwhile), then goes into the ring, to the tap first when
+        there is one."""
+        counters = camera.counters
         now = time.monotonic()
         if self.hub is not None:
-            self.hub.sources[src.source_id].on_frame(frame, now)
+            self.hub.sources[camera.id].on_frame(frame, now)
         if not self._fits_at_all(camera, frame.nbytes):
-            counters.shed("budget")  # (a lossless one's too: it would wait for ever)
+            counters.shed("budget")  # (it would wait for ever)
             with self._ring_lock:
                 self.pairer.forget_turn(camera.id)  # (kept for a smaller frame: never used)
             return
-        if src.lossless:
-            counters.in_feed = 1  # (accounted as in the hand-off while it waits)
-            try:
-                if now < camera.next_tap_at:  # tap.max_fps: it waits, as it waits for room
-                    await asyncio.sleep(camera.next_tap_at - now)
-                await self._room_for(camera, frame.nbytes)
-            except asyncio.CancelledError:
-                counters.shed("stopping")  # stopping with this frame in hand
-                raise
-            finally:
-                counters.in_feed = 0
-            now = time.monotonic()
+        counters.in_feed = 1  # (accounted as in the hand-off while it waits)
+        try:
+            if now < camera.next_tap_at:  # tap.max_fps: it waits, as it waits for room
+                await asyncio.sleep(camera.next_tap_at - now)
+            await self._room_for(camera, frame.nbytes)
+        except asyncio.CancelledError:
+            counters.shed("stopping")  # stopping with this frame in hand
+            raise
+        finally:
+            counters.in_feed = 0
+        now = time.monotonic()
         if self._tap is None:
-            with self._ring_lock:  # (a live frame: the oldest of the fullest ring makes room)
+            with self._ring_lock:
                 self.pairer.add_frame(frame, now)
             return
-        # Only frames a detector actually gets wait in the ring; the rest are not_tapped,
-        # decided here, before any work is spent on them.
+        self._next_tap(camera, now)
+        counters.in_tap += 1
+        with self._ring_lock:  # (it fits: looked at just now, with no await since)
+            self.pairer.reserve(camera.id, frame.nbytes)
+        self._tap_queue.put_nowait((camera, frame))
+
+    def _take(self, camera: Camera, frame: Frame) -> None:
+        """(In a live camera's decode thread) One frame: into the ring, through the tap first
+        when there is one, or counted as shed, all decided and done here: no hand-off to the
+        loop or to a worker. Its counters change under the camera's `feed_lock`, with the
+        frame always counted somewhere. Never raises: a bug is counted (``error``) and
+        logged, and the next frame goes on."""
+        counters = camera.counters
+        with camera.feed_lock:
+            if camera.removed:
+                return  # decoded after its final counters were taken (a read outlived the stop)
+            camera.source.count_decoded()
+            try:
+                tapping = self._place(camera, frame)
+            except Exception as e:
+                counters.shed("error")
+                self._bug(camera, e)
+                return
+        if not tapping:
+            return
+        # Its picture is made outside the lock (/metrics may read the counters meanwhile).
+        outcome: str = "error"
+        message: list[Any] | None = None
+        try:
+            refused = self._tap_refuses(frame_topic(camera.id))
+            if refused is not None:
+                outcome = refused
+            else:
+                message = self._tap_encode(frame)
+                outcome = "sent" if message is not None else "encode_failed"
+        except Exception as e:
+            self._bug(camera, e)
+        with camera.feed_lock:
+            if camera.removed:
+                return  # (its removal counted it: stopping)
+            try:
+                if message is not None:
+                    # Into the ring in the same step as it leaves the tap: never counted twice.
+                    outcome = self._send_tapped(camera, frame, message)
+            except Exception as e:
+                outcome = "error"
+                self._bug(camera, e)
+            counters.in_tap -= 1
+            if self.cameras.get(camera.id) is camera:
+                with self._ring_lock:
+                    self.pairer.release(camera.id, frame.nbytes)
+            if outcome != "sent":
+                counters.shed(outcome)
+                self._tap_refused(outcome)
+
+    def _place(self, camera: Camera, frame: Frame) -> bool:
+        """(`_take`, under the camera's `feed_lock`) Put a live frame into the ring when there
+        is no tap, or count it as shed; True when it is to be tapped (counted in the tap, its
+        room in the memory budget reserved). Only frames a detector actually gets wait in the
+        ring; the rest are decided here, before any work is spent on them."""
+        src, counters, sid = camera.source, camera.counters, camera.id
+        now = time.monotonic()
+        self._show(camera, frame, now)
+        if self.cameras.get(sid) is not camera:
+            counters.shed("stopping")  # being removed
+            return False
+        if not self._fits_at_all(camera, frame.nbytes):
+            counters.shed("budget")
+            with self._ring_lock:
+                self.pairer.forget_turn(sid)  # (kept for a smaller frame: never used)
+            return False
+        if self._tap is None:
+            with self._ring_lock:  # (the oldest of the fullest ring makes room)
+                self.pairer.add_frame(frame, now)
+            return False
         if now + 1e-3 < camera.next_tap_at:
             counters.shed("rate")
-            return
-        reason = None if src.lossless else self._admit(camera, frame.nbytes)
+            return False
+        reason = self._admit(camera, frame.nbytes)
         if reason is not None:
             counters.shed(reason)
             # Decode less of what would be turned away (sources/shedding.py).
             src.shed_downstream_until = now + SHED_HINT_S
-            return
+            return False
+        self._next_tap(camera, now)
+        counters.in_tap += 1
+        with self._ring_lock:  # (admitted just now, under the same lock)
+            self.pairer.reserve(sid, frame.nbytes)
+        return True
+
+    def _next_tap(self, camera: Camera, now: float) -> None:
+        """A frame of the camera's is tapped now: when the next may be (tap.max_fps)."""
         if self.cfg.tap is not None and self.cfg.tap.max_fps is not None:
             camera.next_tap_at = max(camera.next_tap_at + 1.0 / self.cfg.tap.max_fps, now)
-        counters.in_tap += 1
-        with self._ring_lock:  # (admitted just now, with no await since)
-            self.pairer.reserve(camera.id, frame.nbytes)
-        self._tap_queue.put_nowait((camera, frame))
+
+    def _show(self, camera: Camera, frame: Frame, now: float) -> None:
+        """(A decode thread) Hand a live frame to the preview, on the loop, while watched."""
+        preview = None if self.hub is None else self.hub.sources.get(camera.id)
+        if preview is not None and preview.viewers and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody watches)
+                self._loop.call_soon_threadsafe(preview.on_frame, frame, now)
+
+    def _bug(self, camera: Camera, e: Exception) -> None:
+        self._warn(
+            f"take-{camera.id}-{type(e).__name__}",
+            "source %s: handing a frame on failed (%s: %s); going on with the next",
+            camera.id,
+            type(e).__name__,
+            e,
+            exc_info=e,
+        )
 
     def _left_tap(self, camera: Camera, frame: Frame) -> None:
-        """A frame of the camera's has left the tap (sent into the ring, or shed): its place in
-        the tap and in the memory budget are given back (a removed camera's were, at once)."""
+        """A lossless camera's frame has left the tap (sent into the ring, or shed): its place
+        in the tap and in the memory budget are given back (a removed camera's were, at once)."""
         camera.counters.in_tap -= 1
         camera.tap_room.set()
         if self.cameras.get(camera.id) is camera:
@@ -649,21 +756,18 @@ class Pipeline:
             await asyncio.sleep(SUBSCRIBER_POLL_S)
 
     def _admit(self, camera: Camera, nbytes: int) -> str | None:
-        """Whether a live frame may be tapped now, or why not: the tap queue or the source's
-        in-flight frames are full (``busy``: the detector or the crop stage is behind, so the
-        frame could not be served in time), or the memory budget has no room (``budget``)."""
+        """Whether a live frame may be tapped now, or why not: the source's in-flight frames
+        are full (``busy``: the detector or the crop stage is behind, so the frame could not be
+        served in time), or the memory budget has no room (``budget``)."""
         sid, counters = camera.id, camera.counters
         assert self.cfg.tap is not None
         with self._ring_lock:
             in_ring = self.pairer.stats(sid).in_ring
             # (no more than the ring holds, in frames and bytes: a frame tapped beyond it would
             # evict one sent before its detections came)
-            if (
-                counters.in_tap >= TAP_QUEUE_FRAMES
-                or counters.in_tap + in_ring
-                >= min(self.cfg.tap.max_in_flight, self.cfg.ring.max_frames)
-                or not self.pairer.room_for(sid, nbytes, counters.in_tap + 1)
-            ):
+            if counters.in_tap + in_ring >= min(
+                self.cfg.tap.max_in_flight, self.cfg.ring.max_frames
+            ) or not self.pairer.room_for(sid, nbytes, counters.in_tap + 1):
                 self.pairer.forget_turn(sid)  # (it wants no room in the budget now)
                 return "busy"
             if not self.pairer.budget_fits(sid, nbytes):
@@ -696,7 +800,7 @@ class Pipeline:
         turn for the budget only while it waits for the budget alone."""
         sid, counters = camera.id, camera.counters
         while True:
-            if self._tap is not None and self._tap.refuses(frame_topic(sid)) is not None:
+            if self._tap is not None and self._tap_refuses(frame_topic(sid)) is not None:
                 # No detector takes its frames yet: it waits here, not in the tap worker that
                 # every camera shares (one lossless camera's frames held it, and the live
                 # cameras' frames were all turned away as busy).
@@ -748,35 +852,46 @@ class Pipeline:
                 continue
             if outcome != "sent":
                 camera.counters.shed(outcome)
-            if outcome == "no_subscriber" or outcome == "full":
-                self._tap.count_drop(outcome)
-                self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)
+                self._tap_refused(outcome)
+
+    def _tap_refused(self, outcome: str) -> None:
+        """Count (on the tap) and log a frame the tap's socket did not take."""
+        if outcome in ("no_subscriber", "full"):
+            assert self._tap is not None
+            with self._tap_lock:
+                self._tap.count_drop("full" if outcome == "full" else "no_subscriber")
+            self._warn(f"tap-{outcome}", "frame tap: frame not sent (%s)", outcome)
 
     async def _tap_one(self, camera: Camera, frame: Frame) -> TapOutcome | Literal["waiting"]:
-        """Make one frame's tap picture and send it; put it in the ring once sent. Returns
-        ``sent``, or why not: ``stopping`` (its camera was removed), ``no_subscriber`` or
-        ``full`` (known before the picture is made, when it can be: none is made then), or
-        ``encode_failed``. A lossless source's frame that no detector takes yet waits for one
-        in its camera's `tap_later` task, after any of its frames waiting there already
-        (``waiting``): not here, in the worker every camera shares."""
-        assert self._tap is not None and self.cfg.tap is not None
-        tap_cfg = self.cfg.tap
+        """Make one lossless frame's tap picture (in a worker thread) and send it; put it in
+        the ring once sent. Returns ``sent``, ``stopping`` (its camera was removed) or
+        ``encode_failed``; a frame that no detector takes yet waits for one in its camera's
+        `tap_later` task, after any of its frames waiting there already (``waiting``): not
+        here, in the worker every lossless camera shares."""
         if self.cameras.get(camera.id) is not camera:  # removed while its frame waited
             return "stopping"
-        lossless = camera.source.lossless
-        topic = frame_topic(camera.id)
-        refused = None if lossless else self._tap.refuses(topic)
-        if refused is not None:
-            return refused
+        message = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._tap_encode, frame
+        )
+        if message is None:
+            return "encode_failed"
+        if not camera.tap_waiting:  # its frames go in order: behind those waiting
+            outcome = self._send_tapped(camera, frame, message)
+            if outcome == "sent" or outcome == "stopping":
+                return outcome
+        camera.tap_waiting.append((frame, message))
+        if camera.tap_later is None or camera.tap_later.done():
+            camera.tap_later = asyncio.create_task(self._tap_later(camera))
+        return "waiting"
+
+    def _tap_encode(self, frame: Frame) -> list[Any] | None:
+        """(Any thread) A frame's tap message; None (logged) if it cannot be encoded: it is
+        not sent (and counted), and the tap goes on."""
+        tap_cfg = self.cfg.tap
+        assert tap_cfg is not None
         try:
-            fields, payload = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                tap_image,
-                frame,
-                tap_cfg.encoding,
-                tap_cfg.width,
-                tap_cfg.height,
-                tap_cfg.jpeg_quality,
+            fields, payload = tap_image(
+                frame, tap_cfg.encoding, tap_cfg.width, tap_cfg.height, tap_cfg.jpeg_quality
             )
             header = {
                 "v": 1,
@@ -788,21 +903,41 @@ class Pipeline:
             }
             if self.cfg.detections.reply_to is not None:
                 header["reply_to"] = self.cfg.detections.reply_to  # where detections go
-            message = [topic, dumps(header), payload]
+            return [frame_topic(frame.source_id), dumps(header), payload]
         except Exception:
-            # A frame the tap cannot encode is not sent (and counted); the tap goes on.
             log.exception("frame tap: cannot encode %s frame %s", frame.source_id, frame.frame_id)
-            return "encode_failed"
-        if lossless and camera.tap_waiting:  # its frames go in order: behind those waiting
-            camera.tap_waiting.append((frame, message))
-        else:
-            outcome = self._send_tapped(camera, frame, message)
-            if outcome == "sent" or outcome == "stopping" or not lossless:
-                return outcome
-            camera.tap_waiting.append((frame, message))
-        if camera.tap_later is None or camera.tap_later.done():
-            camera.tap_later = asyncio.create_task(self._tap_later(camera))
-        return "waiting"
+            return None
+
+    def _tap_refuses(self, topic: bytes) -> TapOutcome | None:
+        """(Any thread) `OutSocket.refuses`, under the tap's lock."""
+        assert self._tap is not None
+        with self._tap_lock:
+            refused = self._tap.refuses(topic)
+            waiting = self._tap.subscriptions_waiting()
+        if waiting:
+            self._tap_subscriptions_waiting()
+        return refused
+
+    def _tap_subscriptions_waiting(self) -> None:
+        """(Any thread) The tap's socket has (un)subscriptions to read: wake their tracker."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # (the loop has closed)
+                self._loop.call_soon_threadsafe(self._tap_readable.set)
+
+    async def _track_tap_subscriptions(self) -> None:
+        """Keep the tap's subscriptions current: read them whenever a thread that used the
+        socket saw some waiting (each frame looks), and at least every
+        TAP_SUBSCRIPTIONS_POLL_S (while no frame comes). Not on the socket's file descriptor:
+        it signals every change, each frame's sends too (a loop wake-up per frame), and
+        whichever thread uses the socket may take its signal."""
+        tap = self._tap
+        assert tap is not None
+        while True:
+            self._tap_readable.clear()
+            with self._tap_lock:
+                tap.read_subscriptions()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tap_readable.wait(), TAP_SUBSCRIPTIONS_POLL_S)
 
     def _send_tapped(self, camera: Camera, frame: Frame, message: list[Any]) -> TapOutcome:
         """Put a tapped frame in the ring and send its message: ``sent``, ``stopping`` (its
@@ -817,7 +952,11 @@ class Pipeline:
                 return "stopping"  # removed while this frame waited (its ring is gone)
             self.pairer.add_frame(frame, time.monotonic(), bound=False)
             try:
-                outcome = self._tap.attempt(message)
+                with self._tap_lock:
+                    outcome = self._tap.attempt(message)
+                    waiting = self._tap.subscriptions_waiting()
+                if waiting:
+                    self._tap_subscriptions_waiting()
             except BaseException:
                 self.pairer.withdraw(frame)
                 raise
@@ -958,6 +1097,10 @@ class Pipeline:
 
     def _camera_stats(self, camera: Camera, ring: RingStats | None = None) -> dict[str, Any]:
         """One camera's counters, JSON-ready (`ring`: its ring's, if no longer in the pairer)."""
+        with camera.feed_lock:  # (a live camera's decode thread changes them under it)
+            return self._camera_counts(camera, ring)
+
+    def _camera_counts(self, camera: Camera, ring: RingStats | None) -> dict[str, Any]:
         src, c = camera.source, camera.counters
         if ring is None:
             with self._ring_lock:

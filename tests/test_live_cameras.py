@@ -240,9 +240,24 @@ def test_racing_requests_and_a_lossless_camera_removed_mid_wait(endpoint: Any) -
                 lossless = lavfi("lossless", realtime=False)
                 seen["lossless"] = await status("POST", "/api/sources", lossless)
                 await asyncio.sleep(0.5)
+                # Its stop takes a second (as a stalled read's would): the POST comes meanwhile,
+                # whatever the load on the machine.
+                source = pipeline.cameras["lossless"].source
+                real_stop = source.stop
+
+                def slow_stop() -> None:
+                    time.sleep(1.0)
+                    real_stop()
+
+                source.stop = slow_stop  # type: ignore[method-assign]
+
+                async def post_later() -> int:
+                    await asyncio.sleep(0.2)
+                    return await status("POST", "/api/sources", lavfi("lossless"))
+
                 seen["race"] = await asyncio.gather(
                     status("DELETE", "/api/sources/lossless"),
-                    status("POST", "/api/sources", lavfi("lossless")),
+                    post_later(),
                     status("GET", "/api/sources/lossless"),
                     status("PATCH", "/api/sources/lossless", {"max_fps": 5}),
                 )

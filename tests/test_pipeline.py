@@ -482,3 +482,109 @@ def test_no_picture_is_made_for_a_tap_nobody_takes(
     src = pipeline.stats()["sources"]["cam"]
     assert made[0] == 0, (made, src)
     assert src["not_tapped_by"][reason] >= 20 and accounting_balance(src) == 0, src
+
+
+def test_a_lossless_feeder_that_raises_is_restarted(
+    endpoint: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lossless camera's frames go through its feeder on the loop (they wait there for
+    room): a bug there once (injected) is counted (``error``), the feeder is restarted
+    (counted), and the frames after it still reach the ring."""
+    from tests.conftest import write_clip
+    from tests.live import until
+
+    clip = write_clip(tmp_path / "clip.mp4", 30, (160, 120))
+    cfg = {
+        "sources": [{"id": "file", "url": str(clip), "realtime": False, "loop": True}],
+        "detections": {"bind": endpoint()},
+        "ring": {"max_frames": 4},
+        "publish": [{"bind": endpoint()}],
+    }
+    real_feed = Pipeline._feed_one
+    failed: list[int] = []
+
+    async def fail_once(self: Pipeline, *args: Any) -> None:
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("injected bug in the feeder")
+        await real_feed(self, *args)
+
+    monkeypatch.setattr(Pipeline, "_feed_one", fail_once)
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(
+                lambda: pipeline.stats()["sources"]["file"]["in_ring"] == 4, 20, "a full ring"
+            )
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 20)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    stats = pipeline.stats()
+    src = stats["sources"]["file"]
+    assert stats["restarts"]["feeder/file"] == 1
+    assert src["not_tapped_by"]["error"] == 1 and accounting_balance(src) == 0, src
+
+
+def test_a_send_that_raises_in_the_decode_thread_is_counted_and_the_tap_goes_on(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live camera's frames are tapped in its decode thread: a bug while sending one
+    (injected for every odd frame) is counted (``error``) with its place in the tap and its
+    room in the memory budget given back, and the frames after it are still tapped."""
+    real_send = Pipeline._send_tapped
+    failed: list[int] = []
+
+    def fail_odd(self: Pipeline, camera: Any, frame: Any, message: Any) -> Any:
+        if frame.frame_id % 2:
+            failed.append(frame.frame_id)
+            raise RuntimeError("injected bug in the send")
+        return real_send(self, camera, frame, message)
+
+    monkeypatch.setattr(Pipeline, "_send_tapped", fail_odd)
+    cfg, tap, dets, _ = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+    got = _answer_with_no_boxes(pipeline, tap, dets, 10)
+    assert all(frame_id % 2 == 0 for frame_id in got) and len(failed) >= 5
+    src = pipeline.stats()["sources"]["cam"]
+    assert src["not_tapped_by"]["error"] == len(failed), src
+    assert src["in_tap"] == 0 and accounting_balance(src) == 0, src
+    assert pipeline.stats()["ring_bytes"] == 0  # (every reservation given back)
+    assert src["reconnects"] == 0, src  # (the decoder went on)
+
+
+def test_a_frame_handed_on_after_its_camera_was_removed_is_not_counted(endpoint: Any) -> None:
+    """A removed camera's decode thread may outlive its stop (a read that does not return):
+    a frame it hands on after the camera's final counters were taken changes nothing, and
+    touches no ring (the camera's is gone)."""
+    from streamer.types import Frame
+    from tests.live import until
+
+    cfg, _, _, _ = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.stats()["sources"]["cam"]["decoded"] > 3, 10, "frames")
+            camera = pipeline.cameras["cam"]
+            seen["final"] = await pipeline.remove_source("cam")
+            seen["removed"] = camera.removed
+            y = np.zeros((120, 160), np.uint8)
+            uv = np.zeros((60, 80), np.uint8)
+            late = Frame("cam", 10_000, None, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
+            pipeline._take(camera, late)  # the lingering thread's frame
+            seen["after"] = (camera.source.counts()[0], camera.counters.not_tapped)
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert seen["removed"]
+    final = seen["final"]
+    assert accounting_balance(final) == 0, final
+    assert seen["after"] == (final["decoded"], final["not_tapped"]), (seen["after"], final)

@@ -1,6 +1,6 @@
 """ZeroMQ output sockets (crop publishers and the frame tap) that count every message they could
-not deliver. The tap is used from the event loop (never blocking it); crop publishers from the
-crop thread.
+not deliver. The tap is used from the live cameras' decode threads and the event loop (one at a
+time, under the pipeline's lock; never blocking); crop publishers from the crop thread.
 
 PUB mode is an XPUB socket: it sees its subscribers' subscriptions, so a message nobody
 subscribed to is counted (``dropped_no_subscriber``) instead of vanishing, and with XPUB_NODROP a
@@ -166,22 +166,20 @@ class OutSocket:
     def _note(self, msg: bytes) -> None:
         self.subscriptions.note(msg)
 
-    async def track_subscriptions(self) -> None:
-        """PUB mode, asyncio socket: keep `subscriptions` current. Run as a task for the
-        socket's lifetime."""
+    def read_subscriptions(self) -> None:
+        """PUB mode: take the (un)subscriptions waiting now (call when the socket polls
+        readable)."""
         if self.mode != "pub":
             return
-        while True:
-            self._note(await self.asock.recv())
-
-    def read_subscriptions(self) -> None:
-        """PUB mode, plain socket: take the (un)subscriptions waiting now (call when the socket
-        polls readable)."""
         while True:
             try:
                 self._note(self.sock.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
+
+    def subscriptions_waiting(self) -> bool:
+        """PUB mode: whether (un)subscriptions wait to be read (`read_subscriptions`)."""
+        return self.mode == "pub" and bool(int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
     def attempt(self, parts: Sequence[bytes | memoryview]) -> Outcome:
         """Try to queue one multipart message now; say why not (not counted: see count_drop)."""

@@ -152,6 +152,12 @@ class Handoff:
             s = self._stats
             return s.decoded, s.skipped_fps, s.dropped_handoff, len(self._items) + self._waiting
 
+    def count(self) -> None:
+        """Called from the decode thread: a decoded frame handed on without the queue (see
+        `Source.sink`)."""
+        with self._lock:
+            self._stats.decoded += 1
+
     def skip(self) -> None:
         """Called from the decode thread: a decoded frame the rate limit skips."""
         with self._lock:
@@ -249,6 +255,11 @@ class Source(abc.ABC):
         self._state_lock = threading.Lock()
         self._session_frames = 0
         self._watch_since = 0.0
+        #: Set before `start` for a source that is not lossless: called from the decode thread
+        #: with each frame it hands on, instead of queueing the frame for the loop (the
+        #: pipeline decides and does all a live frame needs right there; it counts the frame
+        #: with `count_decoded`). Hops between threads cost more than that work.
+        self.sink: Callable[[Frame], None] | None = None
         #: Called from the decode thread with the seconds each decode call took.
         self.decode_observer: Callable[[float], None] | None = (
             None  # monotonic: the later of session start and last frame
@@ -280,6 +291,11 @@ class Source(abc.ABC):
         """Before `start`: number frames on from `next_frame_id` (a camera restarted in the same
         process keeps its ids rising, so detections for its old frames cannot pair new ones)."""
         self._next_frame_id = next_frame_id
+
+    def count_decoded(self) -> None:
+        """(From `sink`) count a frame it was handed as decoded."""
+        assert self._handoff is not None, "start() first"
+        self._handoff.count()
 
     @property
     def in_handoff(self) -> int:
@@ -445,6 +461,8 @@ class Source(abc.ABC):
             self._handoff.put(frame, wait_unless=self._stop)
             # Waiting for the pipeline is not a stall.
             self.stats.last_frame_at = self._watch_since = time.monotonic()
+        elif self.sink is not None:
+            self.sink(frame)
         else:
             self._handoff.put(frame)
 
