@@ -75,8 +75,7 @@ class Publisher:
                 self.out.send(crop_message(header, encoding, bytes(payload)))
                 return
             pos = ring.put(payload)
-        shm_header = {**header, "shm": ring.handle(pos, size)}
-        self.out.send(crop_message(shm_header, encoding, b""))
+        self.out.send(crop_message(header, encoding, b"", ring.handle(pos, size)))
 
     def takes(self, class_name: str, confidence: float) -> bool:
         """Whether this publisher's class filter and confidence floor let a crop through."""

@@ -51,11 +51,16 @@ def dumps(header: dict[str, Any]) -> bytes:
 
 
 def crop_message(
-    header: dict[str, Any], encoding: str, payload: bytes | memoryview
+    header: dict[str, Any],
+    encoding: str,
+    payload: bytes | memoryview,
+    shm: dict[str, Any] | None = None,
 ) -> list[bytes | memoryview]:
-    """``[topic, header_json, image]`` for one crop, the header completed with ``encoding``."""
-    return [
-        crop_topic(header["source_id"], header["class"]),
-        dumps({**header, "encoding": encoding}),
-        payload,
-    ]
+    """``[topic, header_json, image]`` for one crop, the header completed with `shm` (the
+    handle of its bytes in a shared-memory ring, if they are there) and ``encoding``."""
+    full = (
+        {**header, "encoding": encoding}
+        if shm is None
+        else {**header, "shm": shm, "encoding": encoding}
+    )
+    return [crop_topic(header["source_id"], header["class"]), dumps(full), payload]
