@@ -4,6 +4,7 @@ failure once per kind."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ FRAME_OUTCOMES = ("paired", "expired", "not_tapped", "dropped_handoff", "skipped
 GAUGES = {
     "in_ring": "frames waiting in the ring",
     "ring_bytes": "bytes held by the ring",
-    "in_tap": "frames queued for the tap",
+    "in_tap": "frames being tapped",
     "in_handoff": "frames in the decode hand-off",
 }
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -39,7 +40,9 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1
 
 @dataclass
 class SourceCounters:
-    """Loop-side counters of one source (the decode thread keeps its own in SourceStats)."""
+    """Counters of one source, beside its decoder's own (SourceStats): the frames' fates,
+    changed under its camera's `feed_lock` (by its decode thread for a live camera, by the
+    loop for a lossless one), and the detections' and crops', changed by the crop thread."""
 
     in_tap: int = 0  # gauge: frames queued or being encoded for the tap
     not_tapped: int = 0  # = the sum of not_tapped_by
@@ -56,9 +59,9 @@ class SourceCounters:
 
     def shed(self, reason: str) -> None:
         """Count a frame that was not tapped, and why: ``rate`` (tap.max_fps), ``busy`` (its
-        in-flight frames or the tap queue are full), ``budget`` (the memory budget is spent),
-        ``no_subscriber``, ``full`` (the tap socket's queue, or no detector connected),
-        ``encode_failed``, ``stopping``, ``error`` (a bug in the tap: logged, and it restarts)."""
+        in-flight frames are full), ``budget`` (the memory budget is spent), ``no_subscriber``,
+        ``full`` (the tap socket's queue, or no detector connected), ``encode_failed``,
+        ``stopping``, ``error`` (a bug while it was handed on: logged; the next goes on)."""
         self.not_tapped += 1
         self.not_tapped_by[reason] += 1
 
@@ -71,6 +74,7 @@ class LogOnce:
         self._interval_s = interval_s
         self._last: dict[str, float] = {}
         self._since: Counter[str] = Counter()
+        self._lock = threading.Lock()  # (called from the decode threads, the loop, the crops')
 
     def __call__(
         self, kind: str, msg: str, *args: object, exc_info: BaseException | None = None
@@ -78,14 +82,15 @@ class LogOnce:
         """Log `msg % args` as a warning, the first time for `kind` with `exc_info`'s traceback
         (if given); later ones within the interval are only counted."""
         now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self._interval_s:
-            self._since[kind] += 1
-            return
-        repeats = self._since.pop(kind, 0)
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self._interval_s:
+                self._since[kind] += 1
+                return
+            repeats = self._since.pop(kind, 0)
+            self._last[kind] = now
         suffix = f" ({repeats} more since last report)" if repeats else ""
         self._log.warning(msg + suffix, *args, exc_info=exc_info if last is None else None)
-        self._last[kind] = now
 
 
 class _StatsCollector(Collector):

@@ -146,6 +146,11 @@ class Pairer:
         """The bytes of every frame waiting in any ring."""
         return self._total.bytes
 
+    @property
+    def coming_bytes(self) -> int:
+        """The bytes reserved for frames admitted to a ring and not yet in it."""
+        return self._total.coming
+
     def stats(self, source_id: str) -> RingStats:
         return self._rings[source_id].stats
 

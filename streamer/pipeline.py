@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import cv2
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -62,7 +64,7 @@ UNHEALTHY_STATES = ("stalled", "failed", "stopped")
 LOOP_LAG_UNHEALTHY_S = 1.0
 LAG_WINDOW_S = 5.0
 CPU_WORKERS = 2
-TAP_QUEUE_FRAMES = 2  # per source: frames waiting to be encoded and sent to the tap
+TAP_QUEUE_FRAMES = 2  # per lossless source: frames waiting to be encoded and sent to the tap
 EXPIRY_INTERVAL_S = 0.1
 TAP_RETRY_MIN_S = 0.0005  # a lossless frame the tap cannot take yet: first pause, doubling
 TAP_RETRY_MAX_S = 0.01  # ... up to this
@@ -76,7 +78,7 @@ UNTAKEN_RECENT_S = 2.0  # frames refused this recently, none tapped since: no de
 TapOutcome = Literal["sent", "no_subscriber", "full", "stopping", "encode_failed"]
 REMOVED_KEPT = 64  # final counters of this many removed cameras stay in the stats
 TAP_SUBSCRIPTIONS_POLL_S = 0.1  # the tap's subscriptions are read at least this often
-REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap queue: time to leave it
+REMOVE_TAP_WAIT_S = 2.0  # a removed camera's frames still in the tap: time to leave it
 RELOAD_WAIT_S = 10.0  # a reload's camera being removed through the API: time to wait, beyond
 # what its removal may take
 
@@ -117,8 +119,9 @@ class Pipeline:
         # one at a time, under this lock. Set (from any thread) when it may have subscriptions
         # to read.
         self._tap_lock = threading.Lock()
+        self._tap_open = False  # under the lock: the socket may be used
         self._tap_readable = asyncio.Event()
-        # Bounded by admission: each camera has at most TAP_QUEUE_FRAMES in it.
+        # Lossless cameras' frames; each has at most TAP_QUEUE_FRAMES in it (`_room_for`).
         self._tap_queue: asyncio.Queue[tuple[Camera, Frame]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None  # while running
         self._ended = asyncio.Event()  # every camera's source has ended by itself
@@ -230,11 +233,7 @@ class Pipeline:
             deadline = time.monotonic() + REMOVE_TAP_WAIT_S
             while camera.counters.in_tap and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # the tap worker lets its frames go (not_tapped)
-            with camera.feed_lock:
-                for _ in range(camera.counters.in_tap):  # still in the tap: counted here
-                    camera.counters.shed("stopping")
-                camera.counters.in_tap = 0  # (whatever is done with them later is not)
-                camera.removed = True
+            self._fence(camera)
             with self._ring_lock:
                 ring = self.pairer.remove_source(sid)
             if self.hub is not None:
@@ -392,6 +391,7 @@ class Pipeline:
     async def run(self, duration_s: float | None = None) -> dict[str, Any]:
         """Run until `stop()`, `duration_s`, or the end of every source; return the final stats."""
         loop = asyncio.get_running_loop()
+        _start_opencv_pool()
         zctx = zmq.asyncio.Context()
         plain_ctx: zmq.Context[Any] = zmq.Context.shadow(zctx.underlying)  # crop thread's sockets
         receiver = None
@@ -426,7 +426,9 @@ class Pipeline:
                 self._publishers[-1].ring = _ring(pc)
             if self.cfg.tap is not None:
                 tap = self.cfg.tap
-                self._tap = OutSocket(zctx, tap.bind, tap.mode, tap.hwm, curve_keys=keys)
+                # (a plain socket: used from the decode threads under `_tap_lock`, never awaited)
+                self._tap = OutSocket(plain_ctx, tap.bind, tap.mode, tap.hwm, curve_keys=keys)
+                self._tap_open = True
             receiver = DetectionReceiver(plain_ctx, self.cfg.detections, keys, detector_key)
             self._crops = CropThread(
                 receiver.sock,
@@ -494,6 +496,9 @@ class Pipeline:
             await asyncio.gather(
                 *(asyncio.to_thread(c.source.stop) for c in list(self.cameras.values()))
             )
+            # A decode thread still in a stalled read hands on nothing from now on.
+            for c in list(self.cameras.values()):
+                self._fence(c)
             self._loop = None
             for runner in web_runners:
                 await runner.cleanup()
@@ -511,7 +516,9 @@ class Pipeline:
                     if p.ring is not None:
                         p.ring.close()
             if self._tap is not None:
-                self._tap.close(linger_ms=0)
+                with self._tap_lock:
+                    self._tap_open = False
+                    self._tap.close(linger_ms=0)
             await asyncio.to_thread(self._executor.shutdown, True)
             if authenticator is not None:
                 authenticator.stop()
@@ -573,9 +580,10 @@ class Pipeline:
             await asyncio.to_thread(self._crops.join, max(0.1, deadline - time.monotonic()))
 
     async def _feed(self, camera: Camera) -> None:
-        """Frames from one camera into its ring, and to the tap when one is configured. Run by
-        the camera's supervisor: should handing a frame on raise (a bug), that frame is counted
-        (``error``) and the feeder starts again."""
+        """A lossless camera's frames into its ring, and to the tap when one is configured (a
+        live camera's are handed on in its decode thread: this only waits for its end). Run
+        by the camera's supervisor: should handing a frame on raise (a bug), that frame is
+        counted (``error``) and the feeder starts again."""
         src = camera.source
         if src.lossless:
             await self._crop_subscribers(src.source_id)
@@ -634,22 +642,36 @@ class Pipeline:
         loop or to a worker. Its counters change under the camera's `feed_lock`, with the
         frame always counted somewhere. Never raises: a bug is counted (``error``) and
         logged, and the next frame goes on."""
-        counters = camera.counters
+        try:
+            if self._place_counted(camera, frame):
+                self._tap_live(camera, frame)
+        except Exception as e:  # a bug in the counting itself: logged, the decoder goes on
+            self._bug(camera, e)
+
+    def _place_counted(self, camera: Camera, frame: Frame) -> bool:
+        """Count a live frame as decoded and `_place` it, under the camera's lock; True when
+        it is to be tapped."""
         with camera.feed_lock:
             if camera.removed:
-                return  # decoded after its final counters were taken (a read outlived the stop)
+                return False  # decoded after its final counters were taken (a read outlived
+                # the stop)
             camera.source.count_decoded()
             try:
-                tapping = self._place(camera, frame)
+                return self._place(camera, frame)
             except Exception as e:
-                counters.shed("error")
-                self._bug(camera, e)
-                return
-        if not tapping:
-            return
-        # Its picture is made outside the lock (/metrics may read the counters meanwhile).
+                camera.counters.shed("error")  # (`_place` commits nothing before its end)
+                failed = e
+        self._bug(camera, failed)
+        return False
+
+    def _tap_live(self, camera: Camera, frame: Frame) -> None:
+        """Make an admitted live frame's tap message (outside the camera's lock: /metrics may
+        read its counters meanwhile), then send it and put the frame into the ring in the same
+        step as it leaves the tap, so that it is never counted twice."""
+        counters = camera.counters
         outcome: str = "error"
         message: list[Any] | None = None
+        failed: list[Exception] = []
         try:
             refused = self._tap_refuses(frame_topic(camera.id))
             if refused is not None:
@@ -658,30 +680,35 @@ class Pipeline:
                 message = self._tap_encode(frame)
                 outcome = "sent" if message is not None else "encode_failed"
         except Exception as e:
-            self._bug(camera, e)
+            failed.append(e)
         with camera.feed_lock:
             if camera.removed:
                 return  # (its removal counted it: stopping)
             try:
                 if message is not None:
-                    # Into the ring in the same step as it leaves the tap: never counted twice.
                     outcome = self._send_tapped(camera, frame, message)
             except Exception as e:
                 outcome = "error"
-                self._bug(camera, e)
+                failed.append(e)
             counters.in_tap -= 1
-            if self.cameras.get(camera.id) is camera:
-                with self._ring_lock:
-                    self.pairer.release(camera.id, frame.nbytes)
             if outcome != "sent":
                 counters.shed(outcome)
-                self._tap_refused(outcome)
+            try:
+                if self.cameras.get(camera.id) is camera:
+                    with self._ring_lock:
+                        self.pairer.release(camera.id, frame.nbytes)
+            except Exception as e:
+                failed.append(e)
+        for bug in failed:
+            self._bug(camera, bug)
+        self._tap_refused(outcome)
 
     def _place(self, camera: Camera, frame: Frame) -> bool:
         """(`_take`, under the camera's `feed_lock`) Put a live frame into the ring when there
         is no tap, or count it as shed; True when it is to be tapped (counted in the tap, its
         room in the memory budget reserved). Only frames a detector actually gets wait in the
-        ring; the rest are decided here, before any work is spent on them."""
+        ring; the rest are decided here, before any work is spent on them. What it commits
+        (into the ring, the tap, a count) it commits last: if it raises, nothing was."""
         src, counters, sid = camera.source, camera.counters, camera.id
         now = time.monotonic()
         self._show(camera, frame, now)
@@ -689,9 +716,9 @@ class Pipeline:
             counters.shed("stopping")  # being removed
             return False
         if not self._fits_at_all(camera, frame.nbytes):
-            counters.shed("budget")
             with self._ring_lock:
                 self.pairer.forget_turn(sid)  # (kept for a smaller frame: never used)
+            counters.shed("budget")
             return False
         if self._tap is None:
             with self._ring_lock:  # (the oldest of the fullest ring makes room)
@@ -702,15 +729,25 @@ class Pipeline:
             return False
         reason = self._admit(camera, frame.nbytes)
         if reason is not None:
-            counters.shed(reason)
             # Decode less of what would be turned away (sources/shedding.py).
             src.shed_downstream_until = now + SHED_HINT_S
+            counters.shed(reason)
             return False
         self._next_tap(camera, now)
-        counters.in_tap += 1
         with self._ring_lock:  # (admitted just now, under the same lock)
             self.pairer.reserve(sid, frame.nbytes)
+        counters.in_tap += 1
         return True
+
+    def _fence(self, camera: Camera) -> None:
+        """Take a camera's last counters: its frames still in the tap count as ``stopping``,
+        and a frame its decode thread hands on later (a read that outlived the stop) changes
+        nothing."""
+        with camera.feed_lock:
+            for _ in range(camera.counters.in_tap):  # still in the tap: counted here
+                camera.counters.shed("stopping")
+            camera.counters.in_tap = 0  # (whatever is done with them later is not)
+            camera.removed = True
 
     def _next_tap(self, camera: Camera, now: float) -> None:
         """A frame of the camera's is tapped now: when the next may be (tap.max_fps)."""
@@ -720,9 +757,10 @@ class Pipeline:
     def _show(self, camera: Camera, frame: Frame, now: float) -> None:
         """(A decode thread) Hand a live frame to the preview, on the loop, while watched."""
         preview = None if self.hub is None else self.hub.sources.get(camera.id)
-        if preview is not None and preview.viewers and self._loop is not None:
+        loop = self._loop  # (None once run() has ended)
+        if preview is not None and preview.viewers and loop is not None:
             with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody watches)
-                self._loop.call_soon_threadsafe(preview.on_frame, frame, now)
+                loop.call_soon_threadsafe(preview.on_frame, frame, now)
 
     def _bug(self, camera: Camera, e: Exception) -> None:
         self._warn(
@@ -912,6 +950,8 @@ class Pipeline:
         """(Any thread) `OutSocket.refuses`, under the tap's lock."""
         assert self._tap is not None
         with self._tap_lock:
+            if not self._tap_open:
+                return "stopping"
             refused = self._tap.refuses(topic)
             waiting = self._tap.subscriptions_waiting()
         if waiting:
@@ -920,9 +960,10 @@ class Pipeline:
 
     def _tap_subscriptions_waiting(self) -> None:
         """(Any thread) The tap's socket has (un)subscriptions to read: wake their tracker."""
-        if self._loop is not None:
+        loop = self._loop  # (None once run() has ended)
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # (the loop has closed)
-                self._loop.call_soon_threadsafe(self._tap_readable.set)
+                loop.call_soon_threadsafe(self._tap_readable.set)
 
     async def _track_tap_subscriptions(self) -> None:
         """Keep the tap's subscriptions current: read them whenever a thread that used the
@@ -932,10 +973,13 @@ class Pipeline:
         whichever thread uses the socket may take its signal."""
         tap = self._tap
         assert tap is not None
+        if tap.mode != "pub":
+            return  # (a PUSH socket has no subscriptions)
         while True:
             self._tap_readable.clear()
             with self._tap_lock:
-                tap.read_subscriptions()
+                if self._tap_open:
+                    tap.read_subscriptions()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tap_readable.wait(), TAP_SUBSCRIPTIONS_POLL_S)
 
@@ -952,9 +996,12 @@ class Pipeline:
                 return "stopping"  # removed while this frame waited (its ring is gone)
             self.pairer.add_frame(frame, time.monotonic(), bound=False)
             try:
+                outcome: TapOutcome = "stopping"
+                waiting = False
                 with self._tap_lock:
-                    outcome = self._tap.attempt(message)
-                    waiting = self._tap.subscriptions_waiting()
+                    if self._tap_open:
+                        outcome = self._tap.attempt(message)
+                        waiting = self._tap.subscriptions_waiting()
                 if waiting:
                     self._tap_subscriptions_waiting()
             except BaseException:
@@ -1195,3 +1242,10 @@ def accounting_balance(source_stats: dict[str, Any]) -> int:
             "in_ring",
         )
     )
+
+
+def _start_opencv_pool() -> None:
+    """Start OpenCV's worker threads from this (the loop's) thread. They take the priority of
+    the thread whose call first needs them: were that a decode thread (a BGR or JPEG tap, a
+    webcam), the crop thread's conversions would run at the decoders' lower priority too."""
+    cv2.cvtColor(np.zeros((1080 * 3 // 2, 1920), np.uint8), cv2.COLOR_YUV2BGR_I420)

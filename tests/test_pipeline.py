@@ -552,7 +552,7 @@ def test_a_send_that_raises_in_the_decode_thread_is_counted_and_the_tap_goes_on(
     src = pipeline.stats()["sources"]["cam"]
     assert src["not_tapped_by"]["error"] == len(failed), src
     assert src["in_tap"] == 0 and accounting_balance(src) == 0, src
-    assert pipeline.stats()["ring_bytes"] == 0  # (every reservation given back)
+    assert pipeline.pairer.coming_bytes == 0  # (every reservation given back)
     assert src["reconnects"] == 0, src  # (the decoder went on)
 
 
@@ -588,3 +588,157 @@ def test_a_frame_handed_on_after_its_camera_was_removed_is_not_counted(endpoint:
     final = seen["final"]
     assert accounting_balance(final) == 0, final
     assert seen["after"] == (final["decoded"], final["not_tapped"]), (seen["after"], final)
+
+
+@pytest.mark.parametrize("tap", [None, "pub", "push"])
+def test_a_frame_handed_on_after_the_run_ended_changes_nothing(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch, tap: str | None
+) -> None:
+    """A camera's decode thread may outlive the run (a read that does not return): a frame it
+    hands on after the final counters were taken is not counted, goes into no ring and does
+    not touch the tap's closed socket. And the run started OpenCV's threads itself."""
+    import streamer.pipeline as pipeline_module
+    from streamer.types import Frame
+    from tests.live import until
+
+    started: list[int] = []
+    monkeypatch.setattr(pipeline_module, "_start_opencv_pool", lambda: started.append(1))
+    cfg, _, _, _ = _config(endpoint)
+    if tap is None:
+        del cfg["tap"]
+    else:
+        cfg["tap"]["mode"] = tap
+    pipeline = Pipeline(parse_config(cfg))
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.stats()["sources"]["cam"]["decoded"] > 3, 10, "frames")
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    before = pipeline.stats()["sources"]["cam"]
+    y, uv = np.zeros((120, 160), np.uint8), np.zeros((60, 80), np.uint8)
+    late = Frame("cam", 10_000, None, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
+    pipeline._take(pipeline.cameras["cam"], late)  # the lingering thread's frame
+    after = pipeline.stats()["sources"]["cam"]
+    assert after == before and accounting_balance(after) == 0, (before, after)
+    assert started == [1]
+
+
+def test_every_snapshot_balances_while_live_cameras_come_and_go(endpoint: Any) -> None:
+    """Live cameras' frames are counted in their decode threads: stats sampled from the loop
+    as often as it can, while cameras are removed and added again under the same ids and a
+    detector answers, never find a frame counted twice or nowhere; every removed camera's
+    final counters balance; nothing is left in the tap or reserved at the end."""
+    import random
+    from collections import Counter
+
+    from streamer.client import AsyncDetectionSender, AsyncFrameSubscriber
+
+    def lavfi(sid: str) -> dict[str, Any]:
+        return {"id": sid, "url": "lavfi:testsrc2=size=160x120:rate=60"}
+
+    tap, dets = endpoint(), endpoint()
+    cfg = {
+        "sources": [lavfi("a"), lavfi("b")],
+        "detections": {"bind": dets},
+        "tap": {"bind": tap, "encoding": "raw-i420", "max_in_flight": 2},
+        "ring": {"max_frames": 4},
+        "publish": [{"bind": endpoint()}],
+    }
+    pipeline = Pipeline(parse_config(cfg))
+    off: list[Any] = []
+    ops: Counter[str] = Counter()
+    samples = 0
+
+    async def detector() -> None:
+        async with AsyncFrameSubscriber(tap) as frames, AsyncDetectionSender(dets) as sender:
+            async for frame in frames:
+                await sender.send(frame, [BOX])
+
+    async def churn() -> None:
+        rnd = random.Random(1)
+        while True:
+            sid = rnd.choice(["b", "c", "d"])
+            if sid in pipeline.cameras:
+                final = await pipeline.remove_source(sid)
+                ops["removed"] += 1
+                if accounting_balance(final) != 0 or final["in_tap"] != 0:
+                    off.append(("final", sid, final))
+            else:
+                await pipeline.add_source(lavfi(sid))
+                ops["added"] += 1
+            await asyncio.sleep(rnd.uniform(0.0, 0.3))
+
+    async def sample() -> None:
+        nonlocal samples
+        while True:
+            for sid, src in pipeline.stats()["sources"].items():
+                if accounting_balance(src) != 0 or src["in_tap"] < 0:
+                    off.append(("snapshot", sid, src))
+            samples += 1
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        tasks = [asyncio.create_task(detector())]
+        try:
+            await asyncio.sleep(1.0)
+            tasks += [asyncio.create_task(churn()), asyncio.create_task(sample())]
+            await asyncio.sleep(4.0)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            pipeline.stop()
+            await asyncio.wait_for(run, 30)
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+    stats = pipeline.stats()
+    assert samples > 1000 and ops["removed"] >= 3 and ops["added"] >= 3, (samples, ops)
+    assert not off, f"{len(off)} of {samples} samples off, first: {off[0]}"
+    for src in stats["sources"].values():
+        assert accounting_balance(src) == 0 and src["in_tap"] == 0, src
+    assert stats["sources"]["a"]["paired"] > 50, stats["sources"]["a"]
+    assert pipeline.pairer.coming_bytes == 0
+
+
+def test_opencv_threads_keep_the_priority_of_the_thread_that_started_them() -> None:
+    """OpenCV's worker threads take the priority of the thread whose call first needs them.
+    Started by the pipeline from the loop's thread, a decode thread (lower priority) that then
+    converts or encodes (a BGR or JPEG tap, a webcam) does not leave them at its priority,
+    which would slow the crop thread's conversions too. Without the start, it would (checked
+    first, in a process of its own)."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, threading
+import cv2, numpy as np
+from streamer.pipeline import _start_opencv_pool
+from streamer.sources.base import _lower_priority
+if sys.argv[1] == "started":
+    _start_opencv_pool()
+def decode_thread():
+    _lower_priority()
+    cv2.cvtColor(np.zeros((1620, 1920), np.uint8), cv2.COLOR_YUV2BGR_I420)
+    cv2.imencode(".jpg", np.zeros((1080, 1920, 3), np.uint8))
+t = threading.Thread(target=decode_thread)
+t.start()
+t.join()
+print(sorted(os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")))
+"""
+
+    def nices(mode: str) -> list[int]:
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return [int(v) for v in out.stdout.strip().strip("[]").split(",")]
+
+    assert max(nices("cold")) > 0  # (the hazard: OpenCV's threads at the decoder's priority)
+    started = nices("started")
+    assert len(started) > 1 and max(started) == 0, started

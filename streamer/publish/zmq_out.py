@@ -119,8 +119,8 @@ class Subscriptions:
 
 
 class OutSocket:
-    """A bound PUB (XPUB) or PUSH socket, used by one thread: the event loop's (made from an
-    asyncio context) or another (made from a plain one)."""
+    """A bound PUB (XPUB) or PUSH socket, used by one thread at a time: the event loop's (made
+    from an asyncio context), or others' (made from a plain one; the tap's, under a lock)."""
 
     def __init__(
         self,
