@@ -1247,5 +1247,7 @@ def accounting_balance(source_stats: dict[str, Any]) -> int:
 def _start_opencv_pool() -> None:
     """Start OpenCV's worker threads from this (the loop's) thread. They take the priority of
     the thread whose call first needs them: were that a decode thread (a BGR or JPEG tap, a
-    webcam), the crop thread's conversions would run at the decoders' lower priority too."""
+    webcam), the crop thread's conversions would run at the decoders' lower priority too.
+    Best effort: on a busy machine OpenCV was seen to start one more worker, for a while, from
+    a decode thread's call even so."""
     cv2.cvtColor(np.zeros((1080 * 3 // 2, 1920), np.uint8), cv2.COLOR_YUV2BGR_I420)
