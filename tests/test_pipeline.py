@@ -704,4 +704,3 @@ def test_every_snapshot_balances_while_live_cameras_come_and_go(endpoint: Any) -
         assert accounting_balance(src) == 0 and src["in_tap"] == 0, src
     assert stats["sources"]["a"]["paired"] > 50, stats["sources"]["a"]
     assert pipeline.pairer.coming_bytes == 0
-
