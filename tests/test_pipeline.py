@@ -124,6 +124,17 @@ def test_malformed_messages_are_counted_and_pipeline_keeps_running(endpoint: Any
     assert accounting_balance(src) == 0, src
 
 
+async def _stop(
+    pipeline: Pipeline, run: asyncio.Task[Any], tasks: list[asyncio.Task[Any]], timeout_s: float
+) -> None:
+    """Cancel a test's helper tasks, then stop the pipeline and wait for its run to end."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    pipeline.stop()
+    await asyncio.wait_for(run, timeout_s)
+
+
 def _answer_with_no_boxes(
     pipeline: Pipeline, tap: str, dets: str, frames: int, settle_s: float = 0.0
 ) -> list[int]:
@@ -266,11 +277,7 @@ def test_accounting_invariant_holds_at_every_moment_of_a_busy_run(
                 "both sources paired",
             )
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            pipeline.stop()
-            await asyncio.wait_for(run, 20)
+            await _stop(pipeline, run, tasks, 20)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     stats = pipeline.stats()
@@ -690,11 +697,7 @@ def test_every_snapshot_balances_while_live_cameras_come_and_go(endpoint: Any) -
             tasks += [asyncio.create_task(churn()), asyncio.create_task(sample())]
             await asyncio.sleep(4.0)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            pipeline.stop()
-            await asyncio.wait_for(run, 30)
+            await _stop(pipeline, run, tasks, 30)
 
     asyncio.run(asyncio.wait_for(main(), 90))
     stats = pipeline.stats()
