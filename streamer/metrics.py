@@ -41,8 +41,8 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1
 @dataclass
 class SourceCounters:
     """Counters of one source, beside its decoder's own (SourceStats): the frames' fates,
-    changed under its camera's `feed_lock` (by its decode thread for a live camera, by the
-    loop for a lossless one), and the detections' and crops', changed by the crop thread."""
+    changed by its decode thread under its camera's `feed_lock` (a live camera) or by the loop
+    (a lossless one), and the detections' and crops', changed by the crop thread."""
 
     in_tap: int = 0  # gauge: frames queued or being encoded for the tap
     not_tapped: int = 0  # = the sum of not_tapped_by

@@ -572,6 +572,11 @@ class Pipeline:
             or any(c.counters.in_tap for c in cameras)
         ):
             await asyncio.sleep(0.02)
+        # A live camera's decode thread still in a stalled read puts nothing into the flushed
+        # ring (a lossless camera's frames come through the loop, which is here).
+        for c in cameras:
+            if not c.source.lossless:
+                self._fence(c)
         with self._ring_lock:
             self.pairer.flush()
         if self._crops is not None:
@@ -682,8 +687,11 @@ class Pipeline:
         except Exception as e:
             failed.append(e)
         with camera.feed_lock:
-            if camera.removed:
-                return  # (its removal counted it: stopping)
+            if camera.removed:  # (its fence counted it: stopping)
+                if self.cameras.get(camera.id) is camera:  # (the end of a run: its ring is kept)
+                    with self._ring_lock:
+                        self.pairer.release(camera.id, frame.nbytes)
+                return
             try:
                 if message is not None:
                     outcome = self._send_tapped(camera, frame, message)
@@ -722,7 +730,8 @@ class Pipeline:
             return False
         if self._tap is None:
             with self._ring_lock:  # (the oldest of the fullest ring makes room)
-                self.pairer.add_frame(frame, now)
+                self.pairer.add_frame(frame, now, bound=False)
+                self._bound(camera, "no tap")  # (in the ring for good: never raises)
             return False
         if now + 1e-3 < camera.next_tap_at:
             counters.shed("rate")
@@ -985,7 +994,8 @@ class Pipeline:
 
     def _send_tapped(self, camera: Camera, frame: Frame, message: list[Any]) -> TapOutcome:
         """Put a tapped frame in the ring and send its message: ``sent``, ``stopping`` (its
-        camera was removed), ``no_subscriber`` or ``full``."""
+        camera was removed, or the tap closed), ``no_subscriber`` or ``full``. Once sent, the
+        frame stays in the ring whatever follows (the detector has it)."""
         assert self._tap is not None
         # Into the ring before the send: the crop thread may get the detections for it before
         # the send returns. Nothing is evicted for it until it is sent. The lock is held across
@@ -995,23 +1005,36 @@ class Pipeline:
             if self.cameras.get(camera.id) is not camera:
                 return "stopping"  # removed while this frame waited (its ring is gone)
             self.pairer.add_frame(frame, time.monotonic(), bound=False)
+            outcome: TapOutcome = "stopping"
             try:
-                outcome: TapOutcome = "stopping"
-                waiting = False
                 with self._tap_lock:
                     if self._tap_open:
                         outcome = self._tap.attempt(message)
-                        waiting = self._tap.subscriptions_waiting()
-                if waiting:
-                    self._tap_subscriptions_waiting()
-            except BaseException:
-                self.pairer.withdraw(frame)
-                raise
-            if outcome == "sent":
-                self.pairer.bound(frame.source_id, time.monotonic())
-            else:
-                self.pairer.withdraw(frame)
-        return outcome
+            finally:
+                if outcome != "sent":
+                    self.pairer.withdraw(frame)
+            if outcome != "sent":
+                return outcome
+            self._bound(camera, "tap")
+        try:
+            with self._tap_lock:
+                waiting = self._tap_open and self._tap.subscriptions_waiting()
+            if waiting:
+                self._tap_subscriptions_waiting()
+        except Exception as e:  # (a bug: the frame is sent all the same)
+            self._warn(
+                "tap-subscriptions-waiting", "frame tap: cannot look at subscriptions", exc_info=e
+            )
+        return "sent"
+
+    def _bound(self, camera: Camera, why: str) -> None:
+        """(Under the ring's lock) `Pairer.bound` for a frame of the camera's that was just put
+        into its ring for good: a bug there is logged, the frame stays (it is not counted
+        again as shed)."""
+        try:
+            self.pairer.bound(camera.id, time.monotonic(), turns=why == "no tap")
+        except Exception as e:
+            self._warn(f"bound-{why}", "ring: cannot bound %s's ring", camera.id, exc_info=e)
 
     async def _tap_later(self, camera: Camera) -> None:
         """A lossless source's tapped frames that no detector took, sent in order as soon as

@@ -707,3 +707,146 @@ def test_every_snapshot_balances_while_live_cameras_come_and_go(endpoint: Any) -
         assert accounting_balance(src) == 0 and src["in_tap"] == 0, src
     assert stats["sources"]["a"]["paired"] > 50, stats["sources"]["a"]
     assert pipeline.pairer.coming_bytes == 0
+
+
+def _one_frame_camera(endpoint: Any) -> tuple[Pipeline, str]:
+    """A pipeline whose camera gives a frame a second (its own frames leave the tests' direct
+    calls alone); the tap's endpoint."""
+    cfg, tap, _, _ = _config(
+        endpoint, sources=[{"id": "cam", "url": "lavfi:testsrc2=size=160x120:rate=1"}]
+    )
+    return Pipeline(parse_config(cfg)), tap
+
+
+def _frame(frame_id: int) -> Any:
+    from streamer.types import Frame
+
+    y, uv = np.zeros((120, 160), np.uint8), np.zeros((60, 80), np.uint8)
+    return Frame("cam", frame_id, None, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
+
+
+def test_a_fence_between_a_frames_two_steps_counts_it_once(endpoint: Any) -> None:
+    """A live frame is admitted (counted in the tap, its room reserved), then its camera is
+    fenced (the end of a run) before its tap step ends: counted once (``stopping``), its
+    reservation given back, nothing left in the tap."""
+    from tests.live import until
+
+    pipeline, _ = _one_frame_camera(endpoint)
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await until(lambda: pipeline.stats()["sources"]["cam"]["decoded"] >= 1, 10, "a frame")
+            camera, frame = pipeline.cameras["cam"], _frame(10_000)
+            seen["admitted"] = pipeline._place_counted(camera, frame)
+            pipeline._fence(camera)
+            pipeline._tap_live(camera, frame)
+            seen["stats"] = pipeline.stats()["sources"]["cam"]
+            seen["coming"] = pipeline.pairer.coming_bytes
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    src = seen["stats"]
+    assert seen["admitted"] and src["in_tap"] == 0 and accounting_balance(src) == 0, src
+    assert src["not_tapped_by"]["stopping"] >= 1 and seen["coming"] == 0, (src, seen)
+
+
+def test_a_frame_whose_tap_closes_during_its_step_is_stopping_and_not_sent(
+    endpoint: Any,
+) -> None:
+    """The tap closes (the end of a run) between a live frame's picture and its send: it is
+    counted ``stopping``, not sent on the closed socket, and out of the ring."""
+    from streamer.client import AsyncFrameSubscriber
+
+    pipeline, tap = _one_frame_camera(endpoint)
+    seen: dict[str, Any] = {}
+    real_encode = pipeline._tap_encode
+
+    def encode_then_close(frame: Any) -> Any:
+        message = real_encode(frame)
+        with pipeline._tap_lock:
+            pipeline._tap_open = False
+        return message
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            async with AsyncFrameSubscriber(tap) as frames:
+                await asyncio.wait_for(frames.recv(), 10)  # subscribed: frames are sent
+                before = pipeline.stats()
+                camera, frame = pipeline.cameras["cam"], _frame(10_000)
+                pipeline._tap_encode = encode_then_close  # type: ignore[method-assign]
+                assert pipeline._place_counted(camera, frame)
+                pipeline._tap_live(camera, frame)
+                seen["before"], seen["after"] = before, pipeline.stats()
+                with pipeline._tap_lock:
+                    pipeline._tap_open = True
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    before, after = seen["before"], seen["after"]
+    assert after["tap"]["sent"] == before["tap"]["sent"], (before["tap"], after["tap"])
+    src, was = after["sources"]["cam"], before["sources"]["cam"]
+    assert src["not_tapped_by"]["stopping"] == was["not_tapped_by"].get("stopping", 0) + 1, src
+    assert src["in_ring"] == was["in_ring"] and accounting_balance(src) == 0, (was, src)
+
+
+def test_a_bug_after_a_frame_was_sent_leaves_it_counted_once(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a frame is sent on the tap, the detector has it: a bug in bounding the ring
+    afterwards (injected once) is logged, and the frame stays in the ring, counted once (it
+    was counted ``error`` as well, and the totals were off by one)."""
+    from streamer.pairing import Pairer
+
+    real_bound = Pairer.bound
+    failed: list[int] = []
+
+    def bound_once(self: Pairer, *args: Any, **kwargs: Any) -> None:
+        real_bound(self, *args, **kwargs)
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("injected bug after the send")
+
+    monkeypatch.setattr(Pairer, "bound", bound_once)
+    cfg, tap, dets, _ = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+    got = _answer_with_no_boxes(pipeline, tap, dets, 6)
+    src = pipeline.stats()["sources"]["cam"]
+    assert failed and len(got) == 6
+    assert "error" not in src["not_tapped_by"] and accounting_balance(src) == 0, src
+
+
+def test_a_detector_that_subscribes_is_noticed_at_once(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tap's subscriptions are read when a decode thread sees them waiting, not only at
+    the tracker's slow poll: with that poll at 5 s, a detector that subscribes gets a frame
+    within a second."""
+    import streamer.pipeline as pipeline_module
+    from streamer.client import AsyncFrameSubscriber
+
+    monkeypatch.setattr(pipeline_module, "TAP_SUBSCRIPTIONS_POLL_S", 5.0)
+    cfg, tap, _, _ = _config(endpoint)
+    pipeline = Pipeline(parse_config(cfg))
+    seen: dict[str, float] = {}
+
+    async def main() -> None:
+        run = asyncio.create_task(pipeline.run())
+        try:
+            await asyncio.sleep(1.0)  # (the tracker has read once, and waits its 5 s)
+            async with AsyncFrameSubscriber(tap) as frames:
+                started = time.monotonic()
+                await asyncio.wait_for(frames.recv(), 10)
+                seen["first_s"] = time.monotonic() - started
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert seen["first_s"] < 1.0, seen
