@@ -215,7 +215,7 @@ def test_network_policy_lets_each_port_in_only_from_its_clients(
         assert set(peer) == {"namespaceSelector"}, "not every pod of the namespace"
 
 
-CAMERAS_PER_CORE = 2.0  # 1080p30, docs/scaling.md "Sizing a site" (1.5-2 measured)
+CAMERAS_PER_CORE = 2.0  # 1080p30, raw BGR crops, with headroom: docs/scaling.md "Sizing a site"
 MIB_PER_CAMERA = 64  # ~50 MB measured, plus the base below
 BASE_MIB = 128
 
