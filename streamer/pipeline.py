@@ -731,7 +731,7 @@ class Pipeline:
         if self._tap is None:
             with self._ring_lock:  # (the oldest of the fullest ring makes room)
                 self.pairer.add_frame(frame, now, bound=False)
-                self._bound(camera, "no tap")  # (in the ring for good: never raises)
+                self._bound(camera, turns=True)  # (in the ring for good: never raises)
             return False
         if now + 1e-3 < camera.next_tap_at:
             counters.shed("rate")
@@ -956,27 +956,23 @@ class Pipeline:
             return None
 
     def _tap_refuses(self, topic: bytes) -> TapOutcome | None:
-        """(Any thread) `OutSocket.refuses`, under the tap's lock."""
+        """(Any thread) `OutSocket.refuses`, under the tap's lock; and when the socket has
+        (un)subscriptions waiting, their tracker is woken (every live frame looks)."""
         assert self._tap is not None
         with self._tap_lock:
             if not self._tap_open:
                 return "stopping"
             refused = self._tap.refuses(topic)
             waiting = self._tap.subscriptions_waiting()
-        if waiting:
-            self._tap_subscriptions_waiting()
-        return refused
-
-    def _tap_subscriptions_waiting(self) -> None:
-        """(Any thread) The tap's socket has (un)subscriptions to read: wake their tracker."""
         loop = self._loop  # (None once run() has ended)
-        if loop is not None:
+        if waiting and loop is not None:
             with contextlib.suppress(RuntimeError):  # (the loop has closed)
                 loop.call_soon_threadsafe(self._tap_readable.set)
+        return refused
 
     async def _track_tap_subscriptions(self) -> None:
         """Keep the tap's subscriptions current: read them whenever a thread that used the
-        socket saw some waiting (each frame looks), and at least every
+        socket saw some waiting (each live frame looks, in `_tap_refuses`), and at least every
         TAP_SUBSCRIPTIONS_POLL_S (while no frame comes). Not on the socket's file descriptor:
         it signals every change, each frame's sends too (a loop wake-up per frame), and
         whichever thread uses the socket may take its signal."""
@@ -1015,26 +1011,17 @@ class Pipeline:
                     self.pairer.withdraw(frame)
             if outcome != "sent":
                 return outcome
-            self._bound(camera, "tap")
-        try:
-            with self._tap_lock:
-                waiting = self._tap_open and self._tap.subscriptions_waiting()
-            if waiting:
-                self._tap_subscriptions_waiting()
-        except Exception as e:  # (a bug: the frame is sent all the same)
-            self._warn(
-                "tap-subscriptions-waiting", "frame tap: cannot look at subscriptions", exc_info=e
-            )
+            self._bound(camera, turns=False)
         return "sent"
 
-    def _bound(self, camera: Camera, why: str) -> None:
+    def _bound(self, camera: Camera, turns: bool) -> None:
         """(Under the ring's lock) `Pairer.bound` for a frame of the camera's that was just put
         into its ring for good: a bug there is logged, the frame stays (it is not counted
         again as shed)."""
         try:
-            self.pairer.bound(camera.id, time.monotonic(), turns=why == "no tap")
+            self.pairer.bound(camera.id, time.monotonic(), turns=turns)
         except Exception as e:
-            self._warn(f"bound-{why}", "ring: cannot bound %s's ring", camera.id, exc_info=e)
+            self._warn("bound", "ring: cannot bound %s's ring", camera.id, exc_info=e)
 
     async def _tap_later(self, camera: Camera) -> None:
         """A lossless source's tapped frames that no detector took, sent in order as soon as

@@ -567,7 +567,6 @@ def test_a_frame_handed_on_after_its_camera_was_removed_is_not_counted(endpoint:
     """A removed camera's decode thread may outlive its stop (a read that does not return):
     a frame it hands on after the camera's final counters were taken changes nothing, and
     touches no ring (the camera's is gone)."""
-    from streamer.types import Frame
     from tests.live import until
 
     cfg, _, _, _ = _config(endpoint)
@@ -581,10 +580,7 @@ def test_a_frame_handed_on_after_its_camera_was_removed_is_not_counted(endpoint:
             camera = pipeline.cameras["cam"]
             seen["final"] = await pipeline.remove_source("cam")
             seen["removed"] = camera.removed
-            y = np.zeros((120, 160), np.uint8)
-            uv = np.zeros((60, 80), np.uint8)
-            late = Frame("cam", 10_000, None, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
-            pipeline._take(camera, late)  # the lingering thread's frame
+            pipeline._take(camera, _frame(10_000))  # the lingering thread's frame
             seen["after"] = (camera.source.counts()[0], camera.counters.not_tapped)
         finally:
             pipeline.stop()
@@ -605,7 +601,6 @@ def test_a_frame_handed_on_after_the_run_ended_changes_nothing(
     hands on after the final counters were taken is not counted, goes into no ring and does
     not touch the tap's closed socket. And the run started OpenCV's threads itself."""
     import streamer.pipeline as pipeline_module
-    from streamer.types import Frame
     from tests.live import until
 
     started: list[int] = []
@@ -627,9 +622,7 @@ def test_a_frame_handed_on_after_the_run_ended_changes_nothing(
 
     asyncio.run(asyncio.wait_for(main(), 60))
     before = pipeline.stats()["sources"]["cam"]
-    y, uv = np.zeros((120, 160), np.uint8), np.zeros((60, 80), np.uint8)
-    late = Frame("cam", 10_000, None, 0.0, 160, 120, "yuv420p", (y, uv, uv), 28_800)
-    pipeline._take(pipeline.cameras["cam"], late)  # the lingering thread's frame
+    pipeline._take(pipeline.cameras["cam"], _frame(10_000))  # the lingering thread's frame
     after = pipeline.stats()["sources"]["cam"]
     assert after == before and accounting_balance(after) == 0, (before, after)
     assert started == [1]
